@@ -1,0 +1,67 @@
+"""The `ragtune` command: run one stage, the whole pipeline, or look at a run.
+
+ragtune data CONFIG [key=value ...] [--force]     one stage (likewise embed, rerank, raft, eval)
+ragtune run CONFIG [key=value ...]                every stage in order, skipping finished ones
+ragtune status RUN_DIR                            the manifest as a table
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipeline.entry import USER_ERRORS, add_config_args, call_stage, open_run, setup_logging
+from pipeline.rundir import RunDir, format_status
+
+# Stage name -> module with main(cfg, run, force); only the top of the package imports stages.
+STAGE_MODULES = {
+    "data": "stages.data.prepare",
+}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ragtune", description="Adapt a RAG stack to one domain.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in STAGE_MODULES:
+        p = sub.add_parser(name, help=f"run the {name} stage")
+        add_config_args(p)
+    p = sub.add_parser("run", help="every stage in order, skipping finished ones")
+    add_config_args(p)
+    p = sub.add_parser("status", help="print a run's manifest as a table")
+    p.add_argument("run_dir")
+    return parser
+
+
+def _normalize_argv(argv: list[str]) -> list[str]:
+    """Accept `ragtune data CONFIG ...` as well as `ragtune data --config CONFIG ...`."""
+    if len(argv) >= 2 and argv[0] != "status" and not argv[1].startswith("-") and "=" not in argv[1]:
+        return [argv[0], "--config", argv[1], *argv[2:]]
+    return argv
+
+
+def run_all(config: str, overrides: list[str], force: bool = False) -> None:
+    """Every stage in order; each skips itself when finished and fresh."""
+    cfg, run = open_run(config, overrides)
+    for name, module in STAGE_MODULES.items():
+        call_stage(name, importlib.import_module(module).main, cfg, run, force)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(_normalize_argv(list(sys.argv[1:] if argv is None else argv)))
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        if args.command == "status":
+            print(format_status(RunDir(args.run_dir)))
+        elif args.command == "run":
+            run_all(args.config, args.overrides, args.force)
+        else:
+            cfg, run = open_run(args.config, args.overrides)
+            call_stage(args.command, importlib.import_module(STAGE_MODULES[args.command]).main, cfg, run, args.force)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""Typed configuration: one YAML per domain drives every stage.
+
+The YAML is validated once into :class:`RagtuneConfig`. Unknown or misspelled keys are errors that
+name their dotted path; command-line overrides use dotted keys (``embed.epochs=3``). Each training
+section has a ``trainer:`` mapping passed through untouched to the library's training arguments, so
+the hundreds of trainer fields are not re-declared here.
+
+Example:
+    >>> cfg = load_config("configs/tiny.yaml", ["embed.epochs=2"])
+    >>> cfg.embed.epochs
+    2
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and the dotted key."""
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LLMConfig(Section):
+    """One LLM backend: query generation, the RAFT teacher and the optional judge all use this."""
+
+    provider: Literal["extractive", "local", "openai"] = Field(
+        "extractive",
+        description="extractive: no LLM, deterministic (offline runs, tests); local: a transformers "
+        "model with batched generation; openai: any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, TGI).",
+    )
+    model: str = Field(
+        "bundled:smollm2-135m-instruct",
+        description="Model reference: for local a bundled:<name>, hub id or path; for openai the served model name.",
+    )
+    base_url: str | None = Field(None, description="openai: endpoint base URL, e.g. http://localhost:8000/v1.")
+    api_key_env: str | None = Field(
+        None,
+        description="openai: NAME of the environment variable holding the API key "
+        "(the key itself never appears in config).",
+    )
+    concurrency: int = Field(16, ge=1, description="openai: requests in flight at once.")
+    requests_per_minute: float | None = Field(None, gt=0, description="openai: rate limit; null for none.")
+    max_retries: int = Field(5, ge=0, description="openai: retries on 429/5xx/timeouts/connection errors.")
+    timeout_s: float = Field(60.0, gt=0, description="openai: per-request timeout in seconds.")
+    backoff_base_s: float = Field(
+        1.0, gt=0, description="openai: first retry delay; doubles each retry (Retry-After wins)."
+    )
+    batch_size: int = Field(8, ge=1, description="local: prompts per generate() call (left-padded).")
+    max_new_tokens: int = Field(128, ge=1, description="Completion length cap.")
+    temperature: float = Field(0.0, ge=0, description="0 means greedy.")
+    budget_tokens: int | None = Field(None, ge=0, description="Stop cleanly before total tokens would exceed this.")
+    budget_usd: float | None = Field(
+        None, ge=0, description="Stop cleanly before the cost would exceed this (needs prices)."
+    )
+    price_prompt_per_1k: float = Field(0.0, ge=0, description="USD per 1,000 prompt tokens.")
+    price_completion_per_1k: float = Field(0.0, ge=0, description="USD per 1,000 completion tokens.")
+    dry_run: bool = Field(False, description="Print the number of calls and estimated tokens and cost; call nothing.")
+
+
+class RunConfig(Section):
+    name: str = Field(..., description="Run name; the run directory is <root>/<name>.")
+    root: str = Field("runs", description="Folder holding run directories (relative to the working directory).")
+    seed: int = Field(42, description="Seed for every random choice in every stage.")
+
+
+class DataConfig(Section):
+    docs: str | None = Field(None, description="Folder of documents to ingest recursively.")
+    extensions: list[str] = Field(
+        [".txt", ".md", ".html", ".htm", ".pdf", ".json", ".jsonl"], description="File types to ingest."
+    )
+    json_text_field: str = Field("text", description="Field holding the text in .json / .jsonl documents.")
+    chunk_size: int = Field(256, ge=16, description="SentenceSplitter chunk size in tokens.")
+    chunk_overlap: int = Field(32, ge=0, description="SentenceSplitter overlap in tokens.")
+    questions: str | None = Field(
+        None, description="Human-labelled questions (ragtune JSONL: id, question, doc_ids, answer, evidence)."
+    )
+    beir: str | None = Field(None, description="BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")
+    beir_splits: list[str] = Field(["test"], description="BEIR qrels files to import.")
+    llamaindex_dataset: str | None = Field(None, description="LlamaIndex EmbeddingQAFinetuneDataset JSON to import.")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> DataConfig:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("chunk_overlap must be smaller than chunk_size")
+        return self
+
+
+class SplitConfig(Section):
+    eval_fraction: float = Field(0.5, gt=0, lt=1, description="Share of source documents whose queries are held out.")
+    seed: int = Field(
+        13, description="Seed of the document split (kept apart from run.seed so training seeds do not move it)."
+    )
+    eval_docs_from: Literal["human", "all"] = Field(
+        "human",
+        description="human: held-out documents are drawn among those that human questions cite "
+        "(so eval is human-written); all: among all documents.",
+    )
+
+
+class SynthConfig(Section):
+    enabled: bool = Field(True, description="Generate synthetic queries for train-split chunks.")
+    queries_per_chunk: int = Field(1, ge=1, description="Queries asked for per chunk.")
+    max_chunks: int | None = Field(None, ge=1, description="Cap on chunks to generate for (null: all).")
+    prompt: str | None = Field(
+        None, description="Path to a prompt template replacing the built-in one ({examples}, {passage}, {n})."
+    )
+    examples: list[dict[str, str]] = Field(
+        default_factory=list,
+        description="Few-shot examples: [{passage: ..., query: ...}] (the built-in ones when empty).",
+    )
+    min_words: int = Field(3, ge=1, description="Drop queries shorter than this.")
+    max_words: int = Field(25, ge=1, description="Drop queries longer than this.")
+    near_duplicate_threshold: float = Field(
+        0.85, gt=0, le=1, description="Word-set Jaccard above which a query is a near duplicate."
+    )
+    copy_ngram: int = Field(8, ge=3, description="Drop queries that copy this many consecutive words of their chunk.")
+    round_trip_top_k: int | None = Field(
+        10, ge=1, description="Keep a query only if the base embedder ranks its chunk in the top k (null: off)."
+    )
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+
+
+class LoraConfig(Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | None = Field(None, description="null: the stage's default modules.")
+
+
+class EmbedConfig(Section):
+    base_model: str = Field("bundled:minilm-l6", description="Embedder to start from: bundled:<name>, hub id or path.")
+    method: Literal["full", "lora", "linear_adapter"] = Field(
+        "full",
+        description="full fine-tuning; lora adapter on the encoder; query-side linear adapter over a frozen base.",
+    )
+    loss: Literal["mnrl", "cached_mnrl", "gist", "triplet"] = Field("mnrl", description="Training loss.")
+    matryoshka_dims: list[int] | None = Field(
+        None, description="Wrap the loss in MatryoshkaLoss with these dimensions."
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(32, ge=2)
+    learning_rate: float = Field(2e-5, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many steps (-1: epochs decide).")
+    k_values: list[int] = Field([1, 3, 5, 10], description="Cut-offs for hit@k and recall@k.")
+    trainer: dict[str, Any] = Field(default_factory=dict, description="Passed to SentenceTransformerTrainingArguments.")
+
+
+class MiningConfig(Section):
+    range_min: int = Field(0, ge=0, description="Skip the top range_min candidates.")
+    range_max: int = Field(50, ge=1, description="Consider candidates up to this rank.")
+    max_score: float | None = Field(
+        None, description="Drop candidates scoring above this (likely unlabelled positives)."
+    )
+    relative_margin: float | None = Field(
+        0.05, ge=0, description="Drop candidates scoring above (1 - margin) x the positive's score."
+    )
+    num_negatives: int = Field(5, ge=1)
+    sampling_strategy: Literal["top", "random"] = Field("top")
+    use_faiss: bool | None = Field(None, description="null: faiss when the corpus is large.")
+    audit_samples: int = Field(
+        20, ge=0, description="(query, positive, negative) triples written for a person to read."
+    )
+
+
+class RerankConfig(Section):
+    base_model: str = Field(
+        "bundled:minilm-l6",
+        description="Cross-encoder base (a fresh one-logit head on an encoder, or a hub cross-encoder).",
+    )
+    loss: Literal["bce", "lambda", "listnet", "mnrl"] = Field("bce")
+    mining: MiningConfig = Field(default_factory=MiningConfig)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(2e-5, gt=0)
+    max_steps: int = Field(-1)
+    max_length: int = Field(256, ge=16)
+    retrieve_top_k: int = Field(20, ge=1, description="Held-out evaluation reranks the tuned retriever's top k.")
+    trainer: dict[str, Any] = Field(default_factory=dict, description="Passed to CrossEncoderTrainingArguments.")
+
+
+class RaftConfig(Section):
+    base_model: str = Field("bundled:smollm2-135m-instruct", description="Generator to tune.")
+    oracle_fraction: float = Field(
+        0.8, ge=0, le=1, description="Share of samples whose context holds the oracle chunk (P)."
+    )
+    no_oracle_target: Literal["memory", "abstain"] = Field(
+        "abstain", description="Target when the oracle is left out: answer from memory (paper) or abstain."
+    )
+    distractor_pool: int = Field(20, ge=1, description="Retrieve this many candidates to draw hard distractors from.")
+    quote_sentences: int = Field(2, ge=1, description="Extractive teacher: oracle sentences to quote.")
+    max_samples: int | None = Field(None, ge=1, description="Cap on RAFT samples built (null: every train question).")
+    teacher: LLMConfig = Field(default_factory=LLMConfig)
+    quantization: Literal["auto", "nf4", "none"] = Field("auto", description="auto: nf4 on CUDA, none on CPU.")
+    lora: LoraConfig = Field(
+        default_factory=lambda: LoraConfig(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    )
+    merge: bool = Field(False, description="Also save the adapter merged into a standalone model.")
+    max_length: int = Field(1024, ge=64)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    max_steps: int = Field(-1)
+    trainer: dict[str, Any] = Field(default_factory=dict, description="Passed to trl's SFTConfig.")
+
+
+class AssembleConfig(Section):
+    embedder: Literal["tuned", "base"] = Field("tuned")
+    reranker: Literal["tuned", "base", "none"] = Field("tuned")
+    generator: Literal["tuned", "base"] = Field("tuned")
+    top_k: int = Field(10, ge=1, description="Chunks the retriever returns.")
+    top_n: int = Field(
+        3, ge=1, description="Chunks kept after reranking and given to the generator (RAFT samples use the same)."
+    )
+    max_new_tokens: int = Field(192, ge=1)
+    context_window: int = Field(2048, ge=256, description="Must fit the generator's positions.")
+
+
+class ProbeConfig(Section):
+    close: list[tuple[str, str]] = Field(
+        default_factory=list, description="Pairs that should embed close (codename, what it names)."
+    )
+    far: list[tuple[str, str]] = Field(default_factory=list, description="Pairs that should embed far apart.")
+
+
+class EvalConfig(Section):
+    configurations: list[str] = Field(
+        ["rag_only", "embed", "embed_rerank", "full"],
+        description="Named configurations to compare; custom ones are defined in `custom`.",
+    )
+    custom: dict[str, AssembleConfig] = Field(
+        default_factory=dict, description="Extra named combinations of components."
+    )
+    query_origin: Literal["human", "synthetic", "all", "auto"] = Field(
+        "auto", description="Held-out queries to evaluate; auto: human ones when there are any."
+    )
+    k_values: list[int] = Field([1, 3, 5, 10])
+    generation: bool = Field(True, description="Also generate answers (needs reference answers; off: retrieval only).")
+    max_queries: int | None = Field(None, ge=1)
+    bootstrap_samples: int = Field(1000, ge=100)
+    probes: ProbeConfig = Field(default_factory=ProbeConfig)
+    judge: LLMConfig | None = Field(None, description="Optional LLM judge of answers.")
+
+
+class RagtuneConfig(Section):
+    run: RunConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    rerank: RerankConfig = Field(default_factory=RerankConfig)
+    raft: RaftConfig = Field(default_factory=RaftConfig)
+    assemble: AssembleConfig = Field(default_factory=AssembleConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> RagtuneConfig:
+        if not (self.data.docs or self.data.beir or self.data.llamaindex_dataset):
+            raise ValueError("data needs one of docs, beir or llamaindex_dataset")
+        return self
+
+    def section_hash(self, *sections: str) -> str:
+        """Content hash of the named sections (what a stage depends on), for staleness checks."""
+        payload = {name: getattr(self, name).model_dump(mode="json") for name in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a raw config mapping; values are parsed as YAML scalars.
+
+    Example:
+        >>> apply_overrides({"embed": {"epochs": 1}}, ["embed.epochs=3", "run.name=x"])
+        {'embed': {'epochs': 3}, 'run': {'name': 'x'}}
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.subkey=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return tree
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key (misspelled?)" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RagtuneConfig:
+    """Load, override and validate a domain config; errors name the file and dotted key."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    apply_overrides(tree, overrides or [])
+    try:
+        return RagtuneConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(str(path), e)) from None
+
+
+def dump_config(cfg: RagtuneConfig) -> str:
+    """The resolved config as YAML (what ``config.resolved.yaml`` holds)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

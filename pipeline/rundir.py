@@ -1,0 +1,296 @@
+"""Run directory and manifest: where every artifact lives, and what is finished and fresh.
+
+A stage asks :meth:`RunDir.require` for its inputs (refused with a message naming the stage to run
+when missing or stale), checks :meth:`RunDir.is_fresh` to skip finished work, writes its files with
+:func:`atomic_write_text` / :func:`atomic_dir` (temp name, then rename), and records itself last with
+:meth:`RunDir.record`. A crash therefore never leaves a half-written artifact that looks finished.
+
+Only the main process writes (see :func:`is_main_process`); other ranks read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+STAGE_ORDER = ("data", "embed", "rerank", "raft", "eval")
+STAGE_COMMANDS = {name: f"ragtune {name} CONFIG" for name in STAGE_ORDER}
+TRACKED_PACKAGES = (
+    "ragtune",
+    "torch",
+    "transformers",
+    "sentence-transformers",
+    "peft",
+    "trl",
+    "accelerate",
+    "datasets",
+    "llama-index-core",
+)
+
+
+class StageInputError(RuntimeError):
+    """A stage's input is missing or stale; the message names the stage to run first."""
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (or when not distributed): only it writes files and the manifest."""
+    return int(os.environ.get("RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write rows as JSON lines atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read JSON lines; a bad line raises ValueError naming the file and line number."""
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temp folder beside ``path``; on success it replaces ``path`` whole, on error it is removed.
+
+    Example:
+        >>> with atomic_dir(run.path("embed/model")) as tmp:
+        ...     model.save(str(tmp))
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def hash_path(path: Path) -> str:
+    """Content hash of a file, or of a folder (relative names + file hashes, sorted)."""
+    h = hashlib.sha256()
+    if path.is_file():
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()[:16]
+    if not path.is_dir():
+        raise FileNotFoundError(path)
+    for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
+        h.update(p.relative_to(path).as_posix().encode())
+        h.update(hash_path(p).encode())
+    return h.hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide an artifact's behaviour (for lineage)."""
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+@dataclass
+class StageRecord:
+    """One stage's manifest entry."""
+
+    status: str
+    config_hash: str
+    inputs: dict[str, str] = field(default_factory=dict)  # "stage/output" -> content hash
+    outputs: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> {path, hash}
+    metrics: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    started: float = 0.0
+    ended: float = 0.0
+
+
+class RunDir:
+    """A run directory ``<root>/<name>`` and its ``manifest.json``.
+
+    Args:
+        root: the run directory itself.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.manifest_path = self.root / "manifest.json"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> RunDir:
+        return cls(Path(cfg.run.root) / cfg.run.name)
+
+    def path(self, relative: str) -> Path:
+        """Absolute path of an artifact by its conventional relative name (e.g. ``data/corpus.jsonl``)."""
+        return self.root / relative
+
+    # -- manifest -------------------------------------------------------------------------------
+    def load_manifest(self) -> dict[str, StageRecord]:
+        if not self.manifest_path.exists():
+            return {}
+        raw = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        return {name: StageRecord(**rec) for name, rec in raw.get("stages", {}).items()}
+
+    def _save_manifest(self, stages: dict[str, StageRecord]) -> None:
+        ordered = {n: stages[n].__dict__ for n in sorted(stages, key=_stage_rank)}
+        atomic_write_text(self.manifest_path, json.dumps({"stages": ordered}, indent=2, sort_keys=False) + "\n")
+
+    def record(
+        self,
+        stage: str,
+        *,
+        config_hash: str,
+        inputs: dict[str, str],
+        outputs: dict[str, str],
+        metrics: dict[str, Any] | None = None,
+        started: float,
+    ) -> StageRecord:
+        """Hash ``outputs`` (key -> path relative to the run dir) and write the stage's entry, last.
+
+        Call this only after every output file is in place. Returns the record written.
+        """
+        rec = StageRecord(
+            status="done",
+            config_hash=config_hash,
+            inputs=inputs,
+            outputs={k: {"path": rel, "hash": hash_path(self.path(rel))} for k, rel in outputs.items()},
+            metrics=metrics or {},
+            versions=package_versions(),
+            started=started,
+            ended=time.time(),
+        )
+        if is_main_process():
+            stages = self.load_manifest()
+            stages[stage] = rec
+            self._save_manifest(stages)
+        return rec
+
+    def mark_failed(self, stage: str, error: str) -> None:
+        """Record that a stage failed (its previous outputs stay where they are; a rerun redoes it)."""
+        if not is_main_process():
+            return
+        stages = self.load_manifest()
+        now = time.time()
+        stages[stage] = StageRecord(
+            status="failed", config_hash="", started=now, ended=now, metrics={"error": error[:500]}
+        )
+        self._save_manifest(stages)
+
+    # -- inputs and freshness ---------------------------------------------------------------------
+    def require(self, stage: str, *outputs: str) -> dict[str, Path]:
+        """Paths of ``outputs`` of a finished upstream ``stage``; refuse missing or stale ones.
+
+        Returns:
+            key -> absolute path. Use :meth:`input_hashes` to record what was read.
+
+        Raises:
+            StageInputError: naming the stage to run (or re-run) first.
+        """
+        rec = self.load_manifest().get(stage)
+        run_it = f"run `{STAGE_COMMANDS.get(stage, stage)}` first"
+        if rec is None or rec.status != "done":
+            raise StageInputError(f"stage {stage!r} has not finished in {self.root}: {run_it}")
+        found = {}
+        for key in outputs:
+            out = rec.outputs.get(key)
+            if out is None:
+                raise StageInputError(f"stage {stage!r} recorded no output {key!r}: re-run it ({run_it})")
+            p = self.path(out["path"])
+            if not p.exists():
+                raise StageInputError(f"{p} (output {key!r} of stage {stage!r}) is missing: {run_it}")
+            if hash_path(p) != out["hash"]:
+                raise StageInputError(f"{p} changed since stage {stage!r} wrote it (stale): {run_it} again")
+            found[key] = p
+        return found
+
+    def input_hashes(self, stage: str, *outputs: str) -> dict[str, str]:
+        """``{"stage/key": hash}`` of upstream outputs as recorded, for a downstream record."""
+        rec = self.load_manifest().get(stage)
+        if rec is None:
+            return {}
+        return {f"{stage}/{k}": rec.outputs[k]["hash"] for k in outputs if k in rec.outputs}
+
+    def is_fresh(self, stage: str, config_hash: str, inputs: dict[str, str]) -> bool:
+        """True when ``stage`` is done with this config hash and these input hashes, and its outputs are intact."""
+        rec = self.load_manifest().get(stage)
+        if rec is None or rec.status != "done" or rec.config_hash != config_hash or rec.inputs != inputs:
+            return False
+        return all(
+            self.path(o["path"]).exists() and hash_path(self.path(o["path"])) == o["hash"] for o in rec.outputs.values()
+        )
+
+
+def _stage_rank(name: str) -> int:
+    return STAGE_ORDER.index(name) if name in STAGE_ORDER else len(STAGE_ORDER)
+
+
+def format_status(run: RunDir) -> str:
+    """The manifest as a plain-text table (``ragtune status RUN``)."""
+    stages = run.load_manifest()
+    if not stages:
+        return f"{run.root}: no stage has run yet"
+    header = ("stage", "status", "config", "seconds", "outputs", "metrics")
+    rows = [header]
+    for name in sorted(stages, key=_stage_rank):
+        rec = stages[name]
+        metrics = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in rec.metrics.items()
+            if not isinstance(v, dict | list)
+        )
+        rows.append(
+            (
+                name,
+                rec.status,
+                rec.config_hash[:8],
+                f"{rec.ended - rec.started:.0f}",
+                ", ".join(rec.outputs),
+                metrics[:80],
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)

@@ -1,0 +1,127 @@
+"""Data stage: documents -> chunked corpus, labelled + synthetic queries, leakage-safe split.
+
+Run it:
+    ragtune data configs/demo.yaml
+    python -m stages.data.prepare --config configs/demo.yaml [data.chunk_size=384]
+
+Writes data/corpus.jsonl, data/queries.jsonl, data/report.json (and data/cache/ for LLM calls).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from pipeline.config import RagtuneConfig
+from pipeline.entry import run_stage
+from pipeline.rundir import RunDir, atomic_write_jsonl, atomic_write_text, hash_path, is_main_process
+from stages.data.formats import attach_chunks, import_beir, import_llamaindex, load_questions
+from stages.data.ingest import Document, chunk_documents, read_documents
+from stages.data.split import assign_split, choose_eval_documents
+
+logger = logging.getLogger(__name__)
+STAGE = "data"
+CONFIG_SECTIONS = ("data", "split", "synth")
+
+
+def _source_hashes(cfg: RagtuneConfig) -> dict[str, str]:
+    sources = {
+        "docs": cfg.data.docs,
+        "questions": cfg.data.questions,
+        "beir": cfg.data.beir,
+        "llamaindex": cfg.data.llamaindex_dataset,
+    }
+    return {f"file/{k}": hash_path(Path(v)) for k, v in sources.items() if v}
+
+
+def load_sources(cfg: RagtuneConfig) -> tuple[list[Document], list[dict], dict]:
+    """Documents and document-level labelled questions from every configured source."""
+    docs: list[Document] = []
+    questions: list[dict] = []
+    report: dict = {}
+    if cfg.data.docs:
+        docs, report["ingest"] = read_documents(Path(cfg.data.docs), cfg.data.extensions, cfg.data.json_text_field)
+    if cfg.data.beir:
+        beir_docs, beir_questions = import_beir(Path(cfg.data.beir), cfg.data.beir_splits)
+        docs, questions = docs + beir_docs, questions + beir_questions
+    if cfg.data.llamaindex_dataset:
+        li_docs, li_questions = import_llamaindex(Path(cfg.data.llamaindex_dataset))
+        docs, questions = docs + li_docs, questions + li_questions
+    if cfg.data.questions:
+        questions += load_questions(Path(cfg.data.questions), {d.doc_id for d in docs})
+    if not docs:
+        raise ValueError("data: no usable document found in the configured sources")
+    return docs, questions, report
+
+
+def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
+    """Build the corpus and the split query set; skipped when fresh unless ``force``."""
+    config_hash = cfg.section_hash(*CONFIG_SECTIONS)
+    inputs = _source_hashes(cfg)
+    if not force and run.is_fresh(STAGE, config_hash, inputs):
+        logger.info("data: finished and fresh, skipping (--force reruns it)")
+        return run.load_manifest()[STAGE].metrics
+    started = time.time()
+
+    # 1. Load documents and labelled questions.
+    docs, questions, report = load_sources(cfg)
+
+    # 2. Chunk.
+    corpus = chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap)
+    labelled = attach_chunks(questions, corpus, {d.doc_id: d.text for d in docs})
+
+    # 3. Choose held-out documents before synthesis, so no LLM call is spent on them needlessly.
+    eval_docs = choose_eval_documents(
+        [d.doc_id for d in docs],
+        labelled,
+        cfg.split.eval_fraction,
+        cfg.split.seed,
+        from_labelled=cfg.split.eval_docs_from == "human",
+    )
+    has_labelled_eval = any(set(q["doc_ids"]) <= eval_docs for q in labelled)
+
+    # 4. Synthesize queries for training chunks (for held-out chunks too when nothing labelled is held out).
+    synthetic: list[dict] = []
+    if cfg.synth.enabled:
+        from stages.data.synthesize import synthesize_queries
+
+        targets = [c for c in corpus if not has_labelled_eval or c["doc_id"] not in eval_docs]
+        targets = targets[: cfg.synth.max_chunks] if cfg.synth.max_chunks else targets
+        synthetic, report["synth"] = synthesize_queries(targets, corpus, cfg.synth, run.path("data/cache"))
+
+    # 5. Split by document and check that nothing leaks.
+    queries = assign_split(labelled + synthetic, eval_docs)
+    counts = {
+        f"{origin}_{split}": sum(q["origin"] == origin and q["split"] == split for q in queries)
+        for origin in ("human", "synthetic")
+        for split in ("train", "eval")
+    }
+    report["split"] = {
+        "eval_documents": len(eval_docs),
+        "documents": len(docs),
+        "dropped_straddling": len(labelled) + len(synthetic) - len(queries),
+        **counts,
+    }
+
+    # 6. Write artifacts, then the manifest entry.
+    metrics = {"documents": len(docs), "chunks": len(corpus), "queries": len(queries), **counts}
+    if is_main_process():
+        atomic_write_jsonl(run.path("data/corpus.jsonl"), corpus)
+        atomic_write_jsonl(run.path("data/queries.jsonl"), queries)
+        atomic_write_text(run.path("data/report.json"), json.dumps(report, indent=2))
+    run.record(
+        STAGE,
+        config_hash=config_hash,
+        inputs=inputs,
+        started=started,
+        metrics=metrics,
+        outputs={"corpus": "data/corpus.jsonl", "queries": "data/queries.jsonl", "report": "data/report.json"},
+    )
+    logger.info("data: %d documents, %d chunks, queries %s", len(docs), len(corpus), counts)
+    return metrics
+
+
+if __name__ == "__main__":
+    run_stage(STAGE, main, "ragtune data stage: ingest, chunk, synthesize queries, split")

@@ -1,0 +1,74 @@
+"""The data stage through the `ragtune` CLI on the fixture domain."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import main as cli
+from pipeline.rundir import RunDir, read_jsonl
+
+
+def _run_dir(config: Path) -> RunDir:
+    tree = yaml.safe_load(config.read_text())
+    return RunDir(Path(tree["run"]["root"]) / tree["run"]["name"])
+
+
+def test_data_stage_writes_corpus_queries_split_and_manifest(tiny_config: Path, capsys) -> None:
+    cli(["data", str(tiny_config), "synth.enabled=false"])
+    run = _run_dir(tiny_config)
+    corpus = read_jsonl(run.path("data/corpus.jsonl"))
+    queries = read_jsonl(run.path("data/queries.jsonl"))
+    assert {c["doc_id"] for c in corpus} == {
+        "runbooks/heron-failover.md",
+        "runbooks/tortoise-drain.md",
+        "specs/ledgerfish.txt",
+        "specs/pondview.html",
+        "faq.jsonl#faq1",
+        "faq.jsonl#faq2",
+    }
+    assert {q["qid"] for q in queries} == {f"t{i}" for i in range(1, 7)}
+    assert {q["split"] for q in queries} == {"train", "eval"}
+    chunk_doc = {c["id"]: c["doc_id"] for c in corpus}
+    train_docs = {chunk_doc[c] for q in queries if q["split"] == "train" for c in q["relevance"]}
+    eval_docs = {chunk_doc[c] for q in queries if q["split"] == "eval" for c in q["relevance"]}
+    assert not train_docs & eval_docs
+    assert (run.root / "config.resolved.yaml").exists()
+    rec = run.load_manifest()["data"]
+    assert rec.status == "done" and rec.metrics["chunks"] == len(corpus)
+    assert set(rec.inputs) == {"file/docs", "file/questions"}
+
+    # Finished and fresh: skipped; --force reruns; the same input gives the same ids.
+    ended = rec.ended
+    cli(["data", str(tiny_config), "synth.enabled=false"])
+    assert run.load_manifest()["data"].ended == ended
+    cli(["data", str(tiny_config), "synth.enabled=false", "--force"])
+    assert run.load_manifest()["data"].ended > ended
+    assert [c["id"] for c in read_jsonl(run.path("data/corpus.jsonl"))] == [c["id"] for c in corpus]
+
+    # A config change makes it stale: it reruns.
+    cli(["data", str(tiny_config), "synth.enabled=false", "data.chunk_size=48"])
+    assert run.load_manifest()["data"].config_hash != rec.config_hash
+
+    capsys.readouterr()
+    cli(["status", str(run.root)])
+    assert "data" in capsys.readouterr().out
+
+
+def test_bad_config_and_bad_questions_exit_with_one_clear_line(tiny_config: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "data", str(tiny_config), "data.chunk_sise=3"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "data.chunk_sise: unknown key" in proc.stderr and "Traceback" not in proc.stderr
+
+    bad = tmp_path / "questions.jsonl"
+    bad.write_text(json.dumps({"id": "x", "question": "q", "doc_ids": ["nowhere.md"]}) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["data", str(tiny_config), "synth.enabled=false", f"data.questions={bad}"])
+    assert exit_info.value.code == 2

@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, apply_overrides, dump_config, load_config
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").rglob("*.yaml"))
+DOMAIN_CONFIGS = [p for p in CONFIGS if "accelerate" not in p.parts]
+
+
+@pytest.mark.parametrize("path", DOMAIN_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.run.name
+
+
+def test_shipped_configs_include_tiny_and_demo() -> None:
+    names = {p.name for p in DOMAIN_CONFIGS}
+    assert {"tiny.yaml", "demo.yaml"} <= names
+
+
+def test_override_sets_typed_value() -> None:
+    cfg = load_config(Path("configs/tiny.yaml"), ["embed.epochs=3", "embed.loss=gist", "synth.llm.concurrency=4"])
+    assert cfg.embed.epochs == 3.0
+    assert cfg.embed.loss == "gist"
+    assert cfg.synth.llm.concurrency == 4
+
+
+def test_unknown_key_names_its_dotted_path(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: {name: x}\ndata: {docs: d}\nrerank:\n  mining:\n    num_negativs: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert "rerank.mining.num_negativs" in str(err.value)
+    assert str(bad) in str(err.value)
+
+
+def test_bad_value_names_key_and_override_typo_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"embed\.method"):
+        load_config(Path("configs/tiny.yaml"), ["embed.method=qlora"])
+    with pytest.raises(ConfigError, match="embed.epoks"):
+        load_config(Path("configs/tiny.yaml"), ["embed.epoks=1"])
+    with pytest.raises(ConfigError, match="key.subkey=value"):
+        load_config(Path("configs/tiny.yaml"), ["embed.epochs"])
+
+
+def test_apply_overrides_parses_yaml_scalars() -> None:
+    tree = apply_overrides({}, ["a.b=1", "a.c=true", "a.d=[1, 2]", "a.e=null"])
+    assert tree == {"a": {"b": 1, "c": True, "d": [1, 2], "e": None}}
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(Path("configs/tiny.yaml"), ["rerank.loss=lambda"])
+    out = tmp_path / "resolved.yaml"
+    out.write_text(dump_config(cfg))
+    again = load_config(out)
+    assert again == cfg
+    assert again.section_hash("rerank") == cfg.section_hash("rerank")
+    assert again.section_hash("rerank") != load_config(Path("configs/tiny.yaml")).section_hash("rerank")
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("run: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
