@@ -1,0 +1,151 @@
+"""Batched retrieval shared by mining, RAFT building and evaluation.
+
+Corpus embeddings are computed once per (model, corpus) pair and cached on disk by content hash;
+queries are encoded in batches; scores are one matrix product and exact top-k (no approximate
+index, no per-query Python loop); reranking scores every (query, candidate) pair in one batched
+``CrossEncoder.predict`` call.
+
+Example:
+    >>> retriever = DenseRetriever.load("bundled:minilm-l6", corpus, cache_dir=run.path("cache/embeddings"))
+    >>> scores, ids = retriever.search(["how do I fail over Heron?"], k=10)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from pipeline.models import resolve_model
+from pipeline.rundir import hash_path, is_main_process
+
+logger = logging.getLogger(__name__)
+
+
+def corpus_hash(corpus: Sequence[dict]) -> str:
+    """Content hash of a corpus (chunk ids and texts, in order)."""
+    h = hashlib.sha256()
+    for row in corpus:
+        h.update(row["id"].encode())
+        h.update(b"\0")
+        h.update(row["text"].encode())
+        h.update(b"\1")
+    return h.hexdigest()[:16]
+
+
+def model_hash(model_path: str) -> str:
+    """Content hash of a local model folder; a hub id hashes by name (it is pinned by the hub cache)."""
+    path = Path(model_path)
+    return hash_path(path) if path.exists() else hashlib.sha256(model_path.encode()).hexdigest()[:16]
+
+
+def exact_top_k(
+    queries: torch.Tensor, corpus: torch.Tensor, k: int, block: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-``k`` by dot product, in query blocks so memory stays bounded.
+
+    Args:
+        queries: (q, d) embeddings (normalised for cosine).
+        corpus: (n, d) embeddings.
+        k: neighbours per query (clipped to n).
+
+    Returns:
+        (scores, indices), each (q, min(k, n)), best first.
+    """
+    k = min(k, corpus.shape[0])
+    scores, indices = [], []
+    for start in range(0, queries.shape[0], block):
+        s, i = torch.topk(queries[start : start + block] @ corpus.T, k, dim=1)
+        scores.append(s)
+        indices.append(i)
+    if not scores:
+        return torch.empty(0, k), torch.empty(0, k, dtype=torch.long)
+    return torch.cat(scores), torch.cat(indices)
+
+
+class DenseRetriever:
+    """A bi-encoder over a fixed corpus with cached, normalised corpus embeddings.
+
+    Args:
+        model: a loaded ``SentenceTransformer``.
+        corpus: chunk rows (``id``, ``text``).
+        embeddings: (n, d) normalised corpus embeddings, aligned with ``corpus``.
+    """
+
+    def __init__(self, model, corpus: Sequence[dict], embeddings: torch.Tensor) -> None:
+        self.model = model
+        self.corpus = list(corpus)
+        self.ids = [row["id"] for row in corpus]
+        self.embeddings = embeddings
+
+    @classmethod
+    def load(
+        cls, model_ref: str, corpus: Sequence[dict], cache_dir: Path | None = None, batch_size: int = 64
+    ) -> DenseRetriever:
+        """Load the embedder and encode (or read from cache) the corpus.
+
+        The cache file is ``<cache_dir>/<model hash>-<corpus hash>.pt``: a changed model or corpus
+        never reuses stale vectors, and a rerun never re-encodes an unchanged corpus.
+        """
+        from sentence_transformers import SentenceTransformer
+
+        path = resolve_model(model_ref)
+        model = SentenceTransformer(path)
+        cache = cache_dir / f"{model_hash(path)}-{corpus_hash(corpus)}.pt" if cache_dir else None
+        if cache is not None and cache.exists():
+            embeddings = torch.load(cache)
+        else:
+            embeddings = model.encode_document(
+                [row["text"] for row in corpus],
+                batch_size=batch_size,
+                convert_to_tensor=True,
+                normalize_embeddings=True,
+                show_progress_bar=is_main_process(),
+            ).cpu()
+            if cache is not None and is_main_process():
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(".tmp")
+                torch.save(embeddings, tmp)
+                tmp.replace(cache)
+        return cls(model, corpus, embeddings)
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Normalised query embeddings in batches (through the model's query route, if it has one)."""
+        return self.model.encode_query(
+            list(texts),
+            batch_size=batch_size,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        ).cpu()
+
+    def search(self, texts: Sequence[str], k: int) -> tuple[list[list[float]], list[list[str]]]:
+        """Top-``k`` chunk ids and cosine scores for every query text, best first."""
+        scores, indices = exact_top_k(self.encode_queries(texts), self.embeddings, k)
+        return scores.tolist(), [[self.ids[i] for i in row] for row in indices.tolist()]
+
+
+def rerank(
+    cross_encoder, queries: Sequence[str], candidates: Sequence[Sequence[dict]], batch_size: int = 64
+) -> list[list[tuple[dict, float]]]:
+    """Score every (query, candidate chunk) pair in one batched call and sort each list.
+
+    Args:
+        cross_encoder: a loaded ``CrossEncoder``.
+        queries: query texts.
+        candidates: per query, chunk rows (``text``) to rerank.
+
+    Returns:
+        Per query, ``(chunk, score)`` pairs sorted by score, best first.
+    """
+    pairs = [(q, c["text"]) for q, cands in zip(queries, candidates, strict=True) for c in cands]
+    flat = cross_encoder.predict(pairs, batch_size=batch_size, show_progress_bar=False) if pairs else []
+    out, pos = [], 0
+    for cands in candidates:
+        scored = list(zip(cands, (float(s) for s in flat[pos : pos + len(cands)]), strict=True))
+        pos += len(cands)
+        out.append(sorted(scored, key=lambda cs: cs[1], reverse=True))
+    return out

@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import torch
+
+from pipeline.retrieval import DenseRetriever, corpus_hash, exact_top_k, rerank
+
+
+def test_exact_top_k_matches_full_sort_across_blocks() -> None:
+    torch.manual_seed(0)
+    q, c = torch.randn(7, 5), torch.randn(40, 5)
+    scores, idx = exact_top_k(q, c, k=4, block=3)
+    full = torch.argsort(q @ c.T, dim=1, descending=True)[:, :4]
+    assert torch.equal(idx, full)
+    assert torch.allclose(scores, torch.gather(q @ c.T, 1, full))
+    assert exact_top_k(q, c[:2], k=10)[1].shape == (7, 2)
+
+
+def test_retriever_caches_corpus_embeddings_by_content(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    corpus = [{"id": f"c{i}", "text": f"Heron berth number {i} routes orders."} for i in range(6)]
+    cache = tmp_path / "emb"
+    r = DenseRetriever.load(str(tiny_bert_dir), corpus, cache_dir=cache)
+    [cached] = list(cache.iterdir())
+    assert corpus_hash(corpus) in cached.name
+    scores, ids = r.search([corpus[3]["text"]], k=3)
+    assert ids[0][0] == "c3" and scores[0][0] >= scores[0][1]
+    # Reloading reads the cache (poisoned here to prove it is read, not recomputed).
+    torch.save(torch.zeros_like(r.embeddings), cached)
+    assert torch.count_nonzero(DenseRetriever.load(str(tiny_bert_dir), corpus, cache_dir=cache).embeddings) == 0
+    # A changed corpus gets its own cache file.
+    DenseRetriever.load(str(tiny_bert_dir), [*corpus, {"id": "new", "text": "x"}], cache_dir=cache)
+    assert len(list(cache.iterdir())) == 2
+
+
+class _LengthScorer:
+    """Stands in for a CrossEncoder: scores a pair by passage length; records batch calls."""
+
+    calls = 0
+
+    def predict(self, pairs, batch_size=32, show_progress_bar=False):
+        _LengthScorer.calls += 1
+        return [float(len(p[1])) for p in pairs]
+
+
+def test_rerank_scores_all_pairs_in_one_call_and_sorts() -> None:
+    cands = [[{"text": "aa"}, {"text": "aaaa"}, {"text": "a"}], [{"text": "bbb"}]]
+    out = rerank(_LengthScorer(), ["q1", "q2"], cands)
+    assert _LengthScorer.calls == 1
+    assert [c["text"] for c, _ in out[0]] == ["aaaa", "aa", "a"] and out[1][0][1] == 3.0
