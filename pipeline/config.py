@@ -129,6 +129,9 @@ class SynthConfig(Section):
     round_trip_top_k: int | None = Field(
         10, ge=1, description="Keep a query only if the base embedder ranks its chunk in the top k (null: off)."
     )
+    round_trip_model: str = Field(
+        "bundled:minilm-l6", description="Base embedder for the round-trip filter (bundled:<name>, hub id or path)."
+    )
     llm: LLMConfig = Field(default_factory=LLMConfig)
 
 
@@ -155,6 +158,13 @@ class EmbedConfig(Section):
     learning_rate: float = Field(2e-5, gt=0)
     max_steps: int = Field(-1, description="Stop after this many steps (-1: epochs decide).")
     k_values: list[int] = Field([1, 3, 5, 10], description="Cut-offs for hit@k and recall@k.")
+    dev_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of TRAIN documents whose queries form a dev slice for keeping the best checkpoint "
+        "by nDCG@10 (0: no selection; the eval split is never used for selection).",
+    )
     trainer: dict[str, Any] = Field(default_factory=dict, description="Passed to SentenceTransformerTrainingArguments.")
 
 
@@ -249,6 +259,9 @@ class EvalConfig(Section):
     k_values: list[int] = Field([1, 3, 5, 10])
     generation: bool = Field(True, description="Also generate answers (needs reference answers; off: retrieval only).")
     max_queries: int | None = Field(None, ge=1)
+    generation_batch_size: int = Field(
+        8, ge=1, description="Prompts per left-padded generate() call when the harness generates answers."
+    )
     bootstrap_samples: int = Field(1000, ge=100)
     probes: ProbeConfig = Field(default_factory=ProbeConfig)
     judge: LLMConfig | None = Field(None, description="Optional LLM judge of answers.")

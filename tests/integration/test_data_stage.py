@@ -72,3 +72,16 @@ def test_bad_config_and_bad_questions_exit_with_one_clear_line(tiny_config: Path
     with pytest.raises(SystemExit) as exit_info:
         cli(["data", str(tiny_config), "synth.enabled=false", f"data.questions={bad}"])
     assert exit_info.value.code == 2
+
+
+def test_synthetic_queries_only_for_training_documents(tiny_config: Path) -> None:
+    cli(["data", str(tiny_config)])  # tiny.yaml: extractive synthesis, no round trip
+    run = _run_dir(tiny_config)
+    queries = read_jsonl(run.path("data/queries.jsonl"))
+    synthetic = [q for q in queries if q["origin"] == "synthetic"]
+    held_docs = {d for q in queries if q["split"] == "eval" for d in q["doc_ids"]}
+    assert synthetic and all(q["split"] == "train" for q in synthetic)
+    assert not {d for q in synthetic for d in q["doc_ids"]} & held_docs
+    report = json.loads(run.path("data/report.json").read_text())
+    assert report["synth"]["kept"] == len(synthetic)
+    assert run.load_manifest()["data"].metrics["synthetic_train"] == len(synthetic)

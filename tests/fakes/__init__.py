@@ -1,0 +1,1 @@
+"""Test doubles that stand in for external services (all local, no network)."""

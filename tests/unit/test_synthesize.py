@@ -1,0 +1,238 @@
+"""Synthetic queries: parsing, filters, the report's counts, the small-model recipe, the round trip."""
+
+import copy
+import random
+
+import pytest
+from fakes.openai_server import FakeOpenAIServer
+
+import stages.data.synthesize as synth
+from pipeline.config import LLMConfig, SynthConfig
+from pipeline.llm import LLMUsage
+from stages.data.synthesize import (
+    copies_passage,
+    drop_duplicates,
+    first_question,
+    jaccard,
+    keyword_query,
+    near_duplicate,
+    parse_queries,
+    synthesize_queries,
+)
+
+CORPUS = [
+    {
+        "id": "c1",
+        "doc_id": "d1",
+        "source": "vpn.md",
+        "text": "The Kestrel VPN token expires after ninety days. "
+        "Renew the token in the Harbor portal before it lapses, or remote access stops.",
+        "start": 0,
+        "end": 120,
+    },
+    {
+        "id": "c2",
+        "doc_id": "d2",
+        "source": "leave.md",
+        "text": "Parental leave is sixteen weeks at full pay. Request it in Lantern at least a month ahead.",
+        "start": 0,
+        "end": 90,
+    },
+    {
+        "id": "c3",
+        "doc_id": "d3",
+        "source": "deploy.md",
+        "text": "Deploys to the Slipway cluster freeze on Fridays "
+        "after noon. Hotfixes need approval from the on-call lead.",
+        "start": 0,
+        "end": 100,
+    },
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1. What is X?\n2) How does Y work?", ["What is X?", "How does Y work?"]),
+        ("Sure! Here are two:\n- **What is X?**\n* How is Y?\nHope this helps.", ["What is X?", "How is Y?"]),
+        ('```json\n["What is A?", "Where is B?"]\n```', ["What is A?", "Where is B?"]),
+        ('{"queries": [{"query": "a b c?"}, {"question": "d e f?"}]}', ["a b c?", "d e f?"]),
+        ("Query: how do I reset the VPN token?", ["how do I reset the VPN token?"]),
+        ('Q1: "When is the freeze?"\nQ2: When is the freeze?', ["When is the freeze?"]),
+        ("What is X? How is Y done?", ["What is X?", "How is Y done?"]),
+        ("", []),
+        ("Here are the questions:", []),
+    ],
+)
+def test_parse_queries(text, expected):
+    assert parse_queries(text) == expected
+
+
+def test_first_question_cuts_at_the_question_mark():
+    assert first_question("Question: What is the refund window? It is 30 days.\nMore") == "What is the refund window?"
+    assert first_question("1. A statement") == "A statement"
+
+
+def test_copy_and_near_duplicate_filters():
+    passage = "All refunds are paid within thirty days of the return date."
+    assert copies_passage("so refunds are paid within thirty days of the return?", passage, 8)
+    assert not copies_passage("how long do refunds take after a return?", passage, 8)
+    assert near_duplicate("how do I reset my password", "How do I reset my password?", 0.85)
+    assert not near_duplicate("how do I reset my password", "how do I reset my token", 0.85)
+
+
+def test_drop_duplicates_matches_brute_force():
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(12)]
+    queries = [" ".join(rng.sample(vocab, rng.randint(3, 8))) for _ in range(150)]
+    queries += queries[:5]
+    for threshold in (0.5, 0.85):
+        kept, exact, near = drop_duplicates(queries, threshold)
+        brute: list[int] = []
+        for i, q in enumerate(queries):
+            if all(jaccard(q, queries[j]) < threshold for j in brute):
+                brute.append(i)
+        assert kept == brute and exact + near == len(queries) - len(kept)
+
+
+def test_keyword_query_is_short_deterministic_and_no_long_copy():
+    idf = synth.corpus_idf(CORPUS)
+    query = keyword_query(CORPUS[0]["text"], idf)
+    assert query == keyword_query(CORPUS[0]["text"], idf) and 3 <= len(query.split()) <= 6
+    assert "kestrel" in query and not copies_passage(query, CORPUS[0]["text"], 6)
+    assert keyword_query(CORPUS[0]["text"], idf, rank=1) != query
+
+
+def test_extractive_synthesis_rows_report_and_stable_ids(tmp_path):
+    cfg = SynthConfig(queries_per_chunk=2, round_trip_top_k=None, llm=LLMConfig(provider="extractive"))
+    chunks = copy.deepcopy(CORPUS)
+    rows, report = synthesize_queries(chunks, CORPUS, cfg, tmp_path)
+    assert chunks == CORPUS  # inputs untouched
+    assert len(rows) == report["kept"] == 6 and report["chunks_without_query"] == 0
+    for row in rows:
+        cid = row["positives"][0]
+        assert row["origin"] == "synthetic" and row["relevance"] == {cid: 1} and row["answer"] is None
+        assert row["qid"] == synth.qid_for(cid, row["text"]) and row["doc_ids"] == [cid.replace("c", "d")]
+    assert synthesize_queries(CORPUS, CORPUS, cfg, tmp_path)[0] == rows
+
+
+def test_list_path_counts_every_filter(tmp_path, monkeypatch):
+    replies = {
+        "c1": "Here you go:\n1. How long is the Kestrel VPN token valid?\n2. How long is the Kestrel VPN token valid?\n"
+        "3. VPN?\n4. renew the token in the Harbor portal before it lapses?\n5. When is fresh sourdough sold?",
+        "c2": "not a list at all, just text that rambles on and on and on for far more than twenty five words "
+        "which makes it too long to be a query and it should be dropped by the length filter surely",
+        "c3": '["When are Slipway deploys frozen?", "Who approves a Friday hotfix on Slipway?", '
+        '"Extra one on Slipway?"]',
+    }
+
+    def reply(messages):
+        return next(
+            r
+            for cid, r in replies.items()
+            if next(c for c in CORPUS if c["id"] == cid)["text"] in messages[-1]["content"]
+        )
+
+    monkeypatch.setenv("RAGTUNE_TEST_LLM_KEY", "k")
+    with FakeOpenAIServer(reply=reply) as server:
+        llm = LLMConfig(provider="openai", model="fake", base_url=server.base_url, api_key_env="RAGTUNE_TEST_LLM_KEY")
+        cfg = SynthConfig(queries_per_chunk=2, round_trip_top_k=None, copy_ngram=6, llm=llm)
+        rows, report = synthesize_queries(CORPUS, CORPUS, cfg, tmp_path)
+    assert [r["text"] for r in rows] == [
+        "How long is the Kestrel VPN token valid?",
+        "When are Slipway deploys frozen?",
+        "Who approves a Friday hotfix on Slipway?",
+    ]
+    expected = {
+        "generated": 3,
+        "parsed": 8,
+        "dropped_unparseable": 0,
+        "dropped_length": 2,
+        "dropped_copy": 1,
+        "dropped_example_words": 1,
+        "dropped_duplicate": 0,
+        "dropped_near_duplicate": 0,
+        "dropped_surplus": 1,
+        "kept": 3,
+        "chunks_without_query": 1,
+    }
+    # the duplicate of c1's first query is removed by the parser itself (distinct queries per answer)
+    assert {k: report[k] for k in expected} == expected
+    assert report["parsed"] == report["kept"] + sum(
+        v for k, v in report.items() if k.startswith("dropped_") and k != "dropped_unparseable"
+    )
+
+
+class ScriptedBackend:
+    """Stands in for the local LLM: greedy and sampled answers per chunk, keyed by a word of the chunk."""
+
+    def __init__(self, greedy, sampled):
+        self.greedy, self.sampled = greedy, sampled
+        self.usage = LLMUsage()
+        self.calls = []
+
+    def _word(self, request):
+        return next(w for w in ("Kestrel", "Parental", "Slipway") if w in request[-1]["content"])
+
+    def generate(self, requests, *, max_new_tokens=None, temperature=None, desc=""):
+        self.calls.append((len(requests), temperature))
+        if temperature == 0:
+            return [self.greedy[self._word(r)] for r in requests]
+        counters = {}
+        out = []
+        for r in requests:
+            w = self._word(r)
+            counters[w] = counters.get(w, -1) + 1
+            out.append(self.sampled[w][counters[w]])
+        return out
+
+
+def test_local_recipe_greedy_then_best_sample(tmp_path, monkeypatch):
+    backend = ScriptedBackend(
+        greedy={
+            "Kestrel": "How long does the Kestrel VPN token last? It lasts ninety days.",
+            "Parental": "Parental leave is sixteen weeks at full pay.",  # no question: sample
+            "Slipway": "When does the bakery open on Saturdays?",
+        },  # borrows example words: sample
+        sampled={
+            "Parental": ["Leave?", "How long is parental leave?", "How much parental leave do I get?", None],
+            "Slipway": [
+                "Slipway.",
+                "sixteen weeks",
+                "What?",
+                "Deploys to the Slipway cluster freeze on Fridays after noon?",
+            ],
+        },
+    )
+    monkeypatch.setattr(synth, "make_backend", lambda cfg, cache_dir, extractor=None: backend)
+
+    class Ranker:  # prefers the longer of two passing candidates, so "best" is observable
+        def __init__(self, corpus, model_ref):
+            pass
+
+        def ranks(self, queries, chunk_ids):
+            return [1 if "much" in q or "Kestrel" in q else 2 for q in queries]
+
+    monkeypatch.setattr(synth, "RoundTripRanker", Ranker)
+    cfg = SynthConfig(llm=LLMConfig(provider="local"), round_trip_top_k=5)
+    rows, report = synthesize_queries(CORPUS, CORPUS, cfg, tmp_path)
+    assert {r["positives"][0]: r["text"] for r in rows} == {
+        "c1": "How long does the Kestrel VPN token last?",
+        "c2": "How much parental leave do I get?",
+    }
+    assert backend.calls == [(3, 0.0), (8, 0.5)]
+    assert report["recipe"] == "greedy-then-sample" and report["chunks_without_query"] == 1
+    assert report["generated"] == 10 and report["llm_failed"] == 1 and report["dropped_surplus"] == 1
+    assert report["round_trip_hit_at_k"] == 1.0
+
+
+def test_round_trip_ranks_are_exact(tiny_bert_dir):
+    ranker = synth.RoundTripRanker(CORPUS, str(tiny_bert_dir))
+    queries = ["kestrel vpn token", "parental leave weeks", "slipway deploy freeze", "harbor portal"]
+    chunk_ids = ["c1", "c2", "c3", "c3"]
+    q = ranker.model.encode(queries, normalize_embeddings=True)
+    c = ranker.model.encode([row["text"] for row in CORPUS], normalize_embeddings=True)
+    scores = q @ c.T
+    expected = [1 + sum(s > row[ranker.position[cid]] for s in row) for row, cid in zip(scores, chunk_ids, strict=True)]
+    assert ranker.ranks(queries, chunk_ids) == expected
+    assert all(1 <= r <= 3 for r in expected)
