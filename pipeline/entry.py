@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.config import ConfigError, RagtuneConfig, dump_config, load_config
+from pipeline.llm import DryRunFinished, LLMBackendError
 from pipeline.models import ModelNotFoundError
 from pipeline.rundir import RunDir, StageInputError, atomic_write_text, is_main_process
 
@@ -46,13 +47,15 @@ def open_run(config: str, overrides: list[str]) -> tuple[RagtuneConfig, RunDir]:
     return cfg, run
 
 
-USER_ERRORS = (ConfigError, StageInputError, ModelNotFoundError, FileNotFoundError, ValueError)
+USER_ERRORS = (ConfigError, StageInputError, ModelNotFoundError, LLMBackendError, FileNotFoundError, ValueError)
 
 
 def call_stage(stage: str, main: StageMain, cfg: RagtuneConfig, run: RunDir, force: bool) -> Any:
     """Run a stage's ``main``; a failure is recorded in the manifest (earlier outputs stay) and re-raised."""
     try:
         return main(cfg, run, force)
+    except DryRunFinished:
+        raise
     except BaseException as e:
         run.mark_failed(stage, f"{type(e).__name__}: {e}")
         raise
@@ -67,6 +70,8 @@ def run_stage(stage: str, main: StageMain, description: str, argv: list[str] | N
     try:
         cfg, run = open_run(args.config, args.overrides)
         call_stage(stage, main, cfg, run, args.force)
+    except DryRunFinished as e:
+        print(e)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -34,6 +34,7 @@ import math
 import os
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,6 +57,10 @@ MAX_BACKOFF_S = 60.0
 
 class LLMBackendError(RuntimeError):
     """The backend cannot run at all (missing key, wrong endpoint or model, no extractor)."""
+
+
+class DryRunFinished(Exception):
+    """A dry run printed its estimate; the stage stops here and records nothing."""
 
 
 @dataclass
@@ -162,7 +167,7 @@ class ResponseCache:
 OnDone = Callable[[str, str, int, int], None]  # key, text, prompt_tokens, completion_tokens
 
 
-class LLMBackend:
+class LLMBackend(ABC):
     """Shared front of every provider: cache lookup, dry run, progress bar, ordering, usage.
 
     Subclasses implement :meth:`_complete` for the keys not in the cache.
@@ -265,10 +270,11 @@ class LLMBackend:
             bar.close()
         return results
 
+    @abstractmethod
     def _complete(
         self, todo: list[tuple[str, Messages]], max_new_tokens: int, temperature: float, on_done: OnDone
     ) -> None:
-        raise NotImplementedError
+        """Compute every ``(key, messages)`` item, calling ``on_done`` as each one finishes."""
 
     def _print_dry_run(self, todo: list[tuple[str, Messages]], cached: int, max_new_tokens: int, desc: str) -> None:
         prompt = sum(estimate_prompt_tokens(m) for _, m in todo)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.config import RagtuneConfig
 from pipeline.entry import run_stage
+from pipeline.llm import DryRunFinished
 from pipeline.rundir import RunDir, atomic_write_jsonl, atomic_write_text, hash_path, is_main_process
 from stages.data.formats import attach_chunks, import_beir, import_llamaindex, load_questions
 from stages.data.ingest import Document, chunk_documents, read_documents
@@ -90,6 +91,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         targets = [c for c in corpus if not has_labelled_eval or c["doc_id"] not in eval_docs]
         targets = targets[: cfg.synth.max_chunks] if cfg.synth.max_chunks else targets
         synthetic, report["synth"] = synthesize_queries(targets, corpus, cfg.synth, run.path("data/cache"))
+        if cfg.synth.llm.dry_run:
+            raise DryRunFinished("synth.llm.dry_run is set: estimate printed above, nothing written")
 
     # 5. Split by document and check that nothing leaks.
     queries = assign_split(labelled + synthetic, eval_docs)

@@ -85,3 +85,22 @@ def test_synthetic_queries_only_for_training_documents(tiny_config: Path) -> Non
     report = json.loads(run.path("data/report.json").read_text())
     assert report["synth"]["kept"] == len(synthetic)
     assert run.load_manifest()["data"].metrics["synthetic_train"] == len(synthetic)
+
+
+def test_dry_run_prints_estimate_and_records_nothing(tiny_config: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("RAGTUNE_TEST_KEY", "sk-do-not-print")
+    cli(
+        [
+            "data",
+            str(tiny_config),
+            "synth.llm.provider=openai",
+            "synth.llm.model=m",
+            "synth.llm.dry_run=true",
+            "synth.llm.base_url=http://127.0.0.1:9/v1",
+            "synth.llm.api_key_env=RAGTUNE_TEST_KEY",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "dry run" in out and "nothing was called" in out and "sk-do-not-print" not in out
+    run = _run_dir(tiny_config)
+    assert "data" not in run.load_manifest() and not run.path("data/queries.jsonl").exists()
