@@ -1,0 +1,341 @@
+"""Embed stage: fine-tune the bi-encoder on (query, positive chunk) pairs with SentenceTransformerTrainer.
+
+Run it (all three call the same ``main``):
+    ragtune embed configs/demo.yaml [embed.method=lora] [--force]
+    python -m stages.embed.train --config configs/demo.yaml
+    accelerate launch --multi_gpu --num_processes 2 -m stages.embed.train --config configs/demo.yaml
+
+Reads data/corpus.jsonl and data/queries.jsonl (train split to train, eval split to report); writes
+embed/model/ (sentence-transformers folder + model card) and embed/metrics.json
+({"before": {...}, "after": {...}} on the held-out queries over the whole corpus).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer import losses
+from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+from pipeline.config import EmbedConfig, RagtuneConfig
+from pipeline.entry import run_stage
+from pipeline.models import resolve_model
+from pipeline.rundir import RunDir, atomic_dir, atomic_write_text, is_main_process, read_jsonl
+from stages.embed.adapter import ROUTER_MAPPING, add_query_adapter
+from stages.embed.pairs import (
+    NoDuplicateKeysBatchSampler,
+    attach_negatives,
+    build_pairs,
+    pair_keys,
+    split_dev_queries,
+)
+
+logger = logging.getLogger(__name__)
+STAGE = "embed"
+DEV_MIN_QUERIES = 5  # fewer dev queries than this make checkpoint selection noise, not signal
+EVALS_PER_RUN = 4  # dev evaluations (and checkpoints) per training run when selecting the best
+
+
+def make_evaluator(
+    queries: list[dict[str, Any]], corpus: list[dict[str, Any]], k_values: list[int], name: str
+) -> InformationRetrievalEvaluator:
+    """Retrieval evaluator over the whole corpus; positives are the relevant chunks (binary relevance).
+
+    Args:
+        queries: query rows (``qid``, ``text``, ``positives``).
+        corpus: every chunk row (``id``, ``text``).
+        k_values: cut-offs for hit@k (accuracy@k) and recall@k; MRR and nDCG are taken at 10.
+        name: evaluator name, the prefix of its metric keys.
+
+    Returns:
+        An InformationRetrievalEvaluator; ``encode_query`` embeds queries, ``encode_document`` chunks.
+    """
+    return InformationRetrievalEvaluator(
+        queries={q["qid"]: q["text"] for q in queries},
+        corpus={c["id"]: c["text"] for c in corpus},
+        relevant_docs={q["qid"]: set(q["positives"]) for q in queries},
+        accuracy_at_k=sorted(set(k_values)),
+        precision_recall_at_k=sorted(set(k_values)),
+        mrr_at_k=[10],
+        ndcg_at_k=[10],
+        map_at_k=[10],
+        name=name,
+        show_progress_bar=False,
+        write_csv=False,
+    )
+
+
+_METRIC = re.compile(r"_(accuracy|recall|mrr|ndcg)@(\d+)$")
+
+
+def flat_metrics(results: dict[str, float]) -> dict[str, float]:
+    """Evaluator output -> flat keys: ``hit@k``, ``recall@k``, ``mrr@10``, ``ndcg@10``.
+
+    Example:
+        >>> flat_metrics({"eval_cosine_accuracy@1": 0.5, "eval_cosine_ndcg@10": 0.7, "eval_cosine_map@10": 0.1})
+        {'hit@1': 0.5, 'ndcg@10': 0.7}
+    """
+    out = {}
+    for key, value in results.items():
+        match = _METRIC.search(key)
+        if match:
+            name = "hit" if match[1] == "accuracy" else match[1]
+            out[f"{name}@{match[2]}"] = float(value)
+    return out
+
+
+def build_loss(cfg: EmbedConfig, model: SentenceTransformer, base_path: str) -> torch.nn.Module:
+    """The configured loss, optionally wrapped in MatryoshkaLoss."""
+    if cfg.loss == "mnrl":
+        loss = losses.MultipleNegativesRankingLoss(model)
+    elif cfg.loss == "cached_mnrl":
+        # Gradient caching: the batch size is the number of in-batch negatives, not the memory used.
+        loss = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=min(32, cfg.batch_size))
+    elif cfg.loss == "gist":
+        guide = SentenceTransformer(base_path, device=str(model.device))
+        guide.requires_grad_(False)
+        loss = losses.GISTEmbedLoss(model, guide=guide)
+    else:
+        loss = losses.TripletLoss(model)
+    if cfg.matryoshka_dims:
+        dim = model.get_embedding_dimension()
+        too_big = [d for d in cfg.matryoshka_dims if d > dim]
+        if too_big:
+            raise ValueError(f"embed.matryoshka_dims: {too_big} exceed the model's embedding dimension {dim}")
+        loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=sorted(cfg.matryoshka_dims, reverse=True))
+    return loss
+
+
+def load_model(cfg: EmbedConfig, base_path: str) -> SentenceTransformer:
+    """The model to train: the base itself (full), with a LoRA adapter (lora), or wrapped by a query adapter."""
+    model = SentenceTransformer(base_path, device="cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.method == "lora":
+        from peft import LoraConfig, TaskType
+
+        model.add_adapter(
+            LoraConfig(
+                task_type=TaskType.FEATURE_EXTRACTION,
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=cfg.lora.target_modules,
+            )
+        )
+    elif cfg.method == "linear_adapter":
+        model = add_query_adapter(model)
+    return model
+
+
+def check_trainer_keys(cfg: EmbedConfig) -> None:
+    """Refuse ``embed.trainer`` keys that SentenceTransformerTrainingArguments lacks, or that ragtune owns."""
+    known = {f.name for f in dataclasses.fields(SentenceTransformerTrainingArguments) if f.init}
+    for key in cfg.trainer:
+        if key == "output_dir":
+            raise ValueError("embed.trainer.output_dir: set by ragtune (embed/checkpoints inside the run directory)")
+        if key not in known:
+            raise ValueError(f"embed.trainer.{key}: not a SentenceTransformerTrainingArguments field (misspelled?)")
+
+
+def training_arguments(
+    cfg: EmbedConfig,
+    output_dir: Path,
+    seed: int,
+    keys: list[frozenset[str]],
+    steps: int,
+    eval_steps: int | None,
+    best_metric: str,
+) -> SentenceTransformerTrainingArguments:
+    """Our defaults, then ``embed.trainer`` on top (user keys win); unknown keys name ``embed.trainer.<key>``."""
+    check_trainer_keys(cfg)
+    args: dict[str, Any] = {
+        "num_train_epochs": cfg.epochs,
+        "max_steps": cfg.max_steps,
+        "per_device_train_batch_size": cfg.batch_size,
+        "learning_rate": cfg.learning_rate,
+        "warmup_steps": 0.1,  # a float is a ratio of the total steps (transformers 5)
+        "seed": seed,
+        "data_seed": seed,
+        "batch_sampler": functools.partial(NoDuplicateKeysBatchSampler, keys=keys),
+        "use_cpu": not torch.cuda.is_available(),
+        "report_to": "none",
+        "disable_tqdm": False,
+        "logging_steps": max(1, steps // 20),
+        "logging_first_step": True,
+        "dataloader_drop_last": False,
+    }
+    if cfg.method == "linear_adapter":
+        args["router_mapping"] = ROUTER_MAPPING
+    if eval_steps:
+        args |= {
+            "eval_strategy": "steps",
+            "eval_steps": eval_steps,
+            "save_strategy": "steps",
+            "save_steps": eval_steps,
+            "save_total_limit": 1,  # with load_best_model_at_end the trainer keeps the best and the last
+            "load_best_model_at_end": True,
+            "metric_for_best_model": best_metric,
+            "greater_is_better": True,
+        }
+    else:
+        args |= {"eval_strategy": "no", "save_strategy": "no"}
+    args |= cfg.trainer
+    return SentenceTransformerTrainingArguments(output_dir=str(output_dir), **args)
+
+
+def _estimated_steps(cfg: EmbedConfig, n_pairs: int, world_size: int) -> int:
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    per_epoch = -(-n_pairs // (cfg.batch_size * world_size))
+    return max(1, int(per_epoch * cfg.epochs))
+
+
+def _model_card_section(cfg: EmbedConfig, n_pairs: int, n_queries: int, metrics: dict[str, Any]) -> str:
+    before, after = metrics["before"], metrics["after"]
+    rows = "\n".join(f"| {k} | {before[k]:.4f} | {after[k]:.4f} |" for k in after)
+    return (
+        "\n\n## Fine-tuned by ragtune (embed stage)\n\n"
+        f"- Base model: `{cfg.base_model}`\n"
+        f"- Method: `{cfg.method}`, loss: `{cfg.loss}`"
+        + (f" wrapped in MatryoshkaLoss {cfg.matryoshka_dims}" if cfg.matryoshka_dims else "")
+        + "\n"
+        f"- Training data: {n_pairs} (query, positive chunk) pairs from {n_queries} train-split queries\n"
+        f"- Checkpoint selection: {metrics['selection']}\n\n"
+        "Held-out (eval split) retrieval over the whole corpus:\n\n"
+        "| metric | before | after |\n|---|---|---|\n" + rows + "\n"
+    )
+
+
+def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
+    """Fine-tune the embedder; skipped when finished and fresh unless ``force``."""
+    ecfg = cfg.embed
+    check_trainer_keys(ecfg)  # before any model is loaded: a typo should cost nothing
+    paths = run.require("data", "corpus", "queries")
+    inputs = run.input_hashes("data", "corpus", "queries")
+    config_hash = cfg.section_hash("embed")
+    if not force and run.is_fresh(STAGE, config_hash, inputs):
+        logger.info("embed: finished and fresh, skipping (--force reruns it)")
+        return run.load_manifest()[STAGE].metrics
+    started = time.time()
+
+    # 1. Load data: train pairs, a document-disjoint dev slice of train, held-out eval queries.
+    corpus = read_jsonl(paths["corpus"])
+    chunks = {c["id"]: c for c in corpus}
+    queries = read_jsonl(paths["queries"])
+    eval_queries = [q for q in queries if q["split"] == "eval" and q["positives"]]
+    train_queries = [q for q in queries if q["split"] == "train" and q["positives"]]
+    if not eval_queries:
+        raise ValueError(f"{paths['queries']}: no eval-split query; embed needs held-out queries to report on")
+    train_queries, dev_queries = split_dev_queries(train_queries, ecfg.dev_fraction, cfg.run.seed, DEV_MIN_QUERIES)
+    pairs = build_pairs(train_queries, chunks)
+    if len(pairs) < 2:
+        raise ValueError(f"{paths['queries']}: {len(pairs)} training pair(s); embed needs at least 2")
+    drawn = 0
+    if ecfg.loss == "triplet":
+        pairs, drawn = attach_negatives(pairs, train_queries, chunks, cfg.run.seed)
+        logger.info("embed: %d of %d triplet negatives drawn at random (no negatives given)", drawn, len(pairs))
+    columns = ["anchor", "positive", "negative"] if ecfg.loss == "triplet" else ["anchor", "positive"]
+    train_dataset = Dataset.from_list([{c: p[c] for c in columns} for p in pairs])
+    if dev_queries:
+        selection = f"best dev nDCG@10 on {len(dev_queries)} queries of held-out train documents"
+    else:
+        selection = f"none (dev slice below {DEV_MIN_QUERIES} queries or embed.dev_fraction=0): last step kept"
+        logger.info("embed: no checkpoint selection: %s", selection)
+
+    # 2. Build the model, loss and evaluators.
+    base_path = resolve_model(ecfg.base_model)
+    model = load_model(ecfg, base_path)
+    loss = build_loss(ecfg, model, base_path)
+    eval_evaluator = make_evaluator(eval_queries, corpus, ecfg.k_values, "eval")
+    dev_evaluator = make_evaluator(dev_queries, corpus, ecfg.k_values, "dev") if dev_queries else None
+    before = flat_metrics(eval_evaluator(model)) if is_main_process() else {}
+    logger.info("embed: before training, held-out %s", before)
+
+    # 3. Train; the trainer keeps the best checkpoint by dev nDCG@10 when there is a dev slice.
+    steps = _estimated_steps(ecfg, len(pairs), int(os.environ.get("WORLD_SIZE", "1")))
+    eval_steps = max(1, -(-steps // EVALS_PER_RUN)) if dev_evaluator else None
+    sim = model.similarity_fn_name or "cosine"
+    checkpoints = run.path("embed/checkpoints")
+    args = training_arguments(
+        ecfg, checkpoints, cfg.run.seed, [pair_keys(p) for p in pairs], steps, eval_steps, f"eval_dev_{sim}_ndcg@10"
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=dev_evaluator
+    )
+    result = trainer.train()
+    model = trainer.model
+    losses_logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+    # 4. Evaluate on the held-out queries and save the model, card and metrics (main process only).
+    metrics: dict[str, Any] = {}
+    if is_main_process():
+        after = flat_metrics(eval_evaluator(model))
+        logger.info("embed: after training, held-out %s", after)
+        report = {
+            "before": before,
+            "after": after,
+            "selection": selection,
+            "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
+            "train_pairs": len(pairs),
+            "train_queries": len(train_queries),
+            "dev_queries": len(dev_queries),
+            "eval_queries": len(eval_queries),
+            "random_negatives": drawn,
+            "steps": trainer.state.global_step,
+            "train_seconds": result.metrics.get("train_runtime"),
+            "first_loss": losses_logged[0] if losses_logged else None,
+            "last_loss": losses_logged[-1] if losses_logged else None,
+        }
+        with atomic_dir(run.path("embed/model")) as tmp:
+            model.save(str(tmp))
+            card = tmp / "README.md"
+            card.write_text(
+                (card.read_text(encoding="utf-8") if card.exists() else "")
+                + _model_card_section(ecfg, len(pairs), len(train_queries), report),
+                encoding="utf-8",
+            )
+            (tmp / "ragtune_embed.json").write_text(
+                json.dumps({"base_model": ecfg.base_model, "method": ecfg.method, "loss": ecfg.loss}, indent=2)
+            )
+        atomic_write_text(run.path("embed/metrics.json"), json.dumps(report, indent=2) + "\n")
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        metrics = {
+            **{f"before_{k}": v for k, v in before.items()},
+            **{f"after_{k}": v for k, v in after.items()},
+            **{k: report[k] for k in ("train_pairs", "dev_queries", "eval_queries", "steps")},
+        }
+        run.record(
+            STAGE,
+            config_hash=config_hash,
+            inputs=inputs,
+            outputs={"model": "embed/model", "metrics": "embed/metrics.json"},
+            metrics=metrics,
+            started=started,
+        )
+        logger.info(
+            "embed: held-out nDCG@10 %.4f -> %.4f (%d pairs, %d steps)",
+            before.get("ndcg@10", float("nan")),
+            after.get("ndcg@10", float("nan")),
+            len(pairs),
+            trainer.state.global_step,
+        )
+    # Other ranks leave only after the main process has written everything.
+    trainer.accelerator.wait_for_everyone()
+    return metrics
+
+
+if __name__ == "__main__":
+    run_stage(STAGE, main, "ragtune embed stage: fine-tune the embedding model on query-chunk pairs")
