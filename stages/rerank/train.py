@@ -1,0 +1,311 @@
+"""Rerank stage: mine hard negatives with the tuned embedder, train a cross-encoder, evaluate on held-out queries.
+
+Run it:
+    ragtune rerank configs/demo.yaml [rerank.loss=lambda] [--force]
+    accelerate launch -m stages.rerank.train --config configs/demo.yaml
+    accelerate launch --multi_gpu --num_processes 2 -m stages.rerank.train --config configs/demo.yaml   # DDP
+    python -m stages.rerank.mine --config configs/demo.yaml    # mining only, to read the audit first
+
+Reads embed/model (the tuned embedder, never the base: refused until `ragtune embed` has run) and the
+data stage's corpus and queries through the manifest. Writes rerank/negatives/ (mined dataset, report,
+histogram, audit), rerank/model/ (cross-encoder + model card), rerank/metrics.json (nDCG@10, MRR@10,
+hit@k of the tuned retriever alone vs retriever + reranker on the eval split), then the manifest entry.
+Training checkpoints, if any are asked for in `rerank.trainer`, go to rerank/checkpoints/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pipeline.config import ConfigError, RagtuneConfig, RerankConfig
+from pipeline.entry import run_stage
+from pipeline.models import resolve_model
+from pipeline.ranking import mean_metrics, per_query_metrics
+from pipeline.retrieval import DenseRetriever, rerank
+from pipeline.rundir import RunDir, atomic_dir, atomic_write_text, is_main_process, read_jsonl
+from stages.rerank.mine import NEGATIVES_DIR, run_mining
+
+if TYPE_CHECKING:
+    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainingArguments
+    from torch import nn
+
+logger = logging.getLogger(__name__)
+STAGE = "rerank"
+K_VALUES = (1, 3, 5, 10)
+
+
+def build_training_columns(
+    rows: Sequence[Mapping[str, Any]],
+    corpus_by_id: Mapping[str, Mapping[str, Any]],
+    loss: str,
+    num_negatives: int,
+) -> dict[str, list]:
+    """Turn mined rows into the columns each cross-encoder loss expects.
+
+    Args:
+        rows: mined rows (``query``, ``positives``, ``relevance``, ``negatives``) from
+            :func:`stages.rerank.mine.mine_hard_negatives`.
+        corpus_by_id: chunk id -> chunk row (``text``).
+        loss: ``bce`` -> labelled pairs ``(query, passage, label)`` with label 1 for each positive and 0 for
+            each negative; ``lambda`` / ``listnet`` -> ``(query, [docs], [labels])`` lists, positives graded
+            by their relevance, negatives 0 (queries without negatives are left out: a list of positives
+            only teaches nothing); ``mnrl`` -> ``(query, positive, negative_1..negative_n)`` with ``n`` the
+            fewest negatives any query got (capped at ``num_negatives``, so every row has the same columns),
+            one row per positive, queries without negatives left out.
+        num_negatives: the configured negatives per query.
+
+    Returns:
+        Column name -> values, ready for ``datasets.Dataset.from_dict`` (column order is what the loss reads).
+
+    Example:
+        >>> corpus = {"p": {"text": "P"}, "n": {"text": "N"}}
+        >>> rows = [{"query": "q", "positives": ["p"], "relevance": {"p": 2}, "negatives": ["n"]}]
+        >>> build_training_columns(rows, corpus, "bce", 1)
+        {'query': ['q', 'q'], 'passage': ['P', 'N'], 'label': [1.0, 0.0]}
+        >>> build_training_columns(rows, corpus, "lambda", 1)
+        {'query': ['q'], 'docs': [['P', 'N']], 'labels': [[2.0, 0.0]]}
+    """
+    text = {cid: row["text"] for cid, row in corpus_by_id.items()}
+    if loss == "bce":
+        cols: dict[str, list] = {"query": [], "passage": [], "label": []}
+        for r in rows:
+            for cid, label in [(p, 1.0) for p in r["positives"]] + [(n, 0.0) for n in r["negatives"]]:
+                cols["query"].append(r["query"])
+                cols["passage"].append(text[cid])
+                cols["label"].append(label)
+        return cols
+    with_negatives = [r for r in rows if r["negatives"]]
+    if loss in ("lambda", "listnet"):
+        return {
+            "query": [r["query"] for r in with_negatives],
+            "docs": [[text[c] for c in r["positives"] + r["negatives"]] for r in with_negatives],
+            "labels": [
+                [float(r["relevance"][p]) for p in r["positives"]] + [0.0] * len(r["negatives"]) for r in with_negatives
+            ],
+        }
+    if loss == "mnrl":
+        n = min([num_negatives] + [len(r["negatives"]) for r in with_negatives])
+        cols = {"query": [], "positive": [], **{f"negative_{i}": [] for i in range(1, n + 1)}}
+        for r in with_negatives:
+            for p in r["positives"]:
+                cols["query"].append(r["query"])
+                cols["positive"].append(text[p])
+                for i, cid in enumerate(r["negatives"][:n], 1):
+                    cols[f"negative_{i}"].append(text[cid])
+        return cols
+    raise ValueError(f"rerank.loss: unknown loss {loss!r} (bce, lambda, listnet, mnrl)")
+
+
+def build_loss(model: CrossEncoder, loss: str, columns: Mapping[str, list]) -> nn.Module:
+    """The sentence-transformers cross-encoder loss for ``rerank.loss``.
+
+    BCE weighs positives by the negatives-per-positive ratio, as the library's own BCE reranker
+    examples do, so the few positives are not drowned out by the many negatives.
+    """
+    import torch
+    from sentence_transformers.cross_encoder import losses
+
+    if loss == "bce":
+        positives = sum(label == 1.0 for label in columns["label"])
+        ratio = (len(columns["label"]) - positives) / max(positives, 1)
+        return losses.BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(max(ratio, 1.0)))
+    if loss == "lambda":
+        return losses.LambdaLoss(model)
+    if loss == "listnet":
+        return losses.ListNetLoss(model)
+    return losses.MultipleNegativesRankingLoss(model)
+
+
+def build_training_args(cfg: RerankConfig, output_dir: str, seed: int) -> CrossEncoderTrainingArguments:
+    """CrossEncoderTrainingArguments from the typed fields, with ``rerank.trainer`` keys winning.
+
+    Raises:
+        ConfigError: for a ``rerank.trainer`` key that is not a CrossEncoderTrainingArguments field, or
+            ``output_dir`` (always inside the run directory).
+    """
+    import torch
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
+
+    known = {f.name for f in dataclasses.fields(CrossEncoderTrainingArguments) if f.init}
+    for key in cfg.trainer:
+        if key == "output_dir":
+            raise ConfigError("rerank.trainer.output_dir: set by the run directory (rerank/checkpoints), remove it")
+        if key not in known:
+            raise ConfigError(f"rerank.trainer.{key}: not a CrossEncoderTrainingArguments field (misspelled?)")
+    defaults: dict[str, Any] = {
+        "num_train_epochs": cfg.epochs,
+        "max_steps": cfg.max_steps,
+        "per_device_train_batch_size": cfg.batch_size,
+        "learning_rate": cfg.learning_rate,
+        "warmup_steps": 0.1,  # a float below 1 is a share of the steps: no big updates to a fresh head at once
+        "seed": seed,
+        "save_strategy": "no",
+        "report_to": "none",
+        "logging_steps": 1,
+        "disable_tqdm": not is_main_process(),
+        # Without a GPU, only use_cpu makes transformers set up gloo DDP under `accelerate launch --multi_gpu`;
+        # otherwise every process trains alone on the whole dataset.
+        "use_cpu": not torch.cuda.is_available(),
+        # Every parameter takes part in the loss; the CrossEncoderTrainer fails under DDP without this (STACK-NOTES).
+        "ddp_find_unused_parameters": False,
+    }
+    if cfg.loss == "mnrl":
+        # In-batch negatives: a repeated query or passage in one batch would be its own false negative.
+        defaults["batch_sampler"] = BatchSamplers.NO_DUPLICATES
+    return CrossEncoderTrainingArguments(output_dir=output_dir, **(defaults | cfg.trainer))
+
+
+def evaluate_reranking(
+    retriever: DenseRetriever,
+    cross_encoder: CrossEncoder,
+    queries: Sequence[Mapping[str, Any]],
+    top_k: int,
+    k_values: Sequence[int] = K_VALUES,
+) -> dict[str, Any]:
+    """Held-out ranking metrics of the retriever alone vs the retriever's top-``k`` reranked.
+
+    Args:
+        retriever: the tuned embedder over the corpus.
+        cross_encoder: the trained reranker.
+        queries: eval-split query rows (``qid``, ``text``, ``relevance``).
+        top_k: candidates retrieved per query and reranked.
+        k_values: cut-offs for hit@k and recall@k.
+
+    Returns:
+        ``{"queries", "top_k", "retriever": {...}, "retriever+reranker": {...}, "per_query": [...]}`` with
+        ``ndcg@10``, ``mrr@10``, ``hit@k`` and ``recall@k`` means (graded relevance, pipeline.ranking).
+
+    Example:
+        >>> m = evaluate_reranking(retriever, reranker, eval_queries, top_k=20)
+        >>> m["retriever"]["ndcg@10"], m["retriever+reranker"]["ndcg@10"]
+        (0.61, 0.66)
+    """
+    texts = [q["text"] for q in queries]
+    _, ids = retriever.search(texts, top_k)
+    by_id = {c["id"]: c for c in retriever.corpus}
+    reranked = rerank(cross_encoder, texts, [[by_id[i] for i in row] for row in ids])
+    before, after, per_query = [], [], []
+    for q, retrieved, scored in zip(queries, ids, reranked, strict=True):
+        b = per_query_metrics(retrieved, q["relevance"], k_values)
+        a = per_query_metrics([c["id"] for c, _ in scored], q["relevance"], k_values)
+        before.append(b)
+        after.append(a)
+        per_query.append({"qid": q["qid"], "ndcg@10_retriever": b["ndcg@10"], "ndcg@10_reranked": a["ndcg@10"]})
+    return {
+        "queries": len(queries),
+        "top_k": top_k,
+        "retriever": mean_metrics(before),
+        "retriever+reranker": mean_metrics(after),
+        "per_query": per_query,
+    }
+
+
+def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]:
+    """Mine, train and evaluate the reranker; skipped when finished and fresh unless ``force``."""
+    # Refuse early, naming the stage to run, before anything heavy is imported.
+    run.require("embed", "model")
+    run.require("data", "corpus", "queries")
+    config_hash = cfg.section_hash("rerank")
+    inputs = run.input_hashes("data", "corpus", "queries") | run.input_hashes("embed", "model")
+    if not force and run.is_fresh(STAGE, config_hash, inputs):
+        logger.info("rerank: finished and fresh, skipping (--force reruns it)")
+        return run.load_manifest()[STAGE].metrics
+    started = time.time()
+
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer
+    from transformers import set_seed
+
+    # 1. Load the training arguments first: they set up the process group that mining waits on.
+    args = build_training_args(cfg.rerank, str(run.path("rerank/checkpoints")), cfg.run.seed)
+
+    # 2. Mine hard negatives with the tuned embedder on the main process; other ranks read its result.
+    with args.main_process_first(desc="mining hard negatives"):
+        if is_main_process():
+            mined, mining_report = run_mining(cfg, run)
+        else:
+            mined = read_jsonl(run.path(f"{NEGATIVES_DIR}/negatives.jsonl"))
+            mining_report = json.loads(run.path(f"{NEGATIVES_DIR}/report.json").read_text(encoding="utf-8"))
+    corpus = read_jsonl(run.path("data/corpus.jsonl"))
+    corpus_by_id = {c["id"]: c for c in corpus}
+
+    # 3. Build the training set in the format the loss reads.
+    columns = build_training_columns(mined, corpus_by_id, cfg.rerank.loss, cfg.rerank.mining.num_negatives)
+    if not columns["query"]:
+        raise ValueError("rerank: mining produced no training example; see rerank/negatives/report.json")
+    train_dataset = Dataset.from_dict(columns)
+
+    # 4. Train a one-logit cross-encoder (a fresh head on an encoder, or a hub cross-encoder).
+    set_seed(cfg.run.seed)  # the fresh head starts the same on every rank and every rerun
+    model = CrossEncoder(resolve_model(cfg.rerank.base_model), num_labels=1, max_length=cfg.rerank.max_length)
+    trainer = CrossEncoderTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        loss=build_loss(model, cfg.rerank.loss, columns),
+    )
+    trainer.train()
+    losses_logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    if not is_main_process():
+        return {}
+
+    # 5. Save the reranker (with its model card) atomically.
+    with atomic_dir(run.path("rerank/model")) as tmp:
+        model.save_pretrained(str(tmp))
+
+    # 6. Evaluate on the eval split: tuned retriever alone vs tuned retriever + the saved reranker.
+    embedder = run.path("embed/model")
+    retriever = DenseRetriever.load(str(embedder), corpus, cache_dir=run.path("cache/embeddings"))
+    reranker = CrossEncoder(str(run.path("rerank/model")), max_length=cfg.rerank.max_length)
+    eval_queries = [q for q in read_jsonl(run.path("data/queries.jsonl")) if q["split"] == "eval"]
+    if not eval_queries:
+        raise ValueError("rerank: no eval-split query to evaluate on (check the data stage's split)")
+    evaluation = evaluate_reranking(retriever, reranker, eval_queries, cfg.rerank.retrieve_top_k)
+    before, after = evaluation["retriever"], evaluation["retriever+reranker"]
+    metrics = {
+        "ndcg@10_retriever": before["ndcg@10"],
+        "ndcg@10_reranked": after["ndcg@10"],
+        "mrr@10_retriever": before["mrr@10"],
+        "mrr@10_reranked": after["mrr@10"],
+        "eval_queries": evaluation["queries"],
+        "train_examples": len(columns["query"]),
+        "negatives": mining_report["selected"],
+        "train_steps": trainer.state.global_step,
+        "train_loss_first": losses_logged[0] if losses_logged else None,
+        "train_loss_last": losses_logged[-1] if losses_logged else None,
+    }
+    atomic_write_text(
+        run.path("rerank/metrics.json"),
+        json.dumps({**metrics, "loss": cfg.rerank.loss, "evaluation": evaluation, "mining": mining_report}, indent=2)
+        + "\n",
+    )
+
+    # 7. Record the stage last.
+    run.record(
+        STAGE,
+        config_hash=config_hash,
+        inputs=inputs,
+        outputs={"model": "rerank/model", "negatives": NEGATIVES_DIR, "metrics": "rerank/metrics.json"},
+        metrics=metrics,
+        started=started,
+    )
+    logger.info(
+        "rerank: held-out nDCG@10 %.4f -> %.4f, MRR@10 %.4f -> %.4f (%d queries, top %d reranked)",
+        before["ndcg@10"],
+        after["ndcg@10"],
+        before["mrr@10"],
+        after["mrr@10"],
+        evaluation["queries"],
+        cfg.rerank.retrieve_top_k,
+    )
+    return metrics
+
+
+if __name__ == "__main__":
+    run_stage(STAGE, main, "ragtune rerank stage: mine hard negatives, train and evaluate a cross-encoder reranker")

@@ -1,0 +1,69 @@
+"""The rerank stage under 2-process DDP on CPU (gloo): `accelerate launch --multi_gpu --num_processes 2`."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from pipeline.cli import main as cli
+from pipeline.rundir import RunDir
+
+
+def test_rerank_under_two_process_ddp_writes_one_model_and_one_entry(tiny_config: Path, tiny_bert_dir: Path) -> None:
+    cli(["data", str(tiny_config), "synth.enabled=false"])
+    tree = yaml.safe_load(tiny_config.read_text())
+    run = RunDir(Path(tree["run"]["root"]) / tree["run"]["name"])
+    shutil.copytree(tiny_bert_dir, run.path("embed/model"))
+    run.record(
+        "embed",
+        config_hash="simulated",
+        inputs=run.input_hashes("data", "corpus", "queries"),
+        outputs={"model": "embed/model"},
+        started=time.time(),
+    )
+
+    # bce: 4 train queries x (1 positive + 2 negatives) = 12 pairs in 6 batches of 2: one process would take
+    # 6 steps, two processes share the batches and take 3 each.
+    overrides = [f"rerank.base_model={tiny_bert_dir}", "rerank.mining.relative_margin=null", "rerank.batch_size=2"]
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            str(accelerate),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "stages.rerank.train",
+            "--config",
+            str(tiny_config),
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    metrics = json.loads(run.path("rerank/metrics.json").read_text())
+    assert metrics["train_examples"] == 12
+    assert metrics["train_steps"] == 3  # the batches really were shared by 2 processes
+    stages = run.load_manifest()
+    assert stages["rerank"].status == "done"
+    assert list(stages) == ["data", "embed", "rerank"]
+    assert (run.path("rerank/model") / "model.safetensors").exists()
+    leftovers = [p.name for p in run.path("rerank").iterdir() if p.name.startswith(".")]
+    assert leftovers == []

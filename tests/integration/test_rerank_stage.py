@@ -1,0 +1,119 @@
+"""The rerank stage through the `ragtune` CLI on the fixture domain, with a simulated finished embed stage."""
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from pipeline.cli import main as cli
+from pipeline.config import load_config
+from pipeline.retrieval import model_hash
+from pipeline.rundir import RunDir, read_jsonl
+from stages.rerank.negatives import RULES
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _run_dir(config: Path) -> RunDir:
+    tree = yaml.safe_load(config.read_text())
+    return RunDir(Path(tree["run"]["root"]) / tree["run"]["name"])
+
+
+def simulate_embed_stage(run: RunDir, model_dir: Path) -> None:
+    """What `ragtune embed` leaves behind: embed/model and its manifest entry."""
+    shutil.copytree(model_dir, run.path("embed/model"))
+    run.record(
+        "embed",
+        config_hash="simulated",
+        inputs=run.input_hashes("data", "corpus", "queries"),
+        outputs={"model": "embed/model"},
+        started=time.time(),
+    )
+
+
+def test_rerank_stage_mines_trains_evaluates_and_records(tiny_config: Path, tiny_bert_dir: Path, capsys) -> None:
+    cli(["data", str(tiny_config), "synth.enabled=false"])
+    run = _run_dir(tiny_config)
+    # The reranker starts from the tiny BERT; the random embedder's scores all sit within 5% of each other,
+    # so the relative margin would drop nearly every candidate: switch it off to get negatives to check.
+    overrides = [f"rerank.base_model={tiny_bert_dir}", "rerank.mining.relative_margin=null"]
+
+    # 1. Without a finished embed stage it refuses, naming the command to run first.
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["rerank", str(tiny_config), *overrides])
+    assert exit_info.value.code == 2
+    assert "ragtune embed" in capsys.readouterr().err
+    assert not run.path("rerank/model").exists()
+
+    # 2. With it, the whole stage runs.
+    tuned = tiny_bert_dir.parent / "tuned"
+    shutil.copytree(tiny_bert_dir, tuned)
+    simulate_embed_stage(run, tuned)
+    cli(["rerank", str(tiny_config), *overrides])
+
+    # Mining used the tuned embedder (its cache is keyed by that model's hash) and only train queries.
+    queries = {q["qid"]: q for q in read_jsonl(run.path("data/queries.jsonl"))}
+    report = json.loads(run.path("rerank/negatives/report.json").read_text())
+    assert report["embedder"] == "embed/model"
+    assert run.path(f"cache/embeddings/mine-{model_hash(str(run.path('embed/model')))}").is_dir()
+    train = {qid for qid, q in queries.items() if q["split"] == "train"}
+    assert report["train_queries"] == len(train) == 4 and report["eval_queries_not_mined"] == 2
+    mined = read_jsonl(run.path("rerank/negatives/negatives.jsonl"))
+    assert {qid for row in mined for qid in row["qids"]} == train
+
+    # Counts: 8 chunks, 4 train queries with one given positive each -> 7 candidates per query; t2 and t6
+    # each label the other's chunk grade 1, so exactly 2 candidates are dropped as labelled positives.
+    assert report["candidates"] == 28
+    assert report["dropped"] == {"labelled_positive": 2, "same_source_span": 0, "max_score": 0, "relative_margin": 0}
+    assert report["kept"] == report["candidates"] - sum(report["dropped"][r] for r in RULES) == 26
+    assert report["selected"] == 4 * 2  # num_negatives 2 in configs/tiny.yaml
+    for row in mined:
+        relevant = {c for qid in row["qids"] for c, g in queries[qid]["relevance"].items() if g > 0}
+        assert row["negatives"] and not relevant & set(row["negatives"])
+
+    assert run.path("rerank/negatives/scores.png").read_bytes().startswith(PNG_MAGIC)
+    audit = run.path("rerank/negatives/audit.md").read_text()
+    triples = re.findall(r"## \d+\. query `([^`]+)`.*?\*\*Negative\*\* `([^`]+)`", audit, flags=re.S)
+    assert 0 < len(triples) <= 20 and len(triples) == report["selected"]
+    for qid, negative in triples:
+        assert queries[qid]["split"] == "train"
+        assert queries[qid]["relevance"].get(negative, 0) == 0
+
+    # The reranker trained: encoder weights moved away from the base, a model card sits beside them.
+    base = load_file(tiny_bert_dir / "model.safetensors")
+    trained = load_file(run.path("rerank/model/model.safetensors"))
+    assert any(not trained[f"bert.{name}"].equal(w) for name, w in base.items())
+    assert "cross-encoder" in run.path("rerank/model/README.md").read_text()
+
+    metrics = json.loads(run.path("rerank/metrics.json").read_text())
+    for system in ("retriever", "retriever+reranker"):
+        assert {"ndcg@10", "mrr@10", "hit@1", "hit@10"} <= set(metrics["evaluation"][system])
+        assert all(0.0 <= v <= 1.0 for v in metrics["evaluation"][system].values())
+    assert metrics["evaluation"]["queries"] == 2 and metrics["eval_queries"] == 2
+    assert metrics["ndcg@10_retriever"] == metrics["evaluation"]["retriever"]["ndcg@10"]
+    assert metrics["ndcg@10_reranked"] == metrics["evaluation"]["retriever+reranker"]["ndcg@10"]
+    assert metrics["train_examples"] == 12 and metrics["train_steps"] == 3  # 4 x (1 + 2) pairs, batches of 4
+
+    cfg = load_config(tiny_config, overrides)
+    rec = run.load_manifest()["rerank"]
+    assert rec.status == "done" and rec.config_hash == cfg.section_hash("rerank")
+    assert set(rec.outputs) == {"model", "negatives", "metrics"}
+    assert set(rec.inputs) == {"data/corpus", "data/queries", "embed/model"}
+    assert rec.metrics["ndcg@10_reranked"] == metrics["ndcg@10_reranked"]
+
+    # 3. Finished and fresh: a rerun is skipped.
+    cli(["rerank", str(tiny_config), *overrides])
+    assert run.load_manifest()["rerank"].ended == rec.ended
+
+    # 4. A misspelled trainer key is one clear line naming its path.
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["rerank", str(tiny_config), *overrides, "rerank.trainer.learning_rat=0.1"])
+    assert exit_info.value.code == 2
+    assert "rerank.trainer.learning_rat" in capsys.readouterr().err
