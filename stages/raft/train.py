@@ -1,0 +1,286 @@
+"""RAFT stage: build the RAFT data if needed, then (Q)LoRA-tune the generator on it with trl's SFTTrainer.
+
+Run it:
+    ragtune raft configs/demo.yaml [raft.max_steps=50] [raft.quantization=nf4]
+    accelerate launch -m stages.raft.train --config configs/demo.yaml
+
+The build step (``stages.raft.build``, manifest entry ``raft_build``) is skipped when fresh; under
+several processes the main process builds first and the others then find it fresh. Training uses
+prompt/completion chat samples, so the loss covers only the assistant completion (rendered through the
+model's chat template). Writes raft/adapter/ (LoRA adapter, tokenizer, model card), optionally
+raft/merged/ (``raft.merge``), and the manifest entry ``raft``; checkpoints go to raft/checkpoints/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import ConfigError, RaftConfig, RagtuneConfig
+from pipeline.entry import run_stage
+from pipeline.models import resolve_model
+from pipeline.rundir import RunDir, atomic_dir, is_main_process, read_jsonl
+from stages.raft import build
+
+logger = logging.getLogger(__name__)
+STAGE = "raft"
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
+# Set from the run directory and the typed raft fields; a raft.trainer key may not override them.
+RESERVED_TRAINER_KEYS = {"output_dir"}
+
+
+def resolve_quantization(setting: str) -> str:
+    """``nf4`` or ``none``: ``auto`` picks nf4 on CUDA (QLoRA) and none on CPU."""
+    if setting == "auto":
+        return "nf4" if torch.cuda.is_available() else "none"
+    return setting
+
+
+def _full_precision_dtype() -> torch.dtype:
+    # bf16 is the GPU's native training precision; CPUs train in fp32.
+    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def load_generator(model_path: str, quantization: str) -> tuple[Any, Any]:
+    """Load the causal LM and its tokenizer, in 4-bit NF4 (QLoRA) or in full precision.
+
+    Args:
+        model_path: a local folder or hub id (already resolved by :func:`pipeline.models.resolve_model`).
+        quantization: ``nf4`` (double-quantised NF4 weights, bf16 compute, prepared for k-bit training)
+            or ``none`` (fp32 on CPU, bf16 on a bf16-capable GPU).
+
+    Returns:
+        ``(model, tokenizer)``; the model is ready for a LoRA adapter.
+
+    Example:
+        >>> model, tokenizer = load_generator(resolve_model("bundled:smollm2-135m-instruct"), "none")
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if quantization == "nf4":
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        bnb = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=bnb, dtype=torch.bfloat16)
+        model = prepare_model_for_kbit_training(model)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_full_precision_dtype())
+    return model, tokenizer
+
+
+def make_sft_config(raft: RaftConfig, output_dir: Path, seed: int) -> Any:
+    """trl ``SFTConfig`` from the typed raft fields, with ``raft.trainer`` passed through (its keys win).
+
+    Raises:
+        ConfigError: a ``raft.trainer`` key that SFTConfig does not have, or one the run directory owns.
+
+    Example:
+        >>> make_sft_config(RaftConfig(trainer={"warmup_steps": 2}), Path("runs/x/raft/checkpoints"), 42).warmup_steps
+        2
+    """
+    from trl import SFTConfig
+
+    known = {f.name for f in dataclasses.fields(SFTConfig)}
+    for key in raft.trainer:
+        if key in RESERVED_TRAINER_KEYS:
+            raise ConfigError(f"raft.trainer.{key}: set by ragtune from the run directory; remove it")
+        if key not in known:
+            raise ConfigError(f"raft.trainer.{key}: not a field of trl's SFTConfig (misspelled?)")
+    cuda = torch.cuda.is_available()
+    args: dict[str, Any] = {
+        "max_length": raft.max_length,
+        "num_train_epochs": raft.epochs,
+        "per_device_train_batch_size": raft.batch_size,
+        "learning_rate": raft.learning_rate,
+        "max_steps": raft.max_steps,
+        "seed": seed,
+        "logging_steps": 1,
+        "save_strategy": "no",  # the adapter is saved once, atomically, by the stage
+        "report_to": "none",
+        "use_cpu": not cuda,
+        "bf16": cuda and torch.cuda.is_bf16_supported(),
+        **raft.trainer,
+    }
+    return SFTConfig(output_dir=str(output_dir), **args)
+
+
+def drop_overlong(samples: list[dict], tokenizer: Any, max_length: int) -> tuple[list[dict], int]:
+    """Drop samples whose chat-rendered prompt + completion exceeds ``max_length`` tokens.
+
+    Truncation would cut the answer off (or remove it entirely), teaching the model to stop mid-answer.
+
+    Returns:
+        ``(kept, dropped_count)``.
+    """
+    kept = []
+    for s in samples:
+        text = tokenizer.apply_chat_template(s["prompt"] + s["completion"], tokenize=False)
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_length:
+            kept.append(s)
+    return kept, len(samples) - len(kept)
+
+
+def build_trainer(
+    raft: RaftConfig, model_path: str, samples: list[dict], output_dir: Path, seed: int
+) -> tuple[Any, dict[str, Any]]:
+    """An ``SFTTrainer`` with a LoRA adapter on the generator, over prompt/completion samples.
+
+    Args:
+        raft: the raft config (quantization, LoRA, lengths, optimisation, ``trainer`` pass-through).
+        model_path: the resolved base model.
+        samples: rows of raft/train.jsonl (``prompt`` and ``completion`` chat messages; other keys ignored).
+        output_dir: the trainer's output folder, inside the run directory.
+        seed: training seed.
+
+    Returns:
+        ``(trainer, info)`` with ``info`` = quantization used, samples kept, samples dropped as too long.
+
+    Example:
+        >>> trainer, info = build_trainer(cfg.raft, resolve_model(cfg.raft.base_model), rows, run.path("raft/x"), 42)
+        >>> trainer.train()
+    """
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTTrainer
+
+    quantization = resolve_quantization(raft.quantization)
+    model, tokenizer = load_generator(model_path, quantization)
+    kept, too_long = drop_overlong(samples, tokenizer, raft.max_length)
+    if not kept:
+        raise ValueError(f"raft: every sample is longer than raft.max_length={raft.max_length} tokens")
+    dataset = Dataset.from_list([{"prompt": s["prompt"], "completion": s["completion"]} for s in kept])
+    lora = LoraConfig(
+        r=raft.lora.r,
+        lora_alpha=raft.lora.alpha,
+        lora_dropout=raft.lora.dropout,
+        target_modules=raft.lora.target_modules or DEFAULT_TARGET_MODULES,
+        task_type="CAUSAL_LM",
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=make_sft_config(raft, output_dir, seed),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
+    return trainer, {"quantization": quantization, "samples": len(kept), "dropped_too_long": too_long}
+
+
+def model_card(cfg: RagtuneConfig, model_path: str, info: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """README.md for the adapter: base model, data, LoRA and training settings, losses."""
+    lora = cfg.raft.lora
+    return f"""---
+base_model: {cfg.raft.base_model}
+library_name: peft
+tags: [ragtune, raft, {"qlora" if info["quantization"] == "nf4" else "lora"}]
+---
+# RAFT LoRA adapter ({cfg.run.name})
+
+Generator adapter trained by ragtune's RAFT stage (arXiv 2403.10131): answers questions over retrieved
+chunks with `##Reason:` reasoning quoting evidence between `##begin_quote##` and `##end_quote##`, then
+`##Answer:`. Prompt with `stages.raft.prompts.build_messages` (the format it was trained on).
+
+- Base model: `{cfg.raft.base_model}` (loaded from `{model_path}`), quantization `{info["quantization"]}`
+- Data: {info["samples"]} samples from raft/train.jsonl ({metrics["with_oracle"]} with the oracle chunk,
+  {metrics["without_oracle"]} without; no-oracle target `{cfg.raft.no_oracle_target}`;
+  {cfg.assemble.top_n} chunks per prompt); {info["dropped_too_long"]} dropped as longer than
+  {cfg.raft.max_length} tokens
+- LoRA: r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout},
+  target modules {lora.target_modules or DEFAULT_TARGET_MODULES}
+- Training: {metrics["steps"]} steps, learning rate {cfg.raft.learning_rate}, batch {cfg.raft.batch_size},
+  loss {metrics["train_loss_first"]:.4f} -> {metrics["train_loss_last"]:.4f}
+"""
+
+
+def merge_adapter(model_path: str, adapter_dir: Path, target: Path) -> None:
+    """Merge the adapter into an unquantised copy of the base and save it as a standalone model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # Merging into 4-bit weights would round the update away: always merge into full precision.
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=_full_precision_dtype())
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    with atomic_dir(target) as tmp:
+        merged.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(tmp)
+
+
+def train_config_hash(cfg: RagtuneConfig) -> str:
+    """Hash of the settings training depends on (the data's own settings reach it via its content hash)."""
+    payload = {"raft": cfg.raft.model_dump(mode="json"), "seed": cfg.run.seed}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
+    """Build (if needed) and train; the training is skipped when finished and fresh unless ``force``."""
+    from accelerate import PartialState
+
+    # 1. RAFT data: the main process builds first, the other ranks then find it fresh.
+    with PartialState().main_process_first():
+        build_metrics = build.main(cfg, run, force)
+    if cfg.raft.teacher.dry_run:
+        return build_metrics
+    train_data = run.require(build.STAGE, "train_data")["train_data"]
+    config_hash, inputs = train_config_hash(cfg), run.input_hashes(build.STAGE, "train_data")
+    if not force and run.is_fresh(STAGE, config_hash, inputs):
+        logger.info("raft: finished and fresh, skipping (--force reruns it)")
+        return run.load_manifest()[STAGE].metrics
+    started = time.time()
+    samples = read_jsonl(train_data)
+
+    # 2. Base model (NF4 or full precision), LoRA adapter, trainer.
+    model_path = resolve_model(cfg.raft.base_model)
+    trainer, info = build_trainer(cfg.raft, model_path, samples, run.path("raft/checkpoints"), cfg.run.seed)
+
+    # 3. Train.
+    result = trainer.train()
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    kept_oracle = sum(s["has_oracle"] for s in samples)
+    metrics = {
+        **info,
+        "with_oracle": kept_oracle,
+        "without_oracle": len(samples) - kept_oracle,
+        "steps": trainer.state.global_step,
+        "train_loss_first": losses[0] if losses else float("nan"),
+        "train_loss_last": losses[-1] if losses else float("nan"),
+        "train_loss_mean": result.training_loss,
+        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
+        "build": {k: v for k, v in build_metrics.items() if k.startswith("teacher_") or k == "random_fallback_chunks"},
+    }
+
+    # 4. Save the adapter (+ card), optionally the merged model; the manifest entry comes last.
+    outputs = {"adapter": "raft/adapter", "train_data": "raft/train.jsonl"}
+    if is_main_process():
+        with atomic_dir(run.path("raft/adapter")) as tmp:
+            trainer.model.save_pretrained(tmp)
+            trainer.processing_class.save_pretrained(tmp)
+            # Replaces peft's placeholder card.
+            (tmp / "README.md").write_text(model_card(cfg, model_path, info, metrics), encoding="utf-8")
+        if cfg.raft.merge:
+            merge_adapter(model_path, run.path("raft/adapter"), run.path("raft/merged"))
+    if cfg.raft.merge:
+        outputs["merged"] = "raft/merged"
+    trainer.accelerator.wait_for_everyone()
+    run.record(STAGE, config_hash=config_hash, inputs=inputs, started=started, metrics=metrics, outputs=outputs)
+    logger.info(
+        "raft: %d steps, loss %.4f -> %.4f", metrics["steps"], metrics["train_loss_first"], metrics["train_loss_last"]
+    )
+    return metrics
+
+
+if __name__ == "__main__":
+    run_stage(STAGE, main, "ragtune RAFT stage: build RAFT data if needed, then (Q)LoRA-tune the generator")

@@ -1,0 +1,114 @@
+"""RAFT build logic: oracle share, hard distractors with random fallback, targets, config hashing."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, RaftConfig, RagtuneConfig
+from stages.raft.build import RaftContext, build_config_hash, build_targets, choose_contexts
+from stages.raft.prompts import ABSTAIN_ANSWER, format_answer, parse_answer
+from stages.raft.train import make_sft_config
+
+CORPUS = [f"c{i}" for i in range(20)]
+
+
+def _question(i: int) -> dict:
+    # positives c{i}; c{i+1} is graded 1 (relevant, so never a distractor).
+    return {
+        "qid": f"q{i}",
+        "text": f"question {i}",
+        "positives": [f"c{i}"],
+        "relevance": {f"c{i}": 2, f"c{i + 1}": 1},
+        "answer": f"answer {i}",
+    }
+
+
+def test_oracle_share_chunk_count_and_hard_distractors() -> None:
+    questions = [_question(i) for i in range(10)]
+    # Ranked pool: the graded-1 chunk first, then the positive, then hard candidates.
+    ranked = [[f"c{i + 1}", f"c{i}", f"c{(i + 5) % 20}", f"c{(i + 7) % 20}", f"c{(i + 9) % 20}"] for i in range(10)]
+    contexts = choose_contexts(questions, ranked, CORPUS, top_n=3, oracle_fraction=0.8, seed=1)
+    assert sum(c.has_oracle for c in contexts) == 8
+    for i, ctx in enumerate(contexts):
+        assert len(ctx.chunk_ids) == 3 and len(set(ctx.chunk_ids)) == 3
+        assert ctx.oracle_ids == [f"c{i}"]
+        assert (f"c{i}" in ctx.chunk_ids) == ctx.has_oracle
+        assert f"c{i + 1}" not in ctx.chunk_ids  # relevance > 0 is never a distractor
+        distractors = [c for c in ctx.chunk_ids if c != f"c{i}"]
+        hard = [f"c{(i + 5) % 20}", f"c{(i + 7) % 20}", f"c{(i + 9) % 20}"]
+        assert sorted(distractors) == sorted(hard[: len(distractors)])  # the best-ranked irrelevant ones
+        assert ctx.random_distractors == 0
+    # Seeded: the same seed gives the same samples; order inside a sample is shuffled.
+    again = choose_contexts(questions, ranked, CORPUS, top_n=3, oracle_fraction=0.8, seed=1)
+    assert [c.chunk_ids for c in again] == [c.chunk_ids for c in contexts]
+    with_oracle = [c for c in contexts if c.has_oracle]
+    assert any(c.chunk_ids[0] != c.oracle_ids[0] for c in with_oracle)
+    assert any(c.chunk_ids[0] == c.oracle_ids[0] for c in with_oracle)
+
+
+def test_random_fallback_only_when_too_few_hard_distractors() -> None:
+    q = _question(0)
+    ctx = choose_contexts([q], [["c0", "c1", "c5"]], CORPUS, top_n=4, oracle_fraction=1.0, seed=0)[0]
+    assert len(ctx.chunk_ids) == 4 and "c5" in ctx.chunk_ids and "c1" not in ctx.chunk_ids
+    assert ctx.random_distractors == 2
+    # Oracle capped at top_n - 1 (best-ranked positives first), so a sample always has a distractor.
+    multi = {**q, "positives": ["c0", "c2", "c3"], "relevance": {"c0": 2, "c2": 2, "c3": 2}}
+    ctx = choose_contexts([multi], [["c3", "c9", "c0", "c2"]], CORPUS, top_n=3, oracle_fraction=1.0, seed=0)[0]
+    assert ctx.oracle_ids == ["c3", "c0"] and sorted(ctx.chunk_ids) == ["c0", "c3", "c9"]
+
+
+def test_build_targets_verifies_repairs_and_counts() -> None:
+    texts = {"c0": "The grace period is 40 minutes.", "c1": "Unrelated text here."}
+    contexts = [
+        RaftContext("ok", "q", "40", ["c0"], ["c0", "c1"], has_oracle=True),
+        RaftContext("bad", "q", "40", ["c0"], ["c1", "c0"], has_oracle=True),
+        RaftContext("junk", "q", "40", ["c0"], ["c0", "c1"], has_oracle=True),
+        RaftContext("fail", "q", "40", ["c0"], ["c0", "c1"], has_oracle=True),
+        RaftContext("none", "q", "40", ["c0"], ["c1"], has_oracle=False),
+    ]
+    answers = {
+        "ok": format_answer("r", ["The grace period is 40 minutes."], "40 minutes"),
+        "bad": format_answer("r", ["Unrelated text here."], "40 minutes"),  # quotes a distractor
+        "junk": "40 minutes",
+        "fail": None,
+    }
+    kept, counts = build_targets(contexts, answers, texts, "abstain")
+    assert [c.qid for c, _ in kept] == ["ok", "bad", "none"]
+    assert counts == {
+        "valid": 1,
+        "repaired": 0,
+        "replaced": 1,
+        "malformed": 1,
+        "failed": 1,
+        "no_oracle_kept": 1,
+        "no_oracle_dropped": 0,
+    }
+    assert parse_answer(kept[1][1]).quotes == ["The grace period is 40 minutes."]
+    assert parse_answer(kept[2][1]).answer == ABSTAIN_ANSWER
+    # memory mode with no teacher answer for the no-oracle sample: dropped and counted.
+    _, counts = build_targets(contexts[4:], {}, texts, "memory")
+    assert counts["no_oracle_dropped"] == 1
+
+
+def test_build_hash_ignores_training_settings() -> None:
+    base = RagtuneConfig.model_validate({"run": {"name": "x"}, "data": {"docs": "d"}})
+    trained = base.model_copy(deep=True)
+    trained.raft.learning_rate = 1e-3
+    trained.raft.lora.r = 4
+    assert build_config_hash(trained) == build_config_hash(base)
+    changed = base.model_copy(deep=True)
+    changed.raft.oracle_fraction = 0.5
+    assert build_config_hash(changed) != build_config_hash(base)
+    changed = base.model_copy(deep=True)
+    changed.assemble.top_n = 5
+    assert build_config_hash(changed) != build_config_hash(base)
+
+
+def test_trainer_pass_through_user_keys_win_and_unknown_keys_are_named(tmp_path: Path) -> None:
+    args = make_sft_config(RaftConfig(trainer={"logging_steps": 7, "warmup_steps": 2}), tmp_path / "o", seed=3)
+    assert (args.logging_steps, args.warmup_steps, args.seed, args.max_length) == (7, 2, 3, 1024)
+    assert args.output_dir == str(tmp_path / "o")
+    with pytest.raises(ConfigError, match=r"raft\.trainer\.warmup_stepz"):
+        make_sft_config(RaftConfig(trainer={"warmup_stepz": 2}), tmp_path, seed=0)
+    with pytest.raises(ConfigError, match=r"raft\.trainer\.output_dir"):
+        make_sft_config(RaftConfig(trainer={"output_dir": "elsewhere"}), tmp_path, seed=0)

@@ -1,0 +1,42 @@
+"""The RAFT training loss covers exactly the assistant completion, through trl's real data pipeline."""
+
+from pathlib import Path
+
+from pipeline.config import RaftConfig
+from stages.raft.prompts import build_messages, format_answer
+from stages.raft.train import build_trainer
+
+IGNORE = -100
+
+
+def test_labels_cover_exactly_the_completion_tokens(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    answer = format_answer("The runbook says:", ["The grace period is 40 minutes."], "40 minutes")
+    sample = {
+        "prompt": build_messages("default grace period?", ["The grace period is 40 minutes by default.", "x"]),
+        "completion": [{"role": "assistant", "content": answer}],
+    }
+    trainer, info = build_trainer(
+        RaftConfig(quantization="none", max_length=512), str(tiny_llama_dir), [sample], tmp_path / "out", seed=0
+    )
+    assert info == {"quantization": "none", "samples": 1, "dropped_too_long": 0}
+    tok = trainer.processing_class
+
+    # What the chat template renders: the prompt with the generation prompt, then the completion.
+    # The completion is the answer, the end-of-turn token <|im_end|> (the model must learn to stop)
+    # and the template's newline after it; nothing of the prompt, not even "<|im_start|>assistant\n".
+    prompt_text = tok.apply_chat_template(sample["prompt"], tokenize=False, add_generation_prompt=True)
+    assert prompt_text.endswith("<|im_start|>assistant\n")
+    prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
+    completion_ids = tok(answer + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    assert completion_ids[-2] == tok.convert_tokens_to_ids("<|im_end|>")
+
+    row = trainer.train_dataset[0]
+    assert row["input_ids"] == prompt_ids + completion_ids
+    assert row["labels"] == [IGNORE] * len(prompt_ids) + completion_ids
+
+    # The collator (what the model receives) keeps exactly that mask.
+    batch = trainer.data_collator([row])
+    labels = batch["labels"][0].tolist()
+    supervised = [i for i, label in enumerate(labels) if label != IGNORE]
+    assert supervised == list(range(len(prompt_ids), len(prompt_ids) + len(completion_ids)))
+    assert tok.decode([labels[i] for i in supervised]) == answer + "<|im_end|>\n"
