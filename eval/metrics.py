@@ -1,0 +1,271 @@
+"""Generation metrics and paired bootstrap intervals as small pure functions.
+
+Answer metrics follow the SQuAD conventions (lower-case, drop punctuation and the articles a/an/the,
+collapse whitespace). Quote metrics use the RAFT format of :mod:`stages.raft.prompts`: a quote is a
+span between ``##begin_quote##`` and ``##end_quote##`` and counts when it occurs verbatim (whitespace-
+and case-insensitive) in a chunk. Retrieval metrics live in :mod:`pipeline.ranking`.
+
+Every per-query metric returns a float in [0, 1] (or ``None`` when it is undefined for that query,
+e.g. quote precision of an answer without quotes), so rows average and bootstrap uniformly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from stages.raft.prompts import parse_answer, quote_is_verbatim
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_SCORE_PATTERNS = (
+    re.compile(r"score\s*[:=]?\s*\**\s*([1-5])(?:\.\d+)?\b", re.IGNORECASE),
+    re.compile(r"\b([1-5])(?:\.\d+)?\s*(?:/|out of)\s*5\b", re.IGNORECASE),
+    re.compile(r"^\W*([1-5])(?:\.\d+)?\W*$"),
+)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD answer normalisation: lower-case, no punctuation, no articles, single spaces.
+
+    Example:
+        >>> normalize_answer("The  Heron router, v2!")
+        'heron router v2'
+    """
+    text = text.lower().translate(_PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _as_list(references: str | Sequence[str]) -> list[str]:
+    return [references] if isinstance(references, str) else list(references)
+
+
+def exact_match(prediction: str, references: str | Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals any normalised reference.
+
+    Args:
+        prediction: the generated final answer.
+        references: one reference answer or several acceptable ones.
+
+    Returns:
+        1.0 or 0.0.
+
+    Example:
+        >>> exact_match("the 15 minutes.", "15 Minutes"), exact_match("15 min", ["15 minutes"])
+        (1.0, 0.0)
+    """
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(r) for r in _as_list(references)))
+
+
+def token_f1(prediction: str, references: str | Sequence[str]) -> float:
+    """SQuAD token-overlap F1 between prediction and reference, best over references.
+
+    Args:
+        prediction: the generated final answer.
+        references: one reference answer or several acceptable ones.
+
+    Returns:
+        Harmonic mean of token precision and recall (multiset overlap); 0.0 when either side is
+        empty after normalisation, unless both are.
+
+    Example:
+        >>> token_f1("within 15 minutes", "15 minutes")  # p = 2/3, r = 2/2 -> 0.8
+        0.8
+    """
+    best = 0.0
+    pred_tokens = normalize_answer(prediction).split()
+    for ref in _as_list(references):
+        ref_tokens = normalize_answer(ref).split()
+        if not pred_tokens or not ref_tokens:
+            best = max(best, float(pred_tokens == ref_tokens))
+            continue
+        common = sum((Counter(pred_tokens) & Counter(ref_tokens)).values())
+        if common == 0:
+            continue
+        precision, recall = common / len(pred_tokens), common / len(ref_tokens)
+        best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def quote_precision(quotes: Sequence[str], context: Sequence[str]) -> float | None:
+    """Share of quoted spans found verbatim in one of the supplied context chunks.
+
+    Args:
+        quotes: spans the answer put between the quote tags.
+        context: the chunk texts the generator was given.
+
+    Returns:
+        Verbatim quotes / quotes, or None when the answer quotes nothing (undefined, not 0).
+
+    Example:
+        >>> quote_precision(["Heron routes orders."], ["Heron  routes orders. It is fast."])
+        1.0
+        >>> quote_precision(["made up", "It is fast."], ["Heron routes orders. It is fast."])
+        0.5
+    """
+    if not quotes:
+        return None
+    return sum(any(quote_is_verbatim(q, c) for c in context) for q in quotes) / len(quotes)
+
+
+def oracle_citation(quotes: Sequence[str], positives: Sequence[str]) -> float:
+    """1.0 when at least one quote lies verbatim in a positive (oracle) chunk.
+
+    Args:
+        quotes: spans the answer put between the quote tags.
+        positives: texts of the query's positive chunks.
+
+    Returns:
+        1.0 or 0.0 (an answer without quotes cites nothing: 0.0).
+
+    Example:
+        >>> oracle_citation(["renewed by the job"], ["An SLA expires unless renewed by the job."])
+        1.0
+    """
+    return float(any(quote_is_verbatim(q, p) for q in quotes for p in positives))
+
+
+def format_compliance(generation: str) -> float:
+    """1.0 when the generation has the RAFT ``##Reason:`` ... ``##Answer:`` structure.
+
+    Example:
+        >>> format_compliance("##Reason: x ##Answer: y"), format_compliance("y")
+        (1.0, 0.0)
+    """
+    return float(parse_answer(generation).well_formed)
+
+
+def abstained(generation: str) -> float:
+    """1.0 when the final answer says the documents do not contain the answer.
+
+    Example:
+        >>> abstained("##Reason: none ##Answer: The provided documents do not contain the answer.")
+        1.0
+    """
+    return float(parse_answer(generation).abstained)
+
+
+def parse_judge_score(text: str | None) -> int | None:
+    """A 1-5 score from a judge's reply, tolerant of wording; None when no score can be read.
+
+    Looks, in order, for ``Score: N`` (also ``**Score:** N``, ``score=N``), ``N/5`` or ``N out of 5``,
+    and a reply that is just the number. Decimals are truncated (``4.5/5`` -> 4).
+
+    Example:
+        >>> parse_judge_score("The answer is close. Score: 4"), parse_judge_score("3/5"), parse_judge_score("7")
+        (4, 3, None)
+    """
+    if not text:
+        return None
+    for pattern in _SCORE_PATTERNS:
+        match = pattern.search(text.strip())
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def mean_defined(values: Sequence[float | None]) -> float | None:
+    """Mean of the values that are not None (or NaN); None when there are none.
+
+    Example:
+        >>> mean_defined([1.0, None, 0.0]), mean_defined([None])
+        (0.5, None)
+    """
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else None
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a percentile bootstrap interval over ``n`` queries."""
+
+    estimate: float
+    low: float
+    high: float
+    n: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"estimate": self.estimate, "low": self.low, "high": self.high, "n": self.n}
+
+
+def _paired(a: Sequence[float | None], b: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray]:
+    if len(a) != len(b):
+        raise ValueError(f"paired samples differ in length: {len(a)} vs {len(b)}")
+    keep = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x is not None and y is not None]
+    keep = [i for i in keep if not (math.isnan(a[i]) or math.isnan(b[i]))]
+    return np.asarray([a[i] for i in keep], dtype=float), np.asarray([b[i] for i in keep], dtype=float)
+
+
+def paired_bootstrap(
+    baseline: Sequence[float | None],
+    candidate: Sequence[float | None],
+    samples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Interval | None:
+    """Mean per-query difference ``candidate - baseline`` with a paired percentile bootstrap interval.
+
+    Queries are resampled with replacement (the same resampled queries for both sides, which is
+    what makes it paired); pairs where either side is None are dropped first.
+
+    Args:
+        baseline: per-query metric of the reference configuration.
+        candidate: the same metric, same queries, same order, for the compared configuration.
+        samples: bootstrap resamples.
+        seed: seed of the resampling (same seed, same interval).
+        confidence: central interval mass (0.95: the 2.5th and 97.5th percentiles).
+
+    Returns:
+        ``Interval(estimate=mean difference, low, high, n=pairs)``, or None when no pair is defined.
+
+    Example:
+        >>> iv = paired_bootstrap([0, 0, 0, 0], [1, 1, 1, 1], samples=200)
+        >>> (iv.estimate, iv.low, iv.high)
+        (1.0, 1.0, 1.0)
+    """
+    a, b = _paired(baseline, candidate)
+    if len(a) == 0:
+        return None
+    diff = b - a
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(samples, len(diff)))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return Interval(float(diff.mean()), float(low), float(high), len(diff))
+
+
+def bootstrap_mean(
+    values: Sequence[float | None], samples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> Interval | None:
+    """Mean of the defined values with a percentile bootstrap interval (for error bars).
+
+    Example:
+        >>> bootstrap_mean([0.5, 0.5, None]).as_dict()
+        {'estimate': 0.5, 'low': 0.5, 'high': 0.5, 'n': 2}
+    """
+    zeros = [0.0 if v is not None else None for v in values]
+    return paired_bootstrap(zeros, values, samples, seed, confidence)
+
+
+def verdict(delta: Interval | None, higher_is_better: bool = True) -> str:
+    """Read a delta's interval: ``gained`` / ``hurt`` when it excludes 0, else ``no significant change``.
+
+    Example:
+        >>> verdict(Interval(0.1, 0.02, 0.2, 30)), verdict(Interval(-0.1, -0.3, 0.05, 30))
+        ('gained', 'no significant change')
+    """
+    if delta is None:
+        return "not measured"
+    low, high = (delta.low, delta.high) if higher_is_better else (-delta.high, -delta.low)
+    if low > 0:
+        return "gained"
+    if high < 0:
+        return "hurt"
+    return "no significant change"

@@ -1,0 +1,252 @@
+"""The eval report: a markdown table with verdicts, JSON, per-query CSV and bar charts with intervals.
+
+Everything here renders a report dict built by :mod:`eval.harness`; files are written atomically
+into ``eval/`` of the run directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from pipeline.rundir import RunDir, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+TABLE_METRICS = (
+    ("ndcg@10", "nDCG@10"),
+    ("mrr@10", "MRR@10"),
+    ("recall@10", "R@10"),
+    ("hit@1", "hit@1"),
+    ("hit@10", "hit@10"),
+    ("em", "EM"),
+    ("f1", "F1"),
+    ("quote_precision", "quote prec"),
+    ("oracle_citation", "oracle cite"),
+    ("format_ok", "format"),
+    ("abstain_no_oracle", "abstain (no oracle)"),
+    ("judge", "judge 1-5"),
+)
+CHART_METRICS = ("ndcg@10", "recall@10", "mrr@10", "f1", "quote_precision", "abstain_no_oracle")
+FINE_TUNE_LOW, FINE_TUNE_HIGH = 0.80, 0.85
+
+
+def fine_tune_note(baseline_recall_at_10: float) -> str:
+    """The rule of thumb on whether fine-tuning the retriever pays, from plain RAG's recall@10.
+
+    Example:
+        >>> fine_tune_note(0.62).startswith("Baseline recall@10 is 0.62 (below 0.80)")
+        True
+    """
+    r = baseline_recall_at_10
+    if r < FINE_TUNE_LOW:
+        return (
+            f"Baseline recall@10 is {r:.2f} (below {FINE_TUNE_LOW:.2f}): the base retriever misses much of "
+            "the evidence, and fine-tuning usually pays on such a domain."
+        )
+    if r > FINE_TUNE_HIGH:
+        return (
+            f"Baseline recall@10 is {r:.2f} (above {FINE_TUNE_HIGH:.2f}): the base retriever already finds "
+            "most evidence; fine-tuning it rarely pays — look at the reranker and generator deltas."
+        )
+    return (
+        f"Baseline recall@10 is {r:.2f} (between {FINE_TUNE_LOW:.2f} and {FINE_TUNE_HIGH:.2f}): a grey zone; "
+        "decide by the measured deltas and their intervals."
+    )
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _columns(report: dict) -> list[tuple[str, str]]:
+    return [(k, label) for k, label in TABLE_METRICS if k in report["metrics"]]
+
+
+def render_table(report: dict) -> str:
+    """The per-configuration table as aligned plain text (what ``ragtune eval`` prints)."""
+    cols = _columns(report)
+    header = ["configuration", *(label for _, label in cols), "ms/query"]
+    rows = [header]
+    for name, conf in report["configurations"].items():
+        m = conf["metrics"]
+        rows.append([name, *(_fmt(m.get(k)) for k, _ in cols), f"{conf['latency_ms_per_query']['total_ms']:.1f}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines += [f"skipped {name}: {why}" for name, why in report["skipped"].items()]
+    return "\n".join(lines)
+
+
+def _interval_text(iv: dict | None) -> str:
+    if iv is None:
+        return "–"
+    return f"{iv['estimate']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}]"
+
+
+def render_markdown(report: dict) -> str:
+    """The full report as markdown: queries, table, verdicts, deltas, probes, the fine-tune note."""
+    q = report["queries"]
+    cols = _columns(report)
+    out = [
+        "# ragtune evaluation",
+        "",
+        f"Mode: **{report['mode']}** — {q['n']} held-out {q['origin']} queries"
+        + (f", {q['with_answers']} with reference answers" if report["mode"] != "retrieval-only" else "")
+        + f". Intervals: paired bootstrap, {report['bootstrap']['samples']} resamples, 95%.",
+        "",
+        "| configuration | components | " + " | ".join(label for _, label in cols) + " | ms/query |",
+        "|---|---|" + "---|" * len(cols) + "---|",
+    ]
+    for name, conf in report["configurations"].items():
+        comp = ", ".join(f"{k}={v}" for k, v in conf["components"].items() if k != "paths")
+        m = conf["metrics"]
+        cells = " | ".join(_fmt(m.get(k)) for k, _ in cols)
+        out.append(f"| {name} | {comp} | {cells} | {conf['latency_ms_per_query']['total_ms']:.1f} |")
+    if report["skipped"]:
+        out += ["", "Skipped configurations:", ""]
+        out += [f"- **{name}**: {why}" for name, why in report["skipped"].items()]
+    out += ["", "## Verdicts", ""]
+    if report["verdicts"]:
+        out += ["| configuration | metric | vs | verdict | delta [95% CI] |", "|---|---|---|---|---|"]
+        for name, items in report["verdicts"].items():
+            for v in items:
+                out.append(f"| {name} | {v['metric']} | {v['vs']} | {v['verdict']} | {_interval_text(v)} |")
+    else:
+        out.append("Only the baseline ran: nothing to compare yet.")
+    out += ["", "## Should you fine-tune?", "", report["fine_tune_note"]]
+    if report["deltas"]:
+        out += ["", "## Deltas against rag_only (all metrics: report.json)", ""]
+        metrics = [k for k, _ in cols]
+        out += ["| configuration | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+        for name, by_ref in report["deltas"].items():
+            ivs = by_ref["vs_rag_only"]["metrics"]
+            out.append(f"| {name} | " + " | ".join(_interval_text(ivs.get(m)) for m in metrics) + " |")
+    if report.get("probes"):
+        out += [
+            "",
+            "## Similarity probes (cosine)",
+            "",
+            "| embedder | mean close | mean far | gap |",
+            "|---|---|---|---|",
+        ]
+        for label, p in report["probes"].items():
+            out.append(f"| {label} | {_fmt(p['mean_close'])} | {_fmt(p['mean_far'])} | {_fmt(p['gap'])} |")
+        out += [
+            "",
+            "| pair | kind | " + " | ".join(report["probes"]) + " |",
+            "|---|---|" + "---|" * len(report["probes"]),
+        ]
+        first = next(iter(report["probes"].values()))["pairs"]
+        for i, pair in enumerate(first):
+            cells = " | ".join(_fmt(p["pairs"][i]["cosine"]) for p in report["probes"].values())
+            out.append(f"| {pair['a']} ↔ {pair['b']} | {pair['kind']} | {cells} |")
+    out += ["", "Latency is per query, amortised over batched retrieval, reranking and generation.", ""]
+    return "\n".join(out)
+
+
+def per_query_csv(rows: list[dict]) -> str:
+    """Per-query rows as CSV text; columns are the union of keys in first-seen order."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _save_figure(fig, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def plot_metrics(report: dict, path: Path) -> None:
+    """Grouped bars: each configuration's mean per metric, with its 95% bootstrap interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in CHART_METRICS if m in report["metrics"]]
+    names = list(report["configurations"])
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(metrics)), 4))
+    for j, name in enumerate(names):
+        ivs = [report["configurations"][name]["intervals"].get(m) for m in metrics]
+        heights = [iv["estimate"] if iv else 0.0 for iv in ivs]
+        errors = [
+            [iv["estimate"] - iv["low"] if iv else 0 for iv in ivs],
+            [iv["high"] - iv["estimate"] if iv else 0 for iv in ivs],
+        ]
+        xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(metrics))]
+        ax.bar(xs, heights, width, yerr=errors, capsize=3, label=name)
+    ax.set_xticks(range(len(metrics)), metrics)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Per-configuration means (95% bootstrap interval)")
+    ax.legend(fontsize="small")
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_deltas(report: dict, path: Path) -> None:
+    """Bars of each configuration's delta against rag_only per metric, with the paired 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in CHART_METRICS if m in report["metrics"]]
+    names = list(report["deltas"])
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(metrics)), 4))
+    ax.axhline(0, color="black", linewidth=0.8)
+    width = 0.8 / max(1, len(names))
+    for j, name in enumerate(names):
+        ivs = [report["deltas"][name]["vs_rag_only"]["metrics"].get(m) for m in metrics]
+        heights = [iv["estimate"] if iv else 0.0 for iv in ivs]
+        errors = [
+            [iv["estimate"] - iv["low"] if iv else 0 for iv in ivs],
+            [iv["high"] - iv["estimate"] if iv else 0 for iv in ivs],
+        ]
+        xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(metrics))]
+        ax.bar(xs, heights, width, yerr=errors, capsize=3, label=name)
+    ax.set_xticks(range(len(metrics)), metrics)
+    ax.set_title("Delta vs rag_only (paired bootstrap 95% interval)")
+    if names:
+        ax.legend(fontsize="small")
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def write_report(run: RunDir, report: dict, per_query: list[dict]) -> dict[str, str]:
+    """Write report.md, report.json, per_query.csv and the charts under ``eval/``.
+
+    Returns:
+        Output key -> path relative to the run directory (for ``run.record``).
+    """
+    outputs = {
+        "report": "eval/report.md",
+        "json": "eval/report.json",
+        "per_query": "eval/per_query.csv",
+        "metrics_chart": "eval/metrics.png",
+        "deltas_chart": "eval/deltas.png",
+    }
+    atomic_write_text(run.path(outputs["json"]), json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(run.path(outputs["per_query"]), per_query_csv(per_query))
+    plot_metrics(report, run.path(outputs["metrics_chart"]))
+    plot_deltas(report, run.path(outputs["deltas_chart"]))
+    atomic_write_text(run.path(outputs["report"]), render_markdown(report))
+    logger.info("eval: report written to %s", run.path(outputs["report"]))
+    return outputs
+
+
+def read_report(path: Path) -> dict:
+    """A report written by :func:`write_report`."""
+    return json.loads(path.read_text(encoding="utf-8"))

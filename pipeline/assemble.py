@@ -1,0 +1,234 @@
+"""Assembly: the run's embedder, reranker and generator wired into one LlamaIndex query engine.
+
+    ragtune query runs/demo "how long do I have for a primary takeover?"
+
+- Retrieval: :class:`SentenceTransformerEmbedding` (LlamaIndex's ``HuggingFaceEmbedding``, routed
+  through ``encode_query`` / ``encode_document`` so a query-side adapter and saved prompts apply
+  exactly as in training and in the eval harness) over a ``VectorStoreIndex`` persisted in
+  ``index/``. The index is built once from ``data/corpus.jsonl`` (one ``TextNode`` per chunk, id =
+  chunk id, metadata doc_id/source) and rebuilt only when the embedder or corpus hash changes;
+  ``index/meta.json`` records what it was built from.
+- Reranking: ``SentenceTransformerRerank`` keeps ``assemble.top_n`` of ``assemble.top_k``.
+- Generation: ``HuggingFaceLLM`` over the RAFT generator (merged, or base + adapter), prompted with
+  :func:`stages.raft.prompts.build_messages` and the tokenizer's chat template — the training format.
+
+Each component is base or tuned by ``assemble.embedder/reranker/generator`` (reranker also ``none``).
+
+Example:
+    >>> engine = build_query_engine(cfg, RunDir("runs/demo"))
+    >>> print(format_response(engine.query("What is a PTO?")))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from llama_index.core import StorageContext, VectorStoreIndex, load_index_from_storage
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.response.schema import Response
+from llama_index.core.llms import LLM
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.query_engine import CustomQueryEngine
+from llama_index.core.schema import QueryBundle, TextNode
+from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+from eval.harness import chat_prompt, load_generator, resolve_components
+from pipeline.config import AssembleConfig, RagtuneConfig
+from pipeline.retrieval import corpus_hash, model_hash
+from pipeline.rundir import RunDir, atomic_dir, is_main_process, read_jsonl
+from stages.raft.prompts import build_messages, parse_answer
+
+logger = logging.getLogger(__name__)
+
+INDEX_DIR = "index"
+INDEX_META = "meta.json"
+NODE_METADATA = ("doc_id", "source")
+
+
+class SentenceTransformerEmbedding(HuggingFaceEmbedding):
+    """``HuggingFaceEmbedding`` that embeds queries with ``encode_query`` and chunks with ``encode_document``.
+
+    The stock class calls ``encode(prompt_name=...)`` with its own (empty) prompts, which skips a
+    Router's query route and overrides prompts saved with the model; the harness and the training
+    stages use ``encode_query`` / ``encode_document``, so this keeps LlamaIndex's vectors identical.
+
+    Args:
+        model_path: a sentence-transformers folder.
+        **kwargs: passed to ``HuggingFaceEmbedding`` (``embed_batch_size``, ``device``, ...).
+    """
+
+    def __init__(self, model_path: str, **kwargs: Any) -> None:
+        saved = Path(model_path) / "config_sentence_transformers.json"
+        prompts = json.loads(saved.read_text()).get("prompts", {}) if saved.exists() else {}
+        # Hand the model's own query prompt back: HuggingFaceEmbedding would replace it with "".
+        super().__init__(model_name=model_path, query_instruction=prompts.get("query") or None, **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SentenceTransformerEmbedding"
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._model.encode_query([query], normalize_embeddings=self.normalize)[0].tolist()
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._get_text_embeddings([text])[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return self._model.encode_document(
+            texts, batch_size=self.embed_batch_size, normalize_embeddings=self.normalize
+        ).tolist()
+
+
+def corpus_nodes(corpus: list[dict]) -> list[TextNode]:
+    """One ``TextNode`` per chunk: id = chunk id, metadata doc_id/source (kept out of embeddings and prompts)."""
+    return [
+        TextNode(
+            id_=row["id"],
+            text=row["text"],
+            metadata={key: row.get(key) for key in NODE_METADATA},
+            excluded_embed_metadata_keys=list(NODE_METADATA),
+            excluded_llm_metadata_keys=list(NODE_METADATA),
+        )
+        for row in corpus
+    ]
+
+
+def load_vector_index(run: RunDir, embed_model: SentenceTransformerEmbedding, embedder_path: str) -> VectorStoreIndex:
+    """The persisted index in ``index/``, rebuilt when the embedder or the corpus changed.
+
+    Args:
+        run: the run directory (reads ``data/corpus.jsonl``; writes ``index/`` on the main process).
+        embed_model: the embedding model to index and query with.
+        embedder_path: its folder, hashed to detect a changed embedder.
+
+    Returns:
+        A ``VectorStoreIndex`` whose nodes are the corpus chunks.
+    """
+    corpus = read_jsonl(run.require("data", "corpus")["corpus"])
+    meta = {"embedder": embedder_path, "embedder_hash": model_hash(embedder_path), "corpus_hash": corpus_hash(corpus)}
+    index_dir = run.path(INDEX_DIR)
+    meta_path = index_dir / INDEX_META
+    if meta_path.exists():
+        built = json.loads(meta_path.read_text(encoding="utf-8"))
+        if all(built.get(k) == v for k, v in meta.items()):
+            storage = StorageContext.from_defaults(persist_dir=str(index_dir))
+            return load_index_from_storage(storage, embed_model=embed_model)
+        logger.info("index: embedder or corpus changed since %s was built: rebuilding", index_dir)
+    started = time.time()
+    index = VectorStoreIndex(corpus_nodes(corpus), embed_model=embed_model, show_progress=is_main_process())
+    if is_main_process():
+        with atomic_dir(index_dir) as tmp:
+            index.storage_context.persist(persist_dir=str(tmp))
+            meta |= {"chunks": len(corpus), "built": time.time(), "seconds": round(time.time() - started, 2)}
+            (tmp / INDEX_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    logger.info("index: %d chunks embedded and persisted in %s", len(corpus), index_dir)
+    return index
+
+
+class RaftQueryEngine(CustomQueryEngine):
+    """Retrieve, rerank, then answer with the RAFT prompt (``build_messages`` + the chat template).
+
+    The response text is the final answer; ``metadata`` holds the raw generation, its quotes and
+    reasoning, whether it is well formed, and the exact prompt sent to the generator.
+    """
+
+    retriever: BaseRetriever
+    reranker: BaseNodePostprocessor | None = None
+    llm: LLM
+    tokenizer: Any
+
+    def custom_query(self, query_str: str) -> Response:
+        bundle = QueryBundle(query_str)
+        nodes = self.retriever.retrieve(bundle)
+        if self.reranker is not None:
+            nodes = self.reranker.postprocess_nodes(nodes, query_bundle=bundle)
+        messages = build_messages(query_str, [n.node.get_content() for n in nodes])
+        prompt = chat_prompt(self.tokenizer, messages)
+        raw = self.llm.complete(prompt, formatted=True).text.strip()
+        parsed = parse_answer(raw)
+        return Response(
+            response=parsed.answer or raw,
+            source_nodes=nodes,
+            metadata={
+                "raw": raw,
+                "quotes": parsed.quotes,
+                "reason": parsed.reason,
+                "well_formed": parsed.well_formed,
+                "prompt": prompt,
+                "messages": messages,
+            },
+        )
+
+
+def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig | None = None) -> RaftQueryEngine:
+    """The query engine for a run, with each component base or tuned as ``choice`` says.
+
+    Args:
+        cfg: the run's config (``config.resolved.yaml``).
+        run: the run directory.
+        choice: component choice and sizes; default ``cfg.assemble``.
+
+    Returns:
+        A :class:`RaftQueryEngine` (``engine.query("...")``).
+
+    Raises:
+        StageInputError: a tuned component's stage has not finished.
+    """
+    from llama_index.llms.huggingface import HuggingFaceLLM
+    from llama_index.postprocessor.sbert_rerank import SentenceTransformerRerank
+
+    choice = choice or cfg.assemble
+    comp = resolve_components(cfg, run, choice)
+    embed_model = SentenceTransformerEmbedding(comp.embedder, embed_batch_size=64)
+    index = load_vector_index(run, embed_model, comp.embedder)
+    reranker = None
+    if comp.reranker is not None:
+        import torch
+
+        torch.manual_seed(cfg.run.seed)  # a base encoder gets a fresh head: the same one the harness draws
+        reranker = SentenceTransformerRerank(
+            model=comp.reranker,
+            top_n=choice.top_n,
+            cross_encoder_kwargs={"num_labels": 1, "max_length": cfg.rerank.max_length},
+        )
+    model, tokenizer = load_generator(comp.generator, comp.adapter)
+    positions = getattr(model.config, "max_position_embeddings", choice.context_window)
+    llm = HuggingFaceLLM(
+        model=model,
+        tokenizer=tokenizer,
+        model_name=comp.generator,
+        tokenizer_name=comp.generator,
+        context_window=min(choice.context_window, positions),
+        max_new_tokens=choice.max_new_tokens,
+        generate_kwargs={"do_sample": False, "temperature": None, "top_p": None, "top_k": None},
+        stopping_ids=[tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else None,
+        messages_to_prompt=lambda msgs: chat_prompt(
+            tokenizer, [{"role": m.role.value, "content": m.content} for m in msgs]
+        ),
+    )
+    # Without a reranker the generator reads the retriever's top_n, as in the eval harness.
+    top_k = choice.top_k if reranker is not None else choice.top_n
+    return RaftQueryEngine(
+        retriever=index.as_retriever(similarity_top_k=top_k), reranker=reranker, llm=llm, tokenizer=tokenizer
+    )
+
+
+def format_response(response: Response) -> str:
+    """Answer, quotes and source documents as plain text (what ``ragtune query`` prints)."""
+    meta = response.metadata or {}
+    lines = [f"Answer: {response.response}"]
+    quotes = meta.get("quotes") or []
+    lines.append("Quotes:" if quotes else "Quotes: (none)")
+    lines += [f"  - {q}" for q in quotes]
+    if not meta.get("well_formed", True):
+        lines.append("(the generation did not follow the ##Reason/##Answer format)")
+    lines.append("Sources:")
+    for rank, node in enumerate(response.source_nodes, 1):
+        md = node.node.metadata
+        score = f"{node.score:.3f}" if node.score is not None else "-"
+        lines.append(f"  {rank}. {md.get('doc_id')} ({md.get('source')}) chunk {node.node.node_id} score {score}")
+    return "\n".join(lines)

@@ -1,0 +1,153 @@
+"""Assembly: the persisted LlamaIndex index, top-k parity with the harness, and the RAFT-prompted engine."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval.harness import generate_batched, load_generator, retrieve
+from pipeline.assemble import SentenceTransformerEmbedding, build_query_engine, load_vector_index
+from pipeline.cli import main as cli
+from pipeline.config import load_config
+from pipeline.retrieval import DenseRetriever
+from pipeline.rundir import RunDir, read_jsonl
+from stages.raft.prompts import build_messages
+
+
+def _setup(tiny_config: Path, bert: Path, llama: Path) -> tuple:
+    overrides = [
+        "synth.enabled=false",
+        f"embed.base_model={bert}",
+        f"rerank.base_model={bert}",
+        f"raft.base_model={llama}",
+        "assemble.max_new_tokens=6",
+    ]
+    cli(["data", str(tiny_config), *overrides])
+    cfg = load_config(tiny_config, overrides)
+    return cfg, RunDir(Path(cfg.run.root) / cfg.run.name)
+
+
+def _record_embedder(run: RunDir, model_dir: Path) -> None:
+    shutil.rmtree(run.path("embed/model"), ignore_errors=True)
+    shutil.copytree(model_dir, run.path("embed/model"))
+    run.record("embed", config_hash="t", inputs={}, outputs={"model": "embed/model"}, started=time.time())
+
+
+def test_index_persists_reloads_rebuilds_and_matches_harness_top_k(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    _, run = _setup(tiny_config, tiny_bert_dir, tiny_llama_dir)
+    _record_embedder(run, tiny_bert_dir)
+    path = str(run.path("embed/model"))
+    embed = SentenceTransformerEmbedding(path)
+    index = load_vector_index(run, embed, path)
+    meta = json.loads(run.path("index/meta.json").read_text())
+    corpus = read_jsonl(run.path("data/corpus.jsonl"))
+    assert meta["chunks"] == len(corpus) and meta["embedder"] == path
+
+    # The harness's batched exact top-k equals LlamaIndex's retriever on every query.
+    queries = [q["text"] for q in read_jsonl(run.path("data/queries.jsonl"))]
+    k = 4
+    harness = retrieve(DenseRetriever.load(path, corpus, cache_dir=run.path("cache/embeddings")), queries, k)
+    li_retriever = index.as_retriever(similarity_top_k=k)
+    llama_index = [[n.node.node_id for n in li_retriever.retrieve(q)] for q in queries]
+    assert harness.ranked == llama_index
+    node = li_retriever.retrieve(queries[0])[0].node
+    assert set(node.metadata) == {"doc_id", "source"} and node.get_content() in {c["text"] for c in corpus}
+
+    # Reloaded, not rebuilt, while embedder and corpus are unchanged.
+    load_vector_index(run, embed, path)
+    assert json.loads(run.path("index/meta.json").read_text())["built"] == meta["built"]
+
+    # A changed embedder rebuilds it.
+    from sentence_transformers import SentenceTransformer
+
+    changed = SentenceTransformer(str(tiny_bert_dir))
+    with torch.no_grad():
+        next(changed.parameters()).add_(0.01)
+    changed.save(str(tmp_path / "changed"))
+    _record_embedder(run, tmp_path / "changed")
+    load_vector_index(run, SentenceTransformerEmbedding(path), path)
+    rebuilt = json.loads(run.path("index/meta.json").read_text())
+    assert rebuilt["embedder_hash"] != meta["embedder_hash"] and rebuilt["built"] > meta["built"]
+
+
+def test_embedding_routes_queries_and_documents_like_the_harness(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Dense, Router
+
+    base = SentenceTransformer(str(tiny_bert_dir))
+    modules = list(base)
+    dim = base.get_sentence_embedding_dimension()
+    torch.manual_seed(0)
+    router = Router.for_query_document(query_modules=[*modules, Dense(dim, dim)], document_modules=modules)
+    SentenceTransformer(modules=[router]).save(str(tmp_path / "adapter"))
+    reference = SentenceTransformer(str(tmp_path / "adapter"))
+    embed = SentenceTransformerEmbedding(str(tmp_path / "adapter"))
+    query = embed.get_query_embedding("heron failover")
+    text = embed.get_text_embedding("heron failover")
+    assert query == pytest.approx(
+        reference.encode_query(["heron failover"], normalize_embeddings=True)[0].tolist(), abs=1e-5
+    )
+    assert text == pytest.approx(
+        reference.encode_document(["heron failover"], normalize_embeddings=True)[0].tolist(), abs=1e-5
+    )
+    assert query != pytest.approx(text, abs=1e-3)  # the query route (adapter) was taken
+
+
+def _record_tuned_reranker_and_adapter(run: RunDir, bert: Path, llama: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(1)
+    CrossEncoder(str(bert), num_labels=1).save(str(run.path("rerank/model")))
+    run.record("rerank", config_hash="t", inputs={}, outputs={"model": "rerank/model"}, started=time.time())
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(llama), lora)
+    torch.manual_seed(2)
+    with torch.no_grad():  # large random LoRA weights: the adapter visibly changes what is generated
+        for name, param in adapted.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 1.0)
+    adapted.save_pretrained(run.path("raft/adapter"))
+    AutoTokenizer.from_pretrained(llama).save_pretrained(run.path("raft/adapter"))
+    run.record("raft", config_hash="t", inputs={}, outputs={"adapter": "raft/adapter"}, started=time.time())
+
+
+def test_query_engine_prompts_exactly_like_training_and_cli_prints_sources(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, capsys
+) -> None:
+    cfg, run = _setup(tiny_config, tiny_bert_dir, tiny_llama_dir)
+    _record_embedder(run, tiny_bert_dir)
+    _record_tuned_reranker_and_adapter(run, tiny_bert_dir, tiny_llama_dir)
+    question = "how long do I have to do a takeover when the router instance dies"
+
+    engine = build_query_engine(cfg, run)
+    response = engine.query(question)
+    nodes = response.source_nodes
+    assert len(nodes) == cfg.assemble.top_n  # reranked top_k down to top_n
+    # The generator's prompt is build_messages over the reranked chunks + the adapter's chat template.
+    model, tokenizer = load_generator(str(tiny_llama_dir), str(run.path("raft/adapter")))
+    messages = build_messages(question, [n.node.get_content() for n in nodes])
+    assert response.metadata["prompt"] == tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False
+    )
+    # ... and it answers as the harness's batched generation does for the same prompt (the adapter is on).
+    harness_answer = generate_batched(model, tokenizer, [messages], cfg.assemble.max_new_tokens)[0]
+    assert response.metadata["raw"] == harness_answer
+    base_model, base_tokenizer = load_generator(str(tiny_llama_dir))
+    assert generate_batched(base_model, base_tokenizer, [messages], cfg.assemble.max_new_tokens)[0] != harness_answer
+
+    # Without a reranker the generator reads the retriever's top_n.
+    plain = build_query_engine(cfg, run, cfg.assemble.model_copy(update={"reranker": "none", "generator": "base"}))
+    assert plain.reranker is None and len(plain.query(question).source_nodes) == cfg.assemble.top_n
+
+    capsys.readouterr()
+    cli(["query", str(run.root), question])
+    out = capsys.readouterr().out
+    assert out.startswith("Answer:") and "Quotes:" in out and "Sources:" in out
+    assert "runbooks/" in out or "specs/" in out or "faq.jsonl" in out

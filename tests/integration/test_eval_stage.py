@@ -1,0 +1,184 @@
+"""The eval stage through the `ragtune` CLI: all four configurations, any subset of stages, BEIR retrieval-only."""
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from pipeline.cli import main as cli
+from pipeline.rundir import RunDir
+
+
+def _run_dir(config: Path) -> RunDir:
+    tree = yaml.safe_load(config.read_text())
+    return RunDir(Path(tree["run"]["root"]) / tree["run"]["name"])
+
+
+def finish_upstream(run: RunDir, bert: Path, llama: Path) -> None:
+    """Simulate finished embed, rerank and raft stages with tiny models (a random, non-zero LoRA)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    shutil.copytree(bert, run.path("embed/model"))
+    run.record("embed", config_hash="t", inputs={}, outputs={"model": "embed/model"}, started=time.time())
+    torch.manual_seed(1)
+    CrossEncoder(str(bert), num_labels=1).save(str(run.path("rerank/model")))
+    run.record("rerank", config_hash="t", inputs={}, outputs={"model": "rerank/model"}, started=time.time())
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(llama), lora)
+    torch.manual_seed(2)
+    with torch.no_grad():  # large random LoRA weights: the adapter visibly changes what is generated
+        for name, param in adapted.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 1.0)
+    adapted.save_pretrained(run.path("raft/adapter"))
+    AutoTokenizer.from_pretrained(llama).save_pretrained(run.path("raft/adapter"))
+    run.record("raft", config_hash="t", inputs={}, outputs={"adapter": "raft/adapter"}, started=time.time())
+
+
+def _overrides(bert: Path, llama: Path) -> list[str]:
+    return [
+        "synth.enabled=false",
+        f"embed.base_model={bert}",
+        f"rerank.base_model={bert}",
+        f"raft.base_model={llama}",
+        "assemble.max_new_tokens=6",
+        "eval.bootstrap_samples=100",
+    ]
+
+
+def test_eval_compares_every_configuration_and_records_the_stage(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, capsys
+) -> None:
+    overrides = _overrides(tiny_bert_dir, tiny_llama_dir)
+    cli(["data", str(tiny_config), *overrides])
+    run = _run_dir(tiny_config)
+    finish_upstream(run, tiny_bert_dir, tiny_llama_dir)
+    capsys.readouterr()
+    extra = [
+        "eval.custom={rerank_base: {embedder: base, reranker: tuned, generator: base}}",
+        "eval.judge={provider: extractive}",
+        "eval.probes.close=[[PTO, Primary Takeover]]",
+        "eval.probes.far=[[PTO, batch queue]]",
+    ]
+    cli(["eval", str(tiny_config), *overrides, *extra])
+    printed = capsys.readouterr().out
+    assert "configuration" in printed and "full" in printed and "nDCG@10" in printed
+
+    report = json.loads(run.path("eval/report.json").read_text())
+    names = ["rag_only", "embed", "embed_rerank", "full", "rerank_base"]
+    assert list(report["configurations"]) == names and report["skipped"] == {}
+    assert report["mode"] == "retrieval+generation"
+    n = report["queries"]["n"]
+    assert n == report["queries"]["with_answers"] >= 1
+    confs = report["configurations"]
+    # Each configuration used the components it names.
+    assert confs["rag_only"]["components"]["paths"] == {
+        "embedder": str(tiny_bert_dir),
+        "generator": str(tiny_llama_dir),
+    }
+    assert confs["embed"]["components"]["paths"]["embedder"] == str(run.path("embed/model"))
+    assert confs["embed_rerank"]["components"]["paths"]["reranker"] == str(run.path("rerank/model"))
+    assert confs["full"]["components"]["paths"]["adapter"] == str(run.path("raft/adapter"))
+    assert confs["rerank_base"]["top_k"] == 4  # custom entries inherit sizes from assemble
+    for conf in confs.values():
+        m = conf["metrics"]
+        assert {"hit@1", "mrr@10", "ndcg@10", "recall@10", "em", "f1", "format_ok", "abstain_no_oracle"} <= set(m)
+        assert 1 <= m["judge"] <= 5 and 0 <= m["ndcg@10"] <= 1
+        assert conf["latency_ms_per_query"]["generation_ms"] > 0
+    # Deltas: against rag_only and the previous configuration, paired intervals around the estimate.
+    assert report["deltas"]["full"]["vs_previous"]["reference"] == "embed_rerank"
+    for by_ref in report["deltas"].values():
+        for entry in by_ref.values():
+            iv = entry["metrics"]["ndcg@10"]
+            assert iv["low"] <= iv["estimate"] <= iv["high"] and iv["n"] == n
+    assert {v["verdict"] for vs in report["verdicts"].values() for v in vs} <= {
+        "gained",
+        "no significant change",
+        "hurt",
+    }
+    assert "full" in report["verdicts"] and report["fine_tune_note"].startswith("Baseline recall@10")
+    assert set(report["probes"]) == {"base", "tuned"} and report["probes"]["base"]["gap"] is not None
+
+    # Per-query rows: one per configuration and query; the RAFT adapter changes the answers.
+    with run.path("eval/per_query.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(names) * n
+    answers = {name: [r["answer"] for r in rows if r["configuration"] == name] for name in names}
+    assert answers["full"] != answers["embed_rerank"]
+    for chart in ("metrics", "deltas"):
+        assert run.path(f"eval/{chart}.png").read_bytes()[:4] == b"\x89PNG"
+    md = run.path("eval/report.md").read_text()
+    assert "## Verdicts" in md and "Should you fine-tune" in md and "| full |" in md
+
+    rec = run.load_manifest()["eval"]
+    assert {"report", "json", "per_query", "metrics_chart", "deltas_chart"} <= set(rec.outputs)
+    assert {"data/corpus", "data/queries", "embed/model", "rerank/model", "raft/adapter"} <= set(rec.inputs)
+    assert rec.metrics["evaluated"] == names
+
+    # Finished and fresh: skipped (and the table printed again).
+    cli(["eval", str(tiny_config), *overrides, *extra])
+    assert run.load_manifest()["eval"].ended == rec.ended
+    assert "full" in capsys.readouterr().out
+
+
+def test_eval_after_data_only_runs_the_baseline_and_says_what_was_skipped(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, caplog
+) -> None:
+    overrides = _overrides(tiny_bert_dir, tiny_llama_dir)
+    cli(["data", str(tiny_config), *overrides])
+    cli(["eval", str(tiny_config), *overrides, "eval.generation=false"])
+    report = json.loads(_run_dir(tiny_config).path("eval/report.json").read_text())
+    assert list(report["configurations"]) == ["rag_only"]
+    assert set(report["skipped"]) == {"embed", "embed_rerank", "full"}
+    assert "ragtune embed" in report["skipped"]["embed"]
+    assert "skipping configuration 'embed'" in caplog.text
+    assert report["mode"] == "retrieval-only" and report["verdicts"] == {}
+    run = _run_dir(tiny_config)
+    assert set(run.load_manifest()["eval"].inputs) == {"data/corpus", "data/queries"}  # what was evaluated
+
+    # Stage 1 finishing makes the evaluation stale: it reruns and now compares `embed` too.
+    shutil.copytree(tiny_bert_dir, run.path("embed/model"))
+    run.record("embed", config_hash="t", inputs={}, outputs={"model": "embed/model"}, started=time.time())
+    cli(["eval", str(tiny_config), *overrides, "eval.generation=false"])
+    report = json.loads(run.path("eval/report.json").read_text())
+    assert list(report["configurations"]) == ["rag_only", "embed"] and "embed" in report["verdicts"]
+    assert "embed/model" in run.load_manifest()["eval"].inputs
+
+
+def test_beir_dataset_without_answers_evaluates_retrieval_only(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    docs = {
+        "d1": "Heron fails over to the standby router within fifteen minutes.",
+        "d2": "Tortoise drains the batch queue with a forty minute grace period.",
+        "d3": "Ledgerfish shard leases expire after ninety days unless renewed.",
+        "d4": "Pondview dashboards refresh every five minutes from the metrics store.",
+    }
+    (beir / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in docs.items())
+    )
+    queries = {"q1": "router failover time", "q2": "queue drain grace", "q3": "lease expiry", "q4": "dashboard refresh"}
+    (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items()))
+    qrels = "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t{1 + i % 2}\n" for i in range(1, 5))
+    (beir / "qrels" / "test.tsv").write_text(qrels)
+
+    overrides = [*_overrides(tiny_bert_dir, tiny_llama_dir), "data.docs=", "data.questions=", f"data.beir={beir}"]
+    cli(["data", str(tiny_config), *overrides])
+    cli(["eval", str(tiny_config), *overrides])
+    run = _run_dir(tiny_config)
+    report = json.loads(run.path("eval/report.json").read_text())
+    assert report["mode"] == "retrieval-only"
+    assert report["queries"]["with_answers"] == 0 and report["queries"]["n"] >= 1
+    assert not {"em", "f1", "judge", "abstain_no_oracle"} & set(report["metrics"])
+    assert {"ndcg@10", "mrr@10", "recall@10", "hit@1"} <= set(report["configurations"]["rag_only"]["metrics"])
+    assert "F1" not in run.path("eval/report.md").read_text()
+    with run.path("eval/per_query.csv").open() as fh:
+        assert "answer" not in next(csv.reader(fh))

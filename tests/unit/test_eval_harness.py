@@ -1,0 +1,164 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval.harness import (
+    Ranking,
+    configuration_choices,
+    extractive_judge,
+    generate_batched,
+    judge_messages,
+    load_generator,
+    rerank_ranking,
+    score_generation,
+    select_queries,
+)
+from eval.metrics import parse_judge_score
+from eval.probes import probe_similarities
+from eval.report import fine_tune_note, per_query_csv, render_markdown, render_table
+from pipeline.config import load_config
+from stages.raft.prompts import ABSTAIN_ANSWER, build_messages, format_answer
+
+TINY = Path(__file__).parents[2] / "configs" / "tiny.yaml"
+
+
+def _q(qid: str, origin: str, split: str = "eval") -> dict:
+    return {"qid": qid, "text": qid, "origin": origin, "split": split}
+
+
+def test_query_selection_by_origin_and_seeded_cap() -> None:
+    rows = [_q("h1", "human"), _q("s1", "synthetic"), _q("h2", "human"), _q("t1", "human", "train")]
+    assert [q["qid"] for q in select_queries(rows, "auto", None, 0)[0]] == ["h1", "h2"]
+    assert select_queries(rows, "auto", None, 0)[1] == "human"
+    synthetic_only = [_q("s1", "synthetic"), _q("s2", "synthetic")]
+    assert select_queries(synthetic_only, "auto", None, 0) == (synthetic_only, "all")
+    many = [_q(f"q{i}", "human") for i in range(20)]
+    capped, _ = select_queries(many, "human", 5, seed=3)
+    assert len(capped) == 5 and capped == select_queries(many, "human", 5, seed=3)[0]
+    assert [q["qid"] for q in capped] == sorted((q["qid"] for q in capped), key=lambda s: int(s[1:]))
+
+
+def test_configurations_order_builtins_and_custom_inherit_sizes() -> None:
+    cfg = load_config(
+        TINY,
+        ["eval.configurations=[embed, full]", "eval.custom={rerank_only: {embedder: base, reranker: base}}"],
+    )
+    choices = configuration_choices(cfg)
+    assert list(choices) == ["rag_only", "embed", "full", "rerank_only"]
+    assert (choices["embed"].embedder, choices["embed"].reranker, choices["embed"].generator) == (
+        "tuned",
+        "none",
+        "base",
+    )
+    # Fields the custom entry does not set come from cfg.assemble (tiny: top_k 4, top_n 2).
+    custom = choices["rerank_only"]
+    assert (custom.embedder, custom.reranker, custom.generator, custom.top_k, custom.top_n) == (
+        "base",
+        "base",
+        "tuned",
+        4,
+        2,
+    )
+    with pytest.raises(ValueError, match="unknown configuration 'nope'"):
+        configuration_choices(load_config(TINY, ["eval.configurations=[nope]"]))
+
+
+class _FirstWordScorer:
+    """Stands in for a CrossEncoder: prefers passages starting with 'z'."""
+
+    def predict(self, pairs, batch_size=64, show_progress_bar=False):
+        return [float(p[1].startswith("z")) for p in pairs]
+
+
+def test_rerank_reorders_top_k_and_keeps_the_tail() -> None:
+    chunks = {c: {"id": c, "text": t} for c, t in [("a", "apple"), ("b", "zebra"), ("c", "cat"), ("d", "zoo")]}
+    first = Ranking([["a", "b", "c", "d"]], seconds=0.5)
+    out = rerank_ranking(_FirstWordScorer(), ["q"], first, chunks, top_k=3)
+    assert out.ranked == [["b", "a", "c", "d"]]  # d is below top_k: not reranked, kept after
+    assert out.seconds >= 0.5
+
+
+def test_score_generation_hand_values() -> None:
+    context = ["Heron fails over in 15 minutes.", "Tortoise drains."]
+    gen = format_answer("The runbook:", ["Heron fails over in 15 minutes.", "invented"], "15 minutes")
+    no_oracle = format_answer("Nothing here.", [], ABSTAIN_ANSWER)
+    row = score_generation(gen, no_oracle, context, "15 minutes", ["Heron fails over in 15 minutes."])
+    assert row == {
+        "em": 1.0,
+        "f1": 1.0,
+        "quote_precision": 0.5,
+        "oracle_citation": 1.0,
+        "format_ok": 1.0,
+        "abstain_with_evidence": 0.0,
+        "abstain_no_oracle": 1.0,
+    }
+    # A free-form answer (no tags) is scored as a whole.
+    free = score_generation("within 15 minutes", "no idea", context, "15 minutes", [])
+    assert free["f1"] == pytest.approx(0.8) and free["format_ok"] == 0.0 and free["quote_precision"] is None
+
+
+def test_extractive_judge_scores_from_token_f1() -> None:
+    assert parse_judge_score(extractive_judge(judge_messages("q?", "15 minutes", "15 minutes"))) == 5
+    assert parse_judge_score(extractive_judge(judge_messages("q?", "15 minutes", "within 15 minutes"))) == 4
+    assert parse_judge_score(extractive_judge(judge_messages("q?", "15 minutes", "blue"))) == 1
+
+
+def test_batched_left_padded_generation_equals_one_at_a_time(tiny_llama_dir: Path) -> None:
+    model, tokenizer = load_generator(str(tiny_llama_dir))
+    torch.manual_seed(3)
+    with torch.no_grad():  # a random model that emits varied tokens, not one repeated newline
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    requests = [
+        build_messages("short?", ["Heron."]),
+        build_messages("a much longer question about the ledgerfish shard lease?", ["Ledgerfish " * 20]),
+        build_messages("mid question?", ["Tortoise drains the batch queue."]),
+    ]
+    batched = generate_batched(model, tokenizer, requests, max_new_tokens=6, batch_size=3)
+    single = [generate_batched(model, tokenizer, [r], max_new_tokens=6, batch_size=1)[0] for r in requests]
+    assert batched == single
+    assert len(set(batched)) > 1 and all(batched)
+
+
+def test_probes_cosines_and_gap(tiny_bert_dir: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_bert_dir))
+    out = probe_similarities(model, [("Heron failover", "Heron failover")], [("Heron", "ledgerfish shard lease")])
+    assert out["pairs"][0]["cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert out["gap"] == pytest.approx(out["mean_close"] - out["mean_far"])
+    assert probe_similarities(model, [], []) == {"pairs": [], "mean_close": None, "mean_far": None, "gap": None}
+
+
+def _report(mode: str) -> dict:
+    metrics = ["recall@10", "ndcg@10"] + (["em", "f1"] if mode != "retrieval-only" else [])
+    conf = {
+        "components": {"embedder": "base", "reranker": "none"},
+        "metrics": dict.fromkeys(metrics, 0.5),
+        "intervals": {},
+        "latency_ms_per_query": {"total_ms": 12.0},
+    }
+    return {
+        "mode": mode,
+        "queries": {"n": 4, "origin": "human", "with_answers": 0},
+        "metrics": metrics,
+        "configurations": {"rag_only": conf},
+        "skipped": {"embed": "stage 'embed' has not finished"},
+        "deltas": {},
+        "verdicts": {},
+        "fine_tune_note": fine_tune_note(0.5),
+        "probes": None,
+        "bootstrap": {"samples": 100},
+    }
+
+
+def test_report_rendering_and_fine_tune_rule() -> None:
+    assert "below 0.80" in fine_tune_note(0.79) and "pays" in fine_tune_note(0.79)
+    assert "grey zone" in fine_tune_note(0.82)
+    assert "rarely pays" in fine_tune_note(0.86)
+    retrieval = render_table(_report("retrieval-only"))
+    assert "nDCG@10" in retrieval and "F1" not in retrieval and "skipped embed" in retrieval
+    md = render_markdown(_report("retrieval+generation"))
+    assert "| rag_only |" in md and "F1" in md and "Only the baseline ran" in md
+    assert per_query_csv([{"a": 1}, {"a": 2, "b": 3}]).splitlines() == ["a,b", "1,", "2,3"]
