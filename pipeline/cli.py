@@ -3,6 +3,7 @@
 ragtune data CONFIG [key=value ...] [--force]     one stage (likewise embed, rerank, raft, eval)
 ragtune run CONFIG [key=value ...]                every stage in order, skipping finished ones
 ragtune status RUN_DIR                            the manifest as a table
+ragtune query RUN_DIR "question" [key=value ...]  ask the assembled engine (answer, quotes, sources)
 """
 
 from __future__ import annotations
@@ -12,11 +13,16 @@ import importlib
 import sys
 
 from pipeline.entry import USER_ERRORS, add_config_args, call_stage, open_run, setup_logging
+from pipeline.llm import DryRunFinished
 from pipeline.rundir import RunDir, format_status
 
 # Stage name -> module with main(cfg, run, force); only the top of the package imports stages.
 STAGE_MODULES = {
     "data": "stages.data.prepare",
+    "embed": "stages.embed.train",
+    "rerank": "stages.rerank.train",
+    "raft": "stages.raft.train",
+    "eval": "eval.harness",
 }
 
 
@@ -30,12 +36,17 @@ def make_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p = sub.add_parser("status", help="print a run's manifest as a table")
     p.add_argument("run_dir")
+    p = sub.add_parser("query", help="ask the assembled query engine of a run")
+    p.add_argument("run_dir")
+    p.add_argument("question")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. assemble.reranker=none")
+    p.add_argument("-v", "--verbose", action="store_true")
     return parser
 
 
 def _normalize_argv(argv: list[str]) -> list[str]:
     """Accept `ragtune data CONFIG ...` as well as `ragtune data --config CONFIG ...`."""
-    if len(argv) >= 2 and argv[0] != "status" and not argv[1].startswith("-") and "=" not in argv[1]:
+    if len(argv) >= 2 and argv[0] not in ("status", "query") and not argv[1].startswith("-") and "=" not in argv[1]:
         return [argv[0], "--config", argv[1], *argv[2:]]
     return argv
 
@@ -47,17 +58,31 @@ def run_all(config: str, overrides: list[str], force: bool = False) -> None:
         call_stage(name, importlib.import_module(module).main, cfg, run, force)
 
 
+def query(run_dir: str, question: str, overrides: list[str]) -> None:
+    """Answer one question with the run's assembled engine (its config.resolved.yaml, plus overrides)."""
+    from pipeline.assemble import build_query_engine, format_response
+    from pipeline.config import load_config
+
+    run = RunDir(run_dir)
+    cfg = load_config(run.path("config.resolved.yaml"), overrides)
+    print(format_response(build_query_engine(cfg, run).query(question)))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(_normalize_argv(list(sys.argv[1:] if argv is None else argv)))
     setup_logging(getattr(args, "verbose", False))
     try:
         if args.command == "status":
             print(format_status(RunDir(args.run_dir)))
+        elif args.command == "query":
+            query(args.run_dir, args.question, args.overrides)
         elif args.command == "run":
             run_all(args.config, args.overrides, args.force)
         else:
             cfg, run = open_run(args.config, args.overrides)
             call_stage(args.command, importlib.import_module(STAGE_MODULES[args.command]).main, cfg, run, args.force)
+    except DryRunFinished as e:
+        print(e)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -129,6 +129,12 @@ class SynthConfig(Section):
     round_trip_top_k: int | None = Field(
         10, ge=1, description="Keep a query only if the base embedder ranks its chunk in the top k (null: off)."
     )
+    resample_candidates: int = Field(
+        4,
+        ge=0,
+        description="Local provider, one query per chunk: samples drawn when the greedy query fails a filter "
+        "(0: greedy only, about 3x faster).",
+    )
     round_trip_model: str = Field(
         "bundled:minilm-l6", description="Base embedder for the round-trip filter (bundled:<name>, hub id or path)."
     )

@@ -27,8 +27,9 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-STAGE_ORDER = ("data", "embed", "rerank", "raft", "eval")
-STAGE_COMMANDS = {name: f"ragtune {name} CONFIG" for name in STAGE_ORDER}
+STAGE_ORDER = ("data", "embed", "rerank", "raft_build", "raft", "eval")
+# raft_build is recorded by `ragtune raft` (build, then train) and by `python -m stages.raft.build`.
+STAGE_COMMANDS = {name: f"ragtune {name.removesuffix('_build')} CONFIG" for name in STAGE_ORDER}
 TRACKED_PACKAGES = (
     "ragtune",
     "torch",

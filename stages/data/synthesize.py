@@ -9,8 +9,8 @@ are returned.
 
 For the local provider with one query per chunk, the measured recipe for small models is used
 (STACK-NOTES.md, "Measured lessons"): greedy first, cut at the first "?", accept a 3-25 word question
-that copies nothing, borrows no example words and passes the round trip; otherwise sample 4 at
-temperature 0.5 and keep the best that passes; drop the chunk if none does.
+that copies nothing, borrows no example words and passes the round trip; otherwise sample
+``synth.resample_candidates`` (4) at temperature 0.5 and keep the best that passes; drop the chunk if none does.
 
 Example:
     >>> queries, report = synthesize_queries(train_chunks, corpus, cfg.synth, run.path("data/cache"))
@@ -58,7 +58,6 @@ BUILTIN_EXAMPLES = [
 ]
 TURN_ONE = "Passage: {passage}\n\nSearch question:"
 TEMPLATE_MANY = "{examples}\n\nPassage: {passage}\nWrite {n} different questions, as a numbered list.\nQuestions:"
-SAMPLES = 4  # recipe: sampled candidates when the greedy one fails
 SAMPLE_TEMPERATURE = 0.5
 RECIPE_MAX_NEW_TOKENS = 48  # a 25-word question fits; stops a rambling small model early
 _STOPWORD_TEXT = (
@@ -549,7 +548,7 @@ def _recipe_candidates(
     filters: _Filters,
     round_trip: Callable[[list[str], list[str]], list[int]],
 ) -> list[list[str]]:
-    """Small-model path: greedy first; where that fails, the best passing one of 4 samples at T 0.5."""
+    """Small-model path: greedy first; where that fails, the best passing one of N samples at T 0.5."""
     max_new = min(cfg.llm.max_new_tokens, RECIPE_MAX_NEW_TOKENS)
     top_k = cfg.round_trip_top_k or math.inf
     accepted: list[list[str]] = [[] for _ in chunks]
@@ -574,8 +573,8 @@ def _recipe_candidates(
     for i, query, _ in screen(list(range(len(chunks))), greedy):
         accepted[i] = [query]
     retry = [i for i in range(len(chunks)) if not accepted[i]]
-    if retry:
-        indices = [i for i in retry for _ in range(SAMPLES)]
+    if retry and cfg.resample_candidates:
+        indices = [i for i in retry for _ in range(cfg.resample_candidates)]
         sampled = backend.generate(
             [requests[i] for i in indices],
             temperature=SAMPLE_TEMPERATURE,

@@ -66,3 +66,14 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     broken.write_text("run: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(broken)
+
+
+def test_config_reference_doc_is_up_to_date() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[2]
+    proc = subprocess.run(
+        [sys.executable, "scripts/config_reference.py", "--check"], cwd=root, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
