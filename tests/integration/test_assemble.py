@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakes.upstream import record_tuned_reranker_and_adapter
 
 from eval.harness import generate_batched, load_generator, retrieve
 from pipeline.assemble import SentenceTransformerEmbedding, build_query_engine, load_vector_index
@@ -98,32 +99,12 @@ def test_embedding_routes_queries_and_documents_like_the_harness(tiny_bert_dir: 
     assert query != pytest.approx(text, abs=1e-3)  # the query route (adapter) was taken
 
 
-def _record_tuned_reranker_and_adapter(run: RunDir, bert: Path, llama: Path) -> None:
-    from peft import LoraConfig, get_peft_model
-    from sentence_transformers import CrossEncoder
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(1)
-    CrossEncoder(str(bert), num_labels=1).save(str(run.path("rerank/model")))
-    run.record("rerank", config_hash="t", inputs={}, outputs={"model": "rerank/model"}, started=time.time())
-    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(llama), lora)
-    torch.manual_seed(2)
-    with torch.no_grad():  # large random LoRA weights: the adapter visibly changes what is generated
-        for name, param in adapted.named_parameters():
-            if "lora_" in name:
-                param.normal_(0, 1.0)
-    adapted.save_pretrained(run.path("raft/adapter"))
-    AutoTokenizer.from_pretrained(llama).save_pretrained(run.path("raft/adapter"))
-    run.record("raft", config_hash="t", inputs={}, outputs={"adapter": "raft/adapter"}, started=time.time())
-
-
 def test_query_engine_prompts_exactly_like_training_and_cli_prints_sources(
     tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, capsys
 ) -> None:
     cfg, run = _setup(tiny_config, tiny_bert_dir, tiny_llama_dir)
     _record_embedder(run, tiny_bert_dir)
-    _record_tuned_reranker_and_adapter(run, tiny_bert_dir, tiny_llama_dir)
+    record_tuned_reranker_and_adapter(run, tiny_bert_dir, tiny_llama_dir)
     question = "how long do I have to do a takeover when the router instance dies"
 
     engine = build_query_engine(cfg, run)

@@ -6,20 +6,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from fakes.upstream import run_dir_of
 
 from pipeline.cli import main as cli
-from pipeline.rundir import RunDir, read_jsonl
-
-
-def _run_dir(config: Path) -> RunDir:
-    tree = yaml.safe_load(config.read_text())
-    return RunDir(Path(tree["run"]["root"]) / tree["run"]["name"])
+from pipeline.rundir import read_jsonl
 
 
 def test_data_stage_writes_corpus_queries_split_and_manifest(tiny_config: Path, capsys) -> None:
     cli(["data", str(tiny_config), "synth.enabled=false"])
-    run = _run_dir(tiny_config)
+    run = run_dir_of(tiny_config)
     corpus = read_jsonl(run.path("data/corpus.jsonl"))
     queries = read_jsonl(run.path("data/queries.jsonl"))
     assert {c["doc_id"] for c in corpus} == {
@@ -76,7 +71,7 @@ def test_bad_config_and_bad_questions_exit_with_one_clear_line(tiny_config: Path
 
 def test_synthetic_queries_only_for_training_documents(tiny_config: Path) -> None:
     cli(["data", str(tiny_config)])  # tiny.yaml: extractive synthesis, no round trip
-    run = _run_dir(tiny_config)
+    run = run_dir_of(tiny_config)
     queries = read_jsonl(run.path("data/queries.jsonl"))
     synthetic = [q for q in queries if q["origin"] == "synthetic"]
     held_docs = {d for q in queries if q["split"] == "eval" for d in q["doc_ids"]}
@@ -102,5 +97,5 @@ def test_dry_run_prints_estimate_and_records_nothing(tiny_config: Path, capsys, 
     )
     out = capsys.readouterr().out
     assert "dry run" in out and "nothing was called" in out and "sk-do-not-print" not in out
-    run = _run_dir(tiny_config)
+    run = run_dir_of(tiny_config)
     assert "data" not in run.load_manifest() and not run.path("data/queries.jsonl").exists()

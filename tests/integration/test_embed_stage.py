@@ -7,19 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
+from fakes.upstream import run_dir_of
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
 from pipeline.cli import main as cli
-from pipeline.rundir import RunDir, atomic_write_jsonl, read_jsonl
+from pipeline.rundir import atomic_write_jsonl, read_jsonl
 
 METRIC_KEYS = {"hit@1", "hit@3", "recall@1", "recall@3", "mrr@10", "ndcg@10"}
-
-
-def _run_dir(config: Path) -> RunDir:
-    tree = yaml.safe_load(config.read_text())
-    return RunDir(Path(tree["run"]["root"]) / tree["run"]["name"])
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -41,7 +36,7 @@ def test_embed_stage_trains_saves_reports_and_skips_when_fresh(tiny_config: Path
 
     cli(["data", str(tiny_config)])
     cli(["embed", str(tiny_config), *overrides])
-    run = _run_dir(tiny_config)
+    run = run_dir_of(tiny_config)
 
     # Parameters changed; the model reloads and embeds.
     before, after = _weights(tiny_bert_dir), _weights(run.path("embed/model"))
@@ -90,7 +85,7 @@ def test_linear_adapter_with_triplet_loss_reloads_as_one_asymmetric_model(
             "embed.epochs=3",
         ]
     )
-    run = _run_dir(tiny_config)
+    run = run_dir_of(tiny_config)
     report = json.loads(run.path("embed/metrics.json").read_text())
     assert report["random_negatives"] == report["train_pairs"] > 0  # fixture queries carry no negatives
 
@@ -115,7 +110,7 @@ def test_lora_gist_matryoshka_run(tiny_config: Path, tiny_bert_dir: Path) -> Non
             "embed.epochs=2",
         ]
     )
-    run = _run_dir(tiny_config)
+    run = run_dir_of(tiny_config)
     assert (run.path("embed/model") / "adapter_config.json").exists()
     tuned = SentenceTransformer(str(run.path("embed/model")))
     base = SentenceTransformer(str(tiny_bert_dir))
@@ -124,7 +119,7 @@ def test_lora_gist_matryoshka_run(tiny_config: Path, tiny_bert_dir: Path) -> Non
 
 def test_best_checkpoint_is_selected_on_a_document_disjoint_dev_slice(tiny_config: Path, tiny_bert_dir: Path) -> None:
     """A hand-made data stage with enough train documents for a dev slice."""
-    run = _run_dir(tiny_config)
+    run = run_dir_of(tiny_config)
     words = ["heron", "tortoise", "ledgerfish", "pondview", "failover", "drain", "lease", "invoice", "shard", "window"]
     corpus, queries = [], []
     for i in range(40):

@@ -6,39 +6,17 @@ import shutil
 import time
 from pathlib import Path
 
-import yaml
+from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of
 
 from pipeline.cli import main as cli
 from pipeline.rundir import RunDir
 
 
-def _run_dir(config: Path) -> RunDir:
-    tree = yaml.safe_load(config.read_text())
-    return RunDir(Path(tree["run"]["root"]) / tree["run"]["name"])
-
-
 def finish_upstream(run: RunDir, bert: Path, llama: Path) -> None:
-    """Simulate finished embed, rerank and raft stages with tiny models (a random, non-zero LoRA)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from sentence_transformers import CrossEncoder
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """Simulate finished embed, rerank and raft stages with tiny models."""
     shutil.copytree(bert, run.path("embed/model"))
     run.record("embed", config_hash="t", inputs={}, outputs={"model": "embed/model"}, started=time.time())
-    torch.manual_seed(1)
-    CrossEncoder(str(bert), num_labels=1).save(str(run.path("rerank/model")))
-    run.record("rerank", config_hash="t", inputs={}, outputs={"model": "rerank/model"}, started=time.time())
-    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(llama), lora)
-    torch.manual_seed(2)
-    with torch.no_grad():  # large random LoRA weights: the adapter visibly changes what is generated
-        for name, param in adapted.named_parameters():
-            if "lora_" in name:
-                param.normal_(0, 1.0)
-    adapted.save_pretrained(run.path("raft/adapter"))
-    AutoTokenizer.from_pretrained(llama).save_pretrained(run.path("raft/adapter"))
-    run.record("raft", config_hash="t", inputs={}, outputs={"adapter": "raft/adapter"}, started=time.time())
+    record_tuned_reranker_and_adapter(run, bert, llama)
 
 
 def _overrides(bert: Path, llama: Path) -> list[str]:
@@ -57,7 +35,7 @@ def test_eval_compares_every_configuration_and_records_the_stage(
 ) -> None:
     overrides = _overrides(tiny_bert_dir, tiny_llama_dir)
     cli(["data", str(tiny_config), *overrides])
-    run = _run_dir(tiny_config)
+    run = run_dir_of(tiny_config)
     finish_upstream(run, tiny_bert_dir, tiny_llama_dir)
     capsys.readouterr()
     extra = [
@@ -133,13 +111,13 @@ def test_eval_after_data_only_runs_the_baseline_and_says_what_was_skipped(
     overrides = _overrides(tiny_bert_dir, tiny_llama_dir)
     cli(["data", str(tiny_config), *overrides])
     cli(["eval", str(tiny_config), *overrides, "eval.generation=false"])
-    report = json.loads(_run_dir(tiny_config).path("eval/report.json").read_text())
+    report = json.loads(run_dir_of(tiny_config).path("eval/report.json").read_text())
     assert list(report["configurations"]) == ["rag_only"]
     assert set(report["skipped"]) == {"embed", "embed_rerank", "full"}
     assert "ragtune embed" in report["skipped"]["embed"]
     assert "skipping configuration 'embed'" in caplog.text
     assert report["mode"] == "retrieval-only" and report["verdicts"] == {}
-    run = _run_dir(tiny_config)
+    run = run_dir_of(tiny_config)
     assert set(run.load_manifest()["eval"].inputs) == {"data/corpus", "data/queries"}  # what was evaluated
 
     # Stage 1 finishing makes the evaluation stale: it reruns and now compares `embed` too.
@@ -173,7 +151,7 @@ def test_beir_dataset_without_answers_evaluates_retrieval_only(
     overrides = [*_overrides(tiny_bert_dir, tiny_llama_dir), "data.docs=", "data.questions=", f"data.beir={beir}"]
     cli(["data", str(tiny_config), *overrides])
     cli(["eval", str(tiny_config), *overrides])
-    run = _run_dir(tiny_config)
+    run = run_dir_of(tiny_config)
     report = json.loads(run.path("eval/report.json").read_text())
     assert report["mode"] == "retrieval-only"
     assert report["queries"]["with_answers"] == 0 and report["queries"]["n"] >= 1

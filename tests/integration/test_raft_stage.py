@@ -7,18 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from fakes.upstream import run_dir_of
 
 from pipeline.cli import main as cli
-from pipeline.rundir import RunDir, read_jsonl
+from pipeline.rundir import read_jsonl
 from stages.raft.prompts import ABSTAIN_ANSWER, parse_answer, quote_is_verbatim
 
 TOP_N = 2  # configs/tiny.yaml assemble.top_n
-
-
-def _run_dir(config: Path) -> RunDir:
-    tree = yaml.safe_load(config.read_text())
-    return RunDir(Path(tree["run"]["root"]) / tree["run"]["name"])
 
 
 def _lora_b_norm(adapter: Path, base: Path) -> float:
@@ -36,7 +31,7 @@ def test_raft_builds_verified_samples_and_trains_lora_and_qlora(
 ) -> None:
     from sentence_transformers import CrossEncoder
 
-    run = _run_dir(tiny_config)
+    run = run_dir_of(tiny_config)
     raft_args = [f"raft.base_model={tiny_llama_dir}", "raft.max_steps=2", "raft.max_length=1024"]
     cli(["data", str(tiny_config), "synth.enabled=false"])
     shutil.copytree(tiny_bert_dir, run.path("embed/model"))

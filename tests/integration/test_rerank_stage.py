@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from fakes.upstream import run_dir_of
 from safetensors.torch import load_file
 
 from pipeline.cli import main as cli
@@ -17,11 +17,6 @@ from pipeline.rundir import RunDir, read_jsonl
 from stages.rerank.negatives import RULES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _run_dir(config: Path) -> RunDir:
-    tree = yaml.safe_load(config.read_text())
-    return RunDir(Path(tree["run"]["root"]) / tree["run"]["name"])
 
 
 def simulate_embed_stage(run: RunDir, model_dir: Path) -> None:
@@ -38,7 +33,7 @@ def simulate_embed_stage(run: RunDir, model_dir: Path) -> None:
 
 def test_rerank_stage_mines_trains_evaluates_and_records(tiny_config: Path, tiny_bert_dir: Path, capsys) -> None:
     cli(["data", str(tiny_config), "synth.enabled=false"])
-    run = _run_dir(tiny_config)
+    run = run_dir_of(tiny_config)
     # The reranker starts from the tiny BERT; the random embedder's scores all sit within 5% of each other,
     # so the relative margin would drop nearly every candidate: switch it off to get negatives to check.
     overrides = [f"rerank.base_model={tiny_bert_dir}", "rerank.mining.relative_margin=null"]
