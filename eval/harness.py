@@ -404,10 +404,12 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         raise ValueError(f"eval: no held-out queries of origin {cfg.eval.query_origin!r} in {paths['queries']}")
     texts = [q["text"] for q in queries]
     answered = [i for i, q in enumerate(queries) if q.get("answer")]
+    if cfg.eval.generation_max_queries and len(answered) > cfg.eval.generation_max_queries:
+        answered = sorted(random.Random(seed).sample(answered, cfg.eval.generation_max_queries))
     generation = cfg.eval.generation and bool(answered)
     if cfg.eval.generation and not answered:
         logger.info("eval: no held-out query has a reference answer: retrieval-only mode")
-    logger.info("eval: %d held-out %s queries (%d with reference answers)", len(queries), origin, len(answered))
+    logger.info("eval: %d held-out %s queries (%d answered and scored)", len(queries), origin, len(answered))
 
     # 2. Resolve each configuration's components; skip those whose stages have not run.
     components: dict[str, Components] = {}

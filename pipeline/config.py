@@ -265,6 +265,12 @@ class EvalConfig(Section):
     k_values: list[int] = Field([1, 3, 5, 10])
     generation: bool = Field(True, description="Also generate answers (needs reference answers; off: retrieval only).")
     max_queries: int | None = Field(None, ge=1)
+    generation_max_queries: int | None = Field(
+        None,
+        ge=1,
+        description="Generate answers for a seeded sample of this many held-out queries (retrieval "
+        "metrics still use every query; null: all). Generation dominates eval time on CPU.",
+    )
     generation_batch_size: int = Field(
         8, ge=1, description="Prompts per left-padded generate() call when the harness generates answers."
     )

@@ -105,6 +105,21 @@ def test_eval_compares_every_configuration_and_records_the_stage(
     assert "full" in capsys.readouterr().out
 
 
+def test_generation_sample_keeps_retrieval_on_every_query(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path
+) -> None:
+    overrides = _overrides(tiny_bert_dir, tiny_llama_dir)
+    cli(["data", str(tiny_config), *overrides])
+    cli(["eval", str(tiny_config), *overrides, "eval.generation_max_queries=1", "eval.configurations=[rag_only]"])
+    run = run_dir_of(tiny_config)
+    report = json.loads(run.path("eval/report.json").read_text())
+    assert report["queries"]["with_answers"] == 1 < report["queries"]["n"]
+    with run.path("eval/per_query.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == report["queries"]["n"] and all(r["ndcg@10"] for r in rows)
+    assert sum(bool(r["f1"]) for r in rows) == 1
+
+
 def test_eval_after_data_only_runs_the_baseline_and_says_what_was_skipped(
     tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, caplog
 ) -> None:
