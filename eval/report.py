@@ -168,6 +168,17 @@ def _save_figure(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _interval_bars(ax, j: int, n_series: int, width: float, ivs: list[dict | None], label: str) -> None:
+    """One series of grouped bars (estimates) with asymmetric error bars (the 95% interval); None -> 0."""
+    heights = [iv["estimate"] if iv else 0.0 for iv in ivs]
+    errors = [
+        [iv["estimate"] - iv["low"] if iv else 0 for iv in ivs],
+        [iv["high"] - iv["estimate"] if iv else 0 for iv in ivs],
+    ]
+    xs = [i + (j - (n_series - 1) / 2) * width for i in range(len(ivs))]
+    ax.bar(xs, heights, width, yerr=errors, capsize=3, label=label)
+
+
 def plot_metrics(report: dict, path: Path) -> None:
     """Grouped bars: each configuration's mean per metric, with its 95% bootstrap interval."""
     import matplotlib
@@ -180,14 +191,9 @@ def plot_metrics(report: dict, path: Path) -> None:
     width = 0.8 / len(names)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(metrics)), 4))
     for j, name in enumerate(names):
-        ivs = [report["configurations"][name]["intervals"].get(m) for m in metrics]
-        heights = [iv["estimate"] if iv else 0.0 for iv in ivs]
-        errors = [
-            [iv["estimate"] - iv["low"] if iv else 0 for iv in ivs],
-            [iv["high"] - iv["estimate"] if iv else 0 for iv in ivs],
-        ]
-        xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(metrics))]
-        ax.bar(xs, heights, width, yerr=errors, capsize=3, label=name)
+        _interval_bars(
+            ax, j, len(names), width, [report["configurations"][name]["intervals"].get(m) for m in metrics], name
+        )
     ax.set_xticks(range(len(metrics)), metrics)
     ax.set_ylim(0, 1.05)
     ax.set_title("Per-configuration means (95% bootstrap interval)")
@@ -209,14 +215,9 @@ def plot_deltas(report: dict, path: Path) -> None:
     ax.axhline(0, color="black", linewidth=0.8)
     width = 0.8 / max(1, len(names))
     for j, name in enumerate(names):
-        ivs = [report["deltas"][name]["vs_rag_only"]["metrics"].get(m) for m in metrics]
-        heights = [iv["estimate"] if iv else 0.0 for iv in ivs]
-        errors = [
-            [iv["estimate"] - iv["low"] if iv else 0 for iv in ivs],
-            [iv["high"] - iv["estimate"] if iv else 0 for iv in ivs],
-        ]
-        xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(metrics))]
-        ax.bar(xs, heights, width, yerr=errors, capsize=3, label=name)
+        _interval_bars(
+            ax, j, len(names), width, [report["deltas"][name]["vs_rag_only"]["metrics"].get(m) for m in metrics], name
+        )
     ax.set_xticks(range(len(metrics)), metrics)
     ax.set_title("Delta vs rag_only (paired bootstrap 95% interval)")
     if names:
