@@ -16,6 +16,20 @@ def run_dir_of(config: Path) -> RunDir:
     return RunDir(Path(tree["run"]["root"]) / tree["run"]["name"])
 
 
+def simulate_embed_stage(run: RunDir, model_dir: Path) -> None:
+    """What `ragtune embed` leaves behind: embed/model and its manifest entry."""
+    import shutil
+
+    shutil.copytree(model_dir, run.path("embed/model"))
+    run.record(
+        "embed",
+        config_hash="simulated",
+        inputs=run.input_hashes("data", "corpus", "queries"),
+        outputs={"model": "embed/model"},
+        started=time.time(),
+    )
+
+
 def record_tuned_reranker_and_adapter(run: RunDir, bert: Path, llama: Path) -> None:
     """Record finished rerank and raft stages: a fresh-head CrossEncoder and a random, non-zero LoRA adapter."""
     import torch

@@ -2,30 +2,19 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import yaml
+from fakes.upstream import run_dir_of, simulate_embed_stage
 
 from pipeline.cli import main as cli
-from pipeline.rundir import RunDir
 
 
 def test_rerank_under_two_process_ddp_writes_one_model_and_one_entry(tiny_config: Path, tiny_bert_dir: Path) -> None:
     cli(["data", str(tiny_config), "synth.enabled=false"])
-    tree = yaml.safe_load(tiny_config.read_text())
-    run = RunDir(Path(tree["run"]["root"]) / tree["run"]["name"])
-    shutil.copytree(tiny_bert_dir, run.path("embed/model"))
-    run.record(
-        "embed",
-        config_hash="simulated",
-        inputs=run.input_hashes("data", "corpus", "queries"),
-        outputs={"model": "embed/model"},
-        started=time.time(),
-    )
+    run = run_dir_of(tiny_config)
+    simulate_embed_stage(run, tiny_bert_dir)
 
     # bce: 4 train queries x (1 positive + 2 negatives) = 12 pairs in 6 batches of 2: one process would take
     # 6 steps, two processes share the batches and take 3 each.

@@ -3,32 +3,19 @@
 import json
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
-from fakes.upstream import run_dir_of
+from fakes.upstream import run_dir_of, simulate_embed_stage
 from safetensors.torch import load_file
 
 from pipeline.cli import main as cli
 from pipeline.config import load_config
 from pipeline.retrieval import model_hash
-from pipeline.rundir import RunDir, read_jsonl
+from pipeline.rundir import read_jsonl
 from stages.rerank.negatives import RULES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def simulate_embed_stage(run: RunDir, model_dir: Path) -> None:
-    """What `ragtune embed` leaves behind: embed/model and its manifest entry."""
-    shutil.copytree(model_dir, run.path("embed/model"))
-    run.record(
-        "embed",
-        config_hash="simulated",
-        inputs=run.input_hashes("data", "corpus", "queries"),
-        outputs={"model": "embed/model"},
-        started=time.time(),
-    )
 
 
 def test_rerank_stage_mines_trains_evaluates_and_records(tiny_config: Path, tiny_bert_dir: Path, capsys) -> None:
