@@ -53,7 +53,7 @@ from pipeline.entry import run_stage
 from pipeline.llm import make_backend
 from pipeline.models import resolve_model
 from pipeline.ranking import per_query_metrics
-from pipeline.retrieval import DenseRetriever, rerank
+from pipeline.retrieval import DenseRetriever, load_fusion_weight, rerank
 from pipeline.rundir import RunDir, StageInputError, is_main_process, read_jsonl
 from stages.raft.prompts import build_messages, parse_answer
 
@@ -267,28 +267,41 @@ def generate_batched(
 # -- retrieval ----------------------------------------------------------------------------------------
 @dataclass
 class Ranking:
-    """Per query, chunk ids best first, and the wall time it took for all queries."""
+    """Per query, chunk ids best first, and the wall time it took for all queries.
+
+    ``scores`` are the retriever's scores of ``ranked`` (first stage only; None once reranked).
+    """
 
     ranked: list[list[str]]
     seconds: float
+    scores: list[list[float]] | None = None
 
 
 def retrieve(retriever: DenseRetriever, texts: Sequence[str], depth: int) -> Ranking:
     """Top-``depth`` chunk ids for every query: one batched encode and one exact top-k."""
     started = time.perf_counter()
-    _, ids = retriever.search(list(texts), k=depth)
-    return Ranking(ids, time.perf_counter() - started)
+    scores, ids = retriever.search(list(texts), k=depth)
+    return Ranking(ids, time.perf_counter() - started, scores)
 
 
-def rerank_ranking(cross_encoder, texts: Sequence[str], first: Ranking, chunks: dict[str, dict], top_k: int) -> Ranking:
+def rerank_ranking(
+    cross_encoder,
+    texts: Sequence[str],
+    first: Ranking,
+    chunks: dict[str, dict],
+    top_k: int,
+    fusion_weight: float = 1.0,
+) -> Ranking:
     """Rerank each query's first ``top_k`` candidates in one batched call; deeper ranks keep their order.
 
-    Keeping the retriever's tail below ``top_k`` lets recall@k for k > top_k stay comparable with the
-    configurations without a reranker.
+    The order is the one serving uses: the cross-encoder's scores fused with the retriever's at
+    ``fusion_weight`` (1.0: the cross-encoder alone). Keeping the retriever's tail below ``top_k`` lets
+    recall@k for k > top_k stay comparable with the configurations without a reranker.
     """
     started = time.perf_counter()
     candidates = [[chunks[c] for c in ranked[:top_k]] for ranked in first.ranked]
-    scored = rerank(cross_encoder, texts, candidates)
+    first_scores = [row[:top_k] for row in first.scores] if first.scores is not None else None
+    scored = rerank(cross_encoder, texts, candidates, first_scores, fusion_weight)
     ranked = [[c["id"] for c, _ in s] + r[top_k:] for s, r in zip(scored, first.ranked, strict=True)]
     return Ranking(ranked, first.seconds + time.perf_counter() - started)
 
@@ -462,7 +475,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         if comp.reranker is not None:
             if comp.reranker not in cross_encoders:
                 cross_encoders[comp.reranker] = load_cross_encoder(comp.reranker, cfg.rerank.max_length, seed)
-            ranking = rerank_ranking(cross_encoders[comp.reranker], texts, ranking, chunks, choice.top_k)
+            weight = load_fusion_weight(comp.reranker)
+            ranking = rerank_ranking(cross_encoders[comp.reranker], texts, ranking, chunks, choice.top_k, weight)
         rankings[name] = ranking
     cross_encoders.clear()
 

@@ -8,7 +8,9 @@
   ``index/``. The index is built once from ``data/corpus.jsonl`` (one ``TextNode`` per chunk, id =
   chunk id, metadata doc_id/source) and rebuilt only when the embedder or corpus hash changes;
   ``index/meta.json`` records what it was built from.
-- Reranking: ``SentenceTransformerRerank`` keeps ``assemble.top_n`` of ``assemble.top_k``.
+- Reranking: :class:`FusedSentenceTransformerRerank` (LlamaIndex's ``SentenceTransformerRerank``) keeps
+  ``assemble.top_n`` of ``assemble.top_k``, ordered by the cross-encoder's scores fused with the
+  retriever's at the weight the rerank stage chose (``rerank/model/ragtune_fusion.json``; 1.0 = plain).
 - Generation: ``HuggingFaceLLM`` over the RAFT generator (merged, or base + adapter), prompted with
   :func:`stages.raft.prompts.build_messages` and the tokenizer's chat template — the training format.
 
@@ -30,15 +32,18 @@ from typing import Any
 from llama_index.core import StorageContext, VectorStoreIndex, load_index_from_storage
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.response.schema import Response
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.llms import LLM
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.query_engine import CustomQueryEngine
-from llama_index.core.schema import QueryBundle, TextNode
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+from llama_index.postprocessor.sbert_rerank import SentenceTransformerRerank
 
 from eval.harness import chat_prompt, load_generator, resolve_components
 from pipeline.config import AssembleConfig, RagtuneConfig
-from pipeline.retrieval import corpus_hash, model_hash
+from pipeline.ranking import fuse_scores
+from pipeline.retrieval import corpus_hash, load_fusion_weight, model_hash
 from pipeline.rundir import RunDir, atomic_dir, is_main_process, read_jsonl
 from stages.raft.prompts import build_messages, parse_answer
 
@@ -47,6 +52,42 @@ logger = logging.getLogger(__name__)
 INDEX_DIR = "index"
 INDEX_META = "meta.json"
 NODE_METADATA = ("doc_id", "source")
+
+
+class FusedSentenceTransformerRerank(SentenceTransformerRerank):
+    """``SentenceTransformerRerank`` that orders by cross-encoder and retriever scores fused at ``fusion_weight``.
+
+    At weight 1.0 it is the stock postprocessor. Below 1 each node's score becomes
+    :func:`pipeline.ranking.fuse_scores` of its retrieval score and its cross-encoder score — the order
+    the rerank stage chose the weight for and the eval harness measures.
+    """
+
+    fusion_weight: float = Field(default=1.0, ge=0.0, le=1.0, description="Share of the cross-encoder's score.")
+
+    def __init__(self, *, fusion_weight: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # the stock __init__ takes only its own arguments
+        if not 0.0 <= fusion_weight <= 1.0:
+            raise ValueError(f"fusion_weight {fusion_weight} is outside [0, 1]")
+        self.fusion_weight = fusion_weight
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "FusedSentenceTransformerRerank"
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        if self.fusion_weight >= 1.0:
+            return super()._postprocess_nodes(nodes, query_bundle)
+        if query_bundle is None:
+            raise ValueError("Missing query bundle in extra info.")
+        if not nodes:
+            return []
+        pairs = [(query_bundle.query_str, n.node.get_content(metadata_mode=MetadataMode.EMBED)) for n in nodes]
+        second = [float(s) for s in self._model.predict(pairs, show_progress_bar=False)]
+        fused = fuse_scores([n.score or 0.0 for n in nodes], second, self.fusion_weight)
+        order = sorted(range(len(nodes)), key=lambda i: -fused[i])[: self.top_n]
+        return [NodeWithScore(node=nodes[i].node, score=fused[i]) for i in order]
 
 
 class SentenceTransformerEmbedding(HuggingFaceEmbedding):
@@ -179,7 +220,6 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
         StageInputError: a tuned component's stage has not finished.
     """
     from llama_index.llms.huggingface import HuggingFaceLLM
-    from llama_index.postprocessor.sbert_rerank import SentenceTransformerRerank
 
     choice = choice or cfg.assemble
     comp = resolve_components(cfg, run, choice)
@@ -190,10 +230,11 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
         import torch
 
         torch.manual_seed(cfg.run.seed)  # a base encoder gets a fresh head: the same one the harness draws
-        reranker = SentenceTransformerRerank(
+        reranker = FusedSentenceTransformerRerank(
             model=comp.reranker,
             top_n=choice.top_n,
             cross_encoder_kwargs={"num_labels": 1, "max_length": cfg.rerank.max_length},
+            fusion_weight=load_fusion_weight(comp.reranker),
         )
     model, tokenizer = load_generator(comp.generator, comp.adapter)
     positions = getattr(model.config, "max_position_embeddings", choice.context_window)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -204,6 +204,18 @@ class RerankConfig(Section):
     max_steps: int = Field(-1)
     max_length: int = Field(256, ge=16)
     retrieve_top_k: int = Field(20, ge=1, description="Held-out evaluation reranks the tuned retriever's top k.")
+    fusion_weight: Annotated[float, Field(ge=0, le=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Serving score = w·reranker + (1−w)·retriever (each min-max scaled per query); 1 = plain "
+        "reranking. auto: the w in 0, 0.1, …, 1 with the best nDCG@10 on the dev slice (1 when there is none).",
+    )
+    dev_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of train documents whose queries are kept out of reranker training to choose the "
+        "fusion weight on (split like embed.dev_fraction; the same value and seed give the same slice).",
+    )
     trainer: dict[str, Any] = Field(default_factory=dict, description="Passed to CrossEncoderTrainingArguments.")
 
 

@@ -77,3 +77,66 @@ def mean_metrics(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
     if not rows:
         return {}
     return {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
+
+
+def fuse_scores(first: Sequence[float], second: Sequence[float], weight: float) -> list[float]:
+    """Interpolate two score lists over the same candidates: ``weight·mm(second) + (1 − weight)·mm(first)``.
+
+    ``mm`` is min-max scaling within the list, which puts a cosine similarity and a cross-encoder logit
+    on one scale. ``weight = 1`` orders exactly as ``second`` (plain reranking), ``weight = 0`` exactly as
+    ``first`` (the retriever's order); a list whose scores are all equal scales to zeros.
+
+    Example:
+        >>> [round(s, 3) for s in fuse_scores([0.9, 0.8, 0.7], [0.0, 5.0, 1.0], 0.5)]
+        [0.5, 0.75, 0.1]
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"fusion weight {weight} is outside [0, 1]")
+
+    def min_max(scores: Sequence[float]) -> list[float]:
+        low, high = min(scores, default=0.0), max(scores, default=0.0)
+        return [(s - low) / (high - low) if high > low else 0.0 for s in scores]
+
+    return [weight * b + (1.0 - weight) * a for a, b in zip(min_max(first), min_max(second), strict=True)]
+
+
+def fused_order(ids: Sequence[str], first: Sequence[float], second: Sequence[float], weight: float) -> list[str]:
+    """``ids`` sorted by :func:`fuse_scores`, best first; ties keep the given (retriever) order.
+
+    Example:
+        >>> fused_order(["a", "b", "c"], [0.9, 0.8, 0.7], [0.0, 5.0, 1.0], 0.5)
+        ['b', 'a', 'c']
+    """
+    fused = fuse_scores(first, second, weight)
+    return [ids[i] for i in sorted(range(len(ids)), key=lambda i: -fused[i])]
+
+
+def choose_fusion_weight(
+    ids: Sequence[Sequence[str]],
+    first: Sequence[Sequence[float]],
+    second: Sequence[Sequence[float]],
+    relevance: Sequence[Mapping[str, int]],
+    grid: Sequence[float] = tuple(i / 10 for i in range(11)),
+) -> tuple[float, dict[float, float]]:
+    """The fusion weight with the best mean nDCG@10 over dev queries (ties: the smallest weight).
+
+    Args:
+        ids: per query, the retriever's candidates (best first).
+        first: per query, the retriever's scores of ``ids``.
+        second: per query, the reranker's scores of ``ids``.
+        relevance: per query, chunk id -> grade.
+        grid: weights to try.
+
+    Returns:
+        (best weight, weight -> mean nDCG@10). Ties go to the smaller weight: the reranker has to earn
+        its say over the retriever on the dev queries.
+
+    Example:
+        >>> choose_fusion_weight([["a", "b"]], [[0.9, 0.8]], [[0.0, 1.0]], [{"b": 1}], grid=(0.0, 1.0))[0]
+        1.0
+    """
+    queries = list(zip(ids, first, second, relevance, strict=True))
+    n = max(len(queries), 1)
+    curve = {w: sum(ndcg_at_k(fused_order(i, f, s, w), rel) for i, f, s, rel in queries) / n for w in grid}
+    best = max(curve.values())
+    return min(w for w, v in curve.items() if v >= best - 1e-12), curve

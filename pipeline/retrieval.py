@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from pipeline.models import resolve_model
+from pipeline.ranking import fuse_scores
 from pipeline.rundir import hash_path, is_main_process
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class DenseRetriever:
         self.model = model
         self.corpus = list(corpus)
         self.ids = [row["id"] for row in corpus]
+        self.positions = {cid: i for i, cid in enumerate(self.ids)}
         self.embeddings = embeddings
 
     @classmethod
@@ -127,25 +130,72 @@ class DenseRetriever:
         scores, indices = exact_top_k(self.encode_queries(texts), self.embeddings, k)
         return scores.tolist(), [[self.ids[i] for i in row] for row in indices.tolist()]
 
+    def similarities(self, texts: Sequence[str], candidate_ids: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Cosine scores of the given chunk ids for every query (one batched query encode).
 
-def rerank(
+        For candidate lists the search did not produce, e.g. a retrieved pool with the labelled positives added.
+        """
+        queries = self.encode_queries(texts)
+        rows = [torch.tensor([self.positions[c] for c in ids], dtype=torch.long) for ids in candidate_ids]
+        return [(self.embeddings[idx] @ q).tolist() for q, idx in zip(queries, rows, strict=True)]
+
+
+FUSION_FILE = "ragtune_fusion.json"
+
+
+def load_fusion_weight(reranker_path: str | Path) -> float:
+    """The fusion weight the rerank stage chose for this reranker (``FUSION_FILE`` in its folder).
+
+    A reranker without the file (a base encoder, a hub cross-encoder) reranks plainly: weight 1.0.
+    """
+    path = Path(reranker_path) / FUSION_FILE
+    if not path.is_file():
+        return 1.0
+    return float(json.loads(path.read_text(encoding="utf-8"))["fusion_weight"])
+
+
+def cross_encoder_scores(
     cross_encoder, queries: Sequence[str], candidates: Sequence[Sequence[dict]], batch_size: int = 64
-) -> list[list[tuple[dict, float]]]:
-    """Score every (query, candidate chunk) pair in one batched call and sort each list.
-
-    Args:
-        cross_encoder: a loaded ``CrossEncoder``.
-        queries: query texts.
-        candidates: per query, chunk rows (``text``) to rerank.
+) -> list[list[float]]:
+    """Cross-encoder scores of every (query, candidate chunk) pair, from one batched ``predict`` call.
 
     Returns:
-        Per query, ``(chunk, score)`` pairs sorted by score, best first.
+        Per query, one score per candidate, in the candidates' order.
     """
     pairs = [(q, c["text"]) for q, cands in zip(queries, candidates, strict=True) for c in cands]
     flat = cross_encoder.predict(pairs, batch_size=batch_size, show_progress_bar=False) if pairs else []
     out, pos = [], 0
     for cands in candidates:
-        scored = list(zip(cands, (float(s) for s in flat[pos : pos + len(cands)]), strict=True))
+        out.append([float(s) for s in flat[pos : pos + len(cands)]])
         pos += len(cands)
-        out.append(sorted(scored, key=lambda cs: cs[1], reverse=True))
     return out
+
+
+def rerank(
+    cross_encoder,
+    queries: Sequence[str],
+    candidates: Sequence[Sequence[dict]],
+    first_scores: Sequence[Sequence[float]] | None = None,
+    fusion_weight: float = 1.0,
+    batch_size: int = 64,
+) -> list[list[tuple[dict, float]]]:
+    """Rerank every query's candidates: one batched cross-encoder call, then sort.
+
+    Args:
+        cross_encoder: a loaded ``CrossEncoder``.
+        queries: query texts.
+        candidates: per query, chunk rows (``text``) to rerank.
+        first_scores: per query, the retriever's scores of the candidates (needed when ``fusion_weight < 1``).
+        fusion_weight: 1.0 sorts by the cross-encoder alone; below 1 by
+            :func:`pipeline.ranking.fuse_scores` of retriever and cross-encoder scores.
+
+    Returns:
+        Per query, ``(chunk, score)`` pairs sorted by score, best first (ties keep the candidates' order).
+    """
+    scores = cross_encoder_scores(cross_encoder, queries, candidates, batch_size)
+    if fusion_weight < 1.0:
+        if first_scores is None:
+            raise ValueError(f"fusion weight {fusion_weight} needs the retriever's scores (first_scores)")
+        scores = [fuse_scores(f, s, fusion_weight) for f, s in zip(first_scores, scores, strict=True)]
+    ranked = zip(candidates, scores, strict=True)
+    return [sorted(zip(cands, row, strict=True), key=lambda cs: -cs[1]) for cands, row in ranked]

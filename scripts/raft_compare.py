@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.models import resolve_model  # noqa: E402
-from pipeline.retrieval import DenseRetriever, rerank  # noqa: E402
+from pipeline.retrieval import DenseRetriever, load_fusion_weight, rerank  # noqa: E402
 from pipeline.rundir import RunDir, atomic_write_text, read_jsonl  # noqa: E402
 from stages.raft.prompts import build_messages, parse_answer, quote_is_verbatim  # noqa: E402
 
@@ -140,10 +140,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 2. The same context for both models: tuned embedder top_k, tuned reranker, top_n.
     retriever = DenseRetriever.load(str(run.require("embed", "model")["model"]), corpus, run.path("cache/embeddings"))
-    _, ids = retriever.search([q["text"] for q in questions], k=cfg.assemble.top_k)
-    cross_encoder = CrossEncoder(str(run.require("rerank", "model")["model"]))
+    first_scores, ids = retriever.search([q["text"] for q in questions], k=cfg.assemble.top_k)
+    reranker = run.require("rerank", "model")["model"]
     ranked = rerank(
-        cross_encoder, [q["text"] for q in questions], [[{"id": i, "text": texts[i]} for i in r] for r in ids]
+        CrossEncoder(str(reranker)),
+        [q["text"] for q in questions],
+        [[{"id": i, "text": texts[i]} for i in r] for r in ids],
+        first_scores,
+        load_fusion_weight(reranker),
     )
     contexts = [[c["id"] for c, _ in row[: cfg.assemble.top_n]] for row in ranked]
     prompts = [build_messages(q["text"], [texts[c] for c in ctx]) for q, ctx in zip(questions, contexts, strict=True)]

@@ -24,6 +24,9 @@ from sentence_transformers.base.sampler import DefaultBatchSampler
 logger = logging.getLogger(__name__)
 
 
+DEV_MIN_QUERIES = 5  # fewer dev queries than this make a choice on the dev slice noise, not signal
+
+
 def build_pairs(queries: Sequence[dict[str, Any]], chunks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One (query, positive chunk) pair per positive chunk of each query.
 

@@ -37,6 +37,7 @@ from pipeline.models import resolve_model
 from pipeline.rundir import RunDir, atomic_dir, atomic_write_text, is_main_process, read_jsonl
 from stages.embed.adapter import ROUTER_MAPPING, add_query_adapter
 from stages.embed.pairs import (
+    DEV_MIN_QUERIES,
     NoDuplicateKeysBatchSampler,
     attach_negatives,
     build_pairs,
@@ -46,7 +47,6 @@ from stages.embed.pairs import (
 
 logger = logging.getLogger(__name__)
 STAGE = "embed"
-DEV_MIN_QUERIES = 5  # fewer dev queries than this make checkpoint selection noise, not signal
 EVALS_PER_RUN = 4  # dev evaluations (and checkpoints) per training run when selecting the best
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pipeline.config import RagtuneConfig
 from pipeline.entry import run_stage
 from pipeline.llm import make_backend
-from pipeline.retrieval import DenseRetriever, rerank
+from pipeline.retrieval import DenseRetriever, load_fusion_weight, rerank
 from pipeline.rundir import RunDir, atomic_write_jsonl, atomic_write_text, is_main_process, read_jsonl
 from stages.raft.prompts import build_messages
 from stages.raft.teacher import (
@@ -222,8 +222,11 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         [{"id": c, "text": texts[c]} for c in dict.fromkeys([*pool, *q["positives"]])]
         for q, pool in zip(train, pool_ids, strict=True)
     ]
+    # The pool is ordered as serving orders it: cross-encoder and retriever scores fused at the recorded weight.
+    first_scores = retriever.similarities(question_texts, [[c["id"] for c in row] for row in candidates])
     cross_encoder = CrossEncoder(str(reranker))
-    ranked = [[chunk["id"] for chunk, _ in row] for row in rerank(cross_encoder, question_texts, candidates)]
+    reranked = rerank(cross_encoder, question_texts, candidates, first_scores, load_fusion_weight(reranker))
+    ranked = [[chunk["id"] for chunk, _ in row] for row in reranked]
 
     # 3. Oracle, distractors, P share, shuffled order.
     contexts = choose_contexts(

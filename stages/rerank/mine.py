@@ -37,6 +37,7 @@ from pipeline.config import MiningConfig, RagtuneConfig
 from pipeline.entry import run_stage
 from pipeline.retrieval import model_hash
 from pipeline.rundir import RunDir, atomic_write_jsonl, atomic_write_text, is_main_process, read_jsonl
+from stages.embed.pairs import DEV_MIN_QUERIES, split_dev_queries
 from stages.rerank.negatives import RULES, choose_negatives, filter_candidates
 
 logger = logging.getLogger(__name__)
@@ -311,6 +312,16 @@ def write_mining_outputs(
     atomic_write_text(out_dir / "audit.md", format_audit(rows, corpus_by_id, audit_samples, seed))
 
 
+def rerank_dev_split(cfg: RagtuneConfig, queries: Sequence[Mapping[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """Train-split queries with positives, as (reranker training queries, dev slice for the fusion weight).
+
+    The slice is by document (``rerank.dev_fraction``, the run seed), as embed's is: with equal fractions
+    both stages hold out the same queries. Empty when disabled or too small (see ``split_dev_queries``).
+    """
+    train = [dict(q) for q in queries if q["split"] == "train" and q["positives"]]
+    return split_dev_queries(train, cfg.rerank.dev_fraction, cfg.run.seed, DEV_MIN_QUERIES)
+
+
 def run_mining(cfg: RagtuneConfig, run: RunDir) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Mine with the run's tuned embedder and write rerank/negatives/ (main process only writes).
 
@@ -322,10 +333,18 @@ def run_mining(cfg: RagtuneConfig, run: RunDir) -> tuple[list[dict[str, Any]], d
     data = run.require("data", "corpus", "queries")
     corpus, queries = read_jsonl(data["corpus"]), read_jsonl(data["queries"])
 
-    # 2. Mine over the whole corpus, train split only.
+    # 2. Mine over the whole corpus for the reranker's training queries: train split, dev slice left out.
+    _, dev = rerank_dev_split(cfg, queries)
+    dev_ids = {q["qid"] for q in dev}
     rows, report = mine_hard_negatives(
-        corpus, queries, embedder, cfg.rerank.mining, run.path("cache/embeddings"), cfg.run.seed
+        corpus,
+        [q for q in queries if q["qid"] not in dev_ids],
+        embedder,
+        cfg.rerank.mining,
+        run.path("cache/embeddings"),
+        cfg.run.seed,
     )
+    report["dev_queries_not_mined"] = len(dev)
     report["embedder"] = str(embedder.relative_to(run.root))
 
     # 3. Write the mined dataset, report, histogram and audit.

@@ -20,15 +20,17 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import ConfigError, RagtuneConfig, RerankConfig
 from pipeline.entry import run_stage
 from pipeline.models import resolve_model
-from pipeline.ranking import mean_metrics, per_query_metrics
-from pipeline.retrieval import DenseRetriever, rerank
+from pipeline.ranking import choose_fusion_weight, fused_order, mean_metrics, per_query_metrics
+from pipeline.retrieval import FUSION_FILE, DenseRetriever, cross_encoder_scores
 from pipeline.rundir import RunDir, atomic_dir, atomic_write_text, is_main_process, read_jsonl
-from stages.rerank.mine import NEGATIVES_DIR, run_mining
+from stages.embed.pairs import DEV_MIN_QUERIES
+from stages.rerank.mine import NEGATIVES_DIR, rerank_dev_split, run_mining
 
 if TYPE_CHECKING:
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainingArguments
@@ -161,48 +163,98 @@ def build_training_args(cfg: RerankConfig, output_dir: str, seed: int) -> CrossE
     return CrossEncoderTrainingArguments(output_dir=output_dir, **(defaults | cfg.trainer))
 
 
+@dataclass
+class ScoredCandidates:
+    """Per query: the retriever's top-k chunk ids (best first), its scores, and the cross-encoder's scores."""
+
+    ids: list[list[str]]
+    retriever: list[list[float]]
+    reranker: list[list[float]]
+
+
+def score_candidates(
+    retriever: DenseRetriever, cross_encoder: CrossEncoder, queries: Sequence[Mapping[str, Any]], top_k: int
+) -> ScoredCandidates:
+    """Retrieve each query's top ``top_k`` (one batched search) and score them all with the cross-encoder (one call)."""
+    texts = [q["text"] for q in queries]
+    first, ids = retriever.search(texts, top_k)
+    by_id = {c["id"]: c for c in retriever.corpus}
+    second = cross_encoder_scores(cross_encoder, texts, [[by_id[i] for i in row] for row in ids])
+    return ScoredCandidates(ids, first, second)
+
+
 def evaluate_reranking(
-    retriever: DenseRetriever,
-    cross_encoder: CrossEncoder,
+    scored: ScoredCandidates,
     queries: Sequence[Mapping[str, Any]],
-    top_k: int,
+    fusion_weight: float,
     k_values: Sequence[int] = K_VALUES,
 ) -> dict[str, Any]:
-    """Held-out ranking metrics of the retriever alone vs the retriever's top-``k`` reranked.
+    """Held-out ranking metrics of the retriever alone, the reranker alone, and the two fused at ``fusion_weight``.
 
     Args:
-        retriever: the tuned embedder over the corpus.
-        cross_encoder: the trained reranker.
-        queries: eval-split query rows (``qid``, ``text``, ``relevance``).
-        top_k: candidates retrieved per query and reranked.
+        scored: the queries' candidates and scores (:func:`score_candidates`).
+        queries: the same query rows (``qid``, ``relevance``).
+        fusion_weight: the weight serving uses (1.0: plain reranking, then ``reranker`` equals ``retriever+reranker``).
         k_values: cut-offs for hit@k and recall@k.
 
     Returns:
-        ``{"queries", "top_k", "retriever": {...}, "retriever+reranker": {...}, "per_query": [...]}`` with
-        ``ndcg@10``, ``mrr@10``, ``hit@k`` and ``recall@k`` means (graded relevance, pipeline.ranking).
+        ``{"queries", "top_k", "fusion_weight", "retriever": {...}, "reranker": {...},
+        "retriever+reranker": {...}, "per_query": [...]}`` with ``ndcg@10``, ``mrr@10``, ``hit@k`` and
+        ``recall@k`` means (graded relevance, pipeline.ranking).
 
     Example:
-        >>> m = evaluate_reranking(retriever, reranker, eval_queries, top_k=20)
+        >>> m = evaluate_reranking(score_candidates(retriever, reranker, eval_queries, 20), eval_queries, 0.6)
         >>> m["retriever"]["ndcg@10"], m["retriever+reranker"]["ndcg@10"]
         (0.61, 0.66)
     """
-    texts = [q["text"] for q in queries]
-    _, ids = retriever.search(texts, top_k)
-    by_id = {c["id"]: c for c in retriever.corpus}
-    reranked = rerank(cross_encoder, texts, [[by_id[i] for i in row] for row in ids])
-    before, after, per_query = [], [], []
-    for q, retrieved, scored in zip(queries, ids, reranked, strict=True):
-        b = per_query_metrics(retrieved, q["relevance"], k_values)
-        a = per_query_metrics([c["id"] for c, _ in scored], q["relevance"], k_values)
-        before.append(b)
-        after.append(a)
-        per_query.append({"qid": q["qid"], "ndcg@10_retriever": b["ndcg@10"], "ndcg@10_reranked": a["ndcg@10"]})
+    rows: dict[str, list[dict[str, float]]] = {"retriever": [], "reranker": [], "retriever+reranker": []}
+    per_query = []
+    for q, ids, first, second in zip(queries, scored.ids, scored.retriever, scored.reranker, strict=True):
+        orders = {
+            "retriever": ids,
+            "reranker": fused_order(ids, first, second, 1.0),
+            "retriever+reranker": fused_order(ids, first, second, fusion_weight),
+        }
+        for name, ranked in orders.items():
+            rows[name].append(per_query_metrics(ranked, q["relevance"], k_values))
+        per_query.append(
+            {
+                "qid": q["qid"],
+                "ndcg@10_retriever": rows["retriever"][-1]["ndcg@10"],
+                "ndcg@10_reranked": rows["retriever+reranker"][-1]["ndcg@10"],
+            }
+        )
     return {
         "queries": len(queries),
-        "top_k": top_k,
-        "retriever": mean_metrics(before),
-        "retriever+reranker": mean_metrics(after),
+        "top_k": max((len(i) for i in scored.ids), default=0),
+        "fusion_weight": fusion_weight,
+        **{name: mean_metrics(r) for name, r in rows.items()},
         "per_query": per_query,
+    }
+
+
+def choose_weight(
+    cfg: RerankConfig, retriever: DenseRetriever, cross_encoder: CrossEncoder, dev: Sequence[Mapping[str, Any]]
+) -> tuple[float, dict[str, Any]]:
+    """The serving fusion weight: ``rerank.fusion_weight`` if a number, else the best one on the dev slice.
+
+    Returns:
+        (weight, record for metrics.json: how it was chosen, and the dev nDCG@10 per weight when auto).
+    """
+    if cfg.fusion_weight != "auto":
+        return float(cfg.fusion_weight), {"fusion_weight_source": "rerank.fusion_weight"}
+    if not dev:
+        logger.warning(
+            "rerank: no dev slice (rerank.dev_fraction=%s gave fewer than %d queries): plain reranking, weight 1.0",
+            cfg.dev_fraction,
+            DEV_MIN_QUERIES,
+        )
+        return 1.0, {"fusion_weight_source": "no dev slice: plain reranking"}
+    scored = score_candidates(retriever, cross_encoder, dev, cfg.retrieve_top_k)
+    weight, curve = choose_fusion_weight(scored.ids, scored.retriever, scored.reranker, [q["relevance"] for q in dev])
+    return weight, {
+        "fusion_weight_source": f"best dev nDCG@10 on {len(dev)} queries of held-out train documents",
+        "dev_ndcg@10_by_weight": {f"{w:.1f}": v for w, v in curve.items()},
     }
 
 
@@ -234,6 +286,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
             mining_report = json.loads(run.path(f"{NEGATIVES_DIR}/report.json").read_text(encoding="utf-8"))
     corpus = read_jsonl(run.path("data/corpus.jsonl"))
     corpus_by_id = {c["id"]: c for c in corpus}
+    queries = read_jsonl(run.path("data/queries.jsonl"))
+    _, dev_queries = rerank_dev_split(cfg, queries)  # never mined, never trained on: they choose the fusion weight
 
     # 3. Build the training set in the format the loss reads.
     columns = build_training_columns(mined, corpus_by_id, cfg.rerank.loss, cfg.rerank.mining.num_negatives)
@@ -255,24 +309,32 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     if not is_main_process():
         return {}
 
-    # 5. Save the reranker (with its model card) atomically.
+    # 5. Choose how much the reranker's score counts against the retriever's, on the dev slice of train.
+    retriever = DenseRetriever.load(str(run.path("embed/model")), corpus, cache_dir=run.path("cache/embeddings"))
+    weight, fusion = choose_weight(cfg.rerank, retriever, model, dev_queries)
+    logger.info("rerank: fusion weight %.1f (%s)", weight, fusion["fusion_weight_source"])
+
+    # 6. Save the reranker (with its model card) and its fusion weight atomically, as one folder.
     with atomic_dir(run.path("rerank/model")) as tmp:
         model.save_pretrained(str(tmp))
+        (tmp / FUSION_FILE).write_text(json.dumps({"fusion_weight": weight, **fusion}, indent=2) + "\n")
 
-    # 6. Evaluate on the eval split: tuned retriever alone vs tuned retriever + the saved reranker.
-    embedder = run.path("embed/model")
-    retriever = DenseRetriever.load(str(embedder), corpus, cache_dir=run.path("cache/embeddings"))
+    # 7. Evaluate on the eval split: tuned retriever alone vs reranker alone vs the two fused (what serving does).
     reranker = CrossEncoder(str(run.path("rerank/model")), max_length=cfg.rerank.max_length)
-    eval_queries = [q for q in read_jsonl(run.path("data/queries.jsonl")) if q["split"] == "eval"]
+    eval_queries = [q for q in queries if q["split"] == "eval"]
     if not eval_queries:
         raise ValueError("rerank: no eval-split query to evaluate on (check the data stage's split)")
-    evaluation = evaluate_reranking(retriever, reranker, eval_queries, cfg.rerank.retrieve_top_k)
+    scored = score_candidates(retriever, reranker, eval_queries, cfg.rerank.retrieve_top_k)
+    evaluation = evaluate_reranking(scored, eval_queries, weight)
     before, after = evaluation["retriever"], evaluation["retriever+reranker"]
     metrics = {
         "ndcg@10_retriever": before["ndcg@10"],
         "ndcg@10_reranked": after["ndcg@10"],
+        "ndcg@10_reranker_only": evaluation["reranker"]["ndcg@10"],
         "mrr@10_retriever": before["mrr@10"],
         "mrr@10_reranked": after["mrr@10"],
+        "fusion_weight": weight,
+        "dev_queries": len(dev_queries),
         "eval_queries": evaluation["queries"],
         "train_examples": len(columns["query"]),
         "negatives": mining_report["selected"],
@@ -282,7 +344,10 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     }
     atomic_write_text(
         run.path("rerank/metrics.json"),
-        json.dumps({**metrics, "loss": cfg.rerank.loss, "evaluation": evaluation, "mining": mining_report}, indent=2)
+        json.dumps(
+            {**metrics, **fusion, "loss": cfg.rerank.loss, "evaluation": evaluation, "mining": mining_report},
+            indent=2,
+        )
         + "\n",
     )
 
@@ -296,9 +361,12 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         started=started,
     )
     logger.info(
-        "rerank: held-out nDCG@10 %.4f -> %.4f, MRR@10 %.4f -> %.4f (%d queries, top %d reranked)",
+        "rerank: held-out nDCG@10 %.4f -> %.4f (reranker alone %.4f, weight %.1f), MRR@10 %.4f -> %.4f "
+        "(%d queries, top %d reranked)",
         before["ndcg@10"],
         after["ndcg@10"],
+        evaluation["reranker"]["ndcg@10"],
+        weight,
         before["mrr@10"],
         after["mrr@10"],
         evaluation["queries"],

@@ -132,3 +132,29 @@ def test_query_engine_prompts_exactly_like_training_and_cli_prints_sources(
     out = capsys.readouterr().out
     assert out.startswith("Answer:") and "Quotes:" in out and "Sources:" in out
     assert "runbooks/" in out or "specs/" in out or "faq.jsonl" in out
+
+
+def test_fused_reranker_orders_like_the_harness_at_the_recorded_weight(tiny_bert_dir: Path) -> None:
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+    from sentence_transformers import CrossEncoder
+
+    from pipeline.assemble import FusedSentenceTransformerRerank
+    from pipeline.ranking import fused_order
+
+    texts = ["Heron fails over in minutes.", "Tortoise drains its queue.", "Marmot keeps snapshots.", "a b c"]
+    retrieval = [0.9, 0.7, 0.4, 0.1]
+    nodes = [
+        NodeWithScore(node=TextNode(id_=f"n{i}", text=t), score=s)
+        for i, (t, s) in enumerate(zip(texts, retrieval, strict=True))
+    ]
+    query = "how does heron fail over"
+    torch.manual_seed(0)
+    ce_scores = CrossEncoder(str(tiny_bert_dir), num_labels=1).predict([(query, t) for t in texts]).tolist()
+    for weight in (0.0, 0.5, 1.0):
+        torch.manual_seed(0)  # the same fresh head as above
+        reranker = FusedSentenceTransformerRerank(
+            model=str(tiny_bert_dir), top_n=3, cross_encoder_kwargs={"num_labels": 1}, fusion_weight=weight
+        )
+        out = reranker.postprocess_nodes([n.model_copy() for n in nodes], query_bundle=QueryBundle(query))
+        ids = [f"n{i}" for i in range(4)]
+        assert [n.node.node_id for n in out] == fused_order(ids, retrieval, ce_scores, weight)[:3]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from pipeline.cli import main as cli
 from pipeline.config import load_config
-from pipeline.retrieval import model_hash
+from pipeline.retrieval import FUSION_FILE, model_hash
 from pipeline.rundir import read_jsonl
 from stages.rerank.negatives import RULES
 
@@ -81,6 +81,11 @@ def test_rerank_stage_mines_trains_evaluates_and_records(tiny_config: Path, tiny
     assert metrics["ndcg@10_retriever"] == metrics["evaluation"]["retriever"]["ndcg@10"]
     assert metrics["ndcg@10_reranked"] == metrics["evaluation"]["retriever+reranker"]["ndcg@10"]
     assert metrics["train_examples"] == 12 and metrics["train_steps"] == 3  # 4 x (1 + 2) pairs, batches of 4
+    # Four train queries are too few for a dev slice: plain reranking, recorded with the model for serving.
+    assert metrics["dev_queries"] == 0 and metrics["fusion_weight"] == 1.0
+    assert metrics["ndcg@10_reranker_only"] == metrics["ndcg@10_reranked"]
+    fusion = json.loads(run.path(f"rerank/model/{FUSION_FILE}").read_text())
+    assert fusion["fusion_weight"] == 1.0 and "no dev slice" in fusion["fusion_weight_source"]
 
     cfg = load_config(tiny_config, overrides)
     rec = run.load_manifest()["rerank"]

@@ -79,6 +79,18 @@ def test_rerank_reorders_top_k_and_keeps_the_tail() -> None:
     assert out.seconds >= 0.5
 
 
+def test_rerank_at_the_recorded_fusion_weight_orders_as_serving_does() -> None:
+    chunks = {c: {"id": c, "text": t} for c, t in [("a", "apple"), ("b", "zebra"), ("c", "cat")]}
+    first = Ranking([["a", "b", "c"]], seconds=0.0, scores=[[0.9, 0.5, 0.1]])
+    # scaled retriever a 1, b 0.5, c 0; reranker b 1, others 0: weight 0.4 -> a 0.6, b 0.7; 0.2 -> a 0.8, b 0.6
+    assert rerank_ranking(_FirstWordScorer(), ["q"], first, chunks, top_k=3, fusion_weight=0.4).ranked == [
+        ["b", "a", "c"]
+    ]
+    assert rerank_ranking(_FirstWordScorer(), ["q"], first, chunks, top_k=3, fusion_weight=0.2).ranked == [
+        ["a", "b", "c"]
+    ]
+
+
 def test_score_generation_hand_values() -> None:
     context = ["Heron fails over in 15 minutes.", "Tortoise drains."]
     gen = format_answer("The runbook:", ["Heron fails over in 15 minutes.", "invented"], "15 minutes")

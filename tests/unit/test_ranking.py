@@ -2,7 +2,17 @@ import math
 
 import pytest
 
-from pipeline.ranking import hit_at_k, mean_metrics, mrr_at_k, ndcg_at_k, per_query_metrics, recall_at_k
+from pipeline.ranking import (
+    choose_fusion_weight,
+    fuse_scores,
+    fused_order,
+    hit_at_k,
+    mean_metrics,
+    mrr_at_k,
+    ndcg_at_k,
+    per_query_metrics,
+    recall_at_k,
+)
 
 
 def test_hit_and_mrr() -> None:
@@ -39,3 +49,32 @@ def test_per_query_and_mean() -> None:
     mean = mean_metrics(rows)
     assert mean["hit@1"] == 0.5 and mean["hit@2"] == 1.0 and mean["mrr@10"] == pytest.approx(0.75)
     assert mean_metrics([]) == {}
+
+
+def test_fusion_endpoints_reproduce_each_ranking() -> None:
+    ids, first, second = ["a", "b", "c", "d"], [0.9, 0.7, 0.6, 0.1], [-2.0, 3.0, 0.5, 1.0]
+    assert fused_order(ids, first, second, 1.0) == ["b", "d", "c", "a"]  # the reranker alone
+    assert fused_order(ids, first, second, 0.0) == ["a", "b", "c", "d"]  # the retriever alone
+    # min-max puts both on [0, 1]: a = 0.5*1 + 0.5*0, b = 0.5*0.75 + 0.5*1
+    assert fuse_scores(first, second, 0.5)[:2] == pytest.approx([0.5, 0.875])
+
+
+def test_fusion_of_constant_scores_keeps_the_other_order() -> None:
+    # A reranker that gives every candidate one score (a flat, untrained head) cannot reorder anything.
+    assert fused_order(["a", "b", "c"], [0.3, 0.2, 0.1], [0.7, 0.7, 0.7], 0.9) == ["a", "b", "c"]
+    assert fuse_scores([], [], 0.5) == []
+    with pytest.raises(ValueError, match="outside"):
+        fuse_scores([1.0], [1.0], 1.5)
+
+
+def test_choose_fusion_weight_follows_the_better_scorer() -> None:
+    ids = [["a", "b", "c"], ["d", "e", "f"]]
+    first = [[0.9, 0.8, 0.7], [0.9, 0.8, 0.7]]
+    relevance = [{"c": 1}, {"f": 1}]  # the retriever ranks every relevant chunk last
+    perfect = [[0.0, 0.0, 9.0], [0.0, 0.0, 9.0]]
+    weight, curve = choose_fusion_weight(ids, first, perfect, relevance)
+    assert curve[1.0] == pytest.approx(1.0) and curve[0.0] == pytest.approx(0.5)
+    assert weight == min(w for w, v in curve.items() if v == pytest.approx(1.0)) and 0.0 < weight < 1.0
+    # A reranker that ranks relevant chunks last gets no say: the smallest weight wins the tie.
+    relevance = [{"a": 1}, {"d": 1}]
+    assert choose_fusion_weight(ids, first, perfect, relevance)[0] == 0.0

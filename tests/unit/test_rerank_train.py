@@ -5,7 +5,13 @@ from sentence_transformers.base.sampler import BatchSamplers
 
 from pipeline.config import ConfigError, RerankConfig
 from stages.rerank.mine import format_audit, group_train_queries
-from stages.rerank.train import build_training_args, build_training_columns, evaluate_reranking
+from stages.rerank.train import (
+    build_training_args,
+    build_training_columns,
+    choose_weight,
+    evaluate_reranking,
+    score_candidates,
+)
 
 CORPUS = {cid: {"id": cid, "doc_id": "d", "text": f"text {cid}"} for cid in ("p1", "p2", "n1", "n2", "n3", "m1")}
 ROWS = [
@@ -92,7 +98,8 @@ class FakeRetriever:
         self.ranking = ranking
 
     def search(self, texts, k):
-        return [[1.0] * k for _ in texts], [self.ranking[:k] for _ in texts]
+        top = self.ranking[:k]
+        return [[1.0 - i / 10 for i in range(len(top))] for _ in texts], [top for _ in texts]
 
 
 class FakeCrossEncoder:
@@ -109,10 +116,37 @@ def test_evaluation_compares_retriever_and_reranked_with_hand_computed_values() 
     retriever = FakeRetriever(["x", "y", "rel", "z"])
     reranker = FakeCrossEncoder(["rel", "x", "y", "z"])
     queries = [{"qid": "e1", "text": "q", "relevance": {"rel": 1}}]
-    m = evaluate_reranking(retriever, reranker, queries, top_k=3)
-    assert m["queries"] == 1 and m["top_k"] == 3
+    m = evaluate_reranking(score_candidates(retriever, reranker, queries, top_k=3), queries, fusion_weight=1.0)
+    assert m["queries"] == 1 and m["top_k"] == 3 and m["reranker"] == m["retriever+reranker"]
     assert m["retriever"]["mrr@10"] == pytest.approx(1 / 3)
     assert m["retriever"]["ndcg@10"] == pytest.approx(0.5)  # 1 / log2(4)
     assert m["retriever+reranker"]["mrr@10"] == 1.0 and m["retriever+reranker"]["ndcg@10"] == 1.0
     assert m["retriever"]["hit@1"] == 0.0 and m["retriever+reranker"]["hit@1"] == 1.0
     assert m["per_query"] == [{"qid": "e1", "ndcg@10_retriever": 0.5, "ndcg@10_reranked": 1.0}]
+
+
+def test_evaluation_at_a_fusion_weight_reports_the_fused_order() -> None:
+    # Retriever: x (1.0), y (0.9), rel (0.8); the reranker prefers rel only slightly over x in scaled terms.
+    retriever = FakeRetriever(["x", "y", "rel"])
+    reranker = FakeCrossEncoder(["rel", "x", "y"])  # scores 0, -1, -2 -> scaled rel 1, x 0.5, y 0
+    queries = [{"qid": "e1", "text": "q", "relevance": {"rel": 1}}]
+    scored = score_candidates(retriever, reranker, queries, top_k=3)
+    assert scored.ids == [["x", "y", "rel"]] and scored.reranker == [[-1.0, -2.0, 0.0]]
+    # weight 0.2: x = 0.2*0.5 + 0.8*1 = 0.9, rel = 0.2*1 + 0 = 0.2 -> x stays first, rel last.
+    low = evaluate_reranking(scored, queries, fusion_weight=0.2)
+    assert low["retriever+reranker"]["ndcg@10"] == pytest.approx(low["retriever"]["ndcg@10"])
+    assert low["reranker"]["ndcg@10"] == 1.0 and low["fusion_weight"] == 0.2
+    # weight 0.8: rel = 0.8, x = 0.4 + 0.2 = 0.6 -> rel first.
+    assert evaluate_reranking(scored, queries, fusion_weight=0.8)["retriever+reranker"]["ndcg@10"] == 1.0
+
+
+def test_choose_weight_auto_gives_a_reranker_that_hurts_on_dev_no_say() -> None:
+    retriever = FakeRetriever(["rel", "x", "y"])  # the retriever already ranks the relevant chunk first
+    reranker = FakeCrossEncoder(["y", "x", "rel"])  # the reranker puts it last
+    dev = [{"qid": f"d{i}", "text": "q", "relevance": {"rel": 1}} for i in range(5)]
+    weight, record = choose_weight(RerankConfig(), retriever, reranker, dev)
+    assert weight == 0.0 and "5 queries" in record["fusion_weight_source"]
+    assert record["dev_ndcg@10_by_weight"]["0.0"] == 1.0 > record["dev_ndcg@10_by_weight"]["1.0"]
+    # A configured number is used as given; auto without a dev slice is plain reranking.
+    assert choose_weight(RerankConfig(fusion_weight=0.3), retriever, reranker, dev)[0] == 0.3
+    assert choose_weight(RerankConfig(), retriever, reranker, [])[0] == 1.0

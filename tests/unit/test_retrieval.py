@@ -1,8 +1,10 @@
+import json
 from pathlib import Path
 
+import pytest
 import torch
 
-from pipeline.retrieval import DenseRetriever, corpus_hash, exact_top_k, rerank
+from pipeline.retrieval import FUSION_FILE, DenseRetriever, corpus_hash, exact_top_k, load_fusion_weight, rerank
 
 
 def test_exact_top_k_matches_full_sort_across_blocks() -> None:
@@ -23,6 +25,8 @@ def test_retriever_caches_corpus_embeddings_by_content(tiny_bert_dir: Path, tmp_
     assert corpus_hash(corpus) in cached.name
     scores, ids = r.search([corpus[3]["text"]], k=3)
     assert ids[0][0] == "c3" and scores[0][0] >= scores[0][1]
+    # Scores of given ids (e.g. a pool plus positives) equal the search's scores for the same ids.
+    assert r.similarities([corpus[3]["text"]], [ids[0][::-1]])[0] == pytest.approx(scores[0][::-1], abs=1e-6)
     # Reloading reads the cache (poisoned here to prove it is read, not recomputed).
     torch.save(torch.zeros_like(r.embeddings), cached)
     assert torch.count_nonzero(DenseRetriever.load(str(tiny_bert_dir), corpus, cache_dir=cache).embeddings) == 0
@@ -46,3 +50,18 @@ def test_rerank_scores_all_pairs_in_one_call_and_sorts() -> None:
     out = rerank(_LengthScorer(), ["q1", "q2"], cands)
     assert _LengthScorer.calls == 1
     assert [c["text"] for c, _ in out[0]] == ["aaaa", "aa", "a"] and out[1][0][1] == 3.0
+
+
+def test_rerank_with_fusion_weight_zero_keeps_the_retriever_order() -> None:
+    cands = [[{"text": "aa"}, {"text": "aaaa"}, {"text": "a"}]]
+    first = [[0.9, 0.5, 0.1]]
+    assert [c["text"] for c, _ in rerank(_LengthScorer(), ["q"], cands, first, 0.0)[0]] == ["aa", "aaaa", "a"]
+    assert [c["text"] for c, _ in rerank(_LengthScorer(), ["q"], cands, first, 0.5)[0]] == ["aaaa", "aa", "a"]
+    with pytest.raises(ValueError, match="first_scores"):
+        rerank(_LengthScorer(), ["q"], cands, None, 0.5)
+
+
+def test_fusion_weight_travels_with_the_reranker_folder(tmp_path: Path) -> None:
+    assert load_fusion_weight(tmp_path) == 1.0  # a base or hub cross-encoder reranks plainly
+    (tmp_path / FUSION_FILE).write_text(json.dumps({"fusion_weight": 0.3}))
+    assert load_fusion_weight(tmp_path) == 0.3
