@@ -21,6 +21,7 @@ Writes eval/report.md, eval/report.json, eval/per_query.csv, eval/metrics.png an
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -499,12 +500,12 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         for name in names:
             by_generator.setdefault(components[name].generator_key, []).append(name)
         for (gen_path, adapter), group in by_generator.items():
-            model, tokenizer = load_generator(gen_path, adapter)
+            memo = GenerationMemo(*load_generator(gen_path, adapter), cfg.eval.generation_batch_size)
             for name in group:
                 answers[name], latency[name]["generation_ms"] = _generate_for(
-                    model, tokenizer, queries, answered, rankings[name].ranked, chunks, choices[name], cfg, name
+                    memo, queries, answered, rankings[name].ranked, chunks, choices[name], name
                 )
-            del model, tokenizer
+            del memo
 
     # 6. Score generations (and ask the judge, when configured).
     if generation:
@@ -589,24 +590,49 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     return report
 
 
+class GenerationMemo:
+    """Answers of one generator by prompt, so identical prompts across configurations are generated once.
+
+    Two configurations with the same generator often build the same prompts (e.g. a reranker fused at
+    weight 0 keeps the retriever's order). Each answer keeps the milliseconds its batch took per prompt,
+    so a configuration served from the memo still reports what its prompts cost to generate.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int) -> None:
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.answers: dict[str, tuple[str, float]] = {}
+
+    def generate(self, requests: list[list[dict]], max_new_tokens: int, desc: str) -> tuple[list[str], float]:
+        """Answers for ``requests`` (generating only the new ones, batched) and their mean ms per prompt."""
+        keys = [json.dumps([max_new_tokens, r], sort_keys=True) for r in requests]
+        new = {k: r for k, r in zip(keys, requests, strict=True) if k not in self.answers}
+        if new:
+            started = time.perf_counter()
+            outputs = generate_batched(
+                self.model, self.tokenizer, list(new.values()), max_new_tokens, self.batch_size, desc
+            )
+            ms = 1000 * (time.perf_counter() - started) / len(new)
+            self.answers |= {k: (out, ms) for k, out in zip(new, outputs, strict=True)}
+        answers = [self.answers[k] for k in keys]
+        return [a for a, _ in answers], sum(ms for _, ms in answers) / max(len(answers), 1)
+
+
 def _generate_for(
-    model,
-    tokenizer,
+    memo: GenerationMemo,
     queries: list[dict],
     answered: list[int],
     ranked: list[list[str]],
     chunks: dict[str, dict],
     choice: AssembleConfig,
-    cfg: RagtuneConfig,
     name: str,
 ) -> tuple[dict[int, tuple[str, str]], float]:
     """Answers with the configuration's top_n context, and without any relevant chunk (should abstain).
 
     Returns:
         (``{query index: (answer, no-oracle answer)}``, generation ms per query). Only the pass with
-        the evidence is timed: it is the one a user runs.
+        the evidence counts: it is the one a user runs.
     """
-    top_n, batch = choice.top_n, cfg.eval.generation_batch_size
+    top_n = choice.top_n
     with_evidence = [
         build_messages(queries[i]["text"], [chunks[c]["text"] for c in ranked[i][:top_n]]) for i in answered
     ]
@@ -617,12 +643,8 @@ def _generate_for(
         )
         for i in answered
     ]
-    started = time.perf_counter()
-    main_answers = generate_batched(model, tokenizer, with_evidence, choice.max_new_tokens, batch, f"generate {name}")
-    ms = 1000 * (time.perf_counter() - started) / len(answered)
-    no_oracle = generate_batched(
-        model, tokenizer, without, choice.max_new_tokens, batch, f"generate {name} (no oracle)"
-    )
+    main_answers, ms = memo.generate(with_evidence, choice.max_new_tokens, f"generate {name}")
+    no_oracle, _ = memo.generate(without, choice.max_new_tokens, f"generate {name} (no oracle)")
     return dict(zip(answered, zip(main_answers, no_oracle, strict=True), strict=True)), ms
 
 

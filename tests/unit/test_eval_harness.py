@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from eval.harness import (
+    GenerationMemo,
     Ranking,
     configuration_choices,
     extractive_judge,
@@ -131,6 +132,19 @@ def test_batched_left_padded_generation_equals_one_at_a_time(tiny_llama_dir: Pat
     single = [generate_batched(model, tokenizer, [r], max_new_tokens=6, batch_size=1)[0] for r in requests]
     assert batched == single
     assert len(set(batched)) > 1 and all(batched)
+
+    # The memo generates each distinct prompt once and answers repeats from memory, identically.
+    calls = []
+    memo = GenerationMemo(model, tokenizer, batch_size=3)
+    original = memo.model.generate
+    memo.model.generate = lambda **kw: calls.append(kw["input_ids"].shape[0]) or original(**kw)
+    first, ms = memo.generate([requests[0], requests[1], requests[0]], max_new_tokens=6, desc="a")
+    again, ms_again = memo.generate([requests[1], requests[0]], max_new_tokens=6, desc="b")
+    assert calls == [2] and first == [batched[0], batched[1], batched[0]] and again == [batched[1], batched[0]]
+    assert ms > 0 and ms_again == pytest.approx(ms)
+    memo.generate([requests[2]], max_new_tokens=6, desc="c")
+    memo.generate([requests[2]], max_new_tokens=5, desc="d")  # another length is another prompt
+    assert calls == [2, 1, 1]
 
 
 def test_probes_cosines_and_gap(tiny_bert_dir: Path) -> None:
