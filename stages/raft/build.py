@@ -190,7 +190,14 @@ def _inputs(run: RunDir) -> dict[str, str]:
 
 
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
-    """Build raft/train.jsonl from the train split; skipped when finished and fresh unless ``force``."""
+    """Build raft/train.jsonl from the train split; skipped when finished and fresh unless ``force``.
+
+    Runs on the main process only: building is LLM calls and batched scoring, nothing to shard, and a
+    second rank would call (and bill) the teacher again. Other ranks of an ``accelerate launch`` exit.
+    """
+    if not is_main_process():
+        logger.info("raft build: runs on the main process only; this rank has nothing to do")
+        return {}
     # 1. Inputs, through the manifest (refused with the stage to run when missing or stale).
     data = run.require("data", "corpus", "queries")
     embedder = run.require("embed", "model")["model"]
@@ -296,9 +303,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         },
         "teacher": {"provider": cfg.raft.teacher.provider, **teacher_counts, "usage": backend.usage.as_dict()},
     }
-    if is_main_process():
-        atomic_write_jsonl(run.path("raft/train.jsonl"), rows)
-        atomic_write_text(run.path("raft/report.json"), json.dumps(report, indent=2))
+    atomic_write_jsonl(run.path("raft/train.jsonl"), rows)
+    atomic_write_text(run.path("raft/report.json"), json.dumps(report, indent=2))
     metrics = {k: report[k] for k in ("samples", "with_oracle", "without_oracle")}
     metrics.update({f"teacher_{k}": v for k, v in teacher_counts.items()})
     metrics["random_fallback_chunks"] = report["distractors"]["random_fallback_chunks"]

@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.config import ConfigError, RaftConfig, RagtuneConfig
 from stages.raft.build import RaftContext, build_config_hash, build_targets, choose_contexts
+from stages.raft.build import main as build_main
 from stages.raft.prompts import ABSTAIN_ANSWER, format_answer, parse_answer
 from stages.raft.train import make_sft_config
 
@@ -112,3 +113,21 @@ def test_trainer_pass_through_user_keys_win_and_unknown_keys_are_named(tmp_path:
         make_sft_config(RaftConfig(trainer={"warmup_stepz": 2}), tmp_path, seed=0)
     with pytest.raises(ConfigError, match=r"raft\.trainer\.output_dir"):
         make_sft_config(RaftConfig(trainer={"output_dir": "elsewhere"}), tmp_path, seed=0)
+
+
+def test_build_runs_on_the_main_process_only(monkeypatch, tmp_path: Path) -> None:
+    # A second rank of `accelerate launch` must not call (and bill) the teacher again, nor write anything.
+    from pipeline.rundir import RunDir
+
+    monkeypatch.setenv("RANK", "1")
+    run = RunDir(tmp_path / "run")
+    assert (
+        build_main(
+            RagtuneConfig.model_validate(
+                {"run": {"name": "r", "root": str(tmp_path)}, "data": {"docs": str(tmp_path)}}
+            ),
+            run,
+        )
+        == {}
+    )
+    assert not (tmp_path / "run").exists()
