@@ -207,7 +207,8 @@ class RerankConfig(Section):
     fusion_weight: Annotated[float, Field(ge=0, le=1)] | Literal["auto"] = Field(
         "auto",
         description="Serving score = w·reranker + (1−w)·retriever (each min-max scaled per query); 1 = plain "
-        "reranking. auto: the w in 0, 0.1, …, 1 with the best nDCG@10 on the dev slice (1 when there is none).",
+        "reranking. auto: the smallest w in 0, 0.1, …, 1 whose dev nDCG@10 is within one standard error of the "
+        "best (1 when there is no dev slice).",
     )
     dev_fraction: float = Field(
         0.2,

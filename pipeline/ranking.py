@@ -9,6 +9,7 @@ retrieved ones — the bug reported in llama_index #17070).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 
 
@@ -118,7 +119,12 @@ def choose_fusion_weight(
     relevance: Sequence[Mapping[str, int]],
     grid: Sequence[float] = tuple(i / 10 for i in range(11)),
 ) -> tuple[float, dict[float, float]]:
-    """The fusion weight with the best mean nDCG@10 over dev queries (ties: the smallest weight).
+    """The smallest fusion weight whose dev nDCG@10 is within one standard error of the best weight's.
+
+    The one-standard-error rule on paired per-query differences: a weight is as good as the best unless
+    the best beats it, query by query, by more than the standard error of that difference. Taking the
+    smallest such weight means the reranker only gets a say it has earned clearly: a gain that a few dev
+    queries produce by chance does not move serving away from the retriever's order.
 
     Args:
         ids: per query, the retriever's candidates (best first).
@@ -128,15 +134,20 @@ def choose_fusion_weight(
         grid: weights to try.
 
     Returns:
-        (best weight, weight -> mean nDCG@10). Ties go to the smaller weight: the reranker has to earn
-        its say over the retriever on the dev queries.
+        (chosen weight, weight -> mean nDCG@10 over the queries).
 
     Example:
         >>> choose_fusion_weight([["a", "b"]], [[0.9, 0.8]], [[0.0, 1.0]], [{"b": 1}], grid=(0.0, 1.0))[0]
         1.0
     """
     queries = list(zip(ids, first, second, relevance, strict=True))
-    n = max(len(queries), 1)
-    curve = {w: sum(ndcg_at_k(fused_order(i, f, s, w), rel) for i, f, s, rel in queries) / n for w in grid}
-    best = max(curve.values())
-    return min(w for w, v in curve.items() if v >= best - 1e-12), curve
+    per_query = {w: [ndcg_at_k(fused_order(i, f, s, w), rel) for i, f, s, rel in queries] for w in grid}
+    curve = {w: sum(v) / max(len(v), 1) for w, v in per_query.items()}
+    best = max(grid, key=lambda w: (curve[w], -w))
+
+    def as_good_as_best(w: float) -> bool:
+        gaps = [b - x for b, x in zip(per_query[best], per_query[w], strict=True)]
+        standard_error = statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 else 0.0
+        return sum(gaps) / max(len(gaps), 1) <= standard_error + 1e-12
+
+    return next(w for w in sorted(grid) if as_good_as_best(w)), curve  # the best itself always qualifies

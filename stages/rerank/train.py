@@ -253,7 +253,7 @@ def choose_weight(
     scored = score_candidates(retriever, cross_encoder, dev, cfg.retrieve_top_k)
     weight, curve = choose_fusion_weight(scored.ids, scored.retriever, scored.reranker, [q["relevance"] for q in dev])
     return weight, {
-        "fusion_weight_source": f"best dev nDCG@10 on {len(dev)} queries of held-out train documents",
+        "fusion_weight_source": f"dev nDCG@10, one-standard-error rule, {len(dev)} queries of held-out train documents",
         "dev_ndcg@10_by_weight": {f"{w:.1f}": v for w, v in curve.items()},
     }
 

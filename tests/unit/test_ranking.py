@@ -78,3 +78,15 @@ def test_choose_fusion_weight_follows_the_better_scorer() -> None:
     # A reranker that ranks relevant chunks last gets no say: the smallest weight wins the tie.
     relevance = [{"a": 1}, {"d": 1}]
     assert choose_fusion_weight(ids, first, perfect, relevance)[0] == 0.0
+
+
+def test_choose_fusion_weight_ignores_a_gain_within_one_standard_error() -> None:
+    # The reranker fixes q1 and q3 but breaks q2: best mean at w=1, yet the per-query gaps vary too much.
+    ids = [["x", "rel"], ["rel", "x"], ["x", "rel"]]
+    first = [[0.9, 0.8]] * 3
+    second = [[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]  # always prefers the second candidate
+    relevance = [{"rel": 1}] * 3
+    weight, curve = choose_fusion_weight(ids, first, second, relevance, grid=(0.0, 1.0))
+    assert curve[1.0] > curve[0.0] and weight == 0.0
+    # With the gain on every query it is earned.
+    assert choose_fusion_weight([ids[0]] * 3, first, second, relevance, grid=(0.0, 1.0))[0] == 1.0
