@@ -147,7 +147,8 @@ def build_trainer(
         seed: training seed.
 
     Returns:
-        ``(trainer, info)`` with ``info`` = quantization used, samples kept, samples dropped as too long.
+        ``(trainer, info)`` with ``info`` = quantization used, samples kept, samples dropped as too long,
+        and how many of the kept samples hold the oracle.
 
     Example:
         >>> trainer, info = build_trainer(cfg.raft, resolve_model(cfg.raft.base_model), rows, run.path("raft/x"), 42)
@@ -177,7 +178,14 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=lora,
     )
-    return trainer, {"quantization": quantization, "samples": len(kept), "dropped_too_long": too_long}
+    with_oracle = sum(s["has_oracle"] for s in kept)
+    return trainer, {
+        "quantization": quantization,
+        "samples": len(kept),
+        "dropped_too_long": too_long,
+        "with_oracle": with_oracle,  # of the samples kept, i.e. what the model trains on
+        "without_oracle": len(kept) - with_oracle,
+    }
 
 
 def model_card(cfg: RagtuneConfig, model_path: str, info: dict[str, Any], metrics: dict[str, Any]) -> str:
@@ -249,11 +257,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     # 3. Train.
     result = trainer.train()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    kept_oracle = sum(s["has_oracle"] for s in samples)
     metrics = {
         **info,
-        "with_oracle": kept_oracle,
-        "without_oracle": len(samples) - kept_oracle,
         "steps": trainer.state.global_step,
         "train_loss_first": losses[0] if losses else float("nan"),
         "train_loss_last": losses[-1] if losses else float("nan"),

@@ -7,9 +7,11 @@ Run it:
     python -m stages.rerank.mine --config configs/demo.yaml    # mining only, to read the audit first
 
 Reads embed/model (the tuned embedder, never the base: refused until `ragtune embed` has run) and the
-data stage's corpus and queries through the manifest. Writes rerank/negatives/ (mined dataset, report,
-histogram, audit), rerank/model/ (cross-encoder + model card), rerank/metrics.json (nDCG@10, MRR@10,
-hit@k of the tuned retriever alone vs retriever + reranker on the eval split), then the manifest entry.
+data stage's corpus and queries through the manifest. Train queries of a document-disjoint dev slice
+(rerank.dev_fraction) are neither mined nor trained on: they choose the fusion weight of reranker and
+retriever scores. Writes rerank/negatives/ (mined dataset, report, histogram, audit), rerank/model/
+(cross-encoder + model card + ragtune_fusion.json), rerank/metrics.json (nDCG@10, MRR@10, hit@k of the
+tuned retriever alone, the reranker alone and the two fused, on the eval split), then the manifest entry.
 Training checkpoints, if any are asked for in `rerank.trainer`, go to rerank/checkpoints/.
 """
 
@@ -236,7 +238,7 @@ def evaluate_reranking(
 def choose_weight(
     cfg: RerankConfig, retriever: DenseRetriever, cross_encoder: CrossEncoder, dev: Sequence[Mapping[str, Any]]
 ) -> tuple[float, dict[str, Any]]:
-    """The serving fusion weight: ``rerank.fusion_weight`` if a number, else the best one on the dev slice.
+    """The serving fusion weight: ``rerank.fusion_weight`` if a number, else chosen on the dev slice.
 
     Returns:
         (weight, record for metrics.json: how it was chosen, and the dev nDCG@10 per weight when auto).

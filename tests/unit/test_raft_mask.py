@@ -14,11 +14,24 @@ def test_labels_cover_exactly_the_completion_tokens(tiny_llama_dir: Path, tmp_pa
     sample = {
         "prompt": build_messages("default grace period?", ["The grace period is 40 minutes by default.", "x"]),
         "completion": [{"role": "assistant", "content": answer}],
+        "has_oracle": True,
     }
+    # A long sample is dropped (never truncated), and the oracle counts describe what is kept.
+    long_sample = {**sample, "prompt": build_messages("q?", ["grace period " * 400]), "has_oracle": False}
     trainer, info = build_trainer(
-        RaftConfig(quantization="none", max_length=512), str(tiny_llama_dir), [sample], tmp_path / "out", seed=0
+        RaftConfig(quantization="none", max_length=512),
+        str(tiny_llama_dir),
+        [sample, long_sample],
+        tmp_path / "out",
+        seed=0,
     )
-    assert info == {"quantization": "none", "samples": 1, "dropped_too_long": 0}
+    assert info == {
+        "quantization": "none",
+        "samples": 1,
+        "dropped_too_long": 1,
+        "with_oracle": 1,
+        "without_oracle": 0,
+    }
     tok = trainer.processing_class
 
     # What the chat template renders: the prompt with the generation prompt, then the completion.
