@@ -8,13 +8,15 @@ the hundreds of trainer fields are not re-declared here.
 Example:
     >>> cfg = load_config("configs/tiny.yaml", ["embed.epochs=2"])
     >>> cfg.embed.epochs
-    2
+    2.0
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -373,3 +375,27 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Ragtune
 def dump_config(cfg: RagtuneConfig) -> str:
     """The resolved config as YAML (what ``config.resolved.yaml`` holds)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def check_trainer_keys(section: str, keys: Iterable[str], args_class: type) -> None:
+    """Refuse ``<section>.trainer`` keys that ``args_class`` (a training-arguments dataclass) lacks.
+
+    ``output_dir`` is refused too: ragtune always puts checkpoints inside the run directory.
+
+    Raises:
+        ConfigError: naming ``<section>.trainer.<key>``.
+
+    Example:
+        >>> from transformers import TrainingArguments
+        >>> try:
+        ...     check_trainer_keys("embed", ["learning_rat"], TrainingArguments)
+        ... except ConfigError as e:
+        ...     print(e)
+        embed.trainer.learning_rat: not a TrainingArguments field (misspelled?)
+    """
+    known = {f.name for f in dataclasses.fields(args_class) if f.init}
+    for key in keys:
+        if key == "output_dir":
+            raise ConfigError(f"{section}.trainer.output_dir: set by ragtune inside the run directory; remove it")
+        if key not in known:
+            raise ConfigError(f"{section}.trainer.{key}: not a {args_class.__name__} field (misspelled?)")

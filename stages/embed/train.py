@@ -12,7 +12,6 @@ embed/model/ (sentence-transformers folder + model card) and embed/metrics.json
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -31,7 +30,7 @@ from sentence_transformers.sentence_transformer.evaluation import InformationRet
 from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
-from pipeline.config import EmbedConfig, RagtuneConfig
+from pipeline.config import EmbedConfig, RagtuneConfig, check_trainer_keys
 from pipeline.entry import run_stage
 from pipeline.models import resolve_model
 from pipeline.rundir import RunDir, atomic_dir, atomic_write_text, is_main_process, read_jsonl
@@ -140,16 +139,6 @@ def load_model(cfg: EmbedConfig, base_path: str) -> SentenceTransformer:
     return model
 
 
-def check_trainer_keys(cfg: EmbedConfig) -> None:
-    """Refuse ``embed.trainer`` keys that SentenceTransformerTrainingArguments lacks, or that ragtune owns."""
-    known = {f.name for f in dataclasses.fields(SentenceTransformerTrainingArguments) if f.init}
-    for key in cfg.trainer:
-        if key == "output_dir":
-            raise ValueError("embed.trainer.output_dir: set by ragtune (embed/checkpoints inside the run directory)")
-        if key not in known:
-            raise ValueError(f"embed.trainer.{key}: not a SentenceTransformerTrainingArguments field (misspelled?)")
-
-
 def training_arguments(
     cfg: EmbedConfig,
     output_dir: Path,
@@ -160,7 +149,7 @@ def training_arguments(
     best_metric: str,
 ) -> SentenceTransformerTrainingArguments:
     """Our defaults, then ``embed.trainer`` on top (user keys win); unknown keys name ``embed.trainer.<key>``."""
-    check_trainer_keys(cfg)
+    check_trainer_keys("embed", cfg.trainer, SentenceTransformerTrainingArguments)
     args: dict[str, Any] = {
         "num_train_epochs": cfg.epochs,
         "max_steps": cfg.max_steps,
@@ -222,7 +211,8 @@ def _model_card_section(cfg: EmbedConfig, n_pairs: int, n_queries: int, metrics:
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     """Fine-tune the embedder; skipped when finished and fresh unless ``force``."""
     ecfg = cfg.embed
-    check_trainer_keys(ecfg)  # before any model is loaded: a typo should cost nothing
+    # Before any model is loaded: a typo should cost nothing.
+    check_trainer_keys("embed", ecfg.trainer, SentenceTransformerTrainingArguments)
     paths = run.require("data", "corpus", "queries")
     inputs = run.input_hashes("data", "corpus", "queries")
     config_hash = cfg.section_hash("embed")

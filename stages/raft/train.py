@@ -13,7 +13,6 @@ raft/merged/ (``raft.merge``), and the manifest entry ``raft``; checkpoints go t
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -23,7 +22,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config import ConfigError, RaftConfig, RagtuneConfig
+from pipeline.config import RaftConfig, RagtuneConfig, check_trainer_keys
 from pipeline.entry import run_stage
 from pipeline.models import resolve_model
 from pipeline.rundir import RunDir, atomic_dir, is_main_process, read_jsonl
@@ -33,7 +32,6 @@ logger = logging.getLogger(__name__)
 STAGE = "raft"
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 # Set from the run directory and the typed raft fields; a raft.trainer key may not override them.
-RESERVED_TRAINER_KEYS = {"output_dir"}
 
 
 def resolve_quantization(setting: str) -> str:
@@ -94,12 +92,7 @@ def make_sft_config(raft: RaftConfig, output_dir: Path, seed: int) -> Any:
     """
     from trl import SFTConfig
 
-    known = {f.name for f in dataclasses.fields(SFTConfig)}
-    for key in raft.trainer:
-        if key in RESERVED_TRAINER_KEYS:
-            raise ConfigError(f"raft.trainer.{key}: set by ragtune from the run directory; remove it")
-        if key not in known:
-            raise ConfigError(f"raft.trainer.{key}: not a field of trl's SFTConfig (misspelled?)")
+    check_trainer_keys("raft", raft.trainer, SFTConfig)
     cuda = torch.cuda.is_available()
     args: dict[str, Any] = {
         "max_length": raft.max_length,

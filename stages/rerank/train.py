@@ -17,7 +17,6 @@ Training checkpoints, if any are asked for in `rerank.trainer`, go to rerank/che
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -25,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import ConfigError, RagtuneConfig, RerankConfig
+from pipeline.config import RagtuneConfig, RerankConfig, check_trainer_keys
 from pipeline.entry import run_stage
 from pipeline.models import resolve_model
 from pipeline.ranking import choose_fusion_weight, fused_order, mean_metrics, per_query_metrics
@@ -136,12 +135,7 @@ def build_training_args(cfg: RerankConfig, output_dir: str, seed: int) -> CrossE
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
 
-    known = {f.name for f in dataclasses.fields(CrossEncoderTrainingArguments) if f.init}
-    for key in cfg.trainer:
-        if key == "output_dir":
-            raise ConfigError("rerank.trainer.output_dir: set by the run directory (rerank/checkpoints), remove it")
-        if key not in known:
-            raise ConfigError(f"rerank.trainer.{key}: not a CrossEncoderTrainingArguments field (misspelled?)")
+    check_trainer_keys("rerank", cfg.trainer, CrossEncoderTrainingArguments)
     defaults: dict[str, Any] = {
         "num_train_epochs": cfg.epochs,
         "max_steps": cfg.max_steps,
