@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,8 +22,6 @@ def run_dir_of(config: Path) -> RunDir:
 
 def simulate_embed_stage(run: RunDir, model_dir: Path) -> None:
     """What `ragtune embed` leaves behind: embed/model and its manifest entry."""
-    import shutil
-
     shutil.copytree(model_dir, run.path("embed/model"))
     run.record(
         "embed",
@@ -50,3 +52,16 @@ def record_tuned_reranker_and_adapter(run: RunDir, bert: Path, llama: Path) -> N
     adapted.save_pretrained(run.path("raft/adapter"))
     AutoTokenizer.from_pretrained(llama).save_pretrained(run.path("raft/adapter"))
     run.record("raft", config_hash="t", inputs={}, outputs={"adapter": "raft/adapter"}, started=time.time())
+
+
+def launch_ddp(module: str, config: Path, overrides: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """Run a stage module as 2-process gloo DDP on CPU (`accelerate launch --multi_gpu --num_processes 2`).
+
+    From the repository root, offline, one thread per rank; ``timeout`` bounds a rank hung on a collective.
+    """
+    root = Path(__file__).parents[2]
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", module, "--config", str(config), *overrides]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=root)

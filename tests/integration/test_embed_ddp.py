@@ -2,41 +2,20 @@
 
 import json
 import math
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
-import yaml
+from fakes.upstream import launch_ddp, run_dir_of
 
 from pipeline.cli import main as cli
-from pipeline.rundir import RunDir
-
-ACCELERATE = shutil.which("accelerate") or str(Path(__file__).parents[2] / ".venv" / "bin" / "accelerate")
 
 
 def test_two_process_ddp_trains_one_model_and_writes_the_manifest_once(tiny_config: Path, tiny_bert_dir: Path) -> None:
     cli(["data", str(tiny_config)])
-    tree = yaml.safe_load(tiny_config.read_text())
-    run = RunDir(Path(tree["run"]["root"]) / tree["run"]["name"])
+    run = run_dir_of(tiny_config)
     data_manifest = run.manifest_path.read_text()
 
-    cmd = [
-        ACCELERATE,
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-    ]
-    cmd += ["--dynamo_backend", "no", "-m", "stages.embed.train", "--config", str(tiny_config)]
-    cmd += [f"embed.base_model={tiny_bert_dir}", "embed.epochs=2"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     # The timeout keeps this test under ~90 s even when a rank hangs on a collective.
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env, cwd=Path(__file__).parents[2])
+    proc = launch_ddp("stages.embed.train", tiny_config, [f"embed.base_model={tiny_bert_dir}", "embed.epochs=2"], 90)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     stages = json.loads(run.manifest_path.read_text())["stages"]

@@ -1,12 +1,9 @@
 """The rerank stage under 2-process DDP on CPU (gloo): `accelerate launch --multi_gpu --num_processes 2`."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from fakes.upstream import run_dir_of, simulate_embed_stage
+from fakes.upstream import launch_ddp, run_dir_of, simulate_embed_stage
 
 from pipeline.cli import main as cli
 
@@ -19,32 +16,7 @@ def test_rerank_under_two_process_ddp_writes_one_model_and_one_entry(tiny_config
     # bce: 4 train queries x (1 positive + 2 negatives) = 12 pairs in 6 batches of 2: one process would take
     # 6 steps, two processes share the batches and take 3 each.
     overrides = [f"rerank.base_model={tiny_bert_dir}", "rerank.mining.relative_margin=null", "rerank.batch_size=2"]
-    accelerate = Path(sys.executable).with_name("accelerate")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            str(accelerate),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "-m",
-            "stages.rerank.train",
-            "--config",
-            str(tiny_config),
-            *overrides,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    proc = launch_ddp("stages.rerank.train", tiny_config, overrides, 600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     metrics = json.loads(run.path("rerank/metrics.json").read_text())
