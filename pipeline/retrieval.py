@@ -125,17 +125,22 @@ class DenseRetriever:
             show_progress_bar=False,
         ).cpu()
 
-    def search(self, texts: Sequence[str], k: int) -> tuple[list[list[float]], list[list[str]]]:
-        """Top-``k`` chunk ids and cosine scores for every query text, best first."""
-        scores, indices = exact_top_k(self.encode_queries(texts), self.embeddings, k)
+    def _embedded(self, queries: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        return queries if isinstance(queries, torch.Tensor) else self.encode_queries(queries)
+
+    def search(self, queries: Sequence[str] | torch.Tensor, k: int) -> tuple[list[list[float]], list[list[str]]]:
+        """Top-``k`` chunk ids and cosine scores for every query (texts, or their ``encode_queries``), best first."""
+        scores, indices = exact_top_k(self._embedded(queries), self.embeddings, k)
         return scores.tolist(), [[self.ids[i] for i in row] for row in indices.tolist()]
 
-    def similarities(self, texts: Sequence[str], candidate_ids: Sequence[Sequence[str]]) -> list[list[float]]:
-        """Cosine scores of the given chunk ids for every query (one batched query encode).
+    def similarities(
+        self, queries: Sequence[str] | torch.Tensor, candidate_ids: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        """Cosine scores of the given chunk ids for every query (texts, or their ``encode_queries``).
 
         For candidate lists the search did not produce, e.g. a retrieved pool with the labelled positives added.
         """
-        queries = self.encode_queries(texts)
+        queries = self._embedded(queries)
         rows = [torch.tensor([self.positions[c] for c in ids], dtype=torch.long) for ids in candidate_ids]
         return [(self.embeddings[idx] @ q).tolist() for q, idx in zip(queries, rows, strict=True)]
 

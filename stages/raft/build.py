@@ -223,14 +223,15 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
 
     retriever = DenseRetriever.load(str(embedder), corpus, cache_dir=run.path("cache/embeddings"))
     question_texts = [q["text"] for q in train]
-    _, pool_ids = retriever.search(question_texts, k=cfg.raft.distractor_pool)
+    question_vectors = retriever.encode_queries(question_texts)  # encoded once: pool search and pool scores
+    _, pool_ids = retriever.search(question_vectors, k=cfg.raft.distractor_pool)
     # Positives join the pool so the reranker also orders them (the best one becomes the oracle).
     candidates = [
         [{"id": c, "text": texts[c]} for c in dict.fromkeys([*pool, *q["positives"]])]
         for q, pool in zip(train, pool_ids, strict=True)
     ]
     # The pool is ordered as serving orders it: cross-encoder and retriever scores fused at the recorded weight.
-    first_scores = retriever.similarities(question_texts, [[c["id"] for c in row] for row in candidates])
+    first_scores = retriever.similarities(question_vectors, [[c["id"] for c in row] for row in candidates])
     cross_encoder = CrossEncoder(str(reranker))
     reranked = rerank(cross_encoder, question_texts, candidates, first_scores, load_fusion_weight(reranker))
     ranked = [[chunk["id"] for chunk, _ in row] for row in reranked]
