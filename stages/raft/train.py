@@ -31,7 +31,6 @@ from stages.raft import build
 logger = logging.getLogger(__name__)
 STAGE = "raft"
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
-# Set from the run directory and the typed raft fields; a raft.trainer key may not override them.
 
 
 def resolve_quantization(setting: str) -> str:

@@ -312,14 +312,14 @@ def write_mining_outputs(
     atomic_write_text(out_dir / "audit.md", format_audit(rows, corpus_by_id, audit_samples, seed))
 
 
-def rerank_dev_split(cfg: RagtuneConfig, queries: Sequence[Mapping[str, Any]]) -> tuple[list[dict], list[dict]]:
-    """Train-split queries with positives, as (reranker training queries, dev slice for the fusion weight).
+def rerank_dev_queries(cfg: RagtuneConfig, queries: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The dev slice of the train split that chooses the fusion weight; never mined, never trained on.
 
     The slice is by document (``rerank.dev_fraction``, the run seed), as embed's is: with equal fractions
     both stages hold out the same queries. Empty when disabled or too small (see ``split_dev_queries``).
     """
     train = [dict(q) for q in queries if q["split"] == "train" and q["positives"]]
-    return split_dev_queries(train, cfg.rerank.dev_fraction, cfg.run.seed, DEV_MIN_QUERIES)
+    return split_dev_queries(train, cfg.rerank.dev_fraction, cfg.run.seed, DEV_MIN_QUERIES)[1]
 
 
 def run_mining(cfg: RagtuneConfig, run: RunDir) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -334,7 +334,7 @@ def run_mining(cfg: RagtuneConfig, run: RunDir) -> tuple[list[dict[str, Any]], d
     corpus, queries = read_jsonl(data["corpus"]), read_jsonl(data["queries"])
 
     # 2. Mine over the whole corpus for the reranker's training queries: train split, dev slice left out.
-    _, dev = rerank_dev_split(cfg, queries)
+    dev = rerank_dev_queries(cfg, queries)
     dev_ids = {q["qid"] for q in dev}
     rows, report = mine_hard_negatives(
         corpus,

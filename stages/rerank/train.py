@@ -31,7 +31,7 @@ from pipeline.ranking import choose_fusion_weight, fused_order, mean_metrics, pe
 from pipeline.retrieval import FUSION_FILE, DenseRetriever, cross_encoder_scores
 from pipeline.rundir import RunDir, atomic_dir, atomic_write_text, is_main_process, read_jsonl
 from stages.embed.pairs import DEV_MIN_QUERIES
-from stages.rerank.mine import NEGATIVES_DIR, rerank_dev_split, run_mining
+from stages.rerank.mine import NEGATIVES_DIR, rerank_dev_queries, run_mining
 
 if TYPE_CHECKING:
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainingArguments
@@ -283,7 +283,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     corpus = read_jsonl(run.path("data/corpus.jsonl"))
     corpus_by_id = {c["id"]: c for c in corpus}
     queries = read_jsonl(run.path("data/queries.jsonl"))
-    _, dev_queries = rerank_dev_split(cfg, queries)  # never mined, never trained on: they choose the fusion weight
+    dev_queries = rerank_dev_queries(cfg, queries)  # never mined, never trained on: they choose the fusion weight
 
     # 3. Build the training set in the format the loss reads.
     columns = build_training_columns(mined, corpus_by_id, cfg.rerank.loss, cfg.rerank.mining.num_negatives)
