@@ -16,12 +16,51 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable
+import re
+import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+SECRET_QUERY_WORDS = ("key", "token", "secret", "password", "auth", "signature", "sig")
+# trainer settings that send data or credentials off the machine; ragtune has no setting enabling them
+OFF_MACHINE_TRAINER_KEYS = ("push_to_hub", "hub_token", "hub_model_id", "hub_strategy", "hub_private_repo")
+
+
+def url_credentials(url: str) -> list[str]:
+    """The secrets inside ``url``: its password and the values of secret-looking query parameters.
+
+    Example:
+        >>> url_credentials("https://bob:hunter2@llm.example/v1?api_key=abc&x=1")
+        ['hunter2', 'abc']
+    """
+    parts = urllib.parse.urlsplit(url)
+    found = [parts.password] if parts.password else []
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    return found + [v for k, v in query if v and any(w in k.lower() for w in SECRET_QUERY_WORDS)]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its user:password and secret-looking query values replaced by ``***``.
+
+    Example:
+        >>> redact_url("https://bob:hunter2@llm.example/v1?api_key=abc&x=1")
+        'https://***@llm.example/v1?api_key=***&x=1'
+    """
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = [
+        (k, "***" if any(w in k.lower() for w in SECRET_QUERY_WORDS) else v)
+        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=urllib.parse.urlencode(query, safe="*")))
 
 
 class ConfigError(ValueError):
@@ -59,6 +98,18 @@ class LLMConfig(Section):
     backoff_base_s: float = Field(
         1.0, gt=0, description="openai: first retry delay; doubles each retry (Retry-After wins)."
     )
+    max_retry_after_s: float = Field(
+        120.0,
+        gt=0,
+        description="openai: longest Retry-After honoured; a longer one fails the item at once (a rerun retries it).",
+    )
+    max_failed_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Fail the stage when more than this share of the calls in one batch fail "
+        "(finished calls stay cached; a rerun retries only the failed ones).",
+    )
     batch_size: int = Field(8, ge=1, description="local: prompts per generate() call (left-padded).")
     max_new_tokens: int = Field(128, ge=1, description="Completion length cap.")
     temperature: float = Field(0.0, ge=0, description="0 means greedy.")
@@ -70,11 +121,36 @@ class LLMConfig(Section):
     price_completion_per_1k: float = Field(0.0, ge=0, description="USD per 1,000 completion tokens.")
     dry_run: bool = Field(False, description="Print the number of calls and estimated tokens and cost; call nothing.")
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_var_name(cls, value: str | None) -> str | None:
+        # the message never repeats the value: it may be a pasted key
+        if value is not None and (not ENV_VAR_NAME.fullmatch(value) or (len(value) >= 32 and "_" not in value)):
+            raise ValueError(
+                "must be the NAME of an environment variable (letters, digits, _), e.g. OPENAI_API_KEY, "
+                "not the key itself; the value given is not shown"
+            )
+        return value
+
 
 class RunConfig(Section):
-    name: str = Field(..., description="Run name; the run directory is <root>/<name>.")
+    name: str = Field(
+        ...,
+        description="Run name; the run directory is <root>/<name>. One path component: letters, digits, "
+        "'.', '_' and '-', starting with a letter or digit.",
+    )
     root: str = Field("runs", description="Folder holding run directories (relative to the working directory).")
     seed: int = Field(42, description="Seed for every random choice in every stage.")
+
+    @field_validator("name")
+    @classmethod
+    def _one_safe_component(cls, value: str) -> str:
+        if not RUN_NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a single safe folder name (letters, digits, '.', '_', '-', starting with "
+                "a letter or digit; no '/', '..' or absolute path)"
+            )
+        return value
 
 
 class DataConfig(Section):
@@ -372,15 +448,28 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Ragtune
         raise ConfigError(_format_errors(str(path), e)) from None
 
 
+def _redact_base_urls(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {
+            k: redact_url(v) if k == "base_url" and isinstance(v, str) else _redact_base_urls(v)
+            for k, v in tree.items()
+        }
+    if isinstance(tree, list):
+        return [_redact_base_urls(v) for v in tree]
+    return tree
+
+
 def dump_config(cfg: RagtuneConfig) -> str:
-    """The resolved config as YAML (what ``config.resolved.yaml`` holds)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    """The resolved config as YAML (what ``config.resolved.yaml`` holds), credentials in ``base_url`` redacted."""
+    return yaml.safe_dump(_redact_base_urls(cfg.model_dump(mode="json")), sort_keys=False, allow_unicode=True)
 
 
-def check_trainer_keys(section: str, keys: Iterable[str], args_class: type) -> None:
+def check_trainer_keys(section: str, trainer: Mapping[str, Any], args_class: type) -> None:
     """Refuse ``<section>.trainer`` keys that ``args_class`` (a training-arguments dataclass) lacks.
 
-    ``output_dir`` is refused too: ragtune always puts checkpoints inside the run directory.
+    ``output_dir`` is refused too: ragtune always puts checkpoints inside the run directory. So are
+    settings that send data or credentials off the machine: the hub settings (``push_to_hub``,
+    ``hub_token``, ...) and ``report_to`` other than ``none``.
 
     Raises:
         ConfigError: naming ``<section>.trainer.<key>``.
@@ -388,14 +477,22 @@ def check_trainer_keys(section: str, keys: Iterable[str], args_class: type) -> N
     Example:
         >>> from transformers import TrainingArguments
         >>> try:
-        ...     check_trainer_keys("embed", ["learning_rat"], TrainingArguments)
+        ...     check_trainer_keys("embed", {"learning_rat": 1e-4}, TrainingArguments)
         ... except ConfigError as e:
         ...     print(e)
         embed.trainer.learning_rat: not a TrainingArguments field (misspelled?)
     """
     known = {f.name for f in dataclasses.fields(args_class) if f.init}
-    for key in keys:
+    for key, value in trainer.items():
         if key == "output_dir":
             raise ConfigError(f"{section}.trainer.output_dir: set by ragtune inside the run directory; remove it")
+        if key in OFF_MACHINE_TRAINER_KEYS:
+            raise ConfigError(
+                f"{section}.trainer.{key}: refused, it would send the model or a credential off the machine"
+            )
+        if key == "report_to" and value not in ("none", [], ["none"], None):
+            raise ConfigError(
+                f"{section}.trainer.report_to: only 'none' is allowed (trackers send run data off the machine)"
+            )
         if key not in known:
             raise ConfigError(f"{section}.trainer.{key}: not a {args_class.__name__} field (misspelled?)")

@@ -12,7 +12,13 @@ Providers (``LLMConfig.provider``):
 
 Every finished call is appended at once to ``<cache_dir>/llm.jsonl`` (append + flush + fsync), keyed
 by the sha256 of provider, model, generation parameters and messages. A rerun after a crash, even
-``kill -9``, repeats no finished call; a torn last line is dropped on load.
+``kill -9``, repeats no finished call; a torn last line is dropped on load. A reply the caller rejects
+(``accept``) is recorded as not final: it counts towards the budget but is asked again on a rerun.
+The token/USD budget counts every call the cache has recorded, so reruns cannot exceed it.
+
+When more than ``max_failed_fraction`` of a batch's calls fail (an unreachable endpoint: all of them),
+``generate`` raises :class:`LLMEndpointError` naming the endpoint and the last error; the stage fails and
+a rerun retries only the failed calls.
 
 Example:
     >>> backend = make_backend(cfg.synth.llm, run.path("data/cache"))
@@ -42,7 +48,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from pipeline.config import LLMConfig
+from pipeline.config import LLMConfig, redact_url, url_credentials
 from pipeline.rundir import is_main_process
 
 logger = logging.getLogger(__name__)
@@ -53,10 +59,16 @@ CACHE_FILE = "llm.jsonl"
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 FATAL_STATUS = frozenset({401, 403, 404})  # every item would fail the same way: a config error
 MAX_BACKOFF_S = 60.0
+# loggers of the HTTP client libraries, which log request URLs
+CLIENT_LOGGERS = ("openai", "openai._base_client", "httpx", "httpcore.http11", "httpcore.connection")
 
 
 class LLMBackendError(RuntimeError):
     """The backend cannot run at all (missing key, wrong endpoint or model, no extractor)."""
+
+
+class LLMEndpointError(LLMBackendError):
+    """Too many calls of one batch failed (more than ``max_failed_fraction``): the stage must not pass as done."""
 
 
 class DryRunFinished(Exception):
@@ -70,19 +82,33 @@ class LLMUsage:
     calls: int = 0  # items computed by the model / endpoint in this process
     cached: int = 0  # items answered from the cache
     failed: int = 0  # items that failed permanently (None)
+    rejected: int = 0  # replies the caller's ``accept`` refused (None; recorded as not final)
     skipped_budget: int = 0  # items left undone because the budget was reached (None)
     requests: int = 0  # openai: HTTP attempts, retries included
     retries: int = 0  # openai: attempts that were retries
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    recorded_tokens: int = 0  # openai: tokens the cache had recorded when the backend opened (count for the budget)
+    recorded_cost_usd: float = 0.0
     budget_exhausted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for reports and the manifest."""
         d = asdict(self)
         d["cost_usd"] = round(self.cost_usd, 6)
+        d["recorded_cost_usd"] = round(self.recorded_cost_usd, 6)
         return d
+
+
+def too_many_failed(failed: int, calls: int, max_fraction: float) -> bool:
+    """True when ``failed`` of ``calls`` is more than ``max_fraction`` of them (0 calls never fail).
+
+    Example:
+        >>> too_many_failed(1, 10, 0.1), too_many_failed(2, 10, 0.1), too_many_failed(3, 3, 1.0)
+        (False, True, False)
+    """
+    return calls > 0 and failed > max_fraction * calls
 
 
 def estimate_prompt_tokens(messages: Messages) -> int:
@@ -111,10 +137,11 @@ def request_key(provider: str, model: str, params: dict[str, Any], messages: Mes
 
 
 class ResponseCache:
-    """Append-only JSONL cache of finished calls: ``{"key", "text", "prompt_tokens", "completion_tokens"}``.
+    """Append-only JSONL cache of finished calls.
 
-    On open, a torn last line (a process killed mid-write) is cut off, so later appends stay valid.
-    Only the main process writes.
+    Rows are ``{"key", "text", "prompt_tokens", "completion_tokens", "provider", "final"}``; a row with
+    ``final: false`` (a reply the caller rejected) is not an answer, only spend. On open, a torn last line
+    (a process killed mid-write) is cut off, so later appends stay valid. Only the main process writes.
 
     Args:
         path: the cache file (created on first append).
@@ -123,6 +150,7 @@ class ResponseCache:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries: dict[str, str] = {}
+        self._spend: dict[str | None, list[int]] = {}  # provider (None: rows before it was recorded) -> tokens
         if path.exists():
             self._load()
 
@@ -141,23 +169,44 @@ class ResponseCache:
         for line in raw[:end].decode("utf-8", errors="replace").splitlines():
             try:
                 row = json.loads(line)
-                self.entries[row["key"]] = row["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+                if row.get("final", True):
+                    self.entries[row["key"]] = row["text"]
+                self._add_spend(row.get("provider"), row.get("prompt_tokens") or 0, row.get("completion_tokens") or 0)
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 logger.warning("LLM cache %s: skipping an unreadable line", self.path)
 
-    def append(self, key: str, text: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """Record one finished call durably (append, flush, fsync) before anything else happens."""
-        self.entries[key] = text
+    def _add_spend(self, provider: str | None, prompt_tokens: int, completion_tokens: int) -> None:
+        spent = self._spend.setdefault(provider, [0, 0])
+        spent[0] += int(prompt_tokens)
+        spent[1] += int(completion_tokens)
+
+    def recorded_spend(self, provider: str) -> tuple[int, int]:
+        """(prompt, completion) tokens of every recorded call of ``provider`` (rows without one count too)."""
+        rows = [self._spend.get(provider, [0, 0]), self._spend.get(None, [0, 0])]
+        return sum(r[0] for r in rows), sum(r[1] for r in rows)
+
+    def append(
+        self, key: str, text: str, prompt_tokens: int, completion_tokens: int, *, provider: str, final: bool = True
+    ) -> None:
+        """Record one finished call durably (append, flush, fsync) before anything else happens.
+
+        A row with ``final=False`` records the spend of a rejected reply without making it an answer.
+        """
+        if final:
+            self.entries[key] = text
+        self._add_spend(provider, prompt_tokens, completion_tokens)
         if not is_main_process():
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = (
-            json.dumps(
-                {"key": key, "text": text, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
-                ensure_ascii=False,
-            )
-            + "\n"
-        )
+        row = {
+            "key": key,
+            "text": text,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "provider": provider,
+            "final": final,
+        }
+        line = json.dumps(row, ensure_ascii=False) + "\n"
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()
@@ -183,9 +232,15 @@ class LLMBackend(ABC):
         self.cfg = cfg
         self.cache = ResponseCache(Path(cache_dir) / CACHE_FILE)
         self.usage = LLMUsage()
+        self.last_error: str | None = None  # the latest permanent failure, for the stage's error message
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(provider={self.cfg.provider!r}, model={self.cfg.model!r})"
+
+    @property
+    def endpoint(self) -> str:
+        """Where calls go, credentials redacted (for error messages)."""
+        return f"{self.cfg.provider} model {self.cfg.model}"
 
     def generate(
         self,
@@ -194,6 +249,7 @@ class LLMBackend(ABC):
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         desc: str = "generate",
+        accept: Callable[[str], bool] | None = None,
     ) -> list[str | None]:
         """Complete each chat request; cached ones return at once without a call.
 
@@ -206,10 +262,16 @@ class LLMBackend(ABC):
             max_new_tokens: completion cap (default ``cfg.max_new_tokens``).
             temperature: 0 is greedy (default ``cfg.temperature``).
             desc: progress bar label.
+            accept: ``reply -> bool``; a refused reply (garbage) comes back None, is counted in
+                ``usage.rejected`` and is cached as not final, so a rerun asks again.
 
         Returns:
-            One completion per request, in order; None where the item failed permanently or the
-            budget was reached. A single item's failure never raises.
+            One completion per request, in order; None where the item failed permanently, was
+            rejected or the budget was reached.
+
+        Raises:
+            LLMEndpointError: more than ``cfg.max_failed_fraction`` of the calls failed; the finished
+                ones are cached, so a rerun retries only the failed ones.
 
         Example:
             >>> backend.generate([[{"role": "user", "content": "Name a colour."}]], temperature=0)
@@ -257,17 +319,27 @@ class LLMBackend(ABC):
         )
 
         def on_done(key: str, text: str, prompt_tokens: int, completion_tokens: int) -> None:
+            final = accept is None or accept(text)
             if self.persistent_cache:
-                self.cache.append(key, text, prompt_tokens, completion_tokens)
+                self.cache.append(key, text, prompt_tokens, completion_tokens, provider=self.cfg.provider, final=final)
             self.usage.calls += 1
+            self.usage.rejected += not final
             for i in pending[key]:
-                results[i] = text
+                results[i] = text if final else None
             bar.update(len(pending[key]))
 
+        failed_before = self.usage.failed
         try:
             self._complete(todo, max_new, temp, on_done)
         finally:
             bar.close()
+        failed = self.usage.failed - failed_before
+        if too_many_failed(failed, len(todo), self.cfg.max_failed_fraction):
+            raise LLMEndpointError(
+                f"{self.endpoint}: {failed} of {len(todo)} calls failed ({desc}), more than max_failed_fraction="
+                f"{self.cfg.max_failed_fraction}; last error: {self.last_error}. The finished calls are cached: "
+                f"fix the endpoint and rerun to retry only the failed ones"
+            )
         return results
 
     @abstractmethod
@@ -310,7 +382,8 @@ class ExtractiveBackend(LLMBackend):
             try:
                 text = self.extractor(messages)
             except Exception as e:
-                logger.warning("extractor failed on one item (%s: %s)", type(e).__name__, e)
+                self.last_error = f"{type(e).__name__}: {e}"
+                logger.warning("extractor failed on one item (%s)", self.last_error)
                 self.usage.failed += 1
                 continue
             on_done(key, text, 0, 0)
@@ -370,6 +443,21 @@ class LocalBackend(LLMBackend):
                 self.usage.prompt_tokens += int(mask.sum())
                 self.usage.completion_tokens += completion
                 on_done(todo[i][0], tok.decode(row, skip_special_tokens=True).strip(), int(mask.sum()), completion)
+
+
+class _ScrubFilter(logging.Filter):
+    """Rewrites the HTTP client libraries' log records through ``redact`` (their URLs may hold credentials)."""
+
+    def __init__(self, redact: Callable[[str], str]) -> None:
+        super().__init__()
+        self.redact = redact
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self.redact(record.getMessage()), None
+        if record.exc_info:  # tracebacks hold the request URL too
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
 
 
 class _Malformed(Exception):
@@ -437,9 +525,20 @@ class OpenAIBackend(LLMBackend):
         self._secret: str | None = None
         self._reserved_tokens = 0
         self._reserved_usd = 0.0
+        prompt, completion = self.cache.recorded_spend(cfg.provider)
+        self.usage.recorded_tokens = prompt + completion
+        self.usage.recorded_cost_usd = self._cost(prompt, completion)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{redact_url(self.cfg.base_url) if self.cfg.base_url else 'OpenAI'} (model {self.cfg.model})"
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        if self.cfg.base_url:
+            text = text.replace(self.cfg.base_url, redact_url(self.cfg.base_url))
+        for secret in [self._secret, *url_credentials(self.cfg.base_url or "")]:
+            text = text.replace(secret, "***") if secret else text
+        return text
 
     def _api_key(self) -> str:
         if self.cfg.api_key_env is None:
@@ -457,11 +556,16 @@ class OpenAIBackend(LLMBackend):
         cfg = self.cfg
         return (prompt_tokens * cfg.price_prompt_per_1k + completion_tokens * cfg.price_completion_per_1k) / 1000
 
+    def _spent(self) -> tuple[int, float]:
+        """Tokens and USD spent on this run's cache: recorded before this backend opened, plus since."""
+        u = self.usage
+        return u.recorded_tokens + u.prompt_tokens + u.completion_tokens, u.recorded_cost_usd + u.cost_usd
+
     def _fits(self, est_tokens: int, est_usd: float) -> bool:
-        spent = self.usage.prompt_tokens + self.usage.completion_tokens
-        if self.cfg.budget_tokens is not None and spent + self._reserved_tokens + est_tokens > self.cfg.budget_tokens:
+        tokens, usd = self._spent()
+        if self.cfg.budget_tokens is not None and tokens + self._reserved_tokens + est_tokens > self.cfg.budget_tokens:
             return False
-        return self.cfg.budget_usd is None or self.usage.cost_usd + self._reserved_usd + est_usd <= self.cfg.budget_usd
+        return self.cfg.budget_usd is None or usd + self._reserved_usd + est_usd <= self.cfg.budget_usd
 
     def _complete(
         self, todo: list[tuple[str, Messages]], max_new_tokens: int, temperature: float, on_done: OnDone
@@ -469,15 +573,27 @@ class OpenAIBackend(LLMBackend):
         if self.cfg.budget_usd is not None and not (self.cfg.price_prompt_per_1k or self.cfg.price_completion_per_1k):
             logger.warning("budget_usd is set but both prices are 0: the money budget can never be reached")
         skipped_before = self.usage.skipped_budget
-        _run_coroutine(self._complete_all(todo, max_new_tokens, temperature, on_done))
+        scrub = _ScrubFilter(self._redact)
+        client_loggers = [logging.getLogger(name) for name in CLIENT_LOGGERS]
+        for client_logger in client_loggers:
+            client_logger.addFilter(scrub)
+        try:
+            _run_coroutine(self._complete_all(todo, max_new_tokens, temperature, on_done))
+        finally:
+            for client_logger in client_loggers:
+                client_logger.removeFilter(scrub)
         if (skipped := self.usage.skipped_budget - skipped_before) > 0:
+            tokens, usd = self._spent()
             logger.warning(
-                "LLM budget reached (budget_tokens=%s, budget_usd=%s; spent %d tokens, $%.4f): %d of %d calls left "
-                "undone. Finished calls are cached; raise the budget and rerun to do the rest.",
+                "LLM budget reached (budget_tokens=%s, budget_usd=%s; spent %d tokens, $%.4f, counting %d tokens "
+                "recorded in %s by earlier runs): %d of %d calls left undone. Finished calls are cached; raise the "
+                "budget and rerun to do the rest.",
                 self.cfg.budget_tokens,
                 self.cfg.budget_usd,
-                self.usage.prompt_tokens + self.usage.completion_tokens,
-                self.usage.cost_usd,
+                tokens,
+                usd,
+                self.usage.recorded_tokens,
+                self.cache.path,
                 skipped,
                 len(todo),
             )
@@ -529,6 +645,12 @@ class OpenAIBackend(LLMBackend):
                 self._reserved_tokens -= est_tokens
                 self._reserved_usd -= est_usd
 
+    def _fail(self, reason: str) -> None:
+        """Count one item as failed permanently, remembering why."""
+        self.last_error = reason
+        self.usage.failed += 1
+        logger.warning("LLM call to %s failed permanently (%s)", self.endpoint, reason)
+
     async def _call_with_retries(
         self,
         client: Any,
@@ -556,14 +678,16 @@ class OpenAIBackend(LLMBackend):
                 reason = f"HTTP {e.status_code}: {self._redact(str(e))[:300]}"
                 if e.status_code in FATAL_STATUS:
                     raise LLMBackendError(
-                        f"{self.cfg.base_url or 'OpenAI'} refused the request ({reason}); check base_url, "
+                        f"{self.endpoint} refused the request ({reason}); check base_url, "
                         f"model {self.cfg.model!r} and the key in ${self.cfg.api_key_env}"
                     ) from None
                 if e.status_code not in RETRYABLE_STATUS and e.status_code < 500:
-                    logger.warning("LLM call failed permanently (%s)", reason)
-                    self.usage.failed += 1
+                    self._fail(reason)
                     return
                 retry_after = _retry_after_s(e.response.headers)
+                if retry_after is not None and retry_after > self.cfg.max_retry_after_s:
+                    self._fail(f"{reason}; Retry-After {retry_after:.0f} s exceeds max_retry_after_s")
+                    return
             except (openai.APIConnectionError, openai.APIResponseValidationError, _Malformed, ValueError) as e:
                 reason = f"{type(e).__name__}: {self._redact(str(e))[:300]}"
             else:
@@ -577,8 +701,7 @@ class OpenAIBackend(LLMBackend):
                 on_done(key, text, prompt_tokens, completion_tokens)
                 return
             if attempt == self.cfg.max_retries:
-                logger.warning("LLM call failed after %d attempts (%s)", attempt + 1, reason)
-                self.usage.failed += 1
+                self._fail(f"{reason} (after {attempt + 1} attempts)")
                 return
             backoff = min(MAX_BACKOFF_S, self.cfg.backoff_base_s * 2**attempt) * random.uniform(1.0, 1.1)
             delay = retry_after if retry_after is not None else backoff

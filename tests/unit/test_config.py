@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, apply_overrides, dump_config, load_config
+from pipeline.config import ConfigError, apply_overrides, check_trainer_keys, dump_config, load_config
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").rglob("*.yaml"))
 DOMAIN_CONFIGS = [p for p in CONFIGS if "accelerate" not in p.parts]
@@ -77,3 +77,36 @@ def test_config_reference_doc_is_up_to_date() -> None:
         [sys.executable, "scripts/config_reference.py", "--check"], cwd=root, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("value", ["sk-proj-7f3aQ9c2e5bXYZ", "abcdef0123456789abcdef0123456789abcd", "MY KEY", "$KEY"])
+def test_a_key_pasted_into_api_key_env_is_refused_without_echoing_it(value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(Path("configs/tiny.yaml"), [f"synth.llm.api_key_env={value}"])
+    assert "synth.llm.api_key_env" in str(err.value) and "NAME of an environment variable" in str(err.value)
+    assert value not in str(err.value)
+    assert load_config(Path("configs/tiny.yaml"), ["synth.llm.api_key_env=OPENAI_API_KEY"]).synth.llm.api_key_env
+
+
+@pytest.mark.parametrize("name", ["", "..", ".", "a/b", "/tmp/x", "../up", ".hidden", "a\\b"])
+def test_run_name_must_be_one_safe_path_component(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"run\.name"):
+        load_config(Path("configs/tiny.yaml"), [f"run.name='{name}'"])
+    assert load_config(Path("configs/tiny.yaml"), ["run.name=demo-2.v1_x"]).run.name == "demo-2.v1_x"
+
+
+@pytest.mark.parametrize(
+    ("trainer", "key"),
+    [
+        ({"push_to_hub": True}, "push_to_hub"),
+        ({"hub_token": "hf_x"}, "hub_token"),
+        ({"report_to": "wandb"}, "report_to"),
+        ({"report_to": ["none", "tensorboard"]}, "report_to"),
+    ],
+)
+def test_trainer_settings_that_leave_the_machine_are_refused(trainer: dict, key: str) -> None:
+    from transformers import TrainingArguments
+
+    with pytest.raises(ConfigError, match=rf"embed\.trainer\.{key}: "):
+        check_trainer_keys("embed", trainer, TrainingArguments)
+    check_trainer_keys("embed", {"report_to": "none", "logging_steps": 5}, TrainingArguments)

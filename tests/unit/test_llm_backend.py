@@ -126,12 +126,12 @@ def test_extractive_is_deterministic_and_needs_an_extractor(tmp_path):
 
 def test_torn_last_cache_line_is_dropped(tmp_path):
     cache = ResponseCache(tmp_path / CACHE_FILE)
-    cache.append("k1", "one", 1, 1)
+    cache.append("k1", "one", 1, 1, provider="openai")
     with (tmp_path / CACHE_FILE).open("a") as fh:
         fh.write('{"key": "k2", "te')  # killed mid-write
     reloaded = ResponseCache(tmp_path / CACHE_FILE)
     assert reloaded.entries == {"k1": "one"}
-    reloaded.append("k3", "three", 1, 1)
+    reloaded.append("k3", "three", 1, 1, provider="openai")
     assert ResponseCache(tmp_path / CACHE_FILE).entries == {"k1": "one", "k3": "three"}
 
 
