@@ -26,6 +26,7 @@ import logging
 import math
 import re
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -140,6 +141,38 @@ def _strings_in(data: Any) -> list[str]:
             if key in data:
                 return _strings_in(data[key])
     return []
+
+
+MAX_WORD_CHARS = 40  # a longer unbroken run of characters is no word of a search question
+
+
+def is_garbage(candidate: str) -> bool:
+    """True when a parsed candidate is not readable text: control characters or U+FFFD, an unbroken run
+    of more than 40 characters, or fewer letters than half of its non-space characters.
+
+    Example:
+        >>> is_garbage("How long is the VPN token valid?"), is_garbage("{}{}%%$#@!~^&*"), is_garbage("x" * 300)
+        (False, True, True)
+    """
+    if "\ufffd" in candidate or any(unicodedata.category(ch) == "Cc" for ch in candidate if ch not in "\t\n"):
+        return True
+    if any(len(token) > MAX_WORD_CHARS for token in candidate.split()):
+        return True
+    visible = [ch for ch in candidate if not ch.isspace()]
+    return sum(ch.isalpha() for ch in visible) * 2 < len(visible)
+
+
+def readable_queries(text: str) -> tuple[list[str], int]:
+    """(queries parsed from a reply that are readable text, number of garbage candidates dropped)."""
+    parsed = parse_queries(text)
+    readable = [q for q in parsed if not is_garbage(q)]
+    return readable, len(parsed) - len(readable)
+
+
+def readable_first_question(text: str) -> str:
+    """:func:`first_question` of a reply, or "" when it is garbage."""
+    query = first_question(text)
+    return "" if is_garbage(query) else query
 
 
 def first_question(text: str) -> str:
@@ -478,6 +511,9 @@ def synthesize_queries(
         )
     # 5. Report
     c = filters.counts
+    c["llm_failed"] += backend.usage.failed
+    c["skipped_budget"] += backend.usage.skipped_budget
+    c["dropped_unparseable"] += backend.usage.rejected
     report: dict[str, Any] = {
         "provider": cfg.llm.provider,
         "model": cfg.llm.model if cfg.llm.provider != "extractive" else None,
@@ -488,6 +524,7 @@ def synthesize_queries(
             for key in (
                 "generated",
                 "llm_failed",
+                "skipped_budget",
                 "parsed",
                 "dropped_unparseable",
                 "dropped_length",
@@ -527,15 +564,14 @@ def synthesize_queries(
 def _list_candidates(backend: Any, requests: list, chunks: list[dict], filters: _Filters) -> list[list[str]]:
     """General path: one call per chunk asking for N queries; parse and filter each."""
     accepted: list[list[str]] = []
-    for chunk, text in zip(chunks, backend.generate(requests, desc="synthesize queries"), strict=True):
+    replies = backend.generate(requests, desc="synthesize queries", accept=lambda t: bool(readable_queries(t)[0]))
+    for chunk, text in zip(chunks, replies, strict=True):
         accepted.append([])
-        if text is None:
-            filters.counts["llm_failed"] += 1
+        if text is None:  # failed, over budget or unparseable: counted from the backend's usage
             continue
         filters.counts["generated"] += 1
-        queries = parse_queries(text)
-        if not queries:
-            filters.counts["dropped_unparseable"] += 1
+        queries, garbage = readable_queries(text)
+        filters.counts["dropped_unparseable"] += garbage
         accepted[-1] = [q for q in queries if filters.check(q, chunk["text"])]
     return accepted
 
@@ -556,20 +592,22 @@ def _recipe_candidates(
     def screen(indices: list[int], texts: list[str | None]) -> list[tuple[int, str, int]]:
         passing = []
         for i, text in zip(indices, texts, strict=True):
-            if text is None:
-                filters.counts["llm_failed"] += 1
+            if text is None:  # failed, over budget or unparseable: counted from the backend's usage
                 continue
             filters.counts["generated"] += 1
             query = first_question(text)
-            if not query:
-                filters.counts["dropped_unparseable"] += 1
-            elif filters.check(query, chunks[i]["text"]):
+            if filters.check(query, chunks[i]["text"]):
                 passing.append((i, query))
         ranks = round_trip([q for _, q in passing], [chunks[i]["id"] for i, _ in passing])
         filters.counts["dropped_round_trip"] += sum(r > top_k for r in ranks)
         return [(i, q, r) for (i, q), r in zip(passing, ranks, strict=True) if r <= top_k]
 
-    greedy = backend.generate(requests, temperature=0.0, max_new_tokens=max_new, desc="synthesize queries (greedy)")
+    def accept(text: str) -> bool:
+        return bool(readable_first_question(text))
+
+    greedy = backend.generate(
+        requests, temperature=0.0, max_new_tokens=max_new, desc="synthesize queries (greedy)", accept=accept
+    )
     for i, query, _ in screen(list(range(len(chunks))), greedy):
         accepted[i] = [query]
     retry = [i for i in range(len(chunks)) if not accepted[i]]
@@ -580,6 +618,7 @@ def _recipe_candidates(
             temperature=SAMPLE_TEMPERATURE,
             max_new_tokens=max_new,
             desc="synthesize queries (sampled)",
+            accept=accept,
         )
         best: dict[int, tuple[int, str]] = {}
         for i, query, rank in screen(indices, sampled):

@@ -116,6 +116,10 @@ def test_extractive_synthesis_rows_report_and_stable_ids(tmp_path):
     assert synthesize_queries(CORPUS, CORPUS, cfg, tmp_path)[0] == rows
 
 
+def _chunk(cid: str) -> dict:
+    return next(c for c in CORPUS if c["id"] == cid)
+
+
 def test_list_path_counts_every_filter(tmp_path, monkeypatch):
     replies = {
         "c1": "Here you go:\n1. How long is the Kestrel VPN token valid?\n2. How long is the Kestrel VPN token valid?\n"
@@ -174,17 +178,20 @@ class ScriptedBackend:
     def _word(self, request):
         return next(w for w in ("Kestrel", "Parental", "Slipway") if w in request[-1]["content"])
 
-    def generate(self, requests, *, max_new_tokens=None, temperature=None, desc=""):
+    def generate(self, requests, *, max_new_tokens=None, temperature=None, desc="", accept=None):
         self.calls.append((len(requests), temperature))
         if temperature == 0:
-            return [self.greedy[self._word(r)] for r in requests]
-        counters = {}
-        out = []
-        for r in requests:
-            w = self._word(r)
-            counters[w] = counters.get(w, -1) + 1
-            out.append(self.sampled[w][counters[w]])
-        return out
+            out = [self.greedy[self._word(r)] for r in requests]
+        else:
+            counters = {}
+            out = []
+            for r in requests:
+                w = self._word(r)
+                counters[w] = counters.get(w, -1) + 1
+                out.append(self.sampled[w][counters[w]])
+        self.usage.failed += out.count(None)
+        self.usage.rejected += sum(t is not None and not accept(t) for t in out)
+        return [t if t is None or accept(t) else None for t in out]
 
 
 def test_local_recipe_greedy_then_best_sample(tmp_path, monkeypatch):
@@ -236,3 +243,36 @@ def test_round_trip_ranks_are_exact(tiny_bert_dir):
     expected = [1 + sum(s > row[ranker.position[cid]] for s in row) for row, cid in zip(scores, chunk_ids, strict=True)]
     assert ranker.ranks(queries, chunk_ids) == expected
     assert all(1 <= r <= 3 for r in expected)
+
+
+def test_garbage_replies_are_unparseable_not_too_long_and_not_cached_as_final(tmp_path, monkeypatch):
+    replies = {"c1": "x" * 300, "c2": "%%%% #### @@@@ !!!! ^^^^", "c3": "1. When are Slipway deploys frozen?"}
+
+    def reply(messages):
+        return next(r for cid, r in replies.items() if _chunk(cid)["text"] in messages[-1]["content"])
+
+    monkeypatch.setenv("RAGTUNE_TEST_LLM_KEY", "k")
+    with FakeOpenAIServer(reply=reply) as server:
+        llm = LLMConfig(provider="openai", model="fake", base_url=server.base_url, api_key_env="RAGTUNE_TEST_LLM_KEY")
+        cfg = SynthConfig(round_trip_top_k=None, llm=llm)
+        rows, report = synthesize_queries(CORPUS, CORPUS, cfg, tmp_path)
+        assert [r["text"] for r in rows] == ["When are Slipway deploys frozen?"]
+        assert (report["dropped_unparseable"], report["dropped_length"], report["generated"]) == (2, 0, 1)
+        assert report["llm"]["rejected"] == 2 and report["llm_failed"] == 0
+        before = server.requests
+        synthesize_queries(CORPUS, CORPUS, cfg, tmp_path)
+        assert server.requests == before + 2  # the garbage is asked again, the good reply is cached
+
+
+def test_budget_skips_are_counted_as_budget_skips(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGTUNE_TEST_LLM_KEY", "k")
+    with FakeOpenAIServer() as server:
+        llm = LLMConfig(
+            provider="openai",
+            model="fake",
+            base_url=server.base_url,
+            api_key_env="RAGTUNE_TEST_LLM_KEY",
+            budget_tokens=1,
+        )
+        _, report = synthesize_queries(CORPUS, CORPUS, SynthConfig(round_trip_top_k=None, llm=llm), tmp_path)
+    assert (report["skipped_budget"], report["llm_failed"], report["generated"]) == (3, 0, 0)
