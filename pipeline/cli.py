@@ -53,9 +53,9 @@ def _normalize_argv(argv: list[str]) -> list[str]:
 
 def run_all(config: str, overrides: list[str], force: bool = False) -> None:
     """Every stage in order; each skips itself when finished and fresh."""
-    cfg, run = open_run(config, overrides)
-    for name, module in STAGE_MODULES.items():
-        call_stage(name, importlib.import_module(module).main, cfg, run, force)
+    with open_run(config, overrides) as (cfg, run):
+        for name, module in STAGE_MODULES.items():
+            call_stage(name, importlib.import_module(module).main, cfg, run, force)
 
 
 def query(run_dir: str, question: str, overrides: list[str]) -> None:
@@ -65,7 +65,8 @@ def query(run_dir: str, question: str, overrides: list[str]) -> None:
 
     run = RunDir(run_dir)
     cfg = load_config(run.path("config.resolved.yaml"), overrides)
-    print(format_response(build_query_engine(cfg, run).query(question)))
+    with run.lock():  # the engine writes index/ on first use
+        print(format_response(build_query_engine(cfg, run).query(question)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,8 +80,9 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "run":
             run_all(args.config, args.overrides, args.force)
         else:
-            cfg, run = open_run(args.config, args.overrides)
-            call_stage(args.command, importlib.import_module(STAGE_MODULES[args.command]).main, cfg, run, args.force)
+            with open_run(args.config, args.overrides) as (cfg, run):
+                stage_main = importlib.import_module(STAGE_MODULES[args.command]).main
+                call_stage(args.command, stage_main, cfg, run, args.force)
     except DryRunFinished as e:
         print(e)
     except USER_ERRORS as e:

@@ -8,15 +8,23 @@ call the same ``main(cfg, run, force)`` that ``ragtune embed C`` calls in-proces
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline.config import ConfigError, RagtuneConfig, dump_config, load_config
 from pipeline.llm import DryRunFinished, LLMBackendError
 from pipeline.models import ModelNotFoundError
-from pipeline.rundir import RunDir, StageInputError, atomic_write_text, is_main_process
+from pipeline.rundir import (
+    ManifestError,
+    RunDir,
+    RunLockedError,
+    StageInputError,
+    atomic_write_text,
+    is_main_process,
+)
 
 StageMain = Callable[[RagtuneConfig, RunDir, bool], Any]
 
@@ -38,16 +46,31 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
-def open_run(config: str, overrides: list[str]) -> tuple[RagtuneConfig, RunDir]:
-    """Load the config and open its run directory, writing ``config.resolved.yaml`` (main process)."""
+@contextlib.contextmanager
+def open_run(config: str, overrides: list[str]) -> Iterator[tuple[RagtuneConfig, RunDir]]:
+    """Load the config, hold its run directory (:meth:`RunDir.lock`) and write ``config.resolved.yaml``.
+
+    Raises:
+        RunLockedError: another ragtune process works in the same run directory.
+    """
     cfg = load_config(config, overrides)
     run = RunDir.from_config(cfg)
-    if is_main_process():
-        atomic_write_text(run.path("config.resolved.yaml"), dump_config(cfg))
-    return cfg, run
+    with run.lock():
+        if is_main_process():
+            atomic_write_text(run.path("config.resolved.yaml"), dump_config(cfg))
+        yield cfg, run
 
 
-USER_ERRORS = (ConfigError, StageInputError, ModelNotFoundError, LLMBackendError, FileNotFoundError, ValueError)
+USER_ERRORS = (
+    ConfigError,
+    StageInputError,
+    RunLockedError,
+    ManifestError,
+    ModelNotFoundError,
+    LLMBackendError,
+    FileNotFoundError,
+    ValueError,
+)
 
 
 def call_stage(stage: str, main: StageMain, cfg: RagtuneConfig, run: RunDir, force: bool) -> Any:
@@ -68,8 +91,8 @@ def run_stage(stage: str, main: StageMain, description: str, argv: list[str] | N
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:
-        cfg, run = open_run(args.config, args.overrides)
-        call_stage(stage, main, cfg, run, args.force)
+        with open_run(args.config, args.overrides) as (cfg, run):
+            call_stage(stage, main, cfg, run, args.force)
     except DryRunFinished as e:
         print(e)
     except USER_ERRORS as e:

@@ -5,12 +5,16 @@ when missing or stale), checks :meth:`RunDir.is_fresh` to skip finished work, wr
 :func:`atomic_write_text` / :func:`atomic_dir` (temp name, then rename), and records itself last with
 :meth:`RunDir.record`. A crash therefore never leaves a half-written artifact that looks finished.
 
-Only the main process writes (see :func:`is_main_process`); other ranks read.
+Only the main process writes (see :func:`is_main_process`); other ranks read. One process at a time
+works in a run directory (:meth:`RunDir.lock`); taking the lock also cleans temporary files and folders
+left by a killed write. Every manifest write keeps the previous version beside it, and a manifest that
+cannot be read is recovered from that version.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -43,8 +47,19 @@ TRACKED_PACKAGES = (
 )
 
 
+LOCK_FILE = ".lock"
+
+
 class StageInputError(RuntimeError):
     """A stage's input is missing or stale; the message names the stage to run first."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run directory; the message names its PID."""
+
+
+class ManifestError(RuntimeError):
+    """The manifest and its previous version are both unreadable; the message names the file and what to do."""
 
 
 def is_main_process() -> bool:
@@ -148,6 +163,7 @@ class StageRecord:
     versions: dict[str, str] = field(default_factory=dict)
     started: float = 0.0
     ended: float = 0.0
+    failure: dict[str, Any] | None = None  # the latest failed run since this record: {"error", "at"}
 
 
 class RunDir:
@@ -160,6 +176,7 @@ class RunDir:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.manifest_path = self.root / "manifest.json"
+        self.previous_manifest_path = self.root / "manifest.prev.json"
 
     @classmethod
     def from_config(cls, cfg: Any) -> RunDir:
@@ -169,14 +186,80 @@ class RunDir:
         """Absolute path of an artifact by its conventional relative name (e.g. ``data/corpus.jsonl``)."""
         return self.root / relative
 
+    # -- one process at a time ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory for this process (main process only), then clean orphaned temp files.
+
+        The lock is an ``flock`` on ``<run>/.lock``, which holds the holder's PID: the kernel releases it
+        when the process dies, so a lock left by a killed run is detected as stale and taken over.
+
+        Raises:
+            RunLockedError: another live process holds it (the message names its PID).
+        """
+        if not is_main_process():
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / LOCK_FILE).open("a+", encoding="utf-8") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "unknown"
+                raise RunLockedError(
+                    f"{self.root} is in use by another ragtune process (PID {holder}); wait for it to finish "
+                    "or stop it, then rerun"
+                ) from None
+            fh.seek(0)
+            if stale := fh.read().strip():
+                logger.warning("%s: taking over a stale lock of PID %s, which is no longer running", self.root, stale)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            try:
+                clean_orphans(self.root)
+                yield
+            finally:
+                fh.seek(0)
+                fh.truncate()  # empty: released cleanly
+                fh.flush()
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     # -- manifest -------------------------------------------------------------------------------
     def load_manifest(self) -> dict[str, StageRecord]:
+        """Stage records from ``manifest.json``; an unreadable one is recovered from the previous version.
+
+        Raises:
+            ManifestError: neither the manifest nor its previous version can be read.
+        """
         if not self.manifest_path.exists():
             return {}
-        raw = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        return {name: StageRecord(**rec) for name, rec in raw.get("stages", {}).items()}
+        try:
+            return _parse_manifest(self.manifest_path)
+        except ValueError as e:
+            problem = f"{self.manifest_path} is unreadable ({e})"
+        try:
+            stages = _parse_manifest(self.previous_manifest_path)
+        except FileNotFoundError:
+            reason = "there is no previous version"
+        except ValueError as e:
+            reason = f"the previous version {self.previous_manifest_path} is unreadable too ({e})"
+        else:
+            logger.warning("%s; recovered from the previous version %s", problem, self.previous_manifest_path)
+            if is_main_process():
+                atomic_write_text(self.manifest_path, self.previous_manifest_path.read_text(encoding="utf-8"))
+            return stages
+        raise ManifestError(
+            f"{problem} and {reason}: restore it, or move it aside to start the run afresh (every stage reruns; "
+            "the LLM caches in the run directory are kept)"
+        )
 
     def _save_manifest(self, stages: dict[str, StageRecord]) -> None:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            _parse_manifest(self.manifest_path)  # keep the current version only when it is readable
+            atomic_write_text(self.previous_manifest_path, self.manifest_path.read_text(encoding="utf-8"))
         ordered = {n: stages[n].__dict__ for n in sorted(stages, key=_stage_rank)}
         atomic_write_text(self.manifest_path, json.dumps({"stages": ordered}, indent=2, sort_keys=False) + "\n")
 
@@ -211,14 +294,22 @@ class RunDir:
         return rec
 
     def mark_failed(self, stage: str, error: str) -> None:
-        """Record that a stage failed (its previous outputs stay where they are; a rerun redoes it)."""
+        """Record that a stage failed, beside its last good record.
+
+        A finished record stays ``done`` with its outputs, so the stages after it can still use them;
+        the failure is kept in its ``failure`` field until the stage next finishes. A stage that never
+        finished gets a ``failed`` record.
+        """
         if not is_main_process():
             return
         stages = self.load_manifest()
         now = time.time()
-        stages[stage] = StageRecord(
-            status="failed", config_hash="", started=now, ended=now, metrics={"error": error[:500]}
-        )
+        failure = {"error": error[:500], "at": now}
+        previous = stages.get(stage)
+        if previous is not None and previous.status == "done":
+            previous.failure = failure
+        else:
+            stages[stage] = StageRecord(status="failed", config_hash="", started=now, ended=now, failure=failure)
         self._save_manifest(stages)
 
     # -- inputs and freshness ---------------------------------------------------------------------
@@ -265,6 +356,48 @@ class RunDir:
         )
 
 
+def _parse_manifest(path: Path) -> dict[str, StageRecord]:
+    """Stage records of one manifest file; ValueError says what is wrong with it."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return {name: StageRecord(**rec) for name, rec in raw["stages"].items()}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON at line {e.lineno}: {e.msg}") from None
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"not a ragtune manifest ({type(e).__name__}: {e})") from None
+
+
+def clean_orphans(root: Path) -> list[str]:
+    """Remove the temporary files and folders a killed write left under ``root``; restore a half-swapped one.
+
+    :func:`atomic_write_text` and :func:`atomic_dir` write ``.<name>.<random>.tmp``; :func:`atomic_dir`
+    moves the old folder to ``.<name>.old`` for an instant. Where ``<name>`` is missing, the ``.old``
+    folder is the last complete version and is moved back; otherwise it is removed.
+
+    Returns:
+        What was done, one line per entry (also logged).
+    """
+    done = []
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            if not name.startswith(".") or not name.endswith((".tmp", ".old")):
+                continue
+            target = path.with_name(name[1:-4])
+            if name.endswith(".old") and not target.exists():
+                os.replace(path, target)
+                done.append(f"restored {target} from {name}")
+            else:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                done.append(f"removed {path}")
+        dirs[:] = [d for d in dirs if (Path(folder) / d).exists()]
+    for line in done:
+        logger.warning("left by an interrupted run: %s", line)
+    return done
+
+
 def _stage_rank(name: str) -> int:
     return STAGE_ORDER.index(name) if name in STAGE_ORDER else len(STAGE_ORDER)
 
@@ -283,10 +416,12 @@ def format_status(run: RunDir) -> str:
             for k, v in rec.metrics.items()
             if not isinstance(v, dict | list)
         )
+        if rec.failure:
+            metrics = f"last run failed: {rec.failure['error']}"
         rows.append(
             (
                 name,
-                rec.status,
+                rec.status if rec.status != "done" or not rec.failure else "done (rerun failed)",
                 rec.config_hash[:8],
                 f"{rec.ended - rec.started:.0f}",
                 ", ".join(rec.outputs),

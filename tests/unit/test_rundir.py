@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.rundir import (
+    ManifestError,
     RunDir,
+    RunLockedError,
     StageInputError,
     atomic_dir,
     atomic_write_text,
@@ -111,12 +113,75 @@ def test_status_table(tmp_path: Path) -> None:
     assert table.splitlines()[1].split()[:2] == ["data", "done"]
 
 
-def test_mark_failed_keeps_outputs(tmp_path: Path) -> None:
+def test_a_failed_rerun_keeps_the_last_good_record_and_records_the_failure_beside_it(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "r")
     _finish(run, "data", "data/corpus.jsonl", "x\n")
-    run.mark_failed("data", "boom")
-    assert run.load_manifest()["data"].status == "failed"
-    assert run.path("data/corpus.jsonl").exists()
+    run.mark_failed("data", "ConfigError: embed.trainer.learning_rat: not a field")
+    rec = run.load_manifest()["data"]
+    assert rec.status == "done" and "learning_rat" in rec.failure["error"]
+    assert run.require("data", "out") == {"out": run.path("data/corpus.jsonl")}  # still usable downstream
+    assert "done (rerun failed)" in format_status(run) and "learning_rat" in format_status(run)
+    _finish(run, "data", "data/corpus.jsonl", "y\n")
+    assert run.load_manifest()["data"].failure is None  # cleared when the stage next finishes
+    # a stage that never finished is recorded as failed
+    run.mark_failed("embed", "boom")
+    assert run.load_manifest()["embed"].status == "failed"
     with pytest.raises(StageInputError, match="has not finished"):
-        run.require("data", "out")
-    assert os.path.exists(run.manifest_path)
+        run.require("embed", "model")
+
+
+def test_a_corrupt_manifest_is_recovered_from_the_previous_version(tmp_path: Path, caplog) -> None:
+    run = RunDir(tmp_path / "r")
+    _finish(run, "data", "data/corpus.jsonl", "x\n")
+    _finish(run, "embed", "embed/model.txt", "m\n")
+    assert set(json.loads(run.previous_manifest_path.read_text())["stages"]) == {"data"}
+    run.manifest_path.write_text(run.manifest_path.read_text()[:40])  # truncated
+    assert set(run.load_manifest()) == {"data"}
+    assert str(run.manifest_path) in caplog.text and "recovered from the previous version" in caplog.text
+    assert set(json.loads(run.manifest_path.read_text())["stages"]) == {"data"}  # rewritten from it
+
+
+@pytest.mark.parametrize("garbage", [b"{not json", b'{"stages": [1, 2]}', b"\xff\xfe", b"[]"])
+def test_an_unrecoverable_manifest_is_a_clear_error_naming_it(tmp_path: Path, garbage: bytes) -> None:
+    run = RunDir(tmp_path / "r")
+    run.root.mkdir()
+    run.manifest_path.write_bytes(garbage)
+    with pytest.raises(ManifestError) as err:
+        run.load_manifest()
+    assert str(run.manifest_path) in str(err.value) and "no previous version" in str(err.value)
+    assert "move it aside" in str(err.value)
+
+
+def test_the_run_lock_refuses_a_second_holder_naming_its_pid(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    with run.lock(), pytest.raises(RunLockedError, match=rf"PID {os.getpid()}\b"), RunDir(tmp_path / "r").lock():
+        pass
+    with run.lock():  # released on exit
+        pass
+    assert (run.root / ".lock").read_text() == ""
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path, caplog) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    run = RunDir(tmp_path / "r")
+    run.root.mkdir()
+    (run.root / ".lock").write_text(dead.stdout.strip())  # a killed run never emptied it
+    with run.lock():
+        assert (run.root / ".lock").read_text() == str(os.getpid())
+    assert f"stale lock of PID {dead.stdout.strip()}" in caplog.text
+
+
+def test_taking_the_lock_cleans_what_a_killed_write_left(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    atomic_write_text(run.path("data/corpus.jsonl"), "x\n")
+    atomic_write_text(run.path("data/.corpus.jsonl.k2j3.tmp"), "half")
+    run.path("embed/.model.a1b2.tmp").mkdir(parents=True)
+    atomic_write_text(run.path("embed/.model.old/weights.bin"), "last good")  # killed between the two renames
+    atomic_write_text(run.path("rerank/.model.old/w"), "old")
+    atomic_write_text(run.path("rerank/model/w"), "new")
+    with run.lock():
+        pass
+    assert run.path("embed/model/weights.bin").read_text() == "last good"
+    assert run.path("rerank/model/w").read_text() == "new"
+    left = sorted(p.relative_to(run.root).as_posix() for p in run.root.rglob("*") if p.is_file())
+    assert left == [".lock", "data/corpus.jsonl", "embed/model/weights.bin", "rerank/model/w"]
