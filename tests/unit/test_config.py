@@ -110,3 +110,14 @@ def test_trainer_settings_that_leave_the_machine_are_refused(trainer: dict, key:
     with pytest.raises(ConfigError, match=rf"embed\.trainer\.{key}: "):
         check_trainer_keys("embed", trainer, TrainingArguments)
     check_trainer_keys("embed", {"report_to": "none", "logging_steps": 5}, TrainingArguments)
+
+
+def test_run_seed_is_part_of_the_hash_of_every_stage_that_uses_it() -> None:
+    from stages.raft.build import build_config_hash
+
+    base = load_config(Path("configs/tiny.yaml"))
+    reseeded = load_config(Path("configs/tiny.yaml"), ["run.seed=7"])
+    for sections in [("embed",), ("rerank",), ("eval", "assemble", "embed", "rerank", "raft")]:
+        assert reseeded.section_hash(*sections) != base.section_hash(*sections), sections
+    assert build_config_hash(reseeded) != build_config_hash(base)
+    assert reseeded.section_hash("data", "split", "synth") == base.section_hash("data", "split", "synth")
