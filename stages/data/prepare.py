@@ -19,22 +19,33 @@ from pipeline.entry import run_stage
 from pipeline.llm import DryRunFinished
 from pipeline.rundir import RunDir, atomic_write_jsonl, atomic_write_text, hash_path, is_main_process
 from stages.data.formats import attach_chunks, import_beir, import_llamaindex, load_questions
-from stages.data.ingest import Document, chunk_documents, read_documents
+from stages.data.ingest import Document, chunk_documents, discover_files, fingerprint_files, read_documents
 from stages.data.split import assign_split, choose_eval_documents
 
 logger = logging.getLogger(__name__)
 STAGE = "data"
+_SOURCE_KEYS = {"questions": "questions", "beir": "beir", "llamaindex": "llamaindex_dataset"}
 CONFIG_SECTIONS = ("data", "split", "synth")
 
 
 def _source_hashes(cfg: RagtuneConfig) -> dict[str, str]:
     sources = {
-        "docs": cfg.data.docs,
         "questions": cfg.data.questions,
         "beir": cfg.data.beir,
         "llamaindex": cfg.data.llamaindex_dataset,
     }
-    return {f"file/{k}": hash_path(Path(v)) for k, v in sources.items() if v}
+    hashes = {}
+    if cfg.data.docs:  # only the files ingest reads: never through a symlink that leads outside the folder
+        folder = Path(cfg.data.docs)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"data.docs: folder {folder} does not exist")
+        hashes["file/docs"] = fingerprint_files(folder, discover_files(folder, cfg.data.extensions)[0])
+    for key, value in sources.items():
+        if value:
+            if not Path(value).exists():
+                raise FileNotFoundError(f"data.{_SOURCE_KEYS[key]}: {value} does not exist")
+            hashes[f"file/{key}"] = hash_path(Path(value))
+    return hashes
 
 
 def load_sources(cfg: RagtuneConfig) -> tuple[list[Document], list[dict], dict]:

@@ -1,8 +1,10 @@
+import json
+import os
 from pathlib import Path
 
 import pytest
 
-from stages.data.ingest import chunk_documents, chunk_id, locate_chunks, read_documents
+from stages.data.ingest import chunk_documents, chunk_id, document_hash, locate_chunks, read_documents
 
 EXTS = [".txt", ".md", ".html", ".pdf", ".json", ".jsonl"]
 
@@ -85,7 +87,92 @@ def test_chunks_have_spans_and_stable_content_ids(messy_folder: Path) -> None:
     assert sum(r["doc_id"] == "long.md" for r in rows) > 3
     for r in rows:
         assert texts[r["doc_id"]][r["start"] : r["end"]] == r["text"]
-        assert r["id"] == chunk_id(texts[r["doc_id"]], r["start"], r["text"])
+        assert r["id"] == chunk_id(document_hash(texts[r["doc_id"]]), r["start"], r["text"])
     again = chunk_documents([*docs, long_doc], chunk_size=48, chunk_overlap=8)
     assert [r["id"] for r in again] == [r["id"] for r in rows]
     assert len({r["id"] for r in rows}) == len(rows)
+
+
+def _hostile_folder(tmp_path: Path) -> Path:
+    """A docs folder under a dot-folder, holding every kind of entry ingest must survive."""
+    outside = tmp_path / "secret.txt"
+    outside.write_text("a file outside data.docs that must never be read")
+    root = tmp_path / ".config" / "docs"
+    root.mkdir(parents=True)
+    (root / "good.md").write_text("Heron routes orders to the berth.")
+    deep = root
+    for _ in range(1000):  # one level at a time: mkdir(parents=True) recurses once per level
+        deep = deep / "d"
+        deep.mkdir()
+    (deep / "bottom.md").write_text("The deepest document is still read.")
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    (root / "self").symlink_to(root / "self")
+    (root / "escape.md").symlink_to(outside)
+    (root / "inside.md").symlink_to(root / "good.md")
+    (root / "dangling.md").symlink_to(root / "missing.md")
+    os.mkdir(os.path.join(os.fsencode(root), b"caf\xe9"))
+    Path(os.fsdecode(os.path.join(os.fsencode(root), b"n\xe4me.md"))).write_bytes(b"latin-1 name")
+    (root / "locked").mkdir()
+    (root / "locked" / "x.md").write_text("never listed")
+    (root / "noperm.md").write_text("cannot be opened")
+    (root / "hostile.pdf").write_bytes(
+        b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 1 0 R >> endobj\ntrailer << /Root 1 0 R >>"
+    )
+    (root / "records.jsonl").write_text('{"text": "kept one"}\n{"body": "no text"}\n{nope\n7\n{"text": "kept two"}\n')
+    (root / "one-line.txt").write_text("word " * 4_000_000)  # 20 MB on a single line
+    return root
+
+
+def test_ingest_never_crashes_and_lists_every_skipped_entry_with_its_reason(tmp_path: Path, monkeypatch) -> None:
+    root = _hostile_folder(tmp_path)
+    real_scandir, real_read_bytes = os.scandir, Path.read_bytes
+
+    def scandir(path):  # the tests run as root, where chmod 000 does not stop reads
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    def read_bytes(self):
+        if self.name == "noperm.md":
+            raise PermissionError(13, "Permission denied")
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    docs, report = read_documents(root, EXTS, "text")
+    ids = {d.doc_id for d in docs}
+    assert {"good.md", "/".join(["d"] * 1000) + "/bottom.md", "one-line.txt"} <= ids
+    assert {"records.jsonl#0", "records.jsonl#3"} <= ids  # the index among the records parsed
+    assert all("outside" not in d.text for d in docs)
+    skipped = {s["source"]: s["reason"] for s in report["skipped"]}
+    assert skipped["escape.md"] == "symlink to a place outside data.docs"
+    assert skipped["self"] == "symlink loop" and skipped["loop/"] == "symlink loop (folder already read)"
+    assert skipped["dangling.md"].startswith("broken symlink")
+    assert skipped["locked/"] == "unreadable folder (Permission denied)"
+    assert skipped["noperm.md"] == "unreadable (Permission denied)"
+    assert skipped["caf\ufffd"] == skipped["n\ufffdme.md"] == "file name is not valid UTF-8"
+    assert skipped["hostile.pdf"].startswith("unreadable PDF")
+    assert skipped["records.jsonl:2"] == skipped["records.jsonl:4"] == "no string field 'text'"
+    assert skipped["records.jsonl:3"].startswith("invalid JSON")
+    assert report["duplicates"] == [{"source": "inside.md", "same_as": "good.md"}]
+    json.dumps(report)  # the report can be written
+
+
+def test_chunk_ids_hash_each_document_once(monkeypatch) -> None:
+    import hashlib
+
+    from stages.data import ingest
+
+    hashed = []
+
+    class CountingHashlib:
+        @staticmethod
+        def sha256(data: bytes = b""):
+            hashed.append(len(data))
+            return hashlib.sha256(data)
+
+    monkeypatch.setattr(ingest, "hashlib", CountingHashlib)
+    text = " ".join(f"Sentence number {i} about the Heron berth." for i in range(2000))
+    rows = chunk_documents([ingest.Document("long.md", "long.md", text)], chunk_size=32, chunk_overlap=4)
+    assert len(rows) > 100
+    assert sum(hashed) < 3 * len(text.encode())  # the document once, then each chunk
