@@ -10,9 +10,11 @@ from __future__ import annotations
 import csv
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from pipeline.rundir import atomic_write_text, read_jsonl
+from pipeline.rundir import atomic_write_text
 from stages.data.ingest import Document
 
 
@@ -45,34 +47,80 @@ def find_normalized_span(text: str, needle: str) -> tuple[int, int] | None:
     return offsets[pos], offsets[end] + 1
 
 
+def json_objects(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``("path:line", object)`` for each non-blank line of a JSONL file.
+
+    Raises:
+        ValueError: naming ``path:line`` for a line that is not JSON, or not a JSON object.
+    """
+    try:
+        fh = path.open(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    with fh:
+        try:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+                yield where, row
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start} of a line)") from None
+
+
+def _string_list(where: str, key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{where}: {key!r} must be a list of non-empty strings")
+    return value
+
+
+def _question_id(where: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        raise ValueError(f"{where}: 'id' must be a non-empty string or an integer")
+    return str(value)
+
+
 def load_questions(path: Path, doc_ids: set[str]) -> list[dict]:
     """Read hand-labelled questions (JSONL: id, question, doc_ids, answer, optional evidence).
 
+    Ids are compared as strings, so ``1`` and ``"1"`` are the same id (a duplicate).
+
     Raises:
-        ValueError: naming ``path:line`` for a missing field, duplicate id, or unknown document.
+        ValueError: naming ``path:line`` for a line that is not an object, a missing or mistyped field,
+            a duplicate id, or an unknown document.
     """
-    rows = read_jsonl(path)
     seen: set[str] = set()
     questions = []
-    with path.open(encoding="utf-8") as fh:
-        line_numbers = [n for n, line in enumerate(fh, 1) if line.strip()]
-    for lineno, row in zip(line_numbers, rows, strict=True):
-        where = f"{path}:{lineno}"
+    for where, row in json_objects(path):
         for key in ("id", "question", "doc_ids"):
-            if not row.get(key):
+            if row.get(key) in (None, "", []):
                 raise ValueError(f"{where}: missing field {key!r}")
-        if row["id"] in seen:
-            raise ValueError(f"{where}: duplicate question id {row['id']!r}")
-        seen.add(row["id"])
-        unknown = [d for d in row["doc_ids"] if d not in doc_ids]
+        qid = _question_id(where, row["id"])
+        if not isinstance(row["question"], str):
+            raise ValueError(f"{where}: 'question' must be a string")
+        cited = _string_list(where, "doc_ids", row["doc_ids"])
+        if qid in seen:
+            raise ValueError(f"{where}: duplicate question id {qid!r} (ids are compared as strings)")
+        seen.add(qid)
+        unknown = [d for d in cited if d not in doc_ids]
         if unknown:
-            raise ValueError(f"{where}: question {row['id']!r} cites unknown document(s) {unknown}")
+            raise ValueError(f"{where}: question {qid!r} cites unknown document(s) {unknown}")
         evidence = row.get("evidence") or []
-        if evidence and len(evidence) != len(row["doc_ids"]):
+        if evidence:
+            _string_list(where, "evidence", evidence)
+        if evidence and len(evidence) != len(cited):
             raise ValueError(f"{where}: evidence must have one entry per doc_id")
+        if row.get("answer") is not None and not isinstance(row["answer"], str):
+            raise ValueError(f"{where}: 'answer' must be a string")
         questions.append(
             {
-                "qid": str(row["id"]),
+                "qid": qid,
                 "text": row["question"],
                 "doc_relevance": {d: 1 for d in row["doc_ids"]},
                 "evidence": dict(zip(row["doc_ids"], evidence, strict=False)),
@@ -81,6 +129,24 @@ def load_questions(path: Path, doc_ids: set[str]) -> list[dict]:
             }
         )
     return questions
+
+
+def missing_evidence(questions: list[dict], documents: dict[str, str]) -> list[dict[str, str]]:
+    """``{"qid", "doc_id", "evidence"}`` for each evidence span not found in its document.
+
+    Such a question still counts every chunk of the document as a positive (no graded oracle); the
+    data stage lists them in its report as a warning.
+
+    Example:
+        >>> missing_evidence([{"qid": "q", "evidence": {"d": "absent"}}], {"d": "some text"})
+        [{'qid': 'q', 'doc_id': 'd', 'evidence': 'absent'}]
+    """
+    return [
+        {"qid": q["qid"], "doc_id": doc_id, "evidence": evidence[:200]}
+        for q in questions
+        for doc_id, evidence in q.get("evidence", {}).items()
+        if evidence and doc_id in documents and find_normalized_span(documents[doc_id], evidence) is None
+    ]
 
 
 def attach_chunks(questions: list[dict], corpus: list[dict], documents: dict[str, str]) -> list[dict]:
@@ -135,26 +201,37 @@ def import_beir(folder: Path, splits: list[str]) -> tuple[list[Document], list[d
         (documents, questions) — one document per corpus entry (title + text); queries that have
         qrels become labelled questions with origin ``human`` and no reference answer.
     """
-    docs = [
-        Document(
-            doc_id=str(r["_id"]),
-            source=f"corpus.jsonl#{r['_id']}",
-            text=(f"{r['title']}\n\n" if r.get("title") else "") + r.get("text", ""),
+    docs = []
+    for where, r in json_objects(folder / "corpus.jsonl"):
+        doc_id, text = _beir_fields(where, r)
+        title = r.get("title")
+        docs.append(
+            Document(
+                doc_id=doc_id,
+                source=f"corpus.jsonl#{doc_id}",
+                text=(f"{title}\n\n" if isinstance(title, str) and title else "") + text,
+            )
         )
-        for r in read_jsonl(folder / "corpus.jsonl")
-    ]
-    texts = {str(r["_id"]): r["text"] for r in read_jsonl(folder / "queries.jsonl")}
+    texts = dict(_beir_fields(where, r) for where, r in json_objects(folder / "queries.jsonl"))
     known = {d.doc_id for d in docs}
     qrels: dict[str, dict[str, int]] = defaultdict(dict)
     for split in splits:
         path = folder / "qrels" / f"{split}.tsv"
+        if not path.is_file():
+            raise FileNotFoundError(f"data.beir_splits: {path} does not exist")
         with path.open(encoding="utf-8") as fh:
             for lineno, row in enumerate(csv.reader(fh, delimiter="\t"), 1):
-                if lineno == 1 and not row[-1].lstrip("-").isdigit():
+                if not row or not "".join(row).strip():
+                    continue
+                if lineno == 1 and not _is_number(row[-1]):
                     continue  # header
                 if len(row) < 3:
                     raise ValueError(f"{path}:{lineno}: expected query-id, corpus-id, score")
-                qid, doc_id, score = row[0], row[1], int(row[-1])
+                qid, doc_id = row[0], row[1]
+                try:
+                    score = int(row[-1])
+                except ValueError:
+                    raise ValueError(f"{path}:{lineno}: score {row[-1]!r} is not an integer") from None
                 if qid not in texts:
                     raise ValueError(f"{path}:{lineno}: query {qid!r} not in queries.jsonl")
                 if doc_id not in known:
@@ -168,6 +245,23 @@ def import_beir(folder: Path, splits: list[str]) -> tuple[list[Document], list[d
     return docs, questions
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _beir_fields(where: str, row: dict[str, Any]) -> tuple[str, str]:
+    """(``_id`` as a string, ``text``) of a BEIR corpus or queries row; ValueError naming ``where``."""
+    if isinstance(row.get("_id"), bool) or not isinstance(row.get("_id"), str | int) or row["_id"] == "":
+        raise ValueError(f"{where}: missing '_id' (a string or an integer)")
+    if not isinstance(row.get("text"), str):
+        raise ValueError(f"{where}: missing 'text' (a string)")
+    return str(row["_id"]), row["text"]
+
+
 def import_llamaindex(path: Path) -> tuple[list[Document], list[dict]]:
     """Read LlamaIndex's EmbeddingQAFinetuneDataset JSON (queries, corpus, relevant_docs, mode).
 
@@ -178,9 +272,16 @@ def import_llamaindex(path: Path) -> tuple[list[Document], list[dict]]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
     for key in ("queries", "corpus", "relevant_docs"):
-        if key not in raw:
+        if not isinstance(raw, dict) or not isinstance(raw.get(key), dict):
             raise ValueError(f"{path}: missing key {key!r} (not an EmbeddingQAFinetuneDataset)")
+    for key in ("queries", "corpus"):
+        if bad := [k for k, v in raw[key].items() if not isinstance(v, str)][:3]:
+            raise ValueError(f"{path}: {key} {bad} must map to strings")
+    if bad := [k for k, v in raw["relevant_docs"].items() if not isinstance(v, list)][:3]:
+        raise ValueError(f"{path}: relevant_docs {bad} must map to lists of corpus ids")
     docs = [Document(doc_id=str(k), source=f"{path.name}#{k}", text=v) for k, v in raw["corpus"].items()]
     questions = [
         {

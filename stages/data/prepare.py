@@ -18,7 +18,7 @@ from pipeline.config import RagtuneConfig
 from pipeline.entry import run_stage
 from pipeline.llm import DryRunFinished
 from pipeline.rundir import RunDir, atomic_write_jsonl, atomic_write_text, hash_path, is_main_process
-from stages.data.formats import attach_chunks, import_beir, import_llamaindex, load_questions
+from stages.data.formats import attach_chunks, import_beir, import_llamaindex, load_questions, missing_evidence
 from stages.data.ingest import Document, chunk_documents, discover_files, fingerprint_files, read_documents
 from stages.data.split import assign_split, choose_eval_documents
 
@@ -82,7 +82,13 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
 
     # 2. Chunk.
     corpus = chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap)
-    labelled = attach_chunks(questions, corpus, {d.doc_id: d.text for d in docs})
+    texts = {d.doc_id: d.text for d in docs}
+    labelled = attach_chunks(questions, corpus, texts)
+    if questions:
+        not_found = missing_evidence(questions, texts)
+        report["labelled"] = {"questions": len(questions), "evidence_not_found": not_found}
+        for item in not_found:
+            logger.warning("question %s: evidence not found in %s (all its chunks count)", item["qid"], item["doc_id"])
 
     # 3. Choose held-out documents before synthesis, so no LLM call is spent on them needlessly.
     eval_docs = choose_eval_documents(

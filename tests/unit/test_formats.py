@@ -10,6 +10,7 @@ from stages.data.formats import (
     import_beir,
     import_llamaindex,
     load_questions,
+    missing_evidence,
 )
 
 
@@ -121,3 +122,74 @@ def test_llamaindex_round_trip(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"queries": {}}')
     with pytest.raises(ValueError, match="missing key 'corpus'"):
         import_llamaindex(tmp_path / "bad.json")
+
+
+GOOD = {"id": "a", "question": "q?", "doc_ids": ["d1"], "answer": "x"}
+
+
+@pytest.mark.parametrize(
+    ("second_line", "message"),
+    [
+        ('["a list", "not an object"]', r"q\.jsonl:2: expected a JSON object, got list"),
+        ("7", r"q\.jsonl:2: expected a JSON object, got int"),
+        (
+            json.dumps({**GOOD, "id": "b", "doc_ids": "d1"}),
+            r"q\.jsonl:2: 'doc_ids' must be a list of non-empty strings",
+        ),
+        (json.dumps({**GOOD, "id": "b", "doc_ids": [1]}), r"q\.jsonl:2: 'doc_ids' must be a list"),
+        (json.dumps({**GOOD, "id": 7, "question": ["q"]}), r"q\.jsonl:2: 'question' must be a string"),
+        (json.dumps({**GOOD, "id": True}), r"q\.jsonl:2: 'id' must be a non-empty string or an integer"),
+        (json.dumps({**GOOD, "id": "b", "evidence": [3]}), r"q\.jsonl:2: 'evidence' must be a list"),
+    ],
+)
+def test_mistyped_question_lines_are_errors_naming_file_and_line(tmp_path: Path, second_line: str, message: str):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + second_line + "\n")
+    with pytest.raises(ValueError, match=message):
+        load_questions(path, {"d1"})
+
+
+def test_numeric_and_string_ids_that_collide_are_duplicates(tmp_path: Path) -> None:
+    path = _write(tmp_path / "q.jsonl", [{**GOOD, "id": 1}, {**GOOD, "id": "1"}])
+    with pytest.raises(ValueError, match=r"q\.jsonl:2: duplicate question id '1'"):
+        load_questions(path, {"d1"})
+
+
+def test_evidence_not_found_in_its_document_is_listed() -> None:
+    questions = [
+        {"qid": "a", "evidence": {"d1": "Heron  routes\norders"}},
+        {"qid": "b", "evidence": {"d1": "a sentence that is not there"}},
+    ]
+    assert missing_evidence(questions, {"d1": "Heron routes orders to berths."}) == [
+        {"qid": "b", "doc_id": "d1", "evidence": "a sentence that is not there"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        (
+            "corpus.jsonl",
+            '{"_id": "d1", "text": "x"}\n{"title": "no id", "text": "y"}\n',
+            r"corpus\.jsonl:2: missing '_id'",
+        ),
+        ("corpus.jsonl", '{"_id": "d1", "text": "x"}\n{"_id": "d2"}\n', r"corpus\.jsonl:2: missing 'text'"),
+        ("queries.jsonl", '{"_id": "q1"}\n', r"queries\.jsonl:1: missing 'text'"),
+        ("corpus.jsonl", '{"_id": "d1", "text": "x"}\n[1]\n', r"corpus\.jsonl:2: expected a JSON object"),
+        (
+            "qrels/test.tsv",
+            "query-id\tcorpus-id\tscore\nq1\td1\thigh\n",
+            r"test\.tsv:2: score 'high' is not an integer",
+        ),
+        ("qrels/test.tsv", "q1\td1\t1.5\n", r"test\.tsv:1: score '1.5' is not an integer"),
+    ],
+)
+def test_bad_beir_rows_are_errors_naming_file_and_line(tmp_path: Path, file: str, content: str, message: str):
+    _write(tmp_path / "corpus.jsonl", [{"_id": "d1", "text": "x"}])
+    _write(tmp_path / "queries.jsonl", [{"_id": "q1", "text": "what"}])
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text("q1\td1\t1\n\n")  # a blank last line is fine
+    assert import_beir(tmp_path, ["test"])[1][0]["doc_relevance"] == {"d1": 1}
+    (tmp_path / file).write_text(content)
+    with pytest.raises(ValueError, match=message):
+        import_beir(tmp_path, ["test"])
