@@ -1,8 +1,8 @@
 import json
-import os
 from pathlib import Path
 
 import pytest
+from fakes.hostile import KEPT, OUTSIDE_TEXT, SKIPPED, build_hostile_docs, permission_denied, remove_tree
 
 from stages.data.ingest import chunk_documents, chunk_id, document_hash, locate_chunks, read_documents
 
@@ -93,67 +93,21 @@ def test_chunks_have_spans_and_stable_content_ids(messy_folder: Path) -> None:
     assert len({r["id"] for r in rows}) == len(rows)
 
 
-def _hostile_folder(tmp_path: Path) -> Path:
-    """A docs folder under a dot-folder, holding every kind of entry ingest must survive."""
-    outside = tmp_path / "secret.txt"
-    outside.write_text("a file outside data.docs that must never be read")
-    root = tmp_path / ".config" / "docs"
-    root.mkdir(parents=True)
-    (root / "good.md").write_text("Heron routes orders to the berth.")
-    deep = root
-    for _ in range(1000):  # one level at a time: mkdir(parents=True) recurses once per level
-        deep = deep / "d"
-        deep.mkdir()
-    (deep / "bottom.md").write_text("The deepest document is still read.")
-    (root / "loop").symlink_to(root, target_is_directory=True)
-    (root / "self").symlink_to(root / "self")
-    (root / "escape.md").symlink_to(outside)
-    (root / "inside.md").symlink_to(root / "good.md")
-    (root / "dangling.md").symlink_to(root / "missing.md")
-    os.mkdir(os.path.join(os.fsencode(root), b"caf\xe9"))
-    Path(os.fsdecode(os.path.join(os.fsencode(root), b"n\xe4me.md"))).write_bytes(b"latin-1 name")
-    (root / "locked").mkdir()
-    (root / "locked" / "x.md").write_text("never listed")
-    (root / "noperm.md").write_text("cannot be opened")
-    (root / "hostile.pdf").write_bytes(
-        b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 1 0 R >> endobj\ntrailer << /Root 1 0 R >>"
-    )
-    (root / "records.jsonl").write_text('{"text": "kept one"}\n{"body": "no text"}\n{nope\n7\n{"text": "kept two"}\n')
-    (root / "one-line.txt").write_text("word " * 4_000_000)  # 20 MB on a single line
-    return root
+@pytest.fixture
+def hostile_docs(tmp_path: Path, monkeypatch):
+    root = build_hostile_docs(tmp_path)
+    with permission_denied(monkeypatch):
+        yield root
+    remove_tree(tmp_path / ".config")  # pytest's own clean-up cannot delete 1,000 levels
 
 
-def test_ingest_never_crashes_and_lists_every_skipped_entry_with_its_reason(tmp_path: Path, monkeypatch) -> None:
-    root = _hostile_folder(tmp_path)
-    real_scandir, real_read_bytes = os.scandir, Path.read_bytes
-
-    def scandir(path):  # the tests run as root, where chmod 000 does not stop reads
-        if Path(path).name == "locked":
-            raise PermissionError(13, "Permission denied")
-        return real_scandir(path)
-
-    def read_bytes(self):
-        if self.name == "noperm.md":
-            raise PermissionError(13, "Permission denied")
-        return real_read_bytes(self)
-
-    monkeypatch.setattr(os, "scandir", scandir)
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
-    docs, report = read_documents(root, EXTS, "text")
-    ids = {d.doc_id for d in docs}
-    assert {"good.md", "/".join(["d"] * 1000) + "/bottom.md", "one-line.txt"} <= ids
-    assert {"records.jsonl#0", "records.jsonl#3"} <= ids  # the index among the records parsed
-    assert all("outside" not in d.text for d in docs)
+def test_ingest_never_crashes_and_lists_every_skipped_entry_with_its_reason(hostile_docs: Path) -> None:
+    docs, report = read_documents(hostile_docs, EXTS, "text")
+    assert set(KEPT) <= {d.doc_id for d in docs}  # under a dot-folder, 1,000 levels down, 21 MB on one line
+    assert all(OUTSIDE_TEXT not in d.text for d in docs)
     skipped = {s["source"]: s["reason"] for s in report["skipped"]}
-    assert skipped["escape.md"] == "symlink to a place outside data.docs"
-    assert skipped["self"] == "symlink loop" and skipped["loop/"] == "symlink loop (folder already read)"
-    assert skipped["dangling.md"].startswith("broken symlink")
-    assert skipped["locked/"] == "unreadable folder (Permission denied)"
-    assert skipped["noperm.md"] == "unreadable (Permission denied)"
-    assert skipped["caf\ufffd"] == skipped["n\ufffdme.md"] == "file name is not valid UTF-8"
-    assert skipped["hostile.pdf"].startswith("unreadable PDF")
-    assert skipped["records.jsonl:2"] == skipped["records.jsonl:4"] == "no string field 'text'"
-    assert skipped["records.jsonl:3"].startswith("invalid JSON")
+    assert set(skipped) == set(SKIPPED)
+    assert all(skipped[source].startswith(reason) for source, reason in SKIPPED.items())
     assert report["duplicates"] == [{"source": "inside.md", "same_as": "good.md"}]
     json.dumps(report)  # the report can be written
 
