@@ -307,8 +307,36 @@ def locate_chunks(text: str, chunks: list[str]) -> list[tuple[int, int]]:
     return spans
 
 
+SPLIT_WINDOW_CHARS = 100_000  # the splitter's sentence regex has a time limit; a huge paragraph can exceed it
+
+
+def text_windows(text: str, size: int = SPLIT_WINDOW_CHARS) -> list[tuple[int, str]]:
+    """Cut ``text`` into consecutive pieces of at most ``size`` characters: ``(offset, piece)``.
+
+    Each cut falls after the last paragraph break, sentence end or line break before ``size``, else
+    after the last whitespace (a hard cut when there is none), so a document of any size reaches the
+    splitter in bounded pieces. A text up to ``size`` is one piece: ordinary documents split as a whole.
+
+    Example:
+        >>> text_windows("One. Two. Three.", size=10)
+        [(0, 'One. Two. '), (10, 'Three.')]
+    """
+    pieces, start = [], 0
+    while len(text) - start > size:
+        window = text[start : start + size]
+        ends = [pos + len(sep) for sep in ("\n\n", ". ", "\n") if (pos := window.rfind(sep)) > 0]
+        cut = max(ends, default=0) or next((i + 1 for i in range(size - 1, 0, -1) if window[i].isspace()), size)
+        pieces.append((start, text[start : start + cut]))
+        start += cut
+    pieces.append((start, text[start:]))
+    return pieces
+
+
 def chunk_documents(docs: list[Document], chunk_size: int, chunk_overlap: int) -> list[dict]:
     """Split documents into corpus rows with LlamaIndex's SentenceSplitter.
+
+    Time is linear in the documents' size: a document longer than ``SPLIT_WINDOW_CHARS`` is split
+    piece by piece (:func:`text_windows`), and each document's text is hashed once.
 
     Returns:
         Rows ``{"id", "doc_id", "source", "text", "start", "end"}`` in document order.
@@ -318,9 +346,12 @@ def chunk_documents(docs: list[Document], chunk_size: int, chunk_overlap: int) -
     splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     rows = []
     for doc in tqdm(docs, desc="chunk documents", unit="doc"):
-        texts = [t for t in splitter.split_text(doc.text) if t.strip()]
         doc_hash = document_hash(doc.text)
-        for text, (start, end) in zip(texts, locate_chunks(doc.text, texts), strict=True):
+        spans: list[tuple[str, int, int]] = []
+        for offset, piece in text_windows(doc.text):
+            texts = [t for t in splitter.split_text(piece) if t.strip()]
+            spans += [(t, offset + a, offset + b) for t, (a, b) in zip(texts, locate_chunks(piece, texts), strict=True)]
+        for text, start, end in spans:
             rows.append(
                 {
                     "id": chunk_id(doc_hash, start, text),

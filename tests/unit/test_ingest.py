@@ -1,10 +1,19 @@
+import itertools
 import json
 from pathlib import Path
 
 import pytest
 from fakes.hostile import KEPT, OUTSIDE_TEXT, SKIPPED, build_hostile_docs, permission_denied, remove_tree
 
-from stages.data.ingest import chunk_documents, chunk_id, document_hash, locate_chunks, read_documents
+from stages.data.ingest import (
+    Document,
+    chunk_documents,
+    chunk_id,
+    document_hash,
+    locate_chunks,
+    read_documents,
+    text_windows,
+)
 
 EXTS = [".txt", ".md", ".html", ".pdf", ".json", ".jsonl"]
 
@@ -130,3 +139,20 @@ def test_chunk_ids_hash_each_document_once(monkeypatch) -> None:
     rows = chunk_documents([ingest.Document("long.md", "long.md", text)], chunk_size=32, chunk_overlap=4)
     assert len(rows) > 100
     assert sum(hashed) < 3 * len(text.encode())  # the document once, then each chunk
+
+
+def test_text_windows_cover_the_text_in_bounded_pieces() -> None:
+    text = "A sentence here. " * 3000 + "x" * 250 + "\n\nlast paragraph"
+    pieces = text_windows(text, size=1000)
+    assert "".join(p for _, p in pieces) == text and all(text[o : o + len(p)] == p for o, p in pieces)
+    assert all(len(p) <= 1000 for _, p in pieces) and len(pieces) > 50
+    assert text_windows("short", size=1000) == [(0, "short")]
+
+
+def test_a_huge_single_paragraph_is_chunked_with_exact_spans() -> None:
+    text = " ".join(f"Sentence {i} of one long paragraph." for i in range(15_000))  # 520 KB, split in pieces
+    rows = chunk_documents([Document("big.txt", "big.txt", text)], chunk_size=64, chunk_overlap=8)
+    assert all(text[r["start"] : r["end"]] == r["text"] for r in rows)
+    assert rows[-1]["end"] == len(text) and len({r["id"] for r in rows}) == len(rows)
+    # in order, and nothing but whitespace left out between neighbours (they overlap inside a piece)
+    assert all(a["start"] < b["start"] and not text[a["end"] : b["start"]].strip() for a, b in itertools.pairwise(rows))
