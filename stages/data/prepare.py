@@ -24,15 +24,15 @@ from stages.data.split import assign_split, choose_eval_documents
 
 logger = logging.getLogger(__name__)
 STAGE = "data"
-_SOURCE_KEYS = {"questions": "questions", "beir": "beir", "llamaindex": "llamaindex_dataset"}
 CONFIG_SECTIONS = ("data", "split", "synth")
 
 
 def _source_hashes(cfg: RagtuneConfig) -> dict[str, str]:
+    # manifest input name -> (config key, path)
     sources = {
-        "questions": cfg.data.questions,
-        "beir": cfg.data.beir,
-        "llamaindex": cfg.data.llamaindex_dataset,
+        "questions": ("questions", cfg.data.questions),
+        "beir": ("beir", cfg.data.beir),
+        "llamaindex": ("llamaindex_dataset", cfg.data.llamaindex_dataset),
     }
     hashes = {}
     if cfg.data.docs:  # only the files ingest reads: never through a symlink that leads outside the folder
@@ -40,11 +40,11 @@ def _source_hashes(cfg: RagtuneConfig) -> dict[str, str]:
         if not folder.is_dir():
             raise FileNotFoundError(f"data.docs: folder {folder} does not exist")
         hashes["file/docs"] = fingerprint_files(folder, discover_files(folder, cfg.data.extensions)[0])
-    for key, value in sources.items():
+    for name, (key, value) in sources.items():
         if value:
             if not Path(value).exists():
-                raise FileNotFoundError(f"data.{_SOURCE_KEYS[key]}: {value} does not exist")
-            hashes[f"file/{key}"] = hash_path(Path(value))
+                raise FileNotFoundError(f"data.{key}: {value} does not exist")
+            hashes[f"file/{name}"] = hash_path(Path(value))
     return hashes
 
 
