@@ -67,8 +67,26 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()  # read once at import, before any thread could create files meanwhile
+
+
+def set_default_mode(path: str | Path) -> None:
+    """Give a file or folder made by ``tempfile`` (0600 / 0700) the mode ``open``/``mkdir`` would give it.
+
+    That is 0666 / 0777 less the process umask (0644 / 0755 with the usual umask 022), so run files stay
+    readable by the other users and tools that ordinary files are readable by.
+    """
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~UMASK)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and an atomic rename."""
+    """Write ``text`` to ``path`` via a temp file in the same folder and an atomic rename (umask-respecting mode)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -76,6 +94,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        set_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -112,6 +131,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    set_default_mode(tmp)
     try:
         yield tmp
         if path.exists():

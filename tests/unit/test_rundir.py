@@ -185,3 +185,26 @@ def test_taking_the_lock_cleans_what_a_killed_write_left(tmp_path: Path) -> None
     assert run.path("rerank/model/w").read_text() == "new"
     left = sorted(p.relative_to(run.root).as_posix() for p in run.root.rglob("*") if p.is_file())
     assert left == [".lock", "data/corpus.jsonl", "embed/model/weights.bin", "rerank/model/w"]
+
+
+@pytest.mark.parametrize(
+    ("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)], ids=["umask022", "umask077"]
+)
+def test_atomic_writes_get_the_mode_the_umask_gives_ordinary_files(
+    tmp_path: Path, umask: int, file_mode: int, dir_mode: int
+) -> None:
+    # tempfile makes 0600 files and 0700 folders; a run's files must be as readable as open() would make them
+    script = f"""
+import os, sys
+os.umask({umask})
+from pathlib import Path
+from pipeline.rundir import atomic_dir, atomic_write_text
+root = Path(sys.argv[1])
+atomic_write_text(root / "data" / "report.json", "{{}}")
+with atomic_dir(root / "embed" / "model") as tmp:
+    (tmp / "config.json").write_text("{{}}")
+"""
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
+    assert (tmp_path / "data" / "report.json").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "embed" / "model").stat().st_mode & 0o777 == dir_mode
+    assert (tmp_path / "embed" / "model" / "config.json").stat().st_mode & 0o777 == file_mode
