@@ -390,6 +390,25 @@ def _prompt_builder(cfg: SynthConfig) -> Callable[[str], list[dict[str, str]]]:
     return build
 
 
+def synthesis_recipe(cfg: SynthConfig) -> str:
+    """The name of the generation recipe ``cfg`` runs, as the synth report gives it.
+
+    - ``extractive-keywords``: no LLM; keyword queries from each chunk's most distinctive sentences;
+    - ``greedy-only``: local provider, one query per chunk, ``resample_candidates: 0``;
+    - ``greedy-then-sample``: local provider, one query per chunk, samples drawn where greedy fails;
+    - ``list``: one LLM call per chunk asking for ``queries_per_chunk`` queries as a numbered list.
+
+    Example:
+        >>> synthesis_recipe(SynthConfig(resample_candidates=0, llm={"provider": "local"}))
+        'greedy-only'
+    """
+    if cfg.llm.provider == "extractive":
+        return "extractive-keywords"
+    if cfg.llm.provider == "local" and cfg.queries_per_chunk == 1:
+        return "greedy-then-sample" if cfg.resample_candidates else "greedy-only"
+    return "list"
+
+
 def qid_for(chunk_id: str, text: str) -> str:
     """Stable query id: ``syn-`` + hash of chunk id and query text."""
     return "syn-" + hashlib.sha256(f"{chunk_id}\n{text}".encode()).hexdigest()[:16]
@@ -460,7 +479,8 @@ def synthesize_queries(
         return "\n".join(f"{i + 1}. {keyword_query(passage, idf, rank=i)}" for i in range(n))
 
     backend = make_backend(cfg.llm, cache_dir, extractor=extractor)
-    recipe = n == 1 and cfg.llm.provider == "local"
+    recipe_name = synthesis_recipe(cfg)
+    recipe = recipe_name.startswith("greedy")
     filters = _Filters(cfg, require_question=recipe)
     ranker: list[RoundTripRanker] = []  # built on first use: nothing to load when nothing needs checking
 
@@ -517,7 +537,7 @@ def synthesize_queries(
     report: dict[str, Any] = {
         "provider": cfg.llm.provider,
         "model": cfg.llm.model if cfg.llm.provider != "extractive" else None,
-        "recipe": "greedy-then-sample" if recipe else "list",
+        "recipe": recipe_name,
         "chunks": len(chunks),
         **{
             key: c[key]
@@ -549,7 +569,9 @@ def synthesize_queries(
         "llm": backend.usage.as_dict(),
     }
     logger.info(
-        "synthetic queries: %d kept for %d chunks (%d without); question rate %s, copy rate %s, round trip hit@%s %s",
+        "synthetic queries (%s): %d kept for %d chunks (%d without); question rate %s, copy rate %s, "
+        "round trip hit@%s %s",
+        recipe_name,
         len(rows),
         len(chunks),
         report["chunks_without_query"],

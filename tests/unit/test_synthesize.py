@@ -233,6 +233,31 @@ def test_local_recipe_greedy_then_best_sample(tmp_path, monkeypatch):
     assert report["round_trip_hit_at_k"] == 1.0
 
 
+@pytest.mark.parametrize(
+    ("llm", "settings", "recipe", "calls"),
+    [
+        ({"provider": "local"}, {"resample_candidates": 0}, "greedy-only", [(3, 0.0)]),
+        ({"provider": "local"}, {"resample_candidates": 2}, "greedy-then-sample", [(3, 0.0), (6, 0.5)]),
+        ({"provider": "local"}, {"queries_per_chunk": 2}, "list", [(3, None)]),
+    ],
+)
+def test_the_report_names_the_recipe_actually_used(tmp_path, monkeypatch, llm, settings, recipe, calls):
+    chunk_words = ("Kestrel", "Parental", "Slipway")
+    # greedy replies are no questions, so the sampling pass runs when the recipe has one
+    backend = ScriptedBackend(
+        greedy=dict.fromkeys(chunk_words, "No question."), sampled={w: [None] * 2 for w in chunk_words}
+    )
+    monkeypatch.setattr(synth, "make_backend", lambda cfg, cache_dir, extractor=None: backend)
+    cfg = SynthConfig(llm=LLMConfig(**llm), round_trip_top_k=None, **settings)
+    assert synthesize_queries(CORPUS, CORPUS, cfg, tmp_path)[1]["recipe"] == recipe
+    assert backend.calls == calls
+
+
+def test_extractive_synthesis_reports_its_recipe(tmp_path):
+    cfg = SynthConfig(round_trip_top_k=None, llm=LLMConfig(provider="extractive"))
+    assert synthesize_queries(CORPUS, CORPUS, cfg, tmp_path)[1]["recipe"] == "extractive-keywords"
+
+
 def test_round_trip_ranks_are_exact(tiny_bert_dir):
     ranker = synth.RoundTripRanker(CORPUS, str(tiny_bert_dir))
     queries = ["kestrel vpn token", "parental leave weeks", "slipway deploy freeze", "harbor portal"]
