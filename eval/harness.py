@@ -51,6 +51,7 @@ from eval.metrics import (
 from eval.probes import probe_similarities
 from pipeline.config import AssembleConfig, RagtuneConfig
 from pipeline.entry import run_stage
+from pipeline.hybrid import bm25_rankings, bm25_retriever, fuse_rankings
 from pipeline.llm import make_backend
 from pipeline.models import resolve_model
 from pipeline.ranking import per_query_metrics
@@ -307,6 +308,21 @@ def rerank_ranking(
     return Ranking(ranked, first.seconds + time.perf_counter() - started)
 
 
+def any_hybrid(choices) -> bool:
+    """True when some configuration retrieves with BM25 + dense (``assemble.retrieval: hybrid``)."""
+    return any(c.retrieval == "hybrid" for c in choices)
+
+
+def hybrid_ranking(dense: Ranking, bm25: list[list[str]], hybrid_depth: int, depth: int) -> Ranking:
+    """The dense and BM25 top ``hybrid_depth`` of every query fused by reciprocal rank (as served), cut to ``depth``.
+
+    BM25's time is not in ``seconds``: it is measured once for all configurations, not per query here.
+    """
+    started = time.perf_counter()
+    ranked, scores = fuse_rankings(dense.ranked, bm25, hybrid_depth, depth)
+    return Ranking(ranked, dense.seconds + time.perf_counter() - started, scores)
+
+
 # -- queries ------------------------------------------------------------------------------------------
 def select_queries(queries: list[dict], origin: str, max_queries: int | None, seed: int) -> tuple[list[dict], str]:
     """Held-out queries of the requested origin (auto: human if any, else all), capped by a seeded sample.
@@ -439,7 +455,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         twin = next(
             (n for n, c in components.items() if not generation and c.retrieval_key == comp.retrieval_key), None
         )
-        if twin is not None and choices[twin].top_k == choice.top_k:
+        same_first_stage = twin is not None and choices[twin].retrieval == choice.retrieval
+        if same_first_stage and choices[twin].top_k == choice.top_k:
             skipped[name] = f"same retrieval as {twin!r} (retrieval-only mode)"
             logger.info("eval: skipping configuration %r: %s", name, skipped[name])
             continue
@@ -459,6 +476,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         return report
     k_values = sorted({*cfg.eval.k_values, 10})
     depth = max(max(k_values), *(c.top_k for c in choices.values()))
+    depth = max(depth, *(c.hybrid_depth for c in choices.values() if c.retrieval == "hybrid"), 0)
+    bm25 = bm25_rankings(bm25_retriever(corpus, depth), texts) if any_hybrid(choices.values()) else None
 
     # 3. Retrieve (one batched pass per embedder) and rerank (one batched pass per reranker).
     retrievers: dict[str, DenseRetriever] = {}
@@ -473,6 +492,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             )
             first_stage[comp.embedder] = retrieve(retrievers[comp.embedder], texts, depth)
         ranking = first_stage[comp.embedder]
+        if choice.retrieval == "hybrid":
+            ranking = hybrid_ranking(ranking, bm25, choice.hybrid_depth, depth)
         if comp.reranker is not None:
             if comp.reranker not in cross_encoders:
                 cross_encoders[comp.reranker] = load_cross_encoder(comp.reranker, cfg.rerank.max_length, seed)
@@ -540,6 +561,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             "components": {"embedder": choices[name].embedder, "reranker": choices[name].reranker}
             | ({"generator": choices[name].generator} if generation else {})
             | {"paths": {k: v for k, v in vars(components[name]).items() if k != "inputs" and v is not None}},
+            "retrieval": choices[name].retrieval,
             "top_k": choices[name].top_k,
             "top_n": choices[name].top_n,
             "metrics": summary,

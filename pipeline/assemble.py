@@ -4,10 +4,12 @@
 
 - Retrieval: :class:`SentenceTransformerEmbedding` (LlamaIndex's ``HuggingFaceEmbedding``, routed
   through ``encode_query`` / ``encode_document`` so a query-side adapter and saved prompts apply
-  exactly as in training and in the eval harness) over a ``VectorStoreIndex`` persisted in
-  ``index/``. The index is built once from ``data/corpus.jsonl`` (one ``TextNode`` per chunk, id =
-  chunk id, metadata doc_id/source) and rebuilt only when the embedder or corpus hash changes;
-  ``index/meta.json`` records what it was built from.
+  exactly as in training and in the eval harness) over a ``VectorStoreIndex`` in the store
+  ``assemble.vector_store`` names (:mod:`pipeline.vector_store`: simple JSON in ``index/``, Qdrant
+  embedded, or a Qdrant server). The index is built once from ``data/corpus.jsonl`` (one ``TextNode``
+  per chunk, metadata doc_id/source) and rebuilt only when the embedder, corpus or store changes;
+  ``index/meta.json`` records what it was built from. ``assemble.retrieval: hybrid`` fuses it with
+  BM25 by reciprocal rank (:mod:`pipeline.hybrid`).
 - Reranking: :class:`FusedSentenceTransformerRerank` (LlamaIndex's ``SentenceTransformerRerank``) keeps
   ``assemble.top_n`` of ``assemble.top_k``, ordered by the cross-encoder's scores fused with the
   retriever's at the weight the rerank stage chose (``rerank/model/ragtune_fusion.json``; 1.0 = plain).
@@ -25,33 +27,29 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
-from llama_index.core import StorageContext, VectorStoreIndex, load_index_from_storage
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.response.schema import Response
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.llms import LLM
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.query_engine import CustomQueryEngine
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 from llama_index.postprocessor.sbert_rerank import SentenceTransformerRerank
 
 from eval.harness import chat_prompt, load_generator, resolve_components
 from pipeline.config import AssembleConfig, RagtuneConfig
+from pipeline.hybrid import HybridRetriever, bm25_retriever
 from pipeline.ranking import fuse_scores
-from pipeline.retrieval import corpus_hash, load_fusion_weight, model_hash
-from pipeline.rundir import RunDir, atomic_dir, is_main_process, read_jsonl
+from pipeline.retrieval import load_fusion_weight
+from pipeline.rundir import RunDir, read_jsonl
+from pipeline.vector_store import chunk_id_of, load_vector_index
 from stages.raft.prompts import build_messages, parse_answer
 
 logger = logging.getLogger(__name__)
-
-INDEX_DIR = "index"
-INDEX_META = "meta.json"
-NODE_METADATA = ("doc_id", "source")
 
 
 class FusedSentenceTransformerRerank(SentenceTransformerRerank):
@@ -124,52 +122,6 @@ class SentenceTransformerEmbedding(HuggingFaceEmbedding):
         ).tolist()
 
 
-def corpus_nodes(corpus: list[dict]) -> list[TextNode]:
-    """One ``TextNode`` per chunk: id = chunk id, metadata doc_id/source (kept out of embeddings and prompts)."""
-    return [
-        TextNode(
-            id_=row["id"],
-            text=row["text"],
-            metadata={key: row.get(key) for key in NODE_METADATA},
-            excluded_embed_metadata_keys=list(NODE_METADATA),
-            excluded_llm_metadata_keys=list(NODE_METADATA),
-        )
-        for row in corpus
-    ]
-
-
-def load_vector_index(run: RunDir, embed_model: SentenceTransformerEmbedding, embedder_path: str) -> VectorStoreIndex:
-    """The persisted index in ``index/``, rebuilt when the embedder or the corpus changed.
-
-    Args:
-        run: the run directory (reads ``data/corpus.jsonl``; writes ``index/`` on the main process).
-        embed_model: the embedding model to index and query with.
-        embedder_path: its folder, hashed to detect a changed embedder.
-
-    Returns:
-        A ``VectorStoreIndex`` whose nodes are the corpus chunks.
-    """
-    corpus = read_jsonl(run.require("data", "corpus")["corpus"])
-    meta = {"embedder": embedder_path, "embedder_hash": model_hash(embedder_path), "corpus_hash": corpus_hash(corpus)}
-    index_dir = run.path(INDEX_DIR)
-    meta_path = index_dir / INDEX_META
-    if meta_path.exists():
-        built = json.loads(meta_path.read_text(encoding="utf-8"))
-        if all(built.get(k) == v for k, v in meta.items()):
-            storage = StorageContext.from_defaults(persist_dir=str(index_dir))
-            return load_index_from_storage(storage, embed_model=embed_model)
-        logger.info("index: embedder or corpus changed since %s was built: rebuilding", index_dir)
-    started = time.time()
-    index = VectorStoreIndex(corpus_nodes(corpus), embed_model=embed_model, show_progress=is_main_process())
-    if is_main_process():
-        with atomic_dir(index_dir) as tmp:
-            index.storage_context.persist(persist_dir=str(tmp))
-            meta |= {"chunks": len(corpus), "built": time.time(), "seconds": round(time.time() - started, 2)}
-            (tmp / INDEX_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    logger.info("index: %d chunks embedded and persisted in %s", len(corpus), index_dir)
-    return index
-
-
 class RaftQueryEngine(CustomQueryEngine):
     """Retrieve, rerank, then answer with the RAFT prompt (``build_messages`` + the chat template).
 
@@ -224,7 +176,7 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
     choice = choice or cfg.assemble
     comp = resolve_components(cfg, run, choice)
     embed_model = SentenceTransformerEmbedding(comp.embedder, embed_batch_size=64)
-    index = load_vector_index(run, embed_model, comp.embedder)
+    index = load_vector_index(run, embed_model, comp.embedder, store=choice.vector_store)
     reranker = None
     if comp.reranker is not None:
         import torch
@@ -253,9 +205,12 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
     )
     # Without a reranker the generator reads the retriever's top_n, as in the eval harness.
     top_k = choice.top_k if reranker is not None else choice.top_n
-    return RaftQueryEngine(
-        retriever=index.as_retriever(similarity_top_k=top_k), reranker=reranker, llm=llm, tokenizer=tokenizer
-    )
+    retriever = index.as_retriever(similarity_top_k=top_k)
+    if choice.retrieval == "hybrid":
+        corpus = read_jsonl(run.require("data", "corpus")["corpus"])
+        dense = index.as_retriever(similarity_top_k=choice.hybrid_depth)
+        retriever = HybridRetriever(dense, bm25_retriever(corpus, choice.hybrid_depth), top_k)
+    return RaftQueryEngine(retriever=retriever, reranker=reranker, llm=llm, tokenizer=tokenizer)
 
 
 def format_response(response: Response) -> str:
@@ -271,5 +226,5 @@ def format_response(response: Response) -> str:
     for rank, node in enumerate(response.source_nodes, 1):
         md = node.node.metadata
         score = f"{node.score:.3f}" if node.score is not None else "-"
-        lines.append(f"  {rank}. {md.get('doc_id')} ({md.get('source')}) chunk {node.node.node_id} score {score}")
+        lines.append(f"  {rank}. {md.get('doc_id')} ({md.get('source')}) chunk {chunk_id_of(node.node)} score {score}")
     return "\n".join(lines)

@@ -334,6 +334,36 @@ class AssembleConfig(Section):
     )
     max_new_tokens: int = Field(192, ge=1)
     context_window: int = Field(2048, ge=256, description="Must fit the generator's positions.")
+    vector_store: str = Field(
+        "simple",
+        description="Where the index lives: simple (LlamaIndex's in-memory store, JSON in index/, for small "
+        "corpora), qdrant (Qdrant's embedded local mode in index/qdrant, no server), or the http(s):// URL of a "
+        "running Qdrant server (collection ragtune-<run folder>, no credentials in the URL).",
+    )
+    retrieval: Literal["dense", "hybrid"] = Field(
+        "dense", description="dense: the embedder alone; hybrid: BM25 and the embedder fused by reciprocal rank."
+    )
+    hybrid_depth: int = Field(
+        50, ge=1, description="hybrid: chunks each of BM25 and the embedder contributes before fusion (>= top_k)."
+    )
+
+    @field_validator("vector_store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        parts = urllib.parse.urlsplit(value)
+        if value in ("simple", "qdrant"):
+            return value
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{value!r} is not simple, qdrant or an http(s):// URL of a Qdrant server")
+        if url_credentials(value) or parts.username:
+            raise ValueError("credentials do not belong in the vector store URL (it is written to the run directory)")
+        return value
+
+    @model_validator(mode="after")
+    def _hybrid_depth_covers_top_k(self) -> AssembleConfig:
+        if self.retrieval == "hybrid" and self.hybrid_depth < self.top_k:
+            raise ValueError(f"hybrid_depth ({self.hybrid_depth}) must be at least top_k ({self.top_k})")
+        return self
 
 
 class ProbeConfig(Section):
