@@ -12,9 +12,10 @@ import json
 import logging
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 
-from pipeline.rundir import RunDir, atomic_write_text
+from pipeline.rundir import RunDir, atomic_write_text, set_default_mode
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ TABLE_METRICS = (
     ("judge", "judge 1-5"),
 )
 CHART_METRICS = ("ndcg@10", "recall@10", "mrr@10", "f1", "quote_precision", "abstain_no_oracle")
+CHART_LABEL_WIDTH = 12  # characters per line of an x-axis label
 FINE_TUNE_LOW, FINE_TUNE_HIGH = 0.80, 0.85
 
 
@@ -162,9 +164,11 @@ def per_query_csv(rows: list[dict]) -> str:
 
 
 def _save_figure(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    # the temp name is one that taking the run's lock cleans up after a killed write
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    set_default_mode(tmp)
     os.replace(tmp, path)
 
 
@@ -179,49 +183,58 @@ def _interval_bars(ax, j: int, n_series: int, width: float, ivs: list[dict | Non
     ax.bar(xs, heights, width, yerr=errors, capsize=3, label=label)
 
 
-def plot_metrics(report: dict, path: Path) -> None:
-    """Grouped bars: each configuration's mean per metric, with its 95% bootstrap interval."""
+def chart_label(metric: str) -> str:
+    """A metric's axis label: its table heading, wrapped onto short lines so neighbours never touch.
+
+    Example:
+        >>> chart_label("abstain_no_oracle"), chart_label("ndcg@10")
+        ('abstain\\n(no oracle)', 'nDCG@10')
+    """
+    label = dict(TABLE_METRICS).get(metric, metric.replace("_", " ")).replace(" (", "\n(")
+    return "\n".join(textwrap.fill(line, CHART_LABEL_WIDTH) for line in label.splitlines())
+
+
+def _bar_chart(metrics: list[str], names: list[str], intervals: dict[str, list[dict | None]], title: str):
+    """One grouped-bar figure: a group per metric, a bar per configuration, legend outside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in CHART_METRICS if m in report["metrics"]]
-    names = list(report["configurations"])
-    width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(metrics)), 4))
-    for j, name in enumerate(names):
-        _interval_bars(
-            ax, j, len(names), width, [report["configurations"][name]["intervals"].get(m) for m in metrics], name
-        )
-    ax.set_xticks(range(len(metrics)), metrics)
-    ax.set_ylim(0, 1.05)
-    ax.set_title("Per-configuration means (95% bootstrap interval)")
-    ax.legend(fontsize="small")
-    _save_figure(fig, path)
-    plt.close(fig)
-
-
-def plot_deltas(report: dict, path: Path) -> None:
-    """Bars of each configuration's delta against rag_only per metric, with the paired 95% interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = [m for m in CHART_METRICS if m in report["metrics"]]
-    names = list(report["deltas"])
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(metrics)), 4))
-    ax.axhline(0, color="black", linewidth=0.8)
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(metrics) + 1.5), 4))
     width = 0.8 / max(1, len(names))
     for j, name in enumerate(names):
-        _interval_bars(
-            ax, j, len(names), width, [report["deltas"][name]["vs_rag_only"]["metrics"].get(m) for m in metrics], name
-        )
-    ax.set_xticks(range(len(metrics)), metrics)
-    ax.set_title("Delta vs rag_only (paired bootstrap 95% interval)")
+        _interval_bars(ax, j, len(names), width, intervals[name], name)
+    ax.set_xticks(range(len(metrics)), [chart_label(m) for m in metrics])
+    ax.set_title(title)
     if names:
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig, ax
+
+
+def metrics_figure(report: dict):
+    """Grouped bars: each configuration's mean per metric, with its 95% bootstrap interval."""
+    metrics = [m for m in CHART_METRICS if m in report["metrics"]]
+    names = list(report["configurations"])
+    intervals = {n: [report["configurations"][n]["intervals"].get(m) for m in metrics] for n in names}
+    fig, ax = _bar_chart(metrics, names, intervals, "Per-configuration means (95% bootstrap interval)")
+    ax.set_ylim(0, 1.05)
+    return fig
+
+
+def deltas_figure(report: dict):
+    """Bars of each configuration's delta against rag_only per metric, with the paired 95% interval."""
+    metrics = [m for m in CHART_METRICS if m in report["metrics"]]
+    names = list(report["deltas"])
+    intervals = {n: [report["deltas"][n]["vs_rag_only"]["metrics"].get(m) for m in metrics] for n in names}
+    fig, ax = _bar_chart(metrics, names, intervals, "Delta vs rag_only (paired bootstrap 95% interval)")
+    ax.axhline(0, color="black", linewidth=0.8)
+    return fig
+
+
+def _save_and_close(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     _save_figure(fig, path)
     plt.close(fig)
 
@@ -241,8 +254,8 @@ def write_report(run: RunDir, report: dict, per_query: list[dict]) -> dict[str, 
     }
     atomic_write_text(run.path(outputs["json"]), json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(run.path(outputs["per_query"]), per_query_csv(per_query))
-    plot_metrics(report, run.path(outputs["metrics_chart"]))
-    plot_deltas(report, run.path(outputs["deltas_chart"]))
+    _save_and_close(metrics_figure(report), run.path(outputs["metrics_chart"]))
+    _save_and_close(deltas_figure(report), run.path(outputs["deltas_chart"]))
     atomic_write_text(run.path(outputs["report"]), render_markdown(report))
     logger.info("eval: report written to %s", run.path(outputs["report"]))
     return outputs

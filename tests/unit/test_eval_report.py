@@ -1,0 +1,70 @@
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+
+from eval.report import CHART_METRICS, deltas_figure, metrics_figure, write_report
+from pipeline.rundir import UMASK, RunDir
+
+NAMES = ("rag_only", "embed", "embed_rerank", "full")
+
+
+def _interval(estimate: float) -> dict:
+    return {"estimate": estimate, "low": estimate - 0.1, "high": estimate + 0.1}
+
+
+def _full_report() -> dict:
+    """A report with every charted metric and four configurations, as the harness writes it."""
+    metrics = list(CHART_METRICS)
+    configurations = {
+        name: {
+            "components": {"embedder": "base", "reranker": "none"},
+            "metrics": dict.fromkeys(metrics, 0.5),
+            "intervals": {m: _interval(0.5) for m in metrics},
+            "latency_ms_per_query": {"total_ms": 10.0},
+        }
+        for name in NAMES
+    }
+    deltas = {
+        name: {"vs_rag_only": {"reference": "rag_only", "metrics": {m: _interval(0.05) for m in metrics}}}
+        for name in NAMES[1:]
+    }
+    return {
+        "mode": "retrieval+generation",
+        "queries": {"n": 40, "origin": "human", "with_answers": 8},
+        "metrics": metrics,
+        "configurations": configurations,
+        "skipped": {},
+        "deltas": deltas,
+        "verdicts": {},
+        "fine_tune_note": "note",
+        "probes": None,
+        "bootstrap": {"samples": 100},
+    }
+
+
+@pytest.mark.parametrize("make_figure", [metrics_figure, deltas_figure], ids=["metrics", "deltas"])
+def test_chart_labels_and_legend_do_not_overlap(make_figure) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = make_figure(_full_report())
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        labels = [t.get_window_extent(renderer) for t in ax.get_xticklabels()]
+        assert len(labels) == len(CHART_METRICS)
+        for a, b in combinations(labels, 2):
+            assert not a.overlaps(b)
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert legend.x0 >= ax.get_window_extent(renderer).x1  # beside the bars, never over them
+    finally:
+        plt.close(fig)
+
+
+def test_report_files_are_readable_like_ordinary_files(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    outputs = write_report(run, _full_report(), [{"configuration": "rag_only", "qid": "q1"}])
+    for rel in outputs.values():
+        assert run.path(rel).stat().st_mode & 0o777 == 0o666 & ~UMASK
+    assert not list(run.path("eval").glob(".*"))  # no temporary file left behind
