@@ -103,10 +103,10 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     # 4. Synthesize queries for training chunks (for held-out chunks too when nothing labelled is held out).
     synthetic: list[dict] = []
     if cfg.synth.enabled:
-        from stages.data.synthesize import synthesize_queries
+        from stages.data.synthesize import spread_across_documents, synthesize_queries
 
         targets = [c for c in corpus if not has_labelled_eval or c["doc_id"] not in eval_docs]
-        targets = targets[: cfg.synth.max_chunks] if cfg.synth.max_chunks else targets
+        targets = spread_across_documents(targets, cfg.synth.max_chunks, cfg.split.seed)
         synthetic, report["synth"] = synthesize_queries(targets, corpus, cfg.synth, run.path("data/cache"))
         if cfg.synth.llm.dry_run:
             raise DryRunFinished("synth.llm.dry_run is set: estimate printed above, nothing written")

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import random
 import re
 import time
 import unicodedata
@@ -390,6 +391,44 @@ def _prompt_builder(cfg: SynthConfig) -> Callable[[str], list[dict[str, str]]]:
     return build
 
 
+def spread_across_documents(chunks: list[dict], max_chunks: int | None, seed: int) -> list[dict]:
+    """At most ``max_chunks`` of ``chunks``, taken from every document in turn (seeded), in corpus order.
+
+    Documents are visited in a seeded random order, one chunk each (a seeded random one of those not yet
+    taken) per round, so a cap smaller than the corpus still draws queries from as many documents as it
+    can instead of the first few in path order.
+
+    Args:
+        chunks: corpus rows (``id``, ``doc_id``, ...), in corpus order.
+        max_chunks: how many to keep (None: all).
+        seed: seed of both random orders (the data stage passes ``split.seed``).
+
+    Returns:
+        The chosen rows, in their order in ``chunks``.
+
+    Example:
+        >>> rows = [{"id": f"{d}{i}", "doc_id": d} for d in "ab" for i in range(3)]
+        >>> sorted({r["doc_id"] for r in spread_across_documents(rows, 2, seed=1)})
+        ['a', 'b']
+    """
+    if max_chunks is None or max_chunks >= len(chunks):
+        return list(chunks)
+    rng = random.Random(seed)
+    by_doc: dict[str, list[int]] = {}
+    for i, chunk in enumerate(chunks):
+        by_doc.setdefault(chunk["doc_id"], []).append(i)
+    queues = [by_doc[d] for d in sorted(by_doc)]
+    rng.shuffle(queues)
+    for queue in queues:
+        rng.shuffle(queue)
+    chosen: list[int] = []
+    while len(chosen) < max_chunks:
+        for queue in queues:
+            if queue and len(chosen) < max_chunks:
+                chosen.append(queue.pop())
+    return [chunks[i] for i in sorted(chosen)]
+
+
 def synthesis_recipe(cfg: SynthConfig) -> str:
     """The name of the generation recipe ``cfg`` runs, as the synth report gives it.
 
@@ -539,6 +578,7 @@ def synthesize_queries(
         "model": cfg.llm.model if cfg.llm.provider != "extractive" else None,
         "recipe": recipe_name,
         "chunks": len(chunks),
+        "documents": len({chunk["doc_id"] for chunk in chunks}),
         **{
             key: c[key]
             for key in (

@@ -82,6 +82,20 @@ def test_synthetic_queries_only_for_training_documents(tiny_config: Path) -> Non
     assert run.load_manifest()["data"].metrics["synthetic_train"] == len(synthetic)
 
 
+def test_a_chunk_cap_spreads_synthetic_queries_across_documents(tiny_config: Path) -> None:
+    cli(["data", str(tiny_config), "synth.max_chunks=3"])
+    run = run_dir_of(tiny_config)
+    corpus = read_jsonl(run.path("data/corpus.jsonl"))
+    queries = read_jsonl(run.path("data/queries.jsonl"))
+    held_docs = {d for q in queries if q["split"] == "eval" for d in q["doc_ids"]}
+    train_docs = {c["doc_id"] for c in corpus} - held_docs
+    assert len(train_docs) >= 3 and len([c for c in corpus if c["doc_id"] in train_docs]) > 3
+    synthetic_docs = {d for q in queries if q["origin"] == "synthetic" for d in q["doc_ids"]}
+    assert len(synthetic_docs) == 3  # the first 3 training chunks in path order come from 2 documents
+    report = json.loads(run.path("data/report.json").read_text())["synth"]
+    assert report["chunks"] == 3 and report["documents"] == 3
+
+
 def test_dry_run_prints_estimate_and_records_nothing(tiny_config: Path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("RAGTUNE_TEST_KEY", "sk-do-not-print")
     cli(

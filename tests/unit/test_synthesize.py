@@ -2,6 +2,7 @@
 
 import copy
 import random
+from collections import Counter
 
 import pytest
 from fakes.openai_server import FakeOpenAIServer
@@ -17,6 +18,7 @@ from stages.data.synthesize import (
     keyword_query,
     near_duplicate,
     parse_queries,
+    spread_across_documents,
     synthesize_queries,
 )
 
@@ -256,6 +258,20 @@ def test_the_report_names_the_recipe_actually_used(tmp_path, monkeypatch, llm, s
 def test_extractive_synthesis_reports_its_recipe(tmp_path):
     cfg = SynthConfig(round_trip_top_k=None, llm=LLMConfig(provider="extractive"))
     assert synthesize_queries(CORPUS, CORPUS, cfg, tmp_path)[1]["recipe"] == "extractive-keywords"
+
+
+def test_a_chunk_cap_draws_from_every_document_in_turn_seeded():
+    rows = [{"id": f"{d}-{i}", "doc_id": d} for d in ("a", "b", "c", "d", "e") for i in range(4)]  # path order
+    one_each = spread_across_documents(rows, 5, seed=13)
+    assert sorted(r["doc_id"] for r in one_each) == ["a", "b", "c", "d", "e"]
+    seven = spread_across_documents(rows, 7, seed=13)
+    per_doc = Counter(r["doc_id"] for r in seven)
+    assert len(seven) == 7 and set(per_doc) == set("abcde") and max(per_doc.values()) == 2
+    assert seven == sorted(seven, key=rows.index)  # corpus order kept
+    assert spread_across_documents(rows, 7, seed=13) == seven
+    draws = {tuple(r["id"] for r in spread_across_documents(rows, 7, seed=s)) for s in range(10)}
+    assert len(draws) > 1  # the seed decides which chunks
+    assert spread_across_documents(rows, None, seed=13) == rows == spread_across_documents(rows, 99, seed=13)
 
 
 def test_round_trip_ranks_are_exact(tiny_bert_dir):
