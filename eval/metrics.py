@@ -182,6 +182,78 @@ def mean_defined(values: Sequence[float | None]) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
+def relevance_level(query: dict) -> str:
+    """How a held-out query's relevance was labelled: ``"chunk"``, ``"document"`` or ``"both"``.
+
+    The data stage records it (``relevance_level``): chunk-level for synthetic queries and questions whose
+    evidence was located, document-level when every chunk of the cited documents is an equal positive (no
+    evidence, BEIR qrels, LlamaIndex datasets). Rows written before it did are read from their grades:
+    top-graded chunks (``positives``) fewer than the relevant ones mean located evidence; one relevant
+    chunk reads the same either way (``"both"``).
+
+    Example:
+        >>> relevance_level({"origin": "human", "positives": ["a"], "relevance": {"a": 2, "b": 1}})
+        'chunk'
+        >>> relevance_level({"origin": "human", "positives": ["a", "b"], "relevance": {"a": 1, "b": 1}})
+        'document'
+    """
+    if "relevance_level" in query:
+        return query["relevance_level"]
+    relevant = [c for c, g in query["relevance"].items() if g > 0]
+    if query.get("origin") == "synthetic" or len(query["positives"]) < len(relevant):
+        return "chunk"
+    return "both" if len(relevant) == 1 else "document"
+
+
+def labelled_recall_at_k(ranked: Sequence[str], query: dict, doc_of: dict[str, str], k: int = 10) -> float:
+    """Recall@k at the level the query was labelled at (:func:`relevance_level`).
+
+    Chunk-level: the share of its top-graded chunks (the evidence) in the top ``k``. Document-level: the
+    share of its relevant documents with at least one chunk in the top ``k`` — counting every chunk of a
+    long document as a separate target would make a retriever that finds the right passage look poor.
+
+    Args:
+        ranked: chunk ids, best first.
+        query: a query row (``positives``, ``relevance``, ``origin``).
+        doc_of: chunk id -> document id.
+        k: cut-off.
+
+    Example:
+        >>> doc_of = {"a1": "a", "a2": "a", "a3": "a", "b1": "b"}
+        >>> q = {"origin": "human", "positives": ["a1", "a2", "a3"], "relevance": {"a1": 1, "a2": 1, "a3": 1}}
+        >>> labelled_recall_at_k(["b1", "a2"], q, doc_of, k=2)  # chunk recall would be 1/3
+        1.0
+    """
+    if relevance_level(query) != "document":
+        targets = set(query["positives"])
+        return len(targets.intersection(ranked[:k])) / len(targets) if targets else 0.0
+    docs = {doc_of[c] for c, g in query["relevance"].items() if g > 0 and c in doc_of}
+    found = {doc_of[c] for c in ranked[:k] if c in doc_of}
+    return len(docs & found) / len(docs) if docs else 0.0
+
+
+def labelled_recall(
+    queries: Sequence[dict], rankings: Sequence[Sequence[str]], doc_of: dict[str, str], k: int = 10
+) -> dict[str, float | int | str]:
+    """Mean :func:`labelled_recall_at_k` over queries, and which labelling it measured.
+
+    Returns:
+        ``{"recall", "k", "level": "chunk" | "document" | "mixed", "chunk_queries", "document_queries"}``.
+    """
+    levels = [relevance_level(q) for q in queries]
+    values = [labelled_recall_at_k(r, q, doc_of, k) for q, r in zip(queries, rankings, strict=True)]
+    n_chunk = len(levels) - levels.count("document")  # a one-chunk target reads the same either way
+    found = {"chunk", "document"}.intersection(levels)
+    level = "mixed" if len(found) == 2 else next(iter(found), "chunk")
+    return {
+        "recall": sum(values) / len(values) if values else 0.0,
+        "k": k,
+        "level": level,
+        "chunk_queries": n_chunk,
+        "document_queries": len(levels) - n_chunk,
+    }
+
+
 @dataclass(frozen=True)
 class Interval:
     """A point estimate with a percentile bootstrap interval over ``n`` queries."""

@@ -38,26 +38,70 @@ CHART_LABEL_WIDTH = 12  # characters per line of an x-axis label
 FINE_TUNE_LOW, FINE_TUNE_HIGH = 0.80, 0.85
 
 
-def fine_tune_note(baseline_recall_at_10: float) -> str:
+def recall_label(baseline: dict) -> str:
+    """What the fine-tune note's recall measured, from :func:`eval.metrics.labelled_recall`'s summary.
+
+    Example:
+        >>> recall_label({"k": 10, "level": "document", "chunk_queries": 0, "document_queries": 5})
+        'document recall@10 (relevance labelled per document: found when any of its chunks is in the top 10)'
+    """
+    k = baseline["k"]
+    if baseline["level"] == "chunk":
+        return f"recall@{k} of the evidence chunks (relevance labelled per chunk)"
+    if baseline["level"] == "document":
+        return f"document recall@{k} (relevance labelled per document: found when any of its chunks is in the top {k})"
+    return (
+        f"recall@{k} at each query's labelling (evidence chunks for {baseline['chunk_queries']} queries, "
+        f"documents for {baseline['document_queries']})"
+    )
+
+
+def too_few_queries_warning(n_queries: int, min_queries: int) -> str | None:
+    """The loud warning for an eval on fewer than ``eval.min_queries`` held-out queries (None otherwise)."""
+    if n_queries >= min_queries:
+        return None
+    return (
+        f"only {n_queries} held-out queries (eval.min_queries: {min_queries}): the intervals are too wide to say "
+        "whether fine-tuning pays; add labelled questions (data.questions) or hold out more documents "
+        "(split.eval_fraction)"
+    )
+
+
+def fine_tune_note(
+    baseline_recall_at_10: float, label: str = "recall@10", n_queries: int | None = None, min_queries: int = 1
+) -> str:
     """The rule of thumb on whether fine-tuning the retriever pays, from plain RAG's recall@10.
+
+    Args:
+        baseline_recall_at_10: rag_only's recall@10, measured as ``label`` says.
+        label: what the recall counts (:func:`recall_label`; chunk- or document-level).
+        n_queries: held-out queries it was measured on; below ``min_queries`` the note makes no call.
+        min_queries: ``eval.min_queries``.
 
     Example:
         >>> fine_tune_note(0.62).startswith("Baseline recall@10 is 0.62 (below 0.80)")
         True
+        >>> fine_tune_note(0.95, n_queries=4, min_queries=30).startswith("No call")
+        True
     """
     r = baseline_recall_at_10
+    if n_queries is not None and n_queries < min_queries:
+        return (
+            f"No call on fine-tuning: {too_few_queries_warning(n_queries, min_queries)}. "
+            f"Baseline {label} is {r:.2f}, for information only."
+        )
     if r < FINE_TUNE_LOW:
         return (
-            f"Baseline recall@10 is {r:.2f} (below {FINE_TUNE_LOW:.2f}): the base retriever misses much of "
+            f"Baseline {label} is {r:.2f} (below {FINE_TUNE_LOW:.2f}): the base retriever misses much of "
             "the evidence, and fine-tuning usually pays on such a domain."
         )
     if r > FINE_TUNE_HIGH:
         return (
-            f"Baseline recall@10 is {r:.2f} (above {FINE_TUNE_HIGH:.2f}): the base retriever already finds "
+            f"Baseline {label} is {r:.2f} (above {FINE_TUNE_HIGH:.2f}): the base retriever already finds "
             "most evidence; fine-tuning it rarely pays — look at the reranker and generator deltas."
         )
     return (
-        f"Baseline recall@10 is {r:.2f} (between {FINE_TUNE_LOW:.2f} and {FINE_TUNE_HIGH:.2f}): a grey zone; "
+        f"Baseline {label} is {r:.2f} (between {FINE_TUNE_LOW:.2f} and {FINE_TUNE_HIGH:.2f}): a grey zone; "
         "decide by the measured deltas and their intervals."
     )
 
@@ -81,6 +125,7 @@ def render_table(report: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines += [f"skipped {name}: {why}" for name, why in report["skipped"].items()]
+    lines += [f"WARNING: {w}" for w in report.get("warnings", [])]
     return "\n".join(lines)
 
 
@@ -97,6 +142,7 @@ def render_markdown(report: dict) -> str:
     out = [
         "# ragtune evaluation",
         "",
+        *(f"> **Warning:** {w}\n" for w in report.get("warnings", [])),
         f"Mode: **{report['mode']}** — {q['n']} held-out {q['origin']} queries"
         + (f", {q['with_answers']} with reference answers" if report["mode"] != "retrieval-only" else "")
         + f". Intervals: paired bootstrap, {report['bootstrap']['samples']} resamples, 95%.",

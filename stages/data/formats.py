@@ -154,7 +154,8 @@ def attach_chunks(questions: list[dict], corpus: list[dict], documents: dict[str
 
     A chunk overlapping a question's evidence span gets grade ``2 * doc_grade`` (the oracle);
     other chunks of a cited document get ``doc_grade``. Without evidence every chunk of the cited
-    document is an equal positive. ``positives`` lists the top-graded chunks.
+    document is an equal positive. ``positives`` lists the top-graded chunks; ``relevance_level`` says
+    which labelling the row has: ``chunk`` when some evidence was located, else ``document``.
 
     Args:
         questions: rows from :func:`load_questions` or an importer (``doc_relevance``, ``evidence``).
@@ -167,6 +168,7 @@ def attach_chunks(questions: list[dict], corpus: list[dict], documents: dict[str
     rows = []
     for q in questions:
         relevance: dict[str, int] = {}
+        located = False
         for doc_id, grade in q["doc_relevance"].items():
             if grade <= 0:
                 continue
@@ -174,6 +176,7 @@ def attach_chunks(questions: list[dict], corpus: list[dict], documents: dict[str
             evidence = q.get("evidence", {}).get(doc_id)
             if evidence:
                 span = find_normalized_span(documents[doc_id], evidence)
+            located |= span is not None
             for chunk in by_doc.get(doc_id, []):
                 hit = span is not None and chunk["start"] < span[1] and span[0] < chunk["end"]
                 relevance[chunk["id"]] = max(relevance.get(chunk["id"], 0), 2 * grade if hit else grade)
@@ -186,6 +189,7 @@ def attach_chunks(questions: list[dict], corpus: list[dict], documents: dict[str
                 "text": q["text"],
                 "positives": [c for c, g in relevance.items() if g == top],
                 "relevance": relevance,
+                "relevance_level": "chunk" if located else "document",
                 "doc_ids": sorted(q["doc_relevance"]),
                 "answer": q.get("answer"),
                 "origin": q["origin"],

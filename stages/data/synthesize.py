@@ -496,8 +496,8 @@ def synthesize_queries(
         cache_dir: per-item LLM cache folder (``data/cache`` in the run directory).
 
     Returns:
-        (query rows ``{"qid", "text", "positives", "relevance", "origin": "synthetic", "doc_ids",
-        "answer": None}``, report with a count per filter, question_rate, copy_rate,
+        (query rows ``{"qid", "text", "positives", "relevance", "relevance_level": "chunk",
+        "origin": "synthetic", "doc_ids", "answer": None}``, report with a count per filter, question_rate, copy_rate,
         round_trip_hit_at_k and the LLM usage).
 
     Example:
@@ -563,6 +563,7 @@ def synthesize_queries(
                 "text": query,
                 "positives": [chunk["id"]],
                 "relevance": {chunk["id"]: 1},
+                "relevance_level": "chunk",
                 "origin": "synthetic",
                 "doc_ids": [chunk["doc_id"]],
                 "answer": None,

@@ -7,12 +7,15 @@ from eval.metrics import (
     bootstrap_mean,
     exact_match,
     format_compliance,
+    labelled_recall,
+    labelled_recall_at_k,
     mean_defined,
     normalize_answer,
     oracle_citation,
     paired_bootstrap,
     parse_judge_score,
     quote_precision,
+    relevance_level,
     token_f1,
     verdict,
 )
@@ -98,3 +101,31 @@ def test_bootstrap_mean_mean_defined_and_verdicts() -> None:
     assert verdict(Interval(0.05, -0.01, 0.1, 30)) == "no significant change"
     assert verdict(Interval(0.1, 0.01, 0.2, 30), higher_is_better=False) == "hurt"
     assert verdict(None) == "not measured"
+
+
+DOC_OF = {"a1": "a", "a2": "a", "a3": "a", "a4": "a", "b1": "b", "c1": "c"}
+EVIDENCE_Q = {"origin": "human", "positives": ["a2"], "relevance": {"a1": 1, "a2": 2, "a3": 1, "a4": 1}}
+DOCUMENT_Q = {"origin": "human", "positives": ["a1", "a2", "a3", "a4", "b1"], "relevance": dict.fromkeys(DOC_OF, 1)}
+del DOCUMENT_Q["relevance"]["c1"]
+
+
+def test_recall_is_read_at_the_level_relevance_was_labelled_at() -> None:
+    ranked = ["c1", "a3", "b1"]
+    # evidence located: only the evidence chunk counts (graded recall over the whole document would be 1/4)
+    assert relevance_level(EVIDENCE_Q) == "chunk"
+    assert labelled_recall_at_k(ranked, EVIDENCE_Q, DOC_OF, k=3) == 0.0
+    assert labelled_recall_at_k(["a2", *ranked], EVIDENCE_Q, DOC_OF, k=3) == 1.0
+    # document-level: both cited documents have a chunk in the top 3 (chunk recall would be 2/5)
+    assert relevance_level(DOCUMENT_Q) == "document"
+    assert labelled_recall_at_k(ranked, DOCUMENT_Q, DOC_OF, k=3) == 1.0
+    assert labelled_recall_at_k(ranked, DOCUMENT_Q, DOC_OF, k=2) == 0.5
+    # the data stage's record wins over the grades
+    assert relevance_level({**DOCUMENT_Q, "relevance_level": "chunk"}) == "chunk"
+    synthetic = {"origin": "synthetic", "positives": ["b1"], "relevance": {"b1": 1}}
+    one_chunk = {"origin": "human", "positives": ["c1"], "relevance": {"c1": 2}}
+    assert relevance_level(synthetic) == "chunk" and relevance_level(one_chunk) == "both"
+
+    summary = labelled_recall([EVIDENCE_Q, DOCUMENT_Q, one_chunk], [ranked] * 3, DOC_OF, k=3)
+    assert summary == {"recall": 2 / 3, "k": 3, "level": "mixed", "chunk_queries": 2, "document_queries": 1}
+    assert labelled_recall([DOCUMENT_Q, one_chunk], [ranked] * 2, DOC_OF, k=3)["level"] == "document"
+    assert labelled_recall([one_chunk, synthetic], [ranked] * 2, DOC_OF, k=3)["level"] == "chunk"

@@ -3,7 +3,17 @@ from pathlib import Path
 
 import pytest
 
-from eval.report import CHART_METRICS, deltas_figure, metrics_figure, write_report
+from eval.report import (
+    CHART_METRICS,
+    deltas_figure,
+    fine_tune_note,
+    metrics_figure,
+    recall_label,
+    render_markdown,
+    render_table,
+    too_few_queries_warning,
+    write_report,
+)
 from pipeline.rundir import UMASK, RunDir
 
 NAMES = ("rag_only", "embed", "embed_rerank", "full")
@@ -68,3 +78,23 @@ def test_report_files_are_readable_like_ordinary_files(tmp_path: Path) -> None:
     for rel in outputs.values():
         assert run.path(rel).stat().st_mode & 0o777 == 0o666 & ~UMASK
     assert not list(run.path("eval").glob(".*"))  # no temporary file left behind
+
+
+def test_below_min_queries_the_note_makes_no_call_and_the_warning_is_loud() -> None:
+    label = recall_label({"k": 10, "level": "document", "chunk_queries": 0, "document_queries": 4})
+    note = fine_tune_note(0.95, label, n_queries=4, min_queries=30)
+    assert note.startswith("No call on fine-tuning: only 4 held-out queries (eval.min_queries: 30)")
+    assert "rarely pays" not in note and "document recall@10" in note
+    assert "rarely pays" in fine_tune_note(0.95, label, n_queries=30, min_queries=30)
+    assert too_few_queries_warning(30, 30) is None
+    report = _full_report() | {"warnings": [too_few_queries_warning(4, 30)]}
+    assert render_table(report).splitlines()[-1].startswith("WARNING: only 4 held-out queries")
+    assert render_markdown(report).splitlines()[2].startswith("> **Warning:** only 4 held-out queries")
+
+
+def test_the_recall_label_says_which_labelling_it_measured() -> None:
+    assert (
+        recall_label({"k": 10, "level": "chunk"}) == "recall@10 of the evidence chunks (relevance labelled per chunk)"
+    )
+    mixed = recall_label({"k": 10, "level": "mixed", "chunk_queries": 12, "document_queries": 3})
+    assert "evidence chunks for 12 queries, documents for 3" in mixed

@@ -61,9 +61,10 @@ def test_attach_chunks_grades_the_evidence_chunk_highest() -> None:
     }
     [row] = attach_chunks([q], corpus, {"d": doc, "other": "0123456789"})
     assert row["relevance"] == {"c1": 1, "c2": 2, "c3": 1}
-    assert row["positives"] == ["c2"] and row["doc_ids"] == ["d"]
+    assert row["positives"] == ["c2"] and row["doc_ids"] == ["d"] and row["relevance_level"] == "chunk"
     [row] = attach_chunks([{**q, "evidence": {}}], corpus, {"d": doc, "other": "0123456789"})
     assert row["relevance"] == {"c1": 1, "c2": 1, "c3": 1} and row["positives"] == ["c1", "c2", "c3"]
+    assert row["relevance_level"] == "document"
 
 
 def test_import_beir_with_graded_qrels(tmp_path: Path) -> None:
