@@ -253,6 +253,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     dev_evaluator = make_evaluator(dev_queries, corpus, ecfg.k_values, "dev") if dev_queries else None
     before = flat_metrics(eval_evaluator(model)) if is_main_process() else {}
     logger.info("embed: before training, held-out %s", before)
+    # The base model's dev figure: the promotion gate serves the tuned embedder only if it beats this.
+    dev_before = flat_metrics(dev_evaluator(model)) if dev_evaluator and is_main_process() else {}
 
     # 3. Train; the trainer keeps the best checkpoint by dev nDCG@10 when there is a dev slice.
     steps = _estimated_steps(ecfg, len(pairs), int(os.environ.get("WORLD_SIZE", "1")))
@@ -274,9 +276,12 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     if is_main_process():
         after = flat_metrics(eval_evaluator(model))
         logger.info("embed: after training, held-out %s", after)
+        dev_after = flat_metrics(dev_evaluator(model)) if dev_evaluator else {}
         report = {
             "before": before,
             "after": after,
+            "dev_before": dev_before,
+            "dev_after": dev_after,
             "selection": selection,
             "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
             "train_pairs": len(pairs),
@@ -288,6 +293,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             "train_seconds": result.metrics.get("train_runtime"),
             "first_loss": losses_logged[0] if losses_logged else None,
             "last_loss": losses_logged[-1] if losses_logged else None,
+            "loss_history": [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
         }
         with atomic_dir(run.path("embed/model")) as tmp:
             model.save(str(tmp))
@@ -306,6 +312,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             **{f"before_{k}": v for k, v in before.items()},
             **{f"after_{k}": v for k, v in after.items()},
             **{k: report[k] for k in ("train_pairs", "dev_queries", "eval_queries", "steps")},
+            "dev_ndcg@10_base": dev_before.get("ndcg@10"),
+            "dev_ndcg@10_tuned": dev_after.get("ndcg@10"),
         }
         run.record(
             STAGE,
