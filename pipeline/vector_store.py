@@ -85,7 +85,8 @@ def collection_name(run: RunDir) -> str:
     return f"ragtune-{run.root.name}"
 
 
-def _qdrant_store(store: str, local_path: Path, collection: str):
+def qdrant_vector_store(store: str, local_path: Path, collection: str):
+    """LlamaIndex's ``QdrantVectorStore`` on a server (``store`` is its URL) or in local mode at ``local_path``."""
     import qdrant_client
     from llama_index.vector_stores.qdrant import QdrantVectorStore
 
@@ -137,7 +138,7 @@ def load_vector_index(
                 return load_index_from_storage(
                     StorageContext.from_defaults(persist_dir=str(index_dir)), embed_model=embed_model
                 )
-            vector_store = _qdrant_store(store, index_dir / QDRANT_DIR, meta["collection"])
+            vector_store = qdrant_vector_store(store, index_dir / QDRANT_DIR, meta["collection"])
             return VectorStoreIndex.from_vector_store(vector_store, embed_model=embed_model)
         logger.info("index: embedder, corpus or vector store changed since %s was built: rebuilding", index_dir)
     started = time.time()
@@ -149,7 +150,7 @@ def load_vector_index(
             if store == STORE_SIMPLE:
                 index.storage_context.persist(persist_dir=str(tmp))
             else:
-                vector_store = _qdrant_store(store, tmp / QDRANT_DIR, meta["collection"])
+                vector_store = qdrant_vector_store(store, tmp / QDRANT_DIR, meta["collection"])
                 if is_server_url(store) and vector_store.client.collection_exists(meta["collection"]):
                     vector_store.client.delete_collection(meta["collection"])
                 storage = StorageContext.from_defaults(vector_store=vector_store)
@@ -160,5 +161,5 @@ def load_vector_index(
         logger.info("index: %d chunks embedded and persisted in %s (%s)", len(corpus), index_dir, store)
     if store == STORE_SIMPLE:
         return index
-    vector_store = _qdrant_store(store, index_dir / QDRANT_DIR, meta["collection"])
+    vector_store = qdrant_vector_store(store, index_dir / QDRANT_DIR, meta["collection"])
     return VectorStoreIndex.from_vector_store(vector_store, embed_model=embed_model)
