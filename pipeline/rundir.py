@@ -48,6 +48,15 @@ TRACKED_PACKAGES = (
 
 
 LOCK_FILE = ".lock"
+# What `ragtune status` shows per stage: the few metrics that say whether it worked.
+HEADLINE_METRICS = {
+    "data": ("documents", "chunks", "human_train", "human_eval", "synthetic_train", "synthetic_eval"),
+    "embed": ("before_ndcg@10", "after_ndcg@10", "train_pairs", "steps"),
+    "rerank": ("ndcg@10_retriever", "ndcg@10_reranked", "fusion_weight", "train_steps"),
+    "raft_build": ("samples", "with_oracle", "without_oracle"),
+    "raft": ("samples", "steps", "train_loss_first", "train_loss_last"),
+    "eval": ("queries", "rag_only.ndcg@10", "embed.ndcg@10", "embed_rerank.ndcg@10", "full.ndcg@10"),
+}
 
 
 class StageInputError(RuntimeError):
@@ -422,20 +431,34 @@ def _stage_rank(name: str) -> int:
     return STAGE_ORDER.index(name) if name in STAGE_ORDER else len(STAGE_ORDER)
 
 
+def headline_metrics(stage: str, metrics: dict[str, Any]) -> str:
+    """A stage's few telling metrics as ``key=value`` text (``HEADLINE_METRICS``; otherwise its first ones).
+
+    Example:
+        >>> headline_metrics("embed", {"before_hit@1": 1.0, "before_ndcg@10": 0.4651, "after_ndcg@10": 0.5172})
+        'before_ndcg@10=0.465, after_ndcg@10=0.517'
+    """
+    keys = [k for k in HEADLINE_METRICS.get(stage, ()) if k in metrics]
+    if not keys:
+        keys = [k for k, v in metrics.items() if not isinstance(v, dict | list)][:4]
+    return ", ".join(f"{k}={metrics[k]:.3f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in keys)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
 def format_status(run: RunDir) -> str:
-    """The manifest as a plain-text table (``ragtune status RUN``)."""
+    """The manifest as a plain-text table (``ragtune status RUN``; ``ragtune run`` ends with it)."""
     stages = run.load_manifest()
     if not stages:
         return f"{run.root}: no stage has run yet"
-    header = ("stage", "status", "config", "seconds", "outputs", "metrics")
+    header = ("stage", "status", "config", "time", "outputs", "metrics")
     rows = [header]
     for name in sorted(stages, key=_stage_rank):
         rec = stages[name]
-        metrics = ", ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in rec.metrics.items()
-            if not isinstance(v, dict | list)
-        )
+        metrics = headline_metrics(name, rec.metrics)
         if rec.failure:
             metrics = f"last run failed: {rec.failure['error']}"
         rows.append(
@@ -443,9 +466,9 @@ def format_status(run: RunDir) -> str:
                 name,
                 rec.status if rec.status != "done" or not rec.failure else "done (rerun failed)",
                 rec.config_hash[:8],
-                f"{rec.ended - rec.started:.0f}",
+                _duration(rec.ended - rec.started),
                 ", ".join(rec.outputs),
-                metrics[:80],
+                metrics if not rec.failure else metrics[:120],
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

@@ -113,6 +113,20 @@ def test_status_table(tmp_path: Path) -> None:
     assert table.splitlines()[1].split()[:2] == ["data", "done"]
 
 
+def test_status_shows_each_stage_time_and_its_telling_metrics_in_full(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    metrics = {f"before_hit@{k}": 1.0 for k in (1, 3, 5, 10)} | {"before_ndcg@10": 0.46512, "after_ndcg@10": 0.51749}
+    atomic_write_text(run.path("embed/metrics.json"), "{}")
+    run.record("embed", config_hash="h", inputs={}, outputs={"m": "embed/metrics.json"}, metrics=metrics, started=0)
+    stages = run.load_manifest()
+    stages["embed"].started, stages["embed"].ended = 100.0, 176.4
+    run._save_manifest(stages)
+    header, row = format_status(run).splitlines()
+    assert header.split()[:4] == ["stage", "status", "config", "time"]
+    assert row.split()[3:5] == ["1m", "16s"]
+    assert row.endswith("before_ndcg@10=0.465, after_ndcg@10=0.517") and "hit@1" not in row
+
+
 def test_a_failed_rerun_keeps_the_last_good_record_and_records_the_failure_beside_it(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "r")
     _finish(run, "data", "data/corpus.jsonl", "x\n")
