@@ -23,6 +23,9 @@ def test_lcel_chain_sources_and_answer_equal_the_llamaindex_engine(
         f"embed.base_model={tiny_bert_dir}",
         f"rerank.base_model={tiny_bert_dir}",
         f"raft.base_model={tiny_llama_dir}",
+        "assemble.embedder=tuned",  # serve the tuned components whatever the serving default
+        "assemble.reranker=tuned",
+        "assemble.generator=tuned",
         "assemble.max_new_tokens=6",
         f"assemble.retrieval={retrieval}",
         "assemble.hybrid_depth=6",

@@ -42,6 +42,9 @@ def tiny_run(tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path):
         f"embed.base_model={tiny_bert_dir}",
         f"rerank.base_model={tiny_bert_dir}",
         f"raft.base_model={tiny_llama_dir}",
+        "assemble.embedder=tuned",  # serve the tuned components whatever the serving default
+        "assemble.reranker=tuned",
+        "assemble.generator=tuned",
         "assemble.max_new_tokens=6",
     ]
     cli(["data", str(tiny_config), *overrides])
