@@ -12,6 +12,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, RagtuneConfig, dump_config, load_config
@@ -27,6 +28,20 @@ from pipeline.rundir import (
 )
 
 StageMain = Callable[[RagtuneConfig, RunDir, bool], Any]
+# The stages whose outputs each stage reads through the manifest: checked before its heavy imports.
+UPSTREAM = {
+    "embed": ("data",),
+    "rerank": ("data", "embed"),
+    "raft_build": ("data", "embed", "rerank"),
+    "raft": ("data", "embed", "rerank"),
+    "eval": ("data",),
+}
+FOLDER_SOURCES = ("docs", "beir")  # data.<key> is a folder; data.questions and data.llamaindex_dataset are files
+INTERRUPTED_EXIT = 130  # what a shell reports for Ctrl-C
+
+
+class RunInterrupted(RuntimeError):
+    """Ctrl-C inside a run; the message says what is kept and how to resume."""
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -39,6 +54,45 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Keep a command's output to what ragtune says: no library chatter (``ragtune query`` without ``-v``).
+
+    Off while inside: the libraries' info logs, their progress bars (model loading; encode batches, which
+    nest inside LlamaIndex's own bar while an index is built), FutureWarning/DeprecationWarning from inside
+    them and bitsandbytes' notice about optional CPU kernels. ragtune's own info lines and every other
+    warning stay. Everything is put back on exit.
+    """
+    import warnings
+
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    levels = {name: logging.getLogger(name).level for name in ("", "pipeline", "stages", "eval", "bitsandbytes")}
+    verbosity, hub_bars = transformers_logging.get_verbosity(), not are_progress_bars_disabled()
+    bars = transformers_logging.is_progress_bar_enabled()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        logging.getLogger().setLevel(logging.WARNING)  # sentence-transformers shows its bars only at INFO
+        for ours in ("pipeline", "stages", "eval"):
+            logging.getLogger(ours).setLevel(logging.INFO)
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+        disable_progress_bars()
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+            transformers_logging.set_verbosity(verbosity)
+            if bars:
+                transformers_logging.enable_progress_bar()
+            if hub_bars:
+                enable_progress_bars()
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="domain config YAML")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. embed.epochs=3")
@@ -46,19 +100,69 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
-@contextlib.contextmanager
-def open_run(config: str, overrides: list[str]) -> Iterator[tuple[RagtuneConfig, RunDir]]:
-    """Load the config, hold its run directory (:meth:`RunDir.lock`) and write ``config.resolved.yaml``.
+def check_sources(cfg: RagtuneConfig) -> None:
+    """Refuse a configured data source that does not exist, naming its config key and path.
 
     Raises:
+        ConfigError: e.g. ``data.docs: folder not found: PATH``.
+    """
+    for key in ("docs", "questions", "beir", "llamaindex_dataset"):
+        value = getattr(cfg.data, key)
+        if not value:
+            continue
+        path = Path(value)
+        if key in FOLDER_SOURCES and not path.is_dir():
+            raise ConfigError(f"data.{key}: {'not a folder' if path.exists() else 'folder not found'}: {path}")
+        if key not in FOLDER_SOURCES and not path.exists():
+            raise ConfigError(f"data.{key}: file not found: {path}")
+
+
+def check_stage_order(stage: str, run: RunDir, config: str) -> None:
+    """Refuse ``stage`` when a stage it reads from has not finished, suggesting ``ragtune run``.
+
+    Only the manifest's status is read (cheap, before any model library is imported); the stage itself
+    still checks its inputs' hashes through :meth:`RunDir.require`.
+
+    Raises:
+        StageInputError: naming the first unfinished upstream stage and the commands to run.
+    """
+    stages = run.load_manifest()
+    missing = [name for name in UPSTREAM.get(stage, ()) if name not in stages or stages[name].status != "done"]
+    if missing:
+        raise StageInputError(
+            f"{stage} needs the {', '.join(missing)} stage{'s' * (len(missing) > 1)} finished first in {run.root}: "
+            f"run `ragtune {missing[0]} {config}` first, or `ragtune run {config}` to run every stage in order"
+        )
+
+
+@contextlib.contextmanager
+def open_run(config: str, overrides: list[str], stage: str | None = None) -> Iterator[tuple[RagtuneConfig, RunDir]]:
+    """Load the config, hold its run directory (:meth:`RunDir.lock`) and write ``config.resolved.yaml``.
+
+    Before the run directory is created: a ``stage`` that runs the data stage (``data``, ``run``) has its
+    sources checked (:func:`check_sources`), any other its upstream stages (:func:`check_stage_order`).
+
+    Raises:
+        ConfigError, StageInputError: from those checks; nothing was written.
         RunLockedError: another ragtune process works in the same run directory.
+        RunInterrupted: Ctrl-C while the run was held.
     """
     cfg = load_config(config, overrides)
     run = RunDir.from_config(cfg)
-    with run.lock():
-        if is_main_process():
-            atomic_write_text(run.path("config.resolved.yaml"), dump_config(cfg))
-        yield cfg, run
+    if stage in ("data", "run"):
+        check_sources(cfg)
+    elif stage is not None:
+        check_stage_order(stage, run, config)
+    try:
+        with run.lock():
+            if is_main_process():
+                atomic_write_text(run.path("config.resolved.yaml"), dump_config(cfg))
+            yield cfg, run
+    except KeyboardInterrupt:
+        raise RunInterrupted(
+            f"interrupted: finished stages, their files and cached LLM calls in {run.root} are kept; "
+            "rerun the same command to resume"
+        ) from None
 
 
 USER_ERRORS = (
@@ -80,7 +184,9 @@ def call_stage(stage: str, main: StageMain, cfg: RagtuneConfig, run: RunDir, for
     except DryRunFinished:
         raise
     except BaseException as e:
-        run.mark_failed(stage, f"{type(e).__name__}: {e}")
+        run.mark_failed(
+            stage, "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        )
         raise
 
 
@@ -91,10 +197,13 @@ def run_stage(stage: str, main: StageMain, description: str, argv: list[str] | N
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:
-        with open_run(args.config, args.overrides) as (cfg, run):
+        with open_run(args.config, args.overrides, stage) as (cfg, run):
             call_stage(stage, main, cfg, run, args.force)
     except DryRunFinished as e:
         print(e)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (RunInterrupted, KeyboardInterrupt) as e:
+        print(str(e) or "interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)

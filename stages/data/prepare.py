@@ -38,12 +38,12 @@ def _source_hashes(cfg: RagtuneConfig) -> dict[str, str]:
     if cfg.data.docs:  # only the files ingest reads: never through a symlink that leads outside the folder
         folder = Path(cfg.data.docs)
         if not folder.is_dir():
-            raise FileNotFoundError(f"data.docs: folder {folder} does not exist")
+            raise FileNotFoundError(f"data.docs: folder not found: {folder}")
         hashes["file/docs"] = fingerprint_files(folder, discover_files(folder, cfg.data.extensions)[0])
     for name, (key, value) in sources.items():
         if value:
             if not Path(value).exists():
-                raise FileNotFoundError(f"data.{key}: {value} does not exist")
+                raise FileNotFoundError(f"data.{key}: not found: {value}")
             hashes[f"file/{name}"] = hash_path(Path(value))
     return hashes
 

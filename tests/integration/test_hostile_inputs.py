@@ -166,6 +166,12 @@ def _corrupt_manifest(tmp: Path, config: Path, keep_previous: bool) -> list[str]
     return ["data", str(config), "synth.enabled=false"]
 
 
+def _after_data(config: Path, *argv: str) -> list[str]:
+    """``argv``, once the data stage has finished (a later stage refuses to start before it)."""
+    assert run_cli(["data", str(config), "synth.enabled=false"])[0] == 0
+    return list(argv)
+
+
 def _orphans(tmp: Path, config: Path) -> list[str]:
     run = run_dir_of(config)
     _file(run.root, "data/.corpus.jsonl.k2j3.tmp", "half-written")
@@ -215,11 +221,11 @@ CASES = [
     Case("run.name climbs out of the root", lambda t, c: ["data", str(c), "run.name=../escape"], ["run.name: "]),
     Case("run.name is an absolute path", lambda t, c: ["data", str(c), "run.name=/tmp/elsewhere"], ["run.name: "]),
     Case("run.name is empty", lambda t, c: ["data", str(c), "run.name=''"], ["run.name: "]),
-    Case("trainer pushes to the hub", lambda t, c: ["embed", str(c), "embed.trainer.push_to_hub=true"],
+    Case("trainer pushes to the hub", lambda t, c: _after_data(c, "embed", str(c), "embed.trainer.push_to_hub=true"),
          ["embed.trainer.push_to_hub: refused"]),
-    Case("trainer carries a hub token", lambda t, c: ["embed", str(c), "embed.trainer.hub_token=hf_x"],
+    Case("trainer carries a hub token", lambda t, c: _after_data(c, "embed", str(c), "embed.trainer.hub_token=hf_x"),
          ["embed.trainer.hub_token: refused"], never=["hf_x"]),
-    Case("trainer reports to a tracker", lambda t, c: ["embed", str(c), "embed.trainer.report_to=wandb"],
+    Case("trainer reports to a tracker", lambda t, c: _after_data(c, "embed", str(c), "embed.trainer.report_to=wandb"),
          ["embed.trainer.report_to: only 'none'"]),
     Case("misspelled config key", lambda t, c: ["data", str(c), "data.chunk_sise=3"],
          ["data.chunk_sise: unknown key"]),
@@ -227,9 +233,9 @@ CASES = [
          ["is not valid YAML"]),
     Case("config file missing", lambda t, c: ["data", str(t / "nowhere.yaml")], ["config file not found"]),
     Case("docs folder missing", lambda t, c: ["data", str(c), f"data.docs={t / 'no-docs'}"],
-         ["data.docs: folder", "does not exist"]),
+         ["data.docs: folder not found: "]),
     Case("questions file missing", lambda t, c: ["data", str(c), f"data.questions={t / 'no.jsonl'}"],
-         ["data.questions: ", "does not exist"]),
+         ["data.questions: ", "not found: "]),
     Case("endpoint unreachable", lambda t, c: ["data", str(c), *_openai(_closed_port_url())],
          ["calls failed", "last error: APIConnectionError"]),
     Case("credentials in base_url", lambda t, c: ["data", str(c), *_openai(_closed_port_url("bob:PW-hostile@"))],

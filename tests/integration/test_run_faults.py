@@ -83,7 +83,11 @@ def test_a_failed_rerun_keeps_the_last_good_record_usable_downstream(tiny_config
     assert "no-such-prompt.txt" in rec.failure["error"]
     assert run.require("data", "corpus", "queries")  # the stages after it can still read it
 
-    # a failing `python -m stages.rerank.mine` (no embed stage yet) leaves a finished rerank entry alone
+    # a failing `python -m stages.rerank.mine` (the embed model changed since) leaves a finished rerank entry alone
+    run.path("embed").mkdir()
+    run.path("embed/model.txt").write_text("weights")
+    run.record("embed", config_hash="h", inputs={}, outputs={"model": "embed/model.txt"}, started=time.time())
+    run.path("embed/model.txt").write_text("other weights")
     run.record("rerank", config_hash="h", inputs={}, outputs={"corpus": "data/corpus.jsonl"}, started=time.time())
     proc = _cli("stages.rerank.mine", "--config", str(tiny_config))
     assert proc.returncode == 2 and "ragtune embed CONFIG" in proc.stderr
