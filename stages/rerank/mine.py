@@ -38,7 +38,8 @@ from pipeline.entry import run_stage
 from pipeline.retrieval import model_hash
 from pipeline.rundir import RunDir, atomic_write_jsonl, atomic_write_text, is_main_process, read_jsonl
 from stages.embed.pairs import DEV_MIN_QUERIES, split_dev_queries
-from stages.rerank.negatives import RULES, choose_negatives, filter_candidates
+from stages.rerank.negatives import RULES, choose_negatives, draw_random_negatives, filter_candidates
+from stages.rerank.pseudo_queries import inverse_cloze_queries
 
 logger = logging.getLogger(__name__)
 STAGE = "rerank"
@@ -104,8 +105,9 @@ def mine_hard_negatives(
     Returns:
         ``(rows, report)``. One row per mined query text: ``qids``, ``query``, ``positives``,
         ``relevance``, ``positive_score`` (lowest positive similarity), ``negatives`` (chunk ids, best
-        first) and ``negative_scores``. The report counts candidates, drops per rule, kept and selected
-        negatives, and queries left without any.
+        first), ``negative_scores`` and ``random_negatives`` (``mining.random_negatives`` easy ones drawn
+        from the whole corpus, :func:`stages.rerank.negatives.draw_random_negatives`). The report counts
+        candidates, drops per rule, kept, selected and random negatives, and queries left without any.
 
     Example:
         >>> rows, report = mine_hard_negatives(corpus, queries, run.path("embed/model"), cfg.rerank.mining)
@@ -175,6 +177,9 @@ def mine_hard_negatives(
             ranked_candidates, g["relevance"], labelled, positive_score, mining.max_score, mining.relative_margin
         )
         chosen = choose_negatives(kept, mining.num_negatives, mining.sampling_strategy, rng)
+        easy = draw_random_negatives(
+            corpus, g["relevance"], labelled, [c["id"] for c, _ in chosen], mining.random_negatives, rng
+        )
         candidates += len(ranked_candidates)
         kept_total += len(kept)
         dropped += dropped_here
@@ -187,6 +192,7 @@ def mine_hard_negatives(
                 "positive_score": positive_score,
                 "negatives": [c["id"] for c, _ in chosen],
                 "negative_scores": [s for _, s in chosen],
+                "random_negatives": [c["id"] for c in easy],
             }
         )
     report |= {
@@ -195,6 +201,7 @@ def mine_hard_negatives(
         "dropped": {rule: dropped[rule] for rule in RULES},
         "kept": kept_total,
         "selected": sum(len(r["negatives"]) for r in rows),
+        "random_negatives": sum(len(r["random_negatives"]) for r in rows),
         "queries_without_negatives": len(groups) - sum(bool(r["negatives"]) for r in rows),
         "settings": mining.model_dump(mode="json"),
         "scores": {
@@ -333,18 +340,23 @@ def run_mining(cfg: RagtuneConfig, run: RunDir) -> tuple[list[dict[str, Any]], d
     data = run.require("data", "corpus", "queries")
     corpus, queries = read_jsonl(data["corpus"]), read_jsonl(data["queries"])
 
-    # 2. Mine over the whole corpus for the reranker's training queries: train split, dev slice left out.
+    # 2. Mine over the whole corpus for the reranker's training queries: train split, dev slice left out, plus
+    #    inverse-cloze pseudo-queries from chunks of documents no held-out query cites.
     dev = rerank_dev_queries(cfg, queries)
     dev_ids = {q["qid"] for q in dev}
+    doc_of = {c["id"]: c["doc_id"] for c in corpus}
+    held_out_docs = {doc_of[c] for q in queries if q["split"] != "train" or q["qid"] in dev_ids for c in q["relevance"]}
+    pseudo = inverse_cloze_queries(corpus, held_out_docs, cfg.rerank.pseudo_queries, cfg.run.seed)
     rows, report = mine_hard_negatives(
         corpus,
-        [q for q in queries if q["qid"] not in dev_ids],
+        [q for q in queries if q["qid"] not in dev_ids] + pseudo,
         embedder,
         cfg.rerank.mining,
         run.path("cache/embeddings"),
         cfg.run.seed,
     )
     report["dev_queries_not_mined"] = len(dev)
+    report["pseudo_queries"] = len(pseudo)
     report["embedder"] = str(embedder.relative_to(run.root))
 
     # 3. Write the mined dataset, report, histogram and audit.

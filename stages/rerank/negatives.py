@@ -187,3 +187,46 @@ def choose_negatives(
         return list(kept[:num_negatives])
     picked = sorted(rng.sample(range(len(kept)), num_negatives))
     return [kept[i] for i in picked]
+
+
+def draw_random_negatives(
+    corpus: Sequence[Mapping[str, Any]],
+    relevance: Mapping[str, int],
+    labelled: Sequence[Mapping[str, Any]],
+    exclude: Iterable[str],
+    count: int,
+    rng: random.Random,
+) -> list[Mapping[str, Any]]:
+    """Up to ``count`` chunks drawn uniformly from the whole corpus, none of them a possible positive.
+
+    Easy negatives to mix with the hard ones, as sentence-transformers' maintainers advise for rerankers:
+    a cross-encoder that only ever sees near-misses can learn the near-misses' quirks instead of topicality.
+    A draw is rejected when it is labelled relevant, overlaps a labelled chunk's span (the first two rules)
+    or is in ``exclude`` (e.g. the hard negatives already chosen); drawing stops after ``20 x count`` tries.
+
+    Args:
+        corpus: every chunk row (``id``, ``doc_id``, ``start``, ``end``).
+        relevance: the query's chunk id -> grade.
+        labelled: the query's labelled chunks.
+        exclude: chunk ids that may not be drawn.
+        count: how many to draw.
+        rng: the seeded random source.
+
+    Returns:
+        The drawn chunks, in draw order, without repeats.
+
+    Example:
+        >>> corpus = [{"id": c, "doc_id": c, "start": 0, "end": 9} for c in "abcd"]
+        >>> [c["id"] for c in draw_random_negatives(corpus, {"a": 2}, [corpus[0]], ["b"], 5, random.Random(0))]
+        ['d', 'c']
+    """
+    taken, drawn = set(exclude), []
+    for _ in range(20 * count):
+        if len(drawn) == count or not corpus:
+            break
+        chunk = corpus[rng.randrange(len(corpus))]
+        if chunk["id"] in taken or is_labelled_positive(chunk["id"], relevance) or shares_source_span(chunk, labelled):
+            continue
+        taken.add(chunk["id"])
+        drawn.append(chunk)
+    return drawn

@@ -26,12 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.config import RagtuneConfig, RerankConfig, check_trainer_keys
 from pipeline.entry import run_stage
-from pipeline.models import resolve_model
 from pipeline.ranking import choose_fusion_weight, fused_order, mean_metrics, per_query_metrics
 from pipeline.retrieval import FUSION_FILE, DenseRetriever, cross_encoder_scores
 from pipeline.rundir import RunDir, atomic_dir, atomic_write_text, is_main_process, read_jsonl
 from stages.embed.pairs import DEV_MIN_QUERIES
+from stages.rerank.curve import DevCandidates, DevCurveCallback, curve_point, dev_candidates, plot_learning_curve
 from stages.rerank.mine import NEGATIVES_DIR, rerank_dev_queries, run_mining
+from stages.rerank.model import HEAD_PARAMETERS, build_cross_encoder, default_learning_rate
+from stages.rerank.warm_start import distillation_columns
 
 if TYPE_CHECKING:
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainingArguments
@@ -51,8 +53,8 @@ def build_training_columns(
     """Turn mined rows into the columns each cross-encoder loss expects.
 
     Args:
-        rows: mined rows (``query``, ``positives``, ``relevance``, ``negatives``) from
-            :func:`stages.rerank.mine.mine_hard_negatives`.
+        rows: mined rows (``query``, ``positives``, ``relevance``, ``negatives`` and optional
+            ``random_negatives``, trained on after the hard ones) from :func:`stages.rerank.mine.mine_hard_negatives`.
         corpus_by_id: chunk id -> chunk row (``text``).
         loss: ``bce`` -> labelled pairs ``(query, passage, label)`` with label 1 for each positive and 0 for
             each negative; ``lambda`` / ``listnet`` -> ``(query, [docs], [labels])`` lists, positives graded
@@ -74,6 +76,7 @@ def build_training_columns(
         {'query': ['q'], 'docs': [['P', 'N']], 'labels': [[2.0, 0.0]]}
     """
     text = {cid: row["text"] for cid, row in corpus_by_id.items()}
+    rows = [{**r, "negatives": r["negatives"] + r.get("random_negatives", [])} for r in rows]
     if loss == "bce":
         cols: dict[str, list] = {"query": [], "passage": [], "label": []}
         for r in rows:
@@ -105,7 +108,7 @@ def build_training_columns(
 
 
 def build_loss(model: CrossEncoder, loss: str, columns: Mapping[str, list]) -> nn.Module:
-    """The sentence-transformers cross-encoder loss for ``rerank.loss``.
+    """The sentence-transformers cross-encoder loss for ``rerank.loss`` (or ``rerank.warm_start``).
 
     BCE weighs positives by the negatives-per-positive ratio, as the library's own BCE reranker
     examples do, so the few positives are not drowned out by the many negatives.
@@ -113,6 +116,10 @@ def build_loss(model: CrossEncoder, loss: str, columns: Mapping[str, list]) -> n
     import torch
     from sentence_transformers.cross_encoder import losses
 
+    if loss == "margin_mse":
+        return losses.MarginMSELoss(model)
+    if loss == "mse":
+        return losses.MSELoss(model)
     if loss == "bce":
         positives = sum(label == 1.0 for label in columns["label"])
         ratio = (len(columns["label"]) - positives) / max(positives, 1)
@@ -140,7 +147,7 @@ def build_training_args(cfg: RerankConfig, output_dir: str, seed: int) -> CrossE
         "num_train_epochs": cfg.epochs,
         "max_steps": cfg.max_steps,
         "per_device_train_batch_size": cfg.batch_size,
-        "learning_rate": cfg.learning_rate,
+        "learning_rate": default_learning_rate(cfg),
         "warmup_steps": 0.1,  # a float below 1 is a share of the steps: no big updates to a fresh head at once
         "seed": seed,
         "save_strategy": "no",
@@ -153,6 +160,8 @@ def build_training_args(cfg: RerankConfig, output_dir: str, seed: int) -> CrossE
         # Every parameter takes part in the loss; the CrossEncoderTrainer fails under DDP without this (STACK-NOTES).
         "ddp_find_unused_parameters": False,
     }
+    if cfg.head_learning_rate is not None:
+        defaults["learning_rate_mapping"] = {HEAD_PARAMETERS: cfg.head_learning_rate}
     if cfg.loss == "mnrl":
         # In-batch negatives: a repeated query or passage in one batch would be its own false negative.
         defaults["batch_sampler"] = BatchSamplers.NO_DUPLICATES
@@ -229,29 +238,58 @@ def evaluate_reranking(
     }
 
 
-def choose_weight(
-    cfg: RerankConfig, retriever: DenseRetriever, cross_encoder: CrossEncoder, dev: Sequence[Mapping[str, Any]]
-) -> tuple[float, dict[str, Any]]:
+def choose_weight(cfg: RerankConfig, dev: DevCandidates | None, cross_encoder: CrossEncoder) -> tuple[float, dict]:
     """The serving fusion weight: ``rerank.fusion_weight`` if a number, else chosen on the dev slice.
+
+    Without a dev slice, ``auto`` gives the reranker no say (weight 0): a reranker nobody has measured is
+    not promoted over the retriever it is meant to improve.
 
     Returns:
         (weight, record for metrics.json: how it was chosen, and the dev nDCG@10 per weight when auto).
     """
     if cfg.fusion_weight != "auto":
         return float(cfg.fusion_weight), {"fusion_weight_source": "rerank.fusion_weight"}
-    if not dev:
+    if dev is None:
         logger.warning(
-            "rerank: no dev slice (rerank.dev_fraction=%s gave fewer than %d queries): plain reranking, weight 1.0",
+            "rerank: no dev slice (rerank.dev_fraction=%s gave fewer than %d queries): the reranker cannot be "
+            "measured, so it gets weight 0 (the retriever's order); set rerank.dev_fraction to measure it",
             cfg.dev_fraction,
             DEV_MIN_QUERIES,
         )
-        return 1.0, {"fusion_weight_source": "no dev slice: plain reranking"}
-    scored = score_candidates(retriever, cross_encoder, dev, cfg.retrieve_top_k)
-    weight, curve = choose_fusion_weight(scored.ids, scored.retriever, scored.reranker, [q["relevance"] for q in dev])
+        return 0.0, {"fusion_weight_source": "no dev slice: not measured, weight 0 (the retriever's order)"}
+    scores = cross_encoder_scores(cross_encoder, dev.texts, dev.chunks)
+    weight, curve = choose_fusion_weight(dev.ids, dev.retriever, scores, dev.relevance)
     return weight, {
-        "fusion_weight_source": f"dev nDCG@10, one-standard-error rule, {len(dev)} queries of held-out train documents",
+        "fusion_weight_source": f"dev nDCG@10, one-standard-error rule, {len(dev.texts)} queries of held-out "
+        "train documents",
         "dev_ndcg@10_by_weight": {f"{w:.1f}": v for w, v in curve.items()},
     }
+
+
+def model_card_section(cfg: RerankConfig, curve: Sequence[Mapping[str, Any]], weight: float) -> str:
+    """The model card's ragtune section: the recipe, the dev learning curve and the serving fusion weight."""
+    lines = [
+        "",
+        "## ragtune: how this reranker was trained",
+        "",
+        f"- Start: `{cfg.start_from}` (`{cfg.base_model}`), head `{cfg.head}`, loss `{cfg.loss}`, "
+        f"warm start `{cfg.warm_start}` ({cfg.warm_start_steps} steps), max_length {cfg.max_length}.",
+        f"- Serving fusion weight: {weight:.1f} (score = w·reranker + (1−w)·retriever, each min-max scaled).",
+        "",
+    ]
+    if curve:
+        lines += [
+            "Dev-slice nDCG@10 during training (queries of held-out train documents, never trained on):",
+            "",
+            "| phase | step | retriever | reranker alone | fused | weight |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p['phase']} | {p['step']} | {p['retriever']:.4f} | {p['reranker']:.4f} | {p['fused']:.4f} | "
+            f"{p['weight']:.1f} |"
+            for p in curve
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]:
@@ -270,16 +308,20 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer
     from transformers import set_seed
 
+    embedder = run.require("embed", "model")["model"]
+
     # 1. Load the training arguments first: they set up the process group that mining waits on.
     args = build_training_args(cfg.rerank, str(run.path("rerank/checkpoints")), cfg.run.seed)
 
     # 2. Mine hard negatives with the tuned embedder on the main process; other ranks read its result.
+    mining_started = time.time()
     with args.main_process_first(desc="mining hard negatives"):
         if is_main_process():
             mined, mining_report = run_mining(cfg, run)
         else:
             mined = read_jsonl(run.path(f"{NEGATIVES_DIR}/negatives.jsonl"))
             mining_report = json.loads(run.path(f"{NEGATIVES_DIR}/report.json").read_text(encoding="utf-8"))
+    mining_seconds = time.time() - mining_started
     corpus = read_jsonl(run.path("data/corpus.jsonl"))
     corpus_by_id = {c["id"]: c for c in corpus}
     queries = read_jsonl(run.path("data/queries.jsonl"))
@@ -289,33 +331,60 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     columns = build_training_columns(mined, corpus_by_id, cfg.rerank.loss, cfg.rerank.mining.num_negatives)
     if not columns["query"]:
         raise ValueError("rerank: mining produced no training example; see rerank/negatives/report.json")
-    train_dataset = Dataset.from_dict(columns)
 
-    # 4. Train a one-logit cross-encoder (a fresh head on an encoder, or a hub cross-encoder).
+    # 4. Fix the dev slice's candidates: they draw the learning curve and choose the fusion weight.
+    with args.main_process_first(desc="encoding the corpus with the tuned embedder"):
+        retriever = DenseRetriever.load(str(embedder), corpus, cache_dir=run.path("cache/embeddings"))
+    dev = dev_candidates(retriever, dev_queries, cfg.rerank.retrieve_top_k)
+    curve: list[dict[str, Any]] = []
+
+    # 5. A one-logit cross-encoder: the base or the tuned embedder's encoder, with a fresh head (or a hub one's).
     set_seed(cfg.run.seed)  # the fresh head starts the same on every rank and every rerun
-    model = CrossEncoder(resolve_model(cfg.rerank.base_model), num_labels=1, max_length=cfg.rerank.max_length)
-    trainer = CrossEncoderTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        loss=build_loss(model, cfg.rerank.loss, columns),
-    )
-    trainer.train()
-    losses_logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    model = build_cross_encoder(cfg.rerank, embedder)
+    if dev is not None and is_main_process() and cfg.rerank.curve_points:
+        curve.append({"phase": "start", **curve_point(model, dev, 0)})
+
+    # 6. Optionally distil the tuned embedder's scores first, then train on the hard negatives.
+    phases = []
+    if cfg.rerank.warm_start != "none" and cfg.rerank.warm_start_steps:
+        first, ids = retriever.search([r["query"] for r in mined], cfg.rerank.warm_start_pool)
+        distil = distillation_columns([r["query"] for r in mined], ids, first, corpus_by_id, cfg.rerank.warm_start)
+        warm_cfg = cfg.rerank.model_copy(update={"max_steps": cfg.rerank.warm_start_steps})
+        warm_args = build_training_args(warm_cfg, str(run.path("rerank/checkpoints")), cfg.run.seed)
+        phases.append(("warm start", warm_args, distil, build_loss(model, cfg.rerank.warm_start, distil)))
+    phases.append(("hard negatives", args, columns, build_loss(model, cfg.rerank.loss, columns)))
+    losses_logged, steps_done, train_seconds = [], 0, 0.0
+    for phase, phase_args, phase_columns, loss in phases:
+        callbacks = [DevCurveCallback(model, dev, cfg.rerank.curve_points, phase, curve)] if dev is not None else []
+        trainer = CrossEncoderTrainer(
+            model=model,
+            args=phase_args,
+            train_dataset=Dataset.from_dict(phase_columns),
+            loss=loss,
+            callbacks=callbacks,
+        )
+        train_seconds += trainer.train().metrics["train_runtime"]
+        losses_logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        steps_done += trainer.state.global_step
     if not is_main_process():
         return {}
 
-    # 5. Choose how much the reranker's score counts against the retriever's, on the dev slice of train.
-    retriever = DenseRetriever.load(str(run.path("embed/model")), corpus, cache_dir=run.path("cache/embeddings"))
-    weight, fusion = choose_weight(cfg.rerank, retriever, model, dev_queries)
+    # 7. Choose how much the reranker's score counts against the retriever's, on the dev slice of train.
+    weight, fusion = choose_weight(cfg.rerank, dev, model)
     logger.info("rerank: fusion weight %.1f (%s)", weight, fusion["fusion_weight_source"])
+    if curve:
+        plot_learning_curve(curve, run.path("rerank/learning_curve.png"))
 
-    # 6. Save the reranker (with its model card) and its fusion weight atomically, as one folder.
+    # 8. Save the reranker (model card with its learning curve) and its fusion weight atomically, as one folder.
     with atomic_dir(run.path("rerank/model")) as tmp:
         model.save_pretrained(str(tmp))
         (tmp / FUSION_FILE).write_text(json.dumps({"fusion_weight": weight, **fusion}, indent=2) + "\n")
+        card = tmp / "README.md"
+        card.write_text(
+            (card.read_text(encoding="utf-8") if card.exists() else "") + model_card_section(cfg.rerank, curve, weight)
+        )
 
-    # 7. Evaluate on the eval split: tuned retriever alone vs reranker alone vs the two fused (what serving does).
+    # 9. Evaluate on the eval split: tuned retriever alone vs reranker alone vs the two fused (what serving does).
     reranker = CrossEncoder(str(run.path("rerank/model")), max_length=cfg.rerank.max_length)
     eval_queries = [q for q in queries if q["split"] == "eval"]
     if not eval_queries:
@@ -331,23 +400,36 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         "mrr@10_reranked": after["mrr@10"],
         "fusion_weight": weight,
         "dev_queries": len(dev_queries),
+        "dev_ndcg@10_retriever": curve[-1]["retriever"] if curve else None,
+        "dev_ndcg@10_reranker_only": curve[-1]["reranker"] if curve else None,
+        "dev_ndcg@10_fused": curve[-1]["fused"] if curve else None,
         "eval_queries": evaluation["queries"],
         "train_examples": len(columns["query"]),
         "negatives": mining_report["selected"],
-        "train_steps": trainer.state.global_step,
+        "train_steps": steps_done,
+        "train_seconds": train_seconds,
+        "mining_seconds": mining_seconds,
         "train_loss_first": losses_logged[0] if losses_logged else None,
         "train_loss_last": losses_logged[-1] if losses_logged else None,
     }
     atomic_write_text(
         run.path("rerank/metrics.json"),
         json.dumps(
-            {**metrics, **fusion, "loss": cfg.rerank.loss, "evaluation": evaluation, "mining": mining_report},
+            {
+                **metrics,
+                **fusion,
+                "loss": cfg.rerank.loss,
+                "learning_curve": curve,
+                "dev_qids": [q["qid"] for q in dev_queries],
+                "evaluation": evaluation,
+                "mining": mining_report,
+            },
             indent=2,
         )
         + "\n",
     )
 
-    # 7. Record the stage last.
+    # 10. Record the stage last.
     run.record(
         STAGE,
         config_hash=config_hash,

@@ -10,7 +10,7 @@ from pipeline.rundir import RunDir, read_jsonl
 
 ROOT = Path(__file__).parents[2]
 MINIMAL = [
-    "synth.max_chunks=6",  # real SmolLM2 query generation, a handful of chunks
+    "synth.max_chunks=12",  # real SmolLM2 query generation, a handful of chunks (about a quarter yield one)
     "synth.resample_candidates=0",
     "embed.max_steps=2",
     "embed.batch_size=8",

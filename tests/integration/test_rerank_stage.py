@@ -23,7 +23,8 @@ def test_rerank_stage_mines_trains_evaluates_and_records(tiny_config: Path, tiny
     run = run_dir_of(tiny_config)
     # The reranker starts from the tiny BERT; the random embedder's scores all sit within 5% of each other,
     # so the relative margin would drop nearly every candidate: switch it off to get negatives to check.
-    overrides = [f"rerank.base_model={tiny_bert_dir}", "rerank.mining.relative_margin=null"]
+    # Counts below are for the labelled train queries alone; pseudo-queries are checked at the end.
+    overrides = [f"rerank.base_model={tiny_bert_dir}", "rerank.mining.relative_margin=null", "rerank.pseudo_queries=0"]
 
     # 1. Without a finished embed stage it refuses, naming the command to run first.
     capsys.readouterr()
@@ -70,7 +71,8 @@ def test_rerank_stage_mines_trains_evaluates_and_records(tiny_config: Path, tiny
     # The reranker trained: encoder weights moved away from the base, a model card sits beside them.
     base = load_file(tiny_bert_dir / "model.safetensors")
     trained = load_file(run.path("rerank/model/model.safetensors"))
-    assert any(not trained[f"bert.{name}"].equal(w) for name, w in base.items())
+    trained = {name.removeprefix("bert."): w for name, w in trained.items()}  # a [CLS]-head model nests the encoder
+    assert any(not trained[name].equal(w) for name, w in base.items())
     assert "cross-encoder" in run.path("rerank/model/README.md").read_text()
 
     metrics = json.loads(run.path("rerank/metrics.json").read_text())
@@ -81,11 +83,13 @@ def test_rerank_stage_mines_trains_evaluates_and_records(tiny_config: Path, tiny
     assert metrics["ndcg@10_retriever"] == metrics["evaluation"]["retriever"]["ndcg@10"]
     assert metrics["ndcg@10_reranked"] == metrics["evaluation"]["retriever+reranker"]["ndcg@10"]
     assert metrics["train_examples"] == 12 and metrics["train_steps"] == 3  # 4 x (1 + 2) pairs, batches of 4
-    # Four train queries are too few for a dev slice: plain reranking, recorded with the model for serving.
-    assert metrics["dev_queries"] == 0 and metrics["fusion_weight"] == 1.0
-    assert metrics["ndcg@10_reranker_only"] == metrics["ndcg@10_reranked"]
+    # Four train queries are too few for a dev slice: the unmeasured reranker gets no say (weight 0), recorded
+    # with the model for serving, and there is no learning curve to draw.
+    assert metrics["dev_queries"] == 0 and metrics["fusion_weight"] == 0.0
+    assert metrics["ndcg@10_reranked"] == metrics["ndcg@10_retriever"]
     fusion = json.loads(run.path(f"rerank/model/{FUSION_FILE}").read_text())
-    assert fusion["fusion_weight"] == 1.0 and "no dev slice" in fusion["fusion_weight_source"]
+    assert fusion["fusion_weight"] == 0.0 and "no dev slice" in fusion["fusion_weight_source"]
+    assert metrics["learning_curve"] == [] and not run.path("rerank/learning_curve.png").exists()
 
     cfg = load_config(tiny_config, overrides)
     rec = run.load_manifest()["rerank"]
@@ -98,7 +102,16 @@ def test_rerank_stage_mines_trains_evaluates_and_records(tiny_config: Path, tiny
     cli(["rerank", str(tiny_config), *overrides])
     assert run.load_manifest()["rerank"].ended == rec.ended
 
-    # 4. A misspelled trainer key is one clear line naming its path.
+    # 4. Inverse-cloze pseudo-queries come only from chunks of documents no held-out query cites.
+    cli(["rerank", str(tiny_config), *overrides[:-1], "rerank.pseudo_queries=3", "rerank.max_steps=1", "--force"])
+    report = json.loads(run.path("rerank/negatives/report.json").read_text())
+    doc_of = {c["id"]: c["doc_id"] for c in read_jsonl(run.path("data/corpus.jsonl"))}
+    held_out = {doc_of[c] for q in queries.values() if q["split"] == "eval" for c in q["relevance"]}
+    pseudo = [r for r in read_jsonl(run.path("rerank/negatives/negatives.jsonl")) if r["qids"][0].startswith("ict-")]
+    assert report["pseudo_queries"] == len(pseudo) > 0
+    assert all(doc_of[p] not in held_out for r in pseudo for p in r["positives"])
+
+    # 5. A misspelled trainer key is one clear line naming its path.
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         cli(["rerank", str(tiny_config), *overrides, "rerank.trainer.learning_rat=0.1"])

@@ -1,0 +1,163 @@
+"""Benchmark: the rerank stage's mining time and training throughput against bare sentence-transformers scripts.
+
+Run it (after `ragtune embed CONFIG` has finished in that run; nothing else should be running):
+    .venv/bin/python scripts/bench_rerank.py configs/demo.yaml [--steps 30] [--repeats 1] [key=value ...]
+
+Three commands, each in a fresh process, on the run's corpus, train queries and tuned embedder:
+
+1. ``ragtune rerank CONFIG --force`` with ``rerank.curve_points=0`` (the bare script draws no learning curve)
+   and ``rerank.max_steps=STEPS``: the stage records ``mining_seconds`` (tuned embedder loaded, corpus and
+   queries encoded with the embedding cache cleared first, candidates filtered by the false-negative rules,
+   negatives.jsonl, report, histogram and audit written) and ``train_seconds`` (the trainer's own runtime).
+2. ``bare mining``: ``sentence_transformers.util.mine_hard_negatives`` on the same (query, positive) pairs
+   over the same corpus with the same range, margin and number of negatives, model load included.
+3. ``bare training``: a ``CrossEncoderTrainer`` script on the (query, passage, label) pairs the stage mined,
+   with the same cross-encoder (start, head), batch size, learning rates, warm-up, seed and steps.
+
+Prints seconds and pairs/s for each and the ratios (throughput target: the stage >= 0.95x the bare script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import load_config  # noqa: E402 (after the path set-up)
+from pipeline.rundir import RunDir  # noqa: E402
+from stages.rerank.model import default_learning_rate  # noqa: E402
+
+BARE_MINING = """
+import json, sys, time
+started = time.time()
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.util import mine_hard_negatives
+
+run, margin = sys.argv[1], float(sys.argv[4])
+range_min, range_max, n = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[5])
+corpus = {c["id"]: c["text"] for c in map(json.loads, open(f"{run}/data/corpus.jsonl"))}
+dev = set(json.loads(sys.argv[6]))
+train = [q for q in map(json.loads, open(f"{run}/data/queries.jsonl")) if q["split"] == "train" and q["qid"] not in dev]
+pairs = Dataset.from_dict({
+    "query": [q["text"] for q in train for p in q["positives"]],
+    "positive": [corpus[p] for q in train for p in q["positives"]],
+})
+t0 = time.time()
+model = SentenceTransformer(f"{run}/embed/model")
+mined = mine_hard_negatives(pairs, model, corpus=list(corpus.values()), range_min=range_min, range_max=range_max,
+                            relative_margin=margin, num_negatives=n, sampling_strategy="top", use_faiss=False,
+                            output_format="labeled-pair", verbose=False)
+print("BENCH", json.dumps({"seconds": time.time() - t0, "rows": len(mined)}))
+"""
+
+BARE_TRAINING = """
+import json, sys
+import torch
+from datasets import Dataset
+from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, losses
+from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
+from sentence_transformers.base.modules import Dense, Transformer
+from sentence_transformers.sentence_transformer.modules import Pooling
+
+run, start, head, steps, bs, lr, head_lr, max_length, seed = sys.argv[1:10]
+text = {c["id"]: c["text"] for c in map(json.loads, open(f"{run}/data/corpus.jsonl"))}
+rows = [json.loads(line) for line in open(f"{run}/rerank/negatives/negatives.jsonl")]
+cols = {"query": [], "passage": [], "label": []}
+for r in rows:
+    for cid, label in [(p, 1.0) for p in r["positives"]] + [(n, 0.0) for n in r["negatives"] + r["random_negatives"]]:
+        cols["query"].append(r["query"]); cols["passage"].append(text[cid]); cols["label"].append(label)
+torch.manual_seed(int(seed))
+if head == "mean_pool":
+    encoder = Transformer(
+        start, transformer_task="feature-extraction", model_kwargs={"add_pooling_layer": False},
+        processor_kwargs={"model_max_length": int(max_length)},
+    )
+    dim = encoder.get_embedding_dimension()
+    score = Dense(dim, 1, activation_function=None, init_weight=torch.zeros(1, dim), init_bias=torch.zeros(1),
+                  module_output_name="scores")
+    model = CrossEncoder(modules=[encoder, Pooling(dim, "mean"), score])
+    model.max_seq_length = int(max_length)
+    head_pattern = r"\\.2\\.linear\\."
+else:
+    model = CrossEncoder(start, num_labels=1, max_length=int(max_length))
+    head_pattern = r"\\.classifier\\."
+positives = sum(cols["label"])
+ratio = max((len(cols["label"]) - positives) / positives, 1.0)
+loss = losses.BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(ratio))
+args = CrossEncoderTrainingArguments(
+    output_dir=f"{run}/bench_ckpt", max_steps=int(steps), per_device_train_batch_size=int(bs), learning_rate=float(lr),
+    learning_rate_mapping={head_pattern: float(head_lr)} if head_lr != "none" else None, warmup_steps=0.1,
+    seed=int(seed), save_strategy="no", report_to="none", logging_steps=1, use_cpu=True, disable_tqdm=True,
+)
+out = CrossEncoderTrainer(model=model, args=args, train_dataset=Dataset.from_dict(cols), loss=loss).train()
+print("BENCH", json.dumps({"seconds": out.metrics["train_runtime"], "steps": int(steps)}))
+"""
+
+
+def bench(script: str, *argv: str) -> dict:
+    """Run a bare script in a fresh process and return the JSON it prints after ``BENCH``."""
+    out = subprocess.run([sys.executable, "-c", script, *argv], check=True, cwd=ROOT, capture_output=True, text=True)
+    return json.loads(next(line for line in out.stdout.splitlines() if line.startswith("BENCH "))[6:])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=1, help="rounds; the best of each command is reported")
+    p.add_argument("overrides", nargs="*", help="dotted overrides for the stage (and the bare scripts' settings)")
+    a = p.parse_intermixed_args()
+    overrides = [*a.overrides, "rerank.curve_points=0", "rerank.warm_start_steps=0", f"rerank.max_steps={a.steps}"]
+    cfg = load_config(a.config, overrides)
+    run = RunDir.from_config(cfg)
+    r, m = cfg.rerank, cfg.rerank.mining
+    start = str(run.path("embed/model")) if r.start_from == "tuned_embedder" else r.base_model
+    if start.startswith("bundled:"):
+        from pipeline.models import resolve_model
+
+        start = resolve_model(start)
+    best: dict[str, float] = {}
+    for _ in range(a.repeats):
+        shutil.rmtree(run.path("cache/embeddings"), ignore_errors=True)  # the stage must encode like the bare call
+        subprocess.run(
+            [str(ROOT / ".venv/bin/ragtune"), "rerank", a.config, *overrides, "--force"],
+            check=True,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        metrics = json.loads(run.path("rerank/metrics.json").read_text())
+        mining = bench(
+            BARE_MINING, str(run.root), str(m.range_min), str(m.range_max), str(m.relative_margin or 0),
+            str(m.num_negatives), json.dumps(metrics["dev_qids"]),
+        )  # fmt: skip
+        training = bench(
+            BARE_TRAINING, str(run.root), start, r.head, str(a.steps), str(r.batch_size), str(default_learning_rate(r)),
+            str(r.head_learning_rate or "none"), str(r.max_length), str(cfg.run.seed),
+        )  # fmt: skip
+        for key, value in (
+            ("stage_mining", metrics["mining_seconds"]),
+            ("bare_mining", mining["seconds"]),
+            ("stage_train", metrics["train_seconds"]),
+            ("bare_train", training["seconds"]),
+        ):
+            best[key] = min(best.get(key, float("inf")), value)
+    pairs = a.steps * r.batch_size
+    print(f"mining: stage {best['stage_mining']:.1f} s, bare mine_hard_negatives {best['bare_mining']:.1f} s")
+    print(
+        f"training ({a.steps} steps x {r.batch_size} pairs): stage {pairs / best['stage_train']:.2f} pairs/s "
+        f"({best['stage_train']:.1f} s), bare CrossEncoderTrainer {pairs / best['bare_train']:.2f} pairs/s "
+        f"({best['bare_train']:.1f} s) -> {best['bare_train'] / best['stage_train']:.3f}x"
+    )
+    print("BENCH", json.dumps(best))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Inverse-cloze pseudo-queries: more distinct training queries for the cross-encoder, without an LLM.
+
+A reranker learns *across* queries: with a few dozen labelled or synthetic questions it fits their lists
+and ranks new questions worse than the retriever (measured in docs/rerank.md). One sentence of a chunk,
+asked as a query with its chunk as the positive (the inverse cloze task of Lee et al., 2019), is a cheap,
+exact label, so every training chunk can add a query. Only chunks of documents that no held-out (eval or
+dev) query cites are used, so the pseudo-queries never see a held-out document.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def pick_sentence(text: str, rng: random.Random, min_words: int = 6, max_words: int = 40) -> str | None:
+    """A random sentence of ``text`` with ``min_words``..``max_words`` words, or ``None`` when it has none.
+
+    Example:
+        >>> pick_sentence("Too short. Heron fails over to the standby router within thirty seconds.", random.Random(0))
+        'Heron fails over to the standby router within thirty seconds.'
+    """
+    sentences = [s.strip() for s in SENTENCE_END.split(text) if min_words <= len(s.split()) <= max_words]
+    return rng.choice(sentences) if sentences else None
+
+
+def inverse_cloze_queries(
+    corpus: Sequence[Mapping[str, Any]], held_out_docs: Collection[str], count: int, seed: int
+) -> list[dict[str, Any]]:
+    """Up to ``count`` pseudo-query rows (the data stage's query format), one per drawn chunk.
+
+    Args:
+        corpus: chunk rows (``id``, ``doc_id``, ``text``).
+        held_out_docs: document ids that eval or dev queries cite: their chunks are never drawn.
+        count: the most pseudo-queries to make (chunks are drawn in a seeded random order).
+        seed: seed of the draw and of the sentence choice.
+
+    Returns:
+        Rows ``{"qid": "ict-<chunk id>", "text", "positives": [chunk id], "relevance": {chunk id: 2},
+        "split": "train", "origin": "inverse_cloze"}``.
+
+    Example:
+        >>> corpus = [{"id": "c1", "doc_id": "a", "text": "Heron fails over to the standby router in time."},
+        ...           {"id": "c2", "doc_id": "b", "text": "Eval documents are never used for pseudo-queries."}]
+        >>> [(q["qid"], q["positives"]) for q in inverse_cloze_queries(corpus, {"b"}, 10, seed=0)]
+        [('ict-c1', ['c1'])]
+    """
+    rng = random.Random(seed)
+    eligible = [c for c in corpus if c["doc_id"] not in held_out_docs]
+    rows = []
+    for chunk in rng.sample(eligible, len(eligible)):
+        if len(rows) == count:
+            break
+        sentence = pick_sentence(chunk["text"], rng)
+        if sentence is None:
+            continue
+        rows.append(
+            {
+                "qid": f"ict-{chunk['id']}",
+                "text": sentence,
+                "positives": [chunk["id"]],
+                # Only the chunk itself is relevant: grading its document's other chunks 1 (so they are never
+                # mined as negatives) measured worse on the demo's dev slice (docs/rerank.md).
+                "relevance": {chunk["id"]: 2},
+                "split": "train",
+                "origin": "inverse_cloze",
+            }
+        )
+    return rows
