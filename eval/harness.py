@@ -16,7 +16,8 @@ batched rerank per reranker — never one LlamaIndex retrieve per query. Generat
 batched, greedy decoding with the HF model, prompted exactly as RAFT trained
 (:func:`stages.raft.prompts.build_messages` + the tokenizer's chat template).
 
-Writes eval/report.md, eval/report.json, eval/per_query.csv, eval/metrics.png and eval/deltas.png.
+Writes eval/report.md, eval/report.json, eval/per_query.csv, eval/metrics.png, eval/deltas.png and
+eval/report.html (one self-contained page with the stage cards, :mod:`eval.html_report`).
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from eval import report as report_io
+from eval.html_report import write_html_report
 from eval.metrics import (
     Interval,
     abstained,
     bootstrap_mean,
     exact_match,
     format_compliance,
+    labelled_recall,
     mean_defined,
     oracle_citation,
     paired_bootstrap,
@@ -54,6 +57,7 @@ from pipeline.entry import run_stage
 from pipeline.hybrid import bm25_rankings, bm25_retriever, fuse_rankings
 from pipeline.llm import make_backend
 from pipeline.models import resolve_model
+from pipeline.promotion import promotion_report, resolve_auto
 from pipeline.ranking import per_query_metrics
 from pipeline.retrieval import DenseRetriever, load_fusion_weight, rerank
 from pipeline.rundir import RunDir, StageInputError, is_main_process, read_jsonl
@@ -152,6 +156,7 @@ def resolve_components(
     Raises:
         StageInputError: a tuned component's stage has not finished (or its output is stale).
     """
+    choice = resolve_auto(choice, run)
     inputs: dict[str, str] = {}
     if choice.embedder == "tuned":
         embedder = str(run.require("embed", "model")["model"])
@@ -440,6 +445,9 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     if cfg.eval.generation and not answered:
         logger.info("eval: no held-out query has a reference answer: retrieval-only mode")
     logger.info("eval: %d held-out %s queries (%d answered and scored)", len(queries), origin, len(answered))
+    too_few = report_io.too_few_queries_warning(len(queries), cfg.eval.min_queries)
+    if too_few:
+        logger.warning("eval: %s", too_few)
 
     # 2. Resolve each configuration's components; skip those whose stages have not run.
     components: dict[str, Components] = {}
@@ -511,6 +519,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         for name in names
     }
     retrieval_metrics = [k for k in rows[BASELINE][0] if k != "qid"]
+    # the fine-tune rule reads recall at the level relevance was labelled at (evidence chunks or documents)
+    baseline_recall = labelled_recall(queries, rankings[BASELINE].ranked, {c["id"]: c["doc_id"] for c in corpus})
     latency = {name: {"retrieval_ms": 1000 * rankings[name].seconds / len(queries)} for name in names}
 
     # 5. Generate (batched, per generator), with and without the evidence in context.
@@ -584,8 +594,13 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         "skipped": skipped,
         "deltas": deltas,
         "verdicts": verdicts(deltas, verdict_metrics),
-        "fine_tune_note": report_io.fine_tune_note(configurations[BASELINE]["metrics"]["recall@10"]),
+        "baseline_recall": baseline_recall,
+        "fine_tune_note": report_io.fine_tune_note(
+            baseline_recall["recall"], report_io.recall_label(baseline_recall), len(queries), cfg.eval.min_queries
+        ),
+        "warnings": [too_few] if too_few else [],
         "probes": probes,
+        "promotion": promotion_report(run),
         "judge": judge_usage,
         "bootstrap": {"samples": samples, "seed": seed, "confidence": 0.95},
     }
@@ -595,6 +610,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         for q, row in zip(queries, rows[name], strict=True)
     ]
     outputs = report_io.write_report(run, report, per_query) if is_main_process() else {}
+    if is_main_process():
+        outputs |= write_html_report(run, report, per_query)
     run.record(
         STAGE,
         config_hash=config_hash,

@@ -166,6 +166,20 @@ def render_markdown(report: dict) -> str:
                 out.append(f"| {name} | {v['metric']} | {v['vs']} | {v['verdict']} | {_interval_text(v)} |")
     else:
         out.append("Only the baseline ran: nothing to compare yet.")
+    if report.get("promotion"):
+        out += [
+            "",
+            "## Served by default (assemble.*: auto)",
+            "",
+            "A tuned component serves only if it beat its baseline on the dev slice (held-out train documents).",
+            "",
+            "| component | promoted | on |",
+            "|---|---|---|",
+        ]
+        out += [
+            f"| {name} | {'yes' if p['promoted'] else 'no'} | {p['reason']} |"
+            for name, p in report["promotion"].items()
+        ]
     out += ["", "## Should you fine-tune?", "", report["fine_tune_note"]]
     if report["deltas"]:
         out += ["", "## Deltas against rag_only (all metrics: report.json)", ""]

@@ -16,7 +16,8 @@
 - Generation: ``HuggingFaceLLM`` over the RAFT generator (merged, or base + adapter), prompted with
   :func:`stages.raft.prompts.build_messages` and the tokenizer's chat template — the training format.
 
-Each component is base or tuned by ``assemble.embedder/reranker/generator`` (reranker also ``none``).
+Each component is base or tuned by ``assemble.embedder/reranker/generator`` (reranker also ``none``); the
+default ``auto`` serves a tuned component only if it beat its baseline on the dev slice (:mod:`pipeline.promotion`).
 
 Example:
     >>> engine = build_query_engine(cfg, RunDir("runs/demo"))
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +138,18 @@ class RaftQueryEngine(CustomQueryEngine):
 
     def custom_query(self, query_str: str) -> Response:
         bundle = QueryBundle(query_str)
+        started = time.perf_counter()
         nodes = self.retriever.retrieve(bundle)
+        seconds = {"retrieve": time.perf_counter() - started}
         if self.reranker is not None:
+            started = time.perf_counter()
             nodes = self.reranker.postprocess_nodes(nodes, query_bundle=bundle)
+            seconds["rerank"] = time.perf_counter() - started
         messages = build_messages(query_str, [n.node.get_content() for n in nodes])
         prompt = chat_prompt(self.tokenizer, messages)
+        started = time.perf_counter()
         raw = self.llm.complete(prompt, formatted=True).text.strip()
+        seconds["generate"] = time.perf_counter() - started
         parsed = parse_answer(raw)
         return Response(
             response=parsed.answer or raw,
@@ -153,6 +161,7 @@ class RaftQueryEngine(CustomQueryEngine):
                 "well_formed": parsed.well_formed,
                 "prompt": prompt,
                 "messages": messages,
+                "seconds": seconds,
             },
         )
 
@@ -190,6 +199,10 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
         )
     model, tokenizer = load_generator(comp.generator, comp.adapter)
     positions = getattr(model.config, "max_position_embeddings", choice.context_window)
+    # With an adapter the tokenizer is the copy RAFT saved beside it (the base's, with the chat template it
+    # trained with), so HuggingFaceLLM's warning that model and tokenizer folders differ does not apply.
+    if comp.adapter:
+        tokenizer.name_or_path = model.name_or_path
     llm = HuggingFaceLLM(
         model=model,
         tokenizer=tokenizer,
@@ -227,4 +240,10 @@ def format_response(response: Response) -> str:
         md = node.node.metadata
         score = f"{node.score:.3f}" if node.score is not None else "-"
         lines.append(f"  {rank}. {md.get('doc_id')} ({md.get('source')}) chunk {chunk_id_of(node.node)} score {score}")
+    if meta.get("seconds"):
+        lines.append("Time: " + ", ".join(f"{step} {_duration(s)}" for step, s in meta["seconds"].items()))
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"

@@ -4,17 +4,30 @@ ragtune data CONFIG [key=value ...] [--force]     one stage (likewise embed, rer
 ragtune run CONFIG [key=value ...]                every stage in order, skipping finished ones
 ragtune status RUN_DIR                            the manifest as a table
 ragtune query RUN_DIR "question" [key=value ...]  ask the assembled engine (answer, quotes, sources)
+ragtune serve RUN_DIR [--host H --port P]         OpenAI-compatible server over the engine (pipeline.serve)
+ragtune export RUN_DIR --to DIR [--push ORG/PREFIX]  the three models with cards, for the Hub (pipeline.export)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
-from pipeline.entry import USER_ERRORS, add_config_args, call_stage, open_run, setup_logging
+from pipeline.entry import (
+    INTERRUPTED_EXIT,
+    USER_ERRORS,
+    RunInterrupted,
+    add_config_args,
+    call_stage,
+    open_run,
+    quiet_libraries,
+    setup_logging,
+)
 from pipeline.llm import DryRunFinished
-from pipeline.rundir import RunDir, format_status
+from pipeline.promotion import format_promotions
+from pipeline.rundir import RunDir, StageInputError, format_status
 
 # Stage name -> module with main(cfg, run, force); only the top of the package imports stages.
 STAGE_MODULES = {
@@ -26,6 +39,13 @@ STAGE_MODULES = {
 }
 
 
+# Commands with their own parser (their modules' main(argv)); listed in `ragtune --help`.
+DELEGATED = {
+    "serve": ("pipeline.serve", "OpenAI-compatible server over a run's engine"),
+    "export": ("pipeline.export", "export a run's models with cards, optionally push them to the Hub"),
+}
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragtune", description="Adapt a RAG stack to one domain.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,6 +54,8 @@ def make_parser() -> argparse.ArgumentParser:
         add_config_args(p)
     p = sub.add_parser("run", help="every stage in order, skipping finished ones")
     add_config_args(p)
+    for name, (_, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     p = sub.add_parser("status", help="print a run's manifest as a table")
     p.add_argument("run_dir")
     p = sub.add_parser("query", help="ask the assembled query engine of a run")
@@ -52,10 +74,11 @@ def _normalize_argv(argv: list[str]) -> list[str]:
 
 
 def run_all(config: str, overrides: list[str], force: bool = False) -> None:
-    """Every stage in order; each skips itself when finished and fresh."""
-    with open_run(config, overrides) as (cfg, run):
+    """Every stage in order; each skips itself when finished and fresh. Ends with each stage's time and metrics."""
+    with open_run(config, overrides, "run") as (cfg, run):
         for name, module in STAGE_MODULES.items():
             call_stage(name, importlib.import_module(module).main, cfg, run, force)
+        print(f"\n{format_status(run)}")
 
 
 def query(run_dir: str, question: str, overrides: list[str]) -> None:
@@ -64,23 +87,31 @@ def query(run_dir: str, question: str, overrides: list[str]) -> None:
     from pipeline.config import load_config
 
     run = RunDir(run_dir)
+    if not run.path("config.resolved.yaml").exists():
+        raise StageInputError(f"{run.root}: not a ragtune run (no config.resolved.yaml); `ragtune run CONFIG` makes it")
     cfg = load_config(run.path("config.resolved.yaml"), overrides)
     with run.lock():  # the engine writes index/ on first use
         print(format_response(build_query_engine(cfg, run).query(question)))
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = make_parser().parse_args(_normalize_argv(list(sys.argv[1:] if argv is None else argv)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
+        return
+    args = make_parser().parse_args(_normalize_argv(argv))
     setup_logging(getattr(args, "verbose", False))
     try:
         if args.command == "status":
             print(format_status(RunDir(args.run_dir)))
+            print(format_promotions(RunDir(args.run_dir)))
         elif args.command == "query":
-            query(args.run_dir, args.question, args.overrides)
+            with contextlib.nullcontext() if args.verbose else quiet_libraries():
+                query(args.run_dir, args.question, args.overrides)
         elif args.command == "run":
             run_all(args.config, args.overrides, args.force)
         else:
-            with open_run(args.config, args.overrides) as (cfg, run):
+            with open_run(args.config, args.overrides, args.command) as (cfg, run):
                 stage_main = importlib.import_module(STAGE_MODULES[args.command]).main
                 call_stage(args.command, stage_main, cfg, run, args.force)
     except DryRunFinished as e:
@@ -88,6 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (RunInterrupted, KeyboardInterrupt) as e:
+        print(str(e) or "interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import re
+import typing
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -191,7 +193,12 @@ class SplitConfig(Section):
 class SynthConfig(Section):
     enabled: bool = Field(True, description="Generate synthetic queries for train-split chunks.")
     queries_per_chunk: int = Field(1, ge=1, description="Queries asked for per chunk.")
-    max_chunks: int | None = Field(None, ge=1, description="Cap on chunks to generate for (null: all).")
+    max_chunks: int | None = Field(
+        None,
+        ge=1,
+        description="Cap on chunks to generate for (null: all), taken from every training document in turn "
+        "(seeded by split.seed), so a small cap still covers many documents.",
+    )
     prompt: str | None = Field(
         None, description="Path to a prompt template replacing the built-in one ({examples}, {passage}, {n})."
     )
@@ -264,6 +271,12 @@ class MiningConfig(Section):
     )
     num_negatives: int = Field(5, ge=1)
     sampling_strategy: Literal["top", "random"] = Field("top")
+    random_negatives: int = Field(
+        0,
+        ge=0,
+        description="Easy negatives per query drawn from the whole corpus (never a labelled chunk or its "
+        "neighbour) and trained on beside the hard ones.",
+    )
     use_faiss: bool | None = Field(None, description="null: faiss when the corpus is large.")
     audit_samples: int = Field(
         20, ge=0, description="(query, positive, negative) triples written for a person to read."
@@ -275,13 +288,55 @@ class RerankConfig(Section):
         "bundled:minilm-l6",
         description="Cross-encoder base (a fresh one-logit head on an encoder, or a hub cross-encoder).",
     )
-    loss: Literal["bce", "lambda", "listnet", "mnrl"] = Field("bce")
+    start_from: Literal["base_model", "tuned_embedder"] = Field(
+        "tuned_embedder",
+        description="Encoder the cross-encoder starts from: rerank.base_model, or stage 1's tuned embedder "
+        "(which already knows the domain's words).",
+    )
+    head: Literal["classifier", "mean_pool"] = Field(
+        "mean_pool",
+        description="What scores the encoded pair: classifier (transformers' [CLS] pooler + one logit, as hub "
+        "cross-encoders have) or mean_pool (a zero-initialised linear layer on the mean token state). A base "
+        "that already is a cross-encoder keeps its own head.",
+    )
+    loss: Literal["bce", "lambda", "listnet", "mnrl"] = Field(
+        "bce",
+        description="bce: labelled pairs; lambda / listnet: listwise over each query's positives and negatives; "
+        "mnrl: in-batch softmax (costly: every query against every passage of the batch).",
+    )
     mining: MiningConfig = Field(default_factory=MiningConfig)
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(2e-5, gt=0)
-    max_steps: int = Field(-1)
-    max_length: int = Field(256, ge=16)
+    pseudo_queries: int = Field(
+        1000,
+        ge=0,
+        description="Inverse-cloze pseudo-queries (one sentence of a chunk, the chunk its positive) added to the "
+        "reranker's training queries, drawn from chunks of documents no eval or dev query cites (0: none).",
+    )
+    warm_start: Literal["none", "margin_mse", "mse"] = Field(
+        "none",
+        description="Before the hard-negative phase, distil the tuned embedder's scores over each training "
+        "query's top rerank.warm_start_pool chunks: margin_mse fits score differences, mse each score.",
+    )
+    warm_start_steps: int = Field(0, ge=0, description="Optimizer steps of the warm start (0: none).")
+    warm_start_pool: int = Field(8, ge=2, description="Candidates per query the warm start distils over.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the mined training rows (max_steps wins when set).")
+    batch_size: int = Field(16, ge=1, description="Training rows per step (a listwise row holds a whole list).")
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Peak learning rate (null: 1e-3 for a fresh head on an encoder, which barely moves at the "
+        "usual 2e-5 within a CPU budget; 2e-5 when rerank.base_model already is a cross-encoder).",
+    )
+    head_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Peak learning rate of a fresh scoring head (null: rerank.learning_rate); a zero-initialised "
+        "head passes no gradient to the encoder until it has grown.",
+    )
+    max_steps: int = Field(-1, description="Optimizer steps of the hard-negative phase (-1: rerank.epochs).")
+    max_length: int = Field(256, ge=16, description="Tokens of (query, passage) the cross-encoder reads.")
+    curve_points: int = Field(
+        4, ge=0, description="Dev-slice evaluations during training for the learning curve (0: none)."
+    )
     retrieve_top_k: int = Field(20, ge=1, description="Held-out evaluation reranks the tuned retriever's top k.")
     fusion_weight: Annotated[float, Field(ge=0, le=1)] | Literal["auto"] = Field(
         "auto",
@@ -325,9 +380,17 @@ class RaftConfig(Section):
 
 
 class AssembleConfig(Section):
-    embedder: Literal["tuned", "base"] = Field("tuned")
-    reranker: Literal["tuned", "base", "none"] = Field("tuned")
-    generator: Literal["tuned", "base"] = Field("tuned")
+    embedder: Literal["auto", "tuned", "base"] = Field(
+        "auto", description="auto: the tuned embedder if it beat the base on the dev slice, else the base."
+    )
+    reranker: Literal["auto", "tuned", "base", "none"] = Field(
+        "auto",
+        description="auto: the tuned reranker if the dev slice gave it a fusion weight above 0, else none; base: "
+        "rerank.base_model as a cross-encoder.",
+    )
+    generator: Literal["auto", "tuned", "base"] = Field(
+        "auto", description="auto: the tuned generator if its dev answer F1 beat the base's, else the base."
+    )
     top_k: int = Field(10, ge=1, description="Chunks the retriever returns.")
     top_n: int = Field(
         3, ge=1, description="Chunks kept after reranking and given to the generator (RAFT samples use the same)."
@@ -397,6 +460,12 @@ class EvalConfig(Section):
         8, ge=1, description="Prompts per left-padded generate() call when the harness generates answers."
     )
     bootstrap_samples: int = Field(1000, ge=100)
+    min_queries: int = Field(
+        30,
+        ge=1,
+        description="Fewest held-out queries for a call on whether fine-tuning pays: with fewer, eval warns "
+        "loudly and the report gives no such call (intervals from a handful of queries are too wide).",
+    )
     probes: ProbeConfig = Field(default_factory=ProbeConfig)
     judge: LLMConfig | None = Field(None, description="Optional LLM judge of answers.")
 
@@ -458,11 +527,47 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return tree
 
 
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """A ``"; did you mean 'x'?"`` hint naming the known key closest to ``key`` (difflib), or "".
+
+    Example:
+        >>> did_you_mean("chunk_sise", ["chunk_size", "chunk_overlap"])
+        "; did you mean 'chunk_size'?"
+    """
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _section_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The config section class that holds the key at ``loc`` (a validation error's location), if any."""
+    model: Any = RagtuneConfig
+    for part in loc[:-1]:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            field = model.model_fields.get(str(part))
+            if field is None:
+                return None
+            model = field.annotation
+        elif typing.get_origin(model) is dict:
+            model = typing.get_args(model)[1]  # a key of a mapping such as eval.custom
+        else:
+            return None
+        # X | None and dict[str, X]: look through to the section X
+        sections = [a for a in typing.get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if typing.get_origin(model) is not dict and sections:
+            model = sections[0]
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key (misspelled?)" if e["type"] == "extra_forbidden" else e["msg"]
+        if e["type"] == "extra_forbidden":
+            section = _section_at(e["loc"])
+            hint = did_you_mean(str(e["loc"][-1]), section.model_fields) if section else ""
+            msg = f"unknown key{hint or ' (misspelled?)'}"
+        else:
+            msg = e["msg"]
         lines.append(f"  {path}: {msg}")
     return "\n".join(lines)
 
@@ -517,7 +622,7 @@ def check_trainer_keys(section: str, trainer: Mapping[str, Any], args_class: typ
         ...     check_trainer_keys("embed", {"learning_rat": 1e-4}, TrainingArguments)
         ... except ConfigError as e:
         ...     print(e)
-        embed.trainer.learning_rat: not a TrainingArguments field (misspelled?)
+        embed.trainer.learning_rat: not a TrainingArguments field; did you mean 'learning_rate'?
     """
     known = {f.name for f in dataclasses.fields(args_class) if f.init}
     for key, value in trainer.items():
@@ -532,4 +637,5 @@ def check_trainer_keys(section: str, trainer: Mapping[str, Any], args_class: typ
                 f"{section}.trainer.report_to: only 'none' is allowed (trackers send run data off the machine)"
             )
         if key not in known:
-            raise ConfigError(f"{section}.trainer.{key}: not a {args_class.__name__} field (misspelled?)")
+            hint = did_you_mean(key, known) or " (misspelled?)"
+            raise ConfigError(f"{section}.trainer.{key}: not a {args_class.__name__} field{hint}")

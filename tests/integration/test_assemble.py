@@ -25,6 +25,10 @@ def _setup(tiny_config: Path, bert: Path, llama: Path) -> tuple:
         f"rerank.base_model={bert}",
         f"raft.base_model={llama}",
         "assemble.max_new_tokens=6",
+        # The simulated stages record no dev figures, so auto would serve the baselines (tests/unit/test_promotion).
+        "assemble.embedder=tuned",
+        "assemble.reranker=tuned",
+        "assemble.generator=tuned",
     ]
     cli(["data", str(tiny_config), *overrides])
     cfg = load_config(tiny_config, overrides)

@@ -11,6 +11,8 @@ from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of
 from pipeline.cli import main as cli
 from pipeline.rundir import RunDir
 
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
 
 def finish_upstream(run: RunDir, bert: Path, llama: Path) -> None:
     """Simulate finished embed, rerank and raft stages with tiny models."""
@@ -80,7 +82,7 @@ def test_eval_compares_every_configuration_and_records_the_stage(
         "no significant change",
         "hurt",
     }
-    assert "full" in report["verdicts"] and report["fine_tune_note"].startswith("Baseline recall@10")
+    assert "full" in report["verdicts"] and report["fine_tune_note"].startswith("No call on fine-tuning")
     assert set(report["probes"]) == {"base", "tuned"} and report["probes"]["base"]["gap"] is not None
 
     # Per-query rows: one per configuration and query; the RAFT adapter changes the answers.
@@ -142,6 +144,41 @@ def test_eval_after_data_only_runs_the_baseline_and_says_what_was_skipped(
     report = json.loads(run.path("eval/report.json").read_text())
     assert list(report["configurations"]) == ["rag_only", "embed"] and "embed" in report["verdicts"]
     assert "embed/model" in run.load_manifest()["eval"].inputs
+
+
+def test_too_few_held_out_queries_warn_loudly_and_the_note_names_its_recall(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, tmp_path: Path, capsys
+) -> None:
+    overrides = [*_overrides(tiny_bert_dir, tiny_llama_dir), "eval.generation=false"]
+    cli(["data", str(tiny_config), *overrides])
+    run = run_dir_of(tiny_config)
+    capsys.readouterr()
+    cli(["eval", str(tiny_config), *overrides])  # the fixture holds out a handful of questions: fewer than 30
+    printed = capsys.readouterr().out
+    report = json.loads(run.path("eval/report.json").read_text())
+    n = report["queries"]["n"]
+    assert 1 <= n < 30
+    warning = f"only {n} held-out queries (eval.min_queries: 30)"
+    assert f"WARNING: {warning}" in printed.splitlines()[-1]
+    assert f"> **Warning:** {warning}" in run.path("eval/report.md").read_text()
+    assert report["fine_tune_note"].startswith("No call on fine-tuning") and "pays on" not in report["fine_tune_note"]
+    # the fixture's questions carry evidence: the note's recall counts evidence chunks, and says so
+    assert report["baseline_recall"]["level"] == "chunk"
+
+    cli(["eval", str(tiny_config), *overrides, "eval.min_queries=1"])
+    report = json.loads(run.path("eval/report.json").read_text())
+    assert report["warnings"] == [] and "recall@10 of the evidence chunks" in report["fine_tune_note"]
+
+    # Questions without evidence are labelled per document: the note reads document recall.
+    no_evidence = tmp_path / "no_evidence.jsonl"
+    rows = [json.loads(line) for line in (FIXTURES / "questions.jsonl").read_text().splitlines() if line.strip()]
+    no_evidence.write_text("".join(json.dumps({k: v for k, v in q.items() if k != "evidence"}) + "\n" for q in rows))
+    doc_level = [*overrides, f"data.questions={no_evidence}", "eval.min_queries=1"]
+    cli(["data", str(tiny_config), *doc_level])
+    cli(["eval", str(tiny_config), *doc_level])
+    report = json.loads(run.path("eval/report.json").read_text())
+    assert report["baseline_recall"]["level"] == "document"
+    assert report["fine_tune_note"].startswith("Baseline document recall@10 (relevance labelled per document")
 
 
 def test_beir_dataset_without_answers_evaluates_retrieval_only(

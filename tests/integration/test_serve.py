@@ -141,7 +141,7 @@ def test_ragtune_serve_command_answers_and_stops_cleanly_on_sigterm(tiny_run) ->
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.serve", str(tiny_run.root), "--port", str(port)],
+        [sys.executable, "-m", "pipeline.cli", "serve", str(tiny_run.root), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -35,6 +35,33 @@ def test_unknown_key_names_its_dotted_path(tmp_path: Path) -> None:
     assert str(bad) in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("synt.enabled=false", "synt: unknown key; did you mean 'synth'?"),
+        ("data.chunk_sise=3", "data.chunk_sise: unknown key; did you mean 'chunk_size'?"),
+        ("rerank.mining.num_negativs=3", "rerank.mining.num_negativs: unknown key; did you mean 'num_negatives'?"),
+        ("eval.custom.mine.embeder=tuned", "eval.custom.mine.embeder: unknown key; did you mean 'embedder'?"),
+        ("eval.judge.providr=local", "eval.judge.providr: unknown key; did you mean 'provider'?"),
+        ("embed.zqxwv=1", "embed.zqxwv: unknown key (misspelled?)"),  # nothing close: no guess
+    ],
+)
+def test_a_misspelled_key_gets_a_did_you_mean_from_its_own_section(override: str, line: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(Path("configs/tiny.yaml"), [override])
+    assert f"  {line}" in str(err.value).splitlines()
+
+
+def test_a_misspelled_trainer_key_gets_a_did_you_mean() -> None:
+    from transformers import TrainingArguments
+
+    with pytest.raises(
+        ConfigError,
+        match=r"^rerank\.trainer\.gradient_acumulation_steps: .*; did you mean 'gradient_accumulation_steps'\?$",
+    ):
+        check_trainer_keys("rerank", {"gradient_acumulation_steps": 4}, TrainingArguments)
+
+
 def test_bad_value_names_key_and_override_typo_rejected() -> None:
     with pytest.raises(ConfigError, match=r"embed\.method"):
         load_config(Path("configs/tiny.yaml"), ["embed.method=qlora"])

@@ -52,12 +52,13 @@ def test_configurations_order_builtins_and_custom_inherit_sizes() -> None:
         "none",
         "base",
     )
-    # Fields the custom entry does not set come from cfg.assemble (tiny: top_k 4, top_n 2).
+    # Fields the custom entry does not set come from cfg.assemble (tiny: top_k 4, top_n 2; the generator's
+    # default auto is resolved by the promotion gate when the components are loaded).
     custom = choices["rerank_only"]
     assert (custom.embedder, custom.reranker, custom.generator, custom.top_k, custom.top_n) == (
         "base",
         "base",
-        "tuned",
+        "auto",
         4,
         2,
     )

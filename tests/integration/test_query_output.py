@@ -1,0 +1,87 @@
+"""`ragtune query` prints the answer, its sources and timings, and no library chatter."""
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of
+
+from pipeline.cli import main as cli
+
+ROOT = Path(__file__).parents[2]
+CHATTER = (
+    "Warning:",  # FutureWarning, DeprecationWarning, UserWarning
+    "are different, please ensure",  # HuggingFaceLLM: model and tokenizer folders differ (the adapter's copy)
+    "Batches",  # sentence-transformers encode bars, nested inside LlamaIndex's while the index is built
+    "Loading weights",
+    "bitsandbytes",
+    " INFO sentence_transformers",
+)
+
+
+def test_query_output_is_the_answer_sources_and_timings_without_library_chatter(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path
+) -> None:
+    overrides = [
+        "synth.enabled=false",
+        f"embed.base_model={tiny_bert_dir}",
+        f"rerank.base_model={tiny_bert_dir}",
+        f"raft.base_model={tiny_llama_dir}",
+        "assemble.max_new_tokens=6",
+    ]
+    cli(["data", str(tiny_config), *overrides])
+    run = run_dir_of(tiny_config)
+    shutil.copytree(tiny_bert_dir, run.path("embed/model"))
+    run.record("embed", config_hash="t", inputs={}, outputs={"model": "embed/model"}, started=time.time())
+    record_tuned_reranker_and_adapter(run, tiny_bert_dir, tiny_llama_dir)  # the tokenizer comes from the adapter
+    question = "how long do I have to do a takeover when the router instance dies"
+
+    for first_use in (True, False):  # the first query builds and persists the index
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "query", str(run.root), question],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        assert proc.returncode == 0, proc.stderr
+        output = proc.stdout + proc.stderr
+        assert [c for c in CHATTER if c in output] == []
+        if first_use:
+            assert "index: " in proc.stderr  # ragtune's own info line stays
+        lines = proc.stdout.splitlines()
+        assert lines[0].startswith("Answer:") and "Sources:" in lines
+        assert lines[-1].startswith("Time: retrieve ") and ", generate " in lines[-1]
+
+    verbose = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "query", str(run.root), question, "-v"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert "Batches" in verbose.stderr  # -v keeps the libraries' output
+
+
+def test_run_ends_with_each_stage_time_and_headline_metrics(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, capsys
+) -> None:
+    overrides = [
+        "synth.enabled=false",
+        f"embed.base_model={tiny_bert_dir}",
+        f"rerank.base_model={tiny_bert_dir}",
+        f"raft.base_model={tiny_llama_dir}",
+        "embed.max_steps=2",
+        "rerank.max_steps=2",
+        "raft.max_steps=1",
+        "raft.max_length=1024",
+        "assemble.max_new_tokens=4",
+        "eval.bootstrap_samples=100",
+    ]
+    cli(["run", str(tiny_config), *overrides])
+    table = capsys.readouterr().out.split("\n\n")[-1].splitlines()
+    assert table[0].split()[:4] == ["stage", "status", "config", "time"]
+    rows = {line.split()[0]: line for line in table[1:]}
+    assert list(rows) == ["data", "embed", "rerank", "raft_build", "raft", "eval"]
+    assert "before_ndcg@10=" in rows["embed"] and "after_ndcg@10=" in rows["embed"]
+    assert "rag_only.ndcg@10=" in rows["eval"] and "hit@1" not in rows["eval"]
