@@ -10,12 +10,10 @@ import csv
 import io
 import json
 import logging
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 
-from pipeline.rundir import RunDir, atomic_write_text, set_default_mode
+from pipeline.rundir import RunDir, atomic_save_figure, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -223,15 +221,6 @@ def per_query_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _save_figure(fig, path: Path) -> None:
-    # the temp name is one that taking the run's lock cleans up after a killed write
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    set_default_mode(tmp)
-    os.replace(tmp, path)
-
-
 def _interval_bars(ax, j: int, n_series: int, width: float, ivs: list[dict | None], label: str) -> None:
     """One series of grouped bars (estimates) with asymmetric error bars (the 95% interval); None -> 0."""
     heights = [iv["estimate"] if iv else 0.0 for iv in ivs]
@@ -295,7 +284,7 @@ def deltas_figure(report: dict):
 def _save_and_close(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    _save_figure(fig, path)
+    atomic_save_figure(fig, path)
     plt.close(fig)
 
 

@@ -111,6 +111,22 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def atomic_save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
+    """Save a matplotlib figure as a PNG at ``path`` through a temporary name (cleaned at the next lock if killed).
+
+    Closes the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    set_default_mode(tmp)
+    os.replace(tmp, path)
+
+
 def atomic_write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write rows as JSON lines atomically."""
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -9,7 +9,6 @@ writes the points to rerank/metrics.json, the model card and the log, and draws 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from transformers import TrainerCallback
 
 from pipeline.ranking import choose_fusion_weight
 from pipeline.retrieval import cross_encoder_scores
+from pipeline.rundir import atomic_save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +124,4 @@ def plot_learning_curve(points: Sequence[Mapping[str, Any]], path: Path) -> None
     ax.set_title("Reranker learning curve on the dev slice")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic_save_figure(fig, path, dpi=100)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import statistics
 import time
@@ -36,7 +35,14 @@ from typing import Any
 from pipeline.config import MiningConfig, RagtuneConfig
 from pipeline.entry import run_stage
 from pipeline.retrieval import model_hash
-from pipeline.rundir import RunDir, atomic_write_jsonl, atomic_write_text, is_main_process, read_jsonl
+from pipeline.rundir import (
+    RunDir,
+    atomic_save_figure,
+    atomic_write_jsonl,
+    atomic_write_text,
+    is_main_process,
+    read_jsonl,
+)
 from stages.embed.pairs import DEV_MIN_QUERIES, split_dev_queries
 from stages.rerank.negatives import RULES, choose_negatives, draw_random_negatives, filter_candidates
 from stages.rerank.pseudo_queries import inverse_cloze_queries
@@ -254,11 +260,7 @@ def plot_score_histogram(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     ax.set_title("Mined hard negatives vs positives")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic_save_figure(fig, path, dpi=100)
 
 
 def _quote(text: str, limit: int = 700) -> str:
