@@ -113,7 +113,7 @@ def plot_learning_curve(points: Sequence[Mapping[str, Any]], path: Path) -> None
     for phase in phases:
         steps = [p["step"] for p in points if p["phase"] == phase]
         x += [offset + s for s in steps]
-        if phase != phases[0]:
+        if phase != phases[0] and offset > 0:
             ax.axvline(offset, color="grey", linestyle=":", linewidth=1)
             ax.text(offset, 0.02, f" {phase}", transform=ax.get_xaxis_transform(), fontsize=8, color="grey")
         offset += max(steps, default=0)

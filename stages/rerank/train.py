@@ -17,6 +17,7 @@ Training checkpoints, if any are asked for in `rerank.trainer`, go to rerank/che
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -368,6 +369,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         steps_done += trainer.state.global_step
     if not is_main_process():
         return {}
+    with contextlib.suppress(OSError):  # an empty folder the trainer made; checkpoints asked for are kept
+        run.path("rerank/checkpoints").rmdir()
 
     # 7. Choose how much the reranker's score counts against the retriever's, on the dev slice of train.
     weight, fusion = choose_weight(cfg.rerank, dev, model)

@@ -90,6 +90,7 @@ def test_rerank_stage_mines_trains_evaluates_and_records(tiny_config: Path, tiny
     fusion = json.loads(run.path(f"rerank/model/{FUSION_FILE}").read_text())
     assert fusion["fusion_weight"] == 0.0 and "no dev slice" in fusion["fusion_weight_source"]
     assert metrics["learning_curve"] == [] and not run.path("rerank/learning_curve.png").exists()
+    assert not run.path("rerank/checkpoints").exists()  # no checkpoint was asked for: no empty folder left
 
     cfg = load_config(tiny_config, overrides)
     rec = run.load_manifest()["rerank"]
