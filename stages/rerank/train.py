@@ -9,8 +9,9 @@ Run it:
 Reads embed/model (the tuned embedder, never the base: refused until `ragtune embed` has run) and the
 data stage's corpus and queries through the manifest. Train queries of a document-disjoint dev slice
 (rerank.dev_fraction) are neither mined nor trained on: they choose the fusion weight of reranker and
-retriever scores. Writes rerank/negatives/ (mined dataset, report, histogram, audit), rerank/model/
-(cross-encoder + model card + ragtune_fusion.json), rerank/metrics.json (nDCG@10, MRR@10, hit@k of the
+retriever scores and draw the learning curve (rerank/learning_curve.png). Writes rerank/negatives/ (mined
+dataset, report, histogram, audit), rerank/model/ (cross-encoder + model card + ragtune_fusion.json),
+rerank/metrics.json (nDCG@10, MRR@10, hit@k of the
 tuned retriever alone, the reranker alone and the two fused, on the eval split), then the manifest entry.
 Training checkpoints, if any are asked for in `rerank.trainer`, go to rerank/checkpoints/.
 """
