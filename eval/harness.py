@@ -404,11 +404,16 @@ def compare(
 
 
 def verdicts(deltas: dict[str, dict], metrics: Sequence[str]) -> dict[str, list[dict]]:
-    """Gained / no significant change / hurt per configuration, metric and reference."""
+    """Gained / no significant change / hurt per configuration, metric and reference.
+
+    Each configuration's verdicts against its previous step come first: they say what that step itself
+    added (a tuned reranker over the tuned embedder), where the verdicts against ``rag_only`` also count
+    every earlier step's gain.
+    """
     out: dict[str, list[dict]] = {}
     for name, by_ref in deltas.items():
         out[name] = []
-        for label, entry in by_ref.items():
+        for label, entry in sorted(by_ref.items(), key=lambda item: item[0] != "vs_previous"):
             if label == "vs_previous" and entry["reference"] == by_ref["vs_rag_only"]["reference"]:
                 continue  # the first compared configuration's previous one is rag_only itself
             for metric in metrics:
@@ -572,6 +577,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             | ({"generator": choices[name].generator} if generation else {})
             | {"paths": {k: v for k, v in vars(components[name]).items() if k != "inputs" and v is not None}},
             "retrieval": choices[name].retrieval,
+            # how much the reranker's score counted against the retriever's (None: no reranker)
+            "reranker_weight": load_fusion_weight(components[name].reranker) if components[name].reranker else None,
             "top_k": choices[name].top_k,
             "top_n": choices[name].top_n,
             "metrics": summary,

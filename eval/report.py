@@ -158,10 +158,17 @@ def render_markdown(report: dict) -> str:
         out += [f"- **{name}**: {why}" for name, why in report["skipped"].items()]
     out += ["", "## Verdicts", ""]
     if report["verdicts"]:
-        out += ["| configuration | metric | vs | verdict | delta [95% CI] |", "|---|---|---|---|---|"]
+        out += [
+            "Each configuration's verdict against its previous step comes first: that is what the step itself added.",
+            "",
+            "| configuration | reranker weight | metric | vs | verdict | delta [95% CI] |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, items in report["verdicts"].items():
+            weight = report["configurations"].get(name, {}).get("reranker_weight")
+            shown = "–" if weight is None else f"{weight:.1f}"
             for v in items:
-                out.append(f"| {name} | {v['metric']} | {v['vs']} | {v['verdict']} | {_interval_text(v)} |")
+                out.append(f"| {name} | {shown} | {v['metric']} | {v['vs']} | {v['verdict']} | {_interval_text(v)} |")
     else:
         out.append("Only the baseline ran: nothing to compare yet.")
     if report.get("promotion"):

@@ -14,6 +14,7 @@ from eval.harness import (
     rerank_ranking,
     score_generation,
     select_queries,
+    verdicts,
 )
 from eval.metrics import parse_judge_score
 from eval.probes import probe_similarities
@@ -189,3 +190,29 @@ def test_report_rendering_and_fine_tune_rule() -> None:
     md = render_markdown(_report("retrieval+generation"))
     assert "| rag_only |" in md and "F1" in md and "Only the baseline ran" in md
     assert per_query_csv([{"a": 1}, {"a": 2, "b": 3}]).splitlines() == ["a,b", "1,", "2,3"]
+
+
+def test_verdicts_against_the_previous_step_come_first_with_the_reranker_weight() -> None:
+    # embed_rerank's gain over rag_only is the embedder's alone: its own step (vs embed) changed nothing.
+    gained = {"estimate": 0.04, "low": 0.01, "high": 0.07, "n": 77}
+    flat = {"estimate": 0.0, "low": 0.0, "high": 0.0, "n": 77}
+    deltas = {
+        "embed": {"vs_rag_only": {"reference": "rag_only", "metrics": {"ndcg@10": gained}},
+                  "vs_previous": {"reference": "rag_only", "metrics": {"ndcg@10": gained}}},
+        "embed_rerank": {"vs_rag_only": {"reference": "rag_only", "metrics": {"ndcg@10": gained}},
+                         "vs_previous": {"reference": "embed", "metrics": {"ndcg@10": flat}}},
+    }  # fmt: skip
+    found = verdicts(deltas, ["ndcg@10"])
+    assert [(v["vs"], v["verdict"]) for v in found["embed_rerank"]] == [
+        ("embed", "no significant change"),
+        ("rag_only", "gained"),
+    ]
+    assert [v["vs"] for v in found["embed"]] == ["rag_only"]  # its previous step is rag_only itself
+    report = _report("retrieval-only")
+    report["configurations"] |= {
+        "embed": {**report["configurations"]["rag_only"], "reranker_weight": None},
+        "embed_rerank": {**report["configurations"]["rag_only"], "reranker_weight": 0.0},
+    }
+    report["verdicts"] = found
+    rows = [line for line in render_markdown(report).splitlines() if line.startswith("| embed_rerank | 0.0 |")]
+    assert rows[0] == "| embed_rerank | 0.0 | ndcg@10 | embed | no significant change | +0.000 [+0.000, +0.000] |"
