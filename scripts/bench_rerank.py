@@ -35,7 +35,6 @@ from stages.rerank.model import default_learning_rate  # noqa: E402
 
 BARE_MINING = """
 import json, sys, time
-started = time.time()
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import mine_hard_negatives

@@ -35,7 +35,10 @@ class DevCandidates:
 
 
 def dev_candidates(retriever: Any, queries: Sequence[Mapping[str, Any]], top_k: int) -> DevCandidates | None:
-    """The retriever's top ``top_k`` for every dev query (one batched search); ``None`` without dev queries."""
+    """The retriever's top ``top_k`` for every query (one batched search); ``None`` without queries.
+
+    The dev slice's candidates are fixed for the run; the eval split's are found the same way.
+    """
     if not queries:
         return None
     texts = [q["text"] for q in queries]

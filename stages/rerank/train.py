@@ -183,11 +183,10 @@ def score_candidates(
     retriever: DenseRetriever, cross_encoder: CrossEncoder, queries: Sequence[Mapping[str, Any]], top_k: int
 ) -> ScoredCandidates:
     """Retrieve each query's top ``top_k`` (one batched search) and score them all with the cross-encoder (one call)."""
-    texts = [q["text"] for q in queries]
-    first, ids = retriever.search(texts, top_k)
-    by_id = {c["id"]: c for c in retriever.corpus}
-    second = cross_encoder_scores(cross_encoder, texts, [[by_id[i] for i in row] for row in ids])
-    return ScoredCandidates(ids, first, second)
+    found = dev_candidates(retriever, queries, top_k)
+    if found is None:
+        return ScoredCandidates([], [], [])
+    return ScoredCandidates(found.ids, found.retriever, cross_encoder_scores(cross_encoder, found.texts, found.chunks))
 
 
 def evaluate_reranking(

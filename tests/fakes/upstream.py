@@ -14,6 +14,16 @@ import yaml
 from pipeline.rundir import RunDir
 
 
+def tiny_model_overrides(bert: Path, llama: Path) -> list[str]:
+    """Overrides that point every stage at the tiny models and skip query synthesis."""
+    return [
+        "synth.enabled=false",
+        f"embed.base_model={bert}",
+        f"rerank.base_model={bert}",
+        f"raft.base_model={llama}",
+    ]
+
+
 def run_dir_of(config: Path) -> RunDir:
     """The run directory a config file points at."""
     tree = yaml.safe_load(config.read_text())

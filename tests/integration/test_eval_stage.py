@@ -6,7 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
-from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of
+from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, tiny_model_overrides
 
 from pipeline.cli import main as cli
 from pipeline.rundir import RunDir
@@ -23,10 +23,7 @@ def finish_upstream(run: RunDir, bert: Path, llama: Path) -> None:
 
 def _overrides(bert: Path, llama: Path) -> list[str]:
     return [
-        "synth.enabled=false",
-        f"embed.base_model={bert}",
-        f"rerank.base_model={bert}",
-        f"raft.base_model={llama}",
+        *tiny_model_overrides(bert, llama),
         "assemble.max_new_tokens=6",
         "eval.bootstrap_samples=100",
     ]

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from fakes.upstream import run_dir_of
+from fakes.upstream import run_dir_of, tiny_model_overrides
 
 from eval.html_report import write_html_report
 from pipeline.cli import main as cli
@@ -44,10 +44,7 @@ def _number(value: str) -> float | str:
 
 def _overrides(bert: Path, llama: Path) -> list[str]:
     return [
-        "synth.enabled=false",
-        f"embed.base_model={bert}",
-        f"rerank.base_model={bert}",
-        f"raft.base_model={llama}",
+        *tiny_model_overrides(bert, llama),
         "embed.max_steps=3",
         "rerank.max_steps=2",
         "raft.max_steps=2",

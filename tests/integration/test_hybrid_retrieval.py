@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes.upstream import run_dir_of
+from fakes.upstream import run_dir_of, tiny_model_overrides
 
 from eval.harness import retrieve
 from pipeline.assemble import build_query_engine
@@ -21,10 +21,7 @@ from pipeline.vector_store import chunk_id_of
 
 def _overrides(bert: Path, llama: Path) -> list[str]:
     return [
-        "synth.enabled=false",
-        f"embed.base_model={bert}",
-        f"rerank.base_model={bert}",
-        f"raft.base_model={llama}",
+        *tiny_model_overrides(bert, llama),
         "assemble.max_new_tokens=4",
         "assemble.hybrid_depth=6",
         "eval.bootstrap_samples=100",
