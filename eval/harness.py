@@ -14,7 +14,7 @@ Retrieval is batched: one :class:`~pipeline.retrieval.DenseRetriever` per embedd
 embeddings cached under ``cache/embeddings``), exact top-k for all queries in one matrix product, one
 batched rerank per reranker — never one LlamaIndex retrieve per query. Generation is left-padded,
 batched, greedy decoding with the HF model, prompted exactly as RAFT trained
-(:func:`stages.raft.prompts.build_messages` + the tokenizer's chat template).
+(:func:`pipeline.raft_format.build_messages` + the tokenizer's chat template, :mod:`pipeline.generator`).
 
 Writes eval/report.md, eval/report.json, eval/per_query.csv, eval/metrics.png, eval/deltas.png and
 eval/report.html (one self-contained page with the stage cards, :mod:`eval.html_report`).
@@ -22,17 +22,13 @@ eval/report.html (one self-contained page with the stage cards, :mod:`eval.html_
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
-
-from tqdm.auto import tqdm
 
 from eval import report as report_io
 from eval.html_report import write_html_report
@@ -52,16 +48,18 @@ from eval.metrics import (
     verdict,
 )
 from eval.probes import probe_similarities
+from pipeline.components import Components, load_cross_encoder, resolve_components
 from pipeline.config import AssembleConfig, RagtuneConfig
 from pipeline.entry import run_stage
+from pipeline.generator import GenerationMemo, load_generator
 from pipeline.hybrid import bm25_rankings, bm25_retriever, fuse_rankings
 from pipeline.llm import make_backend
 from pipeline.models import resolve_model
-from pipeline.promotion import promotion_report, resolve_auto
+from pipeline.promotion import promotion_report
+from pipeline.raft_format import build_messages, parse_answer
 from pipeline.ranking import per_query_metrics
 from pipeline.retrieval import DenseRetriever, load_fusion_weight, rerank
 from pipeline.rundir import RunDir, StageInputError, is_main_process, read_jsonl
-from stages.raft.prompts import build_messages, parse_answer
 
 logger = logging.getLogger(__name__)
 
@@ -97,25 +95,6 @@ Messages = list[dict[str, str]]
 
 
 # -- configurations and their components ------------------------------------------------------------
-@dataclass
-class Components:
-    """Model paths one configuration uses, and the hashes of the upstream outputs it read."""
-
-    embedder: str
-    reranker: str | None
-    generator: str | None  # None in retrieval-only mode
-    adapter: str | None = None  # a peft LoRA adapter applied on top of ``generator``
-    inputs: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def retrieval_key(self) -> tuple[str, str | None]:
-        return self.embedder, self.reranker
-
-    @property
-    def generator_key(self) -> tuple[str | None, str | None]:
-        return self.generator, self.adapter
-
-
 def configuration_choices(cfg: RagtuneConfig) -> dict[str, AssembleConfig]:
     """Every configuration to evaluate, in order (``rag_only`` first), as a complete AssembleConfig.
 
@@ -142,133 +121,6 @@ def configuration_choices(cfg: RagtuneConfig) -> dict[str, AssembleConfig]:
             )
         choices[name] = cfg.assemble.model_copy(update=update)
     return choices
-
-
-def resolve_components(
-    cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig, need_generator: bool = True
-) -> Components:
-    """Model paths for one combination of base / tuned components.
-
-    Base models come from ``embed.base_model``, ``rerank.base_model`` (loaded as a CrossEncoder)
-    and ``raft.base_model``; tuned ones from the run's manifest: ``embed/model``, ``rerank/model``,
-    and ``raft/merged`` when the RAFT stage saved it, else ``raft/adapter`` over the base generator.
-
-    Raises:
-        StageInputError: a tuned component's stage has not finished (or its output is stale).
-    """
-    choice = resolve_auto(choice, run)
-    inputs: dict[str, str] = {}
-    if choice.embedder == "tuned":
-        embedder = str(run.require("embed", "model")["model"])
-        inputs |= run.input_hashes("embed", "model")
-    else:
-        embedder = resolve_model(cfg.embed.base_model)
-    reranker = None
-    if choice.reranker == "tuned":
-        reranker = str(run.require("rerank", "model")["model"])
-        inputs |= run.input_hashes("rerank", "model")
-    elif choice.reranker == "base":
-        reranker = resolve_model(cfg.rerank.base_model)
-    generator = adapter = None
-    if need_generator and choice.generator == "tuned":
-        raft = run.load_manifest().get("raft")
-        if raft is not None and "merged" in raft.outputs:
-            generator = str(run.require("raft", "merged")["merged"])
-            inputs |= run.input_hashes("raft", "merged")
-        else:
-            adapter = str(run.require("raft", "adapter")["adapter"])
-            generator = resolve_model(cfg.raft.base_model)
-            inputs |= run.input_hashes("raft", "adapter")
-    elif need_generator:
-        generator = resolve_model(cfg.raft.base_model)
-    return Components(embedder, reranker, generator, adapter, inputs)
-
-
-def load_cross_encoder(path: str, max_length: int, seed: int):
-    """A CrossEncoder with one logit; a base encoder gets a fresh head, seeded so runs agree."""
-    import torch
-    from sentence_transformers import CrossEncoder
-
-    torch.manual_seed(seed)
-    return CrossEncoder(path, num_labels=1, max_length=max_length)
-
-
-def load_generator(generator: str, adapter: str | None = None) -> tuple[Any, Any]:
-    """Load a causal LM (and its LoRA adapter, merged in for speed) and a left-padding tokenizer.
-
-    The tokenizer comes from the adapter folder when RAFT saved one there, so its chat template is the
-    one the generator was trained with.
-
-    Args:
-        generator: base (or merged) model folder.
-        adapter: a peft adapter folder, or None.
-
-    Returns:
-        (model in eval mode, tokenizer with ``padding_side="left"`` and a pad token).
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else generator
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16  # bf16 matmuls are slow on most CPUs
-    model = AutoModelForCausalLM.from_pretrained(generator, dtype=dtype)
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    return model.to(device).eval(), tokenizer
-
-
-def chat_prompt(tokenizer, messages: Messages) -> str:
-    """The prompt string the generator sees: the tokenizer's chat template with the assistant turn opened."""
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
-def generate_batched(
-    model, tokenizer, requests: Sequence[Messages], max_new_tokens: int, batch_size: int = 8, desc: str = "generate"
-) -> list[str]:
-    """Greedy completions for chat requests, in left-padded batches of similar length.
-
-    Args:
-        model: a causal LM in eval mode.
-        tokenizer: its tokenizer, ``padding_side="left"``.
-        requests: chat messages per item.
-        max_new_tokens: completion cap.
-        batch_size: prompts per ``generate`` call.
-        desc: progress bar label.
-
-    Returns:
-        One stripped completion per request, in order.
-    """
-    import torch
-
-    prompts = [chat_prompt(tokenizer, m) for m in requests]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: less padding
-    outputs = [""] * len(prompts)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not is_main_process() or not prompts):
-        batch = order[start : start + batch_size]
-        # The chat template already holds every special token the model was trained with.
-        enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = enc.to(model.device)
-        with torch.inference_mode():
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        for i, row in zip(batch, out[:, enc["input_ids"].shape[1] :], strict=True):
-            outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
-    return outputs
 
 
 # -- retrieval ----------------------------------------------------------------------------------------
@@ -634,33 +486,6 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     )
     print(report_io.render_table(report))
     return report
-
-
-class GenerationMemo:
-    """Answers of one generator by prompt, so identical prompts across configurations are generated once.
-
-    Two configurations with the same generator often build the same prompts (e.g. a reranker fused at
-    weight 0 keeps the retriever's order). Each answer keeps the milliseconds its batch took per prompt,
-    so a configuration served from the memo still reports what its prompts cost to generate.
-    """
-
-    def __init__(self, model, tokenizer, batch_size: int) -> None:
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        self.answers: dict[str, tuple[str, float]] = {}
-
-    def generate(self, requests: list[list[dict]], max_new_tokens: int, desc: str) -> tuple[list[str], float]:
-        """Answers for ``requests`` (generating only the new ones, batched) and their mean ms per prompt."""
-        keys = [json.dumps([max_new_tokens, r], sort_keys=True) for r in requests]
-        new = {k: r for k, r in zip(keys, requests, strict=True) if k not in self.answers}
-        if new:
-            started = time.perf_counter()
-            outputs = generate_batched(
-                self.model, self.tokenizer, list(new.values()), max_new_tokens, self.batch_size, desc
-            )
-            ms = 1000 * (time.perf_counter() - started) / len(new)
-            self.answers |= {k: (out, ms) for k, out in zip(new, outputs, strict=True)}
-        answers = [self.answers[k] for k in keys]
-        return [a for a, _ in answers], sum(ms for _, ms in answers) / max(len(answers), 1)
 
 
 def _generate_for(

@@ -1,7 +1,7 @@
 """Generation metrics and paired bootstrap intervals as small pure functions.
 
 Answer metrics follow the SQuAD conventions (lower-case, drop punctuation and the articles a/an/the,
-collapse whitespace). Quote metrics use the RAFT format of :mod:`stages.raft.prompts`: a quote is a
+collapse whitespace). Quote metrics use the RAFT format of :mod:`pipeline.raft_format`: a quote is a
 span between ``##begin_quote##`` and ``##end_quote##`` and counts when it occurs verbatim (whitespace-
 and case-insensitive) in a chunk. Retrieval metrics live in :mod:`pipeline.ranking`.
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stages.raft.prompts import parse_answer, quote_is_verbatim
+from pipeline.raft_format import parse_answer, quote_is_verbatim
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)

@@ -14,7 +14,7 @@
   ``assemble.top_n`` of ``assemble.top_k``, ordered by the cross-encoder's scores fused with the
   retriever's at the weight the rerank stage chose (``rerank/model/ragtune_fusion.json``; 1.0 = plain).
 - Generation: ``HuggingFaceLLM`` over the RAFT generator (merged, or base + adapter), prompted with
-  :func:`stages.raft.prompts.build_messages` and the tokenizer's chat template — the training format.
+  :func:`pipeline.raft_format.build_messages` and the tokenizer's chat template — the training format.
 
 Each component is base or tuned by ``assemble.embedder/reranker/generator`` (reranker also ``none``); the
 default ``auto`` serves a tuned component only if it beat its baseline on the dev slice (:mod:`pipeline.promotion`).
@@ -42,14 +42,15 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 from llama_index.postprocessor.sbert_rerank import SentenceTransformerRerank
 
-from eval.harness import chat_prompt, load_generator, resolve_components
+from pipeline.components import resolve_components
 from pipeline.config import AssembleConfig, RagtuneConfig
+from pipeline.generator import chat_prompt, load_generator
 from pipeline.hybrid import HybridRetriever, bm25_retriever
+from pipeline.raft_format import build_messages, parse_answer
 from pipeline.ranking import fuse_scores
 from pipeline.retrieval import load_fusion_weight
 from pipeline.rundir import RunDir, read_jsonl
 from pipeline.vector_store import chunk_id_of, load_vector_index
-from stages.raft.prompts import build_messages, parse_answer
 
 logger = logging.getLogger(__name__)
 

@@ -33,12 +33,12 @@ from langchain_core.retrievers import BaseRetriever
 from llama_index.core.schema import QueryBundle
 from pydantic import ConfigDict
 
-from eval.harness import chat_prompt
 from pipeline.assemble import RaftQueryEngine, build_query_engine
 from pipeline.config import load_config
+from pipeline.generator import chat_prompt
+from pipeline.raft_format import build_messages
 from pipeline.rundir import RunDir
 from pipeline.vector_store import chunk_id_of
-from stages.raft.prompts import build_messages
 
 ROLES = {"human": "user", "ai": "assistant", "system": "system"}
 

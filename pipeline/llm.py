@@ -7,7 +7,8 @@ Providers (``LLMConfig.provider``):
   exponential backoff that honours ``Retry-After``, a requests-per-minute limit is kept, tokens are
   counted, and a token or money budget stops the run cleanly. The key is read from the environment
   variable *named* by ``api_key_env`` and never written or logged.
-- ``local`` — a transformers causal LM (bundled SmolLM2 by default), left-padded batched generation.
+- ``local`` — a transformers causal LM (bundled SmolLM2 by default), left-padded batched generation
+  (:mod:`pipeline.generator`).
 - ``extractive`` — no LLM: the caller's deterministic ``extractor(messages)`` (offline runs, tests).
 
 Every finished call is appended at once to ``<cache_dir>/llm.jsonl`` (append + flush + fsync), keyed
@@ -400,49 +401,36 @@ class LocalBackend(LLMBackend):
     def _load(self) -> None:
         if self._model is not None:
             return
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+        from pipeline.generator import load_generator
         from pipeline.models import resolve_model
 
         path = resolve_model(self.cfg.model)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        tokenizer.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.float32 if device == "cpu" else "auto"  # bf16 matmuls are slow on most CPUs
-        self._model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        self._tokenizer = tokenizer
-        logger.info("local LLM %s loaded from %s on %s", self.cfg.model, path, device)
+        self._model, self._tokenizer = load_generator(path)
+        logger.info("local LLM %s loaded from %s on %s", self.cfg.model, path, self._model.device)
 
     def _complete(
         self, todo: list[tuple[str, Messages]], max_new_tokens: int, temperature: float, on_done: OnDone
     ) -> None:
-        import torch
+        from pipeline.generator import generate_batched
 
         self._load()
-        tok, model = self._tokenizer, self._model
-        prompts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for _, m in todo]
-        order = sorted(range(len(todo)), key=lambda i: len(prompts[i]))  # similar lengths: less padding
-        if temperature > 0:
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
-        else:
-            sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        for start in range(0, len(order), self.cfg.batch_size):
-            batch = order[start : start + self.cfg.batch_size]
-            enc = tok([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = enc.to(model.device)
-            if temperature > 0:  # same batch, same samples on a rerun
-                torch.manual_seed(int(todo[batch[0]][0][:8], 16))
-            with torch.inference_mode():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **sampling)
-            new_tokens = out[:, enc["input_ids"].shape[1] :]
-            for row, i, mask in zip(new_tokens, batch, enc["attention_mask"], strict=True):
-                completion = int((row != tok.pad_token_id).sum())
-                self.usage.prompt_tokens += int(mask.sum())
-                self.usage.completion_tokens += completion
-                on_done(todo[i][0], tok.decode(row, skip_special_tokens=True).strip(), int(mask.sum()), completion)
+
+        def on_completion(i: int, text: str, prompt_tokens: int, completion_tokens: int) -> None:
+            self.usage.prompt_tokens += prompt_tokens
+            self.usage.completion_tokens += completion_tokens
+            on_done(todo[i][0], text, prompt_tokens, completion_tokens)
+
+        generate_batched(
+            self._model,
+            self._tokenizer,
+            [m for _, m in todo],
+            max_new_tokens,
+            self.cfg.batch_size,
+            desc=None,  # the backend's own bar counts the items
+            temperature=temperature,
+            seeds=[int(key[:8], 16) for key, _ in todo],  # same batch, same samples on a rerun
+            on_completion=on_completion,
+        )
 
 
 class _ScrubFilter(logging.Filter):

@@ -202,8 +202,8 @@ def _stream(completion_id: str, created: int, model: str, answer: str, extra: di
 
 def load_stack(run_dir: str | Path, overrides: list[str] | None = None) -> ServedStack:
     """The engine, embedder and cross-encoder of a finished run, as its config (plus overrides) chooses."""
-    from eval.harness import load_cross_encoder, resolve_components
     from pipeline.assemble import build_query_engine
+    from pipeline.components import load_cross_encoder, resolve_components
     from pipeline.config import load_config
     from pipeline.rundir import RunDir
 

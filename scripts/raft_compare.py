@@ -4,7 +4,7 @@
 
 For every eval-split question with a reference answer: retrieve ``assemble.top_k`` chunks with the tuned
 embedder (embed/model), rerank them with the tuned reranker (rerank/model), keep ``assemble.top_n``, prompt
-with ``stages.raft.prompts.build_messages``, and generate greedily with the base model and with the base
+with ``pipeline.raft_format.build_messages``, and generate greedily with the base model and with the base
 plus the RAFT adapter (raft/adapter). Prints, per model: answer token-F1 against the reference (the text
 after ``##Answer:``, or the whole output when the tag is missing), quote precision (share of quoted spans
 found verbatim in the context, over answers that quote), format compliance and abstention rate; F1 is also
@@ -17,46 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
-import string
 import sys
-from collections import Counter
 from pathlib import Path
-
-import torch
-from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from eval.metrics import token_f1  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
+from pipeline.generator import generate_batched, load_generator  # noqa: E402
 from pipeline.models import resolve_model  # noqa: E402
+from pipeline.raft_format import build_messages, parse_answer, quote_is_verbatim  # noqa: E402
 from pipeline.retrieval import DenseRetriever, load_fusion_weight, rerank  # noqa: E402
 from pipeline.rundir import RunDir, atomic_write_text, read_jsonl  # noqa: E402
-from stages.raft.prompts import build_messages, parse_answer, quote_is_verbatim  # noqa: E402
 
 logger = logging.getLogger(__name__)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """SQuAD token F1 between a prediction and one reference.
-
-    Example:
-        >>> round(token_f1("RPO is 5 minutes", "RPO 5 minutes, RTO 30 minutes."), 3)
-        0.545
-    """
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if not pred or not ref or common == 0:
-        return float(pred == ref)
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
 
 
 def score_generation(text: str, reference: str, context: list[str]) -> dict:
@@ -72,22 +47,6 @@ def score_generation(text: str, reference: str, context: list[str]) -> dict:
         "well_formed": parsed.well_formed,
         "abstained": parsed.abstained,
     }
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int, desc: str) -> list[str]:
-    """Greedy, left-padded batched chat generation; returns only the new text."""
-    tokenizer.padding_side = "left"
-    outputs = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc):
-        texts = [
-            tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
-            for m in prompts[start : start + batch_size]
-        ]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        outputs += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return outputs
 
 
 def summarize(rows: list[dict], key: str) -> dict:
@@ -120,9 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="per-question JSON (default <run>/raft/compare.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from peft import PeftModel
     from sentence_transformers import CrossEncoder
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run = RunDir(args.run_dir)
     cfg = load_config(run.path("config.resolved.yaml"))
@@ -152,13 +109,14 @@ def main(argv: list[str] | None = None) -> dict:
     contexts = [[c["id"] for c, _ in row[: cfg.assemble.top_n]] for row in ranked]
     prompts = [build_messages(q["text"], [texts[c] for c in ctx]) for q, ctx in zip(questions, contexts, strict=True)]
 
-    # 3. Generate with the base model, then with the adapter on the same weights.
+    # 3. Generate with the base model, then with the adapter; both read the prompts through the tokenizer
+    #    RAFT saved beside the adapter, so they see the same chat template.
     base_path = resolve_model(cfg.raft.base_model)
-    tokenizer = AutoTokenizer.from_pretrained(str(adapter))
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).eval()
-    base_out = generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, "base generator")
-    tuned = PeftModel.from_pretrained(model, str(adapter)).eval()
-    tuned_out = generate(tuned, tokenizer, prompts, args.max_new_tokens, args.batch_size, "RAFT generator")
+    tuned, tokenizer = load_generator(base_path, str(adapter))
+    tuned_out = generate_batched(tuned, tokenizer, prompts, args.max_new_tokens, args.batch_size, "RAFT generator")
+    del tuned
+    base, _ = load_generator(base_path)
+    base_out = generate_batched(base, tokenizer, prompts, args.max_new_tokens, args.batch_size, "base generator")
 
     # 4. Score, print, write per-question rows.
     rows = []

@@ -9,13 +9,14 @@ import pytest
 import torch
 from fakes.upstream import record_tuned_reranker_and_adapter
 
-from eval.harness import generate_batched, load_generator, retrieve
+from eval.harness import retrieve
 from pipeline.assemble import SentenceTransformerEmbedding, build_query_engine, load_vector_index
 from pipeline.cli import main as cli
 from pipeline.config import load_config
+from pipeline.generator import generate_batched, load_generator
+from pipeline.raft_format import build_messages
 from pipeline.retrieval import DenseRetriever
 from pipeline.rundir import RunDir, read_jsonl
-from stages.raft.prompts import build_messages
 
 
 def _setup(tiny_config: Path, bert: Path, llama: Path) -> tuple:

@@ -1,16 +1,12 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 from eval.harness import (
-    GenerationMemo,
     Ranking,
     configuration_choices,
     extractive_judge,
-    generate_batched,
     judge_messages,
-    load_generator,
     rerank_ranking,
     score_generation,
     select_queries,
@@ -20,7 +16,7 @@ from eval.metrics import parse_judge_score
 from eval.probes import probe_similarities
 from eval.report import fine_tune_note, per_query_csv, render_markdown, render_table
 from pipeline.config import load_config
-from stages.raft.prompts import ABSTAIN_ANSWER, build_messages, format_answer
+from pipeline.raft_format import ABSTAIN_ANSWER, format_answer
 
 TINY = Path(__file__).parents[2] / "configs" / "tiny.yaml"
 
@@ -117,36 +113,6 @@ def test_extractive_judge_scores_from_token_f1() -> None:
     assert parse_judge_score(extractive_judge(judge_messages("q?", "15 minutes", "15 minutes"))) == 5
     assert parse_judge_score(extractive_judge(judge_messages("q?", "15 minutes", "within 15 minutes"))) == 4
     assert parse_judge_score(extractive_judge(judge_messages("q?", "15 minutes", "blue"))) == 1
-
-
-def test_batched_left_padded_generation_equals_one_at_a_time(tiny_llama_dir: Path) -> None:
-    model, tokenizer = load_generator(str(tiny_llama_dir))
-    torch.manual_seed(3)
-    with torch.no_grad():  # a random model that emits varied tokens, not one repeated newline
-        for p in model.parameters():
-            p.normal_(0, 0.5)
-    requests = [
-        build_messages("short?", ["Heron."]),
-        build_messages("a much longer question about the ledgerfish shard lease?", ["Ledgerfish " * 20]),
-        build_messages("mid question?", ["Tortoise drains the batch queue."]),
-    ]
-    batched = generate_batched(model, tokenizer, requests, max_new_tokens=6, batch_size=3)
-    single = [generate_batched(model, tokenizer, [r], max_new_tokens=6, batch_size=1)[0] for r in requests]
-    assert batched == single
-    assert len(set(batched)) > 1 and all(batched)
-
-    # The memo generates each distinct prompt once and answers repeats from memory, identically.
-    calls = []
-    memo = GenerationMemo(model, tokenizer, batch_size=3)
-    original = memo.model.generate
-    memo.model.generate = lambda **kw: calls.append(kw["input_ids"].shape[0]) or original(**kw)
-    first, ms = memo.generate([requests[0], requests[1], requests[0]], max_new_tokens=6, desc="a")
-    again, ms_again = memo.generate([requests[1], requests[0]], max_new_tokens=6, desc="b")
-    assert calls == [2] and first == [batched[0], batched[1], batched[0]] and again == [batched[1], batched[0]]
-    assert ms > 0 and ms_again == pytest.approx(ms)
-    memo.generate([requests[2]], max_new_tokens=6, desc="c")
-    memo.generate([requests[2]], max_new_tokens=5, desc="d")  # another length is another prompt
-    assert calls == [2, 1, 1]
 
 
 def test_probes_cosines_and_gap(tiny_bert_dir: Path) -> None:

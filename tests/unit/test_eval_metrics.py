@@ -19,7 +19,7 @@ from eval.metrics import (
     token_f1,
     verdict,
 )
-from stages.raft.prompts import ABSTAIN_ANSWER, format_answer
+from pipeline.raft_format import ABSTAIN_ANSWER, format_answer
 
 
 def test_squad_normalisation_exact_match_and_f1_hand_values() -> None:

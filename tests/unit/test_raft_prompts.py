@@ -1,4 +1,4 @@
-from stages.raft.prompts import (
+from pipeline.raft_format import (
     ABSTAIN_ANSWER,
     build_messages,
     format_answer,

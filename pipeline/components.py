@@ -1,0 +1,85 @@
+"""Components: which model paths a configuration of base and tuned parts uses.
+
+A choice (:class:`~pipeline.config.AssembleConfig`: embedder, reranker and generator each ``base``,
+``tuned`` or ``auto``) becomes paths: base models from their stage's section, tuned ones through the run's
+manifest. Assembly, the server and the eval harness read components only through
+:func:`resolve_components`, so they serve and measure the same models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config import AssembleConfig, RagtuneConfig
+from pipeline.models import resolve_model
+from pipeline.promotion import resolve_auto
+from pipeline.rundir import RunDir
+
+
+@dataclass
+class Components:
+    """Model paths one configuration uses, and the hashes of the upstream outputs it read."""
+
+    embedder: str
+    reranker: str | None
+    generator: str | None  # None in retrieval-only mode
+    adapter: str | None = None  # a peft LoRA adapter applied on top of ``generator``
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def retrieval_key(self) -> tuple[str, str | None]:
+        return self.embedder, self.reranker
+
+    @property
+    def generator_key(self) -> tuple[str | None, str | None]:
+        return self.generator, self.adapter
+
+
+def resolve_components(
+    cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig, need_generator: bool = True
+) -> Components:
+    """Model paths for one combination of base / tuned components.
+
+    Base models come from ``embed.base_model``, ``rerank.base_model`` (loaded as a CrossEncoder)
+    and ``raft.base_model``; tuned ones from the run's manifest: ``embed/model``, ``rerank/model``,
+    and ``raft/merged`` when the RAFT stage saved it, else ``raft/adapter`` over the base generator.
+
+    Raises:
+        StageInputError: a tuned component's stage has not finished (or its output is stale).
+    """
+    choice = resolve_auto(choice, run)
+    inputs: dict[str, str] = {}
+    if choice.embedder == "tuned":
+        embedder = str(run.require("embed", "model")["model"])
+        inputs |= run.input_hashes("embed", "model")
+    else:
+        embedder = resolve_model(cfg.embed.base_model)
+    reranker = None
+    if choice.reranker == "tuned":
+        reranker = str(run.require("rerank", "model")["model"])
+        inputs |= run.input_hashes("rerank", "model")
+    elif choice.reranker == "base":
+        reranker = resolve_model(cfg.rerank.base_model)
+    generator = adapter = None
+    if need_generator and choice.generator == "tuned":
+        raft = run.load_manifest().get("raft")
+        if raft is not None and "merged" in raft.outputs:
+            generator = str(run.require("raft", "merged")["merged"])
+            inputs |= run.input_hashes("raft", "merged")
+        else:
+            adapter = str(run.require("raft", "adapter")["adapter"])
+            generator = resolve_model(cfg.raft.base_model)
+            inputs |= run.input_hashes("raft", "adapter")
+    elif need_generator:
+        generator = resolve_model(cfg.raft.base_model)
+    return Components(embedder, reranker, generator, adapter, inputs)
+
+
+def load_cross_encoder(path: str, max_length: int, seed: int) -> Any:
+    """A CrossEncoder with one logit; a base encoder gets a fresh head, seeded so runs agree."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    torch.manual_seed(seed)
+    return CrossEncoder(path, num_labels=1, max_length=max_length)

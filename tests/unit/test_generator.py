@@ -1,0 +1,39 @@
+"""The core generator: left-padded batched generation equals one-at-a-time, the memo, sampling seeds."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.generator import GenerationMemo, generate_batched, load_generator
+from pipeline.raft_format import build_messages
+
+
+def test_batched_left_padded_generation_equals_one_at_a_time(tiny_llama_dir: Path) -> None:
+    model, tokenizer = load_generator(str(tiny_llama_dir))
+    torch.manual_seed(3)
+    with torch.no_grad():  # a random model that emits varied tokens, not one repeated newline
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    requests = [
+        build_messages("short?", ["Heron."]),
+        build_messages("a much longer question about the ledgerfish shard lease?", ["Ledgerfish " * 20]),
+        build_messages("mid question?", ["Tortoise drains the batch queue."]),
+    ]
+    batched = generate_batched(model, tokenizer, requests, max_new_tokens=6, batch_size=3)
+    single = [generate_batched(model, tokenizer, [r], max_new_tokens=6, batch_size=1)[0] for r in requests]
+    assert batched == single
+    assert len(set(batched)) > 1 and all(batched)
+
+    # The memo generates each distinct prompt once and answers repeats from memory, identically.
+    calls = []
+    memo = GenerationMemo(model, tokenizer, batch_size=3)
+    original = memo.model.generate
+    memo.model.generate = lambda **kw: calls.append(kw["input_ids"].shape[0]) or original(**kw)
+    first, ms = memo.generate([requests[0], requests[1], requests[0]], max_new_tokens=6, desc="a")
+    again, ms_again = memo.generate([requests[1], requests[0]], max_new_tokens=6, desc="b")
+    assert calls == [2] and first == [batched[0], batched[1], batched[0]] and again == [batched[1], batched[0]]
+    assert ms > 0 and ms_again == pytest.approx(ms)
+    memo.generate([requests[2]], max_new_tokens=6, desc="c")
+    memo.generate([requests[2]], max_new_tokens=5, desc="d")  # another length is another prompt
+    assert calls == [2, 1, 1]
