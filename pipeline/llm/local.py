@@ -1,0 +1,55 @@
+"""The ``local`` provider: a transformers causal LM, batched generation through :mod:`pipeline.generator`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import LLMConfig
+from pipeline.llm.base import LLMBackend, Messages, OnDone
+
+logger = logging.getLogger(__name__)
+
+
+class LocalBackend(LLMBackend):
+    """A transformers causal LM, loaded once; prompts sorted by length and generated in left-padded batches."""
+
+    def __init__(self, cfg: LLMConfig, cache_dir: Path) -> None:
+        super().__init__(cfg, cache_dir)
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        from pipeline.generator import load_generator
+        from pipeline.models import resolve_model
+
+        path = resolve_model(self.cfg.model)
+        self._model, self._tokenizer = load_generator(path)
+        logger.info("local LLM %s loaded from %s on %s", self.cfg.model, path, self._model.device)
+
+    def _complete(
+        self, todo: list[tuple[str, Messages]], max_new_tokens: int, temperature: float, on_done: OnDone
+    ) -> None:
+        from pipeline.generator import generate_batched
+
+        self._load()
+
+        def on_completion(i: int, text: str, prompt_tokens: int, completion_tokens: int) -> None:
+            self.usage.prompt_tokens += prompt_tokens
+            self.usage.completion_tokens += completion_tokens
+            on_done(todo[i][0], text, prompt_tokens, completion_tokens)
+
+        generate_batched(
+            self._model,
+            self._tokenizer,
+            [m for _, m in todo],
+            max_new_tokens,
+            self.cfg.batch_size,
+            desc=None,  # the backend's own bar counts the items
+            temperature=temperature,
+            seeds=[int(key[:8], 16) for key, _ in todo],  # same batch, same samples on a rerun
+            on_completion=on_completion,
+        )
