@@ -87,7 +87,7 @@ def bench_harness(
     """Harness timings: cold (model load + corpus encoding + evaluation), warm (corpus embeddings cached,
     model loaded: batched query encoding + exact top-k + metrics, as for every later configuration) and
     search-only (query embeddings given: top-k + metrics). Returns (seconds, mean metrics, retriever)."""
-    from eval.harness import retrieve
+    from eval.rankings import retrieve
     from pipeline.ranking import mean_metrics, per_query_metrics
     from pipeline.retrieval import DenseRetriever, exact_top_k
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from fakes.upstream import record_tuned_reranker_and_adapter
 
-from eval.harness import retrieve
+from eval.rankings import retrieve
 from pipeline.assemble import SentenceTransformerEmbedding, build_query_engine, load_vector_index
 from pipeline.cli import main as cli
 from pipeline.config import load_config

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fakes.upstream import run_dir_of, tiny_model_overrides
 
-from eval.harness import retrieve
+from eval.rankings import retrieve
 from pipeline.assemble import build_query_engine
 from pipeline.cli import main as cli
 from pipeline.config import ConfigError, load_config

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.harness import retrieve
+from eval.rankings import retrieve
 from pipeline.assemble import SentenceTransformerEmbedding
 from pipeline.cli import main as cli
 from pipeline.config import ConfigError, load_config

@@ -2,18 +2,13 @@ from pathlib import Path
 
 import pytest
 
-from eval.harness import (
-    Ranking,
-    configuration_choices,
-    extractive_judge,
-    judge_messages,
-    rerank_ranking,
-    score_generation,
-    select_queries,
-    verdicts,
-)
+from eval.answers import score_generation
+from eval.comparison import verdicts
+from eval.configurations import configuration_choices, select_queries
+from eval.judge import extractive_judge, judge_messages
 from eval.metrics import parse_judge_score
 from eval.probes import probe_similarities
+from eval.rankings import Ranking, rerank_ranking
 from eval.report import fine_tune_note, per_query_csv, render_markdown, render_table
 from pipeline.config import load_config
 from pipeline.raft_format import ABSTAIN_ANSWER, format_answer

@@ -1,0 +1,70 @@
+"""Configurations compared: means with bootstrap intervals, paired deltas, and the verdicts read from them.
+
+Every configuration is compared with ``rag_only`` and with the configuration before it, on the same
+queries (paired bootstrap, :mod:`eval.metrics`); a verdict says gained, no significant change or hurt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from eval.metrics import Interval, bootstrap_mean, mean_defined, paired_bootstrap, verdict
+
+VERDICT_METRICS = ("ndcg@10", "recall@10", "f1")
+LOWER_IS_BETTER = frozenset({"abstain_with_evidence"})
+
+
+def summarize(rows: list[dict], metrics: Sequence[str], samples: int, seed: int) -> tuple[dict, dict]:
+    """Mean of each metric over the rows (undefined values left out) and its bootstrap interval.
+
+    Returns:
+        (``{metric: mean}``, ``{metric: interval dict or None}``).
+    """
+    summary, intervals = {}, {}
+    for metric in metrics:
+        values = [r.get(metric) for r in rows]
+        summary[metric] = mean_defined(values)
+        iv = bootstrap_mean(values, samples, seed)
+        intervals[metric] = iv.as_dict() if iv else None
+    return summary, intervals
+
+
+def compare(
+    rows: dict[str, list[dict]], names: list[str], metrics: Sequence[str], samples: int, seed: int
+) -> dict[str, dict]:
+    """Paired bootstrap deltas of every metric against ``rag_only`` and against the previous configuration."""
+    deltas: dict[str, dict] = {}
+    for i, name in enumerate(names[1:], 1):
+        refs = {"vs_rag_only": names[0], "vs_previous": names[i - 1]}
+        deltas[name] = {}
+        for label, ref in refs.items():
+            intervals = {}
+            for metric in metrics:
+                iv = paired_bootstrap(
+                    [r.get(metric) for r in rows[ref]], [r.get(metric) for r in rows[name]], samples, seed
+                )
+                intervals[metric] = iv.as_dict() if iv else None
+            deltas[name][label] = {"reference": ref, "metrics": intervals}
+    return deltas
+
+
+def verdicts(deltas: dict[str, dict], metrics: Sequence[str]) -> dict[str, list[dict]]:
+    """Gained / no significant change / hurt per configuration, metric and reference.
+
+    Each configuration's verdicts against its previous step come first: they say what that step itself
+    added (a tuned reranker over the tuned embedder), where the verdicts against ``rag_only`` also count
+    every earlier step's gain.
+    """
+    out: dict[str, list[dict]] = {}
+    for name, by_ref in deltas.items():
+        out[name] = []
+        for label, entry in sorted(by_ref.items(), key=lambda item: item[0] != "vs_previous"):
+            if label == "vs_previous" and entry["reference"] == by_ref["vs_rag_only"]["reference"]:
+                continue  # the first compared configuration's previous one is rag_only itself
+            for metric in metrics:
+                iv = entry["metrics"].get(metric)
+                if iv is None:
+                    continue
+                word = verdict(Interval(**iv), higher_is_better=metric not in LOWER_IS_BETTER)
+                out[name].append({"metric": metric, "vs": entry["reference"], "label": label, "verdict": word, **iv})
+    return out

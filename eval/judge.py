@@ -1,0 +1,77 @@
+"""The optional LLM judge (``eval.judge``): a 1-5 grade of each answer against the reference answer.
+
+The judge goes through the LLM backend layer (:mod:`pipeline.llm`), so its calls are cached and
+budgeted like every other; provider ``extractive`` is an offline stand-in that follows token F1.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from eval.metrics import parse_judge_score, token_f1
+from pipeline.config import RagtuneConfig
+from pipeline.llm import make_backend
+from pipeline.raft_format import parse_answer
+from pipeline.rundir import RunDir
+
+logger = logging.getLogger(__name__)
+
+JUDGE_SYSTEM = (
+    "You grade answers to questions about internal documentation. Compare the candidate answer with "
+    "the reference answer and rate it from 1 (wrong or unrelated) to 5 (fully correct and complete). "
+    "Reply with one line: 'Score: N'."
+)
+_JUDGE_FIELDS = re.compile(r"Reference answer:\n(.*?)\n\nCandidate answer:\n(.*?)\n\nScore", re.DOTALL)
+Messages = list[dict[str, str]]
+
+
+def judge_messages(question: str, reference: str, answer: str) -> Messages:
+    """Chat messages asking the judge for a 1-5 score of ``answer`` against ``reference``."""
+    user = (
+        f"Question:\n{question.strip()}\n\nReference answer:\n{reference.strip()}\n\n"
+        f"Candidate answer:\n{answer.strip()}\n\nScore the candidate from 1 to 5."
+    )
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def extractive_judge(messages: Messages) -> str:
+    """Offline stand-in judge (provider ``extractive``): the score follows token F1, 1 + round(4 F1)."""
+    match = _JUDGE_FIELDS.search(messages[-1]["content"])
+    if match is None:
+        raise ValueError("judge prompt without reference and candidate answers")
+    return f"Score: {1 + round(4 * token_f1(match.group(2), match.group(1)))}"
+
+
+def judge_answers(
+    cfg: RagtuneConfig, run: RunDir, queries: list[dict], answered: list[int], names: list[str], rows: dict
+) -> dict:
+    """Score every answer 1-5 with the configured judge through the LLM backend layer (cached, budgeted).
+
+    Each row of ``rows[name][i]`` (``i`` in ``answered``) gains ``judge``: the score, or None when the
+    reply held no readable one.
+
+    Returns:
+        The judge's model, provider, unreadable count and usage, for the report.
+    """
+    backend = make_backend(cfg.eval.judge, run.path("eval/cache"), extractor=extractive_judge)
+    items = [(name, i) for name in names for i in answered]
+    requests = [
+        judge_messages(
+            queries[i]["text"],
+            queries[i]["answer"],
+            parse_answer(rows[name][i]["answer"]).answer or rows[name][i]["answer"],
+        )
+        for name, i in items
+    ]
+    replies = backend.generate(requests, temperature=0.0, desc="judge")
+    unreadable = 0
+    for (name, i), reply in zip(items, replies, strict=True):
+        score = parse_judge_score(reply)
+        unreadable += score is None
+        rows[name][i]["judge"] = score
+    if unreadable:
+        logger.warning("eval: %d judge replies had no readable 1-5 score (left out of the judge mean)", unreadable)
+    return {"model": cfg.eval.judge.model, "provider": cfg.eval.judge.provider, "unreadable": unreadable} | {
+        "usage": backend.usage.as_dict()
+    }
