@@ -6,9 +6,9 @@ before/after and its learning curve, the hard-negative mining report with its au
 the fusion weight, the RAFT data and training figures with sample prompts) and the per-query table.
 Everything it shows is read from the eval report and the run directory's manifest outputs.
 
-Example:
-    >>> write_html_report(run, report, per_query)
-    {'html': 'eval/report.html'}
+Example (a sketch over a finished run, not run as a doctest):
+    write_html_report(run, report, per_query)
+    # -> {'html': 'eval/report.html'}
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ def probe_similarities(model, close: Sequence[Sequence[str]], far: Sequence[Sequ
         ``{"pairs": [{"a", "b", "kind", "cosine"}], "mean_close", "mean_far", "gap"}``; a mean is
         None when its list is empty, and so is the gap unless both are defined.
 
-    Example:
-        >>> probe_similarities(model, [("PTO", "Primary Takeover")], [("PTO", "lunch menu")])["gap"]
-        0.41...
+    Example (with a loaded model, not run as a doctest):
+        probe_similarities(model, [("PTO", "Primary Takeover")], [("PTO", "lunch menu")])["gap"]
+        # -> 0.41...
     """
     pairs = [(a, b, "close") for a, b in close] + [(a, b, "far") for a, b in far]
     if not pairs:

@@ -19,9 +19,9 @@
 Each component is base or tuned by ``assemble.embedder/reranker/generator`` (reranker also ``none``); the
 default ``auto`` serves a tuned component only if it beat its baseline on the dev slice (:mod:`pipeline.promotion`).
 
-Example:
-    >>> engine = build_query_engine(cfg, RunDir("runs/demo"))
-    >>> print(format_response(engine.query("What is a PTO?")))
+Example (a sketch over a finished run, not run as a doctest):
+    engine = build_query_engine(cfg, RunDir("runs/demo"))
+    print(format_response(engine.query("What is a PTO?")))
 """
 
 from __future__ import annotations

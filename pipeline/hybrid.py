@@ -8,7 +8,6 @@ SIGIR 2009). BM25 hits with score 0 (no query term in the chunk) are not candida
 configuration evaluated is the one served.
 
 Example:
-    >>> sparse = bm25_retriever(corpus, top_k=50)
     >>> [c for c, _ in reciprocal_rank_fusion([["a", "b"], ["b", "c"]])]
     ['b', 'a', 'c']
 """

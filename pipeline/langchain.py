@@ -8,15 +8,15 @@
   messages go through the tokenizer's chat template, then to the engine's LlamaIndex ``HuggingFaceLLM``
   (greedy, ``assemble.max_new_tokens``), exactly as ``ragtune query`` generates.
 
-Example:
-    >>> retriever, chat = langchain_components("runs/demo")
-    >>> chain = (
-    ...     {"question": RunnablePassthrough(), "docs": retriever}
-    ...     | RunnableLambda(lambda x: raft_messages(x["question"], x["docs"]))
-    ...     | chat
-    ...     | StrOutputParser()
-    ... )
-    >>> chain.invoke("how long do I have for a primary takeover?")
+Example (a sketch over a finished run, not run as a doctest):
+    retriever, chat = langchain_components("runs/demo")
+    chain = (
+        {"question": RunnablePassthrough(), "docs": retriever}
+        | RunnableLambda(lambda x: raft_messages(x["question"], x["docs"]))
+        | chat
+        | StrOutputParser()
+    )
+    chain.invoke("how long do I have for a primary takeover?")
 """
 
 from __future__ import annotations

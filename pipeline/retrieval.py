@@ -5,9 +5,9 @@ queries are encoded in batches; scores are one matrix product and exact top-k (n
 index, no per-query Python loop); reranking scores every (query, candidate) pair in one batched
 ``CrossEncoder.predict`` call.
 
-Example:
-    >>> retriever = DenseRetriever.load("bundled:minilm-l6", corpus, cache_dir=run.path("cache/embeddings"))
-    >>> scores, ids = retriever.search(["how do I fail over Heron?"], k=10)
+Example (a sketch over a finished run, not run as a doctest):
+    retriever = DenseRetriever.load("bundled:minilm-l6", corpus, cache_dir=run.path("cache/embeddings"))
+    scores, ids = retriever.search(["how do I fail over Heron?"], k=10)
 """
 
 from __future__ import annotations

@@ -151,8 +151,11 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temp folder beside ``path``; on success it replaces ``path`` whole, on error it is removed.
 
     Example:
-        >>> with atomic_dir(run.path("embed/model")) as tmp:
-        ...     model.save(str(tmp))
+        >>> target = Path(tempfile.mkdtemp()) / "model"
+        >>> with atomic_dir(target) as tmp:
+        ...     _ = (tmp / "weights.bin").write_bytes(b"0")
+        >>> [p.name for p in target.iterdir()], [p.name for p in target.parent.iterdir()]
+        (['weights.bin'], ['model'])
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))

@@ -10,10 +10,10 @@ The index is rebuilt only when the embedder, the corpus or the store changes; ``
 records what it was built from. Qdrant point ids must be UUIDs, so its nodes are keyed by a UUID
 derived from the chunk id, which is kept in the node's metadata (:func:`chunk_id_of` reads either).
 
-Example:
-    >>> index = load_vector_index(run, embed_model, embedder_path, store="qdrant")
-    >>> [chunk_id_of(n.node) for n in index.as_retriever(similarity_top_k=3).retrieve("what is a PTO?")]
-    >>> close_vector_index(index)
+Example (a sketch over a finished run, not run as a doctest):
+    index = load_vector_index(run, embed_model, embedder_path, store="qdrant")
+    [chunk_id_of(n.node) for n in index.as_retriever(similarity_top_k=3).retrieve("what is a PTO?")]
+    close_vector_index(index)
 """
 
 from __future__ import annotations

@@ -25,12 +25,12 @@ When more than ``max_failed_fraction`` of a batch's calls fail (an unreachable e
 ``generate`` raises :class:`LLMEndpointError` naming the endpoint and the last error; the stage fails and
 a rerun retries only the failed calls.
 
-Example:
-    >>> backend = make_backend(cfg.synth.llm, run.path("data/cache"))
-    >>> backend.generate([[{"role": "user", "content": "Say hi"}]], max_new_tokens=8)
-    ['Hi!']
-    >>> backend.usage.as_dict()["calls"]
-    1
+Example (a sketch over a finished run, not run as a doctest):
+    backend = make_backend(cfg.synth.llm, run.path("data/cache"))
+    backend.generate([[{"role": "user", "content": "Say hi"}]], max_new_tokens=8)
+    # -> ['Hi!']
+    backend.usage.as_dict()["calls"]
+    # -> 1
 """
 
 from __future__ import annotations
@@ -88,7 +88,9 @@ def make_backend(cfg: LLMConfig, cache_dir: Path, extractor: Extractor | None = 
         An :class:`LLMBackend`; nothing is loaded or called until ``generate``.
 
     Example:
-        >>> backend = make_backend(LLMConfig(provider="extractive"), tmp, extractor=lambda m: m[-1]["content"][:20])
+        >>> import tempfile
+        >>> echo = lambda messages: messages[-1]["content"][:20]
+        >>> backend = make_backend(LLMConfig(provider="extractive"), Path(tempfile.mkdtemp()), extractor=echo)
         >>> backend.generate([[{"role": "user", "content": "an echo"}]])
         ['an echo']
     """

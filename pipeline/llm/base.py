@@ -96,7 +96,7 @@ def request_key(provider: str, model: str, params: dict[str, Any], messages: Mes
 
     Example:
         >>> request_key("openai", "m", {"temperature": 0}, [{"role": "user", "content": "hi"}])[:8]
-        '...'
+        'ae4b86d9'
     """
     payload = {"provider": provider, "model": model, "params": params, "messages": messages}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
@@ -240,7 +240,10 @@ class LLMBackend(ABC):
                 ones are cached, so a rerun retries only the failed ones.
 
         Example:
-            >>> backend.generate([[{"role": "user", "content": "Name a colour."}]], temperature=0)
+            >>> import tempfile
+            >>> from pipeline.llm import make_backend
+            >>> backend = make_backend(LLMConfig(provider="extractive"), Path(tempfile.mkdtemp()), lambda m: "Blue.")
+            >>> backend.generate([[{"role": "user", "content": "Name a colour."}]], temperature=0, desc="colour")
             ['Blue.']
         """
         max_new = self.cfg.max_new_tokens if max_new_tokens is None else max_new_tokens

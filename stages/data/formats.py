@@ -22,8 +22,8 @@ def find_normalized_span(text: str, needle: str) -> tuple[int, int] | None:
     """Character span in ``text`` of ``needle``, comparing with all whitespace runs collapsed.
 
     Example:
-        >>> find_normalized_span("a  b\\n c d", "b c")
-        (3, 8)
+        >>> find_normalized_span("a  b\\n c d", "b c")  # the span of "b\\n c"
+        (3, 7)
     """
     words = needle.split()
     if not words:

@@ -133,8 +133,8 @@ def discover_files(folder: Path, extensions: list[str]) -> tuple[list[Path], lis
         (files, skipped) where skipped rows are ``{"source": path relative to folder, "reason"}``.
 
     Example:
-        >>> discover_files(Path("data/demo/docs"), [".md"])[0][:1]
-        [PosixPath('data/demo/docs/...md')]
+        >>> discover_files(Path("data/demo/docs"), [".md"])[0][:1]  # from the repository root
+        [PosixPath('data/demo/docs/architecture/dual-site-topology.md')]
     """
     wanted = {e.lower() for e in extensions}
     root = folder.resolve()

@@ -12,10 +12,10 @@ For the local provider with one query per chunk, the measured recipe for small m
 that copies nothing, borrows no example words and passes the round trip; otherwise sample
 ``synth.resample_candidates`` (4) at temperature 0.5 and keep the best that passes; drop the chunk if none does.
 
-Example:
-    >>> queries, report = synthesize_queries(train_chunks, corpus, cfg.synth, run.path("data/cache"))
-    >>> report["kept"], report["round_trip_hit_at_k"]
-    (56, 0.93)
+Example (a sketch over a finished run, not run as a doctest):
+    queries, report = synthesize_queries(train_chunks, corpus, cfg.synth, run.path("data/cache"))
+    report["kept"], report["round_trip_hit_at_k"]
+    # -> (56, 0.93)
 """
 
 from __future__ import annotations
@@ -500,10 +500,10 @@ def synthesize_queries(
         "origin": "synthetic", "doc_ids", "answer": None}``, report with a count per filter, question_rate, copy_rate,
         round_trip_hit_at_k and the LLM usage).
 
-    Example:
-        >>> rows, report = synthesize_queries(chunks, corpus, SynthConfig(round_trip_top_k=None), tmp)
-        >>> rows[0]["origin"], report["dropped_copy"]
-        ('synthetic', 0)
+    Example (with chunks and a corpus, not run as a doctest):
+        rows, report = synthesize_queries(chunks, corpus, SynthConfig(round_trip_top_k=None), tmp)
+        rows[0]["origin"], report["dropped_copy"]
+        # -> ('synthetic', 0)
     """
     started = time.time()
     n = cfg.queries_per_chunk
