@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint format e2e bench clean
+.PHONY: install demo test test-fast lint format e2e bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
+
+# The unit tests alone (tiny models, no stage run end to end, no real weights): the loop while editing.
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q tests/unit
 
 e2e: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q tests/e2e

@@ -17,6 +17,7 @@ from pipeline.generator import generate_batched, load_generator
 from pipeline.raft_format import build_messages
 from pipeline.retrieval import DenseRetriever
 from pipeline.rundir import RunDir, read_jsonl
+from pipeline.vector_store import chunk_id_of
 
 
 def _setup(tiny_config: Path, bert: Path, llama: Path) -> tuple:
@@ -136,7 +137,11 @@ def test_query_engine_prompts_exactly_like_training_and_cli_prints_sources(
     cli(["query", str(run.root), question])
     out = capsys.readouterr().out
     assert out.startswith("Answer:") and "Quotes:" in out and "Sources:" in out
-    assert "runbooks/" in out or "specs/" in out or "faq.jsonl" in out
+    # Every source the engine retrieved, in rank order, with its document, file and chunk id.
+    sources = out.split("Sources:\n", 1)[1].splitlines()
+    for rank, (line, node) in enumerate(zip(sources, nodes, strict=False), 1):
+        md = node.node.metadata
+        assert line.startswith(f"  {rank}. {md['doc_id']} ({md['source']}) chunk {chunk_id_of(node.node)} score ")
 
 
 def test_fused_reranker_orders_like_the_harness_at_the_recorded_weight(tiny_bert_dir: Path) -> None:

@@ -6,6 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, tiny_model_overrides
 
 from pipeline.cli import main as cli
@@ -74,11 +75,22 @@ def test_eval_compares_every_configuration_and_records_the_stage(
         for entry in by_ref.values():
             iv = entry["metrics"]["ndcg@10"]
             assert iv["low"] <= iv["estimate"] <= iv["high"] and iv["n"] == n
-    assert {v["verdict"] for vs in report["verdicts"].values() for v in vs} <= {
-        "gained",
-        "no significant change",
-        "hurt",
-    }
+    # Each verdict is what its interval says: above 0 gained, below 0 hurt, else no significant change.
+    listed = 0
+    for name, rows_of in report["verdicts"].items():
+        for v in rows_of:
+            iv = report["deltas"][name][v["label"]]["metrics"][v["metric"]]
+            assert (v["low"], v["high"], v["estimate"], v["vs"]) == (
+                iv["low"],
+                iv["high"],
+                iv["estimate"],
+                report["deltas"][name][v["label"]]["reference"],
+            )
+            expected = "gained" if iv["low"] > 0 else "hurt" if iv["high"] < 0 else "no significant change"
+            assert v["verdict"] == expected
+            listed += 1
+    # one per verdict metric and reference; the first compared configuration has rag_only only
+    assert listed == 3 * (2 * (len(names) - 1) - 1)
     assert "full" in report["verdicts"] and report["fine_tune_note"].startswith("No call on fine-tuning")
     assert set(report["probes"]) == {"base", "tuned"} and report["probes"]["base"]["gap"] is not None
 
@@ -115,8 +127,13 @@ def test_generation_sample_keeps_retrieval_on_every_query(
     assert report["queries"]["with_answers"] == 1 < report["queries"]["n"]
     with run.path("eval/per_query.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == report["queries"]["n"] and all(r["ndcg@10"] for r in rows)
-    assert sum(bool(r["f1"]) for r in rows) == 1
+    assert len(rows) == report["queries"]["n"]
+    ndcg = [float(r["ndcg@10"]) for r in rows]
+    assert all(0 <= x <= 1 for x in ndcg)
+    assert sum(ndcg) / len(ndcg) == pytest.approx(report["configurations"]["rag_only"]["metrics"]["ndcg@10"])
+    scored = [float(r["f1"]) for r in rows if r["f1"] != ""]
+    assert len(scored) == 1 and 0 <= scored[0] <= 1
+    assert scored[0] == pytest.approx(report["configurations"]["rag_only"]["metrics"]["f1"])
 
 
 def test_eval_after_data_only_runs_the_baseline_and_says_what_was_skipped(
