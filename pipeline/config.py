@@ -224,13 +224,13 @@ class SynthConfig(Section):
     round_trip_model: str = Field(
         "bundled:minilm-l6", description="Base embedder for the round-trip filter (bundled:<name>, hub id or path)."
     )
-    llm: LLMConfig = Field(default_factory=LLMConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig, description="The LLM backend that writes the queries.")
 
 
 class LoraConfig(Section):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    r: int = Field(16, ge=1, description="LoRA rank: the inner dimension of each low-rank update.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling: updates are multiplied by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA layers' input.")
     target_modules: list[str] | None = Field(None, description="null: the stage's default modules.")
 
 
@@ -244,10 +244,12 @@ class EmbedConfig(Section):
     matryoshka_dims: list[int] | None = Field(
         None, description="Wrap the loss in MatryoshkaLoss with these dimensions."
     )
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(32, ge=2)
-    learning_rate: float = Field(2e-5, gt=0)
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (method: lora).")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training pairs.")
+    batch_size: int = Field(
+        32, ge=2, description="Pairs per batch (per process); the other passages of a batch are its negatives."
+    )
+    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate.")
     max_steps: int = Field(-1, description="Stop after this many steps (-1: epochs decide).")
     k_values: list[int] = Field([1, 3, 5, 10], description="Cut-offs for hit@k and recall@k.")
     dev_fraction: float = Field(
@@ -269,8 +271,10 @@ class MiningConfig(Section):
     relative_margin: float | None = Field(
         0.05, ge=0, description="Drop candidates scoring above (1 - margin) x the positive's score."
     )
-    num_negatives: int = Field(5, ge=1)
-    sampling_strategy: Literal["top", "random"] = Field("top")
+    num_negatives: int = Field(5, ge=1, description="Hard negatives kept per query.")
+    sampling_strategy: Literal["top", "random"] = Field(
+        "top", description="Which of the filtered candidates become negatives: the hardest, or a seeded random draw."
+    )
     random_negatives: int = Field(
         0,
         ge=0,
@@ -304,7 +308,9 @@ class RerankConfig(Section):
         description="bce: labelled pairs; lambda / listnet: listwise over each query's positives and negatives; "
         "mnrl: in-batch softmax (costly: every query against every passage of the batch).",
     )
-    mining: MiningConfig = Field(default_factory=MiningConfig)
+    mining: MiningConfig = Field(
+        default_factory=MiningConfig, description="Hard-negative mining with the tuned embedder."
+    )
     pseudo_queries: int = Field(
         1000,
         ge=0,
@@ -365,17 +371,20 @@ class RaftConfig(Section):
     distractor_pool: int = Field(20, ge=1, description="Retrieve this many candidates to draw hard distractors from.")
     quote_sentences: int = Field(2, ge=1, description="Extractive teacher: oracle sentences to quote.")
     max_samples: int | None = Field(None, ge=1, description="Cap on RAFT samples built (null: every train question).")
-    teacher: LLMConfig = Field(default_factory=LLMConfig)
+    teacher: LLMConfig = Field(
+        default_factory=LLMConfig, description="The LLM backend that writes the chain-of-thought answers."
+    )
     quantization: Literal["auto", "nf4", "none"] = Field("auto", description="auto: nf4 on CUDA, none on CPU.")
     lora: LoraConfig = Field(
-        default_factory=lambda: LoraConfig(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+        default_factory=lambda: LoraConfig(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+        description="LoRA settings of the generator's adapter (default: the attention projections).",
     )
     merge: bool = Field(False, description="Also save the adapter merged into a standalone model.")
-    max_length: int = Field(1024, ge=64)
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(4, ge=1)
-    learning_rate: float = Field(2e-4, gt=0)
-    max_steps: int = Field(-1)
+    max_length: int = Field(1024, ge=64, description="Longest sample in tokens; longer samples are dropped.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the RAFT samples.")
+    batch_size: int = Field(4, ge=1, description="Samples per batch (per process).")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    max_steps: int = Field(-1, description="Stop after this many steps (-1: epochs decide).")
     trainer: dict[str, Any] = Field(default_factory=dict, description="Passed to trl's SFTConfig.")
 
 
@@ -395,7 +404,7 @@ class AssembleConfig(Section):
     top_n: int = Field(
         3, ge=1, description="Chunks kept after reranking and given to the generator (RAFT samples use the same)."
     )
-    max_new_tokens: int = Field(192, ge=1)
+    max_new_tokens: int = Field(192, ge=1, description="Longest answer the generator writes, in tokens.")
     context_window: int = Field(2048, ge=256, description="Must fit the generator's positions.")
     vector_store: str = Field(
         "simple",
@@ -447,9 +456,11 @@ class EvalConfig(Section):
     query_origin: Literal["human", "synthetic", "all", "auto"] = Field(
         "auto", description="Held-out queries to evaluate; auto: human ones when there are any."
     )
-    k_values: list[int] = Field([1, 3, 5, 10])
+    k_values: list[int] = Field([1, 3, 5, 10], description="Cut-offs of the ranking metrics (10 is always added).")
     generation: bool = Field(True, description="Also generate answers (needs reference answers; off: retrieval only).")
-    max_queries: int | None = Field(None, ge=1)
+    max_queries: int | None = Field(
+        None, ge=1, description="Evaluate a seeded sample of this many held-out queries (null: all)."
+    )
     generation_max_queries: int | None = Field(
         None,
         ge=1,
@@ -459,27 +470,29 @@ class EvalConfig(Section):
     generation_batch_size: int = Field(
         8, ge=1, description="Prompts per left-padded generate() call when the harness generates answers."
     )
-    bootstrap_samples: int = Field(1000, ge=100)
+    bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the bootstrap intervals.")
     min_queries: int = Field(
         30,
         ge=1,
         description="Fewest held-out queries for a call on whether fine-tuning pays: with fewer, eval warns "
         "loudly and the report gives no such call (intervals from a handful of queries are too wide).",
     )
-    probes: ProbeConfig = Field(default_factory=ProbeConfig)
+    probes: ProbeConfig = Field(
+        default_factory=ProbeConfig, description="Text pairs whose similarity is reported for each embedder."
+    )
     judge: LLMConfig | None = Field(None, description="Optional LLM judge of answers.")
 
 
 class RagtuneConfig(Section):
-    run: RunConfig
-    data: DataConfig = Field(default_factory=DataConfig)
-    split: SplitConfig = Field(default_factory=SplitConfig)
-    synth: SynthConfig = Field(default_factory=SynthConfig)
-    embed: EmbedConfig = Field(default_factory=EmbedConfig)
-    rerank: RerankConfig = Field(default_factory=RerankConfig)
-    raft: RaftConfig = Field(default_factory=RaftConfig)
-    assemble: AssembleConfig = Field(default_factory=AssembleConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    run: RunConfig = Field(description="The run: its name, seed and where its directory lives.")
+    data: DataConfig = Field(default_factory=DataConfig, description="The documents, chunking and questions.")
+    split: SplitConfig = Field(default_factory=SplitConfig, description="Which documents are held out for eval.")
+    synth: SynthConfig = Field(default_factory=SynthConfig, description="Synthetic queries generated from the corpus.")
+    embed: EmbedConfig = Field(default_factory=EmbedConfig, description="Stage 1: the embedder's fine-tuning.")
+    rerank: RerankConfig = Field(default_factory=RerankConfig, description="Stage 2: the cross-encoder reranker.")
+    raft: RaftConfig = Field(default_factory=RaftConfig, description="Stage 3: RAFT data and the generator's adapter.")
+    assemble: AssembleConfig = Field(default_factory=AssembleConfig, description="The served stack and its sizes.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Plain RAG against the tuned stack.")
 
     @model_validator(mode="after")
     def _has_a_source(self) -> RagtuneConfig:

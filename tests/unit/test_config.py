@@ -148,3 +148,19 @@ def test_run_seed_is_part_of_the_hash_of_every_stage_that_uses_it() -> None:
         assert reseeded.section_hash(*sections) != base.section_hash(*sections), sections
     assert build_config_hash(reseeded) != build_config_hash(base)
     assert reseeded.section_hash("data", "split", "synth") == base.section_hash("data", "split", "synth")
+
+
+def test_every_config_field_has_a_description() -> None:
+    import inspect
+
+    from pydantic import BaseModel
+
+    import pipeline.config as config
+
+    sections = [
+        obj
+        for obj in vars(config).values()
+        if inspect.isclass(obj) and issubclass(obj, BaseModel) and obj.__module__ == config.__name__
+    ]
+    missing = [f"{s.__name__}.{f}" for s in sections for f, info in s.model_fields.items() if not info.description]
+    assert len(sections) > 10 and missing == []
