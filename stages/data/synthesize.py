@@ -7,8 +7,8 @@ n-gram copies of the chunk, words borrowed from the few-shot examples, exact and
 top k among the whole corpus). Human queries are never touched: only new ``origin: synthetic`` rows
 are returned.
 
-For the local provider with one query per chunk, the measured recipe for small models is used
-(STACK-NOTES.md, "Measured lessons"): greedy first, cut at the first "?", accept a 3-25 word question
+For the local provider with one query per chunk, the recipe measured for small models on the demo
+domain is used: greedy first, cut at the first "?", accept a 3-25 word question
 that copies nothing, borrows no example words and passes the round trip; otherwise sample
 ``synth.resample_candidates`` (4) at temperature 0.5 and keep the best that passes; drop the chunk if none does.
 
