@@ -35,10 +35,9 @@ def add_query_adapter(base: SentenceTransformer) -> SentenceTransformer:
         A new SentenceTransformer ``[Router(query=base+Dense, document=base)(, Normalize)]``; before
         training, its query and document embeddings equal the base model's.
 
-    Example:
-        >>> model = add_query_adapter(SentenceTransformer("path/to/minilm"))
-        >>> model.encode_query(["q"]).shape == model.encode_document(["d"]).shape
-        True
+    Example (with a loaded model, not run as a doctest):
+        model = add_query_adapter(SentenceTransformer("path/to/minilm"))
+        model.encode_query(["q"]).shape == model.encode_document(["d"]).shape  # True
     """
     modules = list(base)
     tail = [modules.pop()] if isinstance(modules[-1], Normalize) else []

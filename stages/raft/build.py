@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pipeline.config import RagtuneConfig
 from pipeline.entry import run_stage
 from pipeline.llm import make_backend
+from pipeline.raft_format import build_messages
 from pipeline.retrieval import DenseRetriever, load_fusion_weight, rerank
 from pipeline.rundir import RunDir, atomic_write_jsonl, atomic_write_text, is_main_process, read_jsonl
-from stages.raft.prompts import build_messages
 from stages.raft.teacher import (
     MALFORMED,
     REPAIRED,

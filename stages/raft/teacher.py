@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from stages.raft.prompts import (
+from pipeline.raft_format import (
     ABSTAIN_ANSWER,
     ANSWER_TAG,
     BEGIN_QUOTE,
@@ -52,7 +52,7 @@ def split_sentences(text: str) -> list[str]:
     """Split a chunk into sentences: at end punctuation, blank lines and list items or headings.
 
     A hard-wrapped line break inside a sentence does not split it; the sentence comes back with its
-    whitespace collapsed, which :func:`~stages.raft.prompts.quote_is_verbatim` still finds in the chunk.
+    whitespace collapsed, which :func:`~pipeline.raft_format.quote_is_verbatim` still finds in the chunk.
 
     Example:
         >>> split_sentences("# Drain\\n\\nLet every batch\\nfinish. It takes 40 minutes!\\n- Owner: Routing")
@@ -189,9 +189,9 @@ def extractive_answers(
         One RAFT-format answer per question; its quotes are verbatim by construction, and its final
         answer is the reference when given, else the best-scoring sentence.
 
-    Example:
-        >>> extractive_answers(ce, ["Grace period?"], [["Drain first. It is 40 minutes."]], ["40 minutes"], 1)
-        ['##Reason: The relevant document states: ##begin_quote##It is 40 minutes.##end_quote##\\n##Answer: 40 minutes']
+    Example (with a loaded cross-encoder ``ce``, not run as a doctest):
+        extractive_answers(ce, ["Grace period?"], [["Drain first. It is 40 minutes."]], ["40 minutes"], 1)
+        # -> one answer quoting 'It is 40 minutes.' and ending '##Answer: 40 minutes'
     """
     sentences = [_quotable([s for text in texts for s in split_sentences(text)]) for texts in oracle_texts]
     pairs = [(q, s) for q, sents in zip(questions, sentences, strict=True) for s in sents]

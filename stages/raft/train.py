@@ -56,8 +56,8 @@ def load_generator(model_path: str, quantization: str) -> tuple[Any, Any]:
     Returns:
         ``(model, tokenizer)``; the model is ready for a LoRA adapter.
 
-    Example:
-        >>> model, tokenizer = load_generator(resolve_model("bundled:smollm2-135m-instruct"), "none")
+    Example (loads the bundled weights, not run as a doctest):
+        model, tokenizer = load_generator(resolve_model("bundled:smollm2-135m-instruct"), "none")
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -142,9 +142,9 @@ def build_trainer(
         ``(trainer, info)`` with ``info`` = quantization used, samples kept, samples dropped as too long,
         and how many of the kept samples hold the oracle.
 
-    Example:
-        >>> trainer, info = build_trainer(cfg.raft, resolve_model(cfg.raft.base_model), rows, run.path("raft/x"), 42)
-        >>> trainer.train()
+    Example (over a finished RAFT build, not run as a doctest):
+        trainer, info = build_trainer(cfg.raft, resolve_model(cfg.raft.base_model), rows, run.path("raft/x"), 42)
+        trainer.train()
     """
     from datasets import Dataset
     from peft import LoraConfig
@@ -192,7 +192,7 @@ tags: [ragtune, raft, {"qlora" if info["quantization"] == "nf4" else "lora"}]
 
 Generator adapter trained by ragtune's RAFT stage (arXiv 2403.10131): answers questions over retrieved
 chunks with `##Reason:` reasoning quoting evidence between `##begin_quote##` and `##end_quote##`, then
-`##Answer:`. Prompt with `stages.raft.prompts.build_messages` (the format it was trained on).
+`##Answer:`. Prompt with `pipeline.raft_format.build_messages` (the format it was trained on).
 
 - Base model: `{cfg.raft.base_model}` (loaded from `{model_path}`), quantization `{info["quantization"]}`
 - Data: {info["samples"]} samples from raft/train.jsonl ({metrics["with_oracle"]} with the oracle chunk,

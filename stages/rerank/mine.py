@@ -115,10 +115,9 @@ def mine_hard_negatives(
         from the whole corpus, :func:`stages.rerank.negatives.draw_random_negatives`). The report counts
         candidates, drops per rule, kept, selected and random negatives, and queries left without any.
 
-    Example:
-        >>> rows, report = mine_hard_negatives(corpus, queries, run.path("embed/model"), cfg.rerank.mining)
-        >>> report["dropped"]
-        {'labelled_positive': 3, 'same_source_span': 5, 'max_score': 0, 'relative_margin': 2}
+    Example (over a finished embed stage, not run as a doctest):
+        rows, report = mine_hard_negatives(corpus, queries, run.path("embed/model"), cfg.rerank.mining)
+        report["dropped"]  # {'labelled_positive': ..., 'same_source_span': ..., 'max_score': ..., ...}
     """
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer

@@ -208,10 +208,9 @@ def evaluate_reranking(
         "retriever+reranker": {...}, "per_query": [...]}`` with ``ndcg@10``, ``mrr@10``, ``hit@k`` and
         ``recall@k`` means (graded relevance, pipeline.ranking).
 
-    Example:
-        >>> m = evaluate_reranking(score_candidates(retriever, reranker, eval_queries, 20), eval_queries, 0.6)
-        >>> m["retriever"]["ndcg@10"], m["retriever+reranker"]["ndcg@10"]
-        (0.61, 0.66)
+    Example (with a loaded retriever and reranker, not run as a doctest):
+        m = evaluate_reranking(score_candidates(retriever, reranker, eval_queries, 20), eval_queries, 0.6)
+        m["retriever"]["ndcg@10"], m["retriever+reranker"]["ndcg@10"]
     """
     rows: dict[str, list[dict[str, float]]] = {"retriever": [], "reranker": [], "retriever+reranker": []}
     per_query = []

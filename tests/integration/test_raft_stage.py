@@ -10,8 +10,8 @@ import torch
 from fakes.upstream import run_dir_of
 
 from pipeline.cli import main as cli
+from pipeline.raft_format import ABSTAIN_ANSWER, parse_answer, quote_is_verbatim
 from pipeline.rundir import read_jsonl
-from stages.raft.prompts import ABSTAIN_ANSWER, parse_answer, quote_is_verbatim
 
 TOP_N = 2  # configs/tiny.yaml assemble.top_n
 

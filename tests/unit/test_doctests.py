@@ -11,15 +11,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[2]
-# Stage modules whose examples still use names they never define; their fixes are in those stages'
-# own files. strict: once an example is fixed this fails, so its module leaves the list.
-PENDING = {
-    "stages.embed.adapter",
-    "stages.raft.teacher",
-    "stages.raft.train",
-    "stages.rerank.mine",
-    "stages.rerank.train",
-}
 
 
 def source_modules() -> list[str]:
@@ -32,15 +23,7 @@ def source_modules() -> list[str]:
     return names
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="example uses undefined names"))
-        if n in PENDING
-        else n
-        for n in source_modules()
-    ],
-)
+@pytest.mark.parametrize("name", source_modules())
 def test_docstring_examples_run(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # examples name repository paths (data/demo/docs)
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False)

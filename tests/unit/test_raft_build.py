@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, RaftConfig, RagtuneConfig
+from pipeline.raft_format import ABSTAIN_ANSWER, format_answer, parse_answer
 from stages.raft.build import RaftContext, build_config_hash, build_targets, choose_contexts
 from stages.raft.build import main as build_main
-from stages.raft.prompts import ABSTAIN_ANSWER, format_answer, parse_answer
 from stages.raft.train import make_sft_config
 
 CORPUS = [f"c{i}" for i in range(20)]

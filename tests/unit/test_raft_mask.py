@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from pipeline.config import RaftConfig
-from stages.raft.prompts import build_messages, format_answer
+from pipeline.raft_format import build_messages, format_answer
 from stages.raft.train import build_trainer
 
 IGNORE = -100

@@ -1,6 +1,6 @@
 """RAFT teacher: sentence split, quote verification and repair, no-oracle targets, extractive answers."""
 
-from stages.raft.prompts import ABSTAIN_ANSWER, format_answer, parse_answer, quote_is_verbatim
+from pipeline.raft_format import ABSTAIN_ANSWER, format_answer, parse_answer, quote_is_verbatim
 from stages.raft.teacher import (
     MEMORY_REASON,
     best_matching_sentence,
