@@ -13,7 +13,8 @@ after any subset of stages.
 The steps live in their own modules: which configurations and queries (:mod:`eval.configurations`),
 batched retrieval and reranking (:mod:`eval.rankings`), answers and their scores (:mod:`eval.answers`:
 left-padded, batched, greedy decoding prompted exactly as RAFT trained), the optional judge
-(:mod:`eval.judge`), means, paired deltas and verdicts (:mod:`eval.comparison`).
+(:mod:`eval.judge`), means, paired deltas and verdicts (:mod:`eval.comparison`), and the forgetting check
+of a tuned generator on general-knowledge questions (:mod:`eval.forgetting`).
 
 Writes eval/report.md, eval/report.json, eval/per_query.csv, eval/metrics.png, eval/deltas.png and
 eval/report.html (one self-contained page with the stage cards, :mod:`eval.html_report`).
@@ -30,6 +31,7 @@ from eval import report as report_io
 from eval.answers import generate_answers, score_answers
 from eval.comparison import VERDICT_METRICS, compare, summarize, verdicts
 from eval.configurations import BASELINE, Plan, plan_configurations, select_queries
+from eval.forgetting import GENERAL_KNOWLEDGE, forgetting_check, load_general_questions
 from eval.html_report import write_html_report
 from eval.judge import judge_answers
 from eval.metrics import labelled_recall
@@ -187,6 +189,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             score_answers(rows[name], answers[name], queries, ranked[name], chunks, plan.choices[name].top_n)
         if cfg.eval.judge is not None:
             judge_usage = judge_answers(cfg, run, queries, held.answered, names, rows)
+    forgetting = check_forgetting(cfg, plan) if held.generation else None
     for name in names:
         latency[name]["total_ms"] = sum(latency[name].values())
 
@@ -223,6 +226,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         "probes": probes,
         "promotion": promotion_report(run),
         "judge": judge_usage,
+        "forgetting": forgetting,
         "bootstrap": {"samples": samples, "seed": seed, "confidence": 0.95},
     }
     per_query = [
@@ -248,6 +252,36 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     )
     print(report_io.render_table(report))
     return report
+
+
+def check_forgetting(cfg: RagtuneConfig, plan: Plan) -> dict | None:
+    """The forgetting check (:mod:`eval.forgetting`) of the first tuned generator against the base one.
+
+    Returns:
+        Its result, or None when it is off or no evaluated configuration uses a tuned generator.
+    """
+    keys = [plan.components[name].generator_key for name in plan.names]
+    tuned = next((k for k in keys if k[1] is not None or k[0] != keys[0][0]), None)
+    if not cfg.eval.forgetting or tuned is None:
+        return None
+    questions = load_general_questions(cfg.eval.forgetting_questions or GENERAL_KNOWLEDGE)
+    result = forgetting_check(
+        keys[0],
+        tuned,
+        questions,
+        batch_size=cfg.eval.generation_batch_size,
+        max_new_tokens=cfg.eval.forgetting_max_new_tokens,
+        samples=cfg.eval.bootstrap_samples,
+        seed=cfg.run.seed,
+    )
+    logger.info(
+        "eval: forgetting check on %d general questions: base %.3f, tuned %.3f (%s)",
+        result["questions"],
+        result["base"],
+        result["tuned"],
+        result["verdict"],
+    )
+    return result
 
 
 def _probes(cfg: RagtuneConfig, run: RunDir, retrievers: dict[str, DenseRetriever]) -> dict | None:

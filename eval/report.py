@@ -185,6 +185,19 @@ def render_markdown(report: dict) -> str:
             f"| {name} | {'yes' if p['promoted'] else 'no'} | {p['reason']} |"
             for name, p in report["promotion"].items()
         ]
+    if report.get("forgetting"):
+        f = report["forgetting"]
+        out += [
+            "",
+            "## Forgetting check",
+            "",
+            f"{f['questions']} general-knowledge questions written by the team, asked without documents: the share "
+            "answered correctly by the base and the RAFT-tuned generator.",
+            "",
+            "| base | tuned | verdict | delta [95% CI] |",
+            "|---|---|---|---|",
+            f"| {_fmt(f['base'])} | {_fmt(f['tuned'])} | {f['verdict']} | {_interval_text(f['delta'])} |",
+        ]
     out += ["", "## Should you fine-tune?", "", report["fine_tune_note"]]
     if report["deltas"]:
         out += ["", "## Deltas against rag_only (all metrics: report.json)", ""]

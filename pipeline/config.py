@@ -481,6 +481,17 @@ class EvalConfig(Section):
         default_factory=ProbeConfig, description="Text pairs whose similarity is reported for each embedder."
     )
     judge: LLMConfig | None = Field(None, description="Optional LLM judge of answers.")
+    forgetting: bool = Field(
+        True,
+        description="When a RAFT generator is evaluated, also ask it and the base generator general-knowledge "
+        "questions without context, and report the change in accuracy (did tuning cost what it knew?).",
+    )
+    forgetting_questions: str | None = Field(
+        None,
+        description="JSONL of {id, question, answers: [accepted answers]} for the forgetting check (null: the "
+        "bundled set of 40 questions written by the team).",
+    )
+    forgetting_max_new_tokens: int = Field(24, ge=1, description="Completion cap of a forgetting-check answer.")
 
 
 class RagtuneConfig(Section):

@@ -27,6 +27,7 @@ def _overrides(bert: Path, llama: Path) -> list[str]:
         *tiny_model_overrides(bert, llama),
         "assemble.max_new_tokens=6",
         "eval.bootstrap_samples=100",
+        "eval.forgetting_max_new_tokens=3",
     ]
 
 
@@ -93,6 +94,12 @@ def test_eval_compares_every_configuration_and_records_the_stage(
     assert listed == 3 * (2 * (len(names) - 1) - 1)
     assert "full" in report["verdicts"] and report["fine_tune_note"].startswith("No call on fine-tuning")
     assert set(report["probes"]) == {"base", "tuned"} and report["probes"]["base"]["gap"] is not None
+    # The forgetting check asked the base and the RAFT generator every bundled general question.
+    forgetting = report["forgetting"]
+    assert forgetting["questions"] == len(forgetting["per_question"]) == 40
+    assert forgetting["delta"]["low"] <= forgetting["delta"]["estimate"] <= forgetting["delta"]["high"]
+    assert forgetting["delta"]["estimate"] == pytest.approx(forgetting["tuned"] - forgetting["base"])
+    assert "## Forgetting check" in run.path("eval/report.md").read_text()
 
     # Per-query rows: one per configuration and query; the RAFT adapter changes the answers.
     with run.path("eval/per_query.csv").open() as fh:
@@ -148,6 +155,7 @@ def test_eval_after_data_only_runs_the_baseline_and_says_what_was_skipped(
     assert "ragtune embed" in report["skipped"]["embed"]
     assert "skipping configuration 'embed'" in caplog.text
     assert report["mode"] == "retrieval-only" and report["verdicts"] == {}
+    assert report["forgetting"] is None  # no tuned generator was evaluated
     run = run_dir_of(tiny_config)
     assert set(run.load_manifest()["eval"].inputs) == {"data/corpus", "data/queries"}  # what was evaluated
 
