@@ -14,7 +14,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -50,21 +50,32 @@ class _Malformed(Exception):
 
 
 class _RateLimiter:
-    """Spaces request starts ``60 / rpm`` seconds apart, so no minute sees more than ``rpm``."""
+    """Spaces request starts ``60 / rpm`` seconds apart, so no minute sees more than ``rpm``.
 
-    def __init__(self, requests_per_minute: float | None) -> None:
+    ``clock`` (default: the event loop's clock) and ``sleep`` (default: ``asyncio.sleep``) can be replaced,
+    e.g. by a virtual clock in a test.
+    """
+
+    def __init__(
+        self,
+        requests_per_minute: float | None,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
         self.next_start = 0.0
         self.lock = asyncio.Lock()
+        self.clock = clock
+        self.sleep = sleep
 
     async def wait(self) -> None:
         if not self.interval:
             return
         async with self.lock:
-            now = asyncio.get_running_loop().time()
+            now = self.clock() if self.clock else asyncio.get_running_loop().time()
             start = max(now, self.next_start)
             self.next_start = start + self.interval
-        await asyncio.sleep(start - now)
+        await self.sleep(start - now)
 
 
 def _retry_after_s(headers: Any) -> float | None:

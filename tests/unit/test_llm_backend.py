@@ -1,5 +1,6 @@
 """LLM backend: cache and resume (kill -9), concurrency, rate limit, budget, dry run, the three providers."""
 
+import functools
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import pytest
 from fakes.openai_server import FakeOpenAIServer, prompt_hash
 
 from pipeline.config import LLMConfig
-from pipeline.llm import CACHE_FILE, LLMBackendError, ResponseCache, make_backend
+from pipeline.llm import CACHE_FILE, LLMBackendError, ResponseCache, make_backend, openai_compatible
 
 KEY_ENV = "RAGTUNE_TEST_LLM_KEY"
 
@@ -68,12 +69,34 @@ def test_identical_requests_once_at_t0_distinct_samples_above(server, tmp_path):
     assert server.requests == 5  # ... and all four cached
 
 
-def test_requests_per_minute_spaces_request_starts(server, tmp_path):
+class VirtualClock:
+    """A clock that only moves when a request start is scheduled: ``sleep`` records the start, returns at once."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.starts: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.starts.append(self.now + seconds)
+
+
+def test_requests_per_minute_spaces_request_starts(server, tmp_path, monkeypatch):
+    # On a virtual clock, so the check does not depend on how busy the machine is.
+    clock = VirtualClock()
+    monkeypatch.setattr(
+        openai_compatible,
+        "_RateLimiter",
+        functools.partial(openai_compatible._RateLimiter, clock=clock.time, sleep=clock.sleep),
+    )
     backend = make_backend(_cfg(server, concurrency=8, requests_per_minute=600), tmp_path)  # one per 100 ms
-    backend.generate(_requests(6))
-    gaps = [b - a for a, b in zip(server.start_times, server.start_times[1:], strict=False)]
-    assert min(gaps) >= 0.06  # loopback jitter is a few ms
-    assert server.start_times[-1] - server.start_times[0] >= 0.45
+    assert backend.generate(_requests(6)) == [f"echo: item {i}" for i in range(6)]
+    assert server.requests == 6 and len(clock.starts) == 6
+    gaps = [b - a for a, b in zip(clock.starts, clock.starts[1:], strict=False)]
+    assert gaps == pytest.approx([0.1] * 5)
+    assert clock.starts[-1] - clock.starts[0] == pytest.approx(0.5)
 
 
 def test_token_budget_stops_cleanly_and_rerun_finishes(server, tmp_path):
