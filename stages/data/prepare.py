@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from pipeline.config import RagtuneConfig
+from pipeline.dev_slice import assign_dev_ranks
 from pipeline.entry import run_stage
 from pipeline.llm import DryRunFinished
 from pipeline.rundir import RunDir, atomic_write_jsonl, atomic_write_text, hash_path, is_main_process
@@ -111,8 +112,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         if cfg.synth.llm.dry_run:
             raise DryRunFinished("synth.llm.dry_run is set: estimate printed above, nothing written")
 
-    # 5. Split by document and check that nothing leaks.
-    queries = assign_split(labelled + synthetic, eval_docs)
+    # 5. Split by document and check that nothing leaks; rank the train documents for the stages' dev slices.
+    queries = assign_dev_ranks(assign_split(labelled + synthetic, eval_docs), cfg.run.seed)
     counts = {
         f"{origin}_{split}": sum(q["origin"] == origin and q["split"] == split for q in queries)
         for origin in ("human", "synthetic")

@@ -1,8 +1,8 @@
-"""Training pairs for the embedder, the document-disjoint dev slice, and the batching rule.
+"""Training pairs for the embedder and the batching rule.
 
 :func:`build_pairs` turns query rows into (query, positive chunk) pairs, one per positive chunk;
-:func:`attach_negatives` adds a negative per pair for TripletLoss; :func:`split_dev_queries` holds out a
-document-disjoint slice of the train split for checkpoint selection.
+:func:`attach_negatives` adds a negative per pair for TripletLoss. The dev slice for checkpoint selection
+comes from :mod:`pipeline.dev_slice`.
 
 In-batch losses (MNRL, CachedMNRL, GIST) treat every other positive in a batch as a negative. Two pairs
 that share a positive chunk, or ask the same question, would then push a query away from its own
@@ -22,9 +22,6 @@ import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
 logger = logging.getLogger(__name__)
-
-
-DEV_MIN_QUERIES = 5  # fewer dev queries than this make a choice on the dev slice noise, not signal
 
 
 def build_pairs(queries: Sequence[dict[str, Any]], chunks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -102,41 +99,6 @@ def attach_negatives(
             drawn += 1
         out.append({**pair, "negative": chunks[negative_id]["text"], "negative_id": negative_id})
     return out, drawn
-
-
-def split_dev_queries(
-    queries: Sequence[dict[str, Any]], fraction: float, seed: int, min_queries: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Hold out the queries of a random share of train documents as a dev slice for checkpoint selection.
-
-    The split is by source document (``doc_ids``), like the train/eval split, so dev never shares a
-    document with training; queries citing both a dev and a train document are dropped from both.
-
-    Args:
-        queries: train-split query rows (``doc_ids``).
-        fraction: share of train documents whose queries go to dev (0 disables).
-        seed: seed of the document draw.
-        min_queries: fewer dev queries than this (or no train query left) gives no dev slice.
-
-    Returns:
-        (train queries, dev queries); dev is empty when disabled or too small, and train is then unchanged.
-
-    Example:
-        >>> qs = [{"qid": str(i), "doc_ids": [f"d{i}"]} for i in range(10)]
-        >>> train, dev = split_dev_queries(qs, 0.2, seed=0, min_queries=2)
-        >>> len(train), len(dev)
-        (8, 2)
-    """
-    docs = sorted({d for q in queries for d in q["doc_ids"]})
-    n_dev = round(len(docs) * fraction)
-    if fraction <= 0 or n_dev == 0:
-        return list(queries), []
-    dev_docs = set(random.Random(seed).sample(docs, n_dev))
-    dev = [q for q in queries if set(q["doc_ids"]) <= dev_docs]
-    train = [q for q in queries if not set(q["doc_ids"]) & dev_docs]
-    if len(dev) < min_queries or not train:
-        return list(queries), []
-    return train, dev
 
 
 def pair_keys(pair: dict[str, Any]) -> frozenset[str]:

@@ -31,18 +31,12 @@ from sentence_transformers.sentence_transformer.trainer import SentenceTransform
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
 from pipeline.config import EmbedConfig, RagtuneConfig, check_trainer_keys
+from pipeline.dev_slice import DEV_MIN_QUERIES, split_dev_queries
 from pipeline.entry import run_stage
 from pipeline.models import resolve_model
 from pipeline.rundir import RunDir, atomic_dir, atomic_write_text, is_main_process, read_jsonl
 from stages.embed.adapter import ROUTER_MAPPING, add_query_adapter
-from stages.embed.pairs import (
-    DEV_MIN_QUERIES,
-    NoDuplicateKeysBatchSampler,
-    attach_negatives,
-    build_pairs,
-    pair_keys,
-    split_dev_queries,
-)
+from stages.embed.pairs import NoDuplicateKeysBatchSampler, attach_negatives, build_pairs, pair_keys
 
 logger = logging.getLogger(__name__)
 STAGE = "embed"
@@ -229,7 +223,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     train_queries = [q for q in queries if q["split"] == "train" and q["positives"]]
     if not eval_queries:
         raise ValueError(f"{paths['queries']}: no eval-split query; embed needs held-out queries to report on")
-    train_queries, dev_queries = split_dev_queries(train_queries, ecfg.dev_fraction, cfg.run.seed, DEV_MIN_QUERIES)
+    train_queries, dev_queries = split_dev_queries(train_queries, ecfg.dev_fraction)
     pairs = build_pairs(train_queries, chunks)
     if len(pairs) < 2:
         raise ValueError(f"{paths['queries']}: {len(pairs)} training pair(s); embed needs at least 2")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import MiningConfig, RagtuneConfig
+from pipeline.dev_slice import split_dev_queries
 from pipeline.entry import run_stage
 from pipeline.retrieval import model_hash
 from pipeline.rundir import (
@@ -43,7 +44,6 @@ from pipeline.rundir import (
     is_main_process,
     read_jsonl,
 )
-from stages.embed.pairs import DEV_MIN_QUERIES, split_dev_queries
 from stages.rerank.negatives import RULES, choose_negatives, draw_random_negatives, filter_candidates
 from stages.rerank.pseudo_queries import inverse_cloze_queries
 
@@ -323,11 +323,12 @@ def write_mining_outputs(
 def rerank_dev_queries(cfg: RagtuneConfig, queries: Sequence[Mapping[str, Any]]) -> list[dict]:
     """The dev slice of the train split that chooses the fusion weight; never mined, never trained on.
 
-    The slice is by document (``rerank.dev_fraction``, the run seed), as embed's is: with equal fractions
-    both stages hold out the same queries. Empty when disabled or too small (see ``split_dev_queries``).
+    The slice is by document (``rerank.dev_fraction`` of the data stage's seeded document ranks), as embed's
+    is: with equal fractions both stages hold out the same queries, and a smaller fraction's slice lies inside
+    a larger one's. Empty when disabled or too small (see ``pipeline.dev_slice.split_dev_queries``).
     """
     train = [dict(q) for q in queries if q["split"] == "train" and q["positives"]]
-    return split_dev_queries(train, cfg.rerank.dev_fraction, cfg.run.seed, DEV_MIN_QUERIES)[1]
+    return split_dev_queries(train, cfg.rerank.dev_fraction)[1]
 
 
 def run_mining(cfg: RagtuneConfig, run: RunDir) -> tuple[list[dict[str, Any]], dict[str, Any]]:

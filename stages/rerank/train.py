@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import RagtuneConfig, RerankConfig, check_trainer_keys
+from pipeline.dev_slice import DEV_MIN_QUERIES
 from pipeline.entry import run_stage
 from pipeline.ranking import choose_fusion_weight, fused_order, mean_metrics, per_query_metrics
 from pipeline.retrieval import FUSION_FILE, DenseRetriever, cross_encoder_scores
 from pipeline.rundir import RunDir, atomic_dir, atomic_write_text, is_main_process, read_jsonl
-from stages.embed.pairs import DEV_MIN_QUERIES
 from stages.rerank.curve import DevCandidates, DevCurveCallback, curve_point, dev_candidates, plot_learning_curve
 from stages.rerank.mine import NEGATIVES_DIR, rerank_dev_queries, run_mining
 from stages.rerank.model import HEAD_PARAMETERS, build_cross_encoder, default_learning_rate

@@ -31,6 +31,11 @@ def test_data_stage_writes_corpus_queries_split_and_manifest(tiny_config: Path, 
     train_docs = {chunk_doc[c] for q in queries if q["split"] == "train" for c in q["relevance"]}
     eval_docs = {chunk_doc[c] for q in queries if q["split"] == "eval" for c in q["relevance"]}
     assert not train_docs & eval_docs
+    # each train query carries its documents' seeded dev ranks (the embed and rerank dev slices select by them)
+    ranks = {d: r for q in queries if q["split"] == "train" for d, r in q["dev_rank"].items()}
+    assert set(ranks) == {d for q in queries if q["split"] == "train" for d in q["doc_ids"]}
+    assert sorted(ranks.values()) == list(range(len(ranks)))
+    assert all("dev_rank" not in q for q in queries if q["split"] == "eval")
     assert (run.root / "config.resolved.yaml").exists()
     rec = run.load_manifest()["data"]
     assert rec.status == "done" and rec.metrics["chunks"] == len(corpus)

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
 from pipeline.cli import main as cli
+from pipeline.dev_slice import assign_dev_ranks
 from pipeline.rundir import atomic_write_jsonl, read_jsonl
 
 METRIC_KEYS = {"hit@1", "hit@3", "recall@1", "recall@3", "mrr@10", "ndcg@10"}
@@ -129,7 +130,7 @@ def test_best_checkpoint_is_selected_on_a_document_disjoint_dev_slice(tiny_confi
         queries.append({"qid": f"q{i}", "text": f"which {text}?", "positives": [f"c{i}"], "doc_ids": [f"d{i}"]})
         queries[-1] |= {"relevance": {f"c{i}": 1}, "origin": "synthetic", "split": split}
     atomic_write_jsonl(run.path("data/corpus.jsonl"), corpus)
-    atomic_write_jsonl(run.path("data/queries.jsonl"), queries)
+    atomic_write_jsonl(run.path("data/queries.jsonl"), assign_dev_ranks(queries, seed=42))
     run.record(
         "data",
         config_hash="handmade",

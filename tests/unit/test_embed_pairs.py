@@ -1,4 +1,4 @@
-"""Training pairs, dev slice and the no-duplicates batching rule of the embed stage."""
+"""Training pairs and the no-duplicates batching rule of the embed stage."""
 
 import random
 from collections import Counter
@@ -12,7 +12,6 @@ from stages.embed.pairs import (
     build_pairs,
     no_duplicate_batches,
     pair_keys,
-    split_dev_queries,
 )
 
 
@@ -107,17 +106,3 @@ def test_attach_negatives_uses_given_ones_else_draws_seeded_non_relevant_chunks(
     assert rows[0]["negative"] == chunks[rows[0]["negative_id"]]["text"]
     again, _ = attach_negatives(pairs, queries, chunks, seed=5)
     assert [r["negative_id"] for r in again] == [r["negative_id"] for r in rows]
-
-
-def test_dev_slice_is_document_disjoint_and_falls_back_when_too_small() -> None:
-    queries = [{"qid": f"q{i}", "doc_ids": [f"d{i % 10}"]} for i in range(40)]
-    queries.append({"qid": "straddle", "doc_ids": ["d0", "d1", "d2", "d3", "d4"]})
-    train, dev = split_dev_queries(queries, 0.3, seed=1, min_queries=5)
-    dev_docs = {d for q in dev for d in q["doc_ids"]}
-    train_docs = {d for q in train for d in q["doc_ids"]}
-    assert len(dev_docs) == 3 and len(dev) == 12
-    assert not dev_docs & train_docs
-    assert "straddle" not in {q["qid"] for q in train + dev}
-
-    assert split_dev_queries(queries, 0.3, seed=1, min_queries=13) == (queries, [])
-    assert split_dev_queries(queries, 0.0, seed=1, min_queries=1) == (queries, [])

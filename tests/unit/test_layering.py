@@ -12,12 +12,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[2]
-# The one crossing left between stages: rerank takes the dev slice and its minimum size from stage 1's
-# pairs module. It goes when the data stage assigns the dev slice and both stages select from it.
-KNOWN_EXCEPTIONS = {
-    ("stages/rerank/mine.py", "stages.embed.pairs"),
-    ("stages/rerank/train.py", "stages.embed.pairs"),
-}
 
 
 def imported_modules(path: Path) -> list[str]:
@@ -57,8 +51,8 @@ def violations() -> list[tuple[str, str]]:
 
 
 def test_no_module_imports_across_the_layers() -> None:
-    unexpected = [v for v in violations() if v not in KNOWN_EXCEPTIONS]
-    assert unexpected == [], "imports across the layers: " + ", ".join(f"{f} imports {m}" for f, m in unexpected)
+    found = violations()
+    assert found == [], "imports across the layers: " + ", ".join(f"{f} imports {m}" for f, m in found)
 
 
 @pytest.mark.parametrize(

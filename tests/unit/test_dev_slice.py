@@ -1,0 +1,47 @@
+"""The dev slice: ranked once per train document by the data stage, selected by fraction by embed and rerank."""
+
+import itertools
+
+from pipeline.dev_slice import assign_dev_ranks, split_dev_queries
+
+
+def _ranked(n_queries: int, n_docs: int, seed: int) -> list[dict]:
+    queries = [{"qid": f"q{i}", "split": "train", "doc_ids": [f"d{i % n_docs}"]} for i in range(n_queries)]
+    return assign_dev_ranks(queries, seed)
+
+
+def test_dev_slice_is_document_disjoint_and_falls_back_when_too_small() -> None:
+    queries = [{"qid": f"q{i}", "split": "train", "doc_ids": [f"d{i % 10}"]} for i in range(40)]
+    queries.append({"qid": "straddle", "split": "train", "doc_ids": ["d0", "d1", "d2", "d3", "d4"]})
+    queries = assign_dev_ranks(queries, seed=1)
+    train, dev = split_dev_queries(queries, 0.3, min_queries=5)
+    dev_docs = {d for q in dev for d in q["doc_ids"]}
+    train_docs = {d for q in train for d in q["doc_ids"]}
+    assert len(dev_docs) == 3 and len(dev) == 12
+    assert not dev_docs & train_docs
+    assert "straddle" not in {q["qid"] for q in train + dev}
+
+    assert split_dev_queries(queries, 0.3, min_queries=13) == (queries, [])
+    assert split_dev_queries(queries, 0.0, min_queries=1) == (queries, [])
+
+
+def test_ranks_are_per_document_seeded_and_only_on_train_queries() -> None:
+    queries = [{"qid": f"q{i}", "split": "train" if i % 4 else "eval", "doc_ids": [f"d{i % 6}"]} for i in range(24)]
+    ranked = assign_dev_ranks(queries, seed=3)
+    assert all("dev_rank" not in q for q in ranked if q["split"] == "eval")
+    ranks = {d: r for q in ranked if q["split"] == "train" for d, r in q["dev_rank"].items()}
+    train_docs = {d for q in queries if q["split"] == "train" for d in q["doc_ids"]}
+    assert set(ranks) == train_docs and sorted(ranks.values()) == list(range(len(train_docs)))
+    # every query of a document carries that document's rank; the same seed gives the same ranks
+    assert all(q["dev_rank"] == {q["doc_ids"][0]: ranks[q["doc_ids"][0]]} for q in ranked if q["split"] == "train")
+    assert assign_dev_ranks(queries, seed=3) == ranked
+    assert assign_dev_ranks(queries, seed=4) != ranked
+
+
+def test_slices_are_nested_and_equal_fractions_hold_out_the_same_queries() -> None:
+    queries = _ranked(200, 50, seed=42)
+    slices = [{q["qid"] for q in split_dev_queries(queries, f, min_queries=1)[1]} for f in (0.1, 0.2, 0.3, 0.5)]
+    assert [len(s) for s in slices] == [20, 40, 60, 100]
+    assert all(small < large for small, large in itertools.pairwise(slices))
+    # what embed and rerank do with the same fraction: the same dev queries, the same train queries
+    assert split_dev_queries(queries, 0.2) == split_dev_queries([dict(q) for q in queries], 0.2)
