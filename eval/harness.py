@@ -152,8 +152,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     plan = plan_configurations(cfg, run, held.generation)
     names = plan.names
     # Fresh means: same config, same data, and the same tuned components as the last evaluation.
-    config_hash = cfg.section_hash(*CONFIG_SECTIONS)
-    inputs = run.input_hashes("data", "corpus", "queries") | plan.inputs
+    config_hash, inputs = run.freshness(cfg, CONFIG_SECTIONS, {"data": ("corpus", "queries")}, inputs=plan.inputs)
     if not force and run.is_fresh(STAGE, config_hash, inputs):
         logger.info("eval: finished and fresh, skipping (--force reruns it)")
         report = report_io.read_report(run.path("eval/report.json"))

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import re
 import typing
 import urllib.parse
@@ -30,8 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ENV_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 SECRET_QUERY_WORDS = ("key", "token", "secret", "password", "auth", "signature", "sig")
-# their stages draw random numbers from run.seed (data: the dev ranks of the train documents)
-SEEDED_SECTIONS = frozenset({"data", "embed", "rerank", "raft", "eval"})
 # trainer settings that send data or credentials off the machine; ragtune has no setting enabling them
 OFF_MACHINE_TRAINER_KEYS = ("push_to_hub", "hub_token", "hub_model_id", "hub_strategy", "hub_private_repo")
 
@@ -511,17 +507,6 @@ class RagtuneConfig(Section):
         if not (self.data.docs or self.data.beir or self.data.llamaindex_dataset):
             raise ValueError("data needs one of docs, beir or llamaindex_dataset")
         return self
-
-    def section_hash(self, *sections: str) -> str:
-        """Content hash of the named sections (what a stage depends on), for staleness checks.
-
-        ``run.seed`` is part of it whenever one of the sections is a stage that draws from it (data ranks the
-        train documents for the dev slices; embed, rerank, raft and eval train or sample).
-        """
-        payload: dict[str, Any] = {name: getattr(self, name).model_dump(mode="json") for name in sections}
-        if SEEDED_SECTIONS.intersection(sections):
-            payload["run.seed"] = self.run.seed
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

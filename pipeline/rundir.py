@@ -1,7 +1,8 @@
 """Run directory and manifest: where every artifact lives, and what is finished and fresh.
 
 A stage asks :meth:`RunDir.require` for its inputs (refused with a message naming the stage to run
-when missing or stale), checks :meth:`RunDir.is_fresh` to skip finished work, writes its files with
+when missing or stale), builds its config and input hashes with :meth:`RunDir.freshness` and checks
+:meth:`RunDir.is_fresh` to skip finished work, writes its files with
 :func:`atomic_write_text` / :func:`atomic_dir` (temp name, then rename), and records itself last with
 :meth:`RunDir.record`. A crash therefore never leaves a half-written artifact that looks finished.
 
@@ -14,6 +15,7 @@ cannot be read is recovered from that version.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import json
@@ -23,11 +25,14 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.config import RagtuneConfig
 
 logger = logging.getLogger(__name__)
 
@@ -394,6 +399,39 @@ class RunDir:
             return {}
         return {f"{stage}/{k}": rec.outputs[k]["hash"] for k in outputs if k in rec.outputs}
 
+    def freshness(
+        self,
+        cfg: RagtuneConfig,
+        sections: Sequence[str],
+        upstream: Mapping[str, Sequence[str]] | None = None,
+        *,
+        inputs: Mapping[str, str] | None = None,
+        exclude: Sequence[str] = (),
+    ) -> tuple[str, dict[str, str]]:
+        """A stage's config hash and input hashes: what :meth:`is_fresh` compares and :meth:`record` keeps.
+
+        Every stage builds both here. The hash covers the ``run`` section (name, root, seed), the config
+        ``sections`` the stage uses and the content hashes of its inputs.
+
+        Args:
+            cfg: the validated config.
+            sections: what the stage depends on: a section (``"embed"``) or one field of it, as a dotted
+                path (``"assemble.top_n"``).
+            upstream: stage -> output keys it reads; their hashes are taken as the manifest recorded them.
+            inputs: input hashes the stage computed itself (``"file/docs"`` -> hash; chosen components).
+            exclude: dotted paths inside ``sections`` that do not change the output (``"raft.teacher.dry_run"``).
+
+        Returns:
+            ``(config hash, {"stage/key": hash})``.
+        """
+        tree = cfg.model_dump(mode="json")
+        payload: dict[str, Any] = {path: _config_value(tree, path, exclude) for path in ("run", *sections)}
+        hashes = dict(inputs or {})
+        for stage, keys in (upstream or {}).items():
+            hashes |= self.input_hashes(stage, *keys)
+        payload["inputs"] = hashes
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16], hashes
+
     def is_fresh(self, stage: str, config_hash: str, inputs: dict[str, str]) -> bool:
         """True when ``stage`` is done with this config hash and these input hashes, and its outputs are intact."""
         rec = self.load_manifest().get(stage)
@@ -402,6 +440,22 @@ class RunDir:
         return all(
             self.path(o["path"]).exists() and hash_path(self.path(o["path"])) == o["hash"] for o in rec.outputs.values()
         )
+
+
+def _config_value(tree: dict[str, Any], path: str, exclude: Sequence[str]) -> Any:
+    """The value at dotted ``path`` of a dumped config, less the dotted paths of ``exclude`` below it."""
+    value: Any = tree
+    for key in path.split("."):
+        value = value[key]
+    value = copy.deepcopy(value)
+    for dropped in exclude:
+        if dropped.startswith(path + "."):
+            *parents, last = dropped[len(path) + 1 :].split(".")
+            node = value
+            for key in parents:
+                node = node[key]
+            del node[last]
+    return value
 
 
 def _parse_manifest(path: Path) -> dict[str, StageRecord]:

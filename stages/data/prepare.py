@@ -71,8 +71,7 @@ def load_sources(cfg: RagtuneConfig) -> tuple[list[Document], list[dict], dict]:
 
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     """Build the corpus and the split query set; skipped when fresh unless ``force``."""
-    config_hash = cfg.section_hash(*CONFIG_SECTIONS)
-    inputs = _source_hashes(cfg)
+    config_hash, inputs = run.freshness(cfg, CONFIG_SECTIONS, inputs=_source_hashes(cfg))
     if not force and run.is_fresh(STAGE, config_hash, inputs):
         logger.info("data: finished and fresh, skipping (--force reruns it)")
         return run.load_manifest()[STAGE].metrics

@@ -208,8 +208,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     # Before any model is loaded: a typo should cost nothing.
     check_trainer_keys("embed", ecfg.trainer, SentenceTransformerTrainingArguments)
     paths = run.require("data", "corpus", "queries")
-    inputs = run.input_hashes("data", "corpus", "queries")
-    config_hash = cfg.section_hash("embed")
+    config_hash, inputs = run.freshness(cfg, ("embed",), {"data": ("corpus", "queries")})
     if not force and run.is_fresh(STAGE, config_hash, inputs):
         logger.info("embed: finished and fresh, skipping (--force reruns it)")
         return run.load_manifest()[STAGE].metrics

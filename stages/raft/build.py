@@ -12,7 +12,6 @@ teacher calls); its manifest entry is ``raft_build``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -166,27 +165,17 @@ def build_targets(
     return kept, dict(counts)
 
 
-def build_config_hash(cfg: RagtuneConfig) -> str:
-    """Hash of exactly the settings that change the built data (not the training ones)."""
-    r = cfg.raft
-    payload = {
-        "fields": r.model_dump(
-            mode="json",
-            include={"oracle_fraction", "no_oracle_target", "distractor_pool", "quote_sentences", "max_samples"},
-        ),
-        "teacher": r.teacher.model_dump(mode="json", exclude={"dry_run", "concurrency"}),
-        "top_n": cfg.assemble.top_n,
-        "seed": cfg.run.seed,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _inputs(run: RunDir) -> dict[str, str]:
-    return {
-        **run.input_hashes("data", "corpus", "queries"),
-        **run.input_hashes("embed", "model"),
-        **run.input_hashes("rerank", "model"),
-    }
+# Exactly the settings that change the built data (not the training ones).
+CONFIG_SECTIONS = (
+    "raft.oracle_fraction",
+    "raft.no_oracle_target",
+    "raft.distractor_pool",
+    "raft.quote_sentences",
+    "raft.max_samples",
+    "raft.teacher",
+    "assemble.top_n",
+)
+NOT_CHANGING_THE_DATA = ("raft.teacher.dry_run", "raft.teacher.concurrency")
 
 
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
@@ -202,7 +191,12 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     data = run.require("data", "corpus", "queries")
     embedder = run.require("embed", "model")["model"]
     reranker = run.require("rerank", "model")["model"]
-    config_hash, inputs = build_config_hash(cfg), _inputs(run)
+    config_hash, inputs = run.freshness(
+        cfg,
+        CONFIG_SECTIONS,
+        {"data": ("corpus", "queries"), "embed": ("model",), "rerank": ("model",)},
+        exclude=NOT_CHANGING_THE_DATA,
+    )
     if not force and run.is_fresh(STAGE, config_hash, inputs):
         logger.info("raft build: finished and fresh, skipping (--force reruns it)")
         return run.load_manifest()[STAGE].metrics

@@ -13,8 +13,6 @@ raft/merged/ (``raft.merge``), and the manifest entry ``raft``; checkpoints go t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -219,12 +217,6 @@ def merge_adapter(model_path: str, adapter_dir: Path, target: Path) -> None:
         AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(tmp)
 
 
-def train_config_hash(cfg: RagtuneConfig) -> str:
-    """Hash of the settings training depends on (the data's own settings reach it via its content hash)."""
-    payload = {"raft": cfg.raft.model_dump(mode="json"), "seed": cfg.run.seed}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     """Build (if needed) and train; the training is skipped when finished and fresh unless ``force``."""
     from accelerate import PartialState
@@ -235,7 +227,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     if cfg.raft.teacher.dry_run:
         return build_metrics
     train_data = run.require(build.STAGE, "train_data")["train_data"]
-    config_hash, inputs = train_config_hash(cfg), run.input_hashes(build.STAGE, "train_data")
+    config_hash, inputs = run.freshness(cfg, ("raft",), {build.STAGE: ("train_data",)})
     if not force and run.is_fresh(STAGE, config_hash, inputs):
         logger.info("raft: finished and fresh, skipping (--force reruns it)")
         return run.load_manifest()[STAGE].metrics

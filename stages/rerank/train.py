@@ -297,8 +297,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     # Refuse early, naming the stage to run, before anything heavy is imported.
     run.require("embed", "model")
     run.require("data", "corpus", "queries")
-    config_hash = cfg.section_hash("rerank")
-    inputs = run.input_hashes("data", "corpus", "queries") | run.input_hashes("embed", "model")
+    config_hash, inputs = run.freshness(cfg, ("rerank",), {"data": ("corpus", "queries"), "embed": ("model",)})
     if not force and run.is_fresh(STAGE, config_hash, inputs):
         logger.info("rerank: finished and fresh, skipping (--force reruns it)")
         return run.load_manifest()[STAGE].metrics

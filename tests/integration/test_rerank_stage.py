@@ -94,7 +94,8 @@ def test_rerank_stage_mines_trains_evaluates_and_records(tiny_config: Path, tiny
 
     cfg = load_config(tiny_config, overrides)
     rec = run.load_manifest()["rerank"]
-    assert rec.status == "done" and rec.config_hash == cfg.section_hash("rerank")
+    upstream = {"data": ("corpus", "queries"), "embed": ("model",)}
+    assert rec.status == "done" and rec.config_hash == run.freshness(cfg, ("rerank",), upstream)[0]
     assert set(rec.outputs) == {"model", "negatives", "metrics"}
     assert set(rec.inputs) == {"data/corpus", "data/queries", "embed/model"}
     assert rec.metrics["ndcg@10_reranked"] == metrics["ndcg@10_reranked"]

@@ -6,7 +6,8 @@ import pytest
 
 from pipeline.config import ConfigError, RaftConfig, RagtuneConfig
 from pipeline.raft_format import ABSTAIN_ANSWER, format_answer, parse_answer
-from stages.raft.build import RaftContext, build_config_hash, build_targets, choose_contexts
+from pipeline.rundir import RunDir
+from stages.raft.build import CONFIG_SECTIONS, NOT_CHANGING_THE_DATA, RaftContext, build_targets, choose_contexts
 from stages.raft.build import main as build_main
 from stages.raft.train import make_sft_config
 
@@ -91,17 +92,25 @@ def test_build_targets_verifies_repairs_and_counts() -> None:
     assert counts["no_oracle_dropped"] == 1
 
 
-def test_build_hash_ignores_training_settings() -> None:
+def test_build_hash_ignores_training_settings(tmp_path: Path) -> None:
+    def build_config_hash(cfg: RagtuneConfig) -> str:
+        return RunDir(tmp_path).freshness(cfg, CONFIG_SECTIONS, exclude=NOT_CHANGING_THE_DATA)[0]
+
     base = RagtuneConfig.model_validate({"run": {"name": "x"}, "data": {"docs": "d"}})
     trained = base.model_copy(deep=True)
     trained.raft.learning_rate = 1e-3
     trained.raft.lora.r = 4
+    trained.raft.teacher.concurrency = 3
+    trained.raft.teacher.dry_run = True
     assert build_config_hash(trained) == build_config_hash(base)
     changed = base.model_copy(deep=True)
     changed.raft.oracle_fraction = 0.5
     assert build_config_hash(changed) != build_config_hash(base)
     changed = base.model_copy(deep=True)
     changed.assemble.top_n = 5
+    assert build_config_hash(changed) != build_config_hash(base)
+    changed = base.model_copy(deep=True)
+    changed.raft.teacher.max_new_tokens = 7
     assert build_config_hash(changed) != build_config_hash(base)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import load_config
 from pipeline.rundir import (
     ManifestError,
     RunDir,
@@ -222,3 +223,36 @@ with atomic_dir(root / "embed" / "model") as tmp:
     assert (tmp_path / "data" / "report.json").stat().st_mode & 0o777 == file_mode
     assert (tmp_path / "embed" / "model").stat().st_mode & 0o777 == dir_mode
     assert (tmp_path / "embed" / "model" / "config.json").stat().st_mode & 0o777 == file_mode
+
+
+def test_every_stage_hash_covers_the_run_section_its_sections_and_its_inputs(tmp_path: Path) -> None:
+    from eval.harness import CONFIG_SECTIONS as EVAL_SECTIONS
+    from stages.data.prepare import CONFIG_SECTIONS as DATA_SECTIONS
+    from stages.raft.build import CONFIG_SECTIONS as BUILD_SECTIONS
+
+    run = RunDir(tmp_path / "run")
+    base = load_config(Path("configs/tiny.yaml"))
+    reseeded = load_config(Path("configs/tiny.yaml"), ["run.seed=7"])
+    stages = [DATA_SECTIONS, ("embed",), ("rerank",), BUILD_SECTIONS, ("raft",), EVAL_SECTIONS]
+    for sections in stages:
+        assert run.freshness(reseeded, sections)[0] != run.freshness(base, sections)[0], sections
+    # a section the stage does not use leaves its hash alone; one of its inputs changing does not
+    retrained = load_config(Path("configs/tiny.yaml"), ["raft.learning_rate=0.001"])
+    assert run.freshness(retrained, ("embed",)) == run.freshness(base, ("embed",))
+    with_docs, inputs = run.freshness(base, ("embed",), inputs={"file/docs": "a"})
+    assert inputs == {"file/docs": "a"}
+    assert with_docs != run.freshness(base, ("embed",))[0]
+    assert with_docs != run.freshness(base, ("embed",), inputs={"file/docs": "b"})[0]
+
+
+def test_freshness_reads_upstream_hashes_from_the_manifest(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    (run.root / "data").mkdir(parents=True)
+    (run.root / "data" / "queries.jsonl").write_text("{}\n")
+    run.record("data", config_hash="h", inputs={}, outputs={"queries": "data/queries.jsonl"}, started=0.0)
+    cfg = load_config(Path("configs/tiny.yaml"))
+    config_hash, inputs = run.freshness(cfg, ("embed",), {"data": ("queries",)})
+    assert inputs == {"data/queries": hash_path(run.path("data/queries.jsonl"))}
+    (run.root / "data" / "queries.jsonl").write_text('{"changed": 1}\n')
+    run.record("data", config_hash="h", inputs={}, outputs={"queries": "data/queries.jsonl"}, started=0.0)
+    assert run.freshness(cfg, ("embed",), {"data": ("queries",)})[0] != config_hash
