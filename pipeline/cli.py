@@ -6,6 +6,7 @@ ragtune status RUN_DIR                            the manifest as a table
 ragtune query RUN_DIR "question" [key=value ...]  ask the assembled engine (answer, quotes, sources)
 ragtune serve RUN_DIR [--host H --port P]         OpenAI-compatible server over the engine (pipeline.serve)
 ragtune export RUN_DIR --to DIR [--push ORG/PREFIX]  the three models with cards, for the Hub (pipeline.export)
+ragtune export RUN_DIR --to DIR --format llamaindex|beir  the run's corpus and queries in an outside format
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ STAGE_MODULES = {
 # Commands with their own parser (their modules' main(argv)); listed in `ragtune --help`.
 DELEGATED = {
     "serve": ("pipeline.serve", "OpenAI-compatible server over a run's engine"),
-    "export": ("pipeline.export", "export a run's models with cards, optionally push them to the Hub"),
+    "export": (
+        "pipeline.export",
+        "export a run's models with cards (optionally pushed), or its data as LlamaIndex/BEIR",
+    ),
 }
 
 

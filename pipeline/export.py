@@ -1,6 +1,7 @@
-"""Export a run's three models ready to push to the Hugging Face Hub (opt-in).
+"""Export a run's three models ready to push to the Hugging Face Hub (opt-in), or its data in an outside format.
 
     ragtune export runs/demo --to exported/ [--push ORG/PREFIX]
+    ragtune export runs/demo --to exported/ --format llamaindex|beir
 
 Writes ``DIR/embedder`` (the tuned sentence-transformers model), ``DIR/reranker`` (the cross-encoder
 and its ``ragtune_fusion.json``) and ``DIR/generator`` (the merged RAFT model, or the LoRA adapter
@@ -10,6 +11,11 @@ over its base), each with a model card (``README.md``: Hub metadata, the run's f
 ``--push ORG/PREFIX`` uploads each folder to ``ORG/PREFIX-embedder``, ``-reranker`` and ``-generator``
 with ``huggingface_hub`` (creating private repos when missing; the token is huggingface_hub's own:
 ``HF_TOKEN`` or ``hf auth login``). Nothing leaves the machine without ``--push``.
+
+``--format llamaindex`` writes the data stage's corpus and queries as LlamaIndex
+``EmbeddingQAFinetuneDataset`` files (``DIR/train.json``, ``DIR/eval.json``); ``--format beir`` writes the
+BEIR layout (``DIR/corpus.jsonl``, ``DIR/queries.jsonl``, ``DIR/qrels/train.tsv``, ``DIR/qrels/eval.tsv``,
+graded). Both are by chunk, and the data stage reads either back (``data.llamaindex_dataset``, ``data.beir``).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
-from pipeline.rundir import RunDir, StageInputError
+from pipeline.rundir import RunDir, StageInputError, atomic_write_jsonl, atomic_write_text, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +42,8 @@ COMPONENTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "reranker": ("rerank", ("model",), "sentence-transformers"),
     "generator": ("raft", ("merged", "adapter"), "transformers"),
 }
+SPLITS = ("train", "eval")
+DATA_FORMATS = ("llamaindex", "beir")
 EVAL_PAIRS = {  # the eval comparison that shows each component's effect: (configuration, its reference)
     "embedder": ("embed", "rag_only"),
     "reranker": ("embed_rerank", "embed"),
@@ -139,6 +147,61 @@ def export_run(run: RunDir, to: Path) -> dict[str, dict]:
     return exported
 
 
+def export_llamaindex(path: Path, queries: list[dict], corpus: list[dict], split: str) -> None:
+    """Write one split as an EmbeddingQAFinetuneDataset JSON that LlamaIndex users can load.
+
+    Args:
+        path: the JSON file to write.
+        queries: rows of ``data/queries.jsonl``; only those of ``split`` are written.
+        corpus: rows of ``data/corpus.jsonl`` (every chunk is written).
+        split: ``train`` or ``eval``.
+    """
+    chosen = [q for q in queries if q["split"] == split]
+    payload = {
+        "queries": {q["qid"]: q["text"] for q in chosen},
+        "corpus": {c["id"]: c["text"] for c in corpus},
+        "relevant_docs": {q["qid"]: q["positives"] for q in chosen},
+        "mode": "text",
+    }
+    atomic_write_text(path, json.dumps(payload, ensure_ascii=False, indent=1))
+
+
+def export_beir(folder: Path, queries: list[dict], corpus: list[dict]) -> None:
+    """Write the BEIR layout: corpus.jsonl (one row per chunk), queries.jsonl, qrels/<split>.tsv (graded).
+
+    Args:
+        folder: where to write.
+        queries: rows of ``data/queries.jsonl`` (graded ``relevance`` per chunk; its ``positives`` otherwise).
+        corpus: rows of ``data/corpus.jsonl``.
+    """
+    atomic_write_jsonl(folder / "corpus.jsonl", [{"_id": c["id"], "title": "", "text": c["text"]} for c in corpus])
+    atomic_write_jsonl(folder / "queries.jsonl", [{"_id": q["qid"], "text": q["text"]} for q in queries])
+    for split in SPLITS:
+        rows = ["query-id\tcorpus-id\tscore"]
+        for q in queries:
+            if q["split"] == split:
+                grades = q.get("relevance") or dict.fromkeys(q["positives"], 1)
+                rows += [f"{q['qid']}\t{chunk}\t{grade}" for chunk, grade in grades.items()]
+        atomic_write_text(folder / "qrels" / f"{split}.tsv", "\n".join(rows) + "\n")
+
+
+def export_data(run: RunDir, to: Path, data_format: str) -> list[Path]:
+    """Write the data stage's corpus and queries under ``to`` as ``llamaindex`` or ``beir``; returns the files.
+
+    Raises:
+        StageInputError: the data stage has not finished (or its outputs changed since).
+    """
+    data = run.require("data", "corpus", "queries")
+    corpus, queries = read_jsonl(data["corpus"]), read_jsonl(data["queries"])
+    if data_format == "llamaindex":
+        files = [to / f"{split}.json" for split in SPLITS]
+        for path, split in zip(files, SPLITS, strict=True):
+            export_llamaindex(path, queries, corpus, split)
+        return files
+    export_beir(to, queries, corpus)
+    return [to / "corpus.jsonl", to / "queries.jsonl", *(to / "qrels" / f"{split}.tsv" for split in SPLITS)]
+
+
 def push_export(to: Path, prefix: str, api: HfApi | None = None, private: bool = True) -> list[str]:
     """Upload each exported folder to ``<prefix>-<component>`` on the Hub; returns the repo URLs.
 
@@ -163,11 +226,16 @@ def push_export(to: Path, prefix: str, api: HfApi | None = None, private: bool =
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """``ragtune export RUN --to DIR [--push ORG/PREFIX]``."""
-    parser = argparse.ArgumentParser(prog="ragtune export", description="export a run's models for the Hub")
+    """``ragtune export RUN --to DIR [--push ORG/PREFIX | --format llamaindex|beir]``."""
+    parser = argparse.ArgumentParser(
+        prog="ragtune export", description="export a run's models for the Hub, or its data as LlamaIndex or BEIR"
+    )
     parser.add_argument("run_dir", help="a run directory (runs/<name>)")
-    parser.add_argument("--to", required=True, type=Path, help="folder to write the three models into")
+    parser.add_argument("--to", required=True, type=Path, help="folder to write the models (or the data) into")
     parser.add_argument("--push", metavar="ORG/PREFIX", help="also upload to ORG/PREFIX-{embedder,reranker,generator}")
+    parser.add_argument(
+        "--format", choices=("models", *DATA_FORMATS), default="models", help="models (default), or the data as one"
+    )
     return parser
 
 
@@ -176,8 +244,15 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.entry import USER_ERRORS, setup_logging
 
     setup_logging()
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.push and args.format != "models":
+        parser.error("--push uploads models only; leave it out with --format " + args.format)
     try:
+        if args.format != "models":
+            files = export_data(RunDir(args.run_dir), args.to, args.format)
+            print(f"exported the data as {args.format}: {', '.join(str(f) for f in files)}")
+            return
         exported = export_run(RunDir(args.run_dir), args.to)
         print(f"exported {', '.join(exported)} to {args.to}")
         if args.push:

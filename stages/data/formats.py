@@ -1,8 +1,9 @@
-"""Labelled data in and out: ragtune questions, BEIR layout, LlamaIndex's EmbeddingQAFinetuneDataset.
+"""Labelled data in: ragtune questions, BEIR layout, LlamaIndex's EmbeddingQAFinetuneDataset.
 
 Every importer returns documents (chunked by the caller like any other) and labelled queries whose
 relevance is given per document; :func:`attach_chunks` then maps documents to chunk-level graded
-relevance. Errors name the file and line.
+relevance. Errors name the file and line. ``ragtune export RUN --format beir|llamaindex``
+(:mod:`pipeline.export`) writes a finished run's data back out in the two outside formats.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.rundir import atomic_write_text
 from stages.data.ingest import Document
 
 
@@ -300,15 +300,3 @@ def import_llamaindex(path: Path) -> tuple[list[Document], list[dict]]:
         if raw["relevant_docs"].get(qid)
     ]
     return docs, questions
-
-
-def export_llamaindex(path: Path, queries: list[dict], corpus: list[dict], split: str) -> None:
-    """Write one split as an EmbeddingQAFinetuneDataset JSON that LlamaIndex users can load."""
-    chosen = [q for q in queries if q["split"] == split]
-    payload = {
-        "queries": {q["qid"]: q["text"] for q in chosen},
-        "corpus": {c["id"]: c["text"] for c in corpus},
-        "relevant_docs": {q["qid"]: q["positives"] for q in chosen},
-        "mode": "text",
-    }
-    atomic_write_text(path, json.dumps(payload, ensure_ascii=False, indent=1))

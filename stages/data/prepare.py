@@ -21,7 +21,7 @@ from pipeline.llm import DryRunFinished
 from pipeline.rundir import RunDir, atomic_write_jsonl, atomic_write_text, hash_path, is_main_process
 from stages.data.formats import attach_chunks, import_beir, import_llamaindex, load_questions, missing_evidence
 from stages.data.ingest import Document, chunk_documents, discover_files, fingerprint_files, read_documents
-from stages.data.split import assign_split, choose_eval_documents
+from stages.data.split import assign_split, check_no_leak, choose_eval_documents
 
 logger = logging.getLogger(__name__)
 STAGE = "data"
@@ -113,6 +113,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
 
     # 5. Split by document and check that nothing leaks; rank the train documents for the stages' dev slices.
     queries = assign_dev_ranks(assign_split(labelled + synthetic, eval_docs), cfg.run.seed)
+    check_no_leak(queries)
     counts = {
         f"{origin}_{split}": sum(q["origin"] == origin and q["split"] == split for q in queries)
         for origin in ("human", "synthetic")

@@ -85,3 +85,35 @@ def leaking_documents(queries: list[dict]) -> set[str]:
     train = {d for q in queries if q["split"] == "train" for d in q["doc_ids"]}
     held = {d for q in queries if q["split"] == "eval" for d in q["doc_ids"]}
     return train & held
+
+
+SIDES = ("train", "eval")
+
+
+class SplitLeakError(ValueError):
+    """A document is cited by both a train and an eval query; the message names them."""
+
+
+def check_no_leak(queries: list[dict]) -> None:
+    """Refuse a split in which a train and an eval query share a document.
+
+    Raises:
+        SplitLeakError: naming the first leaking document (sorted) and one train and one eval query citing it.
+
+    Example:
+        >>> try:
+        ...     check_no_leak([{"qid": "a", "doc_ids": ["d1"], "split": "train"},
+        ...                    {"qid": "b", "doc_ids": ["d1"], "split": "eval"}])
+        ... except SplitLeakError as e:
+        ...     print(e)
+        split leak: document 'd1' is in train query 'a' and eval query 'b' (1 leaking document in all)
+    """
+    leaks = sorted(leaking_documents(queries))
+    if not leaks:
+        return
+    doc = leaks[0]
+    train, held = (next(q["qid"] for q in queries if q["split"] == side and doc in q["doc_ids"]) for side in SIDES)
+    raise SplitLeakError(
+        f"split leak: document {doc!r} is in train query {train!r} and eval query {held!r} "
+        f"({len(leaks)} leaking document{'s' if len(leaks) > 1 else ''} in all)"
+    )

@@ -118,3 +118,24 @@ def test_dry_run_prints_estimate_and_records_nothing(tiny_config: Path, capsys, 
     assert "dry run" in out and "nothing was called" in out and "sk-do-not-print" not in out
     run = run_dir_of(tiny_config)
     assert "data" not in run.load_manifest() and not run.path("data/queries.jsonl").exists()
+
+
+def test_a_split_that_leaks_fails_the_stage_naming_query_and_document(tiny_config: Path, monkeypatch, capsys) -> None:
+    from stages.data import prepare, split
+
+    leaked: list[dict] = []
+
+    def leaky_split(queries: list[dict], eval_docs: set[str]) -> list[dict]:
+        kept = split.assign_split(queries, eval_docs)
+        leaked.append(next(q for q in kept if q["split"] == "train" and len(q["doc_ids"]) == 1))
+        return [*kept, {**leaked[0], "qid": "leaky", "split": "eval"}]  # its document on both sides
+
+    monkeypatch.setattr(prepare, "assign_split", leaky_split)
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["data", str(tiny_config), "synth.enabled=false"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    doc = leaked[0]["doc_ids"][0]
+    assert f"split leak: document {doc!r} is in train query" in err and "eval query 'leaky'" in err
+    run = run_dir_of(tiny_config)
+    assert run.load_manifest()["data"].status == "failed" and not run.path("data/queries.jsonl").exists()

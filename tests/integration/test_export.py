@@ -17,6 +17,7 @@ from huggingface_hub.utils import _http as hf_http
 
 from pipeline.cli import main as cli
 from pipeline.export import export_run, push_export
+from pipeline.rundir import read_jsonl
 
 
 @pytest.fixture
@@ -142,3 +143,44 @@ def test_export_command_reports_a_run_with_no_stage_in_one_line(tmp_path: Path) 
         timeout=120,
     )
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_export_writes_the_data_as_beir_and_llamaindex_that_the_data_stage_reads_back(
+    tiny_config: Path, tmp_path: Path, capsys
+) -> None:
+    from stages.data.formats import import_beir, import_llamaindex
+
+    cli(["data", str(tiny_config), "synth.enabled=false"])
+    run = run_dir_of(tiny_config)
+    corpus = {c["id"]: c["text"] for c in read_jsonl(run.path("data/corpus.jsonl"))}
+    queries = read_jsonl(run.path("data/queries.jsonl"))
+
+    cli(["export", str(run.root), "--to", str(tmp_path / "beir"), "--format", "beir"])
+    assert "exported the data as beir" in capsys.readouterr().out
+    docs, questions = import_beir(tmp_path / "beir", ["train", "eval"])
+    assert {d.doc_id: d.text for d in docs} == corpus
+    assert {q["qid"]: (q["text"], q["doc_relevance"]) for q in questions} == {
+        q["qid"]: (q["text"], q["relevance"]) for q in queries
+    }
+    header, *rows = (tmp_path / "beir" / "qrels" / "eval.tsv").read_text().splitlines()
+    assert header == "query-id\tcorpus-id\tscore"
+    assert {row.split("\t")[0] for row in rows} == {q["qid"] for q in queries if q["split"] == "eval"}
+
+    cli(["export", str(run.root), "--to", str(tmp_path / "li"), "--format", "llamaindex"])
+    for split in ("train", "eval"):
+        docs, questions = import_llamaindex(tmp_path / "li" / f"{split}.json")
+        assert {d.doc_id: d.text for d in docs} == corpus
+        chosen = [q for q in queries if q["split"] == split]
+        assert {q["qid"]: sorted(q["doc_relevance"]) for q in questions} == {
+            q["qid"]: sorted(q["positives"]) for q in chosen
+        }
+
+
+def test_export_of_data_refuses_push_and_a_run_without_data(tiny_config: Path, tmp_path: Path, capsys) -> None:
+    run = run_dir_of(tiny_config)
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["export", str(run.root), "--to", str(tmp_path / "x"), "--format", "beir", "--push", "org/p"])
+    assert exit_info.value.code == 2 and "--push uploads models only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["export", str(run.root), "--to", str(tmp_path / "x"), "--format", "llamaindex"])
+    assert exit_info.value.code == 2 and "stage 'data' has not finished" in capsys.readouterr().err

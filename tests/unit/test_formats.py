@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.export import export_llamaindex
 from stages.data.formats import (
     attach_chunks,
-    export_llamaindex,
     find_normalized_span,
     import_beir,
     import_llamaindex,
