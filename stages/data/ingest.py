@@ -284,29 +284,6 @@ def chunk_id(doc_hash: str, start: int, chunk_text: str) -> str:
     return "c" + hashlib.sha256(f"{doc_hash}:{start}:{chunk_text}".encode()).hexdigest()[:15]
 
 
-def locate_chunks(text: str, chunks: list[str]) -> list[tuple[int, int]]:
-    """Character spans of consecutive (possibly overlapping) chunks inside ``text``.
-
-    The splitter returns chunk strings, not offsets; searching forward from the previous chunk's
-    start keeps repeated passages in order. A chunk the splitter re-spaced is found by its first
-    40 characters and measured to its own length.
-
-    Example:
-        >>> locate_chunks("a b. a b.", ["a b.", "a b."])
-        [(0, 4), (5, 9)]
-    """
-    spans, cursor = [], 0
-    for chunk in chunks:
-        start = text.find(chunk, cursor)
-        if start < 0:
-            start = text.find(chunk[:40], cursor)
-        if start < 0:
-            start = cursor
-        spans.append((start, min(len(text), start + len(chunk))))
-        cursor = start + 1
-    return spans
-
-
 SPLIT_WINDOW_CHARS = 100_000  # the splitter's sentence regex has a time limit; a huge paragraph can exceed it
 
 
@@ -335,22 +312,32 @@ def text_windows(text: str, size: int = SPLIT_WINDOW_CHARS) -> list[tuple[int, s
 def chunk_documents(docs: list[Document], chunk_size: int, chunk_overlap: int) -> list[dict]:
     """Split documents into corpus rows with LlamaIndex's SentenceSplitter.
 
+    Spans are the nodes' own ``start_char_idx`` / ``end_char_idx``. A chunk the splitter re-spaced has
+    none (it is not verbatim in the text); it is placed after the previous chunk, at its own length.
     Time is linear in the documents' size: a document longer than ``SPLIT_WINDOW_CHARS`` is split
     piece by piece (:func:`text_windows`), and each document's text is hashed once.
 
     Returns:
         Rows ``{"id", "doc_id", "source", "text", "start", "end"}`` in document order.
     """
+    from llama_index.core import Document as LlamaDocument
     from llama_index.core.node_parser import SentenceSplitter
 
-    splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    # include_metadata=False: our documents carry none, and the splitter then splits the text alone.
+    splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap, include_metadata=False)
     rows = []
     for doc in tqdm(docs, desc="chunk documents", unit="doc"):
         doc_hash = document_hash(doc.text)
         spans: list[tuple[str, int, int]] = []
         for offset, piece in text_windows(doc.text):
-            texts = [t for t in splitter.split_text(piece) if t.strip()]
-            spans += [(t, offset + a, offset + b) for t, (a, b) in zip(texts, locate_chunks(piece, texts), strict=True)]
+            cursor = 0
+            for node in splitter.get_nodes_from_documents([LlamaDocument(text=piece)]):
+                if not node.text.strip():
+                    continue
+                start = cursor if node.start_char_idx is None else node.start_char_idx
+                end = min(len(piece), start + len(node.text)) if node.end_char_idx is None else node.end_char_idx
+                spans.append((node.text, offset + start, offset + end))
+                cursor = start + 1
         for text, start, end in spans:
             rows.append(
                 {
