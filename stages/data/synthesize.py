@@ -30,6 +30,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -212,20 +213,14 @@ def copies_passage(query: str, passage: str, n: int) -> bool:
     return any(tuple(q[i : i + n]) in grams for i in range(len(q) - n + 1))
 
 
-def jaccard(a: str, b: str) -> float:
-    """Word-set Jaccard similarity of two texts (1.0 for two empty texts)."""
-    sa, sb = set(words(a)), set(words(b))
-    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
-
-
-def near_duplicate(a: str, b: str, threshold: float) -> bool:
-    """True when the word-set Jaccard similarity of ``a`` and ``b`` is at least ``threshold``.
+def jaccard(a: AbstractSet[str], b: AbstractSet[str]) -> float:
+    """Jaccard similarity of two word sets (1.0 for two empty sets).
 
     Example:
-        >>> near_duplicate("how do I reset my password", "how do I reset my password?", 0.85)
-        True
+        >>> jaccard(set(words("how do I reset my password")), set(words("How do I reset my password?")))
+        1.0
     """
-    return jaccard(a, b) >= threshold
+    return len(a & b) / len(a | b) if a | b else 1.0
 
 
 def drop_duplicates(queries: list[str], threshold: float) -> tuple[list[int], int, int]:
@@ -260,7 +255,7 @@ def drop_duplicates(queries: list[str], threshold: float) -> tuple[list[int], in
         ordered = sorted(s, key=lambda w: (freq[w], w))
         prefix = ordered[: len(ordered) - math.ceil(threshold * len(ordered)) + 1]
         candidates = {j for w in prefix for j in index.get(w, ())}
-        if any(len(s & sets[j]) / len(s | sets[j]) >= threshold for j in candidates if s | sets[j]):
+        if any(jaccard(s, sets[j]) >= threshold for j in candidates if s | sets[j]):
             near += 1
             continue
         seen_exact.add(key)
