@@ -99,37 +99,49 @@ def set_default_mode(path: str | Path) -> None:
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~UMASK)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and an atomic rename (umask-respecting mode)."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary file beside ``path`` to write; on success it replaces ``path``, on error it is removed.
+
+    The one temp-then-rename of the project's files: :func:`atomic_write_text` and :func:`atomic_save_figure`
+    write through it. The file gets the mode ``open`` would give it, and a killed write leaves only a
+    ``.<name>.<random>.tmp`` that :func:`clean_orphans` removes.
+
+    Example:
+        >>> target = Path(tempfile.mkdtemp()) / "notes.txt"
+        >>> with atomic_file(target) as tmp:
+        ...     _ = tmp.write_text("done")
+        >>> target.read_text(), [p.name for p in target.parent.iterdir()]
+        ('done', ['notes.txt'])
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         set_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def atomic_save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
-    """Save a matplotlib figure as a PNG at ``path`` through a temporary name (cleaned at the next lock if killed).
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_file`, synced to disk before the rename."""
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
 
-    Closes the figure.
-    """
+
+def atomic_save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
+    """Save a matplotlib figure as a PNG at ``path`` through :func:`atomic_file`; closes the figure."""
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    set_default_mode(tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        plt.close(fig)
 
 
 def atomic_write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
