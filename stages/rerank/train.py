@@ -296,7 +296,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     """Mine, train and evaluate the reranker; skipped when finished and fresh unless ``force``."""
     # Refuse early, naming the stage to run, before anything heavy is imported.
     run.require("embed", "model")
-    run.require("data", "corpus", "queries")
+    data = run.require("data", "corpus", "queries")
     config_hash, inputs = run.freshness(cfg, ("rerank",), {"data": ("corpus", "queries"), "embed": ("model",)})
     if not force and run.is_fresh(STAGE, config_hash, inputs):
         logger.info("rerank: finished and fresh, skipping (--force reruns it)")
@@ -321,9 +321,9 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
             mined = read_jsonl(run.path(f"{NEGATIVES_DIR}/negatives.jsonl"))
             mining_report = json.loads(run.path(f"{NEGATIVES_DIR}/report.json").read_text(encoding="utf-8"))
     mining_seconds = time.time() - mining_started
-    corpus = read_jsonl(run.path("data/corpus.jsonl"))
+    corpus = read_jsonl(data["corpus"])
     corpus_by_id = {c["id"]: c for c in corpus}
-    queries = read_jsonl(run.path("data/queries.jsonl"))
+    queries = read_jsonl(data["queries"])
     dev_queries = rerank_dev_queries(cfg, queries)  # never mined, never trained on: they choose the fusion weight
 
     # 3. Build the training set in the format the loss reads.
