@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, RaftConfig, RagtuneConfig
+from pipeline.precision import bf16_training
 from pipeline.raft_format import ABSTAIN_ANSWER, format_answer, parse_answer
 from pipeline.rundir import RunDir
 from stages.raft.build import CONFIG_SECTIONS, NOT_CHANGING_THE_DATA, RaftContext, build_targets, choose_contexts
@@ -118,6 +119,8 @@ def test_trainer_pass_through_user_keys_win_and_unknown_keys_are_named(tmp_path:
     args = make_sft_config(RaftConfig(trainer={"logging_steps": 7, "warmup_steps": 2}), tmp_path / "o", seed=3)
     assert (args.logging_steps, args.warmup_steps, args.seed, args.max_length) == (7, 2, 3, 1024)
     assert args.output_dir == str(tmp_path / "o")
+    assert args.bf16 is bf16_training()  # bf16 autocast only where the hardware has native bf16 math
+    assert make_sft_config(RaftConfig(trainer={"bf16": False}), tmp_path, seed=0).bf16 is False  # user keys win
     with pytest.raises(ConfigError, match=r"raft\.trainer\.warmup_stepz"):
         make_sft_config(RaftConfig(trainer={"warmup_stepz": 2}), tmp_path, seed=0)
     with pytest.raises(ConfigError, match=r"raft\.trainer\.output_dir"):
