@@ -43,7 +43,7 @@ from pipeline.models import resolve_model
 from pipeline.promotion import promotion_report
 from pipeline.ranking import per_query_metrics
 from pipeline.retrieval import DenseRetriever, load_fusion_weight
-from pipeline.rundir import RunDir, StageInputError, is_main_process, read_jsonl
+from pipeline.rundir import EVAL_JSON, RunDir, StageInputError, is_main_process, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     config_hash, inputs = run.freshness(cfg, CONFIG_SECTIONS, {"data": ("corpus", "queries")}, inputs=plan.inputs)
     if not force and run.is_fresh(STAGE, config_hash, inputs):
         logger.info("eval: finished and fresh, skipping (--force reruns it)")
-        report = report_io.read_report(run.path("eval/report.json"))
+        report = report_io.read_report(run.path(EVAL_JSON))
         print(report_io.render_table(report))
         return report
 

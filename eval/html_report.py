@@ -22,11 +22,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from eval import report as report_io
-from pipeline.rundir import RunDir, atomic_write_text, read_jsonl
+from pipeline.rundir import EVAL_HTML, RunDir, atomic_write_text, read_jsonl
 
 logger = logging.getLogger(__name__)
 
-HTML_PATH = "eval/report.html"
 CARD_ROWS = 40  # figures per stage card; the JSON files hold the rest
 RAFT_SAMPLES = 2
 MESSAGE_CHARS = 600
@@ -247,6 +246,6 @@ def render_html(report: dict, per_query: list[dict], cards: list[tuple[str, str]
 
 def write_html_report(run: RunDir, report: dict, per_query: list[dict]) -> dict[str, str]:
     """Write ``eval/report.html`` (atomically); returns ``{"html": path}`` for ``run.record``."""
-    atomic_write_text(run.path(HTML_PATH), render_html(report, per_query, stage_cards(run)))
-    logger.info("eval: HTML report written to %s", run.path(HTML_PATH))
-    return {"html": HTML_PATH}
+    atomic_write_text(run.path(EVAL_HTML), render_html(report, per_query, stage_cards(run)))
+    logger.info("eval: HTML report written to %s", run.path(EVAL_HTML))
+    return {"html": EVAL_HTML}

@@ -13,7 +13,7 @@ from eval.metrics import parse_judge_score, token_f1
 from pipeline.config import RagtuneConfig
 from pipeline.llm import make_backend
 from pipeline.raft_format import parse_answer
-from pipeline.rundir import RunDir
+from pipeline.rundir import EVAL_JUDGE_CACHE, RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def judge_answers(
     Returns:
         The judge's model, provider, unreadable count and usage, for the report.
     """
-    backend = make_backend(cfg.eval.judge, run.path("eval/cache"), extractor=extractive_judge)
+    backend = make_backend(cfg.eval.judge, run.path(EVAL_JUDGE_CACHE), extractor=extractive_judge)
     items = [(name, i) for name in names for i in answered]
     requests = [
         judge_messages(

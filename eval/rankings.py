@@ -16,7 +16,7 @@ from pipeline.components import Components, load_cross_encoder
 from pipeline.config import AssembleConfig
 from pipeline.hybrid import bm25_rankings, bm25_retriever, fuse_rankings
 from pipeline.retrieval import DenseRetriever, load_fusion_weight, rerank
-from pipeline.rundir import RunDir
+from pipeline.rundir import EMBEDDING_CACHE, RunDir
 
 
 @dataclass
@@ -109,9 +109,7 @@ def rank_configurations(
     for name, comp in components.items():
         choice = choices[name]
         if comp.embedder not in retrievers:
-            retrievers[comp.embedder] = DenseRetriever.load(
-                comp.embedder, corpus, cache_dir=run.path("cache/embeddings")
-            )
+            retrievers[comp.embedder] = DenseRetriever.load(comp.embedder, corpus, cache_dir=run.path(EMBEDDING_CACHE))
             first_stage[comp.embedder] = retrieve(retrievers[comp.embedder], texts, depth)
         ranking = first_stage[comp.embedder]
         if choice.retrieval == "hybrid":

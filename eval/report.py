@@ -13,7 +13,16 @@ import logging
 import textwrap
 from pathlib import Path
 
-from pipeline.rundir import RunDir, atomic_save_figure, atomic_write_text
+from pipeline.rundir import (
+    EVAL_DELTAS_CHART,
+    EVAL_JSON,
+    EVAL_METRICS_CHART,
+    EVAL_PER_QUERY,
+    EVAL_REPORT,
+    RunDir,
+    atomic_save_figure,
+    atomic_write_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -315,11 +324,11 @@ def write_report(run: RunDir, report: dict, per_query: list[dict]) -> dict[str, 
         Output key -> path relative to the run directory (for ``run.record``).
     """
     outputs = {
-        "report": "eval/report.md",
-        "json": "eval/report.json",
-        "per_query": "eval/per_query.csv",
-        "metrics_chart": "eval/metrics.png",
-        "deltas_chart": "eval/deltas.png",
+        "report": EVAL_REPORT,
+        "json": EVAL_JSON,
+        "per_query": EVAL_PER_QUERY,
+        "metrics_chart": EVAL_METRICS_CHART,
+        "deltas_chart": EVAL_DELTAS_CHART,
     }
     atomic_write_text(run.path(outputs["json"]), json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(run.path(outputs["per_query"]), per_query_csv(per_query))

@@ -28,7 +28,7 @@ from pipeline.entry import (
 )
 from pipeline.llm import DryRunFinished
 from pipeline.promotion import format_promotions
-from pipeline.rundir import RunDir, StageInputError, format_status
+from pipeline.rundir import CONFIG_RESOLVED, RunDir, StageInputError, format_status
 
 # Stage name -> module with main(cfg, run, force); only the top of the package imports stages.
 STAGE_MODULES = {
@@ -91,9 +91,9 @@ def query(run_dir: str, question: str, overrides: list[str]) -> None:
     from pipeline.config import load_config
 
     run = RunDir(run_dir)
-    if not run.path("config.resolved.yaml").exists():
-        raise StageInputError(f"{run.root}: not a ragtune run (no config.resolved.yaml); `ragtune run CONFIG` makes it")
-    cfg = load_config(run.path("config.resolved.yaml"), overrides)
+    if not run.path(CONFIG_RESOLVED).exists():
+        raise StageInputError(f"{run.root}: not a ragtune run (no {CONFIG_RESOLVED}); `ragtune run CONFIG` makes it")
+    cfg = load_config(run.path(CONFIG_RESOLVED), overrides)
     with run.lock():  # the engine writes index/ on first use
         print(format_response(build_query_engine(cfg, run).query(question)))
 

@@ -19,6 +19,7 @@ from pipeline.config import ConfigError, RagtuneConfig, dump_config, load_config
 from pipeline.llm import DryRunFinished, LLMBackendError
 from pipeline.models import ModelNotFoundError
 from pipeline.rundir import (
+    CONFIG_RESOLVED,
     ManifestError,
     RunDir,
     RunLockedError,
@@ -156,7 +157,7 @@ def open_run(config: str, overrides: list[str], stage: str | None = None) -> Ite
     try:
         with run.lock():
             if is_main_process():
-                atomic_write_text(run.path("config.resolved.yaml"), dump_config(cfg))
+                atomic_write_text(run.path(CONFIG_RESOLVED), dump_config(cfg))
             yield cfg, run
     except KeyboardInterrupt:
         raise RunInterrupted(

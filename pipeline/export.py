@@ -32,7 +32,15 @@ from typing import Any
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
-from pipeline.rundir import RunDir, StageInputError, atomic_write_jsonl, atomic_write_text, read_jsonl
+from pipeline.rundir import (
+    CONFIG_RESOLVED,
+    EVAL_JSON,
+    RunDir,
+    StageInputError,
+    atomic_write_jsonl,
+    atomic_write_text,
+    read_jsonl,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +67,7 @@ def _base_model(cfg: dict, component: str) -> str:
 def _figures(run: RunDir, component: str, record: Any) -> list[str]:
     """Markdown lines with the stage's recorded metrics and the eval delta that measures the component."""
     lines = [f"- `{k}`: {v:.4f}" if isinstance(v, float) else f"- `{k}`: {v}" for k, v in record.metrics.items()]
-    report_path = run.path("eval/report.json")
+    report_path = run.path(EVAL_JSON)
     if report_path.is_file():
         report = json.loads(report_path.read_text(encoding="utf-8"))
         name, reference = EVAL_PAIRS[component]
@@ -124,7 +132,7 @@ def export_run(run: RunDir, to: Path) -> dict[str, dict]:
     """
     import yaml
 
-    cfg = yaml.safe_load(run.path("config.resolved.yaml").read_text(encoding="utf-8")) or {}
+    cfg = yaml.safe_load(run.path(CONFIG_RESOLVED).read_text(encoding="utf-8")) or {}
     manifest = run.load_manifest()
     exported: dict[str, dict] = {}
     for component, (stage, keys, _) in COMPONENTS.items():

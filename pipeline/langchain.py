@@ -37,7 +37,7 @@ from pipeline.assemble import RaftQueryEngine, build_query_engine
 from pipeline.config import load_config
 from pipeline.generator import chat_prompt
 from pipeline.raft_format import build_messages
-from pipeline.rundir import RunDir
+from pipeline.rundir import CONFIG_RESOLVED, RunDir
 from pipeline.vector_store import chunk_id_of
 
 ROLES = {"human": "user", "ai": "assistant", "system": "system"}
@@ -114,7 +114,7 @@ def langchain_components(run_path: str | Path) -> tuple[RagtuneRetriever, Ragtun
         (retriever, chat model), sharing the engine ``ragtune query`` builds.
     """
     run = RunDir(run_path)
-    cfg = load_config(run.path("config.resolved.yaml"))
+    cfg = load_config(run.path(CONFIG_RESOLVED))
     engine = build_query_engine(cfg, run)
     return components_of(engine)
 

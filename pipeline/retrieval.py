@@ -6,7 +6,7 @@ index, no per-query Python loop); reranking scores every (query, candidate) pair
 ``CrossEncoder.predict`` call.
 
 Example (a sketch over a finished run, not run as a doctest):
-    retriever = DenseRetriever.load("bundled:minilm-l6", corpus, cache_dir=run.path("cache/embeddings"))
+    retriever = DenseRetriever.load("bundled:minilm-l6", corpus, cache_dir=run.path(EMBEDDING_CACHE))
     scores, ids = retriever.search(["how do I fail over Heron?"], k=10)
 """
 

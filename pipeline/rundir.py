@@ -1,10 +1,11 @@
 """Run directory and manifest: where every artifact lives, and what is finished and fresh.
 
-A stage asks :meth:`RunDir.require` for its inputs (refused with a message naming the stage to run
-when missing or stale), builds its config and input hashes with :meth:`RunDir.freshness` and checks
-:meth:`RunDir.is_fresh` to skip finished work, writes its files with
-:func:`atomic_write_text` / :func:`atomic_dir` (temp name, then rename), and records itself last with
-:meth:`RunDir.record`. A crash therefore never leaves a half-written artifact that looks finished.
+Every artifact has a named path relative to the run directory (``DATA_CORPUS``, ``EMBED_MODEL``, ... below);
+no other module types one. A stage asks :meth:`RunDir.require` for its inputs (refused with a message naming
+the stage to run when missing or stale) and reads them only at the paths it returns, builds its config and
+input hashes with :meth:`RunDir.freshness` and checks :meth:`RunDir.is_fresh` to skip finished work, writes
+its files with :func:`atomic_write_text` / :func:`atomic_dir` (temp name, then rename), and records itself
+last with :meth:`RunDir.record`. A crash therefore never leaves a half-written artifact that looks finished.
 
 Only the main process writes (see :func:`is_main_process`); other ranks read. One process at a time
 works in a run directory (:meth:`RunDir.lock`); taking the lock also cleans temporary files and folders
@@ -51,6 +52,39 @@ TRACKED_PACKAGES = (
     "llama-index-core",
 )
 
+# Where every artifact lives, relative to the run directory: the one place these paths are written down.
+# A stage records its outputs under these names and writes its scratch files (caches, checkpoints) to them;
+# a stage reads another stage's outputs only through the paths :meth:`RunDir.require` returns.
+CONFIG_RESOLVED = "config.resolved.yaml"  # the validated config, overrides applied
+EMBEDDING_CACHE = "cache/embeddings"  # corpus and query embeddings by model and content (pipeline.retrieval)
+DATA_CORPUS = "data/corpus.jsonl"
+DATA_QUERIES = "data/queries.jsonl"
+DATA_REPORT = "data/report.json"
+DATA_LLM_CACHE = "data/cache"  # the query generator's per-item LLM cache
+EMBED_MODEL = "embed/model"
+EMBED_METRICS = "embed/metrics.json"
+EMBED_CHECKPOINTS = "embed/checkpoints"
+RERANK_NEGATIVES = "rerank/negatives"  # negatives.jsonl, report.json, histogram and audit
+RERANK_MODEL = "rerank/model"
+RERANK_METRICS = "rerank/metrics.json"
+RERANK_CHECKPOINTS = "rerank/checkpoints"
+RERANK_LEARNING_CURVE = "rerank/learning_curve.png"
+RAFT_TRAIN_DATA = "raft/train.jsonl"
+RAFT_REPORT = "raft/report.json"
+RAFT_TEACHER_CACHE = "raft/cache"  # the RAFT teacher's per-item LLM cache
+RAFT_CHECKPOINTS = "raft/checkpoints"
+RAFT_ADAPTER = "raft/adapter"
+RAFT_MERGED = "raft/merged"
+RAFT_COMPARE = "raft/compare.json"  # scripts/raft_compare.py
+RAFT_BENCH = "raft/bench"  # scripts/bench_raft.py's trainer output
+INDEX_DIR = "index"  # the persisted LlamaIndex storage of the tuned stack
+EVAL_REPORT = "eval/report.md"
+EVAL_JSON = "eval/report.json"
+EVAL_PER_QUERY = "eval/per_query.csv"
+EVAL_METRICS_CHART = "eval/metrics.png"
+EVAL_DELTAS_CHART = "eval/deltas.png"
+EVAL_HTML = "eval/report.html"
+EVAL_JUDGE_CACHE = "eval/cache"  # the judge's per-item LLM cache
 
 LOCK_FILE = ".lock"
 # What `ragtune status` shows per stage: the few metrics that say whether it worked.
@@ -248,7 +282,7 @@ class RunDir:
         return cls(Path(cfg.run.root) / cfg.run.name)
 
     def path(self, relative: str) -> Path:
-        """Absolute path of an artifact by its conventional relative name (e.g. ``data/corpus.jsonl``)."""
+        """Absolute path of an artifact by its named relative path (e.g. :data:`DATA_CORPUS`)."""
         return self.root / relative
 
     # -- one process at a time ----------------------------------------------------------------------

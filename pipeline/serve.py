@@ -205,10 +205,10 @@ def load_stack(run_dir: str | Path, overrides: list[str] | None = None) -> Serve
     from pipeline.assemble import build_query_engine
     from pipeline.components import load_cross_encoder, resolve_components
     from pipeline.config import load_config
-    from pipeline.rundir import RunDir
+    from pipeline.rundir import CONFIG_RESOLVED, RunDir
 
     run = RunDir(run_dir)
-    cfg = load_config(run.path("config.resolved.yaml"), overrides)
+    cfg = load_config(run.path(CONFIG_RESOLVED), overrides)
     engine = build_query_engine(cfg, run)
     comp = resolve_components(cfg, run, cfg.assemble, need_generator=False)
     from sentence_transformers import SentenceTransformer

@@ -30,11 +30,10 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.schema import BaseNode, TextNode
 
 from pipeline.retrieval import corpus_hash, model_hash
-from pipeline.rundir import RunDir, atomic_dir, is_main_process, read_jsonl
+from pipeline.rundir import INDEX_DIR, RunDir, atomic_dir, is_main_process, read_jsonl
 
 logger = logging.getLogger(__name__)
 
-INDEX_DIR = "index"
 INDEX_META = "meta.json"
 QDRANT_DIR = "qdrant"
 STORE_SIMPLE = "simple"

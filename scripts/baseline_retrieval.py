@@ -12,7 +12,7 @@ import argparse
 
 from pipeline.ranking import mean_metrics, per_query_metrics
 from pipeline.retrieval import DenseRetriever
-from pipeline.rundir import RunDir, read_jsonl
+from pipeline.rundir import EMBEDDING_CACHE, RunDir, read_jsonl
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     paths = run.require("data", "corpus", "queries")
     corpus = read_jsonl(paths["corpus"])
     queries = [q for q in read_jsonl(paths["queries"]) if q["origin"] == args.origin]
-    retriever = DenseRetriever.load(args.model, corpus, cache_dir=run.path("cache/embeddings"))
+    retriever = DenseRetriever.load(args.model, corpus, cache_dir=run.path(EMBEDDING_CACHE))
     _, ranked = retriever.search([q["text"] for q in queries], k=10)
     rows = [per_query_metrics(r, q["relevance"]) for r, q in zip(ranked, queries, strict=True)]
     held = [row for row, q in zip(rows, queries, strict=True) if q["split"] == "eval"]

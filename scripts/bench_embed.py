@@ -83,7 +83,7 @@ print("BENCH", json.dumps({"steps": trainer.state.global_step, "train_seconds": 
 def make_domain(work: Path, n_train: int, n_eval: int, seed: int = 0) -> Path:
     """Write a generated corpus, its queries and a finished data stage into a run directory; return the config."""
     sys.path.insert(0, str(ROOT))
-    from pipeline.rundir import RunDir, atomic_write_jsonl
+    from pipeline.rundir import DATA_CORPUS, DATA_QUERIES, RunDir, atomic_write_jsonl
 
     rng = random.Random(seed)
     run = RunDir(work / "runs" / "bench")
@@ -109,14 +109,14 @@ def make_domain(work: Path, n_train: int, n_eval: int, seed: int = 0) -> Path:
         )
         if split == "train":
             pairs.append({"anchor": query, "positive": text})
-    atomic_write_jsonl(run.path("data/corpus.jsonl"), corpus)
-    atomic_write_jsonl(run.path("data/queries.jsonl"), queries)
+    atomic_write_jsonl(run.path(DATA_CORPUS), corpus)
+    atomic_write_jsonl(run.path(DATA_QUERIES), queries)
     atomic_write_jsonl(work / "pairs.jsonl", pairs)
     run.record(
         "data",
         config_hash="bench",
         inputs={},
-        outputs={"corpus": "data/corpus.jsonl", "queries": "data/queries.jsonl"},
+        outputs={"corpus": DATA_CORPUS, "queries": DATA_QUERIES},
         started=time.time(),
     )
     config = work / "bench.yaml"
@@ -155,6 +155,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_embed_") as tmp:
         work = Path(tmp)
         config = make_domain(work, opts.pairs, opts.eval_queries)
+        from pipeline.rundir import RunDir  # importable once make_domain has set the path
+
         python = sys.executable
         bare_cmd = [python, "-c", BARE, str(work), str(opts.batch_size), str(LR), str(SEED)]
         stage_cmd = [python, "-m", "stages.embed.train", "--config", str(config), "--force"]
@@ -165,7 +167,7 @@ def main() -> None:
                 wall, cpu, out = timed(cmd)
                 runs[name].append((wall, cpu, json.loads(out.split("BENCH ", 1)[1])))
             wall, cpu, _ = timed(stage_cmd)
-            stage = json.loads((work / "runs" / "bench" / "embed" / "metrics.json").read_text())
+            stage = json.loads(RunDir(work / "runs" / "bench").require("embed", "metrics")["metrics"].read_text())
             runs["ragtune"].append((wall, cpu, {"steps": stage["steps"], "train_seconds": stage["train_seconds"]}))
         trained = f"{stage['before']['ndcg@10']:.4f} -> {stage['after']['ndcg@10']:.4f}"
 

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402 (after the path set-up)
+from pipeline.rundir import RAFT_BENCH, RunDir  # noqa: E402
 
 VARIANTS = {
     "stage": {},
@@ -42,11 +43,12 @@ VARIANTS = {
 COUNT_TOKENS = {"include_num_input_tokens_seen": "non_padding"}
 
 
-def _samples(cfg, run: Path, tokenizer) -> list[dict]:
+def _samples(cfg, run: RunDir, tokenizer) -> list[dict]:
     from pipeline.rundir import read_jsonl
     from stages.raft.train import drop_overlong
 
-    kept, _ = drop_overlong(read_jsonl(run / "raft/train.jsonl"), tokenizer, cfg.raft.max_length)
+    train_data = run.require("raft_build", "train_data")["train_data"]
+    kept, _ = drop_overlong(read_jsonl(train_data), tokenizer, cfg.raft.max_length)
     return kept
 
 
@@ -57,10 +59,10 @@ def run_variant(config: str, overrides: list[str], name: str, steps: int) -> dic
     from pipeline.models import resolve_model
 
     cfg = load_config(config, overrides)
-    run = Path(cfg.run.root) / cfg.run.name
+    run = RunDir.from_config(cfg)
     model_path = resolve_model(cfg.raft.base_model)
     samples = _samples(cfg, run, AutoTokenizer.from_pretrained(model_path))
-    out = run / "raft/bench"
+    out = run.path(RAFT_BENCH)
     if name == "bare":
         trainer = _bare_trainer(cfg, model_path, samples, out, steps)
     else:

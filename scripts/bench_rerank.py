@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402 (after the path set-up)
-from pipeline.rundir import RunDir  # noqa: E402
+from pipeline.rundir import EMBEDDING_CACHE, RunDir  # noqa: E402
 from stages.rerank.model import default_learning_rate  # noqa: E402
 
 BARE_MINING = """
@@ -117,14 +117,14 @@ def main() -> None:
     cfg = load_config(a.config, overrides)
     run = RunDir.from_config(cfg)
     r, m = cfg.rerank, cfg.rerank.mining
-    start = str(run.path("embed/model")) if r.start_from == "tuned_embedder" else r.base_model
+    start = str(run.require("embed", "model")["model"]) if r.start_from == "tuned_embedder" else r.base_model
     if start.startswith("bundled:"):
         from pipeline.models import resolve_model
 
         start = resolve_model(start)
     best: dict[str, float] = {}
     for _ in range(a.repeats):
-        shutil.rmtree(run.path("cache/embeddings"), ignore_errors=True)  # the stage must encode like the bare call
+        shutil.rmtree(run.path(EMBEDDING_CACHE), ignore_errors=True)  # the stage must encode like the bare call
         subprocess.run(
             [str(ROOT / ".venv/bin/ragtune"), "rerank", a.config, *overrides, "--force"],
             check=True,
@@ -132,7 +132,7 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        metrics = json.loads(run.path("rerank/metrics.json").read_text())
+        metrics = json.loads(run.require("rerank", "metrics")["metrics"].read_text())
         mining = bench(
             BARE_MINING, str(run.root), str(m.range_min), str(m.range_max), str(m.relative_margin or 0),
             str(m.num_negatives), json.dumps(metrics["dev_qids"]),

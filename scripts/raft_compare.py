@@ -29,7 +29,7 @@ from pipeline.generator import generate_batched, load_generator  # noqa: E402
 from pipeline.models import resolve_model  # noqa: E402
 from pipeline.raft_format import build_messages, parse_answer, quote_is_verbatim  # noqa: E402
 from pipeline.retrieval import DenseRetriever, load_fusion_weight, rerank  # noqa: E402
-from pipeline.rundir import RunDir, atomic_write_text, read_jsonl  # noqa: E402
+from pipeline.rundir import CONFIG_RESOLVED, EMBEDDING_CACHE, RAFT_COMPARE, RunDir, atomic_write_text, read_jsonl  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     from sentence_transformers import CrossEncoder
 
     run = RunDir(args.run_dir)
-    cfg = load_config(run.path("config.resolved.yaml"))
+    cfg = load_config(run.path(CONFIG_RESOLVED))
 
     # 1. Held-out questions with reference answers, and the tuned retrieval stack.
     data = run.require("data", "corpus", "queries")
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{data['queries']} has no eval-split question with a reference answer")
 
     # 2. The same context for both models: tuned embedder top_k, tuned reranker, top_n.
-    retriever = DenseRetriever.load(str(run.require("embed", "model")["model"]), corpus, run.path("cache/embeddings"))
+    retriever = DenseRetriever.load(str(run.require("embed", "model")["model"]), corpus, run.path(EMBEDDING_CACHE))
     first_scores, ids = retriever.search([q["text"] for q in questions], k=cfg.assemble.top_k)
     reranker = run.require("rerank", "model")["model"]
     ranked = rerank(
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         "base": summarize(rows, "base"),
         "tuned": summarize(rows, "tuned"),
     }
-    out = Path(args.out) if args.out else run.path("raft/compare.json")
+    out = Path(args.out) if args.out else run.path(RAFT_COMPARE)
     atomic_write_text(out, json.dumps({"summary": summary, "rows": rows}, indent=2, ensure_ascii=False))
     print(f"{len(rows)} held-out questions, context holds a positive for {summary['positive_in_context']}")
     print(f"{'metric':<28}{'base':>10}{'RAFT':>10}")

@@ -104,7 +104,7 @@ def run_recipe(config: str, overrides: list[str], steps: int) -> dict:
     started = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cfg = load_config(config, [o for o in overrides if o.startswith("run.")])
-    metrics = json.loads(RunDir.from_config(cfg).path("rerank/metrics.json").read_text())
+    metrics = json.loads(RunDir.from_config(cfg).require("rerank", "metrics")["metrics"].read_text())
     return {"metrics": metrics, "wall": time.time() - started}
 
 

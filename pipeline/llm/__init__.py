@@ -26,7 +26,7 @@ When more than ``max_failed_fraction`` of a batch's calls fail (an unreachable e
 a rerun retries only the failed calls.
 
 Example (a sketch over a finished run, not run as a doctest):
-    backend = make_backend(cfg.synth.llm, run.path("data/cache"))
+    backend = make_backend(cfg.synth.llm, run.path(DATA_LLM_CACHE))
     backend.generate([[{"role": "user", "content": "Say hi"}]], max_new_tokens=8)
     # -> ['Hi!']
     backend.usage.as_dict()["calls"]
@@ -81,7 +81,7 @@ def make_backend(cfg: LLMConfig, cache_dir: Path, extractor: Extractor | None = 
 
     Args:
         cfg: an ``LLMConfig`` (``synth.llm``, ``raft.teacher``, ``eval.judge``).
-        cache_dir: folder of the per-item cache, normally ``run.path("data/cache")``.
+        cache_dir: folder of the per-item cache, normally ``run.path(DATA_LLM_CACHE)``.
         extractor: for ``extractive`` only: ``messages -> completion``, deterministic.
 
     Returns:

@@ -18,7 +18,17 @@ from pipeline.config import RagtuneConfig
 from pipeline.dev_slice import assign_dev_ranks
 from pipeline.entry import run_stage
 from pipeline.llm import DryRunFinished
-from pipeline.rundir import RunDir, atomic_write_jsonl, atomic_write_text, hash_path, is_main_process
+from pipeline.rundir import (
+    DATA_CORPUS,
+    DATA_LLM_CACHE,
+    DATA_QUERIES,
+    DATA_REPORT,
+    RunDir,
+    atomic_write_jsonl,
+    atomic_write_text,
+    hash_path,
+    is_main_process,
+)
 from stages.data.formats import attach_chunks, import_beir, import_llamaindex, load_questions, missing_evidence
 from stages.data.ingest import Document, chunk_documents, discover_files, fingerprint_files, read_documents
 from stages.data.split import assign_split, check_no_leak, choose_eval_documents
@@ -107,7 +117,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
 
         targets = [c for c in corpus if not has_labelled_eval or c["doc_id"] not in eval_docs]
         targets = spread_across_documents(targets, cfg.synth.max_chunks, cfg.split.seed)
-        synthetic, report["synth"] = synthesize_queries(targets, corpus, cfg.synth, run.path("data/cache"))
+        synthetic, report["synth"] = synthesize_queries(targets, corpus, cfg.synth, run.path(DATA_LLM_CACHE))
         if cfg.synth.llm.dry_run:
             raise DryRunFinished("synth.llm.dry_run is set: estimate printed above, nothing written")
 
@@ -129,16 +139,16 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     # 6. Write artifacts, then the manifest entry.
     metrics = {"documents": len(docs), "chunks": len(corpus), "queries": len(queries), **counts}
     if is_main_process():
-        atomic_write_jsonl(run.path("data/corpus.jsonl"), corpus)
-        atomic_write_jsonl(run.path("data/queries.jsonl"), queries)
-        atomic_write_text(run.path("data/report.json"), json.dumps(report, indent=2))
+        atomic_write_jsonl(run.path(DATA_CORPUS), corpus)
+        atomic_write_jsonl(run.path(DATA_QUERIES), queries)
+        atomic_write_text(run.path(DATA_REPORT), json.dumps(report, indent=2))
     run.record(
         STAGE,
         config_hash=config_hash,
         inputs=inputs,
         started=started,
         metrics=metrics,
-        outputs={"corpus": "data/corpus.jsonl", "queries": "data/queries.jsonl", "report": "data/report.json"},
+        outputs={"corpus": DATA_CORPUS, "queries": DATA_QUERIES, "report": DATA_REPORT},
     )
     logger.info("data: %d documents, %d chunks, queries %s", len(docs), len(corpus), counts)
     return metrics

@@ -34,7 +34,16 @@ from pipeline.config import EmbedConfig, RagtuneConfig, check_trainer_keys
 from pipeline.dev_slice import DEV_MIN_QUERIES, split_dev_queries
 from pipeline.entry import run_stage
 from pipeline.models import resolve_model
-from pipeline.rundir import RunDir, atomic_dir, atomic_write_text, is_main_process, read_jsonl
+from pipeline.rundir import (
+    EMBED_CHECKPOINTS,
+    EMBED_METRICS,
+    EMBED_MODEL,
+    RunDir,
+    atomic_dir,
+    atomic_write_text,
+    is_main_process,
+    read_jsonl,
+)
 from stages.embed.adapter import ROUTER_MAPPING, add_query_adapter
 from stages.embed.pairs import NoDuplicateKeysBatchSampler, attach_negatives, build_pairs, pair_keys
 
@@ -253,7 +262,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     steps = _estimated_steps(ecfg, len(pairs), int(os.environ.get("WORLD_SIZE", "1")))
     eval_steps = max(1, -(-steps // EVALS_PER_RUN)) if dev_evaluator else None
     sim = model.similarity_fn_name or "cosine"
-    checkpoints = run.path("embed/checkpoints")
+    checkpoints = run.path(EMBED_CHECKPOINTS)
     args = training_arguments(
         ecfg, checkpoints, cfg.run.seed, [pair_keys(p) for p in pairs], steps, eval_steps, f"eval_dev_{sim}_ndcg@10"
     )
@@ -288,7 +297,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             "last_loss": losses_logged[-1] if losses_logged else None,
             "loss_history": [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
         }
-        with atomic_dir(run.path("embed/model")) as tmp:
+        with atomic_dir(run.path(EMBED_MODEL)) as tmp:
             model.save(str(tmp))
             card = tmp / "README.md"
             card.write_text(
@@ -299,7 +308,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             (tmp / "ragtune_embed.json").write_text(
                 json.dumps({"base_model": ecfg.base_model, "method": ecfg.method, "loss": ecfg.loss}, indent=2)
             )
-        atomic_write_text(run.path("embed/metrics.json"), json.dumps(report, indent=2) + "\n")
+        atomic_write_text(run.path(EMBED_METRICS), json.dumps(report, indent=2) + "\n")
         shutil.rmtree(checkpoints, ignore_errors=True)
         metrics = {
             **{f"before_{k}": v for k, v in before.items()},
@@ -312,7 +321,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             STAGE,
             config_hash=config_hash,
             inputs=inputs,
-            outputs={"model": "embed/model", "metrics": "embed/metrics.json"},
+            outputs={"model": EMBED_MODEL, "metrics": EMBED_METRICS},
             metrics=metrics,
             started=started,
         )

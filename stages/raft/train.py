@@ -24,7 +24,16 @@ from pipeline.config import RaftConfig, RagtuneConfig, check_trainer_keys
 from pipeline.entry import run_stage
 from pipeline.models import resolve_model
 from pipeline.precision import bf16_training
-from pipeline.rundir import RunDir, atomic_dir, is_main_process, read_jsonl
+from pipeline.rundir import (
+    RAFT_ADAPTER,
+    RAFT_CHECKPOINTS,
+    RAFT_MERGED,
+    RAFT_TRAIN_DATA,
+    RunDir,
+    atomic_dir,
+    is_main_process,
+    read_jsonl,
+)
 from stages.raft import build
 
 logger = logging.getLogger(__name__)
@@ -142,7 +151,8 @@ def build_trainer(
         and how many of the kept samples hold the oracle.
 
     Example (over a finished RAFT build, not run as a doctest):
-        trainer, info = build_trainer(cfg.raft, resolve_model(cfg.raft.base_model), rows, run.path("raft/x"), 42)
+        model_path = resolve_model(cfg.raft.base_model)
+        trainer, info = build_trainer(cfg.raft, model_path, rows, run.path(RAFT_CHECKPOINTS), 42)
         trainer.train()
     """
     from datasets import Dataset
@@ -237,7 +247,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
 
     # 2. Base model (NF4 or full precision), LoRA adapter, trainer.
     model_path = resolve_model(cfg.raft.base_model)
-    trainer, info = build_trainer(cfg.raft, model_path, samples, run.path("raft/checkpoints"), cfg.run.seed)
+    trainer, info = build_trainer(cfg.raft, model_path, samples, run.path(RAFT_CHECKPOINTS), cfg.run.seed)
 
     # 3. Train.
     result = trainer.train()
@@ -253,17 +263,17 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     }
 
     # 4. Save the adapter (+ card), optionally the merged model; the manifest entry comes last.
-    outputs = {"adapter": "raft/adapter", "train_data": "raft/train.jsonl"}
+    outputs = {"adapter": RAFT_ADAPTER, "train_data": RAFT_TRAIN_DATA}
     if is_main_process():
-        with atomic_dir(run.path("raft/adapter")) as tmp:
+        with atomic_dir(run.path(RAFT_ADAPTER)) as tmp:
             trainer.model.save_pretrained(tmp)
             trainer.processing_class.save_pretrained(tmp)
             # Replaces peft's placeholder card.
             (tmp / "README.md").write_text(model_card(cfg, model_path, info, metrics), encoding="utf-8")
         if cfg.raft.merge:
-            merge_adapter(model_path, run.path("raft/adapter"), run.path("raft/merged"))
+            merge_adapter(model_path, run.path(RAFT_ADAPTER), run.path(RAFT_MERGED))
     if cfg.raft.merge:
-        outputs["merged"] = "raft/merged"
+        outputs["merged"] = RAFT_MERGED
     trainer.accelerator.wait_for_everyone()
     run.record(STAGE, config_hash=config_hash, inputs=inputs, started=started, metrics=metrics, outputs=outputs)
     logger.info(

@@ -37,6 +37,8 @@ from pipeline.dev_slice import split_dev_queries
 from pipeline.entry import run_stage
 from pipeline.retrieval import model_hash
 from pipeline.rundir import (
+    EMBEDDING_CACHE,
+    RERANK_NEGATIVES,
     RunDir,
     atomic_save_figure,
     atomic_write_jsonl,
@@ -49,7 +51,6 @@ from stages.rerank.pseudo_queries import inverse_cloze_queries
 
 logger = logging.getLogger(__name__)
 STAGE = "rerank"
-NEGATIVES_DIR = "rerank/negatives"
 # Above this many chunks the exact (queries x corpus) score matrix gets large: search with faiss instead.
 FAISS_MIN_CORPUS = 50_000
 
@@ -116,7 +117,7 @@ def mine_hard_negatives(
         candidates, drops per rule, kept, selected and random negatives, and queries left without any.
 
     Example (over a finished embed stage, not run as a doctest):
-        rows, report = mine_hard_negatives(corpus, queries, run.path("embed/model"), cfg.rerank.mining)
+        rows, report = mine_hard_negatives(corpus, queries, run.require("embed", "model")["model"], cfg.rerank.mining)
         report["dropped"]  # {'labelled_positive': ..., 'same_source_span': ..., 'max_score': ..., ...}
     """
     from datasets import Dataset
@@ -354,7 +355,7 @@ def run_mining(cfg: RagtuneConfig, run: RunDir) -> tuple[list[dict[str, Any]], d
         [q for q in queries if q["qid"] not in dev_ids] + pseudo,
         embedder,
         cfg.rerank.mining,
-        run.path("cache/embeddings"),
+        run.path(EMBEDDING_CACHE),
         cfg.run.seed,
     )
     report["dev_queries_not_mined"] = len(dev)
@@ -365,7 +366,7 @@ def run_mining(cfg: RagtuneConfig, run: RunDir) -> tuple[list[dict[str, Any]], d
     if is_main_process():
         by_id = {c["id"]: c for c in corpus}
         write_mining_outputs(
-            run.path(NEGATIVES_DIR), rows, report, by_id, cfg.rerank.mining.audit_samples, cfg.run.seed
+            run.path(RERANK_NEGATIVES), rows, report, by_id, cfg.rerank.mining.audit_samples, cfg.run.seed
         )
     return rows, report
 
@@ -374,7 +375,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     """Mine hard negatives on their own (no manifest entry; ``ragtune rerank`` mines again before training)."""
     started = time.time()
     _, report = run_mining(cfg, run)
-    logger.info("mining: wrote %s in %.0f s", run.path(NEGATIVES_DIR), time.time() - started)
+    logger.info("mining: wrote %s in %.0f s", run.path(RERANK_NEGATIVES), time.time() - started)
     return report
 
 

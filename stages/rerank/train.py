@@ -31,9 +31,21 @@ from pipeline.dev_slice import DEV_MIN_QUERIES
 from pipeline.entry import run_stage
 from pipeline.ranking import choose_fusion_weight, fused_order, mean_metrics, per_query_metrics
 from pipeline.retrieval import FUSION_FILE, DenseRetriever, cross_encoder_scores
-from pipeline.rundir import RunDir, atomic_dir, atomic_write_text, is_main_process, read_jsonl
+from pipeline.rundir import (
+    EMBEDDING_CACHE,
+    RERANK_CHECKPOINTS,
+    RERANK_LEARNING_CURVE,
+    RERANK_METRICS,
+    RERANK_MODEL,
+    RERANK_NEGATIVES,
+    RunDir,
+    atomic_dir,
+    atomic_write_text,
+    is_main_process,
+    read_jsonl,
+)
 from stages.rerank.curve import DevCandidates, DevCurveCallback, curve_point, dev_candidates, plot_learning_curve
-from stages.rerank.mine import NEGATIVES_DIR, rerank_dev_queries, run_mining
+from stages.rerank.mine import rerank_dev_queries, run_mining
 from stages.rerank.model import HEAD_PARAMETERS, build_cross_encoder, default_learning_rate
 from stages.rerank.warm_start import distillation_columns
 
@@ -310,7 +322,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     embedder = run.require("embed", "model")["model"]
 
     # 1. Load the training arguments first: they set up the process group that mining waits on.
-    args = build_training_args(cfg.rerank, str(run.path("rerank/checkpoints")), cfg.run.seed)
+    args = build_training_args(cfg.rerank, str(run.path(RERANK_CHECKPOINTS)), cfg.run.seed)
 
     # 2. Mine hard negatives with the tuned embedder on the main process; other ranks read its result.
     mining_started = time.time()
@@ -318,8 +330,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         if is_main_process():
             mined, mining_report = run_mining(cfg, run)
         else:
-            mined = read_jsonl(run.path(f"{NEGATIVES_DIR}/negatives.jsonl"))
-            mining_report = json.loads(run.path(f"{NEGATIVES_DIR}/report.json").read_text(encoding="utf-8"))
+            mined = read_jsonl(run.path(RERANK_NEGATIVES) / "negatives.jsonl")
+            mining_report = json.loads((run.path(RERANK_NEGATIVES) / "report.json").read_text(encoding="utf-8"))
     mining_seconds = time.time() - mining_started
     corpus = read_jsonl(data["corpus"])
     corpus_by_id = {c["id"]: c for c in corpus}
@@ -329,11 +341,11 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     # 3. Build the training set in the format the loss reads.
     columns = build_training_columns(mined, corpus_by_id, cfg.rerank.loss, cfg.rerank.mining.num_negatives)
     if not columns["query"]:
-        raise ValueError("rerank: mining produced no training example; see rerank/negatives/report.json")
+        raise ValueError(f"rerank: mining produced no training example; see {RERANK_NEGATIVES}/report.json")
 
     # 4. Fix the dev slice's candidates: they draw the learning curve and choose the fusion weight.
     with args.main_process_first(desc="encoding the corpus with the tuned embedder"):
-        retriever = DenseRetriever.load(str(embedder), corpus, cache_dir=run.path("cache/embeddings"))
+        retriever = DenseRetriever.load(str(embedder), corpus, cache_dir=run.path(EMBEDDING_CACHE))
     dev = dev_candidates(retriever, dev_queries, cfg.rerank.retrieve_top_k)
     curve: list[dict[str, Any]] = []
 
@@ -349,7 +361,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         first, ids = retriever.search([r["query"] for r in mined], cfg.rerank.warm_start_pool)
         distil = distillation_columns([r["query"] for r in mined], ids, first, corpus_by_id, cfg.rerank.warm_start)
         warm_cfg = cfg.rerank.model_copy(update={"max_steps": cfg.rerank.warm_start_steps})
-        warm_args = build_training_args(warm_cfg, str(run.path("rerank/checkpoints")), cfg.run.seed)
+        warm_args = build_training_args(warm_cfg, str(run.path(RERANK_CHECKPOINTS)), cfg.run.seed)
         phases.append(("warm start", warm_args, distil, build_loss(model, cfg.rerank.warm_start, distil)))
     phases.append(("hard negatives", args, columns, build_loss(model, cfg.rerank.loss, columns)))
     losses_logged, steps_done, train_seconds = [], 0, 0.0
@@ -368,16 +380,16 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     if not is_main_process():
         return {}
     with contextlib.suppress(OSError):  # an empty folder the trainer made; checkpoints asked for are kept
-        run.path("rerank/checkpoints").rmdir()
+        run.path(RERANK_CHECKPOINTS).rmdir()
 
     # 7. Choose how much the reranker's score counts against the retriever's, on the dev slice of train.
     weight, fusion = choose_weight(cfg.rerank, dev, model)
     logger.info("rerank: fusion weight %.1f (%s)", weight, fusion["fusion_weight_source"])
     if curve:
-        plot_learning_curve(curve, run.path("rerank/learning_curve.png"))
+        plot_learning_curve(curve, run.path(RERANK_LEARNING_CURVE))
 
     # 8. Save the reranker (model card with its learning curve) and its fusion weight atomically, as one folder.
-    with atomic_dir(run.path("rerank/model")) as tmp:
+    with atomic_dir(run.path(RERANK_MODEL)) as tmp:
         model.save_pretrained(str(tmp))
         (tmp / FUSION_FILE).write_text(json.dumps({"fusion_weight": weight, **fusion}, indent=2) + "\n")
         card = tmp / "README.md"
@@ -386,7 +398,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         )
 
     # 9. Evaluate on the eval split: tuned retriever alone vs reranker alone vs the two fused (what serving does).
-    reranker = CrossEncoder(str(run.path("rerank/model")), max_length=cfg.rerank.max_length)
+    reranker = CrossEncoder(str(run.path(RERANK_MODEL)), max_length=cfg.rerank.max_length)
     eval_queries = [q for q in queries if q["split"] == "eval"]
     if not eval_queries:
         raise ValueError("rerank: no eval-split query to evaluate on (check the data stage's split)")
@@ -414,7 +426,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         "train_loss_last": losses_logged[-1] if losses_logged else None,
     }
     atomic_write_text(
-        run.path("rerank/metrics.json"),
+        run.path(RERANK_METRICS),
         json.dumps(
             {
                 **metrics,
@@ -435,7 +447,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         STAGE,
         config_hash=config_hash,
         inputs=inputs,
-        outputs={"model": "rerank/model", "negatives": NEGATIVES_DIR, "metrics": "rerank/metrics.json"},
+        outputs={"model": RERANK_MODEL, "negatives": RERANK_NEGATIVES, "metrics": RERANK_METRICS},
         metrics=metrics,
         started=started,
     )
