@@ -25,7 +25,17 @@ from pipeline.entry import run_stage
 from pipeline.llm import make_backend
 from pipeline.raft_format import build_messages
 from pipeline.retrieval import DenseRetriever, load_fusion_weight, rerank
-from pipeline.rundir import RunDir, atomic_write_jsonl, atomic_write_text, is_main_process, read_jsonl
+from pipeline.rundir import (
+    EMBEDDING_CACHE,
+    RAFT_REPORT,
+    RAFT_TEACHER_CACHE,
+    RAFT_TRAIN_DATA,
+    RunDir,
+    atomic_write_jsonl,
+    atomic_write_text,
+    is_main_process,
+    read_jsonl,
+)
 from stages.raft.teacher import (
     MALFORMED,
     REPAIRED,
@@ -215,7 +225,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     # 2. Retrieve a pool with the tuned embedder, rerank it with the tuned reranker (one batched call).
     from sentence_transformers import CrossEncoder
 
-    retriever = DenseRetriever.load(str(embedder), corpus, cache_dir=run.path("cache/embeddings"))
+    retriever = DenseRetriever.load(str(embedder), corpus, cache_dir=run.path(EMBEDDING_CACHE))
     question_texts = [q["text"] for q in train]
     question_vectors = retriever.encode_queries(question_texts)  # encoded once: pool search and pool scores
     _, pool_ids = retriever.search(question_vectors, k=cfg.raft.distractor_pool)
@@ -257,7 +267,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         def extractor(messages: list[dict[str, str]]) -> str:
             return by_prompt[messages[-1]["content"]]
 
-    backend = make_backend(cfg.raft.teacher, run.path("raft/cache"), extractor=extractor)
+    backend = make_backend(cfg.raft.teacher, run.path(RAFT_TEACHER_CACHE), extractor=extractor)
     completions = backend.generate(requests, desc="RAFT teacher answers")
     if cfg.raft.teacher.dry_run:
         return {"dry_run": True, "teacher_requests": len(requests)}
@@ -282,8 +292,11 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
 
     # 6. Write the samples and the report, then the manifest entry.
     with_oracle = sum(r["has_oracle"] for r in rows)
+    origin_of = {q["qid"]: q.get("origin", "human") for q in train}
     report = {
         "train_questions": len(train),
+        # where the samples' questions come from: human (labelled) or synthetic (the data stage's generator)
+        "sources": dict(Counter(origin_of[r["qid"]] for r in rows)),
         "eval_questions_excluded": sum(q["split"] != "train" for q in queries),
         "samples": len(rows),
         "with_oracle": with_oracle,
@@ -298,9 +311,10 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         },
         "teacher": {"provider": cfg.raft.teacher.provider, **teacher_counts, "usage": backend.usage.as_dict()},
     }
-    atomic_write_jsonl(run.path("raft/train.jsonl"), rows)
-    atomic_write_text(run.path("raft/report.json"), json.dumps(report, indent=2))
+    atomic_write_jsonl(run.path(RAFT_TRAIN_DATA), rows)
+    atomic_write_text(run.path(RAFT_REPORT), json.dumps(report, indent=2))
     metrics = {k: report[k] for k in ("samples", "with_oracle", "without_oracle")}
+    metrics |= {f"samples_{origin}": n for origin, n in report["sources"].items()}
     metrics.update({f"teacher_{k}": v for k, v in teacher_counts.items()})
     metrics["random_fallback_chunks"] = report["distractors"]["random_fallback_chunks"]
     run.record(
@@ -309,7 +323,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         inputs=inputs,
         started=started,
         metrics=metrics,
-        outputs={"train_data": "raft/train.jsonl", "report": "raft/report.json"},
+        outputs={"train_data": RAFT_TRAIN_DATA, "report": RAFT_REPORT},
     )
     logger.info("raft build: %d samples (%d with oracle), teacher %s", len(rows), with_oracle, teacher_counts)
     return metrics

@@ -75,6 +75,8 @@ def test_raft_builds_verified_samples_and_trains_lora_and_qlora(
     report = json.loads(run.path("raft/report.json").read_text())
     assert report["samples"] == len(rows) and report["teacher"]["valid"] == report["with_oracle"]
     assert report["eval_questions_excluded"] == len(queries) - len(train_qids)
+    origins = [queries[r["qid"]].get("origin", "human") for r in rows]
+    assert report["sources"] == {o: origins.count(o) for o in set(origins)}
 
     # Adapter: saved with a card, loads with PeftModel, its LoRA B matrices (zero at init) have moved.
     stages = run.load_manifest()
