@@ -23,6 +23,7 @@ from pipeline.rundir import (
     DATA_LLM_CACHE,
     DATA_QUERIES,
     DATA_REPORT,
+    EMBEDDING_CACHE,
     RunDir,
     atomic_write_jsonl,
     atomic_write_text,
@@ -117,7 +118,9 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
 
         targets = [c for c in corpus if not has_labelled_eval or c["doc_id"] not in eval_docs]
         targets = spread_across_documents(targets, cfg.synth.max_chunks, cfg.split.seed)
-        synthetic, report["synth"] = synthesize_queries(targets, corpus, cfg.synth, run.path(DATA_LLM_CACHE))
+        synthetic, report["synth"] = synthesize_queries(
+            targets, corpus, cfg.synth, run.path(DATA_LLM_CACHE), run.path(EMBEDDING_CACHE)
+        )
         if cfg.synth.llm.dry_run:
             raise DryRunFinished("synth.llm.dry_run is set: estimate printed above, nothing written")
 

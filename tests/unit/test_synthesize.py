@@ -10,17 +10,11 @@ from fakes.openai_server import FakeOpenAIServer
 import stages.data.synthesize as synth
 from pipeline.config import LLMConfig, SynthConfig
 from pipeline.llm import LLMUsage
-from stages.data.synthesize import (
-    copies_passage,
-    drop_duplicates,
-    first_question,
-    jaccard,
-    keyword_query,
-    parse_queries,
-    spread_across_documents,
-    synthesize_queries,
-    words,
-)
+from pipeline.retrieval import DenseRetriever
+from stages.data.query_filters import RoundTrip, copies_passage, drop_duplicates, jaccard
+from stages.data.query_generation import corpus_idf, keyword_query
+from stages.data.query_parsing import first_question, parse_queries, words
+from stages.data.synthesize import spread_across_documents, synthesize_queries
 
 CORPUS = [
     {
@@ -98,7 +92,7 @@ def test_drop_duplicates_matches_brute_force():
 
 
 def test_keyword_query_is_short_deterministic_and_no_long_copy():
-    idf = synth.corpus_idf(CORPUS)
+    idf = corpus_idf(CORPUS)
     query = keyword_query(CORPUS[0]["text"], idf)
     assert query == keyword_query(CORPUS[0]["text"], idf) and 3 <= len(query.split()) <= 6
     assert "kestrel" in query and not copies_passage(query, CORPUS[0]["text"], 6)
@@ -216,13 +210,14 @@ def test_local_recipe_greedy_then_best_sample(tmp_path, monkeypatch):
     monkeypatch.setattr(synth, "make_backend", lambda cfg, cache_dir, extractor=None: backend)
 
     class Ranker:  # prefers the longer of two passing candidates, so "best" is observable
-        def __init__(self, corpus, model_ref):
-            pass
+        @classmethod
+        def load(cls, model_ref, corpus, cache_dir=None):
+            return cls()
 
         def ranks(self, queries, chunk_ids):
             return [1 if "much" in q or "Kestrel" in q else 2 for q in queries]
 
-    monkeypatch.setattr(synth, "RoundTripRanker", Ranker)
+    monkeypatch.setattr("pipeline.retrieval.DenseRetriever", Ranker)
     cfg = SynthConfig(llm=LLMConfig(provider="local"), round_trip_top_k=5)
     rows, report = synthesize_queries(CORPUS, CORPUS, cfg, tmp_path)
     assert {r["positives"][0]: r["text"] for r in rows} == {
@@ -274,16 +269,23 @@ def test_a_chunk_cap_draws_from_every_document_in_turn_seeded():
     assert spread_across_documents(rows, None, seed=13) == rows == spread_across_documents(rows, 99, seed=13)
 
 
-def test_round_trip_ranks_are_exact(tiny_bert_dir):
-    ranker = synth.RoundTripRanker(CORPUS, str(tiny_bert_dir))
+def test_round_trip_ranks_are_exact(tiny_bert_dir, tmp_path):
+    cfg = SynthConfig(round_trip_model=str(tiny_bert_dir), round_trip_top_k=1)
+    round_trip = RoundTrip(CORPUS, cfg, Counter(), tmp_path / "embeddings")
     queries = ["kestrel vpn token", "parental leave weeks", "slipway deploy freeze", "harbor portal"]
     chunk_ids = ["c1", "c2", "c3", "c3"]
-    q = ranker.model.encode(queries, normalize_embeddings=True)
-    c = ranker.model.encode([row["text"] for row in CORPUS], normalize_embeddings=True)
+    ranks = round_trip.ranks(queries, chunk_ids)
+    retriever = round_trip.retriever
+    assert isinstance(retriever, DenseRetriever) and len(list((tmp_path / "embeddings").iterdir())) == 1
+    q = retriever.model.encode_query(queries, normalize_embeddings=True)
+    c = retriever.model.encode_document([row["text"] for row in CORPUS], normalize_embeddings=True)
     scores = q @ c.T
-    expected = [1 + sum(s > row[ranker.position[cid]] for s in row) for row, cid in zip(scores, chunk_ids, strict=True)]
-    assert ranker.ranks(queries, chunk_ids) == expected
+    expected = [
+        1 + sum(s > row[retriever.positions[cid]] for s in row) for row, cid in zip(scores, chunk_ids, strict=True)
+    ]
+    assert ranks == expected
     assert all(1 <= r <= 3 for r in expected)
+    assert round_trip.counts == {"round_trip_checked": 4, "round_trip_hits": expected.count(1)}
 
 
 def test_garbage_replies_are_unparseable_not_too_long_and_not_cached_as_final(tmp_path, monkeypatch):
