@@ -9,6 +9,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer import losses
 
 from pipeline.config import EmbedConfig
+from pipeline.precision import bf16_training
 from stages.embed.adapter import add_query_adapter
 from stages.embed.pairs import NoDuplicateKeysBatchSampler
 from stages.embed.train import build_loss, flat_metrics, load_model, make_evaluator, training_arguments
@@ -24,12 +25,14 @@ def test_trainer_arguments_ours_then_user_keys_and_unknown_keys_named(tmp_path: 
     args = _args(tmp_path)
     assert args.output_dir == str(tmp_path / "ckpt")
     assert args.use_cpu is (not torch.cuda.is_available())
+    assert args.bf16 is bf16_training()  # autocast only where the hardware has native bf16 math
     assert args.report_to in ("none", [], ["none"]) and args.disable_tqdm is False
     assert args.load_best_model_at_end and args.metric_for_best_model == "eval_dev_ndcg" and args.eval_steps == 10
     assert args.batch_sampler.func is NoDuplicateKeysBatchSampler
 
     user = _args(tmp_path, trainer={"logging_steps": 7, "save_total_limit": 3})
     assert user.logging_steps == 7 and user.save_total_limit == 3
+    assert _args(tmp_path, trainer={"bf16": False}).bf16 is False
 
     no_dev = training_arguments(EmbedConfig(), tmp_path / "c", 3, [], 40, None, "unused")
     assert not no_dev.load_best_model_at_end and no_dev.save_strategy == "no"

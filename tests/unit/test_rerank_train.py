@@ -4,6 +4,7 @@ import pytest
 from sentence_transformers.base.sampler import BatchSamplers
 
 from pipeline.config import ConfigError, RerankConfig
+from pipeline.precision import bf16_training
 from stages.rerank.curve import dev_candidates
 from stages.rerank.mine import format_audit, group_train_queries
 from stages.rerank.train import (
@@ -63,6 +64,8 @@ def test_trainer_keys_pass_through_and_user_keys_win(tmp_path) -> None:
     assert args.learning_rate == 1e-4 and args.gradient_accumulation_steps == 2
     assert args.per_device_train_batch_size == 8 and args.seed == 7
     assert args.ddp_find_unused_parameters is False
+    assert args.bf16 is bf16_training()
+    assert build_training_args(RerankConfig(trainer={"bf16": False}), str(tmp_path), seed=0).bf16 is False
     assert args.batch_sampler == BatchSamplers.NO_DUPLICATES
     assert args.output_dir == str(tmp_path / "out")
 
