@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from eval.metrics import (
     abstained,
     exact_match,
+    final_answer,
     format_compliance,
     oracle_citation,
     quote_precision,
@@ -35,7 +36,7 @@ def score_generation(
     whole, so an untrained base generator still gets credit for a correct answer in free form.
     """
     parsed = parse_answer(generation)
-    answer = parsed.answer if parsed.well_formed or parsed.answer else generation
+    answer = final_answer(generation)
     return {
         "em": exact_match(answer, reference),
         "f1": token_f1(answer, reference),

@@ -345,7 +345,7 @@ class RerankConfig(Section):
         "auto",
         description="Serving score = w·reranker + (1−w)·retriever (each min-max scaled per query); 1 = plain "
         "reranking. auto: the smallest w in 0, 0.1, …, 1 whose dev nDCG@10 is within one standard error of the "
-        "best (1 when there is no dev slice).",
+        "best (0, the retriever's order, when there is no dev slice).",
     )
     dev_fraction: float = Field(
         0.2,
@@ -366,6 +366,14 @@ class RaftConfig(Section):
         "abstain", description="Target when the oracle is left out: answer from memory (paper) or abstain."
     )
     distractor_pool: int = Field(20, ge=1, description="Retrieve this many candidates to draw hard distractors from.")
+    dev_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of train documents whose questions (those with a reference answer) never become RAFT "
+        "samples: after training, the base and the tuned generator answer them over the served context, and the "
+        "promotion gate serves the tuned one only if its dev F1 is higher (split like embed.dev_fraction; 0: none).",
+    )
     quote_sentences: int = Field(2, ge=1, description="Extractive teacher: oracle sentences to quote.")
     max_samples: int | None = Field(None, ge=1, description="Cap on RAFT samples built (null: every train question).")
     teacher: LLMConfig = Field(

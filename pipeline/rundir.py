@@ -71,6 +71,7 @@ RERANK_CHECKPOINTS = "rerank/checkpoints"
 RERANK_LEARNING_CURVE = "rerank/learning_curve.png"
 RAFT_TRAIN_DATA = "raft/train.jsonl"
 RAFT_REPORT = "raft/report.json"
+RAFT_DEV_DATA = "raft/dev.jsonl"
 RAFT_TEACHER_CACHE = "raft/cache"  # the RAFT teacher's per-item LLM cache
 RAFT_CHECKPOINTS = "raft/checkpoints"
 RAFT_ADAPTER = "raft/adapter"

@@ -19,14 +19,17 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from pipeline.config import RagtuneConfig
+from pipeline.config import AssembleConfig, RagtuneConfig
+from pipeline.dev_slice import split_dev_queries
 from pipeline.entry import run_stage
 from pipeline.llm import make_backend
 from pipeline.raft_format import build_messages
 from pipeline.retrieval import DenseRetriever, load_fusion_weight, rerank
 from pipeline.rundir import (
     EMBEDDING_CACHE,
+    RAFT_DEV_DATA,
     RAFT_REPORT,
     RAFT_TEACHER_CACHE,
     RAFT_TRAIN_DATA,
@@ -182,10 +185,40 @@ CONFIG_SECTIONS = (
     "raft.distractor_pool",
     "raft.quote_sentences",
     "raft.max_samples",
+    "raft.dev_fraction",
     "raft.teacher",
+    "assemble.top_k",
     "assemble.top_n",
 )
 NOT_CHANGING_THE_DATA = ("raft.teacher.dry_run", "raft.teacher.concurrency")
+
+
+def served_prompts(
+    retriever: DenseRetriever,
+    cross_encoder: Any,
+    fusion_weight: float,
+    questions: Sequence[dict],
+    texts: dict[str, str],
+    assemble: AssembleConfig,
+) -> list[dict]:
+    """Prompts for ``questions`` over the context serving would give them: top_k retrieved, reranked, top_n.
+
+    Returns:
+        Rows ``{"qid", "prompt": chat messages of build_messages, "answer": the reference, "chunk_ids"}``.
+    """
+    if not questions:
+        return []
+    question_texts = [q["text"] for q in questions]
+    vectors = retriever.encode_queries(question_texts)
+    scores, ids = retriever.search(vectors, k=assemble.top_k)
+    candidates = [[{"id": c, "text": texts[c]} for c in row] for row in ids]
+    reranked = rerank(cross_encoder, question_texts, candidates, scores, fusion_weight)
+    rows = []
+    for q, row in zip(questions, reranked, strict=True):
+        chunk_ids = [chunk["id"] for chunk, _ in row][: assemble.top_n]
+        prompt = build_messages(q["text"], [texts[c] for c in chunk_ids])
+        rows.append({"qid": q["qid"], "prompt": prompt, "answer": q["answer"], "chunk_ids": chunk_ids})
+    return rows
 
 
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
@@ -214,8 +247,12 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     corpus = read_jsonl(data["corpus"])
     queries = read_jsonl(data["queries"])
     texts = {c["id"]: c["text"] for c in corpus}
-    # Never an eval-split question: the generator must not see what eval asks.
-    train = [q for q in queries if q["split"] == "train" and q["positives"]]
+    # Never an eval-split question: the generator must not see what eval asks. The dev slice's questions are
+    # kept out of the samples too: after training they measure the tuned generator against the base one.
+    train, dev = split_dev_queries(
+        [q for q in queries if q["split"] == "train" and q["positives"]], cfg.raft.dev_fraction
+    )
+    dev = [q for q in dev if q.get("answer")]
     if cfg.raft.max_samples and len(train) > cfg.raft.max_samples:
         keep = set(random.Random(cfg.run.seed).sample(range(len(train)), cfg.raft.max_samples))
         train = [q for i, q in enumerate(train) if i in keep]
@@ -239,6 +276,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     cross_encoder = CrossEncoder(str(reranker))
     reranked = rerank(cross_encoder, question_texts, candidates, first_scores, load_fusion_weight(reranker))
     ranked = [[chunk["id"] for chunk, _ in row] for row in reranked]
+    dev_rows = served_prompts(retriever, cross_encoder, load_fusion_weight(reranker), dev, texts, cfg.assemble)
 
     # 3. Oracle, distractors, P share, shuffled order.
     contexts = choose_contexts(
@@ -299,6 +337,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         "sources": dict(Counter(origin_of[r["qid"]] for r in rows)),
         "eval_questions_excluded": sum(q["split"] != "train" for q in queries),
         "samples": len(rows),
+        "dev_questions": len(dev_rows),
         "with_oracle": with_oracle,
         "without_oracle": len(rows) - with_oracle,
         "oracle_share": round(with_oracle / len(rows), 4),
@@ -312,6 +351,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         "teacher": {"provider": cfg.raft.teacher.provider, **teacher_counts, "usage": backend.usage.as_dict()},
     }
     atomic_write_jsonl(run.path(RAFT_TRAIN_DATA), rows)
+    atomic_write_jsonl(run.path(RAFT_DEV_DATA), dev_rows)
     atomic_write_text(run.path(RAFT_REPORT), json.dumps(report, indent=2))
     metrics = {k: report[k] for k in ("samples", "with_oracle", "without_oracle")}
     metrics |= {f"samples_{origin}": n for origin, n in report["sources"].items()}
@@ -323,7 +363,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         inputs=inputs,
         started=started,
         metrics=metrics,
-        outputs={"train_data": RAFT_TRAIN_DATA, "report": RAFT_REPORT},
+        outputs={"train_data": RAFT_TRAIN_DATA, "dev_data": RAFT_DEV_DATA, "report": RAFT_REPORT},
     )
     logger.info("raft build: %d samples (%d with oracle), teacher %s", len(rows), with_oracle, teacher_counts)
     return metrics

@@ -20,10 +20,14 @@ from typing import Any
 
 import torch
 
-from pipeline.config import RaftConfig, RagtuneConfig, check_trainer_keys
+from pipeline.answer_metrics import final_answer, token_f1
+from pipeline.config import AssembleConfig, RaftConfig, RagtuneConfig, check_trainer_keys
 from pipeline.entry import run_stage
+from pipeline.generator import generate_batched
+from pipeline.generator import load_generator as load_for_inference
 from pipeline.models import resolve_model
 from pipeline.precision import bf16_training
+from pipeline.raft_format import parse_answer
 from pipeline.rundir import (
     RAFT_ADAPTER,
     RAFT_CHECKPOINTS,
@@ -228,6 +232,32 @@ def merge_adapter(model_path: str, adapter_dir: Path, target: Path) -> None:
         AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(tmp)
 
 
+def dev_answer_f1(model_path: str, adapter: str, rows: list[dict], assemble: AssembleConfig) -> dict[str, Any]:
+    """Answer F1 of the base and the tuned generator on the dev questions (what the promotion gate reads).
+
+    Args:
+        model_path: the base generator.
+        adapter: the saved LoRA adapter.
+        rows: raft/dev.jsonl rows (``prompt`` over the served context, reference ``answer``).
+        assemble: serving sizes (``max_new_tokens``).
+
+    Returns:
+        ``{"dev_questions", "dev_f1_base", "dev_f1_tuned", "dev_abstain_tuned"}``, or ``{}`` without dev rows.
+    """
+    if not rows:
+        return {}
+    requests = [r["prompt"] for r in rows]
+    out: dict[str, Any] = {"dev_questions": len(rows)}
+    for label, adapter_dir in (("base", None), ("tuned", adapter)):
+        model, tokenizer = load_for_inference(model_path, adapter_dir)
+        answers = generate_batched(model, tokenizer, requests, assemble.max_new_tokens, desc=f"RAFT dev ({label})")
+        f1 = [token_f1(final_answer(a), r["answer"]) for a, r in zip(answers, rows, strict=True)]
+        out[f"dev_f1_{label}"] = sum(f1) / len(f1)
+        out[f"dev_abstain_{label}"] = sum(parse_answer(a).abstained for a in answers) / len(answers)
+        del model
+    return out
+
+
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     """Build (if needed) and train; the training is skipped when finished and fresh unless ``force``."""
     from accelerate import PartialState
@@ -238,7 +268,10 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     if cfg.raft.teacher.dry_run:
         return build_metrics
     train_data = run.require(build.STAGE, "train_data")["train_data"]
-    config_hash, inputs = run.freshness(cfg, ("raft",), {build.STAGE: ("train_data",)})
+    dev_data = run.require(build.STAGE, "dev_data")["dev_data"]
+    config_hash, inputs = run.freshness(
+        cfg, ("raft", "assemble.max_new_tokens"), {build.STAGE: ("train_data", "dev_data")}
+    )
     if not force and run.is_fresh(STAGE, config_hash, inputs):
         logger.info("raft: finished and fresh, skipping (--force reruns it)")
         return run.load_manifest()[STAGE].metrics
@@ -272,6 +305,16 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             (tmp / "README.md").write_text(model_card(cfg, model_path, info, metrics), encoding="utf-8")
         if cfg.raft.merge:
             merge_adapter(model_path, run.path(RAFT_ADAPTER), run.path(RAFT_MERGED))
+
+        # 5. The promotion gate's figure: base and tuned generator on the dev questions, served context.
+        metrics |= dev_answer_f1(model_path, str(run.path(RAFT_ADAPTER)), read_jsonl(dev_data), cfg.assemble)
+        if "dev_f1_tuned" in metrics:
+            logger.info(
+                "raft: dev answer F1 %.4f (base) -> %.4f (tuned) on %d questions",
+                metrics["dev_f1_base"],
+                metrics["dev_f1_tuned"],
+                metrics["dev_questions"],
+            )
     if cfg.raft.merge:
         outputs["merged"] = RAFT_MERGED
     trainer.accelerator.wait_for_everyone()

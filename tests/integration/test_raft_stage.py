@@ -83,7 +83,9 @@ def test_raft_builds_verified_samples_and_trains_lora_and_qlora(
     rec = stages["raft"]
     assert rec.status == "done" and stages["raft_build"].status == "done"
     assert rec.metrics["steps"] == 2 and rec.metrics["quantization"] == "none"
-    assert set(rec.inputs) == {"raft_build/train_data"} and "adapter" in rec.outputs
+    assert set(rec.inputs) == {"raft_build/train_data", "raft_build/dev_data"} and "adapter" in rec.outputs
+    # The fixture's train split is below the dev slice's minimum: no dev questions, so no dev figure is claimed.
+    assert read_jsonl(run.path("raft/dev.jsonl")) == [] and "dev_f1_tuned" not in rec.metrics
     card = run.path("raft/adapter/README.md").read_text()
     assert str(tiny_llama_dir) in card and f"{len(rows)} samples" in card
     assert _lora_b_norm(run.path("raft/adapter"), tiny_llama_dir) > 0

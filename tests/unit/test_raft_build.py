@@ -143,3 +143,28 @@ def test_build_runs_on_the_main_process_only(monkeypatch, tmp_path: Path) -> Non
         == {}
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_dev_answer_f1_scores_base_and_tuned_on_the_same_prompts(monkeypatch) -> None:
+    from pipeline.config import AssembleConfig
+    from stages.raft import train
+
+    rows = [
+        {"qid": f"q{i}", "prompt": [{"role": "user", "content": f"Q{i}?"}], "answer": f"{i} minutes"} for i in range(4)
+    ]
+    monkeypatch.setattr(train, "load_for_inference", lambda model, adapter: (adapter, None))
+
+    def fake_generate(model, tokenizer, requests, max_new_tokens, desc):
+        assert [r[0]["content"] for r in requests] == [f"Q{i}?" for i in range(4)] and max_new_tokens == 9
+        if model is None:  # the base generator: free-form, half right
+            return ["0 minutes", "no idea", "2 minutes", "no idea"]
+        return [f"##Reason: it says so. ##Answer: {i} minutes" for i in range(3)] + [
+            format_answer("x", [], ABSTAIN_ANSWER)
+        ]
+
+    monkeypatch.setattr(train, "generate_batched", fake_generate)
+    out = train.dev_answer_f1("base", "adapter", rows, AssembleConfig(max_new_tokens=9))
+    assert out["dev_questions"] == 4
+    assert (out["dev_f1_base"], out["dev_f1_tuned"]) == (0.5, 0.75)
+    assert (out["dev_abstain_base"], out["dev_abstain_tuned"]) == (0.0, 0.25)
+    assert train.dev_answer_f1("base", "adapter", [], AssembleConfig()) == {}
