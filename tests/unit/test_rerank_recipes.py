@@ -34,7 +34,10 @@ ROWS = [
 
 
 def _train(model: CrossEncoder, columns: dict, loss_name: str, tmp_path, steps: int = 12) -> list[float]:
-    cfg = RerankConfig(batch_size=2, learning_rate=5e-3, max_steps=steps, head_learning_rate=2e-2)
+    # fp32: the losses' mechanics are checked the same way on machines with and without native bf16 math
+    cfg = RerankConfig(
+        batch_size=2, learning_rate=5e-3, max_steps=steps, head_learning_rate=2e-2, trainer={"bf16": False}
+    )
     args = build_training_args(cfg, str(tmp_path / "ckpt"), seed=0)
     args.warmup_steps = 0
     trainer = CrossEncoderTrainer(
