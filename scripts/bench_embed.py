@@ -51,12 +51,13 @@ from sentence_transformers.sentence_transformer.training_args import BatchSample
 from pipeline.models import resolve_model
 
 work, batch_size, lr, seed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+bf16 = sys.argv[6] == "True"  # the stage's precision on this machine (pipeline.precision)
 pairs = [json.loads(line) for line in open(f"{work}/pairs.jsonl")]
 model = SentenceTransformer(resolve_model("bundled:minilm-l6"))
 args = SentenceTransformerTrainingArguments(
     output_dir=f"{work}/bare_ckpt", num_train_epochs=1, per_device_train_batch_size=batch_size, learning_rate=lr,
     warmup_steps=0.1, seed=seed, batch_sampler=BatchSamplers.NO_DUPLICATES, use_cpu=True, report_to="none",
-    save_strategy="no",
+    save_strategy="no", bf16=bf16,
 )
 trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs),
                                      loss=MultipleNegativesRankingLoss(model))
@@ -155,7 +156,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_embed_") as tmp:
         work = Path(tmp)
         config = make_domain(work, opts.pairs, opts.eval_queries)
-        from pipeline.rundir import RunDir  # importable once make_domain has set the path
+        from pipeline.precision import bf16_training  # importable once make_domain has set the path
+        from pipeline.rundir import RunDir
 
         python = sys.executable
         bare_cmd = [python, "-c", BARE, str(work), str(opts.batch_size), str(LR), str(SEED)]
@@ -163,7 +165,9 @@ def main() -> None:
         stage_cmd += [f"embed.batch_size={opts.batch_size}", "embed.dev_fraction=0"]
         runs: dict[str, list[tuple[float, float, dict]]] = {"bare train": [], "bare train + eval": [], "ragtune": []}
         for _ in range(opts.repeats):
-            for name, cmd in (("bare train", [*bare_cmd, "train"]), ("bare train + eval", [*bare_cmd, "eval"])):
+            bare = (("bare train", [*bare_cmd, "train", str(bf16_training())]),
+                    ("bare train + eval", [*bare_cmd, "eval", str(bf16_training())]))  # fmt: skip
+            for name, cmd in bare:
                 wall, cpu, out = timed(cmd)
                 runs[name].append((wall, cpu, json.loads(out.split("BENCH ", 1)[1])))
             wall, cpu, _ = timed(stage_cmd)

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402 (after the path set-up)
+from pipeline.precision import bf16_training  # noqa: E402
 from pipeline.rundir import EMBEDDING_CACHE, RunDir  # noqa: E402
 from stages.rerank.model import default_learning_rate  # noqa: E402
 
@@ -65,7 +66,7 @@ from sentence_transformers.cross_encoder.training_args import CrossEncoderTraini
 from sentence_transformers.base.modules import Dense, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-run, start, head, steps, bs, lr, head_lr, max_length, seed = sys.argv[1:10]
+run, start, head, steps, bs, lr, head_lr, max_length, seed, bf16 = sys.argv[1:11]
 text = {c["id"]: c["text"] for c in map(json.loads, open(f"{run}/data/corpus.jsonl"))}
 rows = [json.loads(line) for line in open(f"{run}/rerank/negatives/negatives.jsonl")]
 cols = {"query": [], "passage": [], "label": []}
@@ -94,6 +95,7 @@ args = CrossEncoderTrainingArguments(
     output_dir=f"{run}/bench_ckpt", max_steps=int(steps), per_device_train_batch_size=int(bs), learning_rate=float(lr),
     learning_rate_mapping={head_pattern: float(head_lr)} if head_lr != "none" else None, warmup_steps=0.1,
     seed=int(seed), save_strategy="no", report_to="none", logging_steps=1, use_cpu=True, disable_tqdm=True,
+    bf16=bf16 == "True",
 )
 out = CrossEncoderTrainer(model=model, args=args, train_dataset=Dataset.from_dict(cols), loss=loss).train()
 print("BENCH", json.dumps({"seconds": out.metrics["train_runtime"], "steps": int(steps)}))
@@ -139,7 +141,7 @@ def main() -> None:
         )  # fmt: skip
         training = bench(
             BARE_TRAINING, str(run.root), start, r.head, str(a.steps), str(r.batch_size), str(default_learning_rate(r)),
-            str(r.head_learning_rate or "none"), str(r.max_length), str(cfg.run.seed),
+            str(r.head_learning_rate or "none"), str(r.max_length), str(cfg.run.seed), str(bf16_training()),
         )  # fmt: skip
         for key, value in (
             ("stage_mining", metrics["mining_seconds"]),
