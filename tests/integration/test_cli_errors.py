@@ -80,7 +80,15 @@ def sleeping_stage(cfg, run, force):
 prepare.main = sleeping_stage
 """
     code = f"{script}\nfrom pipeline.cli import main\nmain(['data', {str(tiny_config)!r}])\n"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    # A runner started in the background (nohup, `cmd &`) hands its children SIGINT as ignored: give the child
+    # the default disposition a terminal's Ctrl-C meets, so the test does not depend on how it was launched.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while not started.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
