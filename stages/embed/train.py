@@ -54,7 +54,11 @@ EVALS_PER_RUN = 4  # dev evaluations (and checkpoints) per training run when sel
 
 
 def make_evaluator(
-    queries: list[dict[str, Any]], corpus: list[dict[str, Any]], k_values: list[int], name: str
+    queries: list[dict[str, Any]],
+    corpus: list[dict[str, Any]],
+    k_values: list[int],
+    name: str,
+    progress: bool = False,
 ) -> InformationRetrievalEvaluator:
     """Retrieval evaluator over the whole corpus; positives are the relevant chunks (binary relevance).
 
@@ -63,6 +67,7 @@ def make_evaluator(
         corpus: every chunk row (``id``, ``text``).
         k_values: cut-offs for hit@k (accuracy@k) and recall@k; MRR and nDCG are taken at 10.
         name: evaluator name, the prefix of its metric keys.
+        progress: show encoding progress bars (a long held-out evaluation is otherwise minutes of silence).
 
     Returns:
         An InformationRetrievalEvaluator; ``encode_query`` embeds queries, ``encode_document`` chunks.
@@ -77,7 +82,7 @@ def make_evaluator(
         ndcg_at_k=[10],
         map_at_k=[10],
         name=name,
-        show_progress_bar=False,
+        show_progress_bar=progress,
         write_csv=False,
     )
 
@@ -254,7 +259,9 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     base_path = resolve_model(ecfg.base_model)
     model = load_model(ecfg, base_path)
     loss = build_loss(ecfg, model, base_path)
-    eval_evaluator = make_evaluator(eval_queries, corpus, ecfg.k_values, "eval")
+    # The held-out evaluation before and after training shows its encoding progress; the dev evaluations run
+    # inside training, under the trainer's own bar.
+    eval_evaluator = make_evaluator(eval_queries, corpus, ecfg.k_values, "eval", progress=is_main_process())
     dev_evaluator = make_evaluator(dev_queries, corpus, ecfg.k_values, "dev") if dev_queries else None
     before = flat_metrics(eval_evaluator(model)) if is_main_process() else {}
     logger.info("embed: before training, held-out %s", before)

@@ -60,7 +60,9 @@ def test_evaluator_reports_hand_computed_metrics(tiny_bert_dir: Path) -> None:
     corpus = [{"id": f"c{i}", "text": t} for i, t in enumerate(TEXTS)]
     # The query is a chunk's own text, so its nearest chunk is that chunk: hit@1 = MRR = nDCG = 1.
     queries = [{"qid": "q", "text": TEXTS[1], "positives": ["c1"]}]
-    metrics = flat_metrics(make_evaluator(queries, corpus, [1, 2], "t")(model))
+    evaluator = make_evaluator(queries, corpus, [1, 2], "t")
+    assert evaluator.show_progress_bar is False and make_evaluator(queries, corpus, [1], "p", True).show_progress_bar
+    metrics = flat_metrics(evaluator(model))
     assert metrics == pytest.approx(
         {"hit@1": 1.0, "hit@2": 1.0, "recall@1": 1.0, "recall@2": 1.0, "mrr@10": 1.0, "ndcg@10": 1.0}
     )
