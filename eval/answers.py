@@ -10,15 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from eval.metrics import (
-    abstained,
-    exact_match,
-    final_answer,
-    format_compliance,
-    oracle_citation,
-    quote_precision,
-    token_f1,
-)
+from eval.metrics import abstained, format_compliance, oracle_citation, quote_precision
+from pipeline.answer_metrics import exact_match, final_answer, token_f1
 from pipeline.components import Components
 from pipeline.config import AssembleConfig
 from pipeline.generator import GenerationMemo, load_generator

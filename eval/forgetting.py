@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.metrics import normalize_answer, paired_bootstrap, verdict
+from eval.metrics import paired_bootstrap, verdict
+from pipeline.answer_metrics import normalize_answer
 from pipeline.generator import generate_batched, load_generator
 
 GENERAL_KNOWLEDGE = Path(__file__).with_name("general_knowledge.jsonl")

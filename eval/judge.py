@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import re
 
-from eval.metrics import parse_judge_score, token_f1
+from eval.metrics import parse_judge_score
+from pipeline.answer_metrics import token_f1
 from pipeline.config import RagtuneConfig
 from pipeline.llm import make_backend
 from pipeline.raft_format import parse_answer

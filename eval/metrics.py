@@ -1,7 +1,7 @@
 """Generation metrics and paired bootstrap intervals as small pure functions.
 
-Answer metrics follow the SQuAD conventions (lower-case, drop punctuation and the articles a/an/the,
-collapse whitespace). Quote metrics use the RAFT format of :mod:`pipeline.raft_format`: a quote is a
+Answer metrics (SQuAD EM and F1) live in :mod:`pipeline.answer_metrics`, shared with stage 3's dev check.
+Quote metrics use the RAFT format of :mod:`pipeline.raft_format`: a quote is a
 span between ``##begin_quote##`` and ``##end_quote##`` and counts when it occurs verbatim (whitespace-
 and case-insensitive) in a chunk. Retrieval metrics live in :mod:`pipeline.ranking`.
 
@@ -18,10 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.answer_metrics import exact_match, final_answer, normalize_answer, token_f1
 from pipeline.raft_format import parse_answer, quote_is_verbatim
-
-__all__ = ["exact_match", "final_answer", "normalize_answer", "token_f1"]  # the core's, scored here too
 
 _SCORE_PATTERNS = (
     re.compile(r"score\s*[:=]?\s*\**\s*([1-5])(?:\.\d+)?\b", re.IGNORECASE),

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from eval.metrics import token_f1  # noqa: E402
+from pipeline.answer_metrics import token_f1  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.generator import generate_batched, load_generator  # noqa: E402
 from pipeline.models import resolve_model  # noqa: E402

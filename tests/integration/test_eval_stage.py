@@ -2,12 +2,10 @@
 
 import csv
 import json
-import shutil
-import time
 from pathlib import Path
 
 import pytest
-from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, tiny_model_overrides
+from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, simulate_embed_stage, tiny_model_overrides
 
 from pipeline.cli import main as cli
 from pipeline.rundir import RunDir
@@ -17,8 +15,7 @@ FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 def finish_upstream(run: RunDir, bert: Path, llama: Path) -> None:
     """Simulate finished embed, rerank and raft stages with tiny models."""
-    shutil.copytree(bert, run.path("embed/model"))
-    run.record("embed", config_hash="t", inputs={}, outputs={"model": "embed/model"}, started=time.time())
+    simulate_embed_stage(run, bert)
     record_tuned_reranker_and_adapter(run, bert, llama)
 
 
@@ -160,8 +157,7 @@ def test_eval_after_data_only_runs_the_baseline_and_says_what_was_skipped(
     assert set(run.load_manifest()["eval"].inputs) == {"data/corpus", "data/queries"}  # what was evaluated
 
     # Stage 1 finishing makes the evaluation stale: it reruns and now compares `embed` too.
-    shutil.copytree(tiny_bert_dir, run.path("embed/model"))
-    run.record("embed", config_hash="t", inputs={}, outputs={"model": "embed/model"}, started=time.time())
+    simulate_embed_stage(run, tiny_bert_dir)
     cli(["eval", str(tiny_config), *overrides, "eval.generation=false"])
     report = json.loads(run.path("eval/report.json").read_text())
     assert list(report["configurations"]) == ["rag_only", "embed"] and "embed" in report["verdicts"]

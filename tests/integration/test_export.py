@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx2
 import pytest
 import yaml
-from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of
+from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, tiny_model_overrides
 from huggingface_hub import HfApi
 from huggingface_hub.utils import _http as hf_http
 
@@ -23,10 +23,7 @@ from pipeline.rundir import read_jsonl
 @pytest.fixture
 def finished_run(tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path):
     overrides = [
-        "synth.enabled=false",
-        f"embed.base_model={tiny_bert_dir}",
-        f"rerank.base_model={tiny_bert_dir}",
-        f"raft.base_model={tiny_llama_dir}",
+        *tiny_model_overrides(tiny_bert_dir, tiny_llama_dir),
         "eval.generation=false",
         "eval.bootstrap_samples=100",
     ]

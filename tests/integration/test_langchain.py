@@ -1,11 +1,10 @@
 """ragtune[langchain]: an LCEL chain over the tiny run returns the LlamaIndex engine's sources and answer."""
 
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of
+from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, simulate_embed_stage, tiny_model_overrides
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 
@@ -19,10 +18,7 @@ def test_lcel_chain_sources_and_answer_equal_the_llamaindex_engine(
     tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, retrieval: str
 ) -> None:
     overrides = [
-        "synth.enabled=false",
-        f"embed.base_model={tiny_bert_dir}",
-        f"rerank.base_model={tiny_bert_dir}",
-        f"raft.base_model={tiny_llama_dir}",
+        *tiny_model_overrides(tiny_bert_dir, tiny_llama_dir),
         "assemble.embedder=tuned",  # serve the tuned components whatever the serving default
         "assemble.reranker=tuned",
         "assemble.generator=tuned",
@@ -32,8 +28,7 @@ def test_lcel_chain_sources_and_answer_equal_the_llamaindex_engine(
     ]
     cli(["data", str(tiny_config), *overrides])
     run = run_dir_of(tiny_config)
-    shutil.copytree(tiny_bert_dir, run.path("embed/model"))
-    run.record("embed", config_hash="t", inputs={}, outputs={"model": "embed/model"}, started=time.time())
+    simulate_embed_stage(run, tiny_bert_dir)
     record_tuned_reranker_and_adapter(run, tiny_bert_dir, tiny_llama_dir)
     (run.path("rerank/model") / "ragtune_fusion.json").write_text('{"fusion_weight": 0.5}')  # fused, not plain
     run.record("rerank", config_hash="t", inputs={}, outputs={"model": "rerank/model"}, started=time.time())

@@ -1,12 +1,10 @@
 """`ragtune query` prints the answer, its sources and timings, and no library chatter."""
 
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of
+from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, simulate_embed_stage, tiny_model_overrides
 
 from pipeline.cli import main as cli
 
@@ -25,16 +23,12 @@ def test_query_output_is_the_answer_sources_and_timings_without_library_chatter(
     tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path
 ) -> None:
     overrides = [
-        "synth.enabled=false",
-        f"embed.base_model={tiny_bert_dir}",
-        f"rerank.base_model={tiny_bert_dir}",
-        f"raft.base_model={tiny_llama_dir}",
+        *tiny_model_overrides(tiny_bert_dir, tiny_llama_dir),
         "assemble.max_new_tokens=6",
     ]
     cli(["data", str(tiny_config), *overrides])
     run = run_dir_of(tiny_config)
-    shutil.copytree(tiny_bert_dir, run.path("embed/model"))
-    run.record("embed", config_hash="t", inputs={}, outputs={"model": "embed/model"}, started=time.time())
+    simulate_embed_stage(run, tiny_bert_dir)
     record_tuned_reranker_and_adapter(run, tiny_bert_dir, tiny_llama_dir)  # the tokenizer comes from the adapter
     question = "how long do I have to do a takeover when the router instance dies"
 
@@ -67,10 +61,7 @@ def test_run_ends_with_each_stage_time_and_headline_metrics(
     tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, capsys
 ) -> None:
     overrides = [
-        "synth.enabled=false",
-        f"embed.base_model={tiny_bert_dir}",
-        f"rerank.base_model={tiny_bert_dir}",
-        f"raft.base_model={tiny_llama_dir}",
+        *tiny_model_overrides(tiny_bert_dir, tiny_llama_dir),
         "embed.max_steps=2",
         "rerank.max_steps=2",
         "raft.max_steps=1",

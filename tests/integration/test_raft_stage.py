@@ -1,13 +1,12 @@
 """The RAFT stage through the `ragtune` CLI: data -> (simulated) embed and rerank -> raft build + train."""
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from fakes.upstream import run_dir_of
+from fakes.upstream import run_dir_of, simulate_embed_stage
 
 from pipeline.cli import main as cli
 from pipeline.raft_format import ABSTAIN_ANSWER, parse_answer, quote_is_verbatim
@@ -34,8 +33,7 @@ def test_raft_builds_verified_samples_and_trains_lora_and_qlora(
     run = run_dir_of(tiny_config)
     raft_args = [f"raft.base_model={tiny_llama_dir}", "raft.max_steps=2", "raft.max_length=1024"]
     cli(["data", str(tiny_config), "synth.enabled=false"])
-    shutil.copytree(tiny_bert_dir, run.path("embed/model"))
-    run.record("embed", config_hash="simulated", inputs={}, outputs={"model": "embed/model"}, started=time.time())
+    simulate_embed_stage(run, tiny_bert_dir)
 
     # Without a finished rerank stage it refuses and names the command to run.
     capsys.readouterr()

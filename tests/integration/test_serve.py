@@ -1,7 +1,6 @@
 """ragtune serve: the OpenAI-compatible server on 127.0.0.1, driven with the `openai` client."""
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ import httpx
 import openai
 import pytest
 import uvicorn
-from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of
+from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, simulate_embed_stage, tiny_model_overrides
 
 from pipeline.cli import main as cli
 from pipeline.serve import create_app, load_stack
@@ -38,10 +37,7 @@ def _free_port() -> int:
 @pytest.fixture
 def tiny_run(tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path):
     overrides = [
-        "synth.enabled=false",
-        f"embed.base_model={tiny_bert_dir}",
-        f"rerank.base_model={tiny_bert_dir}",
-        f"raft.base_model={tiny_llama_dir}",
+        *tiny_model_overrides(tiny_bert_dir, tiny_llama_dir),
         "assemble.embedder=tuned",  # serve the tuned components whatever the serving default
         "assemble.reranker=tuned",
         "assemble.generator=tuned",
@@ -49,8 +45,7 @@ def tiny_run(tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path):
     ]
     cli(["data", str(tiny_config), *overrides])
     run = run_dir_of(tiny_config)
-    shutil.copytree(tiny_bert_dir, run.path("embed/model"))
-    run.record("embed", config_hash="t", inputs={}, outputs={"model": "embed/model"}, started=time.time())
+    simulate_embed_stage(run, tiny_bert_dir)
     record_tuned_reranker_and_adapter(run, tiny_bert_dir, tiny_llama_dir)
     return run
 

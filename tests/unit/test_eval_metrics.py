@@ -5,20 +5,18 @@ from eval.metrics import (
     Interval,
     abstained,
     bootstrap_mean,
-    exact_match,
     format_compliance,
     labelled_recall,
     labelled_recall_at_k,
     mean_defined,
-    normalize_answer,
     oracle_citation,
     paired_bootstrap,
     parse_judge_score,
     quote_precision,
     relevance_level,
-    token_f1,
     verdict,
 )
+from pipeline.answer_metrics import exact_match, normalize_answer, token_f1
 from pipeline.raft_format import ABSTAIN_ANSWER, format_answer
 
 
