@@ -242,7 +242,8 @@ def dev_answer_f1(model_path: str, adapter: str, rows: list[dict], assemble: Ass
         assemble: serving sizes (``max_new_tokens``).
 
     Returns:
-        ``{"dev_questions", "dev_f1_base", "dev_f1_tuned", "dev_abstain_tuned"}``, or ``{}`` without dev rows.
+        ``{"dev_questions", "dev_f1_base", "dev_f1_tuned", "dev_abstain_base", "dev_abstain_tuned"}`` (the
+        share of answers that abstain), or ``{}`` without dev rows.
     """
     if not rows:
         return {}
