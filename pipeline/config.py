@@ -141,6 +141,12 @@ class RunConfig(Section):
     )
     root: str = Field("runs", description="Folder holding run directories (relative to the working directory).")
     seed: int = Field(42, description="Seed for every random choice in every stage.")
+    score_block_mb: float = Field(
+        256,
+        gt=0,
+        description="Memory bound of exact search: the largest queries x corpus float32 score matrix (MiB) a "
+        "search, round trip or evaluation holds at once; queries are scored in blocks that fit.",
+    )
 
     @field_validator("name")
     @classmethod

@@ -44,20 +44,42 @@ def model_hash(model_path: str) -> str:
     return hash_path(path) if path.exists() else hashlib.sha256(model_path.encode()).hexdigest()[:16]
 
 
+def embedding_cache_file(cache_dir: Path, model_path: str, corpus: Sequence[dict]) -> Path:
+    """Where the corpus embeddings of ``model_path`` are cached: ``<model hash>-<corpus hash>.pt``."""
+    return Path(cache_dir) / f"{model_hash(model_path)}-{corpus_hash(corpus)}.pt"
+
+
+SCORE_BLOCK_MB = 256  # default of ``run.score_block_mb``
+
+
+def query_block(n_corpus: int, score_block_mb: float = SCORE_BLOCK_MB) -> int:
+    """Queries per block so that a (block, n_corpus) float32 score matrix fits in ``score_block_mb`` MiB.
+
+    Example:
+        >>> query_block(100_000, 256)   # 256 MiB / (100,000 x 4 bytes)
+        671
+        >>> query_block(10**9, 1)       # never fewer than one query
+        1
+    """
+    return max(1, int(score_block_mb * 2**20 // (4 * max(1, n_corpus))))
+
+
 def exact_top_k(
-    queries: torch.Tensor, corpus: torch.Tensor, k: int, block: int = 1024
+    queries: torch.Tensor, corpus: torch.Tensor, k: int, score_block_mb: float = SCORE_BLOCK_MB
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-``k`` by dot product, in query blocks so memory stays bounded.
+    """Exact top-``k`` by dot product, in query blocks so no score matrix exceeds ``score_block_mb`` MiB.
 
     Args:
         queries: (q, d) embeddings (normalised for cosine).
         corpus: (n, d) embeddings.
         k: neighbours per query (clipped to n).
+        score_block_mb: memory bound of one block's (queries, n) float32 scores.
 
     Returns:
         (scores, indices), each (q, min(k, n)), best first.
     """
     k = min(k, corpus.shape[0])
+    block = query_block(corpus.shape[0], score_block_mb)
     scores, indices = [], []
     for start in range(0, queries.shape[0], block):
         s, i = torch.topk(queries[start : start + block] @ corpus.T, k, dim=1)
@@ -75,45 +97,78 @@ class DenseRetriever:
         model: a loaded ``SentenceTransformer``.
         corpus: chunk rows (``id``, ``text``).
         embeddings: (n, d) normalised corpus embeddings, aligned with ``corpus``.
+        score_block_mb: memory bound of any (queries, n) score matrix it holds (``run.score_block_mb``).
     """
 
-    def __init__(self, model, corpus: Sequence[dict], embeddings: torch.Tensor) -> None:
+    def __init__(
+        self, model, corpus: Sequence[dict], embeddings: torch.Tensor, score_block_mb: float = SCORE_BLOCK_MB
+    ) -> None:
         self.model = model
         self.corpus = list(corpus)
         self.ids = [row["id"] for row in corpus]
         self.positions = {cid: i for i, cid in enumerate(self.ids)}
         self.embeddings = embeddings
+        self.score_block_mb = score_block_mb
 
     @classmethod
     def load(
-        cls, model_ref: str, corpus: Sequence[dict], cache_dir: Path | None = None, batch_size: int = 64
+        cls,
+        model_ref: str,
+        corpus: Sequence[dict],
+        cache_dir: Path | None = None,
+        batch_size: int = 64,
+        score_block_mb: float = SCORE_BLOCK_MB,
     ) -> DenseRetriever:
         """Load the embedder and encode (or read from cache) the corpus.
 
         The cache file is ``<cache_dir>/<model hash>-<corpus hash>.pt``: a changed model or corpus
-        never reuses stale vectors, and a rerun never re-encodes an unchanged corpus.
+        never reuses stale vectors, and a rerun never re-encodes an unchanged corpus. Every consumer
+        (round trip, stage 1's evaluations, mining, RAFT, the eval harness, the assembled index) reads
+        this one file, so each (model, corpus) pair is encoded once per run; the log says which.
         """
         from sentence_transformers import SentenceTransformer
 
         path = resolve_model(model_ref)
         model = SentenceTransformer(path)
-        cache = cache_dir / f"{model_hash(path)}-{corpus_hash(corpus)}.pt" if cache_dir else None
+        cache = embedding_cache_file(cache_dir, path, corpus) if cache_dir else None
         if cache is not None and cache.exists():
-            embeddings = torch.load(cache)
-        else:
-            embeddings = model.encode_document(
-                [row["text"] for row in corpus],
-                batch_size=batch_size,
-                convert_to_tensor=True,
-                normalize_embeddings=True,
-                show_progress_bar=is_main_process(),
-            ).cpu()
-            if cache is not None and is_main_process():
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(".tmp")
-                torch.save(embeddings, tmp)
-                tmp.replace(cache)
-        return cls(model, corpus, embeddings)
+            logger.info("corpus embeddings of %s (%d chunks): read from %s", model_ref, len(corpus), cache.name)
+            return cls(model, corpus, torch.load(cache), score_block_mb)
+        retriever = cls.encode(model, corpus, batch_size, score_block_mb, name=model_ref)
+        if cache is not None:
+            retriever.save_cache(cache_dir, path)
+        return retriever
+
+    @classmethod
+    def encode(
+        cls,
+        model,
+        corpus: Sequence[dict],
+        batch_size: int = 64,
+        score_block_mb: float = SCORE_BLOCK_MB,
+        name: str = "the model in memory",
+    ) -> DenseRetriever:
+        """Encode the corpus with a loaded model (no cache read; :meth:`save_cache` stores it once saved)."""
+        logger.info("corpus embeddings of %s (%d chunks): encoding", name, len(corpus))
+        embeddings = model.encode_document(
+            [row["text"] for row in corpus],
+            batch_size=batch_size,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=is_main_process(),
+        ).cpu()
+        return cls(model, corpus, embeddings, score_block_mb)
+
+    def save_cache(self, cache_dir: Path, model_path: str) -> Path | None:
+        """Store the corpus embeddings as the cache file of ``model_path`` (main process; atomic)."""
+        if not is_main_process():
+            return None
+        cache = embedding_cache_file(cache_dir, model_path, self.corpus)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save(self.embeddings, tmp)
+        tmp.replace(cache)
+        return cache
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """Normalised query embeddings in batches (through the model's query route, if it has one)."""
@@ -130,14 +185,14 @@ class DenseRetriever:
 
     def search(self, queries: Sequence[str] | torch.Tensor, k: int) -> tuple[list[list[float]], list[list[str]]]:
         """Top-``k`` chunk ids and cosine scores for every query (texts, or their ``encode_queries``), best first."""
-        scores, indices = exact_top_k(self._embedded(queries), self.embeddings, k)
+        scores, indices = exact_top_k(self._embedded(queries), self.embeddings, k, self.score_block_mb)
         return scores.tolist(), [[self.ids[i] for i in row] for row in indices.tolist()]
 
-    def ranks(self, queries: Sequence[str] | torch.Tensor, chunk_ids: Sequence[str], block: int = 1024) -> list[int]:
+    def ranks(self, queries: Sequence[str] | torch.Tensor, chunk_ids: Sequence[str]) -> list[int]:
         """1-based rank of ``chunk_ids[i]`` among the whole corpus for ``queries[i]`` (texts, or their
         ``encode_queries``); chunks scoring the same as it do not count against it.
 
-        Exact, with no top-k cut: one matrix product per ``block`` queries (the data stage's round trip).
+        Exact, with no top-k cut: one matrix product per block of queries (the data stage's round trip).
 
         Example (over a loaded retriever, not run as a doctest):
             retriever.ranks(["how long is the VPN token valid?"], ["vpn-0003"])
@@ -148,6 +203,7 @@ class DenseRetriever:
         queries = self._embedded(queries)
         target = torch.tensor([self.positions[c] for c in chunk_ids], dtype=torch.long)
         ranks: list[int] = []
+        block = query_block(len(self.ids), self.score_block_mb)
         for start in range(0, queries.shape[0], block):
             scores = queries[start : start + block] @ self.embeddings.T
             own = scores.gather(1, target[start : start + block, None])

@@ -4,13 +4,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.retrieval import FUSION_FILE, DenseRetriever, corpus_hash, exact_top_k, load_fusion_weight, rerank
+from pipeline.retrieval import (
+    FUSION_FILE,
+    DenseRetriever,
+    corpus_hash,
+    exact_top_k,
+    load_fusion_weight,
+    query_block,
+    rerank,
+)
 
 
 def test_exact_top_k_matches_full_sort_across_blocks() -> None:
     torch.manual_seed(0)
     q, c = torch.randn(7, 5), torch.randn(40, 5)
-    scores, idx = exact_top_k(q, c, k=4, block=3)
+    three_queries = 3 * 40 * 4 / 2**20  # MiB of a (3, 40) float32 block
+    assert query_block(40, three_queries) == 3
+    scores, idx = exact_top_k(q, c, k=4, score_block_mb=three_queries)
     full = torch.argsort(q @ c.T, dim=1, descending=True)[:, :4]
     assert torch.equal(idx, full)
     assert torch.allclose(scores, torch.gather(q @ c.T, 1, full))
@@ -65,3 +75,16 @@ def test_fusion_weight_travels_with_the_reranker_folder(tmp_path: Path) -> None:
     assert load_fusion_weight(tmp_path) == 1.0  # a base or hub cross-encoder reranks plainly
     (tmp_path / FUSION_FILE).write_text(json.dumps({"fusion_weight": 0.3}))
     assert load_fusion_weight(tmp_path) == 0.3
+
+
+def test_ranks_and_search_are_the_same_in_any_block_size() -> None:
+    torch.manual_seed(1)
+    corpus = [{"id": f"c{i}", "text": str(i)} for i in range(30)]
+    emb, queries = torch.randn(30, 4), torch.randn(9, 4)
+    targets = [f"c{i}" for i in range(9)]
+    one_query = 30 * 4 / 2**20  # a block of one query
+    small, large = DenseRetriever(None, corpus, emb, one_query), DenseRetriever(None, corpus, emb)
+    scores = queries @ emb.T
+    expected = [int((scores[i] > scores[i, i]).sum()) + 1 for i in range(9)]
+    assert small.ranks(queries, targets) == large.ranks(queries, targets) == expected
+    assert small.search(queries, 5)[1] == large.search(queries, 5)[1]
