@@ -165,7 +165,15 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     depth = max(max(k_values), *(c.top_k for c in choices))
     depth = max(depth, *(c.hybrid_depth for c in choices if c.retrieval == "hybrid"), 0)
     rankings, retrievers = rank_configurations(
-        run, held.corpus, held.texts, plan.components, plan.choices, depth, cfg.rerank.max_length, seed
+        run,
+        held.corpus,
+        held.texts,
+        plan.components,
+        plan.choices,
+        depth,
+        cfg.rerank.max_length,
+        seed,
+        cfg.run.score_block_mb,
     )
 
     # 4. Score retrieval per query.

@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.components import Components, load_cross_encoder
 from pipeline.config import AssembleConfig
 from pipeline.hybrid import bm25_rankings, bm25_retriever, fuse_rankings
-from pipeline.retrieval import DenseRetriever, load_fusion_weight, rerank
+from pipeline.retrieval import SCORE_BLOCK_MB, DenseRetriever, load_fusion_weight, rerank
 from pipeline.rundir import EMBEDDING_CACHE, RunDir
 
 
@@ -84,6 +84,7 @@ def rank_configurations(
     depth: int,
     reranker_max_length: int,
     seed: int,
+    score_block_mb: float = SCORE_BLOCK_MB,
 ) -> tuple[dict[str, Ranking], dict[str, DenseRetriever]]:
     """Every configuration's top-``depth`` ranking: one retrieval per embedder, BM25 once, one rerank each.
 
@@ -96,6 +97,7 @@ def rank_configurations(
         depth: how many chunk ids each ranking keeps.
         reranker_max_length: the cross-encoder's max tokens per (query, chunk) pair.
         seed: seeds a base cross-encoder's fresh head, as serving does.
+        score_block_mb: memory bound of the exact search's score blocks (``run.score_block_mb``).
 
     Returns:
         (ranking per configuration, the dense retriever per embedder path, for the probes to reuse).
@@ -109,7 +111,9 @@ def rank_configurations(
     for name, comp in components.items():
         choice = choices[name]
         if comp.embedder not in retrievers:
-            retrievers[comp.embedder] = DenseRetriever.load(comp.embedder, corpus, cache_dir=run.path(EMBEDDING_CACHE))
+            retrievers[comp.embedder] = DenseRetriever.load(
+                comp.embedder, corpus, cache_dir=run.path(EMBEDDING_CACHE), score_block_mb=score_block_mb
+            )
             first_stage[comp.embedder] = retrieve(retrievers[comp.embedder], texts, depth)
         ranking = first_stage[comp.embedder]
         if choice.retrieval == "hybrid":

@@ -262,6 +262,13 @@ class EmbedConfig(Section):
         description="Share of TRAIN documents whose queries form a dev slice for keeping the best checkpoint "
         "by nDCG@10 (0: no selection; the eval split is never used for selection).",
     )
+    dev_pool_top_k: int | None = Field(
+        50,
+        ge=10,
+        description="Checkpoint selection ranks the dev queries among a fixed pool: their positives plus the "
+        "base model's top k for each (one encode of the pool per evaluation, not of the corpus). null: the "
+        "whole corpus. The base and final dev figures (the promotion gate) are always over the whole corpus.",
+    )
     trainer: dict[str, Any] = Field(default_factory=dict, description="Passed to SentenceTransformerTrainingArguments.")
 
 

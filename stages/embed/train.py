@@ -16,7 +16,6 @@ import functools
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -26,7 +25,6 @@ import torch
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer import losses
-from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
@@ -35,10 +33,12 @@ from pipeline.dev_slice import DEV_MIN_QUERIES, split_dev_queries
 from pipeline.entry import run_stage
 from pipeline.models import resolve_model
 from pipeline.precision import bf16_training
+from pipeline.retrieval import DenseRetriever
 from pipeline.rundir import (
     EMBED_CHECKPOINTS,
     EMBED_METRICS,
     EMBED_MODEL,
+    EMBEDDING_CACHE,
     RunDir,
     atomic_dir,
     atomic_write_text,
@@ -46,64 +46,12 @@ from pipeline.rundir import (
     read_jsonl,
 )
 from stages.embed.adapter import ROUTER_MAPPING, add_query_adapter
+from stages.embed.evaluate import dev_pool, retrieval_metrics, selection_evaluator
 from stages.embed.pairs import NoDuplicateKeysBatchSampler, attach_negatives, build_pairs, pair_keys
 
 logger = logging.getLogger(__name__)
 STAGE = "embed"
 EVALS_PER_RUN = 4  # dev evaluations (and checkpoints) per training run when selecting the best
-
-
-def make_evaluator(
-    queries: list[dict[str, Any]],
-    corpus: list[dict[str, Any]],
-    k_values: list[int],
-    name: str,
-    progress: bool = False,
-) -> InformationRetrievalEvaluator:
-    """Retrieval evaluator over the whole corpus; positives are the relevant chunks (binary relevance).
-
-    Args:
-        queries: query rows (``qid``, ``text``, ``positives``).
-        corpus: every chunk row (``id``, ``text``).
-        k_values: cut-offs for hit@k (accuracy@k) and recall@k; MRR and nDCG are taken at 10.
-        name: evaluator name, the prefix of its metric keys.
-        progress: show encoding progress bars (a long held-out evaluation is otherwise minutes of silence).
-
-    Returns:
-        An InformationRetrievalEvaluator; ``encode_query`` embeds queries, ``encode_document`` chunks.
-    """
-    return InformationRetrievalEvaluator(
-        queries={q["qid"]: q["text"] for q in queries},
-        corpus={c["id"]: c["text"] for c in corpus},
-        relevant_docs={q["qid"]: set(q["positives"]) for q in queries},
-        accuracy_at_k=sorted(set(k_values)),
-        precision_recall_at_k=sorted(set(k_values)),
-        mrr_at_k=[10],
-        ndcg_at_k=[10],
-        map_at_k=[10],
-        name=name,
-        show_progress_bar=progress,
-        write_csv=False,
-    )
-
-
-_METRIC = re.compile(r"_(accuracy|recall|mrr|ndcg)@(\d+)$")
-
-
-def flat_metrics(results: dict[str, float]) -> dict[str, float]:
-    """Evaluator output -> flat keys: ``hit@k``, ``recall@k``, ``mrr@10``, ``ndcg@10``.
-
-    Example:
-        >>> flat_metrics({"eval_cosine_accuracy@1": 0.5, "eval_cosine_ndcg@10": 0.7, "eval_cosine_map@10": 0.1})
-        {'hit@1': 0.5, 'ndcg@10': 0.7}
-    """
-    out = {}
-    for key, value in results.items():
-        match = _METRIC.search(key)
-        if match:
-            name = "hit" if match[1] == "accuracy" else match[1]
-            out[f"{name}@{match[2]}"] = float(value)
-    return out
 
 
 def build_loss(cfg: EmbedConfig, model: SentenceTransformer, base_path: str) -> torch.nn.Module:
@@ -255,20 +203,26 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         selection = f"none (dev slice below {DEV_MIN_QUERIES} queries or embed.dev_fraction=0): last step kept"
         logger.info("embed: no checkpoint selection: %s", selection)
 
-    # 2. Build the model, loss and evaluators.
+    # 2. The base model's figures over the whole corpus (its corpus embeddings are cached: the round trip and
+    #    the eval harness read the same file), and the fixed dev pool that checkpoint selection ranks within.
+    cache_dir, block = run.path(EMBEDDING_CACHE), cfg.run.score_block_mb
+    base = DenseRetriever.load(ecfg.base_model, corpus, cache_dir=cache_dir, score_block_mb=block)
+    before, dev_before = {}, {}
+    if is_main_process():
+        before = retrieval_metrics(base, eval_queries, ecfg.k_values)
+        logger.info("embed: before training, held-out %s", before)
+        # The base model's dev figure: the promotion gate serves the tuned embedder only if it beats this.
+        dev_before = retrieval_metrics(base, dev_queries, ecfg.k_values)
+    pool = dev_pool(base, dev_queries, ecfg.dev_pool_top_k) if dev_queries else []
+    dev_evaluator = selection_evaluator(dev_queries, pool, ecfg.k_values) if dev_queries else None
+    if dev_queries:
+        logger.info("embed: checkpoint selection ranks %d dev queries among %d chunks", len(dev_queries), len(pool))
+    del base
+
+    # 3. Build the model and loss, and train; the trainer keeps the best checkpoint by dev nDCG@10 on the pool.
     base_path = resolve_model(ecfg.base_model)
     model = load_model(ecfg, base_path)
     loss = build_loss(ecfg, model, base_path)
-    # The held-out evaluation before and after training shows its encoding progress; the dev evaluations run
-    # inside training, under the trainer's own bar.
-    eval_evaluator = make_evaluator(eval_queries, corpus, ecfg.k_values, "eval", progress=is_main_process())
-    dev_evaluator = make_evaluator(dev_queries, corpus, ecfg.k_values, "dev") if dev_queries else None
-    before = flat_metrics(eval_evaluator(model)) if is_main_process() else {}
-    logger.info("embed: before training, held-out %s", before)
-    # The base model's dev figure: the promotion gate serves the tuned embedder only if it beats this.
-    dev_before = flat_metrics(dev_evaluator(model)) if dev_evaluator and is_main_process() else {}
-
-    # 3. Train; the trainer keeps the best checkpoint by dev nDCG@10 when there is a dev slice.
     steps = _estimated_steps(ecfg, len(pairs), int(os.environ.get("WORLD_SIZE", "1")))
     eval_steps = max(1, -(-steps // EVALS_PER_RUN)) if dev_evaluator else None
     sim = model.similarity_fn_name or "cosine"
@@ -282,13 +236,17 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     result = trainer.train()
     model = trainer.model
     losses_logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    selection_seconds = sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history)
 
     # 4. Evaluate on the held-out queries and save the model, card and metrics (main process only).
     metrics: dict[str, Any] = {}
     if is_main_process():
-        after = flat_metrics(eval_evaluator(model))
+        # The tuned corpus embeddings: encoded once, cached below under the saved model's hash for every consumer.
+        tuned = DenseRetriever.encode(model, corpus, score_block_mb=block, name="the tuned embedder")
+        after = retrieval_metrics(tuned, eval_queries, ecfg.k_values)
         logger.info("embed: after training, held-out %s", after)
-        dev_after = flat_metrics(dev_evaluator(model)) if dev_evaluator else {}
+        dev_after = retrieval_metrics(tuned, dev_queries, ecfg.k_values)
+        stage_seconds = time.time() - started
         report = {
             "before": before,
             "after": after,
@@ -303,6 +261,9 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             "random_negatives": drawn,
             "steps": trainer.state.global_step,
             "train_seconds": result.metrics.get("train_runtime"),
+            "dev_pool_chunks": len(pool),
+            "selection_seconds": round(selection_seconds, 2),
+            "selection_share": round(selection_seconds / stage_seconds, 3),
             "first_loss": losses_logged[0] if losses_logged else None,
             "last_loss": losses_logged[-1] if losses_logged else None,
             "loss_history": [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
@@ -318,6 +279,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             (tmp / "ragtune_embed.json").write_text(
                 json.dumps({"base_model": ecfg.base_model, "method": ecfg.method, "loss": ecfg.loss}, indent=2)
             )
+        tuned.save_cache(cache_dir, str(run.path(EMBED_MODEL)))
         atomic_write_text(run.path(EMBED_METRICS), json.dumps(report, indent=2) + "\n")
         shutil.rmtree(checkpoints, ignore_errors=True)
         metrics = {

@@ -262,7 +262,9 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     # 2. Retrieve a pool with the tuned embedder, rerank it with the tuned reranker (one batched call).
     from sentence_transformers import CrossEncoder
 
-    retriever = DenseRetriever.load(str(embedder), corpus, cache_dir=run.path(EMBEDDING_CACHE))
+    retriever = DenseRetriever.load(
+        str(embedder), corpus, cache_dir=run.path(EMBEDDING_CACHE), score_block_mb=cfg.run.score_block_mb
+    )
     question_texts = [q["text"] for q in train]
     question_vectors = retriever.encode_queries(question_texts)  # encoded once: pool search and pool scores
     _, pool_ids = retriever.search(question_vectors, k=cfg.raft.distractor_pool)

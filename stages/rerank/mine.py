@@ -17,11 +17,14 @@ budget on candidates our rules then drop. So it returns the whole ``range_min..r
 scores, and :mod:`stages.rerank.negatives` applies every rule (with counts) and then samples. Its
 embedding cache is keyed by the model's *name* (``model_card_data.base_model``, ``None`` for both the
 bundled MiniLM and a tuned copy of it), so the cache folder is keyed by the model's content hash:
-a retrained embedder never reuses stale vectors, and a rerun never re-encodes.
+a retrained embedder never reuses stale vectors, and a rerun never re-encodes. The corpus vectors themselves
+are the run's shared ones (``cache/embeddings``, written by stage 1 for the tuned embedder):
+:func:`seed_library_cache` hands them to the library's cache before the call, so mining encodes only queries.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -35,7 +38,7 @@ from typing import Any
 from pipeline.config import MiningConfig, RagtuneConfig
 from pipeline.dev_slice import split_dev_queries
 from pipeline.entry import run_stage
-from pipeline.retrieval import model_hash
+from pipeline.retrieval import DenseRetriever, embedding_cache_file, model_hash
 from pipeline.rundir import (
     EMBEDDING_CACHE,
     RERANK_NEGATIVES,
@@ -82,6 +85,40 @@ def group_train_queries(queries: Sequence[Mapping[str, Any]]) -> list[dict[str, 
         for cid, grade in q["relevance"].items():
             g["relevance"][cid] = max(grade, g["relevance"].get(cid, 0))
     return list(groups.values())
+
+
+def seed_library_cache(
+    folder: Path, model: Any, embedder_path: str | Path, corpus: Sequence[Mapping[str, Any]], shared_cache: Path
+) -> Path:
+    """Write the run's shared corpus embeddings as sentence-transformers' ``mine_hard_negatives`` cache file.
+
+    The library de-duplicates the corpus texts (first occurrence kept) and names its cache file by a hash of
+    ``(model_card_data.base_model, corpus prompt, corpus prompt name, texts)``; this writes the shared vectors
+    (``shared_cache``; encoded here once and stored there if missing) under that name, so the library reads
+    instead of re-encoding. Should the library change its naming, it encodes again (a test counts encodes).
+
+    Returns:
+        The library's cache file.
+    """
+    import numpy as np
+    import torch
+
+    shared = embedding_cache_file(shared_cache, str(embedder_path), corpus)
+    if shared.exists():
+        embeddings = torch.load(shared)
+    else:
+        retriever = DenseRetriever.encode(model, corpus, name=str(embedder_path))
+        retriever.save_cache(shared_cache, str(embedder_path))
+        embeddings = retriever.embeddings
+    first: dict[str, int] = {}
+    for i, row in enumerate(corpus):
+        first.setdefault(row["text"], i)
+    key = repr((model.model_card_data.base_model or "", None, None, list(first))).encode()
+    target = folder / f"corpus_embeddings_{hashlib.sha256(key, usedforsecurity=False).hexdigest()}.npy"
+    if not target.exists() and is_main_process():
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(target, embeddings[list(first.values())].numpy())
+    return target
 
 
 def mine_hard_negatives(
@@ -140,6 +177,9 @@ def mine_hard_negatives(
 
     use_faiss = mining.use_faiss if mining.use_faiss is not None else len(corpus) >= FAISS_MIN_CORPUS
     model = SentenceTransformer(str(embedder_path))
+    library_cache = cache_dir / f"mine-{model_hash(str(embedder_path))}" if cache_dir else None
+    if library_cache is not None:
+        seed_library_cache(library_cache, model, embedder_path, corpus, cache_dir)
     pairs = Dataset.from_dict(
         {
             "query": [g["text"] for g in groups for _ in g["positives"]],
@@ -159,7 +199,7 @@ def mine_hard_negatives(
         output_format="labeled-list",
         output_scores=True,
         use_faiss=use_faiss,
-        cache_folder=str(cache_dir / f"mine-{model_hash(str(embedder_path))}") if cache_dir else None,
+        cache_folder=str(library_cache) if library_cache else None,
         verbose=is_main_process(),
     )
     retrieved: dict[str, dict[str, Any]] = {}

@@ -348,7 +348,9 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
 
     # 4. Fix the dev slice's candidates: they draw the learning curve and choose the fusion weight.
     with args.main_process_first(desc="encoding the corpus with the tuned embedder"):
-        retriever = DenseRetriever.load(str(embedder), corpus, cache_dir=run.path(EMBEDDING_CACHE))
+        retriever = DenseRetriever.load(
+            str(embedder), corpus, cache_dir=run.path(EMBEDDING_CACHE), score_block_mb=cfg.run.score_block_mb
+        )
     dev = dev_candidates(retriever, dev_queries, cfg.rerank.retrieve_top_k)
     curve: list[dict[str, Any]] = []
 

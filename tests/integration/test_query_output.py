@@ -41,8 +41,12 @@ def test_query_output_is_the_answer_sources_and_timings_without_library_chatter(
         )
         assert proc.returncode == 0, proc.stderr
         output = proc.stdout + proc.stderr
-        assert [c for c in CHATTER if c in output] == []
+        # The first query encodes the corpus (no stage 1 ran here to cache the vectors): its one progress bar is
+        # progress, not chatter; the second reads the persisted index and shows none.
+        allowed = {"Batches"} if first_use else set()
+        assert [c for c in CHATTER if c in output and c not in allowed] == []
         if first_use:
+            assert "corpus embeddings of" in proc.stderr and "encoding" in proc.stderr
             assert "index: " in proc.stderr  # ragtune's own info line stays
         lines = proc.stdout.splitlines()
         assert lines[0].startswith("Answer:") and "Sources:" in lines

@@ -10,9 +10,11 @@ from sentence_transformers.sentence_transformer import losses
 
 from pipeline.config import EmbedConfig
 from pipeline.precision import bf16_training
+from pipeline.retrieval import DenseRetriever
 from stages.embed.adapter import add_query_adapter
+from stages.embed.evaluate import dev_pool, retrieval_metrics, selection_evaluator
 from stages.embed.pairs import NoDuplicateKeysBatchSampler
-from stages.embed.train import build_loss, flat_metrics, load_model, make_evaluator, training_arguments
+from stages.embed.train import build_loss, load_model, training_arguments
 
 TEXTS = ["heron failover runbook", "ledgerfish renews leases", "tortoise drain window"]
 
@@ -43,29 +45,33 @@ def test_trainer_arguments_ours_then_user_keys_and_unknown_keys_named(tmp_path: 
         _args(tmp_path, trainer={"output_dir": "/elsewhere"})
 
 
-def test_flat_metrics_names() -> None:
-    raw = {
-        "eval_cosine_accuracy@3": 0.5,
-        "eval_cosine_recall@3": 0.25,
-        "eval_cosine_mrr@10": 0.4,
-        "eval_cosine_ndcg@10": 0.6,
-        "eval_cosine_precision@3": 0.1,
-        "eval_cosine_map@10": 0.2,
-    }
-    assert flat_metrics(raw) == {"hit@3": 0.5, "recall@3": 0.25, "mrr@10": 0.4, "ndcg@10": 0.6}
-
-
-def test_evaluator_reports_hand_computed_metrics(tiny_bert_dir: Path) -> None:
+def test_retrieval_metrics_hand_computed_and_equal_to_the_library_evaluator(tiny_bert_dir: Path) -> None:
     model = SentenceTransformer(str(tiny_bert_dir))
     corpus = [{"id": f"c{i}", "text": t} for i, t in enumerate(TEXTS)]
+    retriever = DenseRetriever.encode(model, corpus)
     # The query is a chunk's own text, so its nearest chunk is that chunk: hit@1 = MRR = nDCG = 1.
     queries = [{"qid": "q", "text": TEXTS[1], "positives": ["c1"]}]
-    evaluator = make_evaluator(queries, corpus, [1, 2], "t")
-    assert evaluator.show_progress_bar is False and make_evaluator(queries, corpus, [1], "p", True).show_progress_bar
-    metrics = flat_metrics(evaluator(model))
+    metrics = retrieval_metrics(retriever, queries, [1, 2])
     assert metrics == pytest.approx(
         {"hit@1": 1.0, "hit@2": 1.0, "recall@1": 1.0, "recall@2": 1.0, "mrr@10": 1.0, "ndcg@10": 1.0}
     )
+    # Over the whole corpus (no pool cut), the selection evaluator and our metrics agree on other queries too.
+    others = [{"qid": f"o{i}", "text": w, "positives": [f"c{i}"]} for i, w in enumerate(["leases", "drain", "heron"])]
+    library = selection_evaluator(others, dev_pool(retriever, others, None), [1, 2])(model)
+    ours = retrieval_metrics(retriever, others, [1, 2])
+    assert library["dev_cosine_ndcg@10"] == pytest.approx(ours["ndcg@10"])
+    assert library["dev_cosine_accuracy@1"] == pytest.approx(ours["hit@1"])
+
+
+def test_dev_pool_is_positives_plus_each_querys_top_k() -> None:
+    corpus = [{"id": f"c{i}", "text": str(i)} for i in range(6)]
+    emb = torch.eye(6)
+    retriever = DenseRetriever(None, corpus, emb)
+    queries = [{"qid": "a", "text": "x", "positives": ["c5"]}]
+    retriever.encode_queries = lambda texts: emb[[0] * len(texts)] + 0.5 * emb[[1] * len(texts)]  # c0, then c1
+    pool = dev_pool(retriever, queries, 2)
+    assert [c["id"] for c in pool] == ["c0", "c1", "c5"]  # corpus order; the positive always in
+    assert len(dev_pool(retriever, queries, None)) == 6
 
 
 def test_losses_and_matryoshka_dims_checked(tiny_bert_dir: Path) -> None:
