@@ -81,21 +81,27 @@ print("BENCH", json.dumps({"steps": trainer.state.global_step, "train_seconds": 
 """
 
 
-def make_domain(work: Path, n_train: int, n_eval: int, seed: int = 0) -> Path:
-    """Write a generated corpus, its queries and a finished data stage into a run directory; return the config."""
+def make_domain(work: Path, n_train: int, n_eval: int, seed: int = 0, n_chunks: int = 0) -> Path:
+    """Write a generated corpus, its queries and a finished data stage into a run directory; return the config.
+
+    One chunk per query; ``n_chunks`` above that adds chunks no query asks about (a larger corpus to search).
+    """
     sys.path.insert(0, str(ROOT))
+    from pipeline.dev_slice import assign_dev_ranks
     from pipeline.rundir import DATA_CORPUS, DATA_QUERIES, RunDir, atomic_write_jsonl
 
     rng = random.Random(seed)
     run = RunDir(work / "runs" / "bench")
     corpus, queries, pairs = [], [], []
-    for i in range(n_train + n_eval):
+    for i in range(max(n_train + n_eval, n_chunks)):
         sentences = [" ".join(rng.choices(WORDS, k=14)).capitalize() + "." for _ in range(6)]
         text = f"Note {i}. " + " ".join(sentences)
         topic = rng.sample(WORDS, 4)
         query = f"what about {' '.join(topic)} in note {i}?"
         text += f" It covers {' '.join(topic)}."
         corpus.append({"id": f"c{i}", "doc_id": f"d{i}", "source": f"d{i}", "text": text, "start": 0, "end": len(text)})
+        if i >= n_train + n_eval:
+            continue
         split = "train" if i < n_train else "eval"
         queries.append(
             {
@@ -111,7 +117,7 @@ def make_domain(work: Path, n_train: int, n_eval: int, seed: int = 0) -> Path:
         if split == "train":
             pairs.append({"anchor": query, "positive": text})
     atomic_write_jsonl(run.path(DATA_CORPUS), corpus)
-    atomic_write_jsonl(run.path(DATA_QUERIES), queries)
+    atomic_write_jsonl(run.path(DATA_QUERIES), assign_dev_ranks(queries, seed))
     atomic_write_jsonl(work / "pairs.jsonl", pairs)
     run.record(
         "data",
@@ -151,7 +157,19 @@ def main() -> None:
     parser.add_argument("--eval-queries", type=int, default=20, help="held-out queries the stage reports on")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=1, help="rounds of the three commands, in turn")
+    parser.add_argument("--chunks", type=int, default=0, help="corpus size (default: one chunk per query)")
+    parser.add_argument(
+        "--selection",
+        type=float,
+        metavar="DEV_FRACTION",
+        help="instead: run the stage once with checkpoint selection on (this embed.dev_fraction) and print the "
+        "share of the stage's time the dev evaluations took",
+    )
+    parser.add_argument("--dev-pool-top-k", default="50", help="embed.dev_pool_top_k for --selection (null: corpus)")
     opts = parser.parse_args()
+    if opts.selection is not None:
+        selection_share(opts)
+        return
 
     with tempfile.TemporaryDirectory(prefix="bench_embed_") as tmp:
         work = Path(tmp)
@@ -198,6 +216,27 @@ def main() -> None:
         f"{(ours - theirs) / best['bare train + eval'][0]:+.1%} of the same-work wall time"
     )
     print(f"ragtune held-out nDCG@10 {trained} (a check that it trained)")
+
+
+def selection_share(opts: argparse.Namespace) -> None:
+    """One stage run with checkpoint selection: dev pool size, time of the dev evaluations and their share."""
+    with tempfile.TemporaryDirectory(prefix="bench_embed_") as tmp:
+        work = Path(tmp)
+        config = make_domain(work, opts.pairs, opts.eval_queries, n_chunks=opts.chunks)
+        from pipeline.rundir import RunDir
+
+        cmd = [sys.executable, "-m", "stages.embed.train", "--config", str(config), "--force"]
+        cmd += [f"embed.batch_size={opts.batch_size}", f"embed.dev_fraction={opts.selection}"]
+        wall, _, _ = timed([*cmd, f"embed.dev_pool_top_k={opts.dev_pool_top_k}"])
+        stage = json.loads(RunDir(work / "runs" / "bench").require("embed", "metrics")["metrics"].read_text())
+    print(
+        f"chunks={max(opts.chunks, opts.pairs + opts.eval_queries)} train pairs={stage['train_pairs']} "
+        f"dev queries={stage['dev_queries']} steps={stage['steps']} dev pool={stage['dev_pool_chunks']} chunks"
+    )
+    print(
+        f"stage wall {wall:.1f} s (process), train loop {stage['train_seconds']:.1f} s, dev evaluations "
+        f"{stage['selection_seconds']:.1f} s = {stage['selection_share']:.1%} of the stage"
+    )
 
 
 if __name__ == "__main__":
