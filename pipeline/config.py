@@ -277,6 +277,12 @@ class MiningConfig(Section):
     range_max: int = Field(50, ge=1, description="Consider candidates up to this rank.")
     max_score: float | None = Field(
         None, description="Drop candidates scoring above this (likely unlabelled positives)."
+    pseudo_queries: int = Field(
+        0,
+        ge=0,
+        description="Inverse-cloze pairs added to the training pairs: up to this many chunks of documents no "
+        "held-out (eval or dev) query cites each give (one of its sentences, the chunk without it). 0: none.",
+    )
     )
     relative_margin: float | None = Field(
         0.05, ge=0, description="Drop candidates scoring above (1 - margin) x the positive's score."

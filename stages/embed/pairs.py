@@ -67,7 +67,8 @@ def attach_negatives(
 
     Args:
         pairs: rows of :func:`build_pairs`.
-        queries: the query rows the pairs came from (``relevance``/``positives``, optional ``negatives``).
+        queries: the query rows the pairs came from (``relevance``/``positives``, optional ``negatives``); a
+            pair whose ``qid`` has no row gets a random chunk other than its positive.
         chunks: chunk id -> corpus row.
         seed: seed of the random draw.
 
@@ -86,7 +87,8 @@ def attach_negatives(
     chunk_ids = sorted(chunks)
     out, drawn = [], 0
     for pair in pairs:
-        q = by_qid[pair["qid"]]
+        # a pair without a query row (an inverse-cloze pair) knows only its positive
+        q = by_qid.get(pair["qid"], {"qid": pair["qid"], "positives": [pair["positive_id"]]})
         relevant = set(q.get("relevance") or {}) | set(q["positives"])
         given = [c for c in q.get("negatives") or [] if c in chunks and c not in relevant]
         if given:

@@ -33,6 +33,7 @@ from pipeline.dev_slice import DEV_MIN_QUERIES, split_dev_queries
 from pipeline.entry import run_stage
 from pipeline.models import resolve_model
 from pipeline.precision import bf16_training
+from pipeline.pseudo_queries import inverse_cloze_pairs
 from pipeline.retrieval import DenseRetriever
 from pipeline.rundir import (
     EMBED_CHECKPOINTS,
@@ -189,6 +190,12 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         raise ValueError(f"{paths['queries']}: no eval-split query; embed needs held-out queries to report on")
     train_queries, dev_queries = split_dev_queries(train_queries, ecfg.dev_fraction)
     pairs = build_pairs(train_queries, chunks)
+    if ecfg.pseudo_queries:
+        held_out = {d for q in queries if q["split"] != "train" for d in q["doc_ids"]}
+        held_out |= {d for q in dev_queries for d in q["doc_ids"]}
+        pseudo = inverse_cloze_pairs(corpus, held_out, ecfg.pseudo_queries, cfg.run.seed)
+        logger.info("embed: %d inverse-cloze pairs added to %d labelled and synthetic ones", len(pseudo), len(pairs))
+        pairs += pseudo
     if len(pairs) < 2:
         raise ValueError(f"{paths['queries']}: {len(pairs)} training pair(s); embed needs at least 2")
     drawn = 0

@@ -38,6 +38,7 @@ from typing import Any
 from pipeline.config import MiningConfig, RagtuneConfig
 from pipeline.dev_slice import split_dev_queries
 from pipeline.entry import run_stage
+from pipeline.pseudo_queries import inverse_cloze_queries
 from pipeline.retrieval import DenseRetriever, embedding_cache_file, model_hash
 from pipeline.rundir import (
     EMBEDDING_CACHE,
@@ -50,7 +51,6 @@ from pipeline.rundir import (
     read_jsonl,
 )
 from stages.rerank.negatives import RULES, choose_negatives, draw_random_negatives, filter_candidates
-from stages.rerank.pseudo_queries import inverse_cloze_queries
 
 logger = logging.getLogger(__name__)
 STAGE = "rerank"

@@ -12,10 +12,10 @@ from datasets import Dataset
 from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer
 
 from pipeline.config import RerankConfig
+from pipeline.pseudo_queries import inverse_cloze_queries, pick_sentence
 from stages.rerank.curve import DevCandidates, DevCurveCallback, curve_point, curve_steps
 from stages.rerank.model import build_cross_encoder
 from stages.rerank.negatives import draw_random_negatives
-from stages.rerank.pseudo_queries import inverse_cloze_queries, pick_sentence
 from stages.rerank.train import build_loss, build_training_args, build_training_columns
 from stages.rerank.warm_start import distillation_columns
 

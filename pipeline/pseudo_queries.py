@@ -1,10 +1,13 @@
-"""Inverse-cloze pseudo-queries: more distinct training queries for the cross-encoder, without an LLM.
+"""Inverse-cloze pseudo-queries: more distinct training queries without an LLM, for stages 1 and 2.
 
 A reranker learns *across* queries: with a few dozen labelled or synthetic questions it fits their lists
 and ranks new questions worse than the retriever (measured in docs/rerank.md). One sentence of a chunk,
 asked as a query with its chunk as the positive (the inverse cloze task of Lee et al., 2019), is a cheap,
 exact label, so every training chunk can add a query. Only chunks of documents that no held-out (eval or
 dev) query cites are used, so the pseudo-queries never see a held-out document.
+
+The embedder's pairs (:func:`inverse_cloze_pairs`) remove the sentence from its passage, as the inverse
+cloze task does: with the sentence left in, a bi-encoder learns only to match repeated words.
 """
 
 from __future__ import annotations
@@ -71,3 +74,40 @@ def inverse_cloze_queries(
             }
         )
     return rows
+
+
+def without_sentence(text: str, sentence: str) -> str:
+    """``text`` with the first occurrence of ``sentence`` removed and the whitespace around it closed up.
+
+    Example:
+        >>> without_sentence("Heron is a router. It fails over in seconds. Ask ops.", "It fails over in seconds.")
+        'Heron is a router. Ask ops.'
+    """
+    head, _, tail = text.partition(sentence)
+    return " ".join(f"{head} {tail}".split())
+
+
+def inverse_cloze_pairs(
+    corpus: Sequence[Mapping[str, Any]], held_out_docs: Collection[str], count: int, seed: int
+) -> list[dict[str, Any]]:
+    """Up to ``count`` embedder training pairs: a sentence of a chunk, and the chunk without that sentence.
+
+    The chunks and sentences are those of :func:`inverse_cloze_queries` (same draw, same held-out rule).
+
+    Returns:
+        Rows in :func:`stages.embed.pairs.build_pairs`' format: ``qid`` (``ict-<chunk id>``), ``anchor``,
+        ``positive`` (the passage without the sentence) and ``positive_id``.
+
+    Example:
+        >>> corpus = [{"id": "c1", "doc_id": "a", "text": "Heron fails over to the standby router in time. Ask ops."}]
+        >>> inverse_cloze_pairs(corpus, set(), 5, seed=0)[0]["positive"]
+        'Ask ops.'
+    """
+    text_of = {c["id"]: c["text"] for c in corpus}
+    pairs = []
+    for q in inverse_cloze_queries(corpus, held_out_docs, count, seed):
+        chunk_id = q["positives"][0]
+        passage = without_sentence(text_of[chunk_id], q["text"])
+        if passage:
+            pairs.append({"qid": q["qid"], "anchor": q["text"], "positive": passage, "positive_id": chunk_id})
+    return pairs
