@@ -22,6 +22,7 @@ eval/report.html (one self-contained page with the stage cards, :mod:`eval.html_
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -179,9 +180,11 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     # 4. Score retrieval per query.
     rows = score_retrieval(held, rankings, k_values)
     retrieval_metrics = [k for k in rows[BASELINE][0] if k != "qid"]
-    # the fine-tune rule reads recall at the level relevance was labelled at (evidence chunks or documents)
+    # the fine-tune rule reads recall at the level relevance was labelled at (evidence chunks or documents), on
+    # the human-written queries alone: a recall on synthetic ones is one the data stage's own filters produced
     doc_of = {c["id"]: c["doc_id"] for c in held.corpus}
-    baseline_recall = labelled_recall(queries, rankings[BASELINE].ranked, doc_of)
+    origins = query_origins(run, queries)
+    baseline_recall = human_recall(queries, rankings[BASELINE].ranked, doc_of)
     latency = {name: {"retrieval_ms": 1000 * rankings[name].seconds / len(queries)} for name in names}
 
     # 5. Generate (batched, per generator) with and without the evidence, score, ask the judge.
@@ -218,7 +221,13 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     # 7. Write the report, the per-query rows and the charts; record the stage last.
     report = {
         "mode": "retrieval+generation" if held.generation else "retrieval-only",
-        "queries": {"n": len(queries), "origin": held.origin, "with_answers": len(held.answered), "split": "eval"},
+        "queries": {
+            "n": len(queries),
+            "origin": held.origin,
+            "with_answers": len(held.answered),
+            "split": "eval",
+            "origins": origins,
+        },
         "k_values": k_values,
         "metrics": metrics,
         "configurations": configurations,
@@ -226,10 +235,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         "deltas": deltas,
         "verdicts": verdicts(deltas, verdict_metrics),
         "baseline_recall": baseline_recall,
-        "fine_tune_note": report_io.fine_tune_note(
-            baseline_recall["recall"], report_io.recall_label(baseline_recall), len(queries), cfg.eval.min_queries
-        ),
-        "warnings": [held.warning] if held.warning else [],
+        "fine_tune_note": report_io.fine_tune_call(baseline_recall, origins, cfg.eval.min_queries),
+        "warnings": [w for w in (held.warning, report_io.optimistic_warning(origins)) if w],
         "probes": probes,
         "promotion": promotion_report(run),
         "judge": judge_usage,
@@ -259,6 +266,58 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     )
     print(report_io.render_table(report))
     return report
+
+
+def human_recall(queries: list[dict], ranked: list[list[str]], doc_of: dict[str, str]) -> dict | None:
+    """:func:`eval.metrics.labelled_recall` over the human-written queries alone (None: there are none).
+
+    The fine-tune rule reads it: a synthetic query passed the data stage's own filters, so a recall on it is
+    one the pipeline produced.
+
+    Example:
+        >>> queries = [{"origin": "human", "positives": ["a"], "relevance": {"a": 1}},
+        ...            {"origin": "synthetic", "positives": ["b"], "relevance": {"b": 1}}]
+        >>> human_recall(queries, [["x"], ["b"]], {"a": "A", "b": "B", "x": "X"})["recall"]
+        0.0
+    """
+    human = [i for i, q in enumerate(queries) if q["origin"] == "human"]
+    if not human:
+        return None
+    return labelled_recall([queries[i] for i in human], [ranked[i] for i in human], doc_of)
+
+
+def query_origins(run: RunDir, queries: list[dict]) -> dict:
+    """The evaluated queries' origin: counts, and from the data report who wrote the synthetic ones and how
+    they were filtered (:func:`stages.data.prepare.held_out_origin` writes it).
+
+    A data report older than that section filtered every synthetic query with the base embedder's round trip,
+    and says so here.
+
+    Returns:
+        ``{"human", "synthetic", "synthetic_written_by", "synthetic_filter", "optimistic"}``.
+    """
+    human = sum(q["origin"] == "human" for q in queries)
+    synthetic = len(queries) - human
+    out = {"human": human, "synthetic": synthetic, "synthetic_written_by": None, "synthetic_filter": None}
+    if synthetic:
+        try:
+            data = json.loads(run.require("data", "report")["report"].read_text(encoding="utf-8"))
+        except (StageInputError, ValueError) as e:
+            logger.warning("eval: no data report to say where the synthetic queries come from (%s)", e)
+            data = {}
+        synth = data.get("synth") or {}
+        held_out = data.get("held_out")
+        if held_out is not None:
+            out["synthetic_written_by"] = held_out.get("synthetic_written_by")
+            out["synthetic_filter"] = held_out.get("synthetic_filter")
+        elif synth:  # an older data stage: the base embedder's round trip filtered the held-out queries too
+            out["synthetic_written_by"] = synth.get("model") or f"{synth.get('provider')} keyword queries"
+            if synth.get("round_trip_k") is not None:
+                out["synthetic_filter"] = f"base embedder top {synth['round_trip_k']}"
+            else:
+                out["synthetic_filter"] = "none"
+    out["optimistic"] = report_io.optimistic_warning(out) is not None
+    return out
 
 
 def check_forgetting(cfg: RagtuneConfig, plan: Plan) -> dict | None:

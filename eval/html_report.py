@@ -207,6 +207,8 @@ def render_html(report: dict, per_query: list[dict], cards: list[tuple[str, str]
         f"<p class='muted'>Mode {_e(report['mode'])}: {q['n']} held-out {_e(q['origin'])} queries"
         + (f", {q['with_answers']} with reference answers" if report["mode"] != "retrieval-only" else "")
         + f". Intervals: paired bootstrap, {report['bootstrap']['samples']} resamples, 95%.</p>",
+        *([f"<p>{_e(report_io.origin_line(q['origins']))}</p>"] if q.get("origins") else []),
+        *(f"<p><strong>Warning:</strong> {_e(w)}</p>" for w in report.get("warnings", [])),
         "<h2>Verdicts</h2>",
     ]
     verdict_rows = [

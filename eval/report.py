@@ -113,6 +113,91 @@ def fine_tune_note(
     )
 
 
+def _filter_text(origin: dict) -> str:
+    """How the held-out synthetic queries were filtered, in words (``synthetic_filter`` of the data report)."""
+    kind = origin.get("synthetic_filter")
+    if kind == "none":
+        return "not filtered by any retriever"
+    if kind and kind.startswith("bm25"):
+        return (
+            f"kept where BM25 ranks their chunk in its {kind.removeprefix('bm25 ')}, a filter no compared "
+            "embedder takes part in, but one that keeps queries sharing their chunk's words"
+        )
+    if kind and kind.startswith("base embedder"):
+        return (
+            f"kept where the base embedder ranks their chunk in its {kind.removeprefix('base embedder ')} (the "
+            "round trip of a data stage older than the lexical filter): base hit@10 on them is high by "
+            "construction; rerun `ragtune data --force`"
+        )
+    return "filter unknown"
+
+
+def origin_line(origin: dict) -> str:
+    """Where the held-out queries come from: counts of human and synthetic, and who wrote the synthetic ones.
+
+    Example:
+        >>> origin_line({"human": 77, "synthetic": 0})
+        'Held-out queries: 77 human-written, 0 synthetic.'
+        >>> origin = {"human": 0, "synthetic": 9, "synthetic_written_by": "local:m", "synthetic_filter": "none"}
+        >>> line = origin_line(origin)
+        >>> line.removeprefix("Held-out queries: 0 human-written, 9 synthetic (written by local:m from the chunk ")
+        'each targets; not filtered by any retriever).'
+    """
+    line = f"Held-out queries: {origin['human']} human-written, {origin['synthetic']} synthetic"
+    if origin["synthetic"]:
+        writer = origin.get("synthetic_written_by") or "an unrecorded generator"
+        line += f" (written by {writer} from the chunk each targets; {_filter_text(origin)})"
+    return line + "."
+
+
+def optimistic_warning(origin: dict) -> str | None:
+    """The warning for an evaluation whose held-out queries are mostly synthetic (None otherwise).
+
+    Example:
+        >>> optimistic_warning({"human": 30, "synthetic": 10}) is None
+        True
+        >>> optimistic_warning({"human": 1, "synthetic": 9}).startswith("9 of the 10 held-out queries are synthetic")
+        True
+    """
+    n = origin["human"] + origin["synthetic"]
+    if not n or origin["synthetic"] * 2 <= n:
+        return None
+    return (
+        f"{origin['synthetic']} of the {n} held-out queries are synthetic: the figures are optimistic. A synthetic "
+        "query is written from the very chunk it targets and reuses its words, so it is easier to retrieve and "
+        "answer than a user's question; add human-written questions (data.questions) for figures to trust."
+    )
+
+
+def fine_tune_call(baseline_human: dict | None, origin: dict, min_queries: int) -> str:
+    """The fine-tune note from plain RAG's recall on the human-written held-out queries alone.
+
+    Synthetic queries never count: they passed the data stage's own filters, so a recall on them is one the
+    pipeline produced. With no human-written held-out query the rule is not applied.
+
+    Args:
+        baseline_human: :func:`eval.metrics.labelled_recall` of rag_only on the human queries (None: none).
+        origin: the held-out queries' origin counts (``human``, ``synthetic``).
+        min_queries: ``eval.min_queries``, compared with the number of human queries.
+
+    Example:
+        >>> fine_tune_call(None, {"human": 0, "synthetic": 50}, 30).startswith("No call on fine-tuning: none")
+        True
+    """
+    if not origin["human"] or baseline_human is None:
+        return (
+            f"No call on fine-tuning: none of the {origin['synthetic']} held-out queries is human-written. "
+            "The rule of thumb (plain RAG's recall@10 below 0.80: fine-tuning usually pays; above 0.85: rarely) "
+            "cannot be applied honestly to synthetic queries: they were written from their own chunk and kept by "
+            "the data stage's filters, so their recall is one the pipeline produced. Add human-written questions "
+            "(data.questions) and hold their documents out (split.eval_docs_from: human)."
+        )
+    label = recall_label(baseline_human)
+    if origin["synthetic"]:
+        label += f" on the {origin['human']} human-written held-out queries (synthetic ones left out)"
+    return fine_tune_note(baseline_human["recall"], label, origin["human"], min_queries)
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -154,6 +239,7 @@ def render_markdown(report: dict) -> str:
         + (f", {q['with_answers']} with reference answers" if report["mode"] != "retrieval-only" else "")
         + f". Intervals: paired bootstrap, {report['bootstrap']['samples']} resamples, 95%.",
         "",
+        *([origin_line(q["origins"]), ""] if q.get("origins") else []),
         "| configuration | components | " + " | ".join(label for _, label in cols) + " | ms/query |",
         "|---|---|" + "---|" * len(cols) + "---|",
     ]

@@ -191,6 +191,12 @@ class SplitConfig(Section):
         description="human: held-out documents are drawn among those that human questions cite "
         "(so eval is human-written); all: among all documents.",
     )
+    human_train: bool = Field(
+        True,
+        description="Train on the human questions of training documents. false: the no-labels mode, in which "
+        "stage 1 learns from synthetic queries alone; those questions are dropped (data report: human_unused) "
+        "and only the held-out ones are used, for evaluation.",
+    )
 
 
 class SynthConfig(Section):
@@ -216,7 +222,16 @@ class SynthConfig(Section):
     )
     copy_ngram: int = Field(8, ge=3, description="Drop queries that copy this many consecutive words of their chunk.")
     round_trip_top_k: int | None = Field(
-        10, ge=1, description="Keep a query only if the base embedder ranks its chunk in the top k (null: off)."
+        10,
+        ge=1,
+        description="Keep a training query only if the base embedder ranks its chunk in the top k (null: off, "
+        "for held-out queries too).",
+    )
+    eval_round_trip: Literal["bm25", "none"] = Field(
+        "bm25",
+        description="Filter of held-out synthetic queries (made when no human question is held out): bm25: BM25 "
+        "must rank the query's chunk in its top round_trip_top_k; none: no round trip. Never an embedder: "
+        "eval would be chosen by the model it judges.",
     )
     resample_candidates: int = Field(
         4,
@@ -262,6 +277,12 @@ class EmbedConfig(Section):
         description="Share of TRAIN documents whose queries form a dev slice for keeping the best checkpoint "
         "by nDCG@10 (0: no selection; the eval split is never used for selection).",
     )
+    pseudo_queries: int = Field(
+        0,
+        ge=0,
+        description="Inverse-cloze pairs added to the training pairs: up to this many chunks of documents no "
+        "held-out (eval or dev) query cites each give (one of its sentences, the chunk without it). 0: none.",
+    )
     dev_pool_top_k: int | None = Field(
         50,
         ge=10,
@@ -277,12 +298,6 @@ class MiningConfig(Section):
     range_max: int = Field(50, ge=1, description="Consider candidates up to this rank.")
     max_score: float | None = Field(
         None, description="Drop candidates scoring above this (likely unlabelled positives)."
-    pseudo_queries: int = Field(
-        0,
-        ge=0,
-        description="Inverse-cloze pairs added to the training pairs: up to this many chunks of documents no "
-        "held-out (eval or dev) query cites each give (one of its sentences, the chunk without it). 0: none.",
-    )
     )
     relative_margin: float | None = Field(
         0.05, ge=0, description="Drop candidates scoring above (1 - margin) x the positive's score."

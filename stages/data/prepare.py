@@ -5,6 +5,12 @@ Run it:
     python -m stages.data.prepare --config configs/demo.yaml [data.chunk_size=384]
 
 Writes data/corpus.jsonl, data/queries.jsonl, data/report.json (and data/cache/ for LLM calls).
+
+Held-out synthetic queries (made only when no human question is held out) pass a lexical round trip
+(``synth.eval_round_trip``), never the base embedder's: the report's ``held_out`` section says how many
+held-out queries are human and synthetic, which model wrote the synthetic ones and how they were filtered,
+and eval reads it. ``split.human_train: false`` is the no-labels mode: human questions of training documents
+are dropped, so stage 1 learns from synthetic queries alone.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.config import RagtuneConfig
+from pipeline.config import LLMConfig, RagtuneConfig
 from pipeline.dev_slice import assign_dev_ranks
 from pipeline.entry import run_stage
 from pipeline.llm import DryRunFinished
@@ -80,6 +86,39 @@ def load_sources(cfg: RagtuneConfig) -> tuple[list[Document], list[dict], dict]:
     return docs, questions, report
 
 
+def held_out_origin(counts: dict[str, int], llm: LLMConfig, synth_report: dict | None) -> dict:
+    """Where the held-out queries come from: the data report's ``held_out`` section, which eval reports.
+
+    Args:
+        counts: the split's ``{origin}_{split}`` counts.
+        llm: ``synth.llm``, which wrote the synthetic queries.
+        synth_report: the synth report (None: synthesis off).
+
+    Returns:
+        ``{"human", "synthetic", "synthetic_written_by", "synthetic_filter"}``; the last two are None when no
+        held-out query is synthetic.
+
+    Example:
+        >>> counts, llm = {"human_eval": 0, "synthetic_eval": 12}, LLMConfig(provider="extractive")
+        >>> held_out_origin(counts, llm, {"eval_round_trip": "bm25 top 10"})
+        ... # doctest: +NORMALIZE_WHITESPACE
+        {'human': 0, 'synthetic': 12, 'synthetic_written_by': 'the extractive provider (keyword queries, no LLM)',
+         'synthetic_filter': 'bm25 top 10'}
+    """
+    synthetic = counts["synthetic_eval"]
+    writer = (
+        "the extractive provider (keyword queries, no LLM)"
+        if llm.provider == "extractive"
+        else f"{llm.provider}:{llm.model}"
+    )
+    return {
+        "human": counts["human_eval"],
+        "synthetic": synthetic,
+        "synthetic_written_by": writer if synthetic else None,
+        "synthetic_filter": (synth_report or {}).get("eval_round_trip") if synthetic else None,
+    }
+
+
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     """Build the corpus and the split query set; skipped when fresh unless ``force``."""
     config_hash, inputs = run.freshness(cfg, CONFIG_SECTIONS, inputs=_source_hashes(cfg))
@@ -111,7 +150,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     )
     has_labelled_eval = any(set(q["doc_ids"]) <= eval_docs for q in labelled)
 
-    # 4. Synthesize queries for training chunks (for held-out chunks too when nothing labelled is held out).
+    # 4. Synthesize queries for training chunks (for held-out chunks too when nothing labelled is held out:
+    #    those pass a lexical round trip, never the base embedder's, which eval judges on them).
     synthetic: list[dict] = []
     if cfg.synth.enabled:
         from stages.data.synthesize import spread_across_documents, synthesize_queries
@@ -119,13 +159,17 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         targets = [c for c in corpus if not has_labelled_eval or c["doc_id"] not in eval_docs]
         targets = spread_across_documents(targets, cfg.synth.max_chunks, cfg.split.seed)
         synthetic, report["synth"] = synthesize_queries(
-            targets, corpus, cfg.synth, run.path(DATA_LLM_CACHE), run.path(EMBEDDING_CACHE)
+            targets, corpus, cfg.synth, run.path(DATA_LLM_CACHE), run.path(EMBEDDING_CACHE), held_out=eval_docs
         )
         if cfg.synth.llm.dry_run:
             raise DryRunFinished("synth.llm.dry_run is set: estimate printed above, nothing written")
 
     # 5. Split by document and check that nothing leaks; rank the train documents for the stages' dev slices.
-    queries = assign_dev_ranks(assign_split(labelled + synthetic, eval_docs), cfg.run.seed)
+    queries = assign_split(labelled + synthetic, eval_docs)
+    split_queries = len(queries)
+    if not cfg.split.human_train:  # the no-labels mode: stage 1 learns from synthetic queries alone
+        queries = [q for q in queries if q["origin"] != "human" or q["split"] == "eval"]
+    queries = assign_dev_ranks(queries, cfg.run.seed)
     check_no_leak(queries)
     counts = {
         f"{origin}_{split}": sum(q["origin"] == origin and q["split"] == split for q in queries)
@@ -135,12 +179,20 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     report["split"] = {
         "eval_documents": len(eval_docs),
         "documents": len(docs),
-        "dropped_straddling": len(labelled) + len(synthetic) - len(queries),
+        "dropped_straddling": len(labelled) + len(synthetic) - split_queries,
+        "human_unused": split_queries - len(queries),
         **counts,
     }
+    report["held_out"] = held_out_origin(counts, cfg.synth.llm, report.get("synth"))
 
     # 6. Write artifacts, then the manifest entry.
-    metrics = {"documents": len(docs), "chunks": len(corpus), "queries": len(queries), **counts}
+    metrics = {
+        "documents": len(docs),
+        "chunks": len(corpus),
+        "queries": len(queries),
+        **counts,
+        "human_unused": report["split"]["human_unused"],
+    }
     if is_main_process():
         atomic_write_jsonl(run.path(DATA_CORPUS), corpus)
         atomic_write_jsonl(run.path(DATA_QUERIES), queries)

@@ -3,14 +3,17 @@
 Per candidate (:class:`CandidateFilters`): length bounds, n-gram copies of its chunk, not a question (the
 small-model recipe), words borrowed from the few-shot examples. Across all chunks: exact and near duplicates
 (:func:`drop_duplicates`, word-set Jaccard). The round trip (:class:`RoundTrip`): the base embedder must rank
-the query's own chunk in its top k among the whole corpus.
+the query's own chunk in its top k among the whole corpus. That holds for training queries only: a held-out
+query chosen by the base embedder would be one it finds by construction (base hit@k 1.0 on the eval set), so
+held-out chunks get a filter no compared model takes part in (:class:`LexicalRoundTrip`, BM25, or none), and
+:class:`SplitRoundTrip` sends each chunk to its side's filter.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +22,8 @@ from pipeline.config import SynthConfig
 from stages.data.query_parsing import STOPWORDS, words
 
 if TYPE_CHECKING:
+    from llama_index.retrievers.bm25 import BM25Retriever
+
     from pipeline.retrieval import DenseRetriever
 
 _QUESTION_WORD_TEXT = "what when where which who whom whose why how is are can could do does did should will"
@@ -175,3 +180,83 @@ class RoundTrip:
         self.counts["round_trip_checked"] += len(ranks)
         self.counts["round_trip_hits"] += sum(r <= self.cfg.round_trip_top_k for r in ranks)
         return ranks
+
+
+class LexicalRoundTrip:
+    """The held-out queries' round trip: the rank BM25 gives each query's own chunk among the whole corpus.
+
+    BM25 is the project's own (:func:`pipeline.hybrid.bm25_retriever`: bm25s through LlamaIndex, English
+    stemmer and stopwords), so no embedder under evaluation chooses the queries it is judged on. A chunk
+    outside BM25's top ``synth.round_trip_top_k``, or with no query term at all, gets rank ``top_k + 1``.
+    ``synth.eval_round_trip: none`` (or ``round_trip_top_k: null``) turns it off: rank 1 for all. Checks and
+    hits are counted in ``counts`` (``eval_round_trip_checked``, ``eval_round_trip_hits``).
+
+    Args:
+        corpus: every corpus row (``id``, ``text``, ``doc_id``, ``source``).
+        cfg: the ``synth`` config section (``eval_round_trip``, ``round_trip_top_k``).
+        counts: the filters' counts, which the synth report reads.
+    """
+
+    def __init__(self, corpus: list[dict], cfg: SynthConfig, counts: Counter[str]) -> None:
+        self.corpus = corpus
+        self.cfg = cfg
+        self.counts = counts
+        self.retriever: BM25Retriever | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cfg.eval_round_trip == "bm25" and self.cfg.round_trip_top_k is not None
+
+    def ranks(self, queries: list[str], chunk_ids: list[str]) -> list[int]:
+        """1-based rank of ``chunk_ids[i]`` for ``queries[i]`` under BM25 (``top_k + 1``: not in its top k)."""
+        if not self.enabled:
+            return [1] * len(queries)
+        if not queries:
+            return []
+        top_k = self.cfg.round_trip_top_k
+        assert top_k is not None  # enabled
+        from pipeline.hybrid import bm25_rankings, bm25_retriever
+
+        if self.retriever is None:
+            self.retriever = bm25_retriever(self.corpus, top_k)
+        ranked = bm25_rankings(self.retriever, queries)
+        ranks = [
+            ids[:top_k].index(chunk) + 1 if chunk in ids[:top_k] else top_k + 1
+            for ids, chunk in zip(ranked, chunk_ids, strict=True)
+        ]
+        self.counts["eval_round_trip_checked"] += len(ranks)
+        self.counts["eval_round_trip_hits"] += sum(r <= top_k for r in ranks)
+        return ranks
+
+
+class SplitRoundTrip:
+    """Each chunk's round trip by its side of the split: held-out chunks lexical, the others the base embedder.
+
+    Args:
+        train: the round trip of training chunks (:meth:`RoundTrip.ranks`).
+        held_out: the round trip of held-out chunks (:meth:`LexicalRoundTrip.ranks`).
+        held_out_chunks: ids of the chunks whose documents are held out for evaluation.
+
+    Example:
+        >>> trip = SplitRoundTrip(lambda q, c: [7] * len(q), lambda q, c: [2] * len(q), {"e1"})
+        >>> trip.ranks(["a", "b", "c"], ["t1", "e1", "t2"])
+        [7, 2, 7]
+    """
+
+    def __init__(
+        self,
+        train: Callable[[list[str], list[str]], list[int]],
+        held_out: Callable[[list[str], list[str]], list[int]],
+        held_out_chunks: AbstractSet[str],
+    ) -> None:
+        self.train, self.held_out, self.held_out_chunks = train, held_out, held_out_chunks
+
+    def ranks(self, queries: list[str], chunk_ids: list[str]) -> list[int]:
+        """Ranks in input order; each side's queries go to its own round trip in one batch."""
+        out = [0] * len(queries)
+        for check, side in ((self.train, False), (self.held_out, True)):
+            idx = [i for i, c in enumerate(chunk_ids) if (c in self.held_out_chunks) == side]
+            if idx:
+                for i, r in zip(idx, check([queries[i] for i in idx], [chunk_ids[i] for i in idx]), strict=True):
+                    out[i] = r
+        return out

@@ -5,9 +5,10 @@ of three concept modules: generation (:mod:`stages.data.query_generation`: promp
 keyword queries), parsing (:mod:`stages.data.query_parsing`) and filters (:mod:`stages.data.query_filters`).
 The LLM is ``synth.llm`` (see ``docs/llm-backends.md``). Filters, each counted in the report: length bounds,
 n-gram copies of the chunk, words borrowed from the few-shot examples, exact and near duplicates
-(word-set Jaccard), and an optional round trip (the base embedder must rank the query's chunk in its
-top k among the whole corpus). Human queries are never touched: only new ``origin: synthetic`` rows
-are returned.
+(word-set Jaccard), and an optional round trip: for training chunks the base embedder must rank the query's
+chunk in its top k among the whole corpus; for chunks of held-out documents (``held_out``) BM25 must
+(``synth.eval_round_trip``), so that no embedder under evaluation picks the queries it is judged on.
+Human queries are never touched: only new ``origin: synthetic`` rows are returned.
 
 For the local provider with one query per chunk, the recipe measured for small models on the demo
 domain is used: greedy first, cut at the first "?", accept a 3-25 word question
@@ -28,12 +29,13 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import SynthConfig
 from pipeline.llm import make_backend
-from stages.data.query_filters import CandidateFilters, RoundTrip, drop_duplicates
+from stages.data.query_filters import CandidateFilters, LexicalRoundTrip, RoundTrip, SplitRoundTrip, drop_duplicates
 from stages.data.query_generation import (
     BUILTIN_EXAMPLES,
     corpus_idf,
@@ -91,7 +93,12 @@ def qid_for(chunk_id: str, text: str) -> str:
 
 
 def synthesize_queries(
-    chunks: list[dict], corpus: list[dict], cfg: SynthConfig, cache_dir: Path, embedding_cache: Path | None = None
+    chunks: list[dict],
+    corpus: list[dict],
+    cfg: SynthConfig,
+    cache_dir: Path,
+    embedding_cache: Path | None = None,
+    held_out: AbstractSet[str] = frozenset(),
 ) -> tuple[list[dict], dict]:
     """Generate, filter and report synthetic queries for ``chunks``.
 
@@ -102,11 +109,14 @@ def synthesize_queries(
         cache_dir: per-item LLM cache folder (``data/cache`` in the run directory).
         embedding_cache: where the round trip's retriever caches corpus embeddings (``cache/embeddings`` in
             the run directory; ``None``: no cache).
+        held_out: ids of the documents held out for evaluation; their chunks' queries pass the lexical round
+            trip (``synth.eval_round_trip``) instead of the base embedder's.
 
     Returns:
         (query rows ``{"qid", "text", "positives", "relevance", "relevance_level": "chunk",
         "origin": "synthetic", "doc_ids", "answer": None}``, report with a count per filter, question_rate, copy_rate,
-        round_trip_hit_at_k and the LLM usage).
+        round_trip_hit_at_k (training chunks, base embedder), eval_round_trip and eval_round_trip_hit_at_k
+        (held-out chunks, BM25), kept per side and the LLM usage).
 
     Example (with chunks and a corpus, not run as a doctest):
         rows, report = synthesize_queries(chunks, corpus, SynthConfig(round_trip_top_k=None), tmp)
@@ -129,7 +139,10 @@ def synthesize_queries(
     recipe_name = synthesis_recipe(cfg)
     recipe = recipe_name.startswith("greedy")
     filters = CandidateFilters(cfg, cfg.examples or BUILTIN_EXAMPLES, require_question=recipe)
-    round_trip = RoundTrip(corpus, cfg, filters.counts, embedding_cache)
+    held_out_chunks = {chunk["id"] for chunk in chunks if chunk["doc_id"] in held_out}
+    dense_trip = RoundTrip(corpus, cfg, filters.counts, embedding_cache)
+    lexical_trip = LexicalRoundTrip(corpus, cfg, filters.counts)
+    round_trip = SplitRoundTrip(dense_trip.ranks, lexical_trip.ranks, held_out_chunks)
 
     # 2. Generate and filter candidates: per chunk, accepted queries in preference order
     if recipe:
@@ -197,12 +210,21 @@ def synthesize_queries(
             )
         },
         "kept": len(rows),
+        "held_out_chunks": len(held_out_chunks),
+        "kept_held_out": sum(r["positives"][0] in held_out_chunks for r in rows),
         "chunks_without_query": len(chunks) - len({r["positives"][0] for r in rows}),
         "question_rate": round(c["questions"] / c["parsed"], 4) if c["parsed"] else None,
         "copy_rate": round(c["copies"] / c["parsed"], 4) if c["parsed"] else None,
         "round_trip_k": cfg.round_trip_top_k,
         "round_trip_hit_at_k": round(c["round_trip_hits"] / c["round_trip_checked"], 4)
         if c["round_trip_checked"]
+        else None,
+        # held-out chunks: never the base embedder (it would choose the eval set it is judged on)
+        "eval_round_trip": (f"bm25 top {cfg.round_trip_top_k}" if lexical_trip.enabled else "none")
+        if held_out_chunks
+        else None,
+        "eval_round_trip_hit_at_k": round(c["eval_round_trip_hits"] / c["eval_round_trip_checked"], 4)
+        if c["eval_round_trip_checked"]
         else None,
         "seconds": round(time.time() - started, 2),
         "llm": backend.usage.as_dict(),
@@ -219,4 +241,14 @@ def synthesize_queries(
         cfg.round_trip_top_k,
         report["round_trip_hit_at_k"],
     )
+    if held_out_chunks:
+        logger.info(
+            "synthetic queries for held-out documents: %d kept for %d chunks, filter %s (hit@%s %s): never the "
+            "base embedder, which eval judges on them",
+            report["kept_held_out"],
+            len(held_out_chunks),
+            report["eval_round_trip"],
+            cfg.round_trip_top_k,
+            report["eval_round_trip_hit_at_k"],
+        )
     return rows, report

@@ -3,6 +3,7 @@
 import copy
 import random
 from collections import Counter
+from typing import ClassVar
 
 import pytest
 from fakes.openai_server import FakeOpenAIServer
@@ -11,7 +12,7 @@ import stages.data.synthesize as synth
 from pipeline.config import LLMConfig, SynthConfig
 from pipeline.llm import LLMUsage
 from pipeline.retrieval import DenseRetriever
-from stages.data.query_filters import RoundTrip, copies_passage, drop_duplicates, jaccard
+from stages.data.query_filters import LexicalRoundTrip, RoundTrip, copies_passage, drop_duplicates, jaccard
 from stages.data.query_generation import corpus_idf, keyword_query
 from stages.data.query_parsing import first_question, parse_queries, words
 from stages.data.synthesize import spread_across_documents, synthesize_queries
@@ -319,3 +320,48 @@ def test_budget_skips_are_counted_as_budget_skips(tmp_path, monkeypatch):
         )
         _, report = synthesize_queries(CORPUS, CORPUS, SynthConfig(round_trip_top_k=None, llm=llm), tmp_path)
     assert (report["skipped_budget"], report["llm_failed"], report["generated"]) == (3, 0, 0)
+
+
+class RejectingRanker:
+    """A base embedder that ranks every query's chunk last: its round trip would reject them all."""
+
+    seen: ClassVar[list[str]] = []
+
+    @classmethod
+    def load(cls, model_ref, corpus, cache_dir=None):
+        return cls()
+
+    def ranks(self, queries, chunk_ids):
+        RejectingRanker.seen += chunk_ids
+        return [99] * len(queries)
+
+
+def test_held_out_queries_pass_bm25_and_never_the_base_embedder(tmp_path, monkeypatch):
+    # d3 is held out: its query is kept by BM25 although the base embedder would have rejected it, so the
+    # base model's hit@k on held-out synthetic queries is not 1.0 by construction.
+    RejectingRanker.seen = []
+    monkeypatch.setattr("pipeline.retrieval.DenseRetriever", RejectingRanker)
+    cfg = SynthConfig(round_trip_top_k=1, llm=LLMConfig(provider="extractive"))
+    rows, report = synthesize_queries(CORPUS, CORPUS, cfg, tmp_path, held_out={"d3"})
+    assert sorted(RejectingRanker.seen) == ["c1", "c2"]  # the dense round trip never saw the held-out chunk
+    assert [r["positives"] for r in rows] == [["c3"]]
+    assert report["kept_held_out"] == report["held_out_chunks"] == 1
+    assert report["eval_round_trip"] == "bm25 top 1" and report["eval_round_trip_hit_at_k"] == 1.0
+    assert report["round_trip_hit_at_k"] == 0.0 and report["dropped_round_trip"] == 2
+
+    # eval_round_trip: none keeps every held-out query unfiltered, and still never asks the base embedder
+    RejectingRanker.seen = []
+    none = cfg.model_copy(update={"eval_round_trip": "none"})
+    rows, report = synthesize_queries(CORPUS, CORPUS, none, tmp_path, held_out={"d1", "d2", "d3"})
+    assert RejectingRanker.seen == [] and len(rows) == 3 and report["eval_round_trip"] == "none"
+
+
+def test_lexical_round_trip_ranks_by_bm25():
+    counts = Counter()
+    trip = LexicalRoundTrip(CORPUS, SynthConfig(round_trip_top_k=2), counts)
+    queries = ["Kestrel VPN token renewal", "parental leave weeks", "Slipway deploy freeze"]
+    # the second query shares no term with c1: BM25 scores it 0 there, outside the top k
+    assert trip.ranks(queries, ["c1", "c1", "c3"]) == [1, 3, 1]
+    assert counts == {"eval_round_trip_checked": 3, "eval_round_trip_hits": 2}
+    off = LexicalRoundTrip(CORPUS, SynthConfig(eval_round_trip="none"), Counter())
+    assert off.ranks(queries, ["c1", "c1", "c3"]) == [1, 1, 1] and off.retriever is None
