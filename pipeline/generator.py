@@ -4,7 +4,9 @@ One copy for every reader of a generator: the eval harness, assembly (:mod:`pipe
 ``local`` LLM backend (:mod:`pipeline.llm.local`) and ``scripts/raft_compare.py``. Prompts are the
 tokenizer's chat template with the assistant turn opened (:func:`chat_prompt`), the format RAFT trains
 on; generation is left-padded, sorted by prompt length so batches carry little padding, greedy unless a
-temperature is given (:func:`generate_batched`); :class:`GenerationMemo` generates identical prompts once.
+temperature is given (:func:`generate_batched`), and a caller whose parse reads only the start of a
+completion can pass a ``stop`` rule that finishes each row as soon as it holds (:class:`TextStop`);
+:class:`GenerationMemo` generates identical prompts once.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pipeline.rundir import is_main_process
 Messages = list[dict[str, str]]
 # index of the request, completion text, prompt tokens, completion tokens
 OnCompletion = Callable[[int, str, int, int], None]
+StopRule = Callable[[str], bool]  # completion text so far -> finished
 
 
 def load_generator(generator: str, adapter: str | None = None) -> tuple[Any, Any]:
@@ -61,6 +64,37 @@ def chat_prompt(tokenizer: Any, messages: Messages) -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
+class TextStop:
+    """A transformers stopping criterion: a row is finished once ``rule`` holds for its completion so far.
+
+    Pass it in ``generate(stopping_criteria=[...])``. Each step decodes the new tokens of the rows not yet
+    finished (special tokens skipped, as the final decode does) and asks ``rule``; transformers pads a finished
+    row from then on and ends the ``generate`` call once every row has finished, so a batch costs as many
+    steps as its longest still-needed completion instead of ``max_new_tokens``. A row's tokens up to its stop
+    are the ones it would have had without the criterion (rows do not interact), so with a rule that fires
+    only once the caller's parse is settled, the parsed result is unchanged.
+
+    Args:
+        tokenizer: the generator's tokenizer.
+        prompt_length: padded prompt length of the batch (new tokens start there).
+        rule: completion text so far -> finished.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_length: int, rule: StopRule) -> None:
+        self.tokenizer, self.prompt_length, self.rule = tokenizer, prompt_length, rule
+        self.finished: Any = None  # bool tensor, one per row
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        if self.finished is None:
+            self.finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for row in (~self.finished).nonzero().flatten().tolist():
+            text = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=True)
+            self.finished[row] = self.rule(text)
+        return self.finished.clone()
+
+
 def generate_batched(
     model: Any,
     tokenizer: Any,
@@ -72,6 +106,7 @@ def generate_batched(
     temperature: float = 0.0,
     seeds: Sequence[int] | None = None,
     on_completion: OnCompletion | None = None,
+    stop: StopRule | None = None,
 ) -> list[str]:
     """Completions for chat requests, in left-padded batches of similar length.
 
@@ -87,6 +122,9 @@ def generate_batched(
             rerun draws the same samples.
         on_completion: called as each item finishes with (index, text, prompt tokens, completion tokens),
             e.g. to cache it at once.
+        stop: completion text so far -> finished; a row ends at the first token after which it holds
+            (:class:`TextStop`), and a batch ends once all its rows have. None: end of sequence or
+            ``max_new_tokens`` only.
 
     Returns:
         One stripped completion per request, in order.
@@ -108,6 +146,10 @@ def generate_batched(
         enc = enc.to(model.device)
         if temperature > 0 and seeds is not None:
             torch.manual_seed(seeds[batch[0]])
+        if stop is not None:
+            from transformers import StoppingCriteriaList
+
+            sampling["stopping_criteria"] = StoppingCriteriaList([TextStop(tokenizer, enc["input_ids"].shape[1], stop)])
         with torch.inference_mode():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
         new_tokens = out[:, enc["input_ids"].shape[1] :]

@@ -3,7 +3,8 @@
 Two recipes ask the LLM (``synth.llm``) and screen what it answers through the query filters
 (:mod:`stages.data.query_filters`): :func:`list_candidates` (one call per chunk for ``queries_per_chunk``
 queries as a numbered list) and :func:`recipe_candidates` (the small-model recipe: greedy first, then the
-best of ``synth.resample_candidates`` samples). The ``extractive`` provider answers with
+best of ``synth.resample_candidates`` samples; the local generator stops each reply once its first question
+is settled, :data:`RECIPE_STOP`). The ``extractive`` provider answers with
 :func:`keyword_query` instead of a model. :func:`synthesis_recipe` names the recipe a config runs.
 """
 
@@ -17,8 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import SynthConfig
+from pipeline.llm.local import stop_when
 from stages.data.query_filters import CandidateFilters
-from stages.data.query_parsing import STOPWORDS, first_question, readable_first_question, readable_queries, words
+from stages.data.query_parsing import (
+    STOPWORDS,
+    first_question,
+    first_question_done,
+    readable_first_question,
+    readable_queries,
+    words,
+)
 
 SYSTEM_ONE = (
     "Write one short search question an employee would type to find this passage, in your own words; "
@@ -44,6 +53,9 @@ TURN_ONE = "Passage: {passage}\n\nSearch question:"
 TEMPLATE_MANY = "{examples}\n\nPassage: {passage}\nWrite {n} different questions, as a numbered list.\nQuestions:"
 SAMPLE_TEMPERATURE = 0.5
 RECIPE_MAX_NEW_TOKENS = 48  # a 25-word question fits; stops a rambling small model early
+# The recipe reads only the first question of a reply: the local generator stops each row once it is settled
+# (same parsed queries, greedy or sampled; fewer tokens generated). None generates to the end (benchmarks).
+RECIPE_STOP: Callable[[str], bool] | None = first_question_done
 
 
 def keyword_query(passage: str, idf: dict[str, float], rank: int = 0, max_words: int = 6) -> str:
@@ -190,21 +202,23 @@ def recipe_candidates(
     def accept(text: str) -> bool:
         return bool(readable_first_question(text))
 
-    greedy = backend.generate(
-        requests, temperature=0.0, max_new_tokens=max_new, desc="synthesize queries (greedy)", accept=accept
-    )
+    with stop_when(backend, RECIPE_STOP):
+        greedy = backend.generate(
+            requests, temperature=0.0, max_new_tokens=max_new, desc="synthesize queries (greedy)", accept=accept
+        )
     for i, query, _ in screen(list(range(len(chunks))), greedy):
         accepted[i] = [query]
     retry = [i for i in range(len(chunks)) if not accepted[i]]
     if retry and cfg.resample_candidates:
         indices = [i for i in retry for _ in range(cfg.resample_candidates)]
-        sampled = backend.generate(
-            [requests[i] for i in indices],
-            temperature=SAMPLE_TEMPERATURE,
-            max_new_tokens=max_new,
-            desc="synthesize queries (sampled)",
-            accept=accept,
-        )
+        with stop_when(backend, RECIPE_STOP):
+            sampled = backend.generate(
+                [requests[i] for i in indices],
+                temperature=SAMPLE_TEMPERATURE,
+                max_new_tokens=max_new,
+                desc="synthesize queries (sampled)",
+                accept=accept,
+            )
         best: dict[int, tuple[int, str]] = {}
         for i, query, rank in screen(indices, sampled):
             if i in best:

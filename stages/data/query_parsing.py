@@ -2,7 +2,8 @@
 
 The data stage's query synthesis (:mod:`stages.data.synthesize`) parses every reply here: a list of queries
 (:func:`readable_queries`) for the list recipe, the first question (:func:`readable_first_question`) for the
-small-model recipe.
+small-model recipe. :func:`first_question_done` tells the local generator when a reply's first question is
+settled, so it stops generating there.
 """
 
 from __future__ import annotations
@@ -134,3 +135,20 @@ def first_question(text: str) -> str:
     line = next((ln for ln in text.strip().splitlines() if ln.strip()), "")
     line = _PREFIX.sub("", _LIST_MARKER.sub("", line, count=1), count=1).strip().strip("*\"'`“”")
     return line[: line.index("?") + 1] if "?" in line else line
+
+
+def first_question_done(text: str) -> bool:
+    """True once :func:`first_question` of ``text`` is settled: no continuation of ``text`` can change it.
+
+    That is as soon as the answer, leading whitespace aside, holds a "?" or a line break: the cut ends at
+    the first "?" of the first non-blank line, and that line's start (list marker, ``Question:`` prefix) holds
+    no "?". The local generator stops each completion of the small-model recipe here.
+
+    Example:
+        >>> first_question_done("\\n What is the refund"), first_question_done("What is the refund window?")
+        (False, True)
+        >>> first_question_done("Refund window\\n"), first_question_done("  \\n\\n")
+        (True, False)
+    """
+    head = text.lstrip()
+    return "?" in head or len((head + "x").splitlines()) > 1  # any line break str.splitlines knows

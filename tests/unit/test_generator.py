@@ -37,3 +37,35 @@ def test_batched_left_padded_generation_equals_one_at_a_time(tiny_llama_dir: Pat
     memo.generate([requests[2]], max_new_tokens=6, desc="c")
     memo.generate([requests[2]], max_new_tokens=5, desc="d")  # another length is another prompt
     assert calls == [2, 1, 1]
+
+
+def test_stop_rule_ends_each_row_early_and_keeps_its_tokens(tiny_llama_dir: Path) -> None:
+    model, tokenizer = load_generator(str(tiny_llama_dir))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    requests = [
+        build_messages("short?", ["Heron."]),
+        build_messages("a much longer question about the ledgerfish shard lease?", ["Ledgerfish " * 20]),
+        build_messages("mid question?", ["Tortoise drains the batch queue."]),
+    ]
+    full_tokens, stopped_tokens = [], []
+    full = generate_batched(model, tokenizer, requests, 12, 3, on_completion=lambda i, t, p, c: full_tokens.append(c))
+
+    def rule(text: str) -> bool:
+        return len(text.strip()) >= 2
+
+    steps = []
+    original = model.forward
+    model.forward = lambda *a, **kw: steps.append(1) or original(*a, **kw)
+    stopped = generate_batched(
+        model, tokenizer, requests, 12, 3, stop=rule, on_completion=lambda i, t, p, c: stopped_tokens.append(c)
+    )
+    model.forward = original
+    assert all(len(t.strip()) >= 2 for t in full)  # the rule fires for every row within the cap
+    # greedy: a stopped row is the start of its full completion, cut at the first token where the rule holds
+    for s, f in zip(stopped, full, strict=True):
+        assert f.startswith(s) and rule(s)
+    assert sum(stopped_tokens) < sum(full_tokens)
+    assert len(steps) < 12  # the batch ended once every row had stopped, not at max_new_tokens

@@ -1,0 +1,222 @@
+"""Benchmark: the data stage's local query synthesis against LlamaIndex's query generator, same chunks, same model.
+
+Both sides ask the bundled generator for one question per chunk, greedy, with the same ``max_new_tokens``
+(the config's ``synth.llm``), over the same chunks: the first ``--chunks`` synthesis targets of the config's
+documents, chunked and chosen as the data stage does (training documents, spread across documents).
+
+- **ragtune**: the data stage's code path: its prompts (``prompt_builder``) and ``recipe_candidates`` through
+  the ``local`` backend (``pipeline.llm.local``) and ``generate_batched`` (batches of ``synth.llm.batch_size``,
+  sorted by length, each row stopped once its first question is settled). Each run gets a fresh, empty LLM
+  cache folder, so every completion is really generated. The round trip filter is left out of the timing
+  (LlamaIndex has none); the same round trip is measured for both sides below.
+- **ragtune, no early stop**: the same, generating every row to its end of sequence or ``max_new_tokens``
+  (the code before the stop rule); its parsed queries must equal the first side's (greedy decoding).
+- **LlamaIndex**: ``generate_qa_embedding_pairs``' loop (one ``llm.complete`` per chunk with the question
+  generation prompt, the reply split into lines, list numbers stripped, every non-empty line a question)
+  through ``llama_index.llms.huggingface.HuggingFaceLLM`` over the same loaded model and tokenizer, the
+  prompt wrapped in the model's chat template. llama-index-core 0.14 no longer ships that function (it moved
+  to llama-index-finetuning, not installed here), so the loop runs here over core's own question-generation
+  prompt (``llama_index.core.evaluation.dataset_generation``), the same wording.
+
+Chunks per second exclude model loading; they are given per wall-clock second and per CPU second of this
+process (``time.process_time``: steadier than wall time on shared cores); the model is loaded once, before
+any timing, and shared. Quality,
+per chunk's first question: question rate (the project's ``is_question``), copy rate (``copies_passage`` with
+``synth.copy_ngram``) and round-trip hit@k (the chunk in the top k of ``synth.round_trip_model`` over the whole
+corpus; no question counts as a miss).
+
+    HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python scripts/bench_synth.py configs/demo.yaml --chunks 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.generator import chat_prompt, load_generator  # noqa: E402
+from pipeline.llm import make_backend, request_key  # noqa: E402
+from pipeline.models import resolve_model  # noqa: E402
+from stages.data import query_generation  # noqa: E402
+from stages.data.formats import attach_chunks  # noqa: E402
+from stages.data.ingest import chunk_documents  # noqa: E402
+from stages.data.prepare import load_sources  # noqa: E402
+from stages.data.query_filters import CandidateFilters, copies_passage, is_question  # noqa: E402
+from stages.data.query_parsing import first_question  # noqa: E402
+from stages.data.split import choose_eval_documents  # noqa: E402
+from stages.data.synthesize import spread_across_documents  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="?", default=str(ROOT / "configs" / "demo.yaml"))
+    parser.add_argument("--chunks", type=int, default=40, help="synthesis targets to ask about (the first N)")
+    parser.add_argument("--skip-llamaindex", action="store_true", help="ragtune sides only")
+    parser.add_argument("--skip-no-stop", action="store_true", help="leave out the no-early-stop side")
+    return parser
+
+
+def synthesis_targets(cfg) -> tuple[list[dict], list[dict]]:
+    """(the data stage's synthesis targets, the whole corpus), as ``stages.data.prepare.main`` chooses them."""
+    docs, questions, _ = load_sources(cfg)
+    corpus = chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap)
+    labelled = attach_chunks(questions, corpus, {d.doc_id: d.text for d in docs})
+    eval_docs = choose_eval_documents(
+        [d.doc_id for d in docs],
+        labelled,
+        cfg.split.eval_fraction,
+        cfg.split.seed,
+        from_labelled=cfg.split.eval_docs_from == "human",
+    )
+    has_labelled_eval = any(set(q["doc_ids"]) <= eval_docs for q in labelled)
+    targets = [c for c in corpus if not has_labelled_eval or c["doc_id"] not in eval_docs]
+    return spread_across_documents(targets, cfg.synth.max_chunks, cfg.split.seed), corpus
+
+
+def run_ragtune(cfg, model, tokenizer, chunks: list[dict], stop: bool) -> tuple[tuple[float, float], list[str], int]:
+    """((wall, CPU) seconds, raw greedy completions, completion tokens) of the data stage's recipe, fresh cache."""
+    requests = [query_generation.prompt_builder(cfg.synth)(c["text"]) for c in chunks]
+    filters = CandidateFilters(cfg.synth, cfg.synth.examples or query_generation.BUILTIN_EXAMPLES, True)
+    max_new = min(cfg.synth.llm.max_new_tokens, query_generation.RECIPE_MAX_NEW_TOKENS)
+    with tempfile.TemporaryDirectory() as cache:
+        backend = make_backend(cfg.synth.llm, Path(cache))
+        backend._model, backend._tokenizer = model, tokenizer  # loaded once, outside the timing
+        rule = query_generation.RECIPE_STOP if stop else None
+        with mock.patch.object(query_generation, "RECIPE_STOP", rule):
+            started, cpu = time.perf_counter(), time.process_time()
+            query_generation.recipe_candidates(
+                backend, requests, chunks, cfg.synth, filters, lambda queries, ids: [1] * len(queries)
+            )
+            seconds = (time.perf_counter() - started, time.process_time() - cpu)
+        if backend.usage.cached:
+            raise RuntimeError("the fresh cache answered a request: the timing is not of generation")
+        tokens = backend.usage.completion_tokens
+        # the completions themselves (cached above, final or not): read back without generating again
+        rows = {}
+        for line in (Path(cache) / "llm.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            rows[row["key"]] = row["text"]
+        params = {"max_new_tokens": max_new, "temperature": 0.0}
+        texts = [rows[request_key(cfg.synth.llm.provider, cfg.synth.llm.model, params, r)] for r in requests]
+    return seconds, texts, tokens
+
+
+def run_llamaindex(cfg, model, tokenizer, chunks: list[dict]) -> tuple[tuple[float, float], list[list[str]], int]:
+    """((wall, CPU) seconds, questions per chunk as LlamaIndex keeps them, raw replies): one ``complete`` per chunk."""
+    from llama_index.core.evaluation.dataset_generation import DEFAULT_QUESTION_GENERATION_PROMPT
+    from llama_index.core.schema import MetadataMode, TextNode
+    from llama_index.llms.huggingface import HuggingFaceLLM
+
+    llm = HuggingFaceLLM(
+        model=model,
+        tokenizer=tokenizer,
+        max_new_tokens=cfg.synth.llm.max_new_tokens,
+        context_window=2048,
+        generate_kwargs={"do_sample": False, "temperature": None, "top_p": None, "top_k": None},
+        completion_to_prompt=lambda text: chat_prompt(tokenizer, [{"role": "user", "content": text}]),
+        device_map="cpu",  # unused: the loaded model is passed in
+    )
+    n = 1  # num_questions_per_chunk
+    query = (
+        f"You are a Teacher/ Professor. Your task is to setup {n} questions for an upcoming quiz/examination. "
+        "The questions should be diverse in nature across the document. Restrict the questions to the context "
+        'information provided."'
+    )
+    nodes = [TextNode(text=c["text"], id_=c["id"]) for c in chunks]
+    questions: list[list[str]] = []
+    tokens = 0
+    started, cpu = time.perf_counter(), time.process_time()
+    for node in nodes:
+        prompt = DEFAULT_QUESTION_GENERATION_PROMPT.format(
+            context_str=node.get_content(metadata_mode=MetadataMode.NONE), query_str=query
+        )
+        response = llm.complete(prompt)
+        reply = str(response).strip()
+        tokens += len(tokenizer(response.text, add_special_tokens=False)["input_ids"])
+        lines = [re.sub(r"^\d+[\).\s]", "", line).strip() for line in reply.split("\n")]
+        questions.append([line for line in lines if line])
+    return (time.perf_counter() - started, time.process_time() - cpu), questions, tokens
+
+
+def quality(cfg, retriever, chunks: list[dict], queries: list[str]) -> dict[str, float]:
+    """Question rate, copy rate and round-trip hit@k of one query per chunk ("" = none)."""
+    k = cfg.synth.round_trip_top_k or 10
+    asked = [(q, c) for q, c in zip(queries, chunks, strict=True) if q]
+    ranks = retriever.ranks([q for q, _ in asked], [c["id"] for _, c in asked]) if asked else []
+    n = len(chunks)
+    return {
+        "questions": sum(is_question(q) for q, _ in asked) / n,
+        "copies": sum(copies_passage(q, c["text"], cfg.synth.copy_ngram) for q, c in asked) / n,
+        "hit": sum(r <= k for r in ranks) / n,
+    }
+
+
+def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    cfg = load_config(args.config)
+    targets, corpus = synthesis_targets(cfg)
+    chunks = targets[: args.chunks]
+    model, tokenizer = load_generator(resolve_model(cfg.synth.llm.model))
+    print(
+        f"{len(chunks)} chunks of {len(corpus)} ({len(targets)} synthesis targets), {cfg.synth.llm.model}, "
+        f"batch {cfg.synth.llm.batch_size}, max_new_tokens {cfg.synth.llm.max_new_tokens}, greedy; "
+        "model load excluded"
+    )
+    rows: list[tuple[str, tuple[float, float], list[str], str]] = []
+
+    seconds, texts, tokens = run_ragtune(cfg, model, tokenizer, chunks, stop=True)
+    stopped = [first_question(t) for t in texts]
+    rows.append(("ragtune", seconds, stopped, f"{tokens} tokens"))
+    if not args.skip_no_stop:
+        seconds_full, texts_full, tokens_full = run_ragtune(cfg, model, tokenizer, chunks, stop=False)
+        full = [first_question(t) for t in texts_full]
+        rows.append(("ragtune, no early stop", seconds_full, full, f"{tokens_full} tokens"))
+        changed = sum(a != b for a, b in zip(stopped, full, strict=True))
+        print(f"early stop: parsed queries changed for {changed} of {len(chunks)} chunks (must be 0)")
+    if not args.skip_llamaindex:
+        seconds_li, questions, tokens_li = run_llamaindex(cfg, model, tokenizer, chunks)
+        extra = sum(max(len(q) - 1, 0) for q in questions)
+        first = [q[0] if q else "" for q in questions]
+        rows.append(("LlamaIndex", seconds_li, first, f"{tokens_li} tokens; +{extra} more lines kept as questions"))
+
+    from pipeline.retrieval import DenseRetriever
+
+    retriever = DenseRetriever.load(cfg.synth.round_trip_model, corpus)
+    k = cfg.synth.round_trip_top_k or 10
+    n = len(chunks)
+    print(
+        f"\n| side | wall s | CPU s | chunks/s (wall) | chunks/s (CPU) | question rate | copy rate | hit@{k} | notes |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, (wall, cpu), queries, note in rows:
+        q = quality(cfg, retriever, chunks, queries)
+        print(
+            f"| {name} | {wall:.1f} | {cpu:.1f} | {n / wall:.3f} | {n / cpu:.3f} | {q['questions']:.2f} "
+            f"| {q['copies']:.2f} | {q['hit']:.2f} | {note} |"
+        )
+
+    def ratio(a: int, b: int) -> str:
+        return f"{rows[a][1][0] / rows[b][1][0]:.2f}x wall, {rows[a][1][1] / rows[b][1][1]:.2f}x CPU"
+
+    if not args.skip_llamaindex:
+        print(f"\nragtune vs LlamaIndex, chunks/s: {ratio(-1, 0)} (target >= 5x)")
+    if not args.skip_no_stop:
+        print(f"early stop vs none, chunks/s: {ratio(1, 0)}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min)")
+
+
+if __name__ == "__main__":
+    main(make_parser().parse_args())
