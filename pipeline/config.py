@@ -278,10 +278,17 @@ class EmbedConfig(Section):
         "by nDCG@10 (0: no selection; the eval split is never used for selection).",
     )
     pseudo_queries: int = Field(
-        0,
+        1000,
         ge=0,
         description="Inverse-cloze pairs added to the training pairs: up to this many chunks of documents no "
         "held-out (eval or dev) query cites each give (one of its sentences, the chunk without it). 0: none.",
+    )
+    tsdae_steps: int = Field(
+        0,
+        ge=0,
+        description="TSDAE steps (denoising auto-encoder, embed.batch_size sentences each) on sentences of chunks "
+        "no held-out query cites, before the pairs are trained on: unsupervised domain adaptation. 0: off; "
+        "embed.method full only.",
     )
     dev_pool_top_k: int | None = Field(
         50,

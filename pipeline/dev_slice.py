@@ -39,13 +39,19 @@ def assign_dev_ranks(queries: Sequence[dict[str, Any]], seed: int) -> list[dict[
     return [{**q, "dev_rank": {d: rank[d] for d in q["doc_ids"]}} if q["split"] == "train" else q for q in queries]
 
 
+CHOSEN_BY_BASE = "base_embedder"  # a synthetic query's ``round_trip``: the base embedder's filter kept it
+
+
 def split_dev_queries(
     queries: Sequence[dict[str, Any]], fraction: float, min_queries: int = DEV_MIN_QUERIES
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Hold out the queries of the lowest-ranked ``fraction`` of the train documents as a dev slice.
 
     The slice is by source document, like the train/eval split, so dev never shares a document with
-    training; queries citing both a dev and a train document are dropped from both.
+    training; queries citing both a dev and a train document are dropped from both, and so are synthetic
+    queries on dev documents that the base embedder's round trip kept (``round_trip: base_embedder``): the
+    base ranks their chunk in its top k by construction, so they would bias the promotion gate and checkpoint
+    selection towards the base.
 
     Args:
         queries: train-split query rows carrying ``dev_rank`` (see :func:`assign_dev_ranks`).
@@ -60,6 +66,9 @@ def split_dev_queries(
         >>> train, dev = split_dev_queries(qs, 0.2, min_queries=2)
         >>> len(train), len(dev)
         (8, 2)
+        >>> chosen = [{**q, "round_trip": CHOSEN_BY_BASE} for q in qs]
+        >>> split_dev_queries(chosen, 0.2, min_queries=2)[1]   # none can judge: no dev slice
+        []
     """
     if fraction <= 0:
         return list(queries), []
@@ -68,7 +77,8 @@ def split_dev_queries(
     if n_dev == 0:
         return list(queries), []
     dev_docs = set(sorted(rank, key=rank.__getitem__)[:n_dev])
-    dev = [q for q in queries if set(q["doc_ids"]) <= dev_docs]
+    # A query the base embedder's round trip chose is easy for the base by construction: it cannot judge it.
+    dev = [q for q in queries if set(q["doc_ids"]) <= dev_docs and q.get("round_trip") != CHOSEN_BY_BASE]
     train = [q for q in queries if not set(q["doc_ids"]) & dev_docs]
     if len(dev) < min_queries or not train:
         return list(queries), []

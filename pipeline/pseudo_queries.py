@@ -92,22 +92,31 @@ def inverse_cloze_pairs(
 ) -> list[dict[str, Any]]:
     """Up to ``count`` embedder training pairs: a sentence of a chunk, and the chunk without that sentence.
 
-    The chunks and sentences are those of :func:`inverse_cloze_queries` (same draw, same held-out rule).
+    Chunks of documents in ``held_out_docs`` are never used. Pairs come in rounds over the chunks (seeded
+    order): each round takes one more of every chunk's sentences (6..40 words, seeded order), so a cap
+    spreads over as many chunks as it can and a small corpus still gives one pair per sentence.
 
     Returns:
-        Rows in :func:`stages.embed.pairs.build_pairs`' format: ``qid`` (``ict-<chunk id>``), ``anchor``,
-        ``positive`` (the passage without the sentence) and ``positive_id``.
+        Rows in :func:`stages.embed.pairs.build_pairs`' format: ``qid`` (``ict-<chunk id>-<round>``),
+        ``anchor``, ``positive`` (the passage without the sentence) and ``positive_id``.
 
     Example:
         >>> corpus = [{"id": "c1", "doc_id": "a", "text": "Heron fails over to the standby router in time. Ask ops."}]
-        >>> inverse_cloze_pairs(corpus, set(), 5, seed=0)[0]["positive"]
-        'Ask ops.'
+        >>> [(p["qid"], p["positive"]) for p in inverse_cloze_pairs(corpus, set(), 5, seed=0)]
+        [('ict-c1-0', 'Ask ops.')]
     """
-    text_of = {c["id"]: c["text"] for c in corpus}
-    pairs = []
-    for q in inverse_cloze_queries(corpus, held_out_docs, count, seed):
-        chunk_id = q["positives"][0]
-        passage = without_sentence(text_of[chunk_id], q["text"])
-        if passage:
-            pairs.append({"qid": q["qid"], "anchor": q["text"], "positive": passage, "positive_id": chunk_id})
+    rng = random.Random(seed)
+    eligible = [c for c in corpus if c["doc_id"] not in held_out_docs]
+    sentences = {}
+    for chunk in rng.sample(eligible, len(eligible)):
+        found = [s.strip() for s in SENTENCE_END.split(chunk["text"]) if 6 <= len(s.split()) <= 40]
+        sentences[chunk["id"]] = (chunk["text"], rng.sample(found, len(found)))
+    pairs: list[dict[str, Any]] = []
+    for depth in range(max((len(found) for _, found in sentences.values()), default=0)):
+        for chunk_id, (text, found) in sentences.items():
+            if len(pairs) == count:
+                return pairs
+            if depth < len(found) and (passage := without_sentence(text, found[depth])):
+                qid = f"ict-{chunk_id}-{depth}"
+                pairs.append({"qid": qid, "anchor": found[depth], "positive": passage, "positive_id": chunk_id})
     return pairs

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import SynthConfig
+from pipeline.dev_slice import CHOSEN_BY_BASE
 from pipeline.llm import make_backend
 from stages.data.query_filters import CandidateFilters, LexicalRoundTrip, RoundTrip, SplitRoundTrip, drop_duplicates
 from stages.data.query_generation import (
@@ -90,6 +91,22 @@ def spread_across_documents(chunks: list[dict], max_chunks: int | None, seed: in
 def qid_for(chunk_id: str, text: str) -> str:
     """Stable query id: ``syn-`` + hash of chunk id and query text."""
     return "syn-" + hashlib.sha256(f"{chunk_id}\n{text}".encode()).hexdigest()[:16]
+
+
+def round_trip_name(cfg: SynthConfig, held_out: bool) -> str | None:
+    """Which round trip kept a query: ``bm25`` (held-out chunks), ``base_embedder`` (training chunks) or None.
+
+    Stages read it: a dev slice never judges with queries the base embedder chose (:mod:`pipeline.dev_slice`).
+
+    Example:
+        >>> round_trip_name(SynthConfig(), held_out=False), round_trip_name(SynthConfig(round_trip_top_k=None), True)
+        ('base_embedder', None)
+    """
+    if cfg.round_trip_top_k is None:
+        return None
+    if held_out:
+        return "bm25" if cfg.eval_round_trip == "bm25" else None
+    return CHOSEN_BY_BASE
 
 
 def synthesize_queries(
@@ -178,6 +195,7 @@ def synthesize_queries(
                 "origin": "synthetic",
                 "doc_ids": [chunk["doc_id"]],
                 "answer": None,
+                "round_trip": round_trip_name(cfg, chunk["id"] in held_out_chunks),
             }
         )
     # 5. Report

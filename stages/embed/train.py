@@ -49,6 +49,7 @@ from pipeline.rundir import (
 from stages.embed.adapter import ROUTER_MAPPING, add_query_adapter
 from stages.embed.evaluate import dev_pool, retrieval_metrics, selection_evaluator
 from stages.embed.pairs import NoDuplicateKeysBatchSampler, attach_negatives, build_pairs, pair_keys
+from stages.embed.tsdae import adapt_with_tsdae, adaptation_sentences
 
 logger = logging.getLogger(__name__)
 STAGE = "embed"
@@ -173,6 +174,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     ecfg = cfg.embed
     # Before any model is loaded: a typo should cost nothing.
     check_trainer_keys("embed", ecfg.trainer, SentenceTransformerTrainingArguments)
+    if ecfg.tsdae_steps and ecfg.method != "full":
+        raise ValueError(f"embed.tsdae_steps: TSDAE trains the whole encoder; embed.method is {ecfg.method}, not full")
     paths = run.require("data", "corpus", "queries")
     config_hash, inputs = run.freshness(cfg, ("embed",), {"data": ("corpus", "queries")})
     if not force and run.is_fresh(STAGE, config_hash, inputs):
@@ -190,9 +193,9 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         raise ValueError(f"{paths['queries']}: no eval-split query; embed needs held-out queries to report on")
     train_queries, dev_queries = split_dev_queries(train_queries, ecfg.dev_fraction)
     pairs = build_pairs(train_queries, chunks)
+    held_out = {d for q in queries if q["split"] != "train" for d in q["doc_ids"]}
+    held_out |= {d for q in dev_queries for d in q["doc_ids"]}
     if ecfg.pseudo_queries:
-        held_out = {d for q in queries if q["split"] != "train" for d in q["doc_ids"]}
-        held_out |= {d for q in dev_queries for d in q["doc_ids"]}
         pseudo = inverse_cloze_pairs(corpus, held_out, ecfg.pseudo_queries, cfg.run.seed)
         logger.info("embed: %d inverse-cloze pairs added to %d labelled and synthetic ones", len(pseudo), len(pairs))
         pairs += pseudo
@@ -229,6 +232,12 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     # 3. Build the model and loss, and train; the trainer keeps the best checkpoint by dev nDCG@10 on the pool.
     base_path = resolve_model(ecfg.base_model)
     model = load_model(ecfg, base_path)
+    tsdae = None
+    if ecfg.tsdae_steps:
+        sentences = adaptation_sentences(corpus, held_out, ecfg.tsdae_steps * ecfg.batch_size, cfg.run.seed)
+        tsdae = adapt_with_tsdae(
+            model, base_path, sentences, ecfg.tsdae_steps, ecfg.batch_size, run.path(EMBED_CHECKPOINTS), cfg.run.seed
+        )
     loss = build_loss(ecfg, model, base_path)
     steps = _estimated_steps(ecfg, len(pairs), int(os.environ.get("WORLD_SIZE", "1")))
     eval_steps = max(1, -(-steps // EVALS_PER_RUN)) if dev_evaluator else None
@@ -268,6 +277,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             "random_negatives": drawn,
             "steps": trainer.state.global_step,
             "train_seconds": result.metrics.get("train_runtime"),
+            "tsdae": tsdae,
             "dev_pool_chunks": len(pool),
             "selection_seconds": round(selection_seconds, 2),
             "selection_share": round(selection_seconds / stage_seconds, 3),

@@ -2,7 +2,7 @@
 
 import itertools
 
-from pipeline.dev_slice import assign_dev_ranks, split_dev_queries
+from pipeline.dev_slice import CHOSEN_BY_BASE, assign_dev_ranks, split_dev_queries
 
 
 def _ranked(n_queries: int, n_docs: int, seed: int) -> list[dict]:
@@ -45,3 +45,16 @@ def test_slices_are_nested_and_equal_fractions_hold_out_the_same_queries() -> No
     assert all(small < large for small, large in itertools.pairwise(slices))
     # what embed and rerank do with the same fraction: the same dev queries, the same train queries
     assert split_dev_queries(queries, 0.2) == split_dev_queries([dict(q) for q in queries], 0.2)
+
+
+def test_queries_the_base_embedder_chose_never_judge_on_the_dev_slice() -> None:
+    rows = [{"qid": f"h{i}", "split": "train", "doc_ids": [f"d{i}"], "origin": "human"} for i in range(20)]
+    rows += [
+        {"qid": f"s{i}", "split": "train", "doc_ids": [f"d{i}"], "origin": "synthetic", "round_trip": CHOSEN_BY_BASE}
+        for i in range(20)
+    ]
+    train, dev = split_dev_queries(assign_dev_ranks(rows, 0), 0.5, min_queries=5)
+    assert len(dev) == 10 and {q["origin"] for q in dev} == {"human"}
+    dev_docs = {d for q in dev for d in q["doc_ids"]}
+    assert not any(set(q["doc_ids"]) & dev_docs for q in train)  # nor are they trained on
+    assert len(train) == 20

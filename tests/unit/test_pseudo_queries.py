@@ -26,3 +26,12 @@ def test_triplet_negatives_for_pairs_without_a_query_row() -> None:
     pairs = inverse_cloze_pairs(CORPUS, set(), 4, seed=0)
     rows, drawn = attach_negatives(pairs, [], chunks, seed=0)
     assert drawn == 4 and all(r["negative_id"] != r["positive_id"] for r in rows)
+
+
+def test_a_cap_above_the_chunk_count_takes_more_sentences_round_by_round() -> None:
+    text = "Heron berth {i} routes the night orders. Ledgerfish {i} renews all the leases."
+    two = [{"id": f"c{i}", "doc_id": "d", "text": text.format(i=i)} for i in range(3)]
+    pairs = inverse_cloze_pairs(two, set(), 5, seed=1)
+    assert len(pairs) == 5 and len({p["qid"] for p in pairs}) == 5
+    assert {p["positive_id"] for p in pairs[:3]} == {"c0", "c1", "c2"}  # every chunk once before any twice
+    assert len(inverse_cloze_pairs(two, set(), 100, seed=1)) == 6  # one pair per sentence
