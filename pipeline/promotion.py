@@ -44,7 +44,9 @@ def embedder_promotion(metrics: Mapping[str, Any]) -> Promotion:
     """
     base, tuned = metrics.get("dev_ndcg@10_base"), metrics.get("dev_ndcg@10_tuned")
     if base is None or tuned is None:
-        return Promotion(False, "not measured: no dev slice (embed.dev_fraction)")
+        return Promotion(
+            False, "not measured: no dev slice (embed.dev_fraction; or too few dev queries the base did not choose)"
+        )
     return Promotion(tuned > base, f"dev nDCG@10 {tuned:.4f} vs base {base:.4f} ({metrics.get('dev_queries')} queries)")
 
 

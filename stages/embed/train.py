@@ -210,7 +210,10 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     if dev_queries:
         selection = f"best dev nDCG@10 on {len(dev_queries)} queries of held-out train documents"
     else:
-        selection = f"none (dev slice below {DEV_MIN_QUERIES} queries or embed.dev_fraction=0): last step kept"
+        selection = (
+            f"none (embed.dev_fraction=0, or fewer than {DEV_MIN_QUERIES} dev queries that the base embedder's round "
+            "trip did not choose): last step kept"
+        )
         logger.info("embed: no checkpoint selection: %s", selection)
 
     # 2. The base model's figures over the whole corpus (its corpus embeddings are cached: the round trip and
