@@ -195,10 +195,9 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     pairs = build_pairs(train_queries, chunks)
     held_out = {d for q in queries if q["split"] != "train" for d in q["doc_ids"]}
     held_out |= {d for q in dev_queries for d in q["doc_ids"]}
-    if ecfg.pseudo_queries:
-        pseudo = inverse_cloze_pairs(corpus, held_out, ecfg.pseudo_queries, cfg.run.seed)
-        logger.info("embed: %d inverse-cloze pairs added to %d labelled and synthetic ones", len(pseudo), len(pairs))
-        pairs += pseudo
+    pseudo = inverse_cloze_pairs(corpus, held_out, ecfg.pseudo_queries, cfg.run.seed) if ecfg.pseudo_queries else []
+    logger.info("embed: %d inverse-cloze pairs added to %d labelled and synthetic ones", len(pseudo), len(pairs))
+    pairs += pseudo
     if len(pairs) < 2:
         raise ValueError(f"{paths['queries']}: {len(pairs)} training pair(s); embed needs at least 2")
     drawn = 0
@@ -274,6 +273,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             "selection": selection,
             "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
             "train_pairs": len(pairs),
+            "inverse_cloze_pairs": len(pseudo),
             "train_queries": len(train_queries),
             "dev_queries": len(dev_queries),
             "eval_queries": len(eval_queries),
