@@ -50,14 +50,12 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.generator import chat_prompt, load_generator  # noqa: E402
 from pipeline.llm import make_backend, request_key  # noqa: E402
 from pipeline.models import resolve_model  # noqa: E402
-from stages.data import query_generation  # noqa: E402
+from stages.data import prepare, query_generation  # noqa: E402
 from stages.data.formats import attach_chunks  # noqa: E402
 from stages.data.ingest import chunk_documents  # noqa: E402
-from stages.data.prepare import load_sources  # noqa: E402
+from stages.data.prepare import held_out_documents, load_sources  # noqa: E402
 from stages.data.query_filters import CandidateFilters, copies_passage, is_question  # noqa: E402
 from stages.data.query_parsing import first_question  # noqa: E402
-from stages.data.split import choose_eval_documents  # noqa: E402
-from stages.data.synthesize import spread_across_documents  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +74,8 @@ def synthesis_targets(cfg) -> tuple[list[dict], list[dict]]:
     docs, questions, _ = load_sources(cfg)
     corpus = chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap)
     labelled = attach_chunks(questions, corpus, {d.doc_id: d.text for d in docs})
-    eval_docs = choose_eval_documents(
-        [d.doc_id for d in docs],
-        labelled,
-        cfg.split.eval_fraction,
-        cfg.split.seed,
-        from_labelled=cfg.split.eval_docs_from == "human",
-    )
-    has_labelled_eval = any(set(q["doc_ids"]) <= eval_docs for q in labelled)
-    targets = [c for c in corpus if not has_labelled_eval or c["doc_id"] not in eval_docs]
-    return spread_across_documents(targets, cfg.synth.max_chunks, cfg.split.seed), corpus
+    eval_docs, has_labelled_eval = held_out_documents(cfg, docs, labelled)
+    return prepare.synthesis_targets(cfg, corpus, eval_docs, has_labelled_eval), corpus
 
 
 def run_ragtune(cfg, model, tokenizer, chunks: list[dict], stop: bool) -> tuple[tuple[float, float], list[str], int]:

@@ -119,6 +119,29 @@ def held_out_origin(counts: dict[str, int], llm: LLMConfig, synth_report: dict |
     }
 
 
+def held_out_documents(cfg: RagtuneConfig, docs: list, labelled: list[dict]) -> tuple[set[str], bool]:
+    """The held-out documents (``split``), and whether any labelled question is among them."""
+    eval_docs = choose_eval_documents(
+        [d.doc_id for d in docs],
+        labelled,
+        cfg.split.eval_fraction,
+        cfg.split.seed,
+        from_labelled=cfg.split.eval_docs_from == "human",
+    )
+    return eval_docs, any(set(q["doc_ids"]) <= eval_docs for q in labelled)
+
+
+def synthesis_targets(
+    cfg: RagtuneConfig, corpus: list[dict], eval_docs: set[str], has_labelled_eval: bool
+) -> list[dict]:
+    """The chunks synthesis asks about: training chunks (held-out ones too when no labelled question is held
+    out), at most ``synth.max_chunks`` of them spread across documents."""
+    from stages.data.synthesize import spread_across_documents
+
+    targets = [c for c in corpus if not has_labelled_eval or c["doc_id"] not in eval_docs]
+    return spread_across_documents(targets, cfg.synth.max_chunks, cfg.split.seed)
+
+
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     """Build the corpus and the split query set; skipped when fresh unless ``force``."""
     config_hash, inputs = run.freshness(cfg, CONFIG_SECTIONS, inputs=_source_hashes(cfg))
@@ -141,25 +164,22 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             logger.warning("question %s: evidence not found in %s (all its chunks count)", item["qid"], item["doc_id"])
 
     # 3. Choose held-out documents before synthesis, so no LLM call is spent on them needlessly.
-    eval_docs = choose_eval_documents(
-        [d.doc_id for d in docs],
-        labelled,
-        cfg.split.eval_fraction,
-        cfg.split.seed,
-        from_labelled=cfg.split.eval_docs_from == "human",
-    )
-    has_labelled_eval = any(set(q["doc_ids"]) <= eval_docs for q in labelled)
+    eval_docs, has_labelled_eval = held_out_documents(cfg, docs, labelled)
 
     # 4. Synthesize queries for training chunks (for held-out chunks too when nothing labelled is held out:
     #    those pass a lexical round trip, never the base embedder's, which eval judges on them).
     synthetic: list[dict] = []
     if cfg.synth.enabled:
-        from stages.data.synthesize import spread_across_documents, synthesize_queries
+        from stages.data.synthesize import synthesize_queries
 
-        targets = [c for c in corpus if not has_labelled_eval or c["doc_id"] not in eval_docs]
-        targets = spread_across_documents(targets, cfg.synth.max_chunks, cfg.split.seed)
         synthetic, report["synth"] = synthesize_queries(
-            targets, corpus, cfg.synth, run.path(DATA_LLM_CACHE), run.path(EMBEDDING_CACHE), held_out=eval_docs
+            synthesis_targets(cfg, corpus, eval_docs, has_labelled_eval),
+            corpus,
+            cfg.synth,
+            run.path(DATA_LLM_CACHE),
+            run.path(EMBEDDING_CACHE),
+            held_out=eval_docs,
+            score_block_mb=cfg.run.score_block_mb,
         )
         if cfg.synth.llm.dry_run:
             raise DryRunFinished("synth.llm.dry_run is set: estimate printed above, nothing written")

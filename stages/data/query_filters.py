@@ -157,13 +157,22 @@ class RoundTrip:
         cfg: the ``synth`` config section; ``round_trip_top_k: null`` turns the round trip off (rank 1 for all).
         counts: the filters' counts, which the synth report reads.
         cache_dir: where the retriever caches corpus embeddings (``None``: no cache).
+        score_block_mb: memory bound of its score blocks (``run.score_block_mb``; None: the default).
     """
 
-    def __init__(self, corpus: list[dict], cfg: SynthConfig, counts: Counter[str], cache_dir: Path | None) -> None:
+    def __init__(
+        self,
+        corpus: list[dict],
+        cfg: SynthConfig,
+        counts: Counter[str],
+        cache_dir: Path | None,
+        score_block_mb: float | None = None,
+    ) -> None:
         self.corpus = corpus
         self.cfg = cfg
         self.counts = counts
         self.cache_dir = cache_dir
+        self.score_block_mb = score_block_mb
         self.retriever: DenseRetriever | None = None
 
     def ranks(self, queries: list[str], chunk_ids: list[str]) -> list[int]:
@@ -175,7 +184,9 @@ class RoundTrip:
         if self.retriever is None:
             from pipeline.retrieval import DenseRetriever
 
-            self.retriever = DenseRetriever.load(self.cfg.round_trip_model, self.corpus, cache_dir=self.cache_dir)
+            block = {} if self.score_block_mb is None else {"score_block_mb": self.score_block_mb}
+            model = self.cfg.round_trip_model
+            self.retriever = DenseRetriever.load(model, self.corpus, cache_dir=self.cache_dir, **block)
         ranks = self.retriever.ranks(queries, chunk_ids)
         self.counts["round_trip_checked"] += len(ranks)
         self.counts["round_trip_hits"] += sum(r <= self.cfg.round_trip_top_k for r in ranks)

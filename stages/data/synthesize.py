@@ -116,6 +116,7 @@ def synthesize_queries(
     cache_dir: Path,
     embedding_cache: Path | None = None,
     held_out: AbstractSet[str] = frozenset(),
+    score_block_mb: float | None = None,
 ) -> tuple[list[dict], dict]:
     """Generate, filter and report synthetic queries for ``chunks``.
 
@@ -128,6 +129,7 @@ def synthesize_queries(
             the run directory; ``None``: no cache).
         held_out: ids of the documents held out for evaluation; their chunks' queries pass the lexical round
             trip (``synth.eval_round_trip``) instead of the base embedder's.
+        score_block_mb: memory bound of the round trip's score blocks (``run.score_block_mb``).
 
     Returns:
         (query rows ``{"qid", "text", "positives", "relevance", "relevance_level": "chunk",
@@ -157,7 +159,7 @@ def synthesize_queries(
     recipe = recipe_name.startswith("greedy")
     filters = CandidateFilters(cfg, cfg.examples or BUILTIN_EXAMPLES, require_question=recipe)
     held_out_chunks = {chunk["id"] for chunk in chunks if chunk["doc_id"] in held_out}
-    dense_trip = RoundTrip(corpus, cfg, filters.counts, embedding_cache)
+    dense_trip = RoundTrip(corpus, cfg, filters.counts, embedding_cache, score_block_mb)
     lexical_trip = LexicalRoundTrip(corpus, cfg, filters.counts)
     round_trip = SplitRoundTrip(dense_trip.ranks, lexical_trip.ranks, held_out_chunks)
 

@@ -13,6 +13,34 @@ import yaml
 
 from pipeline.rundir import RunDir
 
+# A whole tiny run in seconds: the fewest steps each stage takes and still trains.
+SHORT_RUN = [
+    "embed.max_steps=2",
+    "rerank.max_steps=2",
+    "raft.max_steps=1",
+    "raft.max_length=1024",
+    "assemble.max_new_tokens=4",
+    "eval.bootstrap_samples=100",
+]
+
+
+def ranker_giving(rank: int) -> type:
+    """A stand-in for ``DenseRetriever`` in the round trip: every query's chunk at ``rank``; it records the
+    chunk ids it was asked about in its class attribute ``seen`` (reset it first)."""
+
+    class FixedRanker:
+        seen: list[str] = []  # noqa: RUF012 (shared on purpose: the test reads what the stage asked)
+
+        @classmethod
+        def load(cls, model_ref, corpus, **kwargs):
+            return cls()
+
+        def ranks(self, queries, chunk_ids):
+            FixedRanker.seen += chunk_ids
+            return [rank] * len(queries)
+
+    return FixedRanker
+
 
 def tiny_model_overrides(bert: Path, llama: Path) -> list[str]:
     """Overrides that point every stage at the tiny models and skip query synthesis."""

@@ -5,7 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fakes.upstream import run_dir_of, tiny_model_overrides
+from fakes.upstream import SHORT_RUN, run_dir_of, tiny_model_overrides
 from sentence_transformers import SentenceTransformer
 
 from pipeline.cli import main as cli
@@ -38,12 +38,7 @@ def test_a_full_run_and_the_assembled_index_encode_each_model_corpus_pair_once(
         "synth.enabled=true",
         f"synth.round_trip_model={tiny_bert_dir}",
         "synth.round_trip_top_k=100000",
-        "embed.max_steps=2",
-        "rerank.max_steps=2",
-        "raft.max_steps=1",
-        "raft.max_length=1024",
-        "assemble.max_new_tokens=4",
-        "eval.bootstrap_samples=100",
+        *SHORT_RUN,
     ]
     cli(["run", str(tiny_config), *overrides])
     run = run_dir_of(tiny_config)

@@ -4,7 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, simulate_embed_stage, tiny_model_overrides
+from fakes.upstream import (
+    SHORT_RUN,
+    record_tuned_reranker_and_adapter,
+    run_dir_of,
+    simulate_embed_stage,
+    tiny_model_overrides,
+)
 
 from pipeline.cli import main as cli
 
@@ -66,12 +72,7 @@ def test_run_ends_with_each_stage_time_and_headline_metrics(
 ) -> None:
     overrides = [
         *tiny_model_overrides(tiny_bert_dir, tiny_llama_dir),
-        "embed.max_steps=2",
-        "rerank.max_steps=2",
-        "raft.max_steps=1",
-        "raft.max_length=1024",
-        "assemble.max_new_tokens=4",
-        "eval.bootstrap_samples=100",
+        *SHORT_RUN,
     ]
     cli(["run", str(tiny_config), *overrides])
     table = capsys.readouterr().out.split("\n\n")[-1].splitlines()

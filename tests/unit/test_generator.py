@@ -8,18 +8,26 @@ import torch
 from pipeline.generator import GenerationMemo, generate_batched, load_generator
 from pipeline.raft_format import build_messages
 
+REQUESTS = [
+    build_messages("short?", ["Heron."]),
+    build_messages("a much longer question about the ledgerfish shard lease?", ["Ledgerfish " * 20]),
+    build_messages("mid question?", ["Tortoise drains the batch queue."]),
+]
 
-def test_batched_left_padded_generation_equals_one_at_a_time(tiny_llama_dir: Path) -> None:
-    model, tokenizer = load_generator(str(tiny_llama_dir))
+
+def _varied_generator(path: Path):
+    """The tiny Llama with large random weights: it emits varied tokens, not one repeated newline."""
+    model, tokenizer = load_generator(str(path))
     torch.manual_seed(3)
-    with torch.no_grad():  # a random model that emits varied tokens, not one repeated newline
+    with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.5)
-    requests = [
-        build_messages("short?", ["Heron."]),
-        build_messages("a much longer question about the ledgerfish shard lease?", ["Ledgerfish " * 20]),
-        build_messages("mid question?", ["Tortoise drains the batch queue."]),
-    ]
+    return model, tokenizer
+
+
+def test_batched_left_padded_generation_equals_one_at_a_time(tiny_llama_dir: Path) -> None:
+    model, tokenizer = _varied_generator(tiny_llama_dir)
+    requests = REQUESTS
     batched = generate_batched(model, tokenizer, requests, max_new_tokens=6, batch_size=3)
     single = [generate_batched(model, tokenizer, [r], max_new_tokens=6, batch_size=1)[0] for r in requests]
     assert batched == single
@@ -40,16 +48,8 @@ def test_batched_left_padded_generation_equals_one_at_a_time(tiny_llama_dir: Pat
 
 
 def test_stop_rule_ends_each_row_early_and_keeps_its_tokens(tiny_llama_dir: Path) -> None:
-    model, tokenizer = load_generator(str(tiny_llama_dir))
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.5)
-    requests = [
-        build_messages("short?", ["Heron."]),
-        build_messages("a much longer question about the ledgerfish shard lease?", ["Ledgerfish " * 20]),
-        build_messages("mid question?", ["Tortoise drains the batch queue."]),
-    ]
+    model, tokenizer = _varied_generator(tiny_llama_dir)
+    requests = REQUESTS
     full_tokens, stopped_tokens = [], []
     full = generate_batched(model, tokenizer, requests, 12, 3, on_completion=lambda i, t, p, c: full_tokens.append(c))
 

@@ -2,28 +2,15 @@
 
 import json
 from pathlib import Path
-from typing import ClassVar
 
-from fakes.upstream import run_dir_of
+from fakes.upstream import ranker_giving, run_dir_of
 
 from eval.harness import human_recall, query_origins
 from eval.report import fine_tune_call, optimistic_warning, origin_line, render_markdown, render_table
 from pipeline.cli import main as cli
 from pipeline.rundir import RunDir, read_jsonl
 
-
-class RecordingRanker:
-    """The base embedder of the round trip: keeps every query, and records which chunks it was asked about."""
-
-    seen: ClassVar[list[str]] = []
-
-    @classmethod
-    def load(cls, model_ref, corpus, cache_dir=None):
-        return cls()
-
-    def ranks(self, queries, chunk_ids):
-        RecordingRanker.seen += chunk_ids
-        return [1] * len(queries)
+RecordingRanker = ranker_giving(1)  # keeps every query
 
 
 def test_without_labels_held_out_synthetic_queries_skip_the_base_embedders_round_trip(tiny_config, monkeypatch):

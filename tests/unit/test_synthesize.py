@@ -3,10 +3,10 @@
 import copy
 import random
 from collections import Counter
-from typing import ClassVar
 
 import pytest
 from fakes.openai_server import FakeOpenAIServer
+from fakes.upstream import ranker_giving
 
 import stages.data.synthesize as synth
 from pipeline.config import LLMConfig, SynthConfig
@@ -212,7 +212,7 @@ def test_local_recipe_greedy_then_best_sample(tmp_path, monkeypatch):
 
     class Ranker:  # prefers the longer of two passing candidates, so "best" is observable
         @classmethod
-        def load(cls, model_ref, corpus, cache_dir=None):
+        def load(cls, model_ref, corpus, **kwargs):
             return cls()
 
         def ranks(self, queries, chunk_ids):
@@ -322,18 +322,7 @@ def test_budget_skips_are_counted_as_budget_skips(tmp_path, monkeypatch):
     assert (report["skipped_budget"], report["llm_failed"], report["generated"]) == (3, 0, 0)
 
 
-class RejectingRanker:
-    """A base embedder that ranks every query's chunk last: its round trip would reject them all."""
-
-    seen: ClassVar[list[str]] = []
-
-    @classmethod
-    def load(cls, model_ref, corpus, cache_dir=None):
-        return cls()
-
-    def ranks(self, queries, chunk_ids):
-        RejectingRanker.seen += chunk_ids
-        return [99] * len(queries)
+RejectingRanker = ranker_giving(99)  # ranks every query's chunk last: its round trip would reject them all
 
 
 def test_held_out_queries_pass_bm25_and_never_the_base_embedder(tmp_path, monkeypatch):
