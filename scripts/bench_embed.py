@@ -11,7 +11,8 @@ batch size, learning rate, seed and no-duplicates batching (so the same number o
    on the held-out queries over the whole corpus before and after training (same k values). This is the
    script a sentence-transformers user writes for the same result; the 5% overhead target is against it.
 3. ``ragtune embed``: the stage (run directory, manifest inputs, the same evaluations, card, metrics,
-   manifest). Checkpoint selection is off (embed.dev_fraction=0) because the bare scripts have none.
+   manifest). Checkpoint selection and inverse-cloze pairs are off (embed.dev_fraction=0,
+   embed.pseudo_queries=0) because the bare scripts have neither.
 
 Prints wall, CPU and train-loop times, the ratios, and the time each spends outside its training loop
 (the loop is the same trainer call in all three; its run-to-run spread on 2 CPU cores is several percent,
@@ -180,7 +181,8 @@ def main() -> None:
         python = sys.executable
         bare_cmd = [python, "-c", BARE, str(work), str(opts.batch_size), str(LR), str(SEED)]
         stage_cmd = [python, "-m", "stages.embed.train", "--config", str(config), "--force"]
-        stage_cmd += [f"embed.batch_size={opts.batch_size}", "embed.dev_fraction=0"]
+        # the same pairs as the bare scripts: no dev slice, no inverse-cloze pairs
+        stage_cmd += [f"embed.batch_size={opts.batch_size}", "embed.dev_fraction=0", "embed.pseudo_queries=0"]
         runs: dict[str, list[tuple[float, float, dict]]] = {"bare train": [], "bare train + eval": [], "ragtune": []}
         for _ in range(opts.repeats):
             bare = (("bare train", [*bare_cmd, "train", str(bf16_training())]),
@@ -226,7 +228,7 @@ def selection_share(opts: argparse.Namespace) -> None:
         from pipeline.rundir import RunDir
 
         cmd = [sys.executable, "-m", "stages.embed.train", "--config", str(config), "--force"]
-        cmd += [f"embed.batch_size={opts.batch_size}", f"embed.dev_fraction={opts.selection}"]
+        cmd += [f"embed.batch_size={opts.batch_size}", f"embed.dev_fraction={opts.selection}", "embed.pseudo_queries=0"]
         wall, _, _ = timed([*cmd, f"embed.dev_pool_top_k={opts.dev_pool_top_k}"])
         stage = json.loads(RunDir(work / "runs" / "bench").require("embed", "metrics")["metrics"].read_text())
     print(
