@@ -381,6 +381,11 @@ class RerankConfig(Section):
     curve_points: int = Field(
         4, ge=0, description="Dev-slice evaluations during training for the learning curve (0: none)."
     )
+    keep_best: bool = Field(
+        True,
+        description="Keep the weights of the learning-curve point with the best fused dev nDCG@10 (a later "
+        "point wins a tie; the start counts), not those of the last step. Needs a dev slice and curve_points.",
+    )
     retrieve_top_k: int = Field(20, ge=1, description="Held-out evaluation reranks the tuned retriever's top k.")
     fusion_weight: Annotated[float, Field(ge=0, le=1)] | Literal["auto"] = Field(
         "auto",

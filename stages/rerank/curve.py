@@ -74,14 +74,51 @@ def curve_steps(total_steps: int, points: int) -> list[int]:
     return sorted({max(1, round(total_steps * i / points)) for i in range(1, points + 1)})
 
 
+class BestPoint:
+    """The weights at the curve point with the best fused dev nDCG@10 (a later point wins a tie), kept on CPU.
+
+    A fresh-head cross-encoder can learn, then overshoot (on the demo its dev figure rose above the
+    retriever's and then collapsed to ties): :meth:`restore` puts back the best point's weights.
+
+    Example:
+        >>> import torch
+        >>> model, best = torch.nn.Linear(1, 1), BestPoint()
+        >>> _ = torch.nn.init.constant_(model.weight, 1.0); best.offer(model, {"step": 5, "fused": 0.6})
+        >>> _ = torch.nn.init.constant_(model.weight, 2.0); best.offer(model, {"step": 9, "fused": 0.4})
+        >>> best.restore(model), float(model.weight)
+        (5, 1.0)
+    """
+
+    def __init__(self) -> None:
+        self.point: dict[str, Any] | None = None
+        self.state: dict[str, Any] | None = None
+
+    def offer(self, model: Any, point: Mapping[str, Any]) -> None:
+        """Snapshot ``model`` if ``point`` is at least as good as the best so far."""
+        if self.point is None or point["fused"] >= self.point["fused"]:
+            self.point = dict(point)
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def restore(self, model: Any) -> int | None:
+        """Load the best point's weights into ``model``; returns its step (None when nothing was offered)."""
+        if self.state is None or self.point is None:
+            return None
+        model.load_state_dict(self.state)
+        return self.point["step"]
+
+
 class DevCurveCallback(TrainerCallback):
     """Appends ``count`` evenly spaced :func:`curve_point` records of one training phase to ``points``.
 
     Only the main process evaluates; the others train on (the points are written by the main process only).
+    Each point is offered to ``best`` (when given), which keeps the best point's weights.
     """
 
-    def __init__(self, model: Any, dev: DevCandidates, count: int, phase: str, points: list[dict]) -> None:
+    def __init__(
+        self, model: Any, dev: DevCandidates, count: int, phase: str, points: list[dict], best: BestPoint | None = None
+    ) -> None:
         self.model, self.dev, self.count, self.phase, self.points = model, dev, count, phase, points
+        self.best = best
         self.steps: set[int] = set()
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -92,6 +129,8 @@ class DevCurveCallback(TrainerCallback):
             point = {"phase": self.phase, **curve_point(self.model, self.dev, state.global_step)}
             self.model.train()  # predict() switched it to eval mode
             self.points.append(point)
+            if self.best is not None:
+                self.best.offer(self.model, point)
             logger.info(
                 "rerank %s step %d: dev nDCG@10 reranker %.4f, fused %.4f at weight %.1f (retriever %.4f)",
                 self.phase,

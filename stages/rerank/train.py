@@ -45,7 +45,14 @@ from pipeline.rundir import (
     is_main_process,
     read_jsonl,
 )
-from stages.rerank.curve import DevCandidates, DevCurveCallback, curve_point, dev_candidates, plot_learning_curve
+from stages.rerank.curve import (
+    BestPoint,
+    DevCandidates,
+    DevCurveCallback,
+    curve_point,
+    dev_candidates,
+    plot_learning_curve,
+)
 from stages.rerank.mine import rerank_dev_queries, run_mining
 from stages.rerank.model import HEAD_PARAMETERS, build_cross_encoder, default_learning_rate
 from stages.rerank.warm_start import distillation_columns
@@ -55,6 +62,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 logger = logging.getLogger(__name__)
+KEPT = ("phase", "step", "fused")
 STAGE = "rerank"
 K_VALUES = (1, 3, 5, 10)
 
@@ -353,12 +361,15 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         )
     dev = dev_candidates(retriever, dev_queries, cfg.rerank.retrieve_top_k)
     curve: list[dict[str, Any]] = []
+    best = BestPoint() if cfg.rerank.keep_best else None
 
     # 5. A one-logit cross-encoder: the base or the tuned embedder's encoder, with a fresh head (or a hub one's).
     set_seed(cfg.run.seed)  # the fresh head starts the same on every rank and every rerun
     model = build_cross_encoder(cfg.rerank, embedder)
     if dev is not None and is_main_process() and cfg.rerank.curve_points:
         curve.append({"phase": "start", **curve_point(model, dev, 0)})
+        if best is not None:
+            best.offer(model, curve[-1])
 
     # 6. Optionally distil the tuned embedder's scores first, then train on the hard negatives.
     phases = []
@@ -371,7 +382,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     phases.append(("hard negatives", args, columns, build_loss(model, cfg.rerank.loss, columns)))
     losses_logged, steps_done, train_seconds = [], 0, 0.0
     for phase, phase_args, phase_columns, loss in phases:
-        callbacks = [DevCurveCallback(model, dev, cfg.rerank.curve_points, phase, curve)] if dev is not None else []
+        callbacks = [DevCurveCallback(model, dev, cfg.rerank.curve_points, phase, curve, best)] if dev else []
         trainer = CrossEncoderTrainer(
             model=model,
             args=phase_args,
@@ -387,7 +398,12 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     with contextlib.suppress(OSError):  # an empty folder the trainer made; checkpoints asked for are kept
         run.path(RERANK_CHECKPOINTS).rmdir()
 
-    # 7. Choose how much the reranker's score counts against the retriever's, on the dev slice of train.
+    # 7. Keep the best curve point's weights; choose how much the reranker's score counts against the
+    #    retriever's, on the dev slice of train.
+    kept = best.point if best is not None and best.point is not None else (curve[-1] if curve else None)
+    if best is not None and kept is not None and kept != curve[-1]:
+        best.restore(model)
+        logger.info("rerank: kept the weights of %s step %d (dev fused nDCG@10 %.4f)", *map(kept.get, KEPT))
     weight, fusion = choose_weight(cfg.rerank, dev, model)
     logger.info("rerank: fusion weight %.1f (%s)", weight, fusion["fusion_weight_source"])
     if curve:
@@ -418,9 +434,10 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         "mrr@10_reranked": after["mrr@10"],
         "fusion_weight": weight,
         "dev_queries": len(dev_queries),
-        "dev_ndcg@10_retriever": curve[-1]["retriever"] if curve else None,
-        "dev_ndcg@10_reranker_only": curve[-1]["reranker"] if curve else None,
-        "dev_ndcg@10_fused": curve[-1]["fused"] if curve else None,
+        "dev_ndcg@10_retriever": kept["retriever"] if kept else None,
+        "dev_ndcg@10_reranker_only": kept["reranker"] if kept else None,
+        "dev_ndcg@10_fused": kept["fused"] if kept else None,
+        "kept_step": kept and f"{kept['phase']} {kept['step']}",
         "eval_queries": evaluation["queries"],
         "train_examples": len(columns["query"]),
         "negatives": mining_report["selected"],

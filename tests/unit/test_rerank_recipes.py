@@ -13,7 +13,7 @@ from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTraine
 
 from pipeline.config import RerankConfig
 from pipeline.pseudo_queries import inverse_cloze_queries, pick_sentence
-from stages.rerank.curve import DevCandidates, DevCurveCallback, curve_point, curve_steps
+from stages.rerank.curve import BestPoint, DevCandidates, DevCurveCallback, curve_point, curve_steps
 from stages.rerank.model import build_cross_encoder
 from stages.rerank.negatives import draw_random_negatives
 from stages.rerank.train import build_loss, build_training_args, build_training_columns
@@ -161,3 +161,28 @@ def test_inverse_cloze_queries_skip_held_out_documents_and_are_seeded() -> None:
     assert rows == inverse_cloze_queries(corpus, {"d2"}, count=10, seed=3)
     assert len(inverse_cloze_queries(corpus, set(), count=4, seed=3)) == 4
     assert pick_sentence("Short one. Another short.", random.Random(0)) is None
+
+
+class SignCrossEncoder(torch.nn.Module):
+    """Prefers the relevant passage while its one weight is positive, the other one when it is negative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def predict(self, pairs, batch_size, show_progress_bar):
+        return [float(self.w) * (1.0 if passage == "rel" else -1.0) for _, passage in pairs]
+
+
+def test_the_best_curve_point_is_kept_when_training_overshoots() -> None:
+    chunks = [[{"text": "x"}, {"text": "rel"}]] * 2
+    dev = DevCandidates(["q1", "q2"], [["x", "rel"]] * 2, [[0.9, 0.8]] * 2, chunks, [{"rel": 1}] * 2)
+    model, points, best = SignCrossEncoder(), [], BestPoint()
+    callback = DevCurveCallback(model, dev, 2, "hard negatives", points, best)
+    callback.on_train_begin(None, SimpleNamespace(max_steps=6), None)
+    for step in range(1, 7):
+        if step == 4:  # the run overshoots after the first point: now it ranks the wrong passage first
+            model.w.data.fill_(-1.0)
+        callback.on_step_end(None, SimpleNamespace(global_step=step, is_world_process_zero=True), None)
+    assert [p["fused"] > points[1]["fused"] for p in points] == [True, False]
+    assert best.restore(model) == 3 and float(model.w) == 1.0
