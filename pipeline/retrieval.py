@@ -130,13 +130,28 @@ class DenseRetriever:
 
         path = resolve_model(model_ref)
         model = SentenceTransformer(path)
-        cache = embedding_cache_file(cache_dir, path, corpus) if cache_dir else None
-        if cache is not None and cache.exists():
-            logger.info("corpus embeddings of %s (%d chunks): read from %s", model_ref, len(corpus), cache.name)
+        if cache_dir is None:
+            return cls.encode(model, corpus, batch_size, score_block_mb, name=model_ref)
+        return cls.cached(model, path, corpus, cache_dir, batch_size, score_block_mb, name=model_ref)
+
+    @classmethod
+    def cached(
+        cls,
+        model,
+        model_path: str,
+        corpus: Sequence[dict],
+        cache_dir: Path,
+        batch_size: int = 64,
+        score_block_mb: float = SCORE_BLOCK_MB,
+        name: str | None = None,
+    ) -> DenseRetriever:
+        """A loaded model's retriever over the run's cache: read ``model_path``'s file, or encode once and store it."""
+        name, cache = name or model_path, embedding_cache_file(cache_dir, model_path, corpus)
+        if cache.exists():
+            logger.info("corpus embeddings of %s (%d chunks): read from %s", name, len(corpus), cache.name)
             return cls(model, corpus, torch.load(cache), score_block_mb)
-        retriever = cls.encode(model, corpus, batch_size, score_block_mb, name=model_ref)
-        if cache is not None:
-            retriever.save_cache(cache_dir, path)
+        retriever = cls.encode(model, corpus, batch_size, score_block_mb, name=name)
+        retriever.save_cache(cache_dir, model_path)
         return retriever
 
     @classmethod

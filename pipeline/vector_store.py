@@ -25,12 +25,11 @@ import urllib.parse
 import uuid
 from pathlib import Path
 
-import torch
 from llama_index.core import StorageContext, VectorStoreIndex, load_index_from_storage
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.schema import BaseNode, TextNode
 
-from pipeline.retrieval import DenseRetriever, corpus_hash, embedding_cache_file, model_hash
+from pipeline.retrieval import DenseRetriever, corpus_hash, model_hash
 from pipeline.rundir import EMBEDDING_CACHE, INDEX_DIR, RunDir, atomic_dir, is_main_process, read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -107,7 +106,7 @@ def close_vector_index(index: VectorStoreIndex) -> None:
 
 def attach_cached_embeddings(
     nodes: list[TextNode], embed_model: BaseEmbedding, embedder_path: str, corpus: list[dict], cache_dir: Path
-) -> bool:
+) -> None:
     """Give every node its vector from the run's shared corpus-embedding cache, so the index build encodes nothing.
 
     Only for an embedding model that wraps the same sentence-transformers model with normalised document
@@ -115,23 +114,13 @@ def attach_cached_embeddings(
     ``encode_document``): LlamaIndex embeds only nodes without an ``embedding``. The cache is read, or written
     once here (the eval harness and the training stages read the same file). Any other model embeds as usual.
 
-    Returns:
-        True when the nodes got cached vectors.
     """
     model = getattr(embed_model, "_model", None)
     if not (hasattr(model, "encode_document") and getattr(embed_model, "normalize", False)):
-        return False
-    cache = embedding_cache_file(cache_dir, embedder_path, corpus)
-    if cache.exists():
-        logger.info("index: corpus embeddings of %s read from %s", embedder_path, cache.name)
-        embeddings = torch.load(cache)
-    else:
-        retriever = DenseRetriever.encode(model, corpus, batch_size=embed_model.embed_batch_size, name=embedder_path)
-        retriever.save_cache(cache_dir, embedder_path)
-        embeddings = retriever.embeddings
-    for node, vector in zip(nodes, embeddings.tolist(), strict=True):
+        return
+    retriever = DenseRetriever.cached(model, embedder_path, corpus, cache_dir, embed_model.embed_batch_size)
+    for node, vector in zip(nodes, retriever.embeddings.tolist(), strict=True):
         node.embedding = vector
-    return True
 
 
 def load_vector_index(

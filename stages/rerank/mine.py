@@ -39,7 +39,7 @@ from pipeline.config import MiningConfig, RagtuneConfig
 from pipeline.dev_slice import split_dev_queries
 from pipeline.entry import run_stage
 from pipeline.pseudo_queries import inverse_cloze_queries
-from pipeline.retrieval import DenseRetriever, embedding_cache_file, model_hash
+from pipeline.retrieval import DenseRetriever, model_hash
 from pipeline.rundir import (
     EMBEDDING_CACHE,
     RERANK_NEGATIVES,
@@ -101,15 +101,8 @@ def seed_library_cache(
         The library's cache file.
     """
     import numpy as np
-    import torch
 
-    shared = embedding_cache_file(shared_cache, str(embedder_path), corpus)
-    if shared.exists():
-        embeddings = torch.load(shared)
-    else:
-        retriever = DenseRetriever.encode(model, corpus, name=str(embedder_path))
-        retriever.save_cache(shared_cache, str(embedder_path))
-        embeddings = retriever.embeddings
+    embeddings = DenseRetriever.cached(model, str(embedder_path), corpus, shared_cache).embeddings
     first: dict[str, int] = {}
     for i, row in enumerate(corpus):
         first.setdefault(row["text"], i)
