@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from pipeline.models import resolve_model
-from pipeline.ranking import fuse_scores
+from pipeline.ranking import fuse_scores, mean_metrics, per_query_metrics
 from pipeline.rundir import hash_path, is_main_process
 
 logger = logging.getLogger(__name__)
@@ -237,6 +237,24 @@ class DenseRetriever:
         return [(self.embeddings[idx] @ q).tolist() for q, idx in zip(queries, rows, strict=True)]
 
 
+def retrieval_metrics(retriever: DenseRetriever, queries: Sequence[dict], k_values: Sequence[int]) -> dict[str, float]:
+    """Mean ``hit@k``, ``recall@k``, ``mrr@10`` and ``ndcg@10`` of ``queries`` over the retriever's whole corpus.
+
+    Relevance is binary (each of a query's ``positives`` counts 1), as in sentence-transformers'
+    ``InformationRetrievalEvaluator``; one batched query encode and one exact top-k. Stage 1's held-out and
+    dev figures and the GPL round's dev figure are this function, so the promotion gate compares like with like.
+
+    Returns:
+        Metric name -> mean over the queries; ``{}`` for no query.
+    """
+    if not queries:
+        return {}
+    ks = sorted(set(k_values))
+    _, ranked = retriever.search([q["text"] for q in queries], k=max([*ks, 10]))
+    rows = [per_query_metrics(r, dict.fromkeys(q["positives"], 1), ks) for r, q in zip(ranked, queries, strict=True)]
+    return mean_metrics(rows)
+
+
 FUSION_FILE = "ragtune_fusion.json"
 
 
@@ -252,15 +270,24 @@ def load_fusion_weight(reranker_path: str | Path) -> float:
 
 
 def cross_encoder_scores(
-    cross_encoder, queries: Sequence[str], candidates: Sequence[Sequence[dict]], batch_size: int = 64
+    cross_encoder,
+    queries: Sequence[str],
+    candidates: Sequence[Sequence[dict]],
+    batch_size: int = 64,
+    show_progress_bar: bool = False,
 ) -> list[list[float]]:
     """Cross-encoder scores of every (query, candidate chunk) pair, from one batched ``predict`` call.
+
+    Args:
+        show_progress_bar: the library's bar over the batches (on the main process only), for long scorings
+            such as the GPL round's teacher labels.
 
     Returns:
         Per query, one score per candidate, in the candidates' order.
     """
     pairs = [(q, c["text"]) for q, cands in zip(queries, candidates, strict=True) for c in cands]
-    flat = cross_encoder.predict(pairs, batch_size=batch_size, show_progress_bar=False) if pairs else []
+    bar = show_progress_bar and is_main_process()
+    flat = cross_encoder.predict(pairs, batch_size=batch_size, show_progress_bar=bar) if pairs else []
     out, pos = [], 0
     for cands in candidates:
         out.append([float(s) for s in flat[pos : pos + len(cands)]])

@@ -1,7 +1,8 @@
 """Stage 1's retrieval evaluations: held-out and dev figures over cached corpus embeddings, and a cheap
 checkpoint-selection evaluator.
 
-- :func:`retrieval_metrics` scores queries with a :class:`~pipeline.retrieval.DenseRetriever` (exact top-k,
+- The held-out and dev figures are :func:`pipeline.retrieval.retrieval_metrics` (a core function: the GPL round
+  computes its dev figure the same way) over a :class:`~pipeline.retrieval.DenseRetriever` (exact top-k,
   binary relevance: the labelled positives). The base model's corpus embeddings come from the run's cache
   (the data stage's round trip already encoded them), the tuned model's are encoded once after training and
   cached for every later consumer (mining, RAFT, the eval harness, the assembled index).
@@ -20,24 +21,7 @@ from typing import Any
 
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-from pipeline.ranking import mean_metrics, per_query_metrics
 from pipeline.retrieval import DenseRetriever
-
-
-def retrieval_metrics(
-    retriever: DenseRetriever, queries: Sequence[dict[str, Any]], k_values: Sequence[int]
-) -> dict[str, float]:
-    """Mean ``hit@k``, ``recall@k``, ``mrr@10`` and ``ndcg@10`` of ``queries`` over the retriever's whole corpus.
-
-    Relevance is binary (each of a query's ``positives`` counts 1), as in sentence-transformers'
-    ``InformationRetrievalEvaluator``; one batched query encode and one exact top-k.
-    """
-    if not queries:
-        return {}
-    ks = sorted(set(k_values))
-    _, ranked = retriever.search([q["text"] for q in queries], k=max([*ks, 10]))
-    rows = [per_query_metrics(r, dict.fromkeys(q["positives"], 1), ks) for r, q in zip(ranked, queries, strict=True)]
-    return mean_metrics(rows)
 
 
 def dev_pool(retriever: DenseRetriever, queries: Sequence[dict[str, Any]], top_k: int | None) -> list[dict]:

@@ -34,7 +34,7 @@ from pipeline.entry import run_stage
 from pipeline.models import resolve_model
 from pipeline.precision import bf16_training
 from pipeline.pseudo_queries import inverse_cloze_pairs
-from pipeline.retrieval import DenseRetriever
+from pipeline.retrieval import DenseRetriever, retrieval_metrics
 from pipeline.rundir import (
     EMBED_CHECKPOINTS,
     EMBED_METRICS,
@@ -47,7 +47,7 @@ from pipeline.rundir import (
     read_jsonl,
 )
 from stages.embed.adapter import ROUTER_MAPPING, add_query_adapter
-from stages.embed.evaluate import dev_pool, retrieval_metrics, selection_evaluator
+from stages.embed.evaluate import dev_pool, selection_evaluator
 from stages.embed.pairs import NoDuplicateKeysBatchSampler, attach_negatives, build_pairs, pair_keys
 from stages.embed.tsdae import adapt_with_tsdae, adaptation_sentences
 

@@ -10,9 +10,9 @@ from sentence_transformers.sentence_transformer import losses
 
 from pipeline.config import EmbedConfig
 from pipeline.precision import bf16_training
-from pipeline.retrieval import DenseRetriever
+from pipeline.retrieval import DenseRetriever, retrieval_metrics
 from stages.embed.adapter import add_query_adapter
-from stages.embed.evaluate import dev_pool, retrieval_metrics, selection_evaluator
+from stages.embed.evaluate import dev_pool, selection_evaluator
 from stages.embed.pairs import NoDuplicateKeysBatchSampler
 from stages.embed.train import build_loss, load_model, training_arguments
 
