@@ -4,9 +4,11 @@ One copy for every reader of a generator: the eval harness, assembly (:mod:`pipe
 ``local`` LLM backend (:mod:`pipeline.llm.local`) and ``scripts/raft_compare.py``. Prompts are the
 tokenizer's chat template with the assistant turn opened (:func:`chat_prompt`), the format RAFT trains
 on; generation is left-padded, sorted by prompt length so batches carry little padding, greedy unless a
-temperature is given (:func:`generate_batched`), and a caller whose parse reads only the start of a
-completion can pass a ``stop`` rule that finishes each row as soon as it holds (:class:`TextStop`);
-:class:`GenerationMemo` generates identical prompts once.
+temperature is given (:func:`generate_batched`); the tokens every prompt of a call starts with (the system
+prompt, few-shot turns) are run through the model once and their key/value cache reused by every batch
+(:func:`shared_prefix_length`); a caller whose parse reads only the start of a completion can pass a
+``stop`` rule that finishes each row as soon as it holds (:class:`TextStop`); :class:`GenerationMemo`
+generates identical prompts once.
 """
 
 from __future__ import annotations
@@ -27,16 +29,18 @@ OnCompletion = Callable[[int, str, int, int], None]
 StopRule = Callable[[str], bool]  # completion text so far -> finished
 
 
-def load_generator(generator: str, adapter: str | None = None) -> tuple[Any, Any]:
+def load_generator(generator: str, adapter: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
     """Load a causal LM (and its LoRA adapter, merged in for speed) and a left-padding tokenizer.
 
     The tokenizer comes from the adapter folder when RAFT saved one there, so its chat template is the
-    one the generator was trained with. On CPU the weights are fp32 (bf16 matmuls are slow on most
-    CPUs), on a GPU bf16.
+    one the generator was trained with. By default the weights are fp32 on CPU (bf16 matmuls are slow on
+    most CPUs, and a merged LoRA delta is often smaller than a bf16 step of the weight it is added to) and
+    bf16 on a GPU.
 
     Args:
         generator: base (or merged) model folder.
         adapter: a peft adapter folder, or None.
+        dtype: ``"float32"`` or ``"bfloat16"`` to choose the weights' precision; None for the default above.
 
     Returns:
         (model in eval mode on the GPU when there is one, tokenizer with ``padding_side="left"`` and a pad token).
@@ -50,8 +54,9 @@ def load_generator(generator: str, adapter: str | None = None) -> tuple[Any, Any
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(generator, dtype=dtype)
+    if dtype is None:
+        dtype = "float32" if device == "cpu" else "bfloat16"
+    model = AutoModelForCausalLM.from_pretrained(generator, dtype=getattr(torch, dtype))
     if adapter:
         from peft import PeftModel
 
@@ -62,6 +67,49 @@ def load_generator(generator: str, adapter: str | None = None) -> tuple[Any, Any
 def chat_prompt(tokenizer: Any, messages: Messages) -> str:
     """The prompt string the generator sees: the tokenizer's chat template with the assistant turn opened."""
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+MIN_SHARED_PREFIX = 8  # tokens; a shorter common start is not worth its own forward pass
+
+
+def shared_prefix_length(token_ids: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every prompt shares, leaving each at least one token of its own.
+
+    Example:
+        >>> shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]])
+        2
+        >>> shared_prefix_length([[1, 2, 3]])  # a lone prompt keeps its last token to feed the model
+        2
+    """
+    if not token_ids:
+        return 0
+    first, limit = token_ids[0], min(len(ids) for ids in token_ids) - 1
+    n = 0
+    while n < limit and all(ids[n] == first[n] for ids in token_ids):
+        n += 1
+    return n
+
+
+def prefix_padded_batch(token_ids: Sequence[Sequence[int]], prefix: int, pad_id: int) -> tuple[list, list]:
+    """(input ids, attention mask) of a batch whose rows share their first ``prefix`` tokens.
+
+    The shared prefix stays in front, where its cached keys and values sit, and each row's own tokens are
+    left-padded after it: the padding is masked out, so the model's positions (from the mask) run on from
+    the prefix without a gap, and every row's new tokens start at the same column. With ``prefix`` 0 it is
+    ordinary left padding.
+
+    Example:
+        >>> prefix_padded_batch([[7, 7, 1], [7, 7, 2, 3]], prefix=2, pad_id=0)
+        ([[7, 7, 0, 1], [7, 7, 2, 3]], [[1, 1, 0, 1], [1, 1, 1, 1]])
+    """
+    width = max(len(ids) for ids in token_ids) - prefix
+    rows, masks = [], []
+    for ids in token_ids:
+        own = list(ids[prefix:])
+        pad = width - len(own)
+        rows.append(list(ids[:prefix]) + [pad_id] * pad + own)
+        masks.append([1] * prefix + [0] * pad + [1] * len(own))
+    return rows, masks
 
 
 class TextStop:
@@ -110,6 +158,11 @@ def generate_batched(
 ) -> list[str]:
     """Completions for chat requests, in left-padded batches of similar length.
 
+    The tokens all prompts start with (at least :data:`MIN_SHARED_PREFIX`: a system prompt, few-shot turns)
+    go through the model once per call; each batch starts from a copy of their key/value cache, so only
+    its rows' own tokens are computed (:func:`prefix_padded_batch`). Greedy completions are those of
+    plain left padding (the same computation in another order, up to float rounding).
+
     Args:
         model: a causal LM in eval mode.
         tokenizer: its tokenizer, ``padding_side="left"``.
@@ -129,34 +182,50 @@ def generate_batched(
     Returns:
         One stripped completion per request, in order.
     """
+    import copy
+
     import torch
+    from transformers import DynamicCache, StoppingCriteriaList
 
     if temperature > 0:
         sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
     else:
         sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     prompts = [chat_prompt(tokenizer, m) for m in requests]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: less padding
+    # The chat template already holds every special token the model was trained with.
+    token_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+    order = sorted(range(len(prompts)), key=lambda i: len(token_ids[i]))  # similar lengths: less padding
+    prefix = shared_prefix_length(token_ids) if len(prompts) > 1 else 0
+    prefix_cache = None
+    if prefix >= MIN_SHARED_PREFIX:  # run the shared start once; every batch copies its keys and values
+        prefix_cache = DynamicCache()
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([token_ids[0][:prefix]], device=model.device), past_key_values=prefix_cache)
+    else:
+        prefix = 0
     outputs = [""] * len(prompts)
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc=desc, disable=desc is None or not is_main_process() or not prompts):
         batch = order[start : start + batch_size]
-        # The chat template already holds every special token the model was trained with.
-        enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = enc.to(model.device)
+        rows, masks = prefix_padded_batch([token_ids[i] for i in batch], prefix, tokenizer.pad_token_id)
+        enc = {
+            "input_ids": torch.tensor(rows, device=model.device),
+            "attention_mask": torch.tensor(masks, device=model.device),
+        }
+        if prefix_cache is not None:
+            enc["past_key_values"] = copy.deepcopy(prefix_cache)
+            enc["past_key_values"].batch_repeat_interleave(len(batch))
         if temperature > 0 and seeds is not None:
             torch.manual_seed(seeds[batch[0]])
         if stop is not None:
-            from transformers import StoppingCriteriaList
-
-            sampling["stopping_criteria"] = StoppingCriteriaList([TextStop(tokenizer, enc["input_ids"].shape[1], stop)])
+            sampling["stopping_criteria"] = StoppingCriteriaList([TextStop(tokenizer, len(rows[0]), stop)])
         with torch.inference_mode():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
-        new_tokens = out[:, enc["input_ids"].shape[1] :]
-        for i, row, mask in zip(batch, new_tokens, enc["attention_mask"], strict=True):
+        new_tokens = out[:, len(rows[0]) :]
+        for i, row in zip(batch, new_tokens, strict=True):
             outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
             if on_completion is not None:
-                on_completion(i, outputs[i], int(mask.sum()), int((row != tokenizer.pad_token_id).sum()))
+                on_completion(i, outputs[i], len(token_ids[i]), int((row != tokenizer.pad_token_id).sum()))
     return outputs
 
 

@@ -1,5 +1,6 @@
 """The core generator: left-padded batched generation equals one-at-a-time, the memo, sampling seeds."""
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,17 @@ def _varied_generator(path: Path):
         for p in model.parameters():
             p.normal_(0, 0.5)
     return model, tokenizer
+
+
+def counting(forward, record):
+    """``forward`` that calls ``record`` first; keeps its signature (``generate`` reads which inputs it takes)."""
+
+    @functools.wraps(forward)
+    def wrapper(*args, **kwargs):
+        record(*args, **kwargs)
+        return forward(*args, **kwargs)
+
+    return wrapper
 
 
 def test_batched_left_padded_generation_equals_one_at_a_time(tiny_llama_dir: Path) -> None:
@@ -58,7 +70,7 @@ def test_stop_rule_ends_each_row_early_and_keeps_its_tokens(tiny_llama_dir: Path
 
     steps = []
     original = model.forward
-    model.forward = lambda *a, **kw: steps.append(1) or original(*a, **kw)
+    model.forward = counting(original, lambda *a, **kw: steps.append(1))
     stopped = generate_batched(
         model, tokenizer, requests, 12, 3, stop=rule, on_completion=lambda i, t, p, c: stopped_tokens.append(c)
     )
@@ -69,3 +81,25 @@ def test_stop_rule_ends_each_row_early_and_keeps_its_tokens(tiny_llama_dir: Path
         assert f.startswith(s) and rule(s)
     assert sum(stopped_tokens) < sum(full_tokens)
     assert len(steps) < 12  # the batch ended once every row had stopped, not at max_new_tokens
+
+
+def test_shared_prefix_is_computed_once_and_changes_no_completion(tiny_llama_dir: Path, monkeypatch) -> None:
+    from pipeline import generator
+
+    model, tokenizer = _varied_generator(tiny_llama_dir)
+    requests = [*REQUESTS, build_messages("another question?", ["Heron drains the queue " * 3])]
+    lengths = []
+    original = model.forward
+    model.forward = counting(original, lambda *a, **kw: lengths.append(kw["input_ids"].shape[1]))
+    shared = generate_batched(model, tokenizer, requests, 8, 2)
+    sampled = generate_batched(model, tokenizer, requests, 8, 2, temperature=0.9, seeds=[1, 2, 3, 4])
+    prompts = [generator.chat_prompt(tokenizer, r) for r in requests]
+    prefix = generator.shared_prefix_length(tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    assert prefix >= generator.MIN_SHARED_PREFIX  # the RAFT system prompt and the turn's opening tokens
+    assert lengths.count(prefix) == 2  # once per call, not once per batch
+    lengths.clear()
+
+    monkeypatch.setattr(generator, "MIN_SHARED_PREFIX", 10_000)  # plain left padding
+    model.forward = original
+    assert generate_batched(model, tokenizer, requests, 8, 2) == shared
+    assert generate_batched(model, tokenizer, requests, 8, 2, temperature=0.9, seeds=[1, 2, 3, 4]) == sampled
