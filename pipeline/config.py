@@ -403,6 +403,55 @@ class RerankConfig(Section):
     trainer: dict[str, Any] = Field(default_factory=dict, description="Passed to CrossEncoderTrainingArguments.")
 
 
+class GplConfig(Section):
+    """The optional GPL round (Generative Pseudo Labeling, Wang et al. 2022): stage 1's embedder retrains on a
+    cross-encoder teacher's score margins over (query, positive, hard negative) triples, after stage 2."""
+
+    enabled: bool = Field(
+        False,
+        description="Run the GPL round (`ragtune gpl`, and `ragtune run` between rerank and raft). false: the stage "
+        "records nothing and stage 1's model stays the tuned embedder.",
+    )
+    teacher: str = Field(
+        "tuned",
+        description="Cross-encoder that labels the triples: tuned (stage 2's rerank/model), or a cross-encoder "
+        "bundled:<name>, hub id or path.",
+    )
+    max_length: int = Field(256, ge=16, description="Tokens of (query, passage) the teacher reads.")
+    teacher_batch_size: int = Field(64, ge=1, description="(query, passage) pairs per teacher predict() batch.")
+    negatives_per_query: int = Field(
+        4,
+        ge=1,
+        description="Negatives per (query, positive): a seeded random draw from the tuned embedder's top "
+        "gpl.negatives_top_k for the query, its labelled relevant chunks excluded (GPL samples from the top 50).",
+    )
+    negatives_top_k: int = Field(50, ge=1, description="Depth of the tuned embedder's ranking negatives come from.")
+    pseudo_queries: int = Field(
+        1000,
+        ge=0,
+        description="Inverse-cloze queries added to the train-split queries (as embed.pseudo_queries: a sentence "
+        "of a chunk of a document no eval or dev query cites, its chunk without the sentence the positive). 0: none.",
+    )
+    label_scale: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto",
+        description="Multiplier of the teacher's margins score(q, pos) - score(q, neg). The student scores by cosine "
+        "(ragtune's retrieval normalises embeddings), whose margins lie in [-2, 2]; auto scales the largest |margin| "
+        "to 2, keeping sign and zero (GPL's rescaling for cosine students); a number is used as is (1: raw margins).",
+    )
+    epochs: float = Field(1.0, gt=0, description="Passes over the triples (max_steps wins when set).")
+    batch_size: int = Field(32, ge=1, description="Triples per batch (per process); no in-batch negatives.")
+    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate.")
+    max_steps: int = Field(-1, description="Stop after this many steps (-1: epochs decide).")
+    checkpoint_steps: int = Field(
+        500,
+        ge=0,
+        description="Save a checkpoint to gpl/checkpoints every this many steps; a killed run with the same config "
+        "and inputs resumes from the last one and reuses its teacher labels (0: none). Deleted once the model is "
+        "saved.",
+    )
+    trainer: dict[str, Any] = Field(default_factory=dict, description="Passed to SentenceTransformerTrainingArguments.")
+
+
 class RaftConfig(Section):
     base_model: str = Field("bundled:smollm2-135m-instruct", description="Generator to tune.")
     oracle_fraction: float = Field(
@@ -552,6 +601,9 @@ class RagtuneConfig(Section):
     synth: SynthConfig = Field(default_factory=SynthConfig, description="Synthetic queries generated from the corpus.")
     embed: EmbedConfig = Field(default_factory=EmbedConfig, description="Stage 1: the embedder's fine-tuning.")
     rerank: RerankConfig = Field(default_factory=RerankConfig, description="Stage 2: the cross-encoder reranker.")
+    gpl: GplConfig = Field(
+        default_factory=GplConfig, description="Optional second round of stage 1 on a cross-encoder's margins (off)."
+    )
     raft: RaftConfig = Field(default_factory=RaftConfig, description="Stage 3: RAFT data and the generator's adapter.")
     assemble: AssembleConfig = Field(default_factory=AssembleConfig, description="The served stack and its sizes.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Plain RAG against the tuned stack.")

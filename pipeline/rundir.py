@@ -37,9 +37,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STAGE_ORDER = ("data", "embed", "rerank", "raft_build", "raft", "eval")
+STAGE_ORDER = ("data", "embed", "rerank", "gpl", "raft_build", "raft", "eval")
 # raft_build is recorded by `ragtune raft` (build, then train) and by `python -m stages.raft.build`.
 STAGE_COMMANDS = {name: f"ragtune {name.removesuffix('_build')} CONFIG" for name in STAGE_ORDER}
+STAGE_COMMANDS["gpl"] = "ragtune gpl CONFIG gpl.enabled=true"  # optional: off by default
 TRACKED_PACKAGES = (
     "ragtune",
     "torch",
@@ -69,6 +70,11 @@ RERANK_MODEL = "rerank/model"
 RERANK_METRICS = "rerank/metrics.json"
 RERANK_CHECKPOINTS = "rerank/checkpoints"
 RERANK_LEARNING_CURVE = "rerank/learning_curve.png"
+GPL_TRAIN_DATA = "gpl/train.jsonl"  # teacher-labelled (query, positive, negative, margin) triples
+GPL_MODEL = "gpl/model"
+GPL_METRICS = "gpl/metrics.json"
+GPL_CHECKPOINTS = "gpl/checkpoints"
+GPL_RESUME = "gpl/checkpoints/ragtune_resume.json"  # the config hash and teacher labels the checkpoints belong to
 RAFT_TRAIN_DATA = "raft/train.jsonl"
 RAFT_REPORT = "raft/report.json"
 RAFT_DEV_DATA = "raft/dev.jsonl"
@@ -93,6 +99,7 @@ HEADLINE_METRICS = {
     "data": ("documents", "chunks", "human_train", "human_eval", "synthetic_train", "synthetic_eval"),
     "embed": ("before_ndcg@10", "after_ndcg@10", "train_pairs", "steps"),
     "rerank": ("ndcg@10_retriever", "ndcg@10_reranked", "fusion_weight", "train_steps"),
+    "gpl": ("dev_ndcg@10_embed", "dev_ndcg@10_gpl", "train_triples", "steps"),
     "raft_build": ("samples", "with_oracle", "without_oracle"),
     "raft": ("samples", "steps", "train_loss_first", "train_loss_last"),
     "eval": ("queries", "rag_only.ndcg@10", "embed.ndcg@10", "embed_rerank.ndcg@10", "full.ndcg@10"),
@@ -109,6 +116,16 @@ class RunLockedError(RuntimeError):
 
 class ManifestError(RuntimeError):
     """The manifest and its previous version are both unreadable; the message names the file and what to do."""
+
+
+def input_key(stage: str, output: str) -> str:
+    """The key under which a downstream record's ``inputs`` hold an upstream output's hash.
+
+    Example:
+        >>> input_key("embed", "model")
+        'embed/model'
+    """
+    return f"{stage}/{output}"
 
 
 def is_main_process() -> bool:
@@ -444,7 +461,7 @@ class RunDir:
         rec = self.load_manifest().get(stage)
         if rec is None:
             return {}
-        return {f"{stage}/{k}": rec.outputs[k]["hash"] for k in outputs if k in rec.outputs}
+        return {input_key(stage, k): rec.outputs[k]["hash"] for k in outputs if k in rec.outputs}
 
     def freshness(
         self,

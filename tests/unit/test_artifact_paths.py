@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("pipeline", "stages", "eval", "scripts")
 REGISTRY = ROOT / "pipeline" / "rundir.py"
 # A string that starts with a run directory's top folder, or names its resolved config, is an artifact path.
-ARTIFACT_PATH = re.compile(r"^(?:(?:data|embed|rerank|raft|eval|cache|index)/|config\.resolved\.yaml$)")
+ARTIFACT_PATH = re.compile(r"^(?:(?:data|embed|rerank|gpl|raft|eval|cache|index)/|config\.resolved\.yaml$)")
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
