@@ -38,6 +38,7 @@ from eval.judge import judge_answers
 from eval.metrics import labelled_recall
 from eval.probes import probe_similarities
 from eval.rankings import Ranking, rank_configurations
+from pipeline.components import tuned_embedder_path
 from pipeline.config import RagtuneConfig
 from pipeline.entry import run_stage
 from pipeline.models import resolve_model
@@ -238,7 +239,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         "fine_tune_note": report_io.fine_tune_call(baseline_recall, origins, cfg.eval.min_queries),
         "warnings": [w for w in (held.warning, report_io.optimistic_warning(origins)) if w],
         "probes": probes,
-        "promotion": promotion_report(run),
+        "promotion": promotion_report(run, cfg.gpl.enabled),
         "judge": judge_usage,
         "forgetting": forgetting,
         "bootstrap": {"samples": samples, "seed": seed, "confidence": 0.95},
@@ -359,7 +360,7 @@ def _probes(cfg: RagtuneConfig, run: RunDir, retrievers: dict[str, DenseRetrieve
 
     paths = {"base": resolve_model(cfg.embed.base_model)}
     try:
-        paths["tuned"] = str(run.require("embed", "model")["model"])
+        paths["tuned"] = tuned_embedder_path(cfg, run)[0]  # stage 1's model, or the GPL round's when it serves
     except StageInputError as e:
         logger.info("eval: tuned embedder not available for probes (%s)", e)
     out = {}

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.config import AssembleConfig, RagtuneConfig
 from pipeline.models import resolve_model
-from pipeline.promotion import resolve_auto
+from pipeline.promotion import resolve_auto, tuned_embedder
 from pipeline.rundir import RunDir
 
 
@@ -36,23 +36,39 @@ class Components:
         return self.generator, self.adapter
 
 
+def tuned_embedder_path(cfg: RagtuneConfig, run: RunDir) -> tuple[str, dict[str, str]]:
+    """The tuned embedder's folder and the upstream hashes it stands on.
+
+    Stage 1's ``embed/model``, or with ``gpl.enabled`` the GPL round's ``gpl/model`` when
+    :func:`pipeline.promotion.tuned_embedder` names it (finished on stage 1's current model, better on dev).
+    With the GPL round on, its model's hash counts as an input whichever serves: its figures decide which.
+
+    Raises:
+        StageInputError: the stage whose model it is has not finished (or its output is stale).
+    """
+    inputs = run.input_hashes("gpl", "model") if cfg.gpl.enabled else {}
+    if tuned_embedder(run.load_manifest(), cfg.gpl.enabled).stage == "gpl":
+        return str(run.require("gpl", "model")["model"]), inputs
+    return str(run.require("embed", "model")["model"]), inputs | run.input_hashes("embed", "model")
+
+
 def resolve_components(
     cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig, need_generator: bool = True
 ) -> Components:
     """Model paths for one combination of base / tuned components.
 
     Base models come from ``embed.base_model``, ``rerank.base_model`` (loaded as a CrossEncoder)
-    and ``raft.base_model``; tuned ones from the run's manifest: ``embed/model``, ``rerank/model``,
-    and ``raft/merged`` when the RAFT stage saved it, else ``raft/adapter`` over the base generator.
+    and ``raft.base_model``; tuned ones from the run's manifest: ``embed/model`` (or ``gpl/model``, see
+    :func:`tuned_embedder_path`), ``rerank/model``, and ``raft/merged`` when the RAFT stage saved it, else
+    ``raft/adapter`` over the base generator.
 
     Raises:
         StageInputError: a tuned component's stage has not finished (or its output is stale).
     """
-    choice = resolve_auto(choice, run)
+    choice = resolve_auto(choice, run, cfg.gpl.enabled)
     inputs: dict[str, str] = {}
     if choice.embedder == "tuned":
-        embedder = str(run.require("embed", "model")["model"])
-        inputs |= run.input_hashes("embed", "model")
+        embedder, inputs = tuned_embedder_path(cfg, run)
     else:
         embedder = resolve_model(cfg.embed.base_model)
     reranker = None

@@ -4,7 +4,11 @@
 records its dev-slice figures (queries of held-out train documents, never trained on) in the manifest, and
 the rules below read them:
 
-- embedder: promoted when its dev nDCG@10 beats the base embedder's (``embed.dev_fraction`` > 0);
+- embedder: promoted when its dev nDCG@10 beats the base embedder's (``embed.dev_fraction`` > 0). With the
+  GPL round on (``gpl.enabled``), the tuned embedder is the GPL model when that stage finished on stage 1's
+  current model and its dev nDCG@10 (the same dev slice, the same full-corpus figure) beats stage 1's tuned
+  figure, else stage 1's model (:func:`tuned_embedder`); ``tuned`` names it, and ``auto`` serves it when its
+  figure beats the base's;
 - reranker: promoted when the dev slice gave it a fusion weight above 0 (the one-standard-error rule: the
   fused order clearly beat the tuned retriever's), or a configured ``rerank.fusion_weight`` above 0;
 - generator: promoted when its dev answer F1 beats the base generator's.
@@ -23,8 +27,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import yaml
+
 from pipeline.config import AssembleConfig
-from pipeline.rundir import RunDir
+from pipeline.rundir import CONFIG_RESOLVED, RunDir, input_key
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,62 @@ def generator_promotion(metrics: Mapping[str, Any]) -> Promotion:
     return Promotion(tuned > base, f"dev F1 {tuned:.4f} vs base {base:.4f} ({metrics.get('dev_questions')} questions)")
 
 
+@dataclass(frozen=True)
+class TunedEmbedder:
+    """Which stage's model ``assemble.embedder: tuned`` names (``embed`` or ``gpl``), and why."""
+
+    stage: str
+    reason: str
+
+
+def tuned_embedder(manifest: Mapping[str, Any], gpl_enabled: bool) -> TunedEmbedder:
+    """The tuned embedder: the GPL round's model when it is on, finished, fresh and better on dev; else stage 1's.
+
+    The GPL model must stand on stage 1's current model (its recorded ``embed/model`` input hash is the one
+    the manifest holds now) and its ``dev_ndcg@10_gpl`` must beat the ``dev_ndcg@10_embed`` it recorded, stage 1's
+    tuned figure on the same dev slice. With ``gpl_enabled`` false the answer is stage 1's, with no reason given.
+
+    Args:
+        manifest: stage name -> record (``RunDir.load_manifest()``).
+        gpl_enabled: ``gpl.enabled`` of the config in use.
+
+    Example:
+        >>> from pipeline.rundir import StageRecord
+        >>> embed = StageRecord("done", "h", outputs={"model": {"path": "embed/model", "hash": "e1"}})
+        >>> gpl = StageRecord("done", "h", inputs={"embed/model": "e1"},
+        ...                   metrics={"dev_ndcg@10_embed": 0.55, "dev_ndcg@10_gpl": 0.58})
+        >>> tuned_embedder({"embed": embed, "gpl": gpl}, gpl_enabled=True)
+        TunedEmbedder(stage='gpl', reason="GPL dev nDCG@10 0.5800 beat stage 1's 0.5500")
+        >>> tuned_embedder({"embed": embed, "gpl": gpl}, gpl_enabled=False).stage
+        'embed'
+    """
+    if not gpl_enabled:
+        return TunedEmbedder("embed", "")
+    gpl, embed = manifest.get("gpl"), manifest.get("embed")
+    if gpl is None or gpl.status != "done":
+        return TunedEmbedder("embed", "stage 1's model: the GPL round has not finished")
+    current = (embed.outputs.get("model") or {}).get("hash") if embed is not None else None
+    if current is None or gpl.inputs.get(input_key("embed", "model")) != current:
+        return TunedEmbedder("embed", "stage 1's model: the GPL round is stale (stage 1 retrained since)")
+    ours, theirs = gpl.metrics.get("dev_ndcg@10_gpl"), gpl.metrics.get("dev_ndcg@10_embed")
+    if ours is None or theirs is None:
+        return TunedEmbedder("embed", "stage 1's model: the GPL round was not measured on a dev slice")
+    if ours > theirs:
+        return TunedEmbedder("gpl", f"GPL dev nDCG@10 {ours:.4f} beat stage 1's {theirs:.4f}")
+    return TunedEmbedder("embed", f"stage 1's model: GPL dev nDCG@10 {ours:.4f} did not beat its {theirs:.4f}")
+
+
+def _embedder_decision(manifest: Mapping[str, Any], gpl_enabled: bool) -> Promotion:
+    """:func:`embedder_promotion` of the tuned embedder :func:`tuned_embedder` names, the reason saying which."""
+    metrics = manifest["embed"].metrics
+    tuned = tuned_embedder(manifest, gpl_enabled)
+    if tuned.stage == "gpl":
+        decided = embedder_promotion({**metrics, "dev_ndcg@10_tuned": manifest["gpl"].metrics["dev_ndcg@10_gpl"]})
+        return Promotion(decided.promoted, f"GPL model, {decided.reason}; {tuned.reason}")
+    decided = embedder_promotion(metrics)
+    return Promotion(decided.promoted, f"{decided.reason}; {tuned.reason}") if tuned.reason else decided
+
+
 RULES = {
     "embedder": ("embed", embedder_promotion),
     "reranker": ("rerank", reranker_promotion),
@@ -88,38 +150,60 @@ RULES = {
 }
 
 
-def promotions(run: RunDir) -> dict[str, Promotion]:
-    """The gate's decision for every component, from the finished stages' manifest metrics."""
+def promotions(run: RunDir, gpl_enabled: bool = False) -> dict[str, Promotion]:
+    """The gate's decision for every component, from the finished stages' manifest metrics.
+
+    ``gpl_enabled`` (``gpl.enabled``): the embedder's decision is about the tuned embedder :func:`tuned_embedder`
+    names, and its reason says which model that is.
+    """
     manifest = run.load_manifest()
     decided = {}
     for component, (stage, rule) in RULES.items():
         record = manifest.get(stage)
         if record is None or record.status != "done":
             decided[component] = Promotion(False, f"not trained: the {stage} stage has not finished")
+        elif component == "embedder":
+            decided[component] = _embedder_decision(manifest, gpl_enabled)
         else:
             decided[component] = rule(record.metrics)
     return decided
 
 
-def resolve_auto(choice: AssembleConfig, run: RunDir) -> AssembleConfig:
+def resolve_auto(choice: AssembleConfig, run: RunDir, gpl_enabled: bool = False) -> AssembleConfig:
     """``choice`` with every ``auto`` replaced by ``tuned`` (promoted) or the baseline (``base``; reranker ``none``)."""
     fields = ("embedder", "reranker", "generator")
     if all(getattr(choice, f) != "auto" for f in fields):
         return choice
-    decided = promotions(run)
+    decided = promotions(run, gpl_enabled)
     baseline = {"embedder": "base", "reranker": "none", "generator": "base"}
     update = {f: ("tuned" if decided[f].promoted else baseline[f]) for f in fields if getattr(choice, f) == "auto"}
     return choice.model_copy(update=update)
 
 
-def promotion_report(run: RunDir) -> dict[str, dict[str, Any]]:
+def promotion_report(run: RunDir, gpl_enabled: bool = False) -> dict[str, dict[str, Any]]:
     """The gate's decisions as plain dicts (for report.json and ``ragtune status``)."""
-    return {component: asdict(p) for component, p in promotions(run).items()}
+    return {component: asdict(p) for component, p in promotions(run, gpl_enabled).items()}
 
 
-def format_promotions(run: RunDir) -> str:
+def gpl_enabled_in(run: RunDir) -> bool:
+    """``gpl.enabled`` of the run's last resolved config (``config.resolved.yaml``; false when there is none).
+
+    ``ragtune status RUN`` has no config of its own: it reports what the last command's config serves.
+    """
+    path = run.path(CONFIG_RESOLVED)
+    if not path.is_file():
+        return False
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return False
+    section = tree.get("gpl") if isinstance(tree, dict) else None
+    return bool(isinstance(section, dict) and section.get("enabled"))
+
+
+def format_promotions(run: RunDir, gpl_enabled: bool = False) -> str:
     """What ``assemble.*: auto`` serves, one line per component (``ragtune status``)."""
     lines = ["", "served by default (assemble.*: auto):"]
-    for component, p in promotions(run).items():
+    for component, p in promotions(run, gpl_enabled).items():
         lines.append(f"  {component:<9}  {'tuned' if p.promoted else 'baseline'}  ({p.reason})")
     return "\n".join(lines)

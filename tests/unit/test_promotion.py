@@ -1,6 +1,8 @@
 """The promotion gate: under assemble.*: auto, a tuned component serves only if it beat its baseline on dev."""
 
-from pipeline.config import AssembleConfig
+from pipeline.components import resolve_components
+from pipeline.config import AssembleConfig, RagtuneConfig, load_config
+from pipeline.models import resolve_model
 from pipeline.promotion import (
     embedder_promotion,
     format_promotions,
@@ -8,6 +10,7 @@ from pipeline.promotion import (
     promotions,
     reranker_promotion,
     resolve_auto,
+    tuned_embedder,
 )
 from pipeline.rundir import RunDir
 
@@ -60,3 +63,67 @@ def test_an_unfinished_stage_is_not_promoted(tmp_path) -> None:
     _record(run, "embed", {"dev_ndcg@10_base": 0.50, "dev_ndcg@10_tuned": 0.58})
     run.mark_failed("rerank", "boom")
     assert promotions(run)["embedder"].promoted and not promotions(run)["reranker"].promoted
+
+
+def _two_embedders(tmp_path, gpl_dev: float) -> tuple[RunDir, RagtuneConfig]:
+    """A run whose stage 1 (dev 0.55, base 0.50) and GPL round (``gpl_dev``, on that stage 1 model) finished."""
+    run = RunDir(tmp_path / "run")
+    for stage in ("embed", "gpl"):
+        run.path(f"{stage}/model").mkdir(parents=True)
+        run.path(f"{stage}/model/weights.bin").write_text(stage)
+    embed = {"dev_ndcg@10_base": 0.50, "dev_ndcg@10_tuned": 0.55, "dev_queries": 20}
+    run.record("embed", config_hash="h", inputs={}, outputs={"model": "embed/model"}, metrics=embed, started=0.0)
+    gpl = {"dev_ndcg@10_embed": 0.55, "dev_ndcg@10_gpl": gpl_dev, "dev_queries": 20}
+    inputs = run.input_hashes("embed", "model")
+    run.record("gpl", config_hash="h", inputs=inputs, outputs={"model": "gpl/model"}, metrics=gpl, started=0.0)
+    return run, load_config("configs/tiny.yaml", ["gpl.enabled=true"])
+
+
+def _served_embedder(cfg: RagtuneConfig, run: RunDir, embedder: str = "tuned") -> str:
+    choice = AssembleConfig(embedder=embedder, reranker="none")
+    return resolve_components(cfg, run, choice, need_generator=False).embedder
+
+
+def test_a_gpl_model_that_does_worse_on_dev_than_stage_1_is_not_served(tmp_path) -> None:
+    run, cfg = _two_embedders(tmp_path, gpl_dev=0.53)
+    assert tuned_embedder(run.load_manifest(), gpl_enabled=True).stage == "embed"
+    # `tuned` and a promoted `auto` both name stage 1's model; the gate says why, on which figures.
+    assert _served_embedder(cfg, run) == _served_embedder(cfg, run, "auto") == str(run.path("embed/model"))
+    decided = promotions(run, gpl_enabled=True)["embedder"]
+    assert decided.promoted
+    assert decided.reason == (
+        "dev nDCG@10 0.5500 vs base 0.5000 (20 queries); "
+        "stage 1's model: GPL dev nDCG@10 0.5300 did not beat its 0.5500"
+    )
+    assert "embedder   tuned  (dev nDCG@10 0.5500 vs base" in format_promotions(run, gpl_enabled=True)
+
+
+def test_a_gpl_model_that_beats_stage_1_on_dev_is_the_tuned_embedder(tmp_path) -> None:
+    run, cfg = _two_embedders(tmp_path, gpl_dev=0.58)
+    assert _served_embedder(cfg, run) == _served_embedder(cfg, run, "auto") == str(run.path("gpl/model"))
+    decided = promotions(run, gpl_enabled=True)["embedder"]
+    assert decided.promoted and decided.reason == (
+        "GPL model, dev nDCG@10 0.5800 vs base 0.5000 (20 queries); GPL dev nDCG@10 0.5800 beat stage 1's 0.5500"
+    )
+    # Which embedder serves is an input of what measures it: eval reruns when the GPL round does.
+    comp = resolve_components(cfg, run, AssembleConfig(embedder="tuned", reranker="none"), need_generator=False)
+    assert comp.inputs == run.input_hashes("gpl", "model")
+    # Off in the config, or stale (stage 1 retrained since), it is not served.
+    off = load_config("configs/tiny.yaml")
+    assert _served_embedder(off, run) == str(run.path("embed/model"))
+    assert promotions(run)["embedder"].reason == "dev nDCG@10 0.5500 vs base 0.5000 (20 queries)"
+    run.path("embed/model/weights.bin").write_text("retrained")
+    embed = run.load_manifest()["embed"].metrics
+    run.record("embed", config_hash="h2", inputs={}, outputs={"model": "embed/model"}, metrics=embed, started=0.0)
+    assert tuned_embedder(run.load_manifest(), gpl_enabled=True).reason.endswith("stale (stage 1 retrained since)")
+    assert _served_embedder(cfg, run) == str(run.path("embed/model"))
+
+
+def test_a_gpl_model_beating_stage_1_but_not_the_base_serves_only_when_forced(tmp_path) -> None:
+    run, cfg = _two_embedders(tmp_path, gpl_dev=0.58)
+    embed = {"dev_ndcg@10_base": 0.60, "dev_ndcg@10_tuned": 0.55, "dev_queries": 20}
+    inputs = run.load_manifest()["embed"].inputs
+    run.record("embed", config_hash="h", inputs=inputs, outputs={"model": "embed/model"}, metrics=embed, started=0.0)
+    assert not promotions(run, gpl_enabled=True)["embedder"].promoted
+    assert _served_embedder(cfg, run, "auto") == resolve_model(cfg.embed.base_model)
+    assert _served_embedder(cfg, run, "tuned") == str(run.path("gpl/model"))
