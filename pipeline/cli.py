@@ -1,6 +1,6 @@
 """The `ragtune` command: run one stage, the whole pipeline, or look at a run.
 
-ragtune data CONFIG [key=value ...] [--force]     one stage (likewise embed, rerank, raft, eval)
+ragtune data CONFIG [key=value ...] [--force]     one stage (likewise embed, rerank, gpl, raft, eval)
 ragtune run CONFIG [key=value ...]                every stage in order, skipping finished ones
 ragtune status RUN_DIR                            the manifest as a table
 ragtune query RUN_DIR "question" [key=value ...]  ask the assembled engine (answer, quotes, sources)
@@ -27,7 +27,7 @@ from pipeline.entry import (
     setup_logging,
 )
 from pipeline.llm import DryRunFinished
-from pipeline.promotion import format_promotions
+from pipeline.promotion import format_promotions, gpl_enabled_in
 from pipeline.rundir import CONFIG_RESOLVED, RunDir, StageInputError, format_status
 
 # Stage name -> module with main(cfg, run, force); only the top of the package imports stages.
@@ -35,6 +35,7 @@ STAGE_MODULES = {
     "data": "stages.data.prepare",
     "embed": "stages.embed.train",
     "rerank": "stages.rerank.train",
+    "gpl": "stages.gpl.train",  # optional (gpl.enabled): records nothing when off
     "raft": "stages.raft.train",
     "eval": "eval.harness",
 }
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "status":
             print(format_status(RunDir(args.run_dir)))
-            print(format_promotions(RunDir(args.run_dir)))
+            print(format_promotions(RunDir(args.run_dir), gpl_enabled_in(RunDir(args.run_dir))))
         elif args.command == "query":
             with contextlib.nullcontext() if args.verbose else quiet_libraries():
                 query(args.run_dir, args.question, args.overrides)

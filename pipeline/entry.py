@@ -33,6 +33,7 @@ StageMain = Callable[[RagtuneConfig, RunDir, bool], Any]
 UPSTREAM = {
     "embed": ("data",),
     "rerank": ("data", "embed"),
+    "gpl": ("data", "embed"),  # and rerank when the teacher is stage 2's model (the stage asks for it)
     "raft_build": ("data", "embed", "rerank"),
     "raft": ("data", "embed", "rerank"),
     "eval": ("data",),

@@ -58,16 +58,28 @@ def run_dir_of(config: Path) -> RunDir:
     return RunDir(Path(tree["run"]["root"]) / tree["run"]["name"])
 
 
-def simulate_embed_stage(run: RunDir, model_dir: Path) -> None:
-    """What `ragtune embed` leaves behind: embed/model and its manifest entry."""
+def simulate_embed_stage(run: RunDir, model_dir: Path, metrics: dict | None = None) -> None:
+    """What `ragtune embed` leaves behind: embed/model and its manifest entry (with ``metrics``, e.g. dev figures)."""
     shutil.copytree(model_dir, run.path("embed/model"))
     run.record(
         "embed",
         config_hash="simulated",
         inputs=run.input_hashes("data", "corpus", "queries"),
         outputs={"model": "embed/model"},
+        metrics=metrics,
         started=time.time(),
     )
+
+
+def simulate_rerank_stage(run: RunDir, bert: Path) -> None:
+    """What `ragtune rerank` leaves behind, as far as later stages read it: rerank/model (a fresh-head
+    one-logit CrossEncoder on the tiny BERT, seeded) and its manifest entry."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    torch.manual_seed(3)
+    CrossEncoder(str(bert), num_labels=1).save(str(run.path("rerank/model")))
+    run.record("rerank", config_hash="simulated", inputs={}, outputs={"model": "rerank/model"}, started=time.time())
 
 
 def record_tuned_reranker_and_adapter(run: RunDir, bert: Path, llama: Path) -> None:
