@@ -6,21 +6,29 @@ documents, chunked and chosen as the data stage does (training documents, spread
 
 - **ragtune**: the data stage's code path: its prompts (``prompt_builder``) and ``recipe_candidates`` through
   the ``local`` backend (``pipeline.llm.local``) and ``generate_batched`` (batches of ``synth.llm.batch_size``,
-  sorted by length, each row stopped once its first question is settled). Each run gets a fresh, empty LLM
-  cache folder, so every completion is really generated. The round trip filter is left out of the timing
-  (LlamaIndex has none); the same round trip is measured for both sides below.
+  sorted by length, the prompts' shared start computed once and its key/value cache reused by every batch,
+  each row stopped once its first question is settled). Each run gets a fresh, empty LLM cache folder, so
+  every completion is really generated. The round trip filter is left out of the timing (LlamaIndex has
+  none); the same round trip is measured for both sides below.
 - **ragtune, no early stop**: the same, generating every row to its end of sequence or ``max_new_tokens``
   (the code before the stop rule); its parsed queries must equal the first side's (greedy decoding).
+- **ragtune, no shared prefix**: the same with every prompt computed in full (the code before the prefix
+  cache); its parsed queries are compared with the first side's.
 - **LlamaIndex**: ``generate_qa_embedding_pairs``' loop (one ``llm.complete`` per chunk with the question
   generation prompt, the reply split into lines, list numbers stripped, every non-empty line a question)
-  through ``llama_index.llms.huggingface.HuggingFaceLLM`` over the same loaded model and tokenizer, the
-  prompt wrapped in the model's chat template. llama-index-core 0.14 no longer ships that function (it moved
-  to llama-index-finetuning, not installed here), so the loop runs here over core's own question-generation
+  through ``llama_index.llms.huggingface.HuggingFaceLLM`` loading the same model folder itself, the prompt
+  wrapped in the model's chat template. llama-index-core 0.14 no longer ships that function (it moved to
+  llama-index-finetuning, not installed here), so the loop runs here over core's own question-generation
   prompt (``llama_index.core.evaluation.dataset_generation``), the same wording.
 
-Chunks per second exclude model loading; they are given per wall-clock second and per CPU second of this
-process (``time.process_time``: steadier than wall time on shared cores); the model is loaded once, before
-any timing, and shared. Quality,
+Precision (``--precision``): by default each side loads the model as it does for its users: ragtune in
+``synth.llm.dtype`` (``auto``: bf16 where the hardware has native bf16 math), ``HuggingFaceLLM`` with
+transformers' default (the checkpoint's own dtype: bf16 for SmolLM2). ``float32`` or ``bfloat16`` loads
+both sides in that dtype, to compare the loops alone. The table names each side's dtype.
+
+Chunks per second exclude model loading (each model is loaded once, before any timing); they are given per
+wall-clock second and per CPU second of this process (``time.process_time``: steadier than wall time on
+shared cores). Quality,
 per chunk's first question: question rate (the project's ``is_question``), copy rate (``copies_passage`` with
 ``synth.copy_ngram``) and round-trip hit@k (the chunk in the top k of ``synth.round_trip_model`` over the whole
 corpus; no question counts as a miss).
@@ -35,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -46,10 +55,12 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline import generator  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.generator import chat_prompt, load_generator  # noqa: E402
 from pipeline.llm import make_backend, request_key  # noqa: E402
 from pipeline.models import resolve_model  # noqa: E402
+from pipeline.precision import inference_dtype  # noqa: E402
 from stages.data import prepare, query_generation  # noqa: E402
 from stages.data.formats import attach_chunks  # noqa: E402
 from stages.data.ingest import chunk_documents  # noqa: E402
@@ -66,6 +77,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunks", type=int, default=40, help="synthesis targets to ask about (the first N)")
     parser.add_argument("--skip-llamaindex", action="store_true", help="ragtune sides only")
     parser.add_argument("--skip-no-stop", action="store_true", help="leave out the no-early-stop side")
+    parser.add_argument("--skip-no-prefix", action="store_true", help="leave out the no-shared-prefix side")
+    parser.add_argument(
+        "--precision",
+        choices=["default", "float32", "bfloat16"],
+        default="default",
+        help="default: each side loads the model as it does itself; otherwise both sides in this dtype",
+    )
     return parser
 
 
@@ -78,7 +96,9 @@ def synthesis_targets(cfg) -> tuple[list[dict], list[dict]]:
     return prepare.synthesis_targets(cfg, corpus, eval_docs, has_labelled_eval), corpus
 
 
-def run_ragtune(cfg, model, tokenizer, chunks: list[dict], stop: bool) -> tuple[tuple[float, float], list[str], int]:
+def run_ragtune(
+    cfg, model, tokenizer, chunks: list[dict], stop: bool, share_prefix: bool = True
+) -> tuple[tuple[float, float], list[str], int]:
     """((wall, CPU) seconds, raw greedy completions, completion tokens) of the data stage's recipe, fresh cache."""
     requests = [query_generation.prompt_builder(cfg.synth)(c["text"]) for c in chunks]
     filters = CandidateFilters(cfg.synth, cfg.synth.examples or query_generation.BUILTIN_EXAMPLES, True)
@@ -87,7 +107,11 @@ def run_ragtune(cfg, model, tokenizer, chunks: list[dict], stop: bool) -> tuple[
         backend = make_backend(cfg.synth.llm, Path(cache))
         backend._model, backend._tokenizer = model, tokenizer  # loaded once, outside the timing
         rule = query_generation.RECIPE_STOP if stop else None
-        with mock.patch.object(query_generation, "RECIPE_STOP", rule):
+        min_prefix = generator.MIN_SHARED_PREFIX if share_prefix else math.inf
+        with (
+            mock.patch.object(query_generation, "RECIPE_STOP", rule),
+            mock.patch.object(generator, "MIN_SHARED_PREFIX", min_prefix),
+        ):
             started, cpu = time.perf_counter(), time.process_time()
             query_generation.recipe_candidates(
                 backend, requests, chunks, cfg.synth, filters, lambda queries, ids: [1] * len(queries)
@@ -106,21 +130,30 @@ def run_ragtune(cfg, model, tokenizer, chunks: list[dict], stop: bool) -> tuple[
     return seconds, texts, tokens
 
 
-def run_llamaindex(cfg, model, tokenizer, chunks: list[dict]) -> tuple[tuple[float, float], list[list[str]], int]:
-    """((wall, CPU) seconds, questions per chunk as LlamaIndex keeps them, raw replies): one ``complete`` per chunk."""
-    from llama_index.core.evaluation.dataset_generation import DEFAULT_QUESTION_GENERATION_PROMPT
-    from llama_index.core.schema import MetadataMode, TextNode
+def load_llamaindex(cfg, path: str, dtype: str | None):
+    """``HuggingFaceLLM`` loading the model folder itself (``dtype`` None: transformers' default for it)."""
+    import torch
     from llama_index.llms.huggingface import HuggingFaceLLM
 
     llm = HuggingFaceLLM(
-        model=model,
-        tokenizer=tokenizer,
+        model_name=path,
+        tokenizer_name=path,
         max_new_tokens=cfg.synth.llm.max_new_tokens,
         context_window=2048,
         generate_kwargs={"do_sample": False, "temperature": None, "top_p": None, "top_k": None},
-        completion_to_prompt=lambda text: chat_prompt(tokenizer, [{"role": "user", "content": text}]),
-        device_map="cpu",  # unused: the loaded model is passed in
+        device_map="cpu",
+        model_kwargs={"dtype": getattr(torch, dtype)} if dtype else {},
     )
+    llm.completion_to_prompt = lambda text: chat_prompt(llm._tokenizer, [{"role": "user", "content": text}])
+    return llm
+
+
+def run_llamaindex(cfg, llm, chunks: list[dict]) -> tuple[tuple[float, float], list[list[str]], int]:
+    """((wall, CPU) seconds, questions per chunk as LlamaIndex keeps them, raw replies): one ``complete`` per chunk."""
+    from llama_index.core.evaluation.dataset_generation import DEFAULT_QUESTION_GENERATION_PROMPT
+    from llama_index.core.schema import MetadataMode, TextNode
+
+    tokenizer = llm._tokenizer
     n = 1  # num_questions_per_chunk
     query = (
         f"You are a Teacher/ Professor. Your task is to setup {n} questions for an upcoming quiz/examination. "
@@ -161,11 +194,13 @@ def main(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     targets, corpus = synthesis_targets(cfg)
     chunks = targets[: args.chunks]
-    model, tokenizer = load_generator(resolve_model(cfg.synth.llm.model))
+    path = resolve_model(cfg.synth.llm.model)
+    forced = None if args.precision == "default" else args.precision
+    model, tokenizer = load_generator(path, dtype=forced or inference_dtype(cfg.synth.llm.dtype))
     print(
         f"{len(chunks)} chunks of {len(corpus)} ({len(targets)} synthesis targets), {cfg.synth.llm.model}, "
         f"batch {cfg.synth.llm.batch_size}, max_new_tokens {cfg.synth.llm.max_new_tokens}, greedy; "
-        "model load excluded"
+        f"model load excluded; ragtune in {model.dtype}"
     )
     rows: list[tuple[str, tuple[float, float], list[str], str]] = []
 
@@ -175,18 +210,27 @@ def main(args: argparse.Namespace) -> None:
 
     seconds, texts, tokens = run_ragtune(cfg, model, tokenizer, chunks, stop=True)
     stopped = [first_question(t) for t in texts]
-    done("ragtune", seconds, stopped, f"{tokens} tokens")
+    done("ragtune", seconds, stopped, f"{model.dtype}; {tokens} tokens")
     if not args.skip_llamaindex:
-        seconds_li, questions, tokens_li = run_llamaindex(cfg, model, tokenizer, chunks)
+        llm = load_llamaindex(cfg, path, forced)
+        seconds_li, questions, tokens_li = run_llamaindex(cfg, llm, chunks)
         extra = sum(max(len(q) - 1, 0) for q in questions)
         first = [q[0] if q else "" for q in questions]
-        done("LlamaIndex", seconds_li, first, f"{tokens_li} tokens; +{extra} more lines kept as questions")
+        note = f"{llm._model.dtype}; {tokens_li} tokens; +{extra} more lines kept as questions"
+        done("LlamaIndex", seconds_li, first, note)
+        del llm
     if not args.skip_no_stop:
         seconds_full, texts_full, tokens_full = run_ragtune(cfg, model, tokenizer, chunks, stop=False)
         full = [first_question(t) for t in texts_full]
         done("ragtune, no early stop", seconds_full, full, f"{tokens_full} tokens")
         changed = sum(a != b for a, b in zip(stopped, full, strict=True))
         print(f"early stop: parsed queries changed for {changed} of {len(chunks)} chunks (must be 0)")
+    if not args.skip_no_prefix:
+        seconds_np, texts_np, tokens_np = run_ragtune(cfg, model, tokenizer, chunks, stop=True, share_prefix=False)
+        plain = [first_question(t) for t in texts_np]
+        done("ragtune, no shared prefix", seconds_np, plain, f"{model.dtype}; {tokens_np} tokens")
+        changed = sum(a != b for a, b in zip(stopped, plain, strict=True))
+        print(f"shared prefix: parsed queries changed for {changed} of {len(chunks)} chunks (float rounding only)")
 
     from pipeline.retrieval import DenseRetriever
 
@@ -212,6 +256,8 @@ def main(args: argparse.Namespace) -> None:
         print(f"\nragtune vs LlamaIndex, chunks/s: {ratio(names.index('LlamaIndex'), 0)} (target >= 5x)")
     if "ragtune, no early stop" in names:
         print(f"early stop vs none, chunks/s: {ratio(names.index('ragtune, no early stop'), 0)}")
+    if "ragtune, no shared prefix" in names:
+        print(f"shared prefix vs none, chunks/s: {ratio(names.index('ragtune, no shared prefix'), 0)}")
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min)")
 
 

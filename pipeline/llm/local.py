@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 
 class LocalBackend(LLMBackend):
-    """A transformers causal LM, loaded once; prompts sorted by length and generated in left-padded batches.
+    """A transformers causal LM, loaded once in ``dtype`` (:func:`~pipeline.precision.inference_dtype`);
+    prompts sorted by length and generated in left-padded batches that share the prompts' common start.
 
     ``stop`` (None unless set, see :func:`stop_when`): a rule on a completion so far that finishes it early.
     """
@@ -36,10 +37,12 @@ class LocalBackend(LLMBackend):
             return
         from pipeline.generator import load_generator
         from pipeline.models import resolve_model
+        from pipeline.precision import inference_dtype
 
         path = resolve_model(self.cfg.model)
-        self._model, self._tokenizer = load_generator(path)
-        logger.info("local LLM %s loaded from %s on %s", self.cfg.model, path, self._model.device)
+        dtype = inference_dtype(self.cfg.dtype)
+        self._model, self._tokenizer = load_generator(path, dtype=dtype)
+        logger.info("local LLM %s loaded from %s on %s in %s", self.cfg.model, path, self._model.device, dtype)
 
     def _complete(
         self, todo: list[tuple[str, Messages]], max_new_tokens: int, temperature: float, on_done: OnDone

@@ -159,7 +159,8 @@ def test_torn_last_cache_line_is_dropped(tmp_path):
 
 
 def test_local_provider_batched_left_padded_greedy(tiny_llama_dir, tmp_path):
-    cfg = LLMConfig(provider="local", model=str(tiny_llama_dir), batch_size=3, max_new_tokens=6)
+    # fp32: batched and one-at-a-time agree exactly (bf16 rounding may flip a near tie)
+    cfg = LLMConfig(provider="local", model=str(tiny_llama_dir), batch_size=3, max_new_tokens=6, dtype="float32")
     backend = make_backend(cfg, tmp_path / "a")
     requests = [[{"role": "user", "content": text}] for text in ("hi", "a much longer prompt about the policy", "x y")]
     batched = backend.generate(requests)
@@ -169,6 +170,19 @@ def test_local_provider_batched_left_padded_greedy(tiny_llama_dir, tmp_path):
     single = make_backend(cfg.model_copy(update={"batch_size": 1}), tmp_path / "b")
     assert single.generate(requests) == batched
     assert backend.generate(requests) == batched and backend.usage.calls == 3  # cached
+
+
+@pytest.mark.parametrize("dtype", ["auto", "float32", "bfloat16"])
+def test_local_provider_loads_the_configured_precision(tiny_llama_dir, tmp_path, dtype):
+    import torch
+
+    from pipeline.precision import bf16_training
+
+    backend = make_backend(LLMConfig(provider="local", model=str(tiny_llama_dir), dtype=dtype), tmp_path)
+    assert backend.generate([[{"role": "user", "content": "hi"}]], max_new_tokens=2)[0] is not None
+    expected = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    expected["auto"] = torch.bfloat16 if bf16_training() else torch.float32  # native bf16 math only
+    assert backend._model.dtype == expected[dtype]
 
 
 CHILD = """
