@@ -100,7 +100,9 @@ def tuned_embedder(manifest: Mapping[str, Any], gpl_enabled: bool) -> TunedEmbed
 
     The GPL model must stand on stage 1's current model (its recorded ``embed/model`` input hash is the one
     the manifest holds now) and its ``dev_ndcg@10_gpl`` must beat the ``dev_ndcg@10_embed`` it recorded, stage 1's
-    tuned figure on the same dev slice. With ``gpl_enabled`` false the answer is stage 1's, with no reason given.
+    tuned figure on the same dev slice. Without a dev slice neither figure exists and the last round, GPL's, is
+    the tuned embedder (stage 1 likewise keeps its last step); ``auto`` still does not promote it, having no dev
+    figure against the base. With ``gpl_enabled`` false the answer is stage 1's, with no reason given.
 
     Args:
         manifest: stage name -> record (``RunDir.load_manifest()``).
@@ -125,8 +127,8 @@ def tuned_embedder(manifest: Mapping[str, Any], gpl_enabled: bool) -> TunedEmbed
     if current is None or gpl.inputs.get(input_key("embed", "model")) != current:
         return TunedEmbedder("embed", "stage 1's model: the GPL round is stale (stage 1 retrained since)")
     ours, theirs = gpl.metrics.get("dev_ndcg@10_gpl"), gpl.metrics.get("dev_ndcg@10_embed")
-    if ours is None or theirs is None:
-        return TunedEmbedder("embed", "stage 1's model: the GPL round was not measured on a dev slice")
+    if ours is None or theirs is None:  # no dev slice: the last round is kept, as stage 1 keeps its last step
+        return TunedEmbedder("gpl", "GPL model: no dev slice to compare it with stage 1's, so the last round is kept")
     if ours > theirs:
         return TunedEmbedder("gpl", f"GPL dev nDCG@10 {ours:.4f} beat stage 1's {theirs:.4f}")
     return TunedEmbedder("embed", f"stage 1's model: GPL dev nDCG@10 {ours:.4f} did not beat its {theirs:.4f}")
