@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 STAGE = "gpl"
 # Besides its own section, the round depends on stage 1's dev slice and the cut-offs its figures use.
 CONFIG_SECTIONS = ("gpl", "embed.dev_fraction", "embed.k_values")
-WEAK_TEACHER_MARGIN = 1e-3  # a cross-encoder whose margins all stay below this cannot rank: warn
+WEAK_TEACHER_MARGIN = 1e-3  # a cross-encoder whose margins all stay below this cannot rank: refused
 
 
 def training_arguments(cfg: GplConfig, output_dir: Path, seed: int) -> SentenceTransformerTrainingArguments:
@@ -214,14 +214,15 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
             triples = read_jsonl(run.path(GPL_TRAIN_DATA))
     if not triples:
         raise ValueError(f"gpl: no (query, positive, negative) triple to train on; see {GPL_TRAIN_DATA}")
-    scale = margin_scale([t["margin"] for t in triples], gcfg.label_scale)
     widest = max(abs(t["margin"]) for t in triples)
-    if widest < WEAK_TEACHER_MARGIN:
-        logger.warning(
-            "gpl: the teacher's widest margin is %.2g: it barely tells a positive from a negative (an untrained "
-            "head?), so the labels are mostly noise; check gpl.teacher",
-            widest,
+    if widest < WEAK_TEACHER_MARGIN:  # scaled up, its noise would be the student's only target
+        raise ConfigError(
+            f"gpl.teacher: the teacher ({teacher_path}) cannot tell a positive from a negative: its widest margin "
+            f"over {len(triples)} triples is {widest:.2g} (below {WEAK_TEACHER_MARGIN:g}), so GPL would train on "
+            f"noise. Its labels are kept in {GPL_TRAIN_DATA}. Use a cross-encoder that ranks (gpl.teacher=<hub id or "
+            "path>, e.g. cross-encoder/ms-marco-MiniLM-L6-v2), or leave gpl.enabled false"
         )
+    scale = margin_scale([t["margin"] for t in triples], gcfg.label_scale)
     if checkpoint:
         logger.info("gpl: resuming from %s (labels reused from %s)", Path(checkpoint).name, GPL_TRAIN_DATA)
 

@@ -71,14 +71,20 @@ def simulate_embed_stage(run: RunDir, model_dir: Path, metrics: dict | None = No
     )
 
 
-def simulate_rerank_stage(run: RunDir, bert: Path) -> None:
+def simulate_rerank_stage(run: RunDir, bert: Path, varied: bool = False) -> None:
     """What `ragtune rerank` leaves behind, as far as later stages read it: rerank/model (a fresh-head
-    one-logit CrossEncoder on the tiny BERT, seeded) and its manifest entry."""
+    one-logit CrossEncoder on the tiny BERT, seeded) and its manifest entry. ``varied``: every weight drawn
+    large, so the scores differ visibly between pairs (a fresh head on the tiny BERT scores all alike)."""
     import torch
     from sentence_transformers import CrossEncoder
 
     torch.manual_seed(3)
-    CrossEncoder(str(bert), num_labels=1).save(str(run.path("rerank/model")))
+    model = CrossEncoder(str(bert), num_labels=1)
+    if varied:
+        with torch.no_grad():
+            for param in model.model.parameters():
+                param.normal_(0, 0.5)
+    model.save(str(run.path("rerank/model")))
     run.record("rerank", config_hash="simulated", inputs={}, outputs={"model": "rerank/model"}, started=time.time())
 
 

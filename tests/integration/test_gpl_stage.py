@@ -47,7 +47,7 @@ def upstream(tiny_config: Path, tiny_bert_dir: Path) -> RunDir:
     run = run_dir_of(tiny_config)
     handmade_data_stage(run)
     simulate_embed_stage(run, tiny_bert_dir, STAGE_1)
-    simulate_rerank_stage(run, tiny_bert_dir)
+    simulate_rerank_stage(run, tiny_bert_dir, varied=True)  # a teacher whose margins are not all near 0
     return run
 
 
@@ -196,3 +196,18 @@ def test_gpl_off_records_nothing_and_leaves_the_tuned_embedder_as_before(
     capsys.readouterr()
     cli(["status", str(run.root)])
     assert "GPL" not in capsys.readouterr().out.split("served by default")[1]
+
+
+def test_a_teacher_that_cannot_rank_is_refused_naming_gpl_teacher_and_its_labels_are_kept(
+    tiny_config: Path, upstream: RunDir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    run = upstream
+    # A collapsed cross-encoder: the same score for every pair (margins 0), which auto scaling would blow up.
+    monkeypatch.setattr(CrossEncoder, "predict", lambda self, pairs, **kwargs: [0.25] * len(pairs))
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["gpl", str(tiny_config), *OVERRIDES, "gpl.pseudo_queries=0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "gpl.teacher" in err and "cannot tell a positive from a negative" in err and "gpl/train.jsonl" in err
+    assert len(read_jsonl(run.path("gpl/train.jsonl"))) == 24 * 4  # the teacher's work is not lost
+    assert not run.path("gpl/model").exists() and run.load_manifest()["gpl"].failure
