@@ -32,6 +32,7 @@ from typing import Any
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
+from pipeline.promotion import tuned_embedder
 from pipeline.rundir import (
     CONFIG_RESOLVED,
     EVAL_JSON,
@@ -57,6 +58,13 @@ EVAL_PAIRS = {  # the eval comparison that shows each component's effect: (confi
     "reranker": ("embed_rerank", "embed"),
     "generator": ("full", "embed_rerank"),
 }
+
+
+def component_stage(component: str, manifest: dict[str, Any], cfg: dict) -> str:
+    """The stage whose output is the tuned ``component``: for the embedder, the GPL round's when it is the tuned one."""
+    if component == "embedder":
+        return tuned_embedder(manifest, bool((cfg.get("gpl") or {}).get("enabled"))).stage
+    return COMPONENTS[component][0]
 
 
 def _base_model(cfg: dict, component: str) -> str:
@@ -89,8 +97,10 @@ def model_card(run: RunDir, component: str, folder: Path, cfg: dict) -> ModelCar
         folder: the exported model folder (its ``README.md``, if any, is kept below ragtune's section).
         cfg: the run's resolved config as a mapping.
     """
-    stage, _, library = COMPONENTS[component]
-    record = run.load_manifest()[stage]
+    _, _, library = COMPONENTS[component]
+    manifest = run.load_manifest()
+    stage = component_stage(component, manifest, cfg)
+    record = manifest[stage]
     existing = folder / "README.md"
     card = ModelCard.load(existing) if existing.is_file() else ModelCard("---\n---\n")
     data = card.data.to_dict() if card.data else {}
@@ -135,7 +145,8 @@ def export_run(run: RunDir, to: Path) -> dict[str, dict]:
     cfg = yaml.safe_load(run.path(CONFIG_RESOLVED).read_text(encoding="utf-8")) or {}
     manifest = run.load_manifest()
     exported: dict[str, dict] = {}
-    for component, (stage, keys, _) in COMPONENTS.items():
+    for component, (_, keys, _) in COMPONENTS.items():
+        stage = component_stage(component, manifest, cfg)
         if stage not in manifest:
             logger.info("export: %s skipped (stage %s has not finished)", component, stage)
             continue

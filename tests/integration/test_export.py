@@ -181,3 +181,20 @@ def test_export_of_data_refuses_push_and_a_run_without_data(tiny_config: Path, t
     with pytest.raises(SystemExit) as exit_info:
         cli(["export", str(run.root), "--to", str(tmp_path / "x"), "--format", "llamaindex"])
     assert exit_info.value.code == 2 and "stage 'data' has not finished" in capsys.readouterr().err
+
+
+def test_export_takes_the_gpl_model_as_the_embedder_when_it_is_the_tuned_one(finished_run, tmp_path: Path) -> None:
+    run = finished_run
+    shutil.copytree(run.path("embed/model"), run.path("gpl/model"))
+    run.path("gpl/model/gpl-marker.txt").write_text("the GPL round's model")
+    metrics = {"dev_ndcg@10_embed": 0.50, "dev_ndcg@10_gpl": 0.60, "dev_queries": 8}
+    inputs = run.input_hashes("embed", "model")
+    run.record("gpl", config_hash="g", inputs=inputs, outputs={"model": "gpl/model"}, metrics=metrics, started=0.0)
+    resolved = run.path("config.resolved.yaml")
+    cfg = yaml.safe_load(resolved.read_text())
+
+    assert export_run(run, tmp_path / "off")["embedder"]["stage"] == "embed"  # gpl.enabled false in the run's config
+    resolved.write_text(yaml.safe_dump(cfg | {"gpl": {**cfg.get("gpl", {}), "enabled": True}}))
+    exported = export_run(run, tmp_path / "on")
+    assert exported["embedder"]["stage"] == "gpl" and (tmp_path / "on/embedder/gpl-marker.txt").is_file()
+    assert "stage `gpl`" in (tmp_path / "on/embedder/README.md").read_text()
