@@ -135,7 +135,8 @@ def test_without_a_dev_slice_the_gpl_round_is_the_tuned_embedder_but_auto_does_n
     unmeasured = {"dev_ndcg@10_embed": None, "dev_ndcg@10_gpl": None, "dev_queries": 0}
     run.record("gpl", config_hash="h", inputs=inputs, outputs={"model": "gpl/model"}, metrics=unmeasured, started=0.0)
     run.record("embed", config_hash="h", inputs={}, outputs={"model": "embed/model"}, metrics={}, started=0.0)
-    assert tuned_embedder(run.load_manifest(), gpl_enabled=True).stage == "gpl"  # the last round, as stage 1's last step
+    # the last round is kept, as stage 1 keeps its last step
+    assert tuned_embedder(run.load_manifest(), gpl_enabled=True).stage == "gpl"
     assert _served_embedder(cfg, run, "tuned") == str(run.path("gpl/model"))
     assert not promotions(run, gpl_enabled=True)["embedder"].promoted  # no dev figure against the base
     assert _served_embedder(cfg, run, "auto") == resolve_model(cfg.embed.base_model)
