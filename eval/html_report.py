@@ -170,6 +170,13 @@ def stage_cards(run: RunDir) -> list[tuple[str, str]]:
         if audit is not None and audit.is_file():
             body += "<h4>Audit samples</h4><pre>" + _e(audit.read_text(encoding="utf-8")) + "</pre>"
         cards.append(("rerank: mining, training and the fusion weight", body))
+    if "gpl" in manifest:
+        gpl = _read_json(run, _output(manifest["gpl"], "metrics")) or dict(manifest["gpl"].metrics)
+        body = ""
+        if gpl.get("loss_history"):
+            body += _img(loss_curve_uri(gpl["loss_history"], "GPL round training loss"), "GPL learning curve")
+        rest = {k: v for k, v in gpl.items() if k not in ("dev", "loss_history", "dev_qids")}
+        cards.append(("gpl: stage 1's second round on a teacher's margins", body + _figures(flatten(rest))))
     if "raft_build" in manifest or "raft" in manifest:
         body = ""
         if "raft_build" in manifest:
