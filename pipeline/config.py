@@ -442,8 +442,8 @@ class GplConfig(Section):
         "auto",
         description="Multiplier of the teacher's margins score(q, pos) - score(q, neg). The student scores by cosine "
         "(ragtune's retrieval normalises embeddings), whose margins lie in [-2, 2]; auto scales the largest |margin| "
-        "to 2, keeping sign and zero (the paper's students score by dot product and take raw margins); a number is used "
-        "as is (1: raw margins). A teacher whose margins all stay below 1e-3 is refused either way.",
+        "to 2, keeping sign and zero (the paper's students score by dot product and take raw margins); a number is "
+        "used as is (1: raw margins). A teacher whose margins all stay below 1e-3 is refused either way.",
     )
     epochs: float = Field(1.0, gt=0, description="Passes over the triples (max_steps wins when set).")
     batch_size: int = Field(32, ge=1, description="Triples per batch (per process); no in-batch negatives.")
