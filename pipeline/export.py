@@ -32,7 +32,7 @@ from typing import Any
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
-from pipeline.promotion import tuned_embedder
+from pipeline.promotion import gpl_enabled_of, tuned_embedder
 from pipeline.rundir import (
     CONFIG_RESOLVED,
     EVAL_JSON,
@@ -63,7 +63,7 @@ EVAL_PAIRS = {  # the eval comparison that shows each component's effect: (confi
 def component_stage(component: str, manifest: dict[str, Any], cfg: dict) -> str:
     """The stage whose output is the tuned ``component``: for the embedder, the GPL round's when it is the tuned one."""
     if component == "embedder":
-        return tuned_embedder(manifest, bool((cfg.get("gpl") or {}).get("enabled"))).stage
+        return tuned_embedder(manifest, gpl_enabled_of(cfg)).stage
     return COMPONENTS[component][0]
 
 
@@ -88,19 +88,18 @@ def _figures(run: RunDir, component: str, record: Any) -> list[str]:
     return lines
 
 
-def model_card(run: RunDir, component: str, folder: Path, cfg: dict) -> ModelCard:
+def model_card(run: RunDir, component: str, stage: str, folder: Path, cfg: dict) -> ModelCard:
     """The card of one exported component: Hub metadata, the run's figures and lineage, then the stage's own card.
 
     Args:
         run: the run directory.
         component: ``embedder``, ``reranker`` or ``generator``.
+        stage: the stage whose output it is (:func:`component_stage`).
         folder: the exported model folder (its ``README.md``, if any, is kept below ragtune's section).
         cfg: the run's resolved config as a mapping.
     """
     _, _, library = COMPONENTS[component]
-    manifest = run.load_manifest()
-    stage = component_stage(component, manifest, cfg)
-    record = manifest[stage]
+    record = run.load_manifest()[stage]
     existing = folder / "README.md"
     card = ModelCard.load(existing) if existing.is_file() else ModelCard("---\n---\n")
     data = card.data.to_dict() if card.data else {}
@@ -157,7 +156,7 @@ def export_run(run: RunDir, to: Path) -> dict[str, dict]:
         target = to / component
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(source, target)
-        model_card(run, component, target, cfg).save(target / "README.md")
+        model_card(run, component, stage, target, cfg).save(target / "README.md")
         exported[component] = {"stage": stage, "output": key, "folder": component}
     if not exported:
         raise StageInputError(f"export: no stage of {run.root} has finished (run `ragtune run CONFIG` first)")

@@ -187,6 +187,17 @@ def promotion_report(run: RunDir, gpl_enabled: bool = False) -> dict[str, dict[s
     return {component: asdict(p) for component, p in promotions(run, gpl_enabled).items()}
 
 
+def gpl_enabled_of(tree: Any) -> bool:
+    """``gpl.enabled`` of a parsed config mapping (false when the section or the mapping is missing).
+
+    Example:
+        >>> gpl_enabled_of({"gpl": {"enabled": True}}), gpl_enabled_of({}), gpl_enabled_of(None)
+        (True, False, False)
+    """
+    section = tree.get("gpl") if isinstance(tree, dict) else None
+    return bool(isinstance(section, dict) and section.get("enabled"))
+
+
 def gpl_enabled_in(run: RunDir) -> bool:
     """``gpl.enabled`` of the run's last resolved config (``config.resolved.yaml``; false when there is none).
 
@@ -196,11 +207,9 @@ def gpl_enabled_in(run: RunDir) -> bool:
     if not path.is_file():
         return False
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return gpl_enabled_of(yaml.safe_load(path.read_text(encoding="utf-8")))
     except yaml.YAMLError:
         return False
-    section = tree.get("gpl") if isinstance(tree, dict) else None
-    return bool(isinstance(section, dict) and section.get("enabled"))
 
 
 def format_promotions(run: RunDir, gpl_enabled: bool = False) -> str:

@@ -20,6 +20,28 @@ from typing import Any
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
+def sentences_of(text: str, min_words: int = 6, max_words: int = 40) -> list[str]:
+    """The sentences of ``text`` with ``min_words``..``max_words`` words, in order.
+
+    Example:
+        >>> sentences_of("Too short. Heron fails over to the standby router within thirty seconds.")
+        ['Heron fails over to the standby router within thirty seconds.']
+    """
+    return [s.strip() for s in SENTENCE_END.split(text) if min_words <= len(s.split()) <= max_words]
+
+
+def held_out_documents(queries: Sequence[Mapping[str, Any]], dev_queries: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The documents an eval query or a dev query cites: no pseudo-query or adaptation sentence comes from them.
+
+    Example:
+        >>> held_out_documents([{"split": "eval", "doc_ids": ["a"]}, {"split": "train", "doc_ids": ["b"]}],
+        ...                    [{"doc_ids": ["c"]}]) == {"a", "c"}
+        True
+    """
+    held_out = {d for q in queries if q["split"] != "train" for d in q["doc_ids"]}
+    return held_out | {d for q in dev_queries for d in q["doc_ids"]}
+
+
 def pick_sentence(text: str, rng: random.Random, min_words: int = 6, max_words: int = 40) -> str | None:
     """A random sentence of ``text`` with ``min_words``..``max_words`` words, or ``None`` when it has none.
 
@@ -27,7 +49,7 @@ def pick_sentence(text: str, rng: random.Random, min_words: int = 6, max_words: 
         >>> pick_sentence("Too short. Heron fails over to the standby router within thirty seconds.", random.Random(0))
         'Heron fails over to the standby router within thirty seconds.'
     """
-    sentences = [s.strip() for s in SENTENCE_END.split(text) if min_words <= len(s.split()) <= max_words]
+    sentences = sentences_of(text, min_words, max_words)
     return rng.choice(sentences) if sentences else None
 
 
@@ -109,7 +131,7 @@ def inverse_cloze_pairs(
     eligible = [c for c in corpus if c["doc_id"] not in held_out_docs]
     sentences = {}
     for chunk in rng.sample(eligible, len(eligible)):
-        found = [s.strip() for s in SENTENCE_END.split(chunk["text"]) if 6 <= len(s.split()) <= 40]
+        found = sentences_of(chunk["text"])
         sentences[chunk["id"]] = (chunk["text"], rng.sample(found, len(found)))
     pairs: list[dict[str, Any]] = []
     for depth in range(max((len(found) for _, found in sentences.values()), default=0)):

@@ -113,7 +113,6 @@ def attach_cached_embeddings(
     vectors (:class:`pipeline.assemble.SentenceTransformerEmbedding`, whose ``_get_text_embeddings`` is
     ``encode_document``): LlamaIndex embeds only nodes without an ``embedding``. The cache is read, or written
     once here (the eval harness and the training stages read the same file). Any other model embeds as usual.
-
     """
     model = getattr(embed_model, "_model", None)
     if not (hasattr(model, "encode_document") and getattr(embed_model, "normalize", False)):

@@ -193,6 +193,16 @@ class RoundTrip:
         return ranks
 
 
+def bm25_round_trip_on(cfg: SynthConfig) -> bool:
+    """Whether held-out synthetic queries pass the BM25 round trip (``synth.eval_round_trip`` and a top k).
+
+    Example:
+        >>> bm25_round_trip_on(SynthConfig()), bm25_round_trip_on(SynthConfig(round_trip_top_k=None))
+        (True, False)
+    """
+    return cfg.eval_round_trip == "bm25" and cfg.round_trip_top_k is not None
+
+
 class LexicalRoundTrip:
     """The held-out queries' round trip: the rank BM25 gives each query's own chunk among the whole corpus.
 
@@ -216,7 +226,7 @@ class LexicalRoundTrip:
 
     @property
     def enabled(self) -> bool:
-        return self.cfg.eval_round_trip == "bm25" and self.cfg.round_trip_top_k is not None
+        return bm25_round_trip_on(self.cfg)
 
     def ranks(self, queries: list[str], chunk_ids: list[str]) -> list[int]:
         """1-based rank of ``chunk_ids[i]`` for ``queries[i]`` under BM25 (``top_k + 1``: not in its top k)."""

@@ -36,7 +36,14 @@ from typing import Any
 from pipeline.config import SynthConfig
 from pipeline.dev_slice import CHOSEN_BY_BASE
 from pipeline.llm import make_backend
-from stages.data.query_filters import CandidateFilters, LexicalRoundTrip, RoundTrip, SplitRoundTrip, drop_duplicates
+from stages.data.query_filters import (
+    CandidateFilters,
+    LexicalRoundTrip,
+    RoundTrip,
+    SplitRoundTrip,
+    bm25_round_trip_on,
+    drop_duplicates,
+)
 from stages.data.query_generation import (
     BUILTIN_EXAMPLES,
     corpus_idf,
@@ -102,11 +109,9 @@ def round_trip_name(cfg: SynthConfig, held_out: bool) -> str | None:
         >>> round_trip_name(SynthConfig(), held_out=False), round_trip_name(SynthConfig(round_trip_top_k=None), True)
         ('base_embedder', None)
     """
-    if cfg.round_trip_top_k is None:
-        return None
     if held_out:
-        return "bm25" if cfg.eval_round_trip == "bm25" else None
-    return CHOSEN_BY_BASE
+        return "bm25" if bm25_round_trip_on(cfg) else None
+    return CHOSEN_BY_BASE if cfg.round_trip_top_k is not None else None
 
 
 def synthesize_queries(

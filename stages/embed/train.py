@@ -33,7 +33,7 @@ from pipeline.dev_slice import DEV_MIN_QUERIES, split_dev_queries
 from pipeline.entry import run_stage
 from pipeline.models import resolve_model
 from pipeline.precision import bf16_training
-from pipeline.pseudo_queries import inverse_cloze_pairs
+from pipeline.pseudo_queries import held_out_documents, inverse_cloze_pairs
 from pipeline.retrieval import DenseRetriever, retrieval_metrics
 from pipeline.rundir import (
     EMBED_CHECKPOINTS,
@@ -193,8 +193,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         raise ValueError(f"{paths['queries']}: no eval-split query; embed needs held-out queries to report on")
     train_queries, dev_queries = split_dev_queries(train_queries, ecfg.dev_fraction)
     pairs = build_pairs(train_queries, chunks)
-    held_out = {d for q in queries if q["split"] != "train" for d in q["doc_ids"]}
-    held_out |= {d for q in dev_queries for d in q["doc_ids"]}
+    held_out = held_out_documents(queries, dev_queries)
     pseudo = inverse_cloze_pairs(corpus, held_out, ecfg.pseudo_queries, cfg.run.seed) if ecfg.pseudo_queries else []
     logger.info("embed: %d inverse-cloze pairs added to %d labelled and synthetic ones", len(pseudo), len(pairs))
     pairs += pseudo

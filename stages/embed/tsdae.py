@@ -24,7 +24,7 @@ from sentence_transformers.sentence_transformer.trainer import SentenceTransform
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
 from pipeline.precision import bf16_training
-from pipeline.pseudo_queries import SENTENCE_END
+from pipeline.pseudo_queries import sentences_of
 
 logger = logging.getLogger(__name__)
 DELETION_RATIO = 0.6  # the TSDAE paper's best noise
@@ -53,13 +53,7 @@ def adaptation_sentences(
         >>> adaptation_sentences(corpus, {"b"}, 10, seed=0)
         ['Heron fails over in thirty seconds.']
     """
-    found = dict.fromkeys(
-        s.strip()
-        for c in corpus
-        if c["doc_id"] not in held_out_docs
-        for s in SENTENCE_END.split(c["text"])
-        if 4 <= len(s.split()) <= 60
-    )
+    found = dict.fromkeys(s for c in corpus if c["doc_id"] not in held_out_docs for s in sentences_of(c["text"], 4, 60))
     sentences = list(found)
     random.Random(seed).shuffle(sentences)
     return sentences[:limit]

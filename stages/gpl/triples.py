@@ -22,7 +22,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from pipeline.dev_slice import split_dev_queries
-from pipeline.pseudo_queries import inverse_cloze_pairs
+from pipeline.pseudo_queries import held_out_documents, inverse_cloze_pairs
 from pipeline.retrieval import DenseRetriever, cross_encoder_scores
 
 COSINE_MARGIN = 2.0  # the widest margin two cosine scores can have
@@ -77,8 +77,7 @@ def gpl_queries(
         for q in train
     ]
     # As stage 1: no chunk of a document that an eval or dev query cites becomes a pseudo-query.
-    held_out: set[str] = {d for q in queries if q["split"] != "train" for d in q["doc_ids"]}
-    held_out |= {d for q in dev for d in q["doc_ids"]}
+    held_out = held_out_documents(queries, dev)
     pseudo = inverse_cloze_pairs(corpus, held_out, pseudo_queries, seed) if pseudo_queries else []
     rows += [
         {
