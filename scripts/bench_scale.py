@@ -37,7 +37,6 @@ Each step also reports the largest (queries x corpus) float matrix it holds at o
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import random
@@ -53,6 +52,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.rundir import atomic_write_jsonl, read_jsonl  # noqa: E402
+
 DEMO_DOCS = ROOT / "data" / "demo" / "docs"
 REAL_MODEL = "bundled:minilm-l6"
 CHUNKS_PER_DOC = 10
@@ -120,10 +123,6 @@ def make_dataset(n_chunks: int, n_queries: int, seed: int) -> tuple[list[dict], 
     return corpus, queries
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
 def build_random_bert(target: Path, dimension: int = 384, hidden: int = 128) -> Path:
     """A randomly initialised one-layer BERT sentence-transformer (``hidden`` wide, mean pooling, then a
     linear layer to ``dimension``, MiniLM's 384) with a WordPiece vocabulary trained on the demo documents;
@@ -182,15 +181,12 @@ def score_rows(n_corpus: int) -> tuple[int, str]:
     """Queries per block of ``pipeline.retrieval``'s exact scoring over ``n_corpus`` chunks, and why.
 
     The core bounds each block's (queries x corpus) float32 matrix by ``run.score_block_mb`` (its
-    ``query_block``); an older core without it scores fixed blocks (``exact_top_k``'s ``block`` default).
+    ``query_block``).
     """
     from pipeline import retrieval
 
-    if hasattr(retrieval, "query_block"):
-        budget = retrieval.SCORE_BLOCK_MB
-        return retrieval.query_block(n_corpus, budget), f"score_block_mb default {budget:g} MiB"
-    block = inspect.signature(retrieval.exact_top_k).parameters["block"].default
-    return block, f"fixed block of {block} queries"
+    budget = retrieval.SCORE_BLOCK_MB
+    return retrieval.query_block(n_corpus, budget), f"score_block_mb default {budget:g} MiB"
 
 
 def matrix_mb(rows: int, cols: int, itemsize: int = 4) -> float:
@@ -378,7 +374,6 @@ def run_step(name: str, work: Path, args: argparse.Namespace, encoder_path: str)
 
 
 def child(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(ROOT))
     import logging
 
     logging.basicConfig(level=logging.WARNING)
@@ -408,7 +403,6 @@ def main() -> None:
         return
     args.li_queries = min(args.li_queries, args.queries)
 
-    sys.path.insert(0, str(ROOT))
     from pipeline.models import resolve_model
 
     with tempfile.TemporaryDirectory(prefix="bench_scale-") as tmp:
@@ -417,7 +411,7 @@ def main() -> None:
         corpus, queries = make_dataset(args.chunks, args.queries, args.seed)
         generated = time.perf_counter() - started
         for name, rows in (("corpus", corpus), ("queries", queries)):
-            (work / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+            atomic_write_jsonl(work / f"{name}.jsonl", rows)
         words = sum(len(c["text"].split()) for c in corpus) / len(corpus)
         print(
             f"corpus: {len(corpus):,} chunks ({words:.0f} words on average), {len(queries):,} queries, "
