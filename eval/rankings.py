@@ -12,11 +12,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.components import Components, load_cross_encoder
+from pipeline.components import Components, load_reranker
 from pipeline.config import AssembleConfig
 from pipeline.hybrid import bm25_rankings, bm25_retriever, fuse_rankings
 from pipeline.retrieval import SCORE_BLOCK_MB, DenseRetriever, load_fusion_weight, rerank
-from pipeline.rundir import EMBEDDING_CACHE, RunDir
+from pipeline.rundir import EMBEDDING_CACHE, SCORE_CACHE, RunDir
 
 
 @dataclass
@@ -120,7 +120,9 @@ def rank_configurations(
             ranking = hybrid_ranking(ranking, bm25, choice.hybrid_depth, depth)
         if comp.reranker is not None:
             if comp.reranker not in cross_encoders:
-                cross_encoders[comp.reranker] = load_cross_encoder(comp.reranker, reranker_max_length, seed)
+                cross_encoders[comp.reranker] = load_reranker(
+                    comp.reranker, reranker_max_length, seed, run.path(SCORE_CACHE)
+                )
             weight = load_fusion_weight(comp.reranker)
             ranking = rerank_ranking(cross_encoders[comp.reranker], texts, ranking, chunks, choice.top_k, weight)
         rankings[name] = ranking

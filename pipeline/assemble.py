@@ -11,8 +11,9 @@
   ``index/meta.json`` records what it was built from. ``assemble.retrieval: hybrid`` fuses it with
   BM25 by reciprocal rank (:mod:`pipeline.hybrid`).
 - Reranking: :class:`FusedSentenceTransformerRerank` (LlamaIndex's ``SentenceTransformerRerank``) keeps
-  ``assemble.top_n`` of ``assemble.top_k``, ordered by the cross-encoder's scores fused with the
-  retriever's at the weight the rerank stage chose (``rerank/model/ragtune_fusion.json``; 1.0 = plain).
+  ``assemble.top_n`` of ``assemble.top_k``, ordered by the reranker's scores (a cross-encoder's, or a
+  query-likelihood reranker's) fused with the retriever's at the weight the rerank stage chose
+  (``rerank/model/ragtune_fusion.json``; 1.0 = plain).
 - Generation: ``HuggingFaceLLM`` over the RAFT generator (merged, or base + adapter), prompted with
   :func:`pipeline.raft_format.build_messages` and the tokenizer's chat template — the training format.
 
@@ -46,6 +47,7 @@ from pipeline.components import resolve_components
 from pipeline.config import AssembleConfig, RagtuneConfig
 from pipeline.generator import chat_prompt, load_generator
 from pipeline.hybrid import HybridRetriever, bm25_retriever
+from pipeline.query_likelihood import QueryLikelihoodReranker, is_query_likelihood
 from pipeline.raft_format import build_messages, parse_answer
 from pipeline.ranking import fuse_scores
 from pipeline.retrieval import load_fusion_weight
@@ -58,6 +60,9 @@ logger = logging.getLogger(__name__)
 class FusedSentenceTransformerRerank(SentenceTransformerRerank):
     """``SentenceTransformerRerank`` that orders by cross-encoder and retriever scores fused at ``fusion_weight``.
 
+    ``scorer`` takes any loaded model with ``CrossEncoder.predict``'s signature instead of loading ``model`` as
+    a CrossEncoder (a query-likelihood reranker, :mod:`pipeline.query_likelihood`).
+
     At weight 1.0 it is the stock postprocessor. Below 1 each node's score becomes
     :func:`pipeline.ranking.fuse_scores` of its retrieval score and its cross-encoder score — the order
     the rerank stage chose the weight for and the eval harness measures.
@@ -65,8 +70,13 @@ class FusedSentenceTransformerRerank(SentenceTransformerRerank):
 
     fusion_weight: float = Field(default=1.0, ge=0.0, le=1.0, description="Share of the cross-encoder's score.")
 
-    def __init__(self, *, fusion_weight: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)  # the stock __init__ takes only its own arguments
+    def __init__(self, *, fusion_weight: float = 1.0, scorer: Any = None, **kwargs: Any) -> None:
+        if scorer is None:
+            super().__init__(**kwargs)  # the stock __init__ takes only its own arguments
+        else:  # an already loaded scorer (a query-likelihood reranker): the stock __init__ would load a CrossEncoder
+            kwargs.pop("cross_encoder_kwargs", None)
+            BaseNodePostprocessor.__init__(self, **kwargs)
+            self._model, self._device = scorer, str(next(scorer.parameters()).device)
         if not 0.0 <= fusion_weight <= 1.0:
             raise ValueError(f"fusion_weight {fusion_weight} is outside [0, 1]")
         self.fusion_weight = fusion_weight
@@ -192,11 +202,13 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
         import torch
 
         torch.manual_seed(cfg.run.seed)  # a base encoder gets a fresh head: the same one the harness draws
+        scorer = QueryLikelihoodReranker.load(comp.reranker) if is_query_likelihood(comp.reranker) else None
         reranker = FusedSentenceTransformerRerank(
             model=comp.reranker,
             top_n=choice.top_n,
             cross_encoder_kwargs={"num_labels": 1, "max_length": cfg.rerank.max_length},
             fusion_weight=load_fusion_weight(comp.reranker),
+            scorer=scorer,
         )
     model, tokenizer = load_generator(comp.generator, comp.adapter)
     positions = getattr(model.config, "max_position_embeddings", choice.context_window)

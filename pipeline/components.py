@@ -9,6 +9,7 @@ manifest. Assembly, the server and the eval harness read components only through
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import AssembleConfig, RagtuneConfig
@@ -92,8 +93,20 @@ def resolve_components(
     return Components(embedder, reranker, generator, adapter, inputs)
 
 
-def load_cross_encoder(path: str, max_length: int, seed: int) -> Any:
-    """A CrossEncoder with one logit; a base encoder gets a fresh head, seeded so runs agree."""
+def load_reranker(path: str, max_length: int, seed: int, cache_dir: Path | None = None) -> Any:
+    """The reranker in ``path``: a query-likelihood reranker the rerank stage saved, else a one-logit CrossEncoder.
+
+    Both have ``predict(pairs, batch_size=..., show_progress_bar=...)``.
+
+    Args:
+        max_length: a CrossEncoder's (query, passage) tokens (a query-likelihood reranker keeps its own).
+        seed: seeds the fresh head a base encoder gets, so runs agree.
+        cache_dir: where a query-likelihood reranker keeps its score cache (None: in memory only).
+    """
+    from pipeline.query_likelihood import QueryLikelihoodReranker, is_query_likelihood
+
+    if is_query_likelihood(path):
+        return QueryLikelihoodReranker.load(path, cache_dir)
     import torch
     from sentence_transformers import CrossEncoder
 

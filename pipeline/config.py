@@ -331,7 +331,47 @@ class MiningConfig(Section):
     )
 
 
+QUERY_LIKELIHOOD_PROMPT = "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:"
+
+
+class QueryLikelihoodConfig(Section):
+    """The query-likelihood reranker (``rerank.kind: query_likelihood``): a causal LM scores a passage by the
+    mean log-probability of the query's tokens after a prompt holding the passage (UPR)."""
+
+    generator: str = Field(
+        "bundled:smollm2-135m-instruct", description="Causal LM that scores: bundled:<name>, hub id or path."
+    )
+    prompt: str = Field(
+        QUERY_LIKELIHOOD_PROMPT,
+        description="Text before the query; {passage} marks the passage (UPR's wording by default).",
+    )
+    max_length: int = Field(256, ge=16, description="Passage tokens the LM reads (a longer passage is cut).")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Weights' precision: auto = bf16 where the hardware has native bf16 math, else fp32."
+    )
+    temperature: float = Field(
+        0.1,
+        gt=0,
+        description="Training loss: softmax over each list's scores divided by this (mean token log-probabilities "
+        "of a query's candidates differ by tenths of a nat).",
+    )
+    lora: LoraConfig = Field(
+        default_factory=lambda: LoraConfig(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+        description="LoRA adapter trained on the mined lists (rerank.max_steps > 0).",
+    )
+    batch_size: int = Field(16, ge=1, description="Pairs per forward pass when scoring.")
+
+
 class RerankConfig(Section):
+    kind: Literal["query_likelihood", "cross_encoder"] = Field(
+        "query_likelihood",
+        description="query_likelihood: a causal LM scores how likely a passage makes the query (ranks before "
+        "training; rerank.query_likelihood); cross_encoder: a sentence-transformers CrossEncoder (rerank.base_model, "
+        "start_from, head, loss).",
+    )
+    query_likelihood: QueryLikelihoodConfig = Field(
+        default_factory=QueryLikelihoodConfig, description="The query-likelihood reranker (kind: query_likelihood)."
+    )
     base_model: str = Field(
         "bundled:minilm-l6",
         description="Cross-encoder base (a fresh one-logit head on an encoder, or a hub cross-encoder).",
@@ -358,8 +398,9 @@ class RerankConfig(Section):
     pseudo_queries: int = Field(
         1000,
         ge=0,
-        description="Inverse-cloze pseudo-queries (one sentence of a chunk, the chunk its positive) added to the "
-        "reranker's training queries, drawn from chunks of documents no eval or dev query cites (0: none).",
+        description="Inverse-cloze pseudo-queries (one sentence of a chunk, the chunk its positive) added to a "
+        "cross-encoder's training queries (kind: cross_encoder), drawn from chunks of documents no eval or dev "
+        "query cites (0: none).",
     )
     warm_start: Literal["none", "margin_mse", "mse"] = Field(
         "none",
@@ -373,8 +414,9 @@ class RerankConfig(Section):
     learning_rate: float | None = Field(
         None,
         gt=0,
-        description="Peak learning rate (null: 1e-3 for a fresh head on an encoder, which barely moves at the "
-        "usual 2e-5 within a CPU budget; 2e-5 when rerank.base_model already is a cross-encoder).",
+        description="Peak learning rate (null: 1e-4 for the query-likelihood LoRA adapter; 1e-3 for a fresh head "
+        "on an encoder, which barely moves at the usual 2e-5 within a CPU budget; 2e-5 when rerank.base_model "
+        "already is a cross-encoder).",
     )
     head_learning_rate: float | None = Field(
         None,

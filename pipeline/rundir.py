@@ -58,6 +58,7 @@ TRACKED_PACKAGES = (
 # a stage reads another stage's outputs only through the paths :meth:`RunDir.require` returns.
 CONFIG_RESOLVED = "config.resolved.yaml"  # the validated config, overrides applied
 EMBEDDING_CACHE = "cache/embeddings"  # corpus and query embeddings by model and content (pipeline.retrieval)
+SCORE_CACHE = "cache/rerank-scores"  # query-likelihood scores by reranker and (query, passage) content
 DATA_CORPUS = "data/corpus.jsonl"
 DATA_QUERIES = "data/queries.jsonl"
 DATA_REPORT = "data/report.json"

@@ -203,7 +203,7 @@ def _stream(completion_id: str, created: int, model: str, answer: str, extra: di
 def load_stack(run_dir: str | Path, overrides: list[str] | None = None) -> ServedStack:
     """The engine, embedder and cross-encoder of a finished run, as its config (plus overrides) chooses."""
     from pipeline.assemble import build_query_engine
-    from pipeline.components import load_cross_encoder, resolve_components
+    from pipeline.components import load_reranker, resolve_components
     from pipeline.config import load_config
     from pipeline.rundir import CONFIG_RESOLVED, RunDir
 
@@ -215,7 +215,7 @@ def load_stack(run_dir: str | Path, overrides: list[str] | None = None) -> Serve
 
     embedder = SentenceTransformer(comp.embedder)
     cross_encoder = (
-        load_cross_encoder(comp.reranker, cfg.rerank.max_length, cfg.run.seed) if comp.reranker is not None else None
+        load_reranker(comp.reranker, cfg.rerank.max_length, cfg.run.seed) if comp.reranker is not None else None
     )
     return ServedStack(f"ragtune-{run.root.name}", engine, embedder, cross_encoder)
 

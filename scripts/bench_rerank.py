@@ -115,7 +115,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="rounds; the best of each command is reported")
     p.add_argument("overrides", nargs="*", help="dotted overrides for the stage (and the bare scripts' settings)")
     a = p.parse_intermixed_args()
-    overrides = [*a.overrides, "rerank.curve_points=0", "rerank.warm_start_steps=0", f"rerank.max_steps={a.steps}"]
+    # The cross-encoder path: the one a bare CrossEncoderTrainer script can be compared with.
+    overrides = [
+        "rerank.kind=cross_encoder",
+        *a.overrides,
+        "rerank.curve_points=0",
+        "rerank.warm_start_steps=0",
+        f"rerank.max_steps={a.steps}",
+    ]
     cfg = load_config(a.config, overrides)
     run = RunDir.from_config(cfg)
     r, m = cfg.rerank, cfg.rerank.mining

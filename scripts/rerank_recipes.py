@@ -90,6 +90,9 @@ RECIPES |= {
         "rerank.max_length=128",
     ],
 }
+RECIPES = {name: ["rerank.kind=cross_encoder", *overrides] for name, overrides in RECIPES.items()}
+# The query-likelihood reranker (the default kind): LoRA on the mined lists, 2 lists a step.
+RECIPES |= {"query likelihood (bundled SmolLM2), LoRA on the mined lists": ["rerank.batch_size=2"]}
 
 
 def run_recipe(config: str, overrides: list[str], steps: int) -> dict:

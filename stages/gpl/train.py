@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.components import load_cross_encoder
+from pipeline.components import load_reranker
 from pipeline.config import ConfigError, GplConfig, RagtuneConfig, check_trainer_keys
 from pipeline.entry import run_stage
 from pipeline.models import resolve_model
@@ -44,6 +44,7 @@ from pipeline.rundir import (
     GPL_RESUME,
     GPL_TRAIN_DATA,
     RERANK_MODEL,
+    SCORE_CACHE,
     RunDir,
     StageInputError,
     atomic_dir,
@@ -204,7 +205,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
             miner = DenseRetriever.load(str(embedder), corpus, cache_dir=cache_dir, score_block_mb=block)
             negatives = mine_negatives(miner, rows, gcfg.negatives_per_query, gcfg.negatives_top_k, cfg.run.seed)
             del miner
-            teacher = load_cross_encoder(teacher_path, gcfg.max_length, cfg.run.seed)
+            teacher = load_reranker(teacher_path, gcfg.max_length, cfg.run.seed, run.path(SCORE_CACHE))
             triples = label_triples(teacher, rows, negatives, chunks, gcfg.teacher_batch_size)
             del teacher
             atomic_write_jsonl(run.path(GPL_TRAIN_DATA), triples)

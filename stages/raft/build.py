@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.components import load_reranker
 from pipeline.config import AssembleConfig, RagtuneConfig
 from pipeline.dev_slice import split_dev_queries
 from pipeline.entry import run_stage
@@ -33,6 +34,7 @@ from pipeline.rundir import (
     RAFT_REPORT,
     RAFT_TEACHER_CACHE,
     RAFT_TRAIN_DATA,
+    SCORE_CACHE,
     RunDir,
     atomic_write_jsonl,
     atomic_write_text,
@@ -260,8 +262,6 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         raise ValueError(f"raft: {data['queries']} has no train-split question with a positive chunk")
 
     # 2. Retrieve a pool with the tuned embedder, rerank it with the tuned reranker (one batched call).
-    from sentence_transformers import CrossEncoder
-
     retriever = DenseRetriever.load(
         str(embedder), corpus, cache_dir=run.path(EMBEDDING_CACHE), score_block_mb=cfg.run.score_block_mb
     )
@@ -275,7 +275,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     ]
     # The pool is ordered as serving orders it: cross-encoder and retriever scores fused at the recorded weight.
     first_scores = retriever.similarities(question_vectors, [[c["id"] for c in row] for row in candidates])
-    cross_encoder = CrossEncoder(str(reranker))
+    cross_encoder = load_reranker(str(reranker), cfg.rerank.max_length, cfg.run.seed, run.path(SCORE_CACHE))
     reranked = rerank(cross_encoder, question_texts, candidates, first_scores, load_fusion_weight(reranker))
     ranked = [[chunk["id"] for chunk, _ in row] for row in reranked]
     dev_rows = served_prompts(retriever, cross_encoder, load_fusion_weight(reranker), dev, texts, cfg.assemble)

@@ -377,12 +377,14 @@ def run_mining(cfg: RagtuneConfig, run: RunDir) -> tuple[list[dict[str, Any]], d
     corpus, queries = read_jsonl(data["corpus"]), read_jsonl(data["queries"])
 
     # 2. Mine over the whole corpus for the reranker's training queries: train split, dev slice left out, plus
-    #    inverse-cloze pseudo-queries from chunks of documents no held-out query cites.
+    #    for a cross-encoder, inverse-cloze pseudo-queries from chunks of documents no held-out query cites (a
+    #    query-likelihood reranker would only learn to copy a sentence that is in its passage).
     dev = rerank_dev_queries(cfg, queries)
     dev_ids = {q["qid"] for q in dev}
     doc_of = {c["id"]: c["doc_id"] for c in corpus}
     held_out_docs = {doc_of[c] for q in queries if q["split"] != "train" or q["qid"] in dev_ids for c in q["relevance"]}
-    pseudo = inverse_cloze_queries(corpus, held_out_docs, cfg.rerank.pseudo_queries, cfg.run.seed)
+    count = cfg.rerank.pseudo_queries if cfg.rerank.kind == "cross_encoder" else 0
+    pseudo = inverse_cloze_queries(corpus, held_out_docs, count, cfg.run.seed)
     rows, report = mine_hard_negatives(
         corpus,
         [q for q in queries if q["qid"] not in dev_ids] + pseudo,

@@ -46,14 +46,19 @@ def is_cross_encoder(path: str | Path) -> bool:
 
 
 def default_learning_rate(cfg: RerankConfig) -> float:
-    """``rerank.learning_rate``, or 1e-3 for a fresh head and 2e-5 for a base that already is a cross-encoder.
+    """``rerank.learning_rate``, or: 1e-4 for the query-likelihood LoRA adapter, 1e-3 for a cross-encoder's
+    fresh head and 2e-5 for a base that already is a cross-encoder.
 
     Example:
-        >>> default_learning_rate(RerankConfig()), default_learning_rate(RerankConfig(learning_rate=5e-4))
-        (0.001, 0.0005)
+        >>> default_learning_rate(RerankConfig()), default_learning_rate(RerankConfig(kind="cross_encoder"))
+        (0.0001, 0.001)
+        >>> default_learning_rate(RerankConfig(learning_rate=5e-4))
+        0.0005
     """
     if cfg.learning_rate is not None:
         return cfg.learning_rate
+    if cfg.kind == "query_likelihood":
+        return 1e-4
     pretrained = cfg.start_from == "base_model" and is_cross_encoder(resolve_model(cfg.base_model))
     return 2e-5 if pretrained else 1e-3
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeline.components import load_reranker
 from pipeline.config import RagtuneConfig, RerankConfig, check_trainer_keys
 from pipeline.dev_slice import DEV_MIN_QUERIES
 from pipeline.entry import run_stage
@@ -39,6 +40,7 @@ from pipeline.rundir import (
     RERANK_METRICS,
     RERANK_MODEL,
     RERANK_NEGATIVES,
+    SCORE_CACHE,
     RunDir,
     atomic_dir,
     atomic_write_text,
@@ -289,14 +291,33 @@ def choose_weight(cfg: RerankConfig, dev: DevCandidates | None, cross_encoder: C
     }
 
 
+def recipe_line(cfg: RerankConfig) -> str:
+    """The model card's one-line recipe of the reranker.
+
+    Example:
+        >>> recipe_line(RerankConfig(max_steps=0))[:60]
+        '- Query likelihood under `bundled:smollm2-135m-instruct` (UPR'
+    """
+    if cfg.kind == "query_likelihood":
+        q = cfg.query_likelihood
+        return (
+            f"- Query likelihood under `{q.generator}` (UPR: mean log-probability of the query's tokens after the "
+            f"passage's prompt), passages cut at {q.max_length} tokens; LoRA r={q.lora.r} on {q.lora.target_modules} "
+            f"trained {cfg.max_steps} steps on the mined lists (listwise softmax, temperature {q.temperature})."
+        )
+    return (
+        f"- Start: `{cfg.start_from}` (`{cfg.base_model}`), head `{cfg.head}`, loss `{cfg.loss}`, "
+        f"warm start `{cfg.warm_start}` ({cfg.warm_start_steps} steps), max_length {cfg.max_length}."
+    )
+
+
 def model_card_section(cfg: RerankConfig, curve: Sequence[Mapping[str, Any]], weight: float) -> str:
     """The model card's ragtune section: the recipe, the dev learning curve and the serving fusion weight."""
     lines = [
         "",
         "## ragtune: how this reranker was trained",
         "",
-        f"- Start: `{cfg.start_from}` (`{cfg.base_model}`), head `{cfg.head}`, loss `{cfg.loss}`, "
-        f"warm start `{cfg.warm_start}` ({cfg.warm_start_steps} steps), max_length {cfg.max_length}.",
+        recipe_line(cfg),
         f"- Serving fusion weight: {weight:.1f} (score = w·reranker + (1−w)·retriever, each min-max scaled).",
         "",
     ]
@@ -315,6 +336,120 @@ def model_card_section(cfg: RerankConfig, curve: Sequence[Mapping[str, Any]], we
     return "\n".join(lines) + "\n"
 
 
+def fit_cross_encoder(
+    cfg: RagtuneConfig,
+    run: RunDir,
+    mined: Sequence[Mapping[str, Any]],
+    corpus_by_id: Mapping[str, Mapping[str, Any]],
+    retriever: DenseRetriever,
+    dev: DevCandidates | None,
+    curve: list[dict[str, Any]],
+    best: BestPoint | None,
+    args: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Build the one-logit cross-encoder and train it (an optional warm start, then the hard negatives).
+
+    Appends the learning curve's points to ``curve`` and offers them to ``best``.
+
+    Returns:
+        (the trained ``CrossEncoder``, training figures for the metrics: examples, steps, seconds, losses).
+    """
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer
+    from transformers import set_seed
+
+    # a. The training set in the format the loss reads.
+    columns = build_training_columns(mined, corpus_by_id, cfg.rerank.loss, cfg.rerank.mining.num_negatives)
+    if not columns["query"]:
+        raise ValueError(f"rerank: mining produced no training example; see {RERANK_NEGATIVES}/report.json")
+
+    # b. The base or the tuned embedder's encoder, with a fresh head (or a hub cross-encoder's own).
+    set_seed(cfg.run.seed)  # the fresh head starts the same on every rank and every rerun
+    model = build_cross_encoder(cfg.rerank, run.require("embed", "model")["model"])
+    start_curve(model, dev, cfg.rerank, curve, best)
+
+    # c. Optionally distil the tuned embedder's scores first, then train on the hard negatives.
+    phases = []
+    if cfg.rerank.warm_start != "none" and cfg.rerank.warm_start_steps:
+        first, ids = retriever.search([r["query"] for r in mined], cfg.rerank.warm_start_pool)
+        distil = distillation_columns([r["query"] for r in mined], ids, first, corpus_by_id, cfg.rerank.warm_start)
+        warm_cfg = cfg.rerank.model_copy(update={"max_steps": cfg.rerank.warm_start_steps})
+        warm_args = build_training_args(warm_cfg, str(run.path(RERANK_CHECKPOINTS)), cfg.run.seed)
+        phases.append(("warm start", warm_args, distil, build_loss(model, cfg.rerank.warm_start, distil)))
+    phases.append(("hard negatives", args, columns, build_loss(model, cfg.rerank.loss, columns)))
+    losses, steps, seconds = [], 0, 0.0
+    for phase, phase_args, phase_columns, loss in phases:
+        callbacks = [DevCurveCallback(model, dev, cfg.rerank.curve_points, phase, curve, best)] if dev else []
+        trainer = CrossEncoderTrainer(
+            model=model,
+            args=phase_args,
+            train_dataset=Dataset.from_dict(phase_columns),
+            loss=loss,
+            callbacks=callbacks,
+        )
+        seconds += trainer.train().metrics["train_runtime"]
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        steps += trainer.state.global_step
+    return model, training_figures(len(columns["query"]), steps, seconds, losses)
+
+
+def fit_query_likelihood(
+    cfg: RagtuneConfig,
+    run: RunDir,
+    mined: Sequence[Mapping[str, Any]],
+    corpus_by_id: Mapping[str, Mapping[str, Any]],
+    retriever: DenseRetriever,
+    dev: DevCandidates | None,
+    curve: list[dict[str, Any]],
+    best: BestPoint | None,
+    args: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Build the query-likelihood reranker and, with ``rerank.max_steps`` other than 0, LoRA-tune it on the
+    mined lists (``stages.rerank.likelihood``). The untrained LM is the curve's start point.
+
+    Returns:
+        (the reranker, training figures for the metrics: lists, steps, seconds, losses).
+    """
+    from transformers import set_seed
+
+    from stages.rerank.likelihood import build_query_likelihood, likelihood_lists, train_query_likelihood
+
+    lists = likelihood_lists(mined, corpus_by_id)
+    train = cfg.rerank.max_steps != 0 and bool(lists)
+    set_seed(cfg.run.seed)  # the fresh adapter starts the same on every rank and every rerun
+    model = build_query_likelihood(cfg.rerank, train)
+    start_curve(model, dev, cfg.rerank, curve, best)
+    if not train:
+        logger.info("rerank: the query-likelihood reranker is used as it is (rerank.max_steps=0 or no lists)")
+        return model, training_figures(len(lists), 0, 0.0, [])
+    callbacks = [DevCurveCallback(model, dev, cfg.rerank.curve_points, "lists", curve, best)] if dev else []
+    trainer = train_query_likelihood(model, lists, args, callbacks)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    runtime = next((h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h), 0.0)
+    return model.eval(), training_figures(len(lists), trainer.state.global_step, runtime, losses)
+
+
+def start_curve(
+    model: Any, dev: DevCandidates | None, cfg: RerankConfig, curve: list[dict[str, Any]], best: BestPoint | None
+) -> None:
+    """The learning curve's step-0 point (the untrained reranker), offered to ``best``: the start counts."""
+    if dev is not None and is_main_process() and cfg.curve_points:
+        curve.append({"phase": "start", **curve_point(model, dev, 0)})
+        if best is not None:
+            best.offer(model, curve[-1])
+
+
+def training_figures(examples: int, steps: int, seconds: float, losses: Sequence[float]) -> dict[str, Any]:
+    """The training part of the stage's metrics."""
+    return {
+        "train_examples": examples,
+        "train_steps": steps,
+        "train_seconds": seconds,
+        "train_loss_first": losses[0] if losses else None,
+        "train_loss_last": losses[-1] if losses else None,
+    }
+
+
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]:
     """Mine, train and evaluate the reranker; skipped when finished and fresh unless ``force``."""
     # Refuse early, naming the stage to run, before anything heavy is imported.
@@ -325,10 +460,6 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         logger.info("rerank: finished and fresh, skipping (--force reruns it)")
         return run.load_manifest()[STAGE].metrics
     started = time.time()
-
-    from datasets import Dataset
-    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer
-    from transformers import set_seed
 
     embedder = run.require("embed", "model")["model"]
 
@@ -349,12 +480,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     queries = read_jsonl(data["queries"])
     dev_queries = rerank_dev_queries(cfg, queries)  # never mined, never trained on: they choose the fusion weight
 
-    # 3. Build the training set in the format the loss reads.
-    columns = build_training_columns(mined, corpus_by_id, cfg.rerank.loss, cfg.rerank.mining.num_negatives)
-    if not columns["query"]:
-        raise ValueError(f"rerank: mining produced no training example; see {RERANK_NEGATIVES}/report.json")
-
-    # 4. Fix the dev slice's candidates: they draw the learning curve and choose the fusion weight.
+    # 3. Fix the dev slice's candidates: they draw the learning curve and choose the fusion weight.
     with args.main_process_first(desc="encoding the corpus with the tuned embedder"):
         retriever = DenseRetriever.load(
             str(embedder), corpus, cache_dir=run.path(EMBEDDING_CACHE), score_block_mb=cfg.run.score_block_mb
@@ -363,42 +489,15 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     curve: list[dict[str, Any]] = []
     best = BestPoint() if cfg.rerank.keep_best else None
 
-    # 5. A one-logit cross-encoder: the base or the tuned embedder's encoder, with a fresh head (or a hub one's).
-    set_seed(cfg.run.seed)  # the fresh head starts the same on every rank and every rerun
-    model = build_cross_encoder(cfg.rerank, embedder)
-    if dev is not None and is_main_process() and cfg.rerank.curve_points:
-        curve.append({"phase": "start", **curve_point(model, dev, 0)})
-        if best is not None:
-            best.offer(model, curve[-1])
-
-    # 6. Optionally distil the tuned embedder's scores first, then train on the hard negatives.
-    phases = []
-    if cfg.rerank.warm_start != "none" and cfg.rerank.warm_start_steps:
-        first, ids = retriever.search([r["query"] for r in mined], cfg.rerank.warm_start_pool)
-        distil = distillation_columns([r["query"] for r in mined], ids, first, corpus_by_id, cfg.rerank.warm_start)
-        warm_cfg = cfg.rerank.model_copy(update={"max_steps": cfg.rerank.warm_start_steps})
-        warm_args = build_training_args(warm_cfg, str(run.path(RERANK_CHECKPOINTS)), cfg.run.seed)
-        phases.append(("warm start", warm_args, distil, build_loss(model, cfg.rerank.warm_start, distil)))
-    phases.append(("hard negatives", args, columns, build_loss(model, cfg.rerank.loss, columns)))
-    losses_logged, steps_done, train_seconds = [], 0, 0.0
-    for phase, phase_args, phase_columns, loss in phases:
-        callbacks = [DevCurveCallback(model, dev, cfg.rerank.curve_points, phase, curve, best)] if dev else []
-        trainer = CrossEncoderTrainer(
-            model=model,
-            args=phase_args,
-            train_dataset=Dataset.from_dict(phase_columns),
-            loss=loss,
-            callbacks=callbacks,
-        )
-        train_seconds += trainer.train().metrics["train_runtime"]
-        losses_logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        steps_done += trainer.state.global_step
+    # 4. Build and train the reranker on the mined rows, drawing the learning curve on the dev slice.
+    fit = fit_query_likelihood if cfg.rerank.kind == "query_likelihood" else fit_cross_encoder
+    model, trained = fit(cfg, run, mined, corpus_by_id, retriever, dev, curve, best, args)
     if not is_main_process():
         return {}
     with contextlib.suppress(OSError):  # an empty folder the trainer made; checkpoints asked for are kept
         run.path(RERANK_CHECKPOINTS).rmdir()
 
-    # 7. Keep the best curve point's weights; choose how much the reranker's score counts against the
+    # 5. Keep the best curve point's weights; choose how much the reranker's score counts against the
     #    retriever's, on the dev slice of train.
     kept = best.point if best is not None and best.point is not None else (curve[-1] if curve else None)
     if best is not None and kept is not None and kept != curve[-1]:
@@ -409,17 +508,21 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     if curve:
         plot_learning_curve(curve, run.path(RERANK_LEARNING_CURVE))
 
-    # 8. Save the reranker (model card with its learning curve) and its fusion weight atomically, as one folder.
+    # 6. Save the reranker (model card with its learning curve) and its fusion weight atomically, as one folder.
     with atomic_dir(run.path(RERANK_MODEL)) as tmp:
-        model.save_pretrained(str(tmp))
+        if cfg.rerank.kind == "query_likelihood":
+            model.save(tmp, cfg.rerank.query_likelihood.generator, cfg.rerank.query_likelihood.dtype)
+        else:
+            model.save_pretrained(str(tmp))
         (tmp / FUSION_FILE).write_text(json.dumps({"fusion_weight": weight, **fusion}, indent=2) + "\n")
         card = tmp / "README.md"
         card.write_text(
             (card.read_text(encoding="utf-8") if card.exists() else "") + model_card_section(cfg.rerank, curve, weight)
         )
 
-    # 9. Evaluate on the eval split: tuned retriever alone vs reranker alone vs the two fused (what serving does).
-    reranker = CrossEncoder(str(run.path(RERANK_MODEL)), max_length=cfg.rerank.max_length)
+    # 7. Evaluate on the eval split: tuned retriever alone vs reranker alone vs the two fused (what serving does).
+    del model
+    reranker = load_reranker(str(run.path(RERANK_MODEL)), cfg.rerank.max_length, cfg.run.seed, run.path(SCORE_CACHE))
     eval_queries = [q for q in queries if q["split"] == "eval"]
     if not eval_queries:
         raise ValueError("rerank: no eval-split query to evaluate on (check the data stage's split)")
@@ -439,13 +542,9 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         "dev_ndcg@10_fused": kept["fused"] if kept else None,
         "kept_step": kept and f"{kept['phase']} {kept['step']}",
         "eval_queries": evaluation["queries"],
-        "train_examples": len(columns["query"]),
         "negatives": mining_report["selected"],
-        "train_steps": steps_done,
-        "train_seconds": train_seconds,
+        **trained,
         "mining_seconds": mining_seconds,
-        "train_loss_first": losses_logged[0] if losses_logged else None,
-        "train_loss_last": losses_logged[-1] if losses_logged else None,
     }
     atomic_write_text(
         run.path(RERANK_METRICS),
@@ -453,7 +552,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
             {
                 **metrics,
                 **fusion,
-                "loss": cfg.rerank.loss,
+                "kind": cfg.rerank.kind,
+                "loss": cfg.rerank.loss if cfg.rerank.kind == "cross_encoder" else "listwise query likelihood",
                 "learning_curve": curve,
                 "dev_qids": [q["qid"] for q in dev_queries],
                 "evaluation": evaluation,
@@ -464,7 +564,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         + "\n",
     )
 
-    # 10. Record the stage last.
+    # 8. Record the stage last.
     run.record(
         STAGE,
         config_hash=config_hash,

@@ -25,6 +25,7 @@ def _setup(tiny_config: Path, bert: Path, llama: Path) -> tuple:
         "synth.enabled=false",
         f"embed.base_model={bert}",
         f"rerank.base_model={bert}",
+        f"rerank.query_likelihood.generator={llama}",
         f"raft.base_model={llama}",
         "assemble.max_new_tokens=6",
         # The simulated stages record no dev figures, so auto would serve the baselines (tests/unit/test_promotion).

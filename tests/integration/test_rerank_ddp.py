@@ -16,6 +16,7 @@ def test_rerank_under_two_process_ddp_writes_one_model_and_one_entry(tiny_config
     # bce: 4 train queries x (1 positive + 2 negatives) = 12 pairs in 6 batches of 2: one process would take
     # 6 steps, two processes share the batches and take 3 each.
     overrides = [
+        "rerank.kind=cross_encoder",
         f"rerank.base_model={tiny_bert_dir}",
         "rerank.mining.relative_margin=null",
         "rerank.batch_size=2",

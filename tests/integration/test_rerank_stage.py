@@ -24,7 +24,12 @@ def test_rerank_stage_mines_trains_evaluates_and_records(tiny_config: Path, tiny
     # The reranker starts from the tiny BERT; the random embedder's scores all sit within 5% of each other,
     # so the relative margin would drop nearly every candidate: switch it off to get negatives to check.
     # Counts below are for the labelled train queries alone; pseudo-queries are checked at the end.
-    overrides = [f"rerank.base_model={tiny_bert_dir}", "rerank.mining.relative_margin=null", "rerank.pseudo_queries=0"]
+    overrides = [
+        "rerank.kind=cross_encoder",
+        f"rerank.base_model={tiny_bert_dir}",
+        "rerank.mining.relative_margin=null",
+        "rerank.pseudo_queries=0",
+    ]
 
     # 1. Without a finished embed stage it refuses, naming the command to run first.
     capsys.readouterr()
@@ -119,3 +124,37 @@ def test_rerank_stage_mines_trains_evaluates_and_records(tiny_config: Path, tiny
         cli(["rerank", str(tiny_config), *overrides, "rerank.trainer.learning_rat=0.1"])
     assert exit_info.value.code == 2
     assert "rerank.trainer.learning_rat" in capsys.readouterr().err
+
+
+def test_query_likelihood_rerank_stage_trains_an_adapter_saves_and_evaluates(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path
+) -> None:
+    from pipeline.components import load_reranker
+    from pipeline.query_likelihood import SPEC_FILE, QueryLikelihoodReranker
+
+    cli(["data", str(tiny_config), "synth.enabled=false"])
+    run = run_dir_of(tiny_config)
+    simulate_embed_stage(run, tiny_bert_dir)
+    overrides = [
+        f"rerank.query_likelihood.generator={tiny_llama_dir}",
+        "rerank.mining.relative_margin=null",
+        "rerank.max_steps=2",
+        "rerank.batch_size=2",
+    ]
+    cli(["rerank", str(tiny_config), *overrides])
+
+    metrics = json.loads(run.path("rerank/metrics.json").read_text())
+    assert metrics["kind"] == "query_likelihood" and metrics["loss"] == "listwise query likelihood"
+    assert metrics["train_steps"] == 2 and metrics["train_examples"] == 4  # one list per train query
+    assert metrics["train_loss_first"] is not None
+    assert json.loads(run.path("rerank/negatives/report.json").read_text())["pseudo_queries"] == 0
+    model_dir = run.path("rerank/model")
+    spec = json.loads((model_dir / SPEC_FILE).read_text())
+    assert spec["generator"] == str(tiny_llama_dir) and "{passage}" in spec["prompt"]
+    assert (model_dir / "adapter_config.json").is_file() and (model_dir / FUSION_FILE).is_file()
+    assert "Query likelihood" in (model_dir / "README.md").read_text()
+    entry = run.load_manifest()["rerank"]
+    assert 0 <= entry.metrics["ndcg@10_reranked"] <= 1
+    # The eval split's scores were cached by content: a consumer loading the reranker reuses them.
+    assert isinstance(load_reranker(str(model_dir), 64, 0, run.path("cache/rerank-scores")), QueryLikelihoodReranker)
+    assert len(list(run.path("cache/rerank-scores").glob("*.json"))) == 1

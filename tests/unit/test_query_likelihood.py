@@ -1,0 +1,113 @@
+"""The query-likelihood reranker: its score is the query's mean token log-probability, batched, cached, trained."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.components import load_reranker
+from pipeline.config import RerankConfig
+from pipeline.query_likelihood import QueryLikelihoodReranker, is_query_likelihood, pack_left_padded
+from stages.rerank.likelihood import ListCollator, build_query_likelihood, likelihood_lists, train_query_likelihood
+
+PAIRS = [
+    ("how long is the failover window", "Millpond promotes to Elmstead within thirty minutes of a page."),
+    ("who owns the ledger", "The ledger belongs to the finance platform team."),
+    ("how long is the failover window", "Lunch is served at noon."),
+]
+
+
+@pytest.fixture
+def reranker(tiny_llama_dir: Path) -> QueryLikelihoodReranker:
+    torch.manual_seed(0)
+    cfg = RerankConfig(query_likelihood={"generator": str(tiny_llama_dir), "dtype": "float32", "max_length": 32})
+    return build_query_likelihood(cfg, train=False)
+
+
+def naive_score(reranker: QueryLikelihoodReranker, query: str, passage: str) -> float:
+    """The definition, one pair at a time and without padding: mean log P(query token | everything before it)."""
+    context, target = reranker.encode([(query, passage)])[0]
+    ids = torch.tensor([[*context, *target]])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(reranker.causal_lm()(input_ids=ids).logits[0].float(), -1)
+    positions = range(len(context) - 1, len(context) + len(target) - 1)
+    return float(torch.stack([log_probs[p, ids[0, p + 1]] for p in positions]).mean())
+
+
+def test_batched_left_padded_scores_equal_the_definition(reranker: QueryLikelihoodReranker) -> None:
+    scores = reranker.predict(PAIRS, batch_size=3)
+    assert scores == pytest.approx([naive_score(reranker, q, p) for q, p in PAIRS], abs=1e-4)
+    assert all(s < 0 for s in scores)  # log-probabilities
+
+
+def test_packing_marks_only_the_query_tokens() -> None:
+    batch = pack_left_padded([([1, 2, 3], [4, 5]), ([1], [6])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5], [0, 0, 0, 1, 6]]
+    assert batch["target_mask"].tolist() == [[False, False, False, True, True], [False, False, False, False, True]]
+    assert batch["attention_mask"][1].tolist() == [0, 0, 0, 1, 1]
+
+
+def test_scores_are_memoised_until_the_weights_change(reranker: QueryLikelihoodReranker) -> None:
+    first = reranker.predict(PAIRS)
+    with torch.no_grad():
+        next(reranker.lm.parameters()).add_(0.5)
+    assert reranker.predict(PAIRS) == first  # frozen weights: served from the memo
+    reranker.load_state_dict(reranker.state_dict())
+    assert reranker.predict(PAIRS) != first  # loaded weights forget the memo
+
+
+def test_saved_reranker_loads_with_its_adapter_and_a_disk_cache(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = RerankConfig(query_likelihood={"generator": str(tiny_llama_dir), "dtype": "float32", "max_length": 32})
+    trained = build_query_likelihood(cfg, train=True)
+    with torch.no_grad():  # a LoRA update that is not zero, as after training
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    expected = trained.eval().predict(PAIRS)
+    trained.save(tmp_path / "model", str(tiny_llama_dir), "float32")
+    assert is_query_likelihood(tmp_path / "model") and (tmp_path / "model" / "adapter_config.json").is_file()
+
+    loaded = load_reranker(str(tmp_path / "model"), 64, 0, tmp_path / "cache")
+    assert isinstance(loaded, QueryLikelihoodReranker)
+    assert loaded.predict(PAIRS) == pytest.approx(expected, abs=1e-4)  # the adapter was merged in
+    cache_files = list((tmp_path / "cache").glob("*.json"))
+    assert len(cache_files) == 1
+    again = load_reranker(str(tmp_path / "model"), 64, 0, tmp_path / "cache")
+    assert again.memo and again.predict(PAIRS) == loaded.predict(PAIRS)  # served from the disk cache
+
+
+def test_listwise_training_changes_the_adapter_and_lowers_the_loss(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    from transformers import TrainingArguments
+
+    torch.manual_seed(0)
+    cfg = RerankConfig(query_likelihood={"generator": str(tiny_llama_dir), "dtype": "float32", "max_length": 32})
+    model = build_query_likelihood(cfg, train=True)
+    corpus = {f"c{i}": {"text": p} for i, (_, p) in enumerate(PAIRS)}
+    mined = [
+        {"query": PAIRS[0][0], "positives": ["c0"], "relevance": {"c0": 1}, "negatives": ["c1", "c2"]},
+        {"query": PAIRS[1][0], "positives": ["c1"], "relevance": {"c1": 1}, "negatives": ["c0", "c2"]},
+    ]
+    lists = likelihood_lists(mined, corpus)
+    batch = ListCollator(model)(lists)
+    with torch.no_grad():
+        before = float(model.train()(**batch)["loss"])
+    lora = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert lora and all("lora" in n for n in lora)  # only the adapter trains
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=15,
+        per_device_train_batch_size=2,
+        learning_rate=5e-2,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        logging_steps=1,
+    )
+    train_query_likelihood(model, lists, args, [])
+    with torch.no_grad():
+        after = float(model.train()(**batch)["loss"])
+    changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p.detach(), lora[n])]
+    assert changed
+    assert after < before
