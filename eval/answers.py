@@ -15,6 +15,7 @@ from pipeline.answer_metrics import exact_match, final_answer, token_f1
 from pipeline.components import Components
 from pipeline.config import AssembleConfig
 from pipeline.generator import GenerationMemo, load_generator
+from pipeline.precision import inference_dtype
 from pipeline.raft_format import build_messages, parse_answer
 
 Answers = dict[int, tuple[str, str]]  # query index -> (answer, no-oracle answer)
@@ -66,11 +67,11 @@ def generate_answers(
     """
     answers: dict[str, Answers] = {}
     ms: dict[str, float] = {}
-    by_generator: dict[tuple[str | None, str | None], list[str]] = {}
+    by_generator: dict[tuple[str | None, str | None, str], list[str]] = {}
     for name, comp in components.items():
-        by_generator.setdefault(comp.generator_key, []).append(name)
-    for (gen_path, adapter), group in by_generator.items():
-        memo = GenerationMemo(*load_generator(gen_path, adapter), batch_size)
+        by_generator.setdefault((*comp.generator_key, inference_dtype(choices[name].dtype)), []).append(name)
+    for (gen_path, adapter, dtype), group in by_generator.items():
+        memo = GenerationMemo(*load_generator(gen_path, adapter, dtype), batch_size)
         for name in group:
             answers[name], ms[name] = _generate_for(memo, queries, answered, ranked[name], chunks, choices[name], name)
         del memo  # one generator in memory at a time

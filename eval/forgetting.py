@@ -77,6 +77,7 @@ def forgetting_check(
     max_new_tokens: int,
     samples: int,
     seed: int,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Ask both generators every question and compare their accuracy with a paired bootstrap.
 
@@ -88,6 +89,7 @@ def forgetting_check(
         max_new_tokens: completion cap.
         samples: bootstrap resamples.
         seed: bootstrap seed.
+        dtype: the generators' weights (``assemble.dtype`` resolved), None for load_generator's default.
 
     Returns:
         ``{"questions", "base", "tuned", "delta": interval dict, "verdict", "per_question": [...]}``:
@@ -96,7 +98,7 @@ def forgetting_check(
     requests = [general_messages(q["question"]) for q in questions]
     scores, answers = {}, {}
     for label, (generator, adapter) in (("base", base), ("tuned", tuned)):
-        model, tokenizer = load_generator(generator, adapter)
+        model, tokenizer = load_generator(generator, adapter, dtype)
         answers[label] = generate_batched(
             model, tokenizer, requests, max_new_tokens, batch_size, f"forgetting check ({label})"
         )

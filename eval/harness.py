@@ -42,6 +42,7 @@ from pipeline.components import tuned_embedder_path
 from pipeline.config import RagtuneConfig
 from pipeline.entry import run_stage
 from pipeline.models import resolve_model
+from pipeline.precision import inference_dtype
 from pipeline.promotion import promotion_report
 from pipeline.ranking import per_query_metrics
 from pipeline.retrieval import DenseRetriever, load_fusion_weight
@@ -340,6 +341,7 @@ def check_forgetting(cfg: RagtuneConfig, plan: Plan) -> dict | None:
         max_new_tokens=cfg.eval.forgetting_max_new_tokens,
         samples=cfg.eval.bootstrap_samples,
         seed=cfg.run.seed,
+        dtype=inference_dtype(cfg.assemble.dtype),
     )
     logger.info(
         "eval: forgetting check on %d general questions: base %.3f, tuned %.3f (%s)",

@@ -47,6 +47,7 @@ from pipeline.components import resolve_components
 from pipeline.config import AssembleConfig, RagtuneConfig
 from pipeline.generator import chat_prompt, load_generator
 from pipeline.hybrid import HybridRetriever, bm25_retriever
+from pipeline.precision import inference_dtype
 from pipeline.query_likelihood import QueryLikelihoodReranker, is_query_likelihood
 from pipeline.raft_format import build_messages, parse_answer
 from pipeline.ranking import fuse_scores
@@ -210,7 +211,7 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
             fusion_weight=load_fusion_weight(comp.reranker),
             scorer=scorer,
         )
-    model, tokenizer = load_generator(comp.generator, comp.adapter)
+    model, tokenizer = load_generator(comp.generator, comp.adapter, inference_dtype(choice.dtype))
     positions = getattr(model.config, "max_position_embeddings", choice.context_window)
     # With an adapter the tokenizer is the copy RAFT saved beside it (the base's, with the chat template it
     # trained with), so HuggingFaceLLM's warning that model and tokenizer folders differ does not apply.

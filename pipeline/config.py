@@ -554,6 +554,12 @@ class AssembleConfig(Section):
         3, ge=1, description="Chunks kept after reranking and given to the generator (RAFT samples use the same)."
     )
     max_new_tokens: int = Field(192, ge=1, description="Longest answer the generator writes, in tokens.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="The generator's weights when it answers (serving, eval, RAFT's dev check, the forgetting "
+        "check): auto = bf16 where the hardware has native bf16 math (a LoRA adapter then stays unmerged, so its "
+        "delta is not rounded away), else fp32.",
+    )
     context_window: int = Field(2048, ge=256, description="Must fit the generator's positions.")
     vector_store: str = Field(
         "simple",
@@ -649,7 +655,7 @@ class RagtuneConfig(Section):
     split: SplitConfig = Field(default_factory=SplitConfig, description="Which documents are held out for eval.")
     synth: SynthConfig = Field(default_factory=SynthConfig, description="Synthetic queries generated from the corpus.")
     embed: EmbedConfig = Field(default_factory=EmbedConfig, description="Stage 1: the embedder's fine-tuning.")
-    rerank: RerankConfig = Field(default_factory=RerankConfig, description="Stage 2: the cross-encoder reranker.")
+    rerank: RerankConfig = Field(default_factory=RerankConfig, description="Stage 2: the reranker.")
     gpl: GplConfig = Field(
         default_factory=GplConfig, description="Optional second round of stage 1 on a cross-encoder's margins (off)."
     )

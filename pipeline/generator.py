@@ -30,12 +30,13 @@ StopRule = Callable[[str], bool]  # completion text so far -> finished
 
 
 def load_generator(generator: str, adapter: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
-    """Load a causal LM (and its LoRA adapter, merged in for speed) and a left-padding tokenizer.
+    """Load a causal LM (and its LoRA adapter) and a left-padding tokenizer.
 
     The tokenizer comes from the adapter folder when RAFT saved one there, so its chat template is the
-    one the generator was trained with. By default the weights are fp32 on CPU (bf16 matmuls are slow on
-    most CPUs, and a merged LoRA delta is often smaller than a bf16 step of the weight it is added to) and
-    bf16 on a GPU.
+    one the generator was trained with. By default the weights are fp32 on CPU and bf16 on a GPU; callers
+    pass :func:`pipeline.precision.inference_dtype` of their config. An adapter is merged into fp32 weights
+    (for speed) and kept unmerged on bf16 ones: a LoRA delta is often smaller than a bf16 step of the weight
+    it would be added to, and rounding it away would serve the base model.
 
     Args:
         generator: base (or merged) model folder.
@@ -60,7 +61,9 @@ def load_generator(generator: str, adapter: str | None = None, dtype: str | None
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        model = PeftModel.from_pretrained(model, adapter)
+        if dtype == "float32":
+            model = model.merge_and_unload()
     return model.to(device).eval(), tokenizer
 
 

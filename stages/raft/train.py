@@ -26,7 +26,7 @@ from pipeline.entry import run_stage
 from pipeline.generator import generate_batched
 from pipeline.generator import load_generator as load_for_inference
 from pipeline.models import resolve_model
-from pipeline.precision import bf16_training
+from pipeline.precision import bf16_training, inference_dtype
 from pipeline.raft_format import parse_answer
 from pipeline.rundir import (
     RAFT_ADAPTER,
@@ -250,7 +250,7 @@ def dev_answer_f1(model_path: str, adapter: str, rows: list[dict], assemble: Ass
     requests = [r["prompt"] for r in rows]
     out: dict[str, Any] = {"dev_questions": len(rows)}
     for label, adapter_dir in (("base", None), ("tuned", adapter)):
-        model, tokenizer = load_for_inference(model_path, adapter_dir)
+        model, tokenizer = load_for_inference(model_path, adapter_dir, inference_dtype(assemble.dtype))
         answers = generate_batched(model, tokenizer, requests, assemble.max_new_tokens, desc=f"RAFT dev ({label})")
         f1 = [token_f1(final_answer(a), r["answer"]) for a, r in zip(answers, rows, strict=True)]
         out[f"dev_f1_{label}"] = sum(f1) / len(f1)

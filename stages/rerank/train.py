@@ -295,7 +295,7 @@ def recipe_line(cfg: RerankConfig) -> str:
     """The model card's one-line recipe of the reranker.
 
     Example:
-        >>> recipe_line(RerankConfig(max_steps=0))[:60]
+        >>> recipe_line(RerankConfig(max_steps=0))[:61]
         '- Query likelihood under `bundled:smollm2-135m-instruct` (UPR'
     """
     if cfg.kind == "query_likelihood":

@@ -28,7 +28,7 @@ def test_the_bundled_set_loads_and_a_bad_line_names_its_file_and_line(tmp_path: 
 
 def test_a_generator_that_forgot_is_reported_as_hurt(monkeypatch: pytest.MonkeyPatch) -> None:
     questions = [{"id": f"g{i}", "question": f"Capital {i}?", "answers": [f"city{i}"]} for i in range(30)]
-    monkeypatch.setattr(forgetting, "load_generator", lambda generator, adapter: (adapter, None))
+    monkeypatch.setattr(forgetting, "load_generator", lambda generator, adapter, dtype=None: (adapter, None))
 
     def fake_generate(model, tokenizer, requests, max_new_tokens, batch_size, desc):
         assert all(r[0]["content"].endswith(forgetting.INSTRUCTION) for r in requests)  # no documents, no system

@@ -152,7 +152,7 @@ def test_dev_answer_f1_scores_base_and_tuned_on_the_same_prompts(monkeypatch) ->
     rows = [
         {"qid": f"q{i}", "prompt": [{"role": "user", "content": f"Q{i}?"}], "answer": f"{i} minutes"} for i in range(4)
     ]
-    monkeypatch.setattr(train, "load_for_inference", lambda model, adapter: (adapter, None))
+    monkeypatch.setattr(train, "load_for_inference", lambda model, adapter, dtype=None: (adapter, None))
 
     def fake_generate(model, tokenizer, requests, max_new_tokens, desc):
         assert [r[0]["content"] for r in requests] == [f"Q{i}?" for i in range(4)] and max_new_tokens == 9
