@@ -336,20 +336,24 @@ def model_card_section(cfg: RerankConfig, curve: Sequence[Mapping[str, Any]], we
     return "\n".join(lines) + "\n"
 
 
-def fit_cross_encoder(
-    cfg: RagtuneConfig,
-    run: RunDir,
-    mined: Sequence[Mapping[str, Any]],
-    corpus_by_id: Mapping[str, Mapping[str, Any]],
-    retriever: DenseRetriever,
-    dev: DevCandidates | None,
-    curve: list[dict[str, Any]],
-    best: BestPoint | None,
-    args: Any,
-) -> tuple[Any, dict[str, Any]]:
-    """Build the one-logit cross-encoder and train it (an optional warm start, then the hard negatives).
+@dataclass
+class FitInputs:
+    """What both kinds of reranker train from; the curve's points are appended to ``curve`` and offered to
+    ``best``."""
 
-    Appends the learning curve's points to ``curve`` and offers them to ``best``.
+    cfg: RagtuneConfig
+    run: RunDir
+    mined: Sequence[Mapping[str, Any]]
+    corpus_by_id: Mapping[str, Mapping[str, Any]]
+    retriever: DenseRetriever
+    dev: DevCandidates | None
+    curve: list[dict[str, Any]]
+    best: BestPoint | None
+    args: Any  # the training arguments (they set up the process group)
+
+
+def fit_cross_encoder(fit: FitInputs) -> tuple[Any, dict[str, Any]]:
+    """Build the one-logit cross-encoder and train it (an optional warm start, then the hard negatives).
 
     Returns:
         (the trained ``CrossEncoder``, training figures for the metrics: examples, steps, seconds, losses).
@@ -358,25 +362,28 @@ def fit_cross_encoder(
     from sentence_transformers.cross_encoder import CrossEncoderTrainer
     from transformers import set_seed
 
+    cfg, dev, curve, best = fit.cfg, fit.dev, fit.curve, fit.best
+
     # a. The training set in the format the loss reads.
-    columns = build_training_columns(mined, corpus_by_id, cfg.rerank.loss, cfg.rerank.mining.num_negatives)
+    columns = build_training_columns(fit.mined, fit.corpus_by_id, cfg.rerank.loss, cfg.rerank.mining.num_negatives)
     if not columns["query"]:
         raise ValueError(f"rerank: mining produced no training example; see {RERANK_NEGATIVES}/report.json")
 
     # b. The base or the tuned embedder's encoder, with a fresh head (or a hub cross-encoder's own).
     set_seed(cfg.run.seed)  # the fresh head starts the same on every rank and every rerun
-    model = build_cross_encoder(cfg.rerank, run.require("embed", "model")["model"])
+    model = build_cross_encoder(cfg.rerank, fit.run.require("embed", "model")["model"])
     start_curve(model, dev, cfg.rerank, curve, best)
 
     # c. Optionally distil the tuned embedder's scores first, then train on the hard negatives.
     phases = []
     if cfg.rerank.warm_start != "none" and cfg.rerank.warm_start_steps:
-        first, ids = retriever.search([r["query"] for r in mined], cfg.rerank.warm_start_pool)
-        distil = distillation_columns([r["query"] for r in mined], ids, first, corpus_by_id, cfg.rerank.warm_start)
+        queries = [r["query"] for r in fit.mined]
+        first, ids = fit.retriever.search(queries, cfg.rerank.warm_start_pool)
+        distil = distillation_columns(queries, ids, first, fit.corpus_by_id, cfg.rerank.warm_start)
         warm_cfg = cfg.rerank.model_copy(update={"max_steps": cfg.rerank.warm_start_steps})
-        warm_args = build_training_args(warm_cfg, str(run.path(RERANK_CHECKPOINTS)), cfg.run.seed)
+        warm_args = build_training_args(warm_cfg, str(fit.run.path(RERANK_CHECKPOINTS)), cfg.run.seed)
         phases.append(("warm start", warm_args, distil, build_loss(model, cfg.rerank.warm_start, distil)))
-    phases.append(("hard negatives", args, columns, build_loss(model, cfg.rerank.loss, columns)))
+    phases.append(("hard negatives", fit.args, columns, build_loss(model, cfg.rerank.loss, columns)))
     losses, steps, seconds = [], 0, 0.0
     for phase, phase_args, phase_columns, loss in phases:
         callbacks = [DevCurveCallback(model, dev, cfg.rerank.curve_points, phase, curve, best)] if dev else []
@@ -393,17 +400,7 @@ def fit_cross_encoder(
     return model, training_figures(len(columns["query"]), steps, seconds, losses)
 
 
-def fit_query_likelihood(
-    cfg: RagtuneConfig,
-    run: RunDir,
-    mined: Sequence[Mapping[str, Any]],
-    corpus_by_id: Mapping[str, Mapping[str, Any]],
-    retriever: DenseRetriever,
-    dev: DevCandidates | None,
-    curve: list[dict[str, Any]],
-    best: BestPoint | None,
-    args: Any,
-) -> tuple[Any, dict[str, Any]]:
+def fit_query_likelihood(fit: FitInputs) -> tuple[Any, dict[str, Any]]:
     """Build the query-likelihood reranker and, with ``rerank.max_steps`` other than 0, LoRA-tune it on the
     mined lists (``stages.rerank.likelihood``). The untrained LM is the curve's start point.
 
@@ -414,7 +411,8 @@ def fit_query_likelihood(
 
     from stages.rerank.likelihood import build_query_likelihood, likelihood_lists, train_query_likelihood
 
-    lists = likelihood_lists(mined, corpus_by_id)
+    cfg, dev, curve, best = fit.cfg, fit.dev, fit.curve, fit.best
+    lists = likelihood_lists(fit.mined, fit.corpus_by_id)
     train = cfg.rerank.max_steps != 0 and bool(lists)
     set_seed(cfg.run.seed)  # the fresh adapter starts the same on every rank and every rerun
     model = build_query_likelihood(cfg.rerank, train)
@@ -423,7 +421,7 @@ def fit_query_likelihood(
         logger.info("rerank: the query-likelihood reranker is used as it is (rerank.max_steps=0 or no lists)")
         return model, training_figures(len(lists), 0, 0.0, [])
     callbacks = [DevCurveCallback(model, dev, cfg.rerank.curve_points, "lists", curve, best)] if dev else []
-    trainer = train_query_likelihood(model, lists, args, callbacks)
+    trainer = train_query_likelihood(model, lists, fit.args, callbacks)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     runtime = next((h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h), 0.0)
     return model.eval(), training_figures(len(lists), trainer.state.global_step, runtime, losses)
@@ -491,7 +489,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
 
     # 4. Build and train the reranker on the mined rows, drawing the learning curve on the dev slice.
     fit = fit_query_likelihood if cfg.rerank.kind == "query_likelihood" else fit_cross_encoder
-    model, trained = fit(cfg, run, mined, corpus_by_id, retriever, dev, curve, best, args)
+    model, trained = fit(FitInputs(cfg, run, mined, corpus_by_id, retriever, dev, curve, best, args))
     if not is_main_process():
         return {}
     with contextlib.suppress(OSError):  # an empty folder the trainer made; checkpoints asked for are kept

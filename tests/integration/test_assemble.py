@@ -14,6 +14,7 @@ from pipeline.assemble import SentenceTransformerEmbedding, build_query_engine, 
 from pipeline.cli import main as cli
 from pipeline.config import load_config
 from pipeline.generator import generate_batched, load_generator
+from pipeline.precision import inference_dtype
 from pipeline.raft_format import build_messages
 from pipeline.retrieval import DenseRetriever
 from pipeline.rundir import RunDir, read_jsonl
@@ -119,7 +120,8 @@ def test_query_engine_prompts_exactly_like_training_and_cli_prints_sources(
     nodes = response.source_nodes
     assert len(nodes) == cfg.assemble.top_n  # reranked top_k down to top_n
     # The generator's prompt is build_messages over the reranked chunks + the adapter's chat template.
-    model, tokenizer = load_generator(str(tiny_llama_dir), str(run.path("raft/adapter")))
+    dtype = inference_dtype(cfg.assemble.dtype)  # the engine's precision
+    model, tokenizer = load_generator(str(tiny_llama_dir), str(run.path("raft/adapter")), dtype)
     messages = build_messages(question, [n.node.get_content() for n in nodes])
     assert response.metadata["prompt"] == tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=False
@@ -127,7 +129,7 @@ def test_query_engine_prompts_exactly_like_training_and_cli_prints_sources(
     # ... and it answers as the harness's batched generation does for the same prompt (the adapter is on).
     harness_answer = generate_batched(model, tokenizer, [messages], cfg.assemble.max_new_tokens)[0]
     assert response.metadata["raw"] == harness_answer
-    base_model, base_tokenizer = load_generator(str(tiny_llama_dir))
+    base_model, base_tokenizer = load_generator(str(tiny_llama_dir), None, dtype)
     assert generate_batched(base_model, base_tokenizer, [messages], cfg.assemble.max_new_tokens)[0] != harness_answer
 
     # Without a reranker the generator reads the retriever's top_n.

@@ -34,3 +34,26 @@ def test_rerank_under_two_process_ddp_writes_one_model_and_one_entry(tiny_config
     assert (run.path("rerank/model") / "model.safetensors").exists()
     leftovers = [p.name for p in run.path("rerank").iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_query_likelihood_rerank_under_two_process_ddp_shares_the_lists(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path
+) -> None:
+    cli(["data", str(tiny_config), "synth.enabled=false"])
+    run = run_dir_of(tiny_config)
+    simulate_embed_stage(run, tiny_bert_dir)
+
+    # 4 train lists in batches of 1: one process would take 4 steps for an epoch, two take 2 each.
+    overrides = [
+        f"rerank.query_likelihood.generator={tiny_llama_dir}",
+        "rerank.mining.relative_margin=null",
+        "rerank.batch_size=1",
+    ]
+    proc = launch_ddp("stages.rerank.train", tiny_config, overrides, 600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    metrics = json.loads(run.path("rerank/metrics.json").read_text())
+    assert metrics["kind"] == "query_likelihood" and metrics["train_examples"] == 4
+    assert metrics["train_steps"] == 2  # the lists really were shared by 2 processes
+    assert (run.path("rerank/model") / "adapter_model.safetensors").exists()
+    assert list(run.load_manifest()) == ["data", "embed", "rerank"]

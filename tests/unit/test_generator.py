@@ -103,3 +103,28 @@ def test_shared_prefix_is_computed_once_and_changes_no_completion(tiny_llama_dir
     model.forward = original
     assert generate_batched(model, tokenizer, requests, 8, 2) == shared
     assert generate_batched(model, tokenizer, requests, 8, 2, temperature=0.9, seeds=[1, 2, 3, 4]) == sampled
+
+
+def test_an_adapter_is_merged_into_fp32_weights_and_kept_apart_from_bf16_ones(tiny_llama_dir: Path, tmp_path) -> None:
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    lm = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir), LoraConfig(r=4, target_modules=["q_proj"])
+    )
+    with torch.no_grad():  # a small delta, as LoRA's are: below a bf16 step of the weights it is added to
+        for name, p in lm.named_parameters():
+            if "lora_B" in name:
+                p.fill_(1e-4)
+    lm.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([[5, 6, 7, 8]])
+
+    merged, _ = load_generator(str(tiny_llama_dir), str(tmp_path / "adapter"), "float32")
+    assert not isinstance(merged, PeftModel)
+    kept, _ = load_generator(str(tiny_llama_dir), str(tmp_path / "adapter"), "bfloat16")
+    base, _ = load_generator(str(tiny_llama_dir), None, "bfloat16")
+    assert isinstance(kept, PeftModel)
+    with torch.no_grad():
+        delta = kept(input_ids=ids).logits.float() - base(input_ids=ids).logits.float()
+    assert delta.abs().max() > 0  # the adapter still acts on bf16 weights: its delta was not rounded away
