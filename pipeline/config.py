@@ -359,7 +359,13 @@ class QueryLikelihoodConfig(Section):
         default_factory=lambda: LoraConfig(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"]),
         description="LoRA adapter trained on the mined lists (rerank.max_steps > 0).",
     )
-    batch_size: int = Field(16, ge=1, description="Pairs per forward pass when scoring.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_passage_slot(cls, prompt: str) -> str:
+        if prompt.count("{passage}") != 1:
+            raise ValueError(f"must contain {{passage}} exactly once (where the passage goes): {prompt!r}")
+        return prompt
 
 
 class RerankConfig(Section):

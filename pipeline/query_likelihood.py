@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from pipeline.config import QUERY_LIKELIHOOD_PROMPT
 
 SPEC_FILE = "ragtune_reranker.json"
 KIND = "query_likelihood"
-DEFAULT_PROMPT = "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:"
 
 
 def is_query_likelihood(path: str | Path) -> bool:
@@ -110,7 +108,7 @@ class QueryLikelihoodReranker(nn.Module):
         self,
         lm: Any,
         tokenizer: Any,
-        prompt: str = DEFAULT_PROMPT,
+        prompt: str = QUERY_LIKELIHOOD_PROMPT,
         max_length: int = 256,
         cache_file: Path | None = None,
     ) -> None:

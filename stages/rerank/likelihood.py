@@ -84,7 +84,6 @@ def train_query_likelihood(
     from transformers import Trainer
 
     args.remove_unused_columns = False  # the collator reads the raw rows
-    args.ddp_find_unused_parameters = False
     trainer = Trainer(
         model=reranker,
         args=args,

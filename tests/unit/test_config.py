@@ -36,6 +36,14 @@ def test_unknown_key_names_its_dotted_path(tmp_path: Path) -> None:
     assert str(bad) in str(err.value)
 
 
+def test_a_query_likelihood_prompt_without_its_passage_slot_names_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: {name: x}\ndata: {docs: d}\nrerank:\n  query_likelihood:\n    prompt: 'Question:'\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert "rerank.query_likelihood.prompt" in str(err.value) and "{passage}" in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("override", "line"),
     [
