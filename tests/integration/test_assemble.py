@@ -171,3 +171,27 @@ def test_fused_reranker_orders_like_the_harness_at_the_recorded_weight(tiny_bert
         out = reranker.postprocess_nodes([n.model_copy() for n in nodes], query_bundle=QueryBundle(query))
         ids = [f"n{i}" for i in range(4)]
         assert [n.node.node_id for n in out] == fused_order(ids, retrieval, ce_scores, weight)[:3]
+
+
+def test_fused_reranker_takes_a_query_likelihood_scorer_and_orders_by_its_scores(tiny_llama_dir: Path) -> None:
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+    from pipeline.assemble import FusedSentenceTransformerRerank
+    from pipeline.query_likelihood import QueryLikelihoodReranker
+    from pipeline.ranking import fused_order
+
+    scorer = QueryLikelihoodReranker(*load_generator(str(tiny_llama_dir), None, "float32"))
+    texts = ["Heron fails over in minutes.", "Tortoise drains its queue.", "Marmot keeps snapshots."]
+    retrieval = [0.9, 0.5, 0.1]
+    nodes = [
+        NodeWithScore(node=TextNode(id_=f"n{i}", text=t), score=s)
+        for i, (t, s) in enumerate(zip(texts, retrieval, strict=True))
+    ]
+    query = "how does heron fail over"
+    scores = scorer.predict([(query, t) for t in texts])
+    for weight in (0.5, 1.0):
+        reranker = FusedSentenceTransformerRerank(
+            model="query-likelihood", top_n=2, fusion_weight=weight, scorer=scorer
+        )
+        out = reranker.postprocess_nodes([n.model_copy() for n in nodes], query_bundle=QueryBundle(query))
+        assert [n.node.node_id for n in out] == fused_order(["n0", "n1", "n2"], retrieval, scores, weight)[:2]
