@@ -300,10 +300,15 @@ def recipe_line(cfg: RerankConfig) -> str:
     """
     if cfg.kind == "query_likelihood":
         q = cfg.query_likelihood
+        tuning = (
+            "not trained (rerank.max_steps 0)"
+            if cfg.max_steps == 0
+            else f"LoRA r={q.lora.r} on {q.lora.target_modules} trained on the mined lists (listwise softmax, "
+            f"temperature {q.temperature}; the kept step is the curve's best)"
+        )
         return (
             f"- Query likelihood under `{q.generator}` (UPR: mean log-probability of the query's tokens after the "
-            f"passage's prompt), passages cut at {q.max_length} tokens; LoRA r={q.lora.r} on {q.lora.target_modules} "
-            f"trained {cfg.max_steps} steps on the mined lists (listwise softmax, temperature {q.temperature})."
+            f"passage's prompt), passages cut at {q.max_length} tokens; {tuning}."
         )
     return (
         f"- Start: `{cfg.start_from}` (`{cfg.base_model}`), head `{cfg.head}`, loss `{cfg.loss}`, "
