@@ -43,12 +43,11 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 from llama_index.postprocessor.sbert_rerank import SentenceTransformerRerank
 
-from pipeline.components import resolve_components
+from pipeline.components import load_reranker, resolve_components
 from pipeline.config import AssembleConfig, RagtuneConfig
 from pipeline.generator import chat_prompt, load_generator
 from pipeline.hybrid import HybridRetriever, bm25_retriever
 from pipeline.precision import inference_dtype
-from pipeline.query_likelihood import QueryLikelihoodReranker, is_query_likelihood
 from pipeline.raft_format import build_messages, parse_answer
 from pipeline.ranking import fuse_scores
 from pipeline.retrieval import load_fusion_weight
@@ -74,7 +73,7 @@ class FusedSentenceTransformerRerank(SentenceTransformerRerank):
     def __init__(self, *, fusion_weight: float = 1.0, scorer: Any = None, **kwargs: Any) -> None:
         if scorer is None:
             super().__init__(**kwargs)  # the stock __init__ takes only its own arguments
-        else:  # an already loaded scorer (a query-likelihood reranker): the stock __init__ would load a CrossEncoder
+        else:  # an already loaded scorer: the stock __init__ would load ``model`` as a CrossEncoder
             kwargs.pop("cross_encoder_kwargs", None)
             BaseNodePostprocessor.__init__(self, **kwargs)
             self._model, self._device = scorer, str(next(scorer.parameters()).device)
@@ -200,14 +199,11 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
     index = load_vector_index(run, embed_model, comp.embedder, store=choice.vector_store)
     reranker = None
     if comp.reranker is not None:
-        import torch
-
-        torch.manual_seed(cfg.run.seed)  # a base encoder gets a fresh head: the same one the harness draws
-        scorer = QueryLikelihoodReranker.load(comp.reranker) if is_query_likelihood(comp.reranker) else None
+        # Loaded as the harness loads it (a base encoder gets the same seeded fresh head).
+        scorer = load_reranker(comp.reranker, cfg.rerank.max_length, cfg.run.seed)
         reranker = FusedSentenceTransformerRerank(
             model=comp.reranker,
             top_n=choice.top_n,
-            cross_encoder_kwargs={"num_labels": 1, "max_length": cfg.rerank.max_length},
             fusion_weight=load_fusion_weight(comp.reranker),
             scorer=scorer,
         )

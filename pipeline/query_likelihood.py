@@ -216,14 +216,34 @@ class QueryLikelihoodReranker(nn.Module):
         Args:
             cache_dir: where its score cache lives (a file named by the folder's content hash), or None.
         """
-        from pipeline.generator import load_generator
-        from pipeline.models import resolve_model
-        from pipeline.precision import inference_dtype
         from pipeline.rundir import hash_path
 
         path = Path(path)
         spec = json.loads((path / SPEC_FILE).read_text(encoding="utf-8"))
         adapter = str(path) if (path / "adapter_config.json").is_file() else None
-        lm, tokenizer = load_generator(resolve_model(spec["generator"]), adapter, inference_dtype(spec["dtype"]))
         cache_file = Path(cache_dir) / f"{hash_path(path)}.json" if cache_dir is not None else None
-        return cls(lm, tokenizer, spec["prompt"], spec["max_length"], cache_file).eval()
+        settings = (spec["generator"], spec["prompt"], spec["max_length"], spec["dtype"])
+        return cls.from_generator(*settings, adapter, cache_file)
+
+    @classmethod
+    def from_generator(
+        cls,
+        generator: str,
+        prompt: str,
+        max_length: int,
+        dtype: str,
+        adapter: str | None = None,
+        cache_file: Path | None = None,
+    ) -> QueryLikelihoodReranker:
+        """A reranker over the causal LM ``generator`` (bundled:<name>, hub id or path), in eval mode.
+
+        Args:
+            dtype: ``auto``, ``float32`` or ``bfloat16`` (:func:`pipeline.precision.inference_dtype`).
+            adapter: a peft adapter folder to merge in (or keep beside bf16 weights), or None.
+        """
+        from pipeline.generator import load_generator
+        from pipeline.models import resolve_model
+        from pipeline.precision import inference_dtype
+
+        lm, tokenizer = load_generator(resolve_model(generator), adapter, inference_dtype(dtype))
+        return cls(lm, tokenizer, prompt, max_length, cache_file).eval()

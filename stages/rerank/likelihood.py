@@ -59,19 +59,14 @@ def build_query_likelihood(cfg: RerankConfig, train: bool) -> QueryLikelihoodRer
     ``train=False``, the plain LM (nothing to save but the spec)."""
     from peft import LoraConfig, get_peft_model
 
-    from pipeline.generator import load_generator
-    from pipeline.models import resolve_model
-    from pipeline.precision import inference_dtype
-
     qcfg = cfg.query_likelihood
-    lm, tokenizer = load_generator(resolve_model(qcfg.generator), dtype=inference_dtype(qcfg.dtype))
+    reranker = QueryLikelihoodReranker.from_generator(qcfg.generator, qcfg.prompt, qcfg.max_length, qcfg.dtype)
     if train:
         lora = qcfg.lora
-        lm = get_peft_model(
-            lm,
+        reranker.lm = get_peft_model(
+            reranker.lm,
             LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules),
         )
-    reranker = QueryLikelihoodReranker(lm, tokenizer, qcfg.prompt, qcfg.max_length)
     reranker.temperature = qcfg.temperature
     return reranker.eval()
 
