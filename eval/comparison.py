@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from eval.metrics import Interval, bootstrap_mean, mean_defined, paired_bootstrap, verdict
 
 VERDICT_METRICS = ("ndcg@10", "recall@10", "f1")
+BASELINES = ("rag_only", "rag_hybrid")  # the untrained configurations (eval.configurations)
 LOWER_IS_BETTER = frozenset({"abstain_with_evidence"})
 
 
@@ -29,13 +30,40 @@ def summarize(rows: list[dict], metrics: Sequence[str], samples: int, seed: int)
     return summary, intervals
 
 
+def stronger_baseline(rows: dict[str, list[dict]], names: Sequence[str], metric: str = "ndcg@10") -> str:
+    """Of the untrained baselines evaluated (``rag_only``, ``rag_hybrid``), the one with the higher mean ``metric``.
+
+    Ties and an unmeasured metric go to the first (``rag_only``).
+
+    Example:
+        >>> rows = {"rag_only": [{"ndcg@10": 0.4}], "rag_hybrid": [{"ndcg@10": 0.5}], "embed": [{"ndcg@10": 0.45}]}
+        >>> stronger_baseline(rows, ["rag_only", "rag_hybrid", "embed"])
+        'rag_hybrid'
+    """
+    present = [n for n in names if n in BASELINES]
+
+    def mean(name: str) -> float:
+        value = mean_defined([r.get(metric) for r in rows[name]])
+        return -1.0 if value is None else value
+
+    return max(present, key=lambda n: (mean(n), -present.index(n)))
+
+
 def compare(
     rows: dict[str, list[dict]], names: list[str], metrics: Sequence[str], samples: int, seed: int
 ) -> dict[str, dict]:
-    """Paired bootstrap deltas of every metric against ``rag_only`` and against the previous configuration."""
+    """Paired bootstrap deltas of every metric against ``rag_only`` and against the previous configuration.
+
+    The first tuned configuration's previous step is the stronger untrained baseline (:func:`stronger_baseline`):
+    stage 1 is read against hybrid retrieval where BM25 with the base embedder is the better untrained choice.
+    """
     deltas: dict[str, dict] = {}
+    strongest = stronger_baseline(rows, names)
     for i, name in enumerate(names[1:], 1):
-        refs = {"vs_rag_only": names[0], "vs_previous": names[i - 1]}
+        previous = names[i - 1]
+        if previous in BASELINES and name not in BASELINES:
+            previous = strongest
+        refs = {"vs_rag_only": names[0], "vs_previous": previous}
         deltas[name] = {}
         for label, ref in refs.items():
             intervals = {}

@@ -8,13 +8,15 @@ from dataclasses import dataclass, field
 
 from pipeline.components import Components, resolve_components
 from pipeline.config import AssembleConfig, RagtuneConfig
+from pipeline.promotion import resolve_auto
 from pipeline.rundir import RunDir, StageInputError
 
 logger = logging.getLogger(__name__)
 
 BASELINE = "rag_only"
 BUILTIN_CONFIGURATIONS: dict[str, dict[str, str]] = {
-    "rag_only": {"embedder": "base", "reranker": "none", "generator": "base"},
+    "rag_only": {"embedder": "base", "reranker": "none", "generator": "base", "retrieval": "dense"},
+    "rag_hybrid": {"embedder": "base", "reranker": "none", "generator": "base", "retrieval": "hybrid"},
     "embed": {"embedder": "tuned", "reranker": "none", "generator": "base"},
     "embed_rerank": {"embedder": "tuned", "reranker": "tuned", "generator": "base"},
     "full": {"embedder": "tuned", "reranker": "tuned", "generator": "tuned"},
@@ -83,6 +85,7 @@ def plan_configurations(cfg: RagtuneConfig, run: RunDir, generation: bool) -> Pl
     components, choices, skipped = plan.components, plan.choices, plan.skipped
     for name, choice in configuration_choices(cfg).items():
         try:
+            choice = resolve_auto(choice, run, cfg.gpl.enabled)  # what each auto serves, retrieval mode included
             comp = resolve_components(cfg, run, choice, need_generator=generation)
         except StageInputError as e:
             skipped[name] = str(e)

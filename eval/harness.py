@@ -241,6 +241,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         "warnings": [w for w in (held.warning, report_io.optimistic_warning(origins)) if w],
         "probes": probes,
         "promotion": promotion_report(run, cfg.gpl.enabled),
+        "dev_slice": dev_slice_origin(run),
         "judge": judge_usage,
         "forgetting": forgetting,
         "bootstrap": {"samples": samples, "seed": seed, "confidence": 0.95},
@@ -320,6 +321,32 @@ def query_origins(run: RunDir, queries: list[dict]) -> dict:
                 out["synthetic_filter"] = "none"
     out["optimistic"] = report_io.optimistic_warning(out) is not None
     return out
+
+
+def dev_slice_origin(run: RunDir) -> dict | None:
+    """What the promotion gates judged on: stage 1's dev queries and, from the data report, their origin.
+
+    Returns:
+        ``{"queries", "human", "synthetic", "filter"}`` (the data report's ``dev`` section and stage 1's
+        ``dev_queries``), or None when stage 1 recorded no dev slice.
+    """
+    embed = run.load_manifest().get("embed")
+    n = embed.metrics.get("dev_queries") if embed is not None else None
+    if not n:
+        return None
+    try:
+        data = json.loads(run.require("data", "report")["report"].read_text(encoding="utf-8"))
+    except (StageInputError, ValueError):
+        data = {}
+    pool = data.get("dev") or {}
+    synth = data.get("synth") or {}
+    human = min(pool.get("human", 0), n)
+    return {
+        "queries": n,
+        "human": human,
+        "synthetic": n - human,
+        "filter": (synth.get("shares") or {}).get("dev", {}).get("filter"),
+    }
 
 
 def check_forgetting(cfg: RagtuneConfig, plan: Plan) -> dict | None:

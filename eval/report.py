@@ -169,6 +169,22 @@ def optimistic_warning(origin: dict) -> str | None:
     )
 
 
+def dev_slice_line(dev: dict) -> str:
+    """What the gates judged on, in words.
+
+    Example:
+        >>> dev_slice_line({"queries": 11, "human": 0, "synthetic": 11, "filter": "bm25"})[:60]
+        'The dev slice: 11 queries, 0 human-written and 11 synthetic '
+    """
+    line = f"The dev slice: {dev['queries']} queries, {dev['human']} human-written and {dev['synthetic']} synthetic"
+    if not dev["synthetic"]:
+        return line + "."
+    kept = "kept by BM25's round trip, never the base embedder's" if dev.get("filter") == "bm25" else "not filtered"
+    return (
+        f"{line} ({kept}): synthetic figures are optimistic in level, but every option is judged on the same queries."
+    )
+
+
 def fine_tune_call(baseline_human: dict | None, origin: dict, min_queries: int) -> str:
     """The fine-tune note from plain RAG's recall on the human-written held-out queries alone.
 
@@ -272,6 +288,7 @@ def render_markdown(report: dict) -> str:
             "## Served by default (assemble.*: auto)",
             "",
             "A tuned component serves only if it beat its baseline on the dev slice (held-out train documents).",
+            *([dev_slice_line(report["dev_slice"])] if report.get("dev_slice") else []),
             "",
             "| component | promoted | on |",
             "|---|---|---|",

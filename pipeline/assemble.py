@@ -48,6 +48,7 @@ from pipeline.config import AssembleConfig, RagtuneConfig
 from pipeline.generator import chat_prompt, load_generator
 from pipeline.hybrid import HybridRetriever, bm25_retriever
 from pipeline.precision import inference_dtype
+from pipeline.promotion import resolve_auto
 from pipeline.raft_format import build_messages, parse_answer
 from pipeline.ranking import fuse_scores
 from pipeline.retrieval import load_fusion_weight
@@ -193,7 +194,7 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
     """
     from llama_index.llms.huggingface import HuggingFaceLLM
 
-    choice = choice or cfg.assemble
+    choice = resolve_auto(choice or cfg.assemble, run, cfg.gpl.enabled)  # the served retrieval mode too
     comp = resolve_components(cfg, run, choice)
     embed_model = SentenceTransformerEmbedding(comp.embedder, embed_batch_size=64)
     index = load_vector_index(run, embed_model, comp.embedder, store=choice.vector_store)

@@ -203,6 +203,15 @@ class SplitConfig(Section):
         "stage 1 learns from synthetic queries alone; those questions are dropped (data report: human_unused) "
         "and only the held-out ones are used, for evaluation.",
     )
+    dev_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of training documents whose synthetic queries pass BM25's round trip "
+        "(synth.eval_round_trip) instead of the base embedder's, so that a dev slice can judge the base "
+        "embedder without labels: embed, rerank, raft and gpl dev_fraction up to this value hold out only such "
+        "queries (and human ones). 0: every training query is filtered by the base embedder.",
+    )
 
 
 class SynthConfig(Section):
@@ -211,8 +220,23 @@ class SynthConfig(Section):
     max_chunks: int | None = Field(
         None,
         ge=1,
-        description="Cap on chunks to generate for (null: all), taken from every training document in turn "
-        "(seeded by split.seed), so a small cap still covers many documents.",
+        description="Cap on chunks to generate for (null: all), taken from every document in turn (a seeded "
+        "stream of its own), so a small cap still covers many documents. With no labelled question held out, "
+        "held-out documents get just enough of them for eval.min_queries (see held_out_yield) and training "
+        "documents the rest.",
+    )
+    held_out_yield: float = Field(
+        0.4,
+        gt=0,
+        le=1,
+        description="Kept queries per chunk assumed when sizing the first round of held-out synthesis (used only "
+        "when no labelled question is held out); later rounds use the yield measured so far.",
+    )
+    held_out_margin: float = Field(
+        1.25,
+        ge=1,
+        description="Factor on the held-out chunks the yield says eval.min_queries needs (a round that falls "
+        "short costs another round).",
     )
     prompt: str | None = Field(
         None, description="Path to a prompt template replacing the built-in one ({examples}, {passage}, {n})."
@@ -406,7 +430,7 @@ class RerankConfig(Section):
         ge=0,
         description="Inverse-cloze pseudo-queries (one sentence of a chunk, the chunk its positive) added to a "
         "cross-encoder's training queries (kind: cross_encoder), drawn from chunks of documents no eval or dev "
-        "query cites (0: none).",
+        "query cites (0: none). Either kind trains on them alone when the data stage left no train-split query.",
     )
     warm_start: Literal["none", "margin_mse", "mse"] = Field(
         "none",
@@ -573,8 +597,10 @@ class AssembleConfig(Section):
         "corpora), qdrant (Qdrant's embedded local mode in index/qdrant, no server), or the http(s):// URL of a "
         "running Qdrant server (collection ragtune-<run folder>, no credentials in the URL).",
     )
-    retrieval: Literal["dense", "hybrid"] = Field(
-        "dense", description="dense: the embedder alone; hybrid: BM25 and the embedder fused by reciprocal rank."
+    retrieval: Literal["auto", "dense", "hybrid"] = Field(
+        "auto",
+        description="dense: the embedder alone; hybrid: BM25 and the embedder fused by reciprocal rank; auto: "
+        "whichever (with whichever embedder assemble.embedder allows) had the best dev nDCG@10 in stage 1.",
     )
     hybrid_depth: int = Field(
         50, ge=1, description="hybrid: chunks each of BM25 and the embedder contributes before fusion (>= top_k)."
@@ -594,7 +620,7 @@ class AssembleConfig(Section):
 
     @model_validator(mode="after")
     def _hybrid_depth_covers_top_k(self) -> AssembleConfig:
-        if self.retrieval == "hybrid" and self.hybrid_depth < self.top_k:
+        if self.retrieval != "dense" and self.hybrid_depth < self.top_k:
             raise ValueError(f"hybrid_depth ({self.hybrid_depth}) must be at least top_k ({self.top_k})")
         return self
 
@@ -608,8 +634,10 @@ class ProbeConfig(Section):
 
 class EvalConfig(Section):
     configurations: list[str] = Field(
-        ["rag_only", "embed", "embed_rerank", "full"],
-        description="Named configurations to compare; custom ones are defined in `custom`.",
+        ["rag_only", "rag_hybrid", "embed", "embed_rerank", "full"],
+        description="Named configurations to compare; custom ones are defined in `custom`. Built in: rag_only "
+        "and rag_hybrid (the base embedder, dense and fused with BM25: the untrained baselines), embed, "
+        "embed_rerank and full (retrieval mode as assemble.retrieval resolves it).",
     )
     custom: dict[str, AssembleConfig] = Field(
         default_factory=dict, description="Extra named combinations of components."

@@ -1,29 +1,55 @@
 """The document-disjoint dev slice of the train split, assigned once by the data stage.
 
-The data stage gives every train document a seeded rank (:func:`assign_dev_ranks`) and stores it with
-each train query as ``dev_rank`` (document id -> rank). A stage that holds out a dev slice selects it
-with :func:`split_dev_queries`: the queries of the ``fraction`` lowest-ranked documents. Slices are
-therefore nested (a smaller fraction's slice lies inside a larger one's) and two stages with the same
-fraction hold out the same queries.
+The data stage gives every training document a seeded rank (:func:`rank_documents`: its place in a seeded
+permutation, as a share in [0, 1)) and stores it with each train query as ``dev_rank`` (document id -> rank).
+A stage that holds out a dev slice selects it with :func:`split_dev_queries`: the queries of the documents
+ranked below its ``fraction``. Slices are therefore nested (a smaller fraction's slice lies inside a larger
+one's) and two stages with the same fraction hold out the same queries. The ranks exist before synthesis, so
+the data stage can filter the dev documents' synthetic queries with BM25 instead of the base embedder
+(``split.dev_fraction``): with no labelled question at all, they are the dev slice every gate reads.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 DEV_MIN_QUERIES = 5  # fewer dev queries than this make a choice on the dev slice noise, not signal
 
 
-def assign_dev_ranks(queries: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """Set ``dev_rank`` (doc id -> seeded rank) on every train query; other queries are returned unchanged.
+def dev_stream(seed: int) -> str:
+    """The seed of the dev ranks' stream, apart from the split's and the synthesis targets' by name.
 
-    The ranks are a seeded permutation of the sorted train documents (those a train query cites).
+    Example:
+        >>> dev_stream(42)
+        'dev-slice/42'
+    """
+    return f"dev-slice/{seed}"
+
+
+def rank_documents(doc_ids: Iterable[str], seed: int) -> dict[str, float]:
+    """Each document's place in a seeded permutation of the sorted ids, as a share in [0, 1).
+
+    Example:
+        >>> rank_documents(["a", "b", "c", "d"], seed=0)
+        {'b': 0.0, 'c': 0.25, 'a': 0.5, 'd': 0.75}
+    """
+    docs = sorted(set(doc_ids))
+    order = random.Random(dev_stream(seed)).sample(docs, len(docs))
+    return {d: i / len(docs) for i, d in enumerate(order)}
+
+
+def assign_dev_ranks(
+    queries: Sequence[dict[str, Any]], seed: int, ranks: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """Set ``dev_rank`` (doc id -> rank, see :func:`rank_documents`) on every train query; others unchanged.
 
     Args:
         queries: query rows with ``split`` and ``doc_ids``.
-        seed: seed of the permutation (the run seed).
+        seed: seed of the ranks when ``ranks`` is not given.
+        ranks: the training documents' ranks (the data stage ranks every training document before synthesis);
+            None: rank the documents the train queries cite.
 
     Returns:
         New rows, in the same order.
@@ -32,11 +58,21 @@ def assign_dev_ranks(queries: Sequence[dict[str, Any]], seed: int) -> list[dict[
         >>> rows = assign_dev_ranks([{"split": "train", "doc_ids": ["a"]}, {"split": "train", "doc_ids": ["b"]},
         ...                          {"split": "eval", "doc_ids": ["c"]}], seed=0)
         >>> [r.get("dev_rank") for r in rows]
-        [{'a': 1}, {'b': 0}, None]
+        [{'a': 0.0}, {'b': 0.5}, None]
     """
-    docs = sorted({d for q in queries if q["split"] == "train" for d in q["doc_ids"]})
-    rank = {d: i for i, d in enumerate(random.Random(seed).sample(docs, len(docs)))}
-    return [{**q, "dev_rank": {d: rank[d] for d in q["doc_ids"]}} if q["split"] == "train" else q for q in queries]
+    if ranks is None:
+        ranks = rank_documents((d for q in queries if q["split"] == "train" for d in q["doc_ids"]), seed)
+    return [{**q, "dev_rank": {d: ranks[d] for d in q["doc_ids"]}} if q["split"] == "train" else q for q in queries]
+
+
+def dev_documents(ranks: dict[str, float], fraction: float) -> set[str]:
+    """The documents ranked below ``fraction``: the dev slice's documents.
+
+    Example:
+        >>> sorted(dev_documents({"a": 0.0, "b": 0.5, "c": 0.25}, 0.3))
+        ['a', 'c']
+    """
+    return {d for d, r in ranks.items() if r < fraction}
 
 
 CHOSEN_BY_BASE = "base_embedder"  # a synthetic query's ``round_trip``: the base embedder's filter kept it
@@ -45,7 +81,7 @@ CHOSEN_BY_BASE = "base_embedder"  # a synthetic query's ``round_trip``: the base
 def split_dev_queries(
     queries: Sequence[dict[str, Any]], fraction: float, min_queries: int = DEV_MIN_QUERIES
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Hold out the queries of the lowest-ranked ``fraction`` of the train documents as a dev slice.
+    """Hold out the queries of the train documents ranked below ``fraction`` as a dev slice.
 
     The slice is by source document, like the train/eval split, so dev never shares a document with
     training; queries citing both a dev and a train document are dropped from both, and so are synthetic
@@ -72,11 +108,9 @@ def split_dev_queries(
     """
     if fraction <= 0:
         return list(queries), []
-    rank = {d: r for q in queries for d, r in q["dev_rank"].items()}
-    n_dev = round(len(rank) * fraction)
-    if n_dev == 0:
+    dev_docs = dev_documents({d: r for q in queries for d, r in q["dev_rank"].items()}, fraction)
+    if not dev_docs:
         return list(queries), []
-    dev_docs = set(sorted(rank, key=rank.__getitem__)[:n_dev])
     # A query the base embedder's round trip chose is easy for the base by construction: it cannot judge it.
     dev = [q for q in queries if set(q["doc_ids"]) <= dev_docs and q.get("round_trip") != CHOSEN_BY_BASE]
     train = [q for q in queries if not set(q["doc_ids"]) & dev_docs]

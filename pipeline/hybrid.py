@@ -76,6 +76,33 @@ def fuse_rankings(
     return ranked, scores
 
 
+def hybrid_retrieval_metrics(
+    retriever, queries: Sequence[dict], k_values: Sequence[int], bm25: Sequence[Sequence[str]], depth: int
+) -> dict[str, float]:
+    """:func:`pipeline.retrieval.retrieval_metrics` of hybrid retrieval: the retriever's and BM25's top ``depth``
+    fused by reciprocal rank, as served (``assemble.retrieval: hybrid``).
+
+    Args:
+        retriever: a :class:`pipeline.retrieval.DenseRetriever` over the corpus.
+        queries: query rows (``text``, ``positives``).
+        k_values: cut-offs of hit@k and recall@k.
+        bm25: :func:`bm25_rankings` of the same queries, in order.
+        depth: ``assemble.hybrid_depth``.
+
+    Returns:
+        Metric name -> mean over the queries; ``{}`` for no query.
+    """
+    from pipeline.ranking import mean_metrics, per_query_metrics
+
+    if not queries:
+        return {}
+    ks = sorted(set(k_values))
+    _, dense = retriever.search([q["text"] for q in queries], k=depth)
+    fused, _ = fuse_rankings(dense, bm25, depth, max(depth, *ks, 10))
+    rows = [per_query_metrics(r, dict.fromkeys(q["positives"], 1), ks) for r, q in zip(fused, queries, strict=True)]
+    return mean_metrics(rows)
+
+
 class HybridRetriever(BaseRetriever):
     """A LlamaIndex retriever: a dense retriever and BM25, fused by reciprocal rank over chunk ids.
 

@@ -41,19 +41,75 @@ class Promotion:
     reason: str
 
 
-def embedder_promotion(metrics: Mapping[str, Any]) -> Promotion:
-    """The tuned embedder serves when its dev nDCG@10 is above the base embedder's.
+FIRST_STAGES: dict[tuple[str, str], str] = {  # (embedder, retrieval) -> its dev figure; ties go to the first
+    ("base", "dense"): "dev_ndcg@10_base",
+    ("base", "hybrid"): "dev_ndcg@10_base_hybrid",
+    ("tuned", "dense"): "dev_ndcg@10_tuned",
+    ("tuned", "hybrid"): "dev_ndcg@10_tuned_hybrid",
+}
+
+
+def first_stage_choice(
+    metrics: Mapping[str, Any], embedder: str = "auto", retrieval: str = "auto"
+) -> tuple[str, str, str]:
+    """The embedder and retrieval mode with the best dev nDCG@10 among those ``embedder`` and ``retrieval`` allow.
+
+    Stage 1 records the dev figure of the base and the tuned embedder, dense and hybrid (BM25 fused by reciprocal
+    rank). ``auto`` lets the figures choose; ties go to the simpler side (base before tuned, dense before hybrid),
+    so a tuned embedder or BM25 serves only where it measurably helps. Unmeasured options are left out; with
+    none measured the choice is the base embedder, dense.
+
+    Returns:
+        (embedder ``base``/``tuned``, retrieval ``dense``/``hybrid``, the reason, with the figures compared).
+
+    Example:
+        >>> m = {"dev_ndcg@10_base": 0.50, "dev_ndcg@10_base_hybrid": 0.56, "dev_ndcg@10_tuned": 0.55,
+        ...      "dev_ndcg@10_tuned_hybrid": 0.58, "dev_queries": 20}
+        >>> first_stage_choice(m)[:2], first_stage_choice(m, retrieval="dense")[:2]
+        (('tuned', 'hybrid'), ('tuned', 'dense'))
+        >>> first_stage_choice(m, embedder="base")[2]
+        'dev nDCG@10 base dense 0.5000, base hybrid 0.5600 (20 queries)'
+        >>> first_stage_choice({"dev_ndcg@10_base": 0.5, "dev_ndcg@10_tuned": 0.45, "dev_queries": 20})[2]
+        'dev nDCG@10 0.4500 vs base 0.5000 (20 queries)'
+    """
+    allowed = [key for key in FIRST_STAGES if embedder in ("auto", key[0]) and retrieval in ("auto", key[1])]
+    measured = {key: metrics[FIRST_STAGES[key]] for key in allowed if metrics.get(FIRST_STAGES[key]) is not None}
+    if not measured:
+        fixed = (embedder if embedder != "auto" else "base", retrieval if retrieval != "auto" else "dense")
+        return (
+            *fixed,
+            "not measured: no dev slice (embed.dev_fraction; or too few dev queries the base did not choose)",
+        )
+    best = max(measured, key=lambda key: (measured[key], -allowed.index(key)))
+    queries = f"({metrics.get('dev_queries')} queries)"
+    if set(measured) == {("base", "dense"), ("tuned", "dense")}:  # the figures of a stage 1 without hybrid
+        tuned, base = measured[("tuned", "dense")], measured[("base", "dense")]
+        return (*best, f"dev nDCG@10 {tuned:.4f} vs base {base:.4f} {queries}")
+    figures = ", ".join(f"{e} {r} {value:.4f}" for (e, r), value in measured.items())
+    return (*best, f"dev nDCG@10 {figures} {queries}")
+
+
+def embedder_promotion(metrics: Mapping[str, Any], retrieval: str = "auto") -> Promotion:
+    """The tuned embedder serves when it is in the first stage with the best dev nDCG@10 (:func:`first_stage_choice`).
 
     Example:
         >>> embedder_promotion({"dev_ndcg@10_base": 0.5, "dev_ndcg@10_tuned": 0.45, "dev_queries": 20}).reason
         'dev nDCG@10 0.4500 vs base 0.5000 (20 queries)'
     """
-    base, tuned = metrics.get("dev_ndcg@10_base"), metrics.get("dev_ndcg@10_tuned")
-    if base is None or tuned is None:
-        return Promotion(
-            False, "not measured: no dev slice (embed.dev_fraction; or too few dev queries the base did not choose)"
-        )
-    return Promotion(tuned > base, f"dev nDCG@10 {tuned:.4f} vs base {base:.4f} ({metrics.get('dev_queries')} queries)")
+    embedder, _, reason = first_stage_choice(metrics, "auto", retrieval)
+    return Promotion(embedder == "tuned", reason)
+
+
+def retrieval_promotion(metrics: Mapping[str, Any], embedder: str = "auto") -> Promotion:
+    """Hybrid retrieval serves when it is in the first stage with the best dev nDCG@10 (:func:`first_stage_choice`).
+
+    Example:
+        >>> m = {"dev_ndcg@10_base": 0.5, "dev_ndcg@10_base_hybrid": 0.6, "dev_queries": 20}
+        >>> retrieval_promotion(m).promoted
+        True
+    """
+    _, retrieval, reason = first_stage_choice(metrics, embedder, "auto")
+    return Promotion(retrieval == "hybrid", reason)
 
 
 def reranker_promotion(metrics: Mapping[str, Any]) -> Promotion:
@@ -134,51 +190,74 @@ def tuned_embedder(manifest: Mapping[str, Any], gpl_enabled: bool) -> TunedEmbed
     return TunedEmbedder("embed", f"stage 1's model: GPL dev nDCG@10 {ours:.4f} did not beat its {theirs:.4f}")
 
 
-def _embedder_decision(manifest: Mapping[str, Any], gpl_enabled: bool) -> Promotion:
-    """:func:`embedder_promotion` of the tuned embedder :func:`tuned_embedder` names, the reason saying which."""
-    metrics = manifest["embed"].metrics
+def stage_one_figures(manifest: Mapping[str, Any], gpl_enabled: bool) -> tuple[dict[str, Any], str]:
+    """Stage 1's dev figures with the tuned ones those of the tuned embedder :func:`tuned_embedder` names.
+
+    The GPL round records a dense dev figure only: with its model as the tuned embedder, the tuned hybrid figure
+    is left out. Returns the figures and the reason the tuned embedder is the one it is ("" without GPL).
+    """
+    metrics = dict(manifest["embed"].metrics)
     tuned = tuned_embedder(manifest, gpl_enabled)
     if tuned.stage == "gpl":
-        decided = embedder_promotion({**metrics, "dev_ndcg@10_tuned": manifest["gpl"].metrics["dev_ndcg@10_gpl"]})
-        return Promotion(decided.promoted, f"GPL model, {decided.reason}; {tuned.reason}")
-    decided = embedder_promotion(metrics)
-    return Promotion(decided.promoted, f"{decided.reason}; {tuned.reason}") if tuned.reason else decided
+        metrics["dev_ndcg@10_tuned"] = manifest["gpl"].metrics["dev_ndcg@10_gpl"]
+        metrics.pop("dev_ndcg@10_tuned_hybrid", None)
+    return metrics, tuned.reason
+
+
+def _with_reason(decided: Promotion, why: str, gpl: bool) -> Promotion:
+    """The embedder's decision with the reason its tuned embedder is the one it is (GPL's or stage 1's)."""
+    reason = f"GPL model, {decided.reason}" if gpl else decided.reason
+    return Promotion(decided.promoted, f"{reason}; {why}" if why else reason)
 
 
 RULES = {
-    "embedder": ("embed", embedder_promotion),
     "reranker": ("rerank", reranker_promotion),
     "generator": ("raft", generator_promotion),
 }
 
 
-def promotions(run: RunDir, gpl_enabled: bool = False) -> dict[str, Promotion]:
+def promotions(run: RunDir, gpl_enabled: bool = False, choice: AssembleConfig | None = None) -> dict[str, Promotion]:
     """The gate's decision for every component, from the finished stages' manifest metrics.
 
     ``gpl_enabled`` (``gpl.enabled``): the embedder's decision is about the tuned embedder :func:`tuned_embedder`
-    names, and its reason says which model that is.
+    names, and its reason says which model that is. ``choice`` (default: all ``auto``): a fixed embedder or
+    retrieval mode narrows the other's decision (:func:`first_stage_choice`).
     """
+    choice = choice or AssembleConfig()
     manifest = run.load_manifest()
+    record = manifest.get("embed")
     decided = {}
+    if record is None or record.status != "done":
+        decided["embedder"] = Promotion(False, "not trained: the embed stage has not finished")
+        decided["retrieval"] = Promotion(False, "not measured: the embed stage has not finished")
+    else:
+        metrics, why = stage_one_figures(manifest, gpl_enabled)
+        gpl = tuned_embedder(manifest, gpl_enabled).stage == "gpl"
+        decided["embedder"] = _with_reason(embedder_promotion(metrics, choice.retrieval), why, gpl)
+        decided["retrieval"] = retrieval_promotion(metrics, choice.embedder)
     for component, (stage, rule) in RULES.items():
         record = manifest.get(stage)
         if record is None or record.status != "done":
             decided[component] = Promotion(False, f"not trained: the {stage} stage has not finished")
-        elif component == "embedder":
-            decided[component] = _embedder_decision(manifest, gpl_enabled)
         else:
             decided[component] = rule(record.metrics)
     return decided
 
 
+BASELINE_CHOICE = {"embedder": "base", "retrieval": "dense", "reranker": "none", "generator": "base"}
+
+
 def resolve_auto(choice: AssembleConfig, run: RunDir, gpl_enabled: bool = False) -> AssembleConfig:
-    """``choice`` with every ``auto`` replaced by ``tuned`` (promoted) or the baseline (``base``; reranker ``none``)."""
-    fields = ("embedder", "reranker", "generator")
+    """``choice`` with every ``auto`` replaced by ``tuned`` (promoted) or the baseline (``base``; reranker ``none``);
+    ``retrieval: auto`` by ``hybrid`` (promoted) or ``dense``."""
+    fields = tuple(BASELINE_CHOICE)
     if all(getattr(choice, f) != "auto" for f in fields):
         return choice
-    decided = promotions(run, gpl_enabled)
-    baseline = {"embedder": "base", "reranker": "none", "generator": "base"}
-    update = {f: ("tuned" if decided[f].promoted else baseline[f]) for f in fields if getattr(choice, f) == "auto"}
+    decided = promotions(run, gpl_enabled, choice)
+    promoted = {"embedder": "tuned", "retrieval": "hybrid", "reranker": "tuned", "generator": "tuned"}
+    update = {
+        f: (promoted[f] if decided[f].promoted else BASELINE_CHOICE[f]) for f in fields if getattr(choice, f) == "auto"
+    }
     return choice.model_copy(update=update)
 
 
@@ -216,5 +295,9 @@ def format_promotions(run: RunDir, gpl_enabled: bool = False) -> str:
     """What ``assemble.*: auto`` serves, one line per component (``ragtune status``)."""
     lines = ["", "served by default (assemble.*: auto):"]
     for component, p in promotions(run, gpl_enabled).items():
-        lines.append(f"  {component:<9}  {'tuned' if p.promoted else 'baseline'}  ({p.reason})")
+        if component == "retrieval":
+            served = "hybrid" if p.promoted else "dense"
+        else:
+            served = "tuned" if p.promoted else "baseline"
+        lines.append(f"  {component:<9}  {served}  ({p.reason})")
     return "\n".join(lines)

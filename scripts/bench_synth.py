@@ -88,12 +88,13 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def synthesis_targets(cfg) -> tuple[list[dict], list[dict]]:
-    """(the data stage's synthesis targets, the whole corpus), as ``stages.data.prepare.main`` chooses them."""
+    """(the data stage's training synthesis targets, the whole corpus), as ``stages.data.prepare`` visits them."""
     docs, questions, _ = load_sources(cfg)
     corpus = chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap)
     labelled = attach_chunks(questions, corpus, {d.doc_id: d.text for d in docs})
     eval_docs, has_labelled_eval = held_out_documents(cfg, docs, labelled)
-    return prepare.synthesis_targets(cfg, corpus, eval_docs, has_labelled_eval), corpus
+    train_pool = prepare.synthesis_pools(corpus, eval_docs, has_labelled_eval, cfg.split.seed)[1]
+    return train_pool[: cfg.synth.max_chunks], corpus
 
 
 def run_ragtune(

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from pipeline.config import LLMConfig, RagtuneConfig
-from pipeline.dev_slice import assign_dev_ranks
+from pipeline.dev_slice import assign_dev_ranks, dev_documents, rank_documents
 from pipeline.entry import run_stage
 from pipeline.llm import DryRunFinished
 from pipeline.rundir import (
@@ -38,11 +38,13 @@ from pipeline.rundir import (
 )
 from stages.data.formats import attach_chunks, import_beir, import_llamaindex, load_questions, missing_evidence
 from stages.data.ingest import Document, chunk_documents, discover_files, fingerprint_files, read_documents
+from stages.data.query_filters import bm25_round_trip_on
 from stages.data.split import assign_split, check_no_leak, choose_eval_documents
+from stages.data.targets import document_round_robin, synthesize_shares, targets_stream
 
 logger = logging.getLogger(__name__)
 STAGE = "data"
-CONFIG_SECTIONS = ("data", "split", "synth")
+CONFIG_SECTIONS = ("data", "split", "synth", "eval.min_queries")
 
 
 def _source_hashes(cfg: RagtuneConfig) -> dict[str, str]:
@@ -119,6 +121,29 @@ def held_out_origin(counts: dict[str, int], llm: LLMConfig, synth_report: dict |
     }
 
 
+def dev_origin(queries: list[dict], dev_docs: set[str], fraction: float) -> dict:
+    """The dev pool the data stage prepared: the data report's ``dev`` section, which the stages' reports cite.
+
+    Args:
+        queries: the split query rows.
+        dev_docs: training documents ranked below ``split.dev_fraction``.
+        fraction: ``split.dev_fraction``.
+
+    Returns:
+        ``{"fraction", "documents", "human", "synthetic"}``: the train queries of those documents by origin
+        (synthetic ones passed BM25's round trip, not the base embedder's).
+
+    Example:
+        >>> rows = [{"origin": "synthetic", "split": "train", "doc_ids": ["a"]},
+        ...         {"origin": "human", "split": "train", "doc_ids": ["b"]}]
+        >>> dev_origin(rows, {"a"}, 0.2)
+        {'fraction': 0.2, 'documents': 1, 'human': 0, 'synthetic': 1}
+    """
+    pool = [q for q in queries if q["split"] == "train" and set(q["doc_ids"]) <= dev_docs]
+    human = sum(q["origin"] == "human" for q in pool)
+    return {"fraction": fraction, "documents": len(dev_docs), "human": human, "synthetic": len(pool) - human}
+
+
 def held_out_documents(cfg: RagtuneConfig, docs: list, labelled: list[dict]) -> tuple[set[str], bool]:
     """The held-out documents (``split``), and whether any labelled question is among them."""
     eval_docs = choose_eval_documents(
@@ -131,15 +156,62 @@ def held_out_documents(cfg: RagtuneConfig, docs: list, labelled: list[dict]) -> 
     return eval_docs, any(set(q["doc_ids"]) <= eval_docs for q in labelled)
 
 
-def synthesis_targets(
-    cfg: RagtuneConfig, corpus: list[dict], eval_docs: set[str], has_labelled_eval: bool
-) -> list[dict]:
-    """The chunks synthesis asks about: training chunks (held-out ones too when no labelled question is held
-    out), at most ``synth.max_chunks`` of them spread across documents."""
-    from stages.data.synthesize import spread_across_documents
+def synthesis_pools(
+    corpus: list[dict], eval_docs: set[str], has_labelled_eval: bool, seed: int
+) -> tuple[list[dict], list[dict]]:
+    """The held-out and the training chunks synthesis may ask about, each in its visiting order.
 
-    targets = [c for c in corpus if not has_labelled_eval or c["doc_id"] not in eval_docs]
-    return spread_across_documents(targets, cfg.synth.max_chunks, cfg.split.seed)
+    Held-out chunks are candidates only when no labelled question is held out (their synthetic queries are then
+    the eval split). The order comes from a stream of its own (:func:`stages.data.targets.targets_stream`), never
+    the one that chose the held-out documents.
+    """
+    order = document_round_robin(corpus, targets_stream(seed))
+    held_out = [] if has_labelled_eval else [c for c in order if c["doc_id"] in eval_docs]
+    return held_out, [c for c in order if c["doc_id"] not in eval_docs]
+
+
+def synthesize(
+    cfg: RagtuneConfig, run: RunDir, corpus: list[dict], eval_docs: set[str], dev_docs: set[str], labelled_eval: bool
+) -> tuple[list[dict], dict]:
+    """Synthetic queries: held-out documents get enough for ``eval.min_queries``, training documents the rest.
+
+    Queries of held-out and dev documents pass the BM25 round trip, the others the base embedder's
+    (:mod:`stages.data.synthesize`). Returns the rows and the synth report, with the ``shares`` section that
+    says how many targets and kept queries each side got (:func:`stages.data.targets.synthesize_shares`).
+    """
+    from stages.data.synthesize import synthesize_queries
+
+    def ask(chunks: list[dict]) -> tuple[list[dict], dict]:
+        return synthesize_queries(
+            chunks,
+            corpus,
+            cfg.synth,
+            run.path(DATA_LLM_CACHE),
+            run.path(EMBEDDING_CACHE),
+            held_out=eval_docs | dev_docs,
+            score_block_mb=cfg.run.score_block_mb,
+        )
+
+    held_pool, train_pool = synthesis_pools(corpus, eval_docs, labelled_eval, cfg.split.seed)
+    held, train, out = synthesize_shares(
+        held_pool,
+        train_pool,
+        cfg.synth.max_chunks,
+        cfg.eval.min_queries,
+        cfg.synth.held_out_yield,
+        cfg.synth.held_out_margin,
+        ask,
+    )
+    # One query text on both sides would tie a training pair to an eval query: the held-out one is kept.
+    seen = {q["text"].casefold() for q in held}
+    kept_train = [q for q in train if q["text"].casefold() not in seen]
+    report = {**out["report"], "shares": out["shares"], "dropped_across_split": len(train) - len(kept_train)}
+    report["shares"]["dev"] = {
+        "documents": len(dev_docs),
+        "kept": sum(set(q["doc_ids"]) <= dev_docs for q in kept_train),
+        "filter": "bm25" if bm25_round_trip_on(cfg.synth) else "none",
+    }
+    return held + kept_train, report
 
 
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
@@ -166,21 +238,15 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     # 3. Choose held-out documents before synthesis, so no LLM call is spent on them needlessly.
     eval_docs, has_labelled_eval = held_out_documents(cfg, docs, labelled)
 
-    # 4. Synthesize queries for training chunks (for held-out chunks too when nothing labelled is held out:
-    #    those pass a lexical round trip, never the base embedder's, which eval judges on them).
+    # 4. Rank the training documents for the stages' dev slices (a seeded stream of its own), then synthesize:
+    #    held-out documents just enough for eval (when nothing labelled is held out), training documents the
+    #    rest. Held-out and dev documents' queries pass a lexical round trip, never the base embedder's, which
+    #    eval and the promotion gates judge on them.
+    dev_ranks = rank_documents((d.doc_id for d in docs if d.doc_id not in eval_docs), cfg.run.seed)
+    dev_docs = dev_documents(dev_ranks, cfg.split.dev_fraction)
     synthetic: list[dict] = []
     if cfg.synth.enabled:
-        from stages.data.synthesize import synthesize_queries
-
-        synthetic, report["synth"] = synthesize_queries(
-            synthesis_targets(cfg, corpus, eval_docs, has_labelled_eval),
-            corpus,
-            cfg.synth,
-            run.path(DATA_LLM_CACHE),
-            run.path(EMBEDDING_CACHE),
-            held_out=eval_docs,
-            score_block_mb=cfg.run.score_block_mb,
-        )
+        synthetic, report["synth"] = synthesize(cfg, run, corpus, eval_docs, dev_docs, has_labelled_eval)
         if cfg.synth.llm.dry_run:
             raise DryRunFinished("synth.llm.dry_run is set: estimate printed above, nothing written")
 
@@ -189,7 +255,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     split_queries = len(queries)
     if not cfg.split.human_train:  # the no-labels mode: stage 1 learns from synthetic queries alone
         queries = [q for q in queries if q["origin"] != "human" or q["split"] == "eval"]
-    queries = assign_dev_ranks(queries, cfg.run.seed)
+    queries = assign_dev_ranks(queries, cfg.run.seed, dev_ranks)
     check_no_leak(queries)
     counts = {
         f"{origin}_{split}": sum(q["origin"] == origin and q["split"] == split for q in queries)
@@ -204,6 +270,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         **counts,
     }
     report["held_out"] = held_out_origin(counts, cfg.synth.llm, report.get("synth"))
+    report["dev"] = dev_origin(queries, dev_docs, cfg.split.dev_fraction)
 
     # 6. Write artifacts, then the manifest entry.
     metrics = {

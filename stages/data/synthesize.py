@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Set as AbstractSet
@@ -55,44 +54,6 @@ from stages.data.query_generation import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def spread_across_documents(chunks: list[dict], max_chunks: int | None, seed: int) -> list[dict]:
-    """At most ``max_chunks`` of ``chunks``, taken from every document in turn (seeded), in corpus order.
-
-    Documents are visited in a seeded random order, one chunk each (a seeded random one of those not yet
-    taken) per round, so a cap smaller than the corpus still draws queries from as many documents as it
-    can instead of the first few in path order.
-
-    Args:
-        chunks: corpus rows (``id``, ``doc_id``, ...), in corpus order.
-        max_chunks: how many to keep (None: all).
-        seed: seed of both random orders (the data stage passes ``split.seed``).
-
-    Returns:
-        The chosen rows, in their order in ``chunks``.
-
-    Example:
-        >>> rows = [{"id": f"{d}{i}", "doc_id": d} for d in "ab" for i in range(3)]
-        >>> sorted({r["doc_id"] for r in spread_across_documents(rows, 2, seed=1)})
-        ['a', 'b']
-    """
-    if max_chunks is None or max_chunks >= len(chunks):
-        return list(chunks)
-    rng = random.Random(seed)
-    by_doc: dict[str, list[int]] = {}
-    for i, chunk in enumerate(chunks):
-        by_doc.setdefault(chunk["doc_id"], []).append(i)
-    queues = [by_doc[d] for d in sorted(by_doc)]
-    rng.shuffle(queues)
-    for queue in queues:
-        rng.shuffle(queue)
-    chosen: list[int] = []
-    while len(chosen) < max_chunks:
-        for queue in queues:
-            if queue and len(chosen) < max_chunks:
-                chosen.append(queue.pop())
-    return [chunks[i] for i in sorted(chosen)]
 
 
 def qid_for(chunk_id: str, text: str) -> str:
@@ -235,12 +196,14 @@ def synthesize_queries(
             )
         },
         "kept": len(rows),
-        "held_out_chunks": len(held_out_chunks),
-        "kept_held_out": sum(r["positives"][0] in held_out_chunks for r in rows),
+        "lexical_chunks": len(held_out_chunks),  # of held-out and dev documents: BM25 round trip
+        "kept_lexical": sum(r["positives"][0] in held_out_chunks for r in rows),
         "chunks_without_query": len(chunks) - len({r["positives"][0] for r in rows}),
         "question_rate": round(c["questions"] / c["parsed"], 4) if c["parsed"] else None,
         "copy_rate": round(c["copies"] / c["parsed"], 4) if c["parsed"] else None,
         "round_trip_k": cfg.round_trip_top_k,
+        "round_trip_checked": c["round_trip_checked"],
+        "eval_round_trip_checked": c["eval_round_trip_checked"],
         "round_trip_hit_at_k": round(c["round_trip_hits"] / c["round_trip_checked"], 4)
         if c["round_trip_checked"]
         else None,
@@ -268,9 +231,9 @@ def synthesize_queries(
     )
     if held_out_chunks:
         logger.info(
-            "synthetic queries for held-out documents: %d kept for %d chunks, filter %s (hit@%s %s): never the "
-            "base embedder, which eval judges on them",
-            report["kept_held_out"],
+            "synthetic queries for held-out and dev documents: %d kept for %d chunks, filter %s (hit@%s %s): never the "
+            "base embedder, which eval and the promotion gates judge on them",
+            report["kept_lexical"],
             len(held_out_chunks),
             report["eval_round_trip"],
             cfg.round_trip_top_k,

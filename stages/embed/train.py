@@ -31,6 +31,7 @@ from sentence_transformers.sentence_transformer.training_args import SentenceTra
 from pipeline.config import EmbedConfig, RagtuneConfig, check_trainer_keys
 from pipeline.dev_slice import DEV_MIN_QUERIES, split_dev_queries
 from pipeline.entry import run_stage
+from pipeline.hybrid import bm25_rankings, bm25_retriever, hybrid_retrieval_metrics
 from pipeline.models import resolve_model
 from pipeline.precision import bf16_training
 from pipeline.pseudo_queries import held_out_documents, inverse_cloze_pairs
@@ -177,7 +178,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     if ecfg.tsdae_steps and ecfg.method != "full":
         raise ValueError(f"embed.tsdae_steps: TSDAE trains the whole encoder; embed.method is {ecfg.method}, not full")
     paths = run.require("data", "corpus", "queries")
-    config_hash, inputs = run.freshness(cfg, ("embed",), {"data": ("corpus", "queries")})
+    config_hash, inputs = run.freshness(cfg, ("embed", "assemble.hybrid_depth"), {"data": ("corpus", "queries")})
     if not force and run.is_fresh(STAGE, config_hash, inputs):
         logger.info("embed: finished and fresh, skipping (--force reruns it)")
         return run.load_manifest()[STAGE].metrics
@@ -218,12 +219,16 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     #    the eval harness read the same file), and the fixed dev pool that checkpoint selection ranks within.
     cache_dir, block = run.path(EMBEDDING_CACHE), cfg.run.score_block_mb
     base = DenseRetriever.load(ecfg.base_model, corpus, cache_dir=cache_dir, score_block_mb=block)
-    before, dev_before = {}, {}
+    before, dev_before, dev_before_hybrid = {}, {}, {}
+    depth = cfg.assemble.hybrid_depth
+    dev_bm25 = bm25_rankings(bm25_retriever(corpus, depth), [q["text"] for q in dev_queries]) if dev_queries else []
     if is_main_process():
         before = retrieval_metrics(base, eval_queries, ecfg.k_values)
         logger.info("embed: before training, held-out %s", before)
-        # The base model's dev figure: the promotion gate serves the tuned embedder only if it beats this.
+        # The base model's dev figures, dense and hybrid: the gate serves the tuned embedder, and hybrid
+        # retrieval, only where they beat these (pipeline.promotion.first_stage_choice).
         dev_before = retrieval_metrics(base, dev_queries, ecfg.k_values)
+        dev_before_hybrid = hybrid_retrieval_metrics(base, dev_queries, ecfg.k_values, dev_bm25, depth)
     pool = dev_pool(base, dev_queries, ecfg.dev_pool_top_k) if dev_queries else []
     dev_evaluator = selection_evaluator(dev_queries, pool, ecfg.k_values) if dev_queries else None
     if dev_queries:
@@ -263,12 +268,15 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         after = retrieval_metrics(tuned, eval_queries, ecfg.k_values)
         logger.info("embed: after training, held-out %s", after)
         dev_after = retrieval_metrics(tuned, dev_queries, ecfg.k_values)
+        dev_after_hybrid = hybrid_retrieval_metrics(tuned, dev_queries, ecfg.k_values, dev_bm25, depth)
         stage_seconds = time.time() - started
         report = {
             "before": before,
             "after": after,
             "dev_before": dev_before,
             "dev_after": dev_after,
+            "dev_before_hybrid": dev_before_hybrid,
+            "dev_after_hybrid": dev_after_hybrid,
             "selection": selection,
             "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
             "train_pairs": len(pairs),
@@ -307,6 +315,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             **{k: report[k] for k in ("train_pairs", "dev_queries", "eval_queries", "steps")},
             "dev_ndcg@10_base": dev_before.get("ndcg@10"),
             "dev_ndcg@10_tuned": dev_after.get("ndcg@10"),
+            "dev_ndcg@10_base_hybrid": dev_before_hybrid.get("ndcg@10"),
+            "dev_ndcg@10_tuned_hybrid": dev_after_hybrid.get("ndcg@10"),
         }
         run.record(
             STAGE,

@@ -26,6 +26,7 @@ from pipeline.config import AssembleConfig, RagtuneConfig
 from pipeline.dev_slice import split_dev_queries
 from pipeline.entry import run_stage
 from pipeline.llm import make_backend
+from pipeline.pseudo_queries import inverse_cloze_queries
 from pipeline.raft_format import build_messages
 from pipeline.retrieval import DenseRetriever, load_fusion_weight, rerank
 from pipeline.rundir import (
@@ -53,6 +54,7 @@ from stages.raft.teacher import (
 )
 
 logger = logging.getLogger(__name__)
+FALLBACK_SAMPLES = 40  # inverse-cloze questions built when no train question exists and raft.max_samples is null
 STAGE = "raft_build"
 
 
@@ -258,8 +260,13 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     if cfg.raft.max_samples and len(train) > cfg.raft.max_samples:
         keep = set(random.Random(cfg.run.seed).sample(range(len(train)), cfg.raft.max_samples))
         train = [q for i, q in enumerate(train) if i in keep]
+    if not train:  # what exists: inverse-cloze questions of documents no held-out query cites
+        doc_of = {c["id"]: c["doc_id"] for c in corpus}
+        held_out = {doc_of[c] for q in queries if q["split"] != "train" for c in q["positives"]}
+        train = inverse_cloze_queries(corpus, held_out, cfg.raft.max_samples or FALLBACK_SAMPLES, cfg.run.seed)
+        logger.warning("raft: no train-split question; building on %d inverse-cloze questions", len(train))
     if not train:
-        raise ValueError(f"raft: {data['queries']} has no train-split question with a positive chunk")
+        raise ValueError(f"raft: {data['queries']} has no train-split question and the corpus no sentence to ask")
 
     # 2. Retrieve a pool with the tuned embedder, rerank it with the tuned reranker (one batched call).
     retriever = DenseRetriever.load(

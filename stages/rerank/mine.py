@@ -383,8 +383,13 @@ def run_mining(cfg: RagtuneConfig, run: RunDir) -> tuple[list[dict[str, Any]], d
     dev_ids = {q["qid"] for q in dev}
     doc_of = {c["id"]: c["doc_id"] for c in corpus}
     held_out_docs = {doc_of[c] for q in queries if q["split"] != "train" or q["qid"] in dev_ids for c in q["relevance"]}
-    count = cfg.rerank.pseudo_queries if cfg.rerank.kind == "cross_encoder" else 0
+    #    With no train-split query at all (a corpus whose every synthetic query was held out), inverse-cloze
+    #    queries are what exists, for either kind: the stage trains on them rather than stopping the run.
+    training = [q for q in queries if q["split"] == "train" and q["qid"] not in dev_ids]
+    count = cfg.rerank.pseudo_queries if cfg.rerank.kind == "cross_encoder" or not training else 0
     pseudo = inverse_cloze_queries(corpus, held_out_docs, count, cfg.run.seed)
+    if not training:
+        logger.warning("rerank: no train-split query; training on %d inverse-cloze queries alone", len(pseudo))
     rows, report = mine_hard_negatives(
         corpus,
         [q for q in queries if q["qid"] not in dev_ids] + pseudo,
@@ -395,6 +400,7 @@ def run_mining(cfg: RagtuneConfig, run: RunDir) -> tuple[list[dict[str, Any]], d
     )
     report["dev_queries_not_mined"] = len(dev)
     report["pseudo_queries"] = len(pseudo)
+    report["pseudo_queries_only"] = not training
     report["embedder"] = str(embedder.relative_to(run.root))
 
     # 3. Write the mined dataset, report, histogram and audit.

@@ -34,7 +34,7 @@ def test_data_stage_writes_corpus_queries_split_and_manifest(tiny_config: Path, 
     # each train query carries its documents' seeded dev ranks (the embed and rerank dev slices select by them)
     ranks = {d: r for q in queries if q["split"] == "train" for d, r in q["dev_rank"].items()}
     assert set(ranks) == {d for q in queries if q["split"] == "train" for d in q["doc_ids"]}
-    assert sorted(ranks.values()) == list(range(len(ranks)))
+    assert all(0 <= r < 1 for r in ranks.values()) and len(set(ranks.values())) == len(ranks)
     assert all("dev_rank" not in q for q in queries if q["split"] == "eval")
     assert (run.root / "config.resolved.yaml").exists()
     rec = run.load_manifest()["data"]
@@ -139,3 +139,47 @@ def test_a_split_that_leaks_fails_the_stage_naming_query_and_document(tiny_confi
     assert f"split leak: document {doc!r} is in train query" in err and "eval query 'leaky'" in err
     run = run_dir_of(tiny_config)
     assert run.load_manifest()["data"].status == "failed" and not run.path("data/queries.jsonl").exists()
+
+
+def write_generated_corpus(folder: Path, n_docs: int, seed: int = 0) -> None:
+    """``n_docs`` one-paragraph .txt documents of seeded random words (a user's folder, no questions)."""
+    import random
+
+    rng = random.Random(seed)
+    words = [f"{a}{b}{c}" for a in "bcdfgklmnprst" for b in "aeiou" for c in "lmnrst"]
+    folder.mkdir(parents=True)
+    for i in range(n_docs):
+        sentences = [" ".join(rng.choices(words, k=12)).capitalize() + "." for _ in range(3)]
+        (folder / f"doc{i:04d}.txt").write_text(" ".join(sentences) + "\n", encoding="utf-8")
+
+
+def test_without_labels_most_targets_are_training_chunks_and_eval_gets_min_queries(
+    tiny_config: Path, tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    docs = tmp_path / "corpus"
+    write_generated_corpus(docs, 1500)
+    overrides = [
+        f"data.docs={docs}",
+        "data.questions=null",
+        "split.eval_fraction=0.3",
+        "synth.max_chunks=300",
+        "synth.round_trip_top_k=2000",  # above the corpus: every query passes, the filters' sides are recorded
+        f"synth.round_trip_model={tiny_bert_dir}",
+    ]
+    cli(["data", str(tiny_config), *overrides])
+    run = run_dir_of(tiny_config)
+    queries = read_jsonl(run.path("data/queries.jsonl"))
+    shares = json.loads(run.path("data/report.json").read_text())["synth"]["shares"]
+    assert shares["held_out"]["targets"] + shares["train"]["targets"] == 300
+    assert shares["train"]["targets"] > 2 * shares["held_out"]["targets"]  # most targets train
+    held_out = [q for q in queries if q["split"] == "eval"]
+    train = [q for q in queries if q["split"] == "train"]
+    assert len(held_out) >= 30 == shares["held_out"]["goal"]  # eval.min_queries reached
+    assert len(train) > len(held_out)
+    # The dev documents' queries passed BM25's round trip, so the default dev slice judges without labels.
+    from pipeline.dev_slice import split_dev_queries
+
+    _, dev = split_dev_queries(train, 0.2)
+    assert dev and all(q["round_trip"] == "bm25" for q in dev)
+    assert {q["round_trip"] for q in held_out} == {"bm25"}
+    assert shares["dev"]["kept"] == len(dev)

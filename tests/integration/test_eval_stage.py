@@ -47,7 +47,7 @@ def test_eval_compares_every_configuration_and_records_the_stage(
     assert "configuration" in printed and "full" in printed and "nDCG@10" in printed
 
     report = json.loads(run.path("eval/report.json").read_text())
-    names = ["rag_only", "embed", "embed_rerank", "full", "rerank_base"]
+    names = ["rag_only", "rag_hybrid", "embed", "embed_rerank", "full", "rerank_base"]
     assert list(report["configurations"]) == names and report["skipped"] == {}
     assert report["mode"] == "retrieval+generation"
     n = report["queries"]["n"]
@@ -87,8 +87,12 @@ def test_eval_compares_every_configuration_and_records_the_stage(
             expected = "gained" if iv["low"] > 0 else "hurt" if iv["high"] < 0 else "no significant change"
             assert v["verdict"] == expected
             listed += 1
-    # one per verdict metric and reference; the first compared configuration has rag_only only
-    assert listed == 3 * (2 * (len(names) - 1) - 1)
+    # one per verdict metric and reference; rag_hybrid has rag_only only, and so has embed when rag_only is the
+    # stronger untrained baseline (its previous step)
+    refs = [{e["reference"] for e in by_ref.values()} for by_ref in report["deltas"].values()]
+    assert listed == 3 * sum(len(r) for r in refs)
+    assert report["deltas"]["embed"]["vs_previous"]["reference"] in ("rag_only", "rag_hybrid")
+    assert confs["rag_hybrid"]["retrieval"] == "hybrid" and confs["rag_only"]["retrieval"] == "dense"
     assert "full" in report["verdicts"] and report["fine_tune_note"].startswith("No call on fine-tuning")
     assert set(report["probes"]) == {"base", "tuned"} and report["probes"]["base"]["gap"] is not None
     # The forgetting check asked the base and the RAFT generator every bundled general question.
@@ -147,11 +151,11 @@ def test_eval_after_data_only_runs_the_baseline_and_says_what_was_skipped(
     cli(["data", str(tiny_config), *overrides])
     cli(["eval", str(tiny_config), *overrides, "eval.generation=false"])
     report = json.loads(run_dir_of(tiny_config).path("eval/report.json").read_text())
-    assert list(report["configurations"]) == ["rag_only"]
+    assert list(report["configurations"]) == ["rag_only", "rag_hybrid"]  # the untrained baselines
     assert set(report["skipped"]) == {"embed", "embed_rerank", "full"}
     assert "ragtune embed" in report["skipped"]["embed"]
     assert "skipping configuration 'embed'" in caplog.text
-    assert report["mode"] == "retrieval-only" and report["verdicts"] == {}
+    assert report["mode"] == "retrieval-only" and set(report["verdicts"]) == {"rag_hybrid"}  # baselines only
     assert report["forgetting"] is None  # no tuned generator was evaluated
     run = run_dir_of(tiny_config)
     assert set(run.load_manifest()["eval"].inputs) == {"data/corpus", "data/queries"}  # what was evaluated
@@ -160,7 +164,7 @@ def test_eval_after_data_only_runs_the_baseline_and_says_what_was_skipped(
     simulate_embed_stage(run, tiny_bert_dir)
     cli(["eval", str(tiny_config), *overrides, "eval.generation=false"])
     report = json.loads(run.path("eval/report.json").read_text())
-    assert list(report["configurations"]) == ["rag_only", "embed"] and "embed" in report["verdicts"]
+    assert list(report["configurations"]) == ["rag_only", "rag_hybrid", "embed"] and "embed" in report["verdicts"]
     assert "embed/model" in run.load_manifest()["eval"].inputs
 
 

@@ -2,7 +2,7 @@
 
 import itertools
 
-from pipeline.dev_slice import CHOSEN_BY_BASE, assign_dev_ranks, split_dev_queries
+from pipeline.dev_slice import CHOSEN_BY_BASE, assign_dev_ranks, dev_documents, rank_documents, split_dev_queries
 
 
 def _ranked(n_queries: int, n_docs: int, seed: int) -> list[dict]:
@@ -31,11 +31,18 @@ def test_ranks_are_per_document_seeded_and_only_on_train_queries() -> None:
     assert all("dev_rank" not in q for q in ranked if q["split"] == "eval")
     ranks = {d: r for q in ranked if q["split"] == "train" for d, r in q["dev_rank"].items()}
     train_docs = {d for q in queries if q["split"] == "train" for d in q["doc_ids"]}
-    assert set(ranks) == train_docs and sorted(ranks.values()) == list(range(len(train_docs)))
+    assert set(ranks) == train_docs and sorted(ranks.values()) == [i / len(train_docs) for i in range(len(train_docs))]
     # every query of a document carries that document's rank; the same seed gives the same ranks
     assert all(q["dev_rank"] == {q["doc_ids"][0]: ranks[q["doc_ids"][0]]} for q in ranked if q["split"] == "train")
     assert assign_dev_ranks(queries, seed=3) == ranked
     assert assign_dev_ranks(queries, seed=4) != ranked
+
+
+def test_ranks_given_by_the_data_stage_cover_documents_no_query_cites() -> None:
+    ranks = rank_documents([f"d{i}" for i in range(10)], seed=1)
+    queries = assign_dev_ranks([{"qid": "q", "split": "train", "doc_ids": ["d3"]}], seed=1, ranks=ranks)
+    assert queries[0]["dev_rank"] == {"d3": ranks["d3"]}
+    assert len(dev_documents(ranks, 0.2)) == 2  # a share of every training document, cited or not
 
 
 def test_slices_are_nested_and_equal_fractions_hold_out_the_same_queries() -> None:

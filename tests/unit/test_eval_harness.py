@@ -38,7 +38,7 @@ def test_configurations_order_builtins_and_custom_inherit_sizes() -> None:
         ["eval.configurations=[embed, full]", "eval.custom={rerank_only: {embedder: base, reranker: base}}"],
     )
     choices = configuration_choices(cfg)
-    assert list(choices) == ["rag_only", "embed", "full", "rerank_only"]
+    assert list(choices) == ["rag_only", "embed", "full", "rerank_only"]  # the configured list, rag_only first
     assert (choices["embed"].embedder, choices["embed"].reranker, choices["embed"].generator) == (
         "tuned",
         "none",
@@ -56,6 +56,24 @@ def test_configurations_order_builtins_and_custom_inherit_sizes() -> None:
     )
     with pytest.raises(ValueError, match="unknown configuration 'nope'"):
         configuration_choices(load_config(TINY, ["eval.configurations=[nope]"]))
+
+
+def test_the_hybrid_baseline_is_built_in_and_the_first_tuned_step_is_read_against_the_stronger_baseline() -> None:
+    from eval.comparison import compare, verdicts
+
+    choices = configuration_choices(load_config(TINY, []))
+    assert list(choices)[:2] == ["rag_only", "rag_hybrid"]
+    assert (choices["rag_hybrid"].embedder, choices["rag_hybrid"].retrieval) == ("base", "hybrid")
+    assert choices["rag_only"].retrieval == "dense"
+    rows = {
+        "rag_only": [{"ndcg@10": v} for v in (0.2, 0.3, 0.1, 0.2) * 5],
+        "rag_hybrid": [{"ndcg@10": v} for v in (0.5, 0.6, 0.4, 0.5) * 5],
+        "embed": [{"ndcg@10": v} for v in (0.4, 0.5, 0.3, 0.4) * 5],
+    }
+    deltas = compare(rows, ["rag_only", "rag_hybrid", "embed"], ["ndcg@10"], 200, 0)
+    assert deltas["embed"]["vs_previous"]["reference"] == "rag_hybrid"  # the stronger untrained baseline
+    read = {(v["vs"], v["verdict"]) for v in verdicts(deltas, ["ndcg@10"])["embed"]}
+    assert read == {("rag_hybrid", "hurt"), ("rag_only", "gained")}
 
 
 class _FirstWordScorer:

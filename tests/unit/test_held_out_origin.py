@@ -31,7 +31,7 @@ def test_without_labels_held_out_synthetic_queries_skip_the_base_embedders_round
         "synthetic_written_by": "the extractive provider (keyword queries, no LLM)",
         "synthetic_filter": "bm25 top 10",
     }
-    assert report["synth"]["kept_held_out"] == len(held)
+    assert report["synth"]["shares"]["held_out"]["kept"] == len(held)
 
     # eval reads the origin back from the data report, flags the figures optimistic, and makes no call
     origins = query_origins(run, held)

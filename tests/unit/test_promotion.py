@@ -140,3 +140,28 @@ def test_without_a_dev_slice_the_gpl_round_is_the_tuned_embedder_but_auto_does_n
     assert _served_embedder(cfg, run, "tuned") == str(run.path("gpl/model"))
     assert not promotions(run, gpl_enabled=True)["embedder"].promoted  # no dev figure against the base
     assert _served_embedder(cfg, run, "auto") == resolve_model(cfg.embed.base_model)
+
+
+def test_the_gate_chooses_hybrid_retrieval_and_the_tuned_embedder_inside_it_where_dev_says_so(tmp_path) -> None:
+    run = RunDir(tmp_path / "run")
+    figures = {"dev_ndcg@10_base": 0.50, "dev_ndcg@10_tuned": 0.49, "dev_queries": 20}
+    _record(run, "embed", {**figures, "dev_ndcg@10_base_hybrid": 0.56, "dev_ndcg@10_tuned_hybrid": 0.58})
+    served = resolve_auto(AssembleConfig(), run)
+    assert (served.embedder, served.retrieval) == ("tuned", "hybrid")  # tuned adds to BM25 though worse alone
+    assert resolve_auto(AssembleConfig(retrieval="dense"), run).embedder == "base"  # dense alone: base is better
+    decided = promotions(run)
+    assert decided["retrieval"].promoted and "tuned hybrid 0.5800" in decided["retrieval"].reason
+    assert "retrieval  hybrid  (dev nDCG@10 base dense 0.5000" in format_promotions(run)
+    # The eval harness's forced embedder still gets the better mode for it.
+    assert resolve_auto(AssembleConfig(embedder="base"), run).retrieval == "hybrid"
+
+
+def test_hybrid_serves_only_when_it_beats_dense_and_ties_keep_the_simpler_stage(tmp_path) -> None:
+    run = RunDir(tmp_path / "run")
+    _record(
+        run,
+        "embed",
+        {"dev_ndcg@10_base": 0.5, "dev_ndcg@10_tuned": 0.6, "dev_ndcg@10_base_hybrid": 0.5, "dev_ndcg@10_tuned_hybrid": 0.6},
+    )
+    served = resolve_auto(AssembleConfig(), run)
+    assert (served.embedder, served.retrieval) == ("tuned", "dense")

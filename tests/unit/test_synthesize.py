@@ -15,7 +15,8 @@ from pipeline.retrieval import DenseRetriever
 from stages.data.query_filters import LexicalRoundTrip, RoundTrip, copies_passage, drop_duplicates, jaccard
 from stages.data.query_generation import corpus_idf, keyword_query
 from stages.data.query_parsing import first_question, parse_queries, words
-from stages.data.synthesize import spread_across_documents, synthesize_queries
+from stages.data.synthesize import synthesize_queries
+from stages.data.targets import document_round_robin
 
 CORPUS = [
     {
@@ -256,18 +257,16 @@ def test_extractive_synthesis_reports_its_recipe(tmp_path):
     assert synthesize_queries(CORPUS, CORPUS, cfg, tmp_path)[1]["recipe"] == "extractive-keywords"
 
 
-def test_a_chunk_cap_draws_from_every_document_in_turn_seeded():
+def test_the_round_robin_visits_every_document_in_turn_seeded():
     rows = [{"id": f"{d}-{i}", "doc_id": d} for d in ("a", "b", "c", "d", "e") for i in range(4)]  # path order
-    one_each = spread_across_documents(rows, 5, seed=13)
-    assert sorted(r["doc_id"] for r in one_each) == ["a", "b", "c", "d", "e"]
-    seven = spread_across_documents(rows, 7, seed=13)
-    per_doc = Counter(r["doc_id"] for r in seven)
-    assert len(seven) == 7 and set(per_doc) == set("abcde") and max(per_doc.values()) == 2
-    assert seven == sorted(seven, key=rows.index)  # corpus order kept
-    assert spread_across_documents(rows, 7, seed=13) == seven
-    draws = {tuple(r["id"] for r in spread_across_documents(rows, 7, seed=s)) for s in range(10)}
+    order = document_round_robin(rows, seed=13)
+    assert sorted(r["id"] for r in order) == sorted(r["id"] for r in rows)  # every chunk, once
+    assert sorted(r["doc_id"] for r in order[:5]) == ["a", "b", "c", "d", "e"]
+    per_doc = Counter(r["doc_id"] for r in order[:7])
+    assert set(per_doc) == set("abcde") and max(per_doc.values()) == 2
+    assert document_round_robin(rows, seed=13) == order
+    draws = {tuple(r["id"] for r in document_round_robin(rows, seed=s)[:7]) for s in range(10)}
     assert len(draws) > 1  # the seed decides which chunks
-    assert spread_across_documents(rows, None, seed=13) == rows == spread_across_documents(rows, 99, seed=13)
 
 
 def test_round_trip_ranks_are_exact(tiny_bert_dir, tmp_path):
@@ -334,7 +333,7 @@ def test_held_out_queries_pass_bm25_and_never_the_base_embedder(tmp_path, monkey
     rows, report = synthesize_queries(CORPUS, CORPUS, cfg, tmp_path, held_out={"d3"})
     assert sorted(RejectingRanker.seen) == ["c1", "c2"]  # the dense round trip never saw the held-out chunk
     assert [r["positives"] for r in rows] == [["c3"]]
-    assert report["kept_held_out"] == report["held_out_chunks"] == 1
+    assert report["kept_lexical"] == report["lexical_chunks"] == 1
     assert report["eval_round_trip"] == "bm25 top 1" and report["eval_round_trip_hit_at_k"] == 1.0
     assert report["round_trip_hit_at_k"] == 0.0 and report["dropped_round_trip"] == 2
 
