@@ -127,8 +127,9 @@ def score(rankings: Mapping[str, Sequence[Sequence[str]]], qids: Sequence[str], 
     """
     out = {}
     for name, ranked in rankings.items():
-        rows = [(ndcg(r, qrels[q]), reciprocal_rank(r, qrels[q]), recall(r, qrels[q])) for r, q in zip(ranked, qids)]
-        means = [round(sum(col) / len(rows), 4) for col in zip(*rows)]
+        per_query = zip(ranked, qids, strict=True)
+        rows = [(ndcg(r, qrels[q]), reciprocal_rank(r, qrels[q]), recall(r, qrels[q])) for r, q in per_query]
+        means = [round(sum(col) / len(rows), 4) for col in zip(*rows, strict=True)]
         out[name] = {"ndcg@10": means[0], "mrr@10": means[1], "recall@100": means[2], "queries": len(rows)}
     return out
 
