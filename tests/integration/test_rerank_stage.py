@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,46 @@ def test_query_likelihood_rerank_stage_trains_an_adapter_saves_and_evaluates(
     # The eval split's scores were cached by content: a consumer loading the reranker reuses them.
     assert isinstance(load_reranker(str(model_dir), 64, 0, run.path("cache/rerank-scores")), QueryLikelihoodReranker)
     assert len(list(run.path("cache/rerank-scores").glob("*.json"))) == 1
+
+
+def test_without_any_train_query_rerank_and_raft_build_train_on_inverse_cloze_queries(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path
+) -> None:
+    """A corpus whose every query is held out used to stop the run at stage 2 ("no train-split query")."""
+    from pipeline.rundir import atomic_write_jsonl, read_jsonl
+
+    cli(["data", str(tiny_config), "synth.enabled=false"])
+    run = run_dir_of(tiny_config)
+    queries = read_jsonl(run.path("data/queries.jsonl"))
+    cited = {d for q in queries if q["split"] == "eval" for d in q["doc_ids"]}
+    atomic_write_jsonl(run.path("data/queries.jsonl"), [q for q in queries if q["split"] == "eval"])
+    data = run.load_manifest()["data"]
+    outputs = {k: v["path"] for k, v in data.outputs.items()}
+    run.record("data", config_hash=data.config_hash, inputs=data.inputs, outputs=outputs, started=time.time())
+    simulate_embed_stage(run, tiny_bert_dir)
+    overrides = [
+        f"rerank.query_likelihood.generator={tiny_llama_dir}",
+        "rerank.mining.relative_margin=null",
+        "rerank.max_steps=1",
+        "rerank.batch_size=2",
+        "rerank.pseudo_queries=4",
+    ]
+    cli(["rerank", str(tiny_config), *overrides])
+    report = json.loads(run.path("rerank/negatives/report.json").read_text())
+    assert report["pseudo_queries_only"] and 0 < report["pseudo_queries"] <= 4
+    assert run.load_manifest()["rerank"].status == "done"
+    cli(
+        [
+            "raft",
+            str(tiny_config),
+            f"raft.base_model={tiny_llama_dir}",
+            "raft.max_steps=1",
+            "raft.max_samples=3",
+            "raft.max_length=1024",
+        ]
+    )
+    samples = read_jsonl(run.path("raft/train.jsonl"))
+    assert 0 < len(samples) <= 3
+    doc_of = {c["id"]: c["doc_id"] for c in read_jsonl(run.path("data/corpus.jsonl"))}
+    assert all(s["qid"].startswith("ict-") for s in samples)
+    assert not {doc_of[c] for s in samples for c in s["oracle_ids"]} & cited  # never a held-out document
