@@ -112,12 +112,13 @@ class Case:
     never: list[str] = field(default_factory=list)  # must not appear in the output
     check: Callable[[RunDir], None] | None = None  # extra checks on the run directory
     locked: bool = False  # this process holds the run directory while the command runs
+    fault: Callable[[pytest.MonkeyPatch, Path, Path], None] | None = None  # (patch, tmp, config): set up after argv
 
 
-def _file(tmp: Path, name: str, text: str) -> Path:
+def _file(tmp: Path, name: str, text: str | bytes) -> Path:
     path = tmp / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     return path
 
 
@@ -187,6 +188,18 @@ def _redacted(run: RunDir) -> None:
     assert "PW-hostile" not in run.path("config.resolved.yaml").read_text()
 
 
+def _config_unreadable(patch: pytest.MonkeyPatch, tmp: Path, config: Path) -> None:
+    """Reading the config is refused (as chmod 000 would be; the tests run as root, where it is not)."""
+    read_text = Path.read_text
+
+    def denied(self: Path, *args, **kwargs) -> str:
+        if self == config:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    patch.setattr(Path, "read_text", denied)
+
+
 def _status_of_corrupt_run(tmp: Path, config: Path) -> list[str]:
     _corrupt_manifest(tmp, config, keep_previous=False)
     return ["status", str(run_dir_of(config).root)]
@@ -232,6 +245,17 @@ CASES = [
     Case("config is not YAML", lambda t, c: ["data", str(_file(t, "broken.yaml", "run: [unclosed\n"))],
          ["is not valid YAML"]),
     Case("config file missing", lambda t, c: ["data", str(t / "nowhere.yaml")], ["config file not found"]),
+    Case("config path is a folder", lambda t, c: ["data", str(t)], [" is a folder, not a YAML file"]),
+    Case("config is not UTF-8", lambda t, c: ["data", str(_file(t, "latin1.yaml", b"run:\n  name: caf\xe9\n"))],
+         ["latin1.yaml is not UTF-8 text (byte 0xe9 at offset 16); save it as UTF-8"]),
+    Case("config unreadable", lambda t, c: ["data", str(c)], ["tiny.yaml cannot be read (Permission denied)"],
+         fault=_config_unreadable),
+    Case("config holds a section twice",
+         lambda t, c: ["data", str(_file(t, "twice.yaml", c.read_text() + "embed:\n  batch_size: 64\n"))],
+         ["twice.yaml: key 'embed' appears twice, at lines ", "(the second would silently replace the first)"]),
+    Case("config holds a key twice inside a section",
+         lambda t, c: ["data", str(_file(t, "nested.yaml", "run:\n  name: a\n  seed: 1\n  name: b\n"))],
+         ["nested.yaml: key 'run.name' appears twice, at lines 2 and 4"]),
     Case("docs folder missing", lambda t, c: ["data", str(c), f"data.docs={t / 'no-docs'}"],
          ["data.docs: folder not found: "]),
     Case("questions file missing", lambda t, c: ["data", str(c), f"data.questions={t / 'no.jsonl'}"],
@@ -258,6 +282,8 @@ def test_cli_case_ends_in_a_clear_error_or_a_counted_recovery(
     monkeypatch.setenv(KEY_ENV, "k")
     caplog.set_level("WARNING")
     argv = case.argv(tmp_path, tiny_config)
+    if case.fault:
+        case.fault(monkeypatch, tmp_path, tiny_config)
     with run_dir_of(tiny_config).lock() if case.locked else contextlib.nullcontext():
         code, output = run_cli(argv)
     output += caplog.text
