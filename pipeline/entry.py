@@ -20,13 +20,17 @@ from pipeline.llm import DryRunFinished, LLMBackendError
 from pipeline.models import ModelNotFoundError
 from pipeline.rundir import (
     CONFIG_RESOLVED,
+    DiskFullError,
     ManifestError,
     RunDir,
     RunLockedError,
     StageInputError,
     atomic_write_text,
     is_main_process,
+    reporting_full_disk,
 )
+
+logger = logging.getLogger(__name__)
 
 StageMain = Callable[[RagtuneConfig, RunDir, bool], Any]
 # The stages whose outputs each stage reads through the manifest: checked before its heavy imports.
@@ -169,6 +173,7 @@ def open_run(config: str, overrides: list[str], stage: str | None = None) -> Ite
 
 USER_ERRORS = (
     ConfigError,
+    DiskFullError,
     StageInputError,
     RunLockedError,
     ManifestError,
@@ -180,15 +185,22 @@ USER_ERRORS = (
 
 
 def call_stage(stage: str, main: StageMain, cfg: RagtuneConfig, run: RunDir, force: bool) -> Any:
-    """Run a stage's ``main``; a failure is recorded in the manifest (earlier outputs stay) and re-raised."""
+    """Run a stage's ``main``; a failure is recorded in the manifest (earlier outputs stay) and re-raised.
+
+    A full disk is re-raised as :class:`DiskFullError` (one line naming the path); when the manifest cannot
+    record the failure for want of space either, it keeps its last good version and a warning says so.
+    """
     try:
-        return main(cfg, run, force)
+        with reporting_full_disk(run.root):
+            return main(cfg, run, force)
     except DryRunFinished:
         raise
     except BaseException as e:
-        run.mark_failed(
-            stage, "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-        )
+        error = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        try:
+            run.mark_failed(stage, error)
+        except DiskFullError as unrecorded:
+            logger.warning("the %s stage's failure is not recorded in the manifest: %s", stage, unrecorded)
         raise
 
 

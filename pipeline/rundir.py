@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import fcntl
 import hashlib
 import json
@@ -119,6 +120,97 @@ class ManifestError(RuntimeError):
     """The manifest and its previous version are both unreadable; the message names the file and what to do."""
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+NEARLY_FULL_BYTES = 1 << 20  # a RuntimeError while the disk has less than this free is taken for a full disk
+
+
+def format_bytes(size: int) -> str:
+    """A size in bytes as people read it (binary units).
+
+    Example:
+        >>> format_bytes(0), format_bytes(1536), format_bytes(5 * 2**30)
+        ('0 B', '1.5 KiB', '5.0 GiB')
+    """
+    value, unit = float(size), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free space, for an ordinary user, on the disk of ``path`` or of its nearest existing parent (None: unknown)."""
+    folder = next((p for p in (path, *path.parents) if p.exists()), None)
+    try:
+        return shutil.disk_usage(folder).free if folder is not None else None
+    except OSError:
+        return None
+
+
+def is_disk_full(error: BaseException, path: Path) -> bool:
+    """Whether ``error``, raised while writing at ``path``, comes from a full disk (or a full quota).
+
+    Python raises ``OSError`` ENOSPC/EDQUOT; safetensors raises its own error, which quotes the OS's words
+    (``No space left on device (os error 28)``); torch's writer raises a plain ``RuntimeError`` that says only
+    ``file write failed`` or ``unexpected pos``, so a plain ``RuntimeError`` (not one of ragtune's subclasses)
+    while the disk of ``path`` holds less than 1 MiB free counts too. A :class:`DiskFullError` is already
+    reported, and not an error to convert.
+    """
+    if isinstance(error, DiskFullError) or not isinstance(error, Exception):
+        return False
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(os.strerror(number) in str(cause) for number in DISK_FULL_ERRNOS):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    free = free_bytes(path) if type(error) is RuntimeError else None
+    return free is not None and free < NEARLY_FULL_BYTES
+
+
+class DiskFullError(RuntimeError):
+    """The disk filled up while writing ``path``; the message names it, the space free there and, when known,
+    the space the write needed (``at_least``: only what was written before the disk filled)."""
+
+    def __init__(self, path: Path, needed: int | None = None, *, at_least: bool = False) -> None:
+        free = free_bytes(path)
+        sizes = [f"{'more than ' if at_least else ''}{format_bytes(needed)} needed"] if needed else []
+        sizes.append(f"{format_bytes(free)} free there" if free is not None else "free space unknown")
+        super().__init__(
+            f"no space left on device writing {path} ({', '.join(sizes)}): free some space and rerun the same "
+            "command; finished stages and their files are kept"
+        )
+        self.path = path
+
+
+@contextlib.contextmanager
+def reporting_full_disk(path: Path, size: int | None = None) -> Iterator[None]:
+    """Turn a full disk while writing at ``path`` into a :class:`DiskFullError` naming it (or the file the OS named).
+
+    Args:
+        path: the file or folder being written.
+        size: the bytes the write needs, when known.
+    """
+    try:
+        yield
+    except Exception as e:
+        if not is_disk_full(e, path):
+            raise
+        named = Path(os.fsdecode(e.filename)) if isinstance(e, OSError) and e.filename else path
+        raise DiskFullError(named, size) from e
+
+
+def _size_written(path: Path | None) -> int:
+    """Bytes in a file, or in the files of a folder (0 when it is gone)."""
+    if path is None or not path.exists():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
 def input_key(stage: str, output: str) -> str:
     """The key under which a downstream record's ``inputs`` hold an upstream output's hash.
 
@@ -153,12 +245,13 @@ def set_default_mode(path: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
+def atomic_file(path: Path, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary file beside ``path`` to write; on success it replaces ``path``, on error it is removed.
 
     The one temp-then-rename of the project's files: :func:`atomic_write_text` and :func:`atomic_save_figure`
     write through it. The file gets the mode ``open`` would give it, and a killed write leaves only a
-    ``.<name>.<random>.tmp`` that :func:`clean_orphans` removes.
+    ``.<name>.<random>.tmp`` that :func:`clean_orphans` removes. A full disk raises :class:`DiskFullError`
+    naming ``path`` and ``size`` (the bytes it needs, when the caller knows them), after the removal.
 
     Example:
         >>> target = Path(tempfile.mkdtemp()) / "notes.txt"
@@ -167,23 +260,29 @@ def atomic_file(path: Path) -> Iterator[Path]:
         >>> target.read_text(), [p.name for p in target.parent.iterdir()]
         ('done', ['notes.txt'])
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
         set_default_mode(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        full, written = is_disk_full(e, path.parent), _size_written(tmp)  # before the removal frees the space
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if full:
+            raise DiskFullError(path, size or written, at_least=size is None) from e
         raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through :func:`atomic_file`, synced to disk before the rename."""
-    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
+    """Write ``text`` to ``path`` through :func:`atomic_file` (as UTF-8), synced to disk before the rename."""
+    data = text.encode("utf-8")
+    with atomic_file(path, len(data)) as tmp, tmp.open("wb") as fh:
+        fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -220,6 +319,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temp folder beside ``path``; on success it replaces ``path`` whole, on error it is removed.
 
+    A full disk raises :class:`DiskFullError` naming ``path`` and what was written before the disk filled.
+
     Example:
         >>> target = Path(tempfile.mkdtemp()) / "model"
         >>> with atomic_dir(target) as tmp:
@@ -227,10 +328,11 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         >>> [p.name for p in target.iterdir()], [p.name for p in target.parent.iterdir()]
         (['weights.bin'], ['model'])
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    set_default_mode(tmp)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        set_default_mode(tmp)
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -240,8 +342,13 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        full, written = is_disk_full(e, path.parent), _size_written(tmp)  # before the removal frees the space
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise DiskFullError(path, written, at_least=True) from e
+        raise
 
 
 def hash_path(path: Path) -> str:
@@ -318,8 +425,11 @@ class RunDir:
         if not is_main_process():
             yield
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / LOCK_FILE).open("a+", encoding="utf-8") as fh:
+        lock_path = self.root / LOCK_FILE
+        with reporting_full_disk(lock_path):
+            self.root.mkdir(parents=True, exist_ok=True)
+            fh = lock_path.open("a+", encoding="utf-8")
+        with fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -332,17 +442,13 @@ class RunDir:
             fh.seek(0)
             if stale := fh.read().strip():
                 logger.warning("%s: taking over a stale lock of PID %s, which is no longer running", self.root, stale)
-            fh.seek(0)
-            fh.truncate()
-            fh.write(str(os.getpid()))
-            fh.flush()
+            with reporting_full_disk(lock_path):
+                _write_holder(fh.fileno(), str(os.getpid()))
             try:
                 clean_orphans(self.root)
                 yield
             finally:
-                fh.seek(0)
-                fh.truncate()  # empty: released cleanly
-                fh.flush()
+                _write_holder(fh.fileno(), "")  # empty: released cleanly
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     # -- manifest -------------------------------------------------------------------------------
@@ -505,6 +611,12 @@ class RunDir:
         return all(
             self.path(o["path"]).exists() and hash_path(self.path(o["path"])) == o["hash"] for o in rec.outputs.values()
         )
+
+
+def _write_holder(fd: int, holder: str) -> None:
+    """Replace the lock file's text unbuffered, so a full disk fails here and not again when the file closes."""
+    os.ftruncate(fd, 0)
+    os.write(fd, holder.encode())
 
 
 def _config_value(tree: dict[str, Any], path: str, exclude: Sequence[str]) -> Any:

@@ -10,9 +10,12 @@ labelled file, run-directory state and endpoint goes through the CLI on its own.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
+import re
+import shutil
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -200,6 +203,46 @@ def _config_unreadable(patch: pytest.MonkeyPatch, tmp: Path, config: Path) -> No
     patch.setattr(Path, "read_text", denied)
 
 
+def _disk_full_at(name: str) -> Callable[[pytest.MonkeyPatch, Path, Path], None]:
+    """The disk fills up while a file whose path holds ``name`` is written (ENOSPC shows at the latest on sync)."""
+
+    def fault(patch: pytest.MonkeyPatch, tmp: Path, config: Path) -> None:
+        fsync = os.fsync
+
+        def full(fd: int) -> None:
+            if name in os.readlink(f"/proc/self/fd/{fd}"):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            fsync(fd)
+
+        patch.setattr(os, "fsync", full)
+
+    return fault
+
+
+def _rerun_data(tmp: Path, config: Path) -> list[str]:
+    """A rerun of a finished data stage; the manifest it starts from is kept as ``manifest.before``."""
+    argv = _after_data(config, "data", str(config), "synth.enabled=false", "--force")
+    shutil.copy(run_dir_of(config).manifest_path, tmp / "manifest.before")
+    return argv
+
+
+def _last_good_data_kept(run: RunDir) -> None:
+    rec = run.load_manifest()["data"]
+    assert rec.status == "done" and rec.failure["error"].startswith("DiskFullError: no space left on device writing")
+    assert run.require("data", "corpus", "queries", "report")  # the last good outputs, intact
+    _no_orphans(run)
+
+
+def _manifest_unchanged(run: RunDir) -> None:
+    assert run.manifest_path.read_bytes() == (run.root.parents[1] / "manifest.before").read_bytes()
+    _no_orphans(run)
+
+
+def _nothing_recorded(run: RunDir) -> None:
+    assert not run.manifest_path.exists()
+    _no_orphans(run)
+
+
 def _status_of_corrupt_run(tmp: Path, config: Path) -> list[str]:
     _corrupt_manifest(tmp, config, keep_previous=False)
     return ["status", str(run_dir_of(config).root)]
@@ -271,6 +314,17 @@ CASES = [
     Case("a second process on the run", lambda t, c: ["data", str(c), "synth.enabled=false"],
          [f"in use by another ragtune process (PID {os.getpid()})"], locked=True),
     Case("temp files left by a killed write", _orphans, ["left by an interrupted run"], code=0, check=_no_orphans),
+    Case("disk full writing the corpus", _rerun_data, ["error: no space left on device writing ",
+         "/data/corpus.jsonl (", " needed, ", " free there): free some space and rerun"],
+         fault=_disk_full_at("corpus.jsonl"), check=_last_good_data_kept),
+    Case("disk full writing the data report", _rerun_data, ["no space left on device writing ", "/data/report.json ("],
+         fault=_disk_full_at("report.json"), check=_last_good_data_kept),
+    Case("disk full writing the manifest", _rerun_data,
+         ["no space left on device writing ", "manifest.prev.json (", "failure is not recorded in the manifest"],
+         fault=_disk_full_at("manifest"), check=_manifest_unchanged),
+    Case("disk full before the first stage", lambda t, c: ["data", str(c), "synth.enabled=false"],
+         ["no space left on device writing ", "config.resolved.yaml ("],
+         fault=_disk_full_at("config.resolved"), check=_nothing_recorded),
     Case("status of a run with a corrupt manifest", _status_of_corrupt_run, ["manifest.json is unreadable"]),
 ]  # fmt: skip
 
@@ -295,3 +349,32 @@ def test_cli_case_ends_in_a_clear_error_or_a_counted_recovery(
         assert text not in output
     if case.check:
         case.check(run_dir_of(tiny_config))
+
+
+def test_a_full_disk_while_saving_the_stage_1_model_is_one_line_and_keeps_the_manifest(
+    tiny_config: Path, tiny_bert_dir: Path, monkeypatch
+) -> None:
+    from safetensors import SafetensorError
+    from sentence_transformers import SentenceTransformer
+
+    def save_on_a_full_disk(self, path: str, *args, **kwargs) -> None:  # what safetensors raises on ENOSPC
+        (Path(path) / "model.safetensors").write_bytes(b"0" * 4096)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    run = run_dir_of(tiny_config)
+    assert run_cli(["data", str(tiny_config), "synth.enabled=false"])[0] == 0
+    data = run.load_manifest()["data"]
+    monkeypatch.setattr(SentenceTransformer, "save", save_on_a_full_disk)
+    code, output = run_cli(["embed", str(tiny_config), f"embed.base_model={tiny_bert_dir}", "embed.max_steps=1"])
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert code == 2 and "Traceback" not in output, output[-2000:]
+    assert len(errors) == 1 and re.fullmatch(
+        rf"error: no space left on device writing {re.escape(str(run.path('embed/model')))} \(more than 4.0 KiB "
+        r"needed, [\d.]+ [KMGT]?i?B free there\): free some space and rerun the same command; finished stages and "
+        r"their files are kept",
+        errors[0],
+    ), errors  # the free space is the disk's own, which other processes change
+    stages = run.load_manifest()
+    assert stages["data"] == data and stages["embed"].status == "failed"
+    assert "DiskFullError" in stages["embed"].failure["error"]
+    assert not run.path("embed/model").exists() and not list(run.root.rglob("*.tmp"))

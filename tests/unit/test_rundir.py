@@ -1,14 +1,19 @@
+import errno
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from safetensors import SafetensorError
 
 from pipeline.config import load_config
 from pipeline.rundir import (
+    DiskFullError,
     ManifestError,
     RunDir,
     RunLockedError,
@@ -17,6 +22,7 @@ from pipeline.rundir import (
     atomic_write_text,
     format_status,
     hash_path,
+    is_disk_full,
 )
 
 
@@ -256,3 +262,55 @@ def test_freshness_reads_upstream_hashes_from_the_manifest(tmp_path: Path) -> No
     (run.root / "data" / "queries.jsonl").write_text('{"changed": 1}\n')
     run.record("data", config_hash="h", inputs={}, outputs={"queries": "data/queries.jsonl"}, started=0.0)
     assert run.freshness(cfg, ("embed",), {"data": ("queries",)})[0] != config_hash
+
+
+def _no_space(*args) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write on a full disk raises it: no file name
+
+
+def test_a_full_disk_while_writing_a_file_names_it_and_the_space_needed_and_keeps_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "data" / "corpus.jsonl"
+    atomic_write_text(target, "last good\n")
+    monkeypatch.setattr(os, "fsync", _no_space)
+    with pytest.raises(DiskFullError) as err:
+        atomic_write_text(target, "x" * 3000)
+    assert re.fullmatch(
+        rf"no space left on device writing {re.escape(str(target))} \(2.9 KiB needed, [\d.]+ [KMGT]?i?B free there\): "
+        "free some space and rerun the same command; finished stages and their files are kept",
+        str(err.value),
+    )  # the free space is the disk's own, which other processes change
+    assert target.read_text() == "last good\n" and [p.name for p in target.parent.iterdir()] == ["corpus.jsonl"]
+
+
+def test_a_full_disk_while_saving_a_model_names_its_folder_and_keeps_the_last_one(tmp_path: Path) -> None:
+    target = tmp_path / "embed" / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("last good")
+    full = pytest.raises(DiskFullError, match=rf"writing {target} \(more than 2.0 KiB needed, .* free there\)")
+    with full, atomic_dir(target) as tmp:
+        (tmp / "config.json").write_bytes(b"0" * 2048)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert (target / "weights").read_text() == "last good"
+    assert [p.name for p in target.parent.iterdir()] == ["model"]
+
+
+def test_torch_s_wordless_write_error_counts_as_a_full_disk_only_when_the_disk_is_nearly_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    assert not is_disk_full(torch_error, tmp_path)  # plenty of space: some other fault, shown as it is
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 4096))
+    assert is_disk_full(torch_error, tmp_path)
+    assert not is_disk_full(StageInputError("run `ragtune data CONFIG` first"), tmp_path)  # ragtune's own
+    assert not is_disk_full(ValueError("bad line"), tmp_path)
+    with pytest.raises(DiskFullError, match=r"\(4.0 KiB free there\)"), atomic_dir(tmp_path / "m"):
+        raise torch_error
+
+
+def test_a_full_disk_while_taking_the_lock_names_the_lock_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = RunDir(tmp_path / "r")
+    monkeypatch.setattr(os, "write", _no_space)
+    with pytest.raises(DiskFullError, match=rf"writing {run.root / '.lock'} "), run.lock():
+        pass
