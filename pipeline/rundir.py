@@ -96,6 +96,7 @@ EVAL_HTML = "eval/report.html"
 EVAL_JUDGE_CACHE = "eval/cache"  # the judge's per-item LLM cache
 
 LOCK_FILE = ".lock"
+STARTED_FILE = ".started.json"  # the stages started and not yet ended: stage -> the PID and time it started
 # What `ragtune status` shows per stage: the few metrics that say whether it worked.
 HEADLINE_METRICS = {
     "data": ("documents", "chunks", "human_train", "human_eval", "synthetic_train", "synthetic_eval"),
@@ -376,6 +377,22 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+@dataclass(frozen=True)
+class StageStart:
+    """A stage that a process started and has not yet ended (:meth:`RunDir.mark_started`)."""
+
+    pid: int
+    at: float
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """The process a run directory's lock file names: ``alive`` while it holds the lock, else the lock is stale."""
+
+    pid: int
+    alive: bool
+
+
 @dataclass
 class StageRecord:
     """One stage's manifest entry."""
@@ -450,6 +467,64 @@ class RunDir:
             finally:
                 _write_holder(fh.fileno(), "")  # empty: released cleanly
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def lock_holder(self) -> LockHolder | None:
+        """The process the lock file names, and whether it still holds the lock; None when it was released cleanly.
+
+        A process killed while holding it (``kill -9``) leaves its PID in the file: the kernel released the
+        ``flock``, so that holder is not ``alive``. Alive means both: the PID runs, and the lock cannot be shared.
+        """
+        path = self.root / LOCK_FILE
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        if not text.isdigit():
+            return None
+        pid = int(text)
+        return LockHolder(pid, _process_runs(pid) and _lock_is_held(path))
+
+    def check_is_run(self) -> None:
+        """Refuse a path that is not a run directory (``ragtune status`` on a mistyped path).
+
+        Raises:
+            StageInputError: naming the path and what a run directory holds.
+        """
+        if not self.root.is_dir():
+            raise StageInputError(f"{self.root}: no such run directory")
+        if not (self.path(CONFIG_RESOLVED).exists() or self.manifest_path.exists()):
+            raise StageInputError(
+                f"{self.root} is not a ragtune run (it holds no {CONFIG_RESOLVED} or {self.manifest_path.name}): "
+                "give a run directory, <run.root>/<run.name>"
+            )
+
+    # -- stages started and not ended -------------------------------------------------------------
+    def started_stages(self) -> dict[str, StageStart]:
+        """The stages a process started and has not ended (:meth:`mark_started`); a killed one stays here."""
+        try:
+            raw = json.loads(self.path(STARTED_FILE).read_text(encoding="utf-8"))
+            return {stage: StageStart(int(s["pid"]), float(s["at"])) for stage, s in raw.items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            logger.warning("%s is unreadable; ignoring it", self.path(STARTED_FILE))
+            return {}
+
+    def mark_started(self, stage: str) -> None:
+        """Note that this process started ``stage`` (main process only), so ``ragtune status`` can say it runs."""
+        if is_main_process():
+            self._save_started(self.started_stages() | {stage: StageStart(os.getpid(), time.time())})
+
+    def clear_started(self, stage: str) -> None:
+        """Remove the note of :meth:`mark_started`: the stage ended, finished or failed (main process only)."""
+        if is_main_process():
+            self._save_started({k: v for k, v in self.started_stages().items() if k != stage})
+
+    def _save_started(self, started: dict[str, StageStart]) -> None:
+        if started:
+            atomic_write_text(self.path(STARTED_FILE), json.dumps({k: v.__dict__ for k, v in started.items()}) + "\n")
+        else:
+            self.path(STARTED_FILE).unlink(missing_ok=True)  # needs no space: works on a full disk
 
     # -- manifest -------------------------------------------------------------------------------
     def load_manifest(self) -> dict[str, StageRecord]:
@@ -613,6 +688,28 @@ class RunDir:
         )
 
 
+def _process_runs(pid: int) -> bool:
+    """Whether a process with this PID exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lock_is_held(path: Path) -> bool:
+    """Whether some process holds the ``flock`` on ``path``: a shared lock cannot be had (it is let go at once)."""
+    with path.open("rb") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
 def _write_holder(fd: int, holder: str) -> None:
     """Replace the lock file's text unbuffered, so a full disk fails here and not again when the file closes."""
     os.ftruncate(fd, 0)
@@ -699,15 +796,82 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
+def stage_states(
+    stages: Mapping[str, StageRecord], started: Mapping[str, StageStart], holder: LockHolder | None
+) -> dict[str, str]:
+    """What became of each stage a process started and did not note as ended: ``running`` while that process
+    holds the run directory, else ``interrupted`` (killed: a stale lock, or a start with no end recorded).
+
+    A stage whose manifest entry ended or failed after the start is left out: it ended, and only the note's
+    removal was cut short.
+
+    Example:
+        >>> started = {"embed": StageStart(pid=7, at=100.0), "rerank": StageStart(pid=5, at=50.0)}
+        >>> stage_states({}, started, LockHolder(pid=7, alive=True))
+        {'embed': 'running', 'rerank': 'interrupted'}
+        >>> stage_states({}, started, LockHolder(pid=7, alive=False))
+        {'embed': 'interrupted', 'rerank': 'interrupted'}
+    """
+    states = {}
+    for stage, start in started.items():
+        rec = stages.get(stage)
+        if rec is not None and max(rec.ended, (rec.failure or {}).get("at", 0.0)) >= start.at:
+            continue
+        states[stage] = "running" if holder is not None and holder.alive and holder.pid == start.pid else "interrupted"
+    return states
+
+
+def _clock(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def _unfinished_row(name: str, rec: StageRecord | None, state: str, start: StageStart) -> tuple[str, ...]:
+    """A status row for a stage running now or interrupted; a finished record it reruns keeps its outputs."""
+    done = rec is not None and rec.status == "done"
+    if state == "running":
+        detail, elapsed = f"PID {start.pid} since {_clock(start.at)}", _duration(time.time() - start.at)
+    else:
+        detail, elapsed = f"started {_clock(start.at)} by PID {start.pid}, which is gone (killed?): rerun it", ""
+    return (
+        name,
+        f"done (rerun {state})" if done else state,
+        rec.config_hash[:8] if rec else "",
+        elapsed,
+        ", ".join(rec.outputs) if done else "",
+        detail,
+    )
+
+
+def _holder_note(holder: LockHolder | None, started: Mapping[str, StageStart], states: Mapping[str, str]) -> list[str]:
+    """A line on a lock holder that no row names: a live one outside any stage, or one killed outside any stage.
+
+    This process holding the lock (``ragtune run`` ending with the table) is no news.
+    """
+    if holder is None or holder.pid == os.getpid() or any(started[s].pid == holder.pid for s in states):
+        return []
+    if holder.alive:
+        return [f"in use by PID {holder.pid}, outside any stage (between stages, or ragtune query)"]
+    return [f"PID {holder.pid} was killed while it held the run, outside any stage; the next command takes over"]
+
+
 def format_status(run: RunDir) -> str:
-    """The manifest as a plain-text table (``ragtune status RUN``; ``ragtune run`` ends with it)."""
-    stages = run.load_manifest()
-    if not stages:
-        return f"{run.root}: no stage has run yet"
+    """The manifest as a plain-text table (``ragtune status RUN``; ``ragtune run`` ends with it).
+
+    A stage running now (its process holds the run directory) or interrupted (its process is gone and never
+    recorded an end) has a row saying so, with the PID and the start time.
+    """
+    stages, started, holder = run.load_manifest(), run.started_stages(), run.lock_holder()
+    states = stage_states(stages, started, holder)
+    notes = _holder_note(holder, started, states)
+    if not stages and not states:
+        return "\n".join([f"{run.root}: no stage has run yet", *notes])
     header = ("stage", "status", "config", "time", "outputs", "metrics")
     rows = [header]
-    for name in sorted(stages, key=_stage_rank):
-        rec = stages[name]
+    for name in sorted(set(stages) | set(states), key=_stage_rank):
+        rec = stages.get(name)
+        if name in states:
+            rows.append(_unfinished_row(name, rec, states[name], started[name]))
+            continue
         metrics = headline_metrics(name, rec.metrics)
         if rec.failure:
             metrics = f"last run failed: {rec.failure['error']}"
@@ -722,4 +886,5 @@ def format_status(run: RunDir) -> str:
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    table = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(table + notes)

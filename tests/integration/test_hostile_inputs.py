@@ -17,6 +17,8 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +29,10 @@ from fakes.hostile import KEPT, OUTSIDE_TEXT, SKIPPED, build_hostile_docs, permi
 from fakes.upstream import run_dir_of
 
 from pipeline.cli import main as cli
-from pipeline.rundir import RunDir
+from pipeline.entry import BROKEN_PIPE_EXIT
+from pipeline.rundir import LockHolder, RunDir
 
+ROOT = Path(__file__).parents[2]
 KEY_ENV = "RAGTUNE_TEST_LLM_KEY"
 PASTED_KEY = "sk-proj-HOSTILE0123456789abcdef"
 
@@ -325,6 +329,9 @@ CASES = [
     Case("disk full before the first stage", lambda t, c: ["data", str(c), "synth.enabled=false"],
          ["no space left on device writing ", "config.resolved.yaml ("],
          fault=_disk_full_at("config.resolved"), check=_nothing_recorded),
+    Case("status of a folder that is not a run", lambda t, c: ["status", str(t)],
+         ["is not a ragtune run (it holds no config.resolved.yaml or manifest.json)"]),
+    Case("status of a missing run", lambda t, c: ["status", str(t / "runs" / "typo")], ["no such run directory"]),
     Case("status of a run with a corrupt manifest", _status_of_corrupt_run, ["manifest.json is unreadable"]),
 ]  # fmt: skip
 
@@ -378,3 +385,53 @@ def test_a_full_disk_while_saving_the_stage_1_model_is_one_line_and_keeps_the_ma
     assert stages["data"] == data and stages["embed"].status == "failed"
     assert "DiskFullError" in stages["embed"].failure["error"]
     assert not run.path("embed/model").exists() and not list(run.root.rglob("*.tmp"))
+
+
+# A stage that runs until it is killed: open_run and call_stage as `ragtune embed` uses them.
+STAGE_UNTIL_KILLED = """
+import sys, time
+from pipeline.entry import call_stage, open_run
+with open_run(sys.argv[1], ["synth.enabled=false"], "embed") as (cfg, run):
+    call_stage("embed", lambda cfg, run, force: (print("started", flush=True), time.sleep(300)), cfg, run, False)
+"""
+
+
+def _stage_row(output: str, stage: str) -> str:
+    return next(line for line in output.splitlines() if line.split()[:1] == [stage])
+
+
+def test_status_says_which_stage_runs_and_which_was_killed(tiny_config: Path) -> None:
+    run = run_dir_of(tiny_config)
+    assert run_cli(["data", str(tiny_config), "synth.enabled=false"])[0] == 0
+    stage = subprocess.Popen(
+        [sys.executable, "-c", STAGE_UNTIL_KILLED, str(tiny_config)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert stage.stdout.readline() == "started\n"
+        code, output = run_cli(["status", str(run.root)])
+        assert code == 0 and re.fullmatch(
+            rf"embed +running +\d+s +PID {stage.pid} since [-\d]+ [:\d]+", _stage_row(output, "embed")
+        )
+    finally:
+        stage.kill()  # kill -9: no clean-up runs
+        stage.wait()
+    code, output = run_cli(["status", str(run.root)])
+    assert code == 0 and _stage_row(output, "data").split()[:2] == ["data", "done"]
+    assert re.fullmatch(
+        rf"embed +interrupted +started [-\d]+ [:\d]+ by PID {stage.pid}, which is gone \(killed\?\): rerun it",
+        _stage_row(output, "embed"),
+    )
+    assert run.lock_holder() == LockHolder(stage.pid, alive=False)  # the stale lock names it
+
+
+def test_status_piped_to_a_reader_that_has_gone_is_quiet(tiny_config: Path) -> None:
+    assert run_cli(["data", str(tiny_config), "synth.enabled=false"])[0] == 0
+    status = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "status", str(run_dir_of(tiny_config).root)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    status.stdout.close()  # `| head -1` that has read its line and gone before ragtune wrote the rest
+    assert status.stderr.read() == "" and status.wait() == BROKEN_PIPE_EXIT

@@ -13,7 +13,9 @@ from safetensors import SafetensorError
 
 from pipeline.config import load_config
 from pipeline.rundir import (
+    STARTED_FILE,
     DiskFullError,
+    LockHolder,
     ManifestError,
     RunDir,
     RunLockedError,
@@ -314,3 +316,58 @@ def test_a_full_disk_while_taking_the_lock_names_the_lock_file(tmp_path: Path, m
     monkeypatch.setattr(os, "write", _no_space)
     with pytest.raises(DiskFullError, match=rf"writing {run.root / '.lock'} "), run.lock():
         pass
+
+
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+
+
+def test_a_stage_whose_process_is_gone_before_it_ended_shows_as_interrupted_until_it_ends(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    _finish(run, "data", "data/corpus.jsonl", "x\n")
+    dead = _dead_pid()
+    atomic_write_text(run.path(STARTED_FILE), json.dumps({"embed": {"pid": dead, "at": time.time()}}))
+    (run.root / ".lock").write_text(str(dead))  # killed while it held the run: the lock is stale
+    assert run.lock_holder() == LockHolder(dead, alive=False)
+    rows = format_status(run).splitlines()
+    assert rows[2].split()[:2] == ["embed", "interrupted"]
+    assert rows[2].endswith(f"by PID {dead}, which is gone (killed?): rerun it") and len(rows) == 3
+
+    with run.lock():  # the rerun takes the stale lock over and ends: its record is newer than the start
+        _finish(run, "embed", "embed/metrics.json", "{}")
+    assert [row.split()[:2] for row in format_status(run).splitlines()[1:]] == [["data", "done"], ["embed", "done"]]
+
+
+def test_a_stage_marks_itself_started_until_it_ends_however_it_ends(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    run.mark_started("embed")
+    run.mark_started("rerank")
+    assert set(run.started_stages()) == {"embed", "rerank"} and run.started_stages()["embed"].pid == os.getpid()
+    run.clear_started("embed")
+    assert set(run.started_stages()) == {"rerank"}
+    run.clear_started("rerank")
+    assert not run.path(STARTED_FILE).exists()
+
+
+def test_a_process_killed_while_holding_the_run_outside_any_stage_is_a_note(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    run.root.mkdir()
+    dead = _dead_pid()
+    (run.root / ".lock").write_text(str(dead))
+    assert format_status(run).splitlines() == [
+        f"{run.root}: no stage has run yet",
+        f"PID {dead} was killed while it held the run, outside any stage; the next command takes over",
+    ]
+    with run.lock():
+        assert run.lock_holder() == LockHolder(os.getpid(), alive=True)
+        assert format_status(run) == f"{run.root}: no stage has run yet"  # this process's own lock is no news
+    assert run.lock_holder() is None
+
+
+def test_only_a_run_directory_is_a_run(tmp_path: Path) -> None:
+    with pytest.raises(StageInputError, match=rf"^{tmp_path / 'nowhere'}: no such run directory$"):
+        RunDir(tmp_path / "nowhere").check_is_run()
+    with pytest.raises(StageInputError, match=r"is not a ragtune run \(it holds no config.resolved.yaml or manifest"):
+        RunDir(tmp_path).check_is_run()
+    _finish(RunDir(tmp_path / "r"), "data", "data/corpus.jsonl", "x\n")
+    RunDir(tmp_path / "r").check_is_run()
