@@ -4,7 +4,9 @@ naming the file, line or config key, no traceback) or in a skip counted with its
 The docs folder of tests/fakes/hostile.py (unreadable files and folders, a 21 MB single-line file, a 1,000-level
 folder, symlink loops, symlinks leading outside data.docs, a PDF that makes pypdf raise, non-UTF-8 names, JSONL
 records without the text field, a dot-folder in the docs path) goes through one data stage run; each bad config,
-labelled file, run-directory state and endpoint goes through the CLI on its own.
+labelled file, run-directory state, full disk and endpoint goes through the CLI on its own; so do a full disk
+while stage 1 saves its model, `ragtune status` while a stage runs and once it was killed, and `ragtune status`
+piped to a reader that has gone.
 """
 
 from __future__ import annotations
