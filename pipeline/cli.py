@@ -2,7 +2,7 @@
 
 ragtune data CONFIG [key=value ...] [--force]     one stage (likewise embed, rerank, gpl, raft, eval)
 ragtune run CONFIG [key=value ...]                every stage in order, skipping finished ones
-ragtune status RUN_DIR                            the manifest as a table
+ragtune status RUN_DIR                            the manifest as a table, with the stage running or interrupted
 ragtune query RUN_DIR "question" [key=value ...]  ask the assembled engine (answer, quotes, sources)
 ragtune serve RUN_DIR [--host H --port P]         OpenAI-compatible server over the engine (pipeline.serve)
 ragtune export RUN_DIR --to DIR [--push ORG/PREFIX]  the three models with cards, for the Hub (pipeline.export)
@@ -22,6 +22,7 @@ from pipeline.entry import (
     RunInterrupted,
     add_config_args,
     call_stage,
+    exit_quietly_on_closed_pipe,
     open_run,
     quiet_libraries,
     setup_logging,
@@ -86,6 +87,14 @@ def run_all(config: str, overrides: list[str], force: bool = False) -> None:
         print(f"\n{format_status(run)}")
 
 
+def status(run_dir: str) -> None:
+    """Print a run's stages (running, interrupted, finished) and what it serves by default; refuse a non-run."""
+    run = RunDir(run_dir)
+    run.check_is_run()
+    print(format_status(run))
+    print(format_promotions(run, gpl_enabled_in(run)))
+
+
 def query(run_dir: str, question: str, overrides: list[str]) -> None:
     """Answer one question with the run's assembled engine (its config.resolved.yaml, plus overrides)."""
     from pipeline.assemble import build_query_engine, format_response
@@ -108,8 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(getattr(args, "verbose", False))
     try:
         if args.command == "status":
-            print(format_status(RunDir(args.run_dir)))
-            print(format_promotions(RunDir(args.run_dir), gpl_enabled_in(RunDir(args.run_dir))))
+            status(args.run_dir)
         elif args.command == "query":
             with contextlib.nullcontext() if args.verbose else quiet_libraries():
                 query(args.run_dir, args.question, args.overrides)
@@ -119,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
             with open_run(args.config, args.overrides, args.command) as (cfg, run):
                 stage_main = importlib.import_module(STAGE_MODULES[args.command]).main
                 call_stage(args.command, stage_main, cfg, run, args.force)
+        sys.stdout.flush()  # a reader gone from the pipe shows here, not in Python's flush at exit
+    except BrokenPipeError:
+        exit_quietly_on_closed_pipe()
     except DryRunFinished as e:
         print(e)
     except USER_ERRORS as e:

@@ -777,15 +777,81 @@ def _format_errors(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def duplicate_key(document: yaml.Node | None) -> tuple[str, int, int] | None:
+    """The first key a mapping of a composed YAML document holds twice: ``(dotted key, first line, second line)``.
+
+    A plain YAML load keeps the last of two equal keys and drops the first without a word; this finds them
+    before anything is constructed. Merge keys (``<<: *defaults``) are not duplicates: keys written beside
+    one override what it merges, as YAML intends. A node reached twice through an alias is read once.
+
+    Example:
+        >>> duplicate_key(yaml.compose("embed:\\n  epochs: 1\\nrun: {}\\nembed:\\n  epochs: 2\\n"))
+        ('embed', 1, 4)
+        >>> duplicate_key(yaml.compose("embed:\\n  epochs: 1\\n  lr: 2\\n  epochs: 3\\n"))
+        ('embed.epochs', 2, 4)
+    """
+    pending: list[tuple[yaml.Node, str]] = [(document, "")] if document is not None else []
+    read: set[int] = set()
+    while pending:
+        node, path = pending.pop()
+        if id(node) in read:
+            continue
+        read.add(id(node))
+        children: list[tuple[yaml.Node, str]] = []
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    continue
+                dotted, line = f"{path}.{key.value}" if path else key.value, key.start_mark.line + 1
+                if (key.tag, key.value) in lines:
+                    return dotted, lines[key.tag, key.value], line
+                lines[key.tag, key.value] = line
+                children.append((value, dotted))
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        pending += reversed(children)  # depth first, in document order
+    return None
+
+
+def read_config_tree(path: Path) -> Any:
+    """The YAML document of a config file, unvalidated; every way the file can be unusable is one line naming it.
+
+    Raises:
+        ConfigError: the file is missing, a folder, unreadable, not UTF-8 or not YAML, or holds a key twice.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a folder, not a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"config {path} cannot be read ({e.strerror or e})") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if found := duplicate_key(node):
+            key, first, second = found
+            raise ConfigError(
+                f"config {path}: key {key!r} appears twice, at lines {first} and {second} "
+                "(the second would silently replace the first); keep one"
+            )
+        return loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RagtuneConfig:
     """Load, override and validate a domain config; errors name the file and dotted key."""
     path = Path(path)
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    tree = read_config_tree(path) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level")
     apply_overrides(tree, overrides or [])

@@ -10,23 +10,28 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pipeline.config import ConfigError, RagtuneConfig, dump_config, load_config
 from pipeline.llm import DryRunFinished, LLMBackendError
 from pipeline.models import ModelNotFoundError
 from pipeline.rundir import (
     CONFIG_RESOLVED,
+    DiskFullError,
     ManifestError,
     RunDir,
     RunLockedError,
     StageInputError,
     atomic_write_text,
     is_main_process,
+    reporting_full_disk,
 )
+
+logger = logging.getLogger(__name__)
 
 StageMain = Callable[[RagtuneConfig, RunDir, bool], Any]
 # The stages whose outputs each stage reads through the manifest: checked before its heavy imports.
@@ -40,6 +45,7 @@ UPSTREAM = {
 }
 FOLDER_SOURCES = ("docs", "beir")  # data.<key> is a folder; data.questions and data.llamaindex_dataset are files
 INTERRUPTED_EXIT = 130  # what a shell reports for Ctrl-C
+BROKEN_PIPE_EXIT = 141  # what a shell reports for a command whose reader went away (`cat FILE | head -1`)
 
 
 class RunInterrupted(RuntimeError):
@@ -169,6 +175,7 @@ def open_run(config: str, overrides: list[str], stage: str | None = None) -> Ite
 
 USER_ERRORS = (
     ConfigError,
+    DiskFullError,
     StageInputError,
     RunLockedError,
     ManifestError,
@@ -180,16 +187,39 @@ USER_ERRORS = (
 
 
 def call_stage(stage: str, main: StageMain, cfg: RagtuneConfig, run: RunDir, force: bool) -> Any:
-    """Run a stage's ``main``; a failure is recorded in the manifest (earlier outputs stay) and re-raised."""
+    """Run a stage's ``main``; a failure is recorded in the manifest (earlier outputs stay) and re-raised.
+
+    While it runs, the stage is noted as started (:meth:`RunDir.mark_started`), so ``ragtune status`` says it
+    runs, and once its process is killed, that it was interrupted. A full disk is re-raised as
+    :class:`DiskFullError` (one line naming the path); when the manifest cannot record the failure for want of
+    space either, it keeps its last good version and a warning says so.
+    """
+    run.mark_started(stage)
     try:
-        return main(cfg, run, force)
+        with reporting_full_disk(run.root):
+            return main(cfg, run, force)
     except DryRunFinished:
         raise
     except BaseException as e:
-        run.mark_failed(
-            stage, "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-        )
+        error = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        try:
+            run.mark_failed(stage, error)
+        except DiskFullError as unrecorded:
+            logger.warning("the %s stage's failure is not recorded in the manifest: %s", stage, unrecorded)
         raise
+    finally:
+        with contextlib.suppress(DiskFullError):  # the manifest says the stage ended, or failed, after this start
+            run.clear_started(stage)
+
+
+def exit_quietly_on_closed_pipe() -> NoReturn:
+    """Stop without a traceback when stdout's reader went away (``ragtune status RUN | head -1``).
+
+    stdout is pointed at /dev/null first, so that Python's own flush at exit does not fail a second time.
+    """
+    with contextlib.suppress(OSError, ValueError):  # io.UnsupportedOperation (no file descriptor) is both
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(BROKEN_PIPE_EXIT)
 
 
 def run_stage(stage: str, main: StageMain, description: str, argv: list[str] | None = None) -> None:
@@ -201,6 +231,9 @@ def run_stage(stage: str, main: StageMain, description: str, argv: list[str] | N
     try:
         with open_run(args.config, args.overrides, stage) as (cfg, run):
             call_stage(stage, main, cfg, run, args.force)
+        sys.stdout.flush()  # a reader gone from the pipe shows here, not in Python's flush at exit
+    except BrokenPipeError:
+        exit_quietly_on_closed_pipe()
     except DryRunFinished as e:
         print(e)
     except USER_ERRORS as e:

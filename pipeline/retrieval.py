@@ -22,7 +22,7 @@ import torch
 
 from pipeline.models import resolve_model
 from pipeline.ranking import fuse_scores, mean_metrics, per_query_metrics
-from pipeline.rundir import hash_path, is_main_process
+from pipeline.rundir import atomic_file, hash_path, is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -179,10 +179,8 @@ class DenseRetriever:
         if not is_main_process():
             return None
         cache = embedding_cache_file(cache_dir, model_path, self.corpus)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save(self.embeddings, tmp)
-        tmp.replace(cache)
+        with atomic_file(cache) as tmp:
+            torch.save(self.embeddings, tmp)
         return cache
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import fcntl
 import hashlib
 import json
@@ -95,6 +96,7 @@ EVAL_HTML = "eval/report.html"
 EVAL_JUDGE_CACHE = "eval/cache"  # the judge's per-item LLM cache
 
 LOCK_FILE = ".lock"
+STARTED_FILE = ".started.json"  # the stages started and not yet ended: stage -> the PID and time it started
 # What `ragtune status` shows per stage: the few metrics that say whether it worked.
 HEADLINE_METRICS = {
     "data": ("documents", "chunks", "human_train", "human_eval", "synthetic_train", "synthetic_eval"),
@@ -117,6 +119,97 @@ class RunLockedError(RuntimeError):
 
 class ManifestError(RuntimeError):
     """The manifest and its previous version are both unreadable; the message names the file and what to do."""
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+NEARLY_FULL_BYTES = 1 << 20  # a RuntimeError while the disk has less than this free is taken for a full disk
+
+
+def format_bytes(size: int) -> str:
+    """A size in bytes as people read it (binary units).
+
+    Example:
+        >>> format_bytes(0), format_bytes(1536), format_bytes(5 * 2**30)
+        ('0 B', '1.5 KiB', '5.0 GiB')
+    """
+    value, unit = float(size), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free space, for an ordinary user, on the disk of ``path`` or of its nearest existing parent (None: unknown)."""
+    folder = next((p for p in (path, *path.parents) if p.exists()), None)
+    try:
+        return shutil.disk_usage(folder).free if folder is not None else None
+    except OSError:
+        return None
+
+
+def is_disk_full(error: BaseException, path: Path) -> bool:
+    """Whether ``error``, raised while writing at ``path``, comes from a full disk (or a full quota).
+
+    Python raises ``OSError`` ENOSPC/EDQUOT; safetensors raises its own error, which quotes the OS's words
+    (``No space left on device (os error 28)``); torch's writer raises a plain ``RuntimeError`` that says only
+    ``file write failed`` or ``unexpected pos``, so a plain ``RuntimeError`` (not one of ragtune's subclasses)
+    while the disk of ``path`` holds less than 1 MiB free counts too. A :class:`DiskFullError` is already
+    reported, and not an error to convert.
+    """
+    if isinstance(error, DiskFullError) or not isinstance(error, Exception):
+        return False
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(os.strerror(number) in str(cause) for number in DISK_FULL_ERRNOS):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    free = free_bytes(path) if type(error) is RuntimeError else None
+    return free is not None and free < NEARLY_FULL_BYTES
+
+
+class DiskFullError(RuntimeError):
+    """The disk filled up while writing ``path``; the message names it, the space free there and, when known,
+    the space the write needed (``at_least``: only what was written before the disk filled)."""
+
+    def __init__(self, path: Path, needed: int | None = None, *, at_least: bool = False) -> None:
+        free = free_bytes(path)
+        sizes = [f"{'more than ' if at_least else ''}{format_bytes(needed)} needed"] if needed else []
+        sizes.append(f"{format_bytes(free)} free there" if free is not None else "free space unknown")
+        super().__init__(
+            f"no space left on device writing {path} ({', '.join(sizes)}): free some space and rerun the same "
+            "command; finished stages and their files are kept"
+        )
+        self.path = path
+
+
+@contextlib.contextmanager
+def reporting_full_disk(path: Path, size: int | None = None) -> Iterator[None]:
+    """Turn a full disk while writing at ``path`` into a :class:`DiskFullError` naming it (or the file the OS named).
+
+    Args:
+        path: the file or folder being written.
+        size: the bytes the write needs, when known.
+    """
+    try:
+        yield
+    except Exception as e:
+        if not is_disk_full(e, path):
+            raise
+        named = Path(os.fsdecode(e.filename)) if isinstance(e, OSError) and e.filename else path
+        raise DiskFullError(named, size) from e
+
+
+def _size_written(path: Path | None) -> int:
+    """Bytes in a file, or in the files of a folder (0 when it is gone)."""
+    if path is None or not path.exists():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def input_key(stage: str, output: str) -> str:
@@ -153,12 +246,13 @@ def set_default_mode(path: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
+def atomic_file(path: Path, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary file beside ``path`` to write; on success it replaces ``path``, on error it is removed.
 
     The one temp-then-rename of the project's files: :func:`atomic_write_text` and :func:`atomic_save_figure`
     write through it. The file gets the mode ``open`` would give it, and a killed write leaves only a
-    ``.<name>.<random>.tmp`` that :func:`clean_orphans` removes.
+    ``.<name>.<random>.tmp`` that :func:`clean_orphans` removes. A full disk raises :class:`DiskFullError`
+    naming ``path`` and ``size`` (the bytes it needs, when the caller knows them), after the removal.
 
     Example:
         >>> target = Path(tempfile.mkdtemp()) / "notes.txt"
@@ -167,23 +261,29 @@ def atomic_file(path: Path) -> Iterator[Path]:
         >>> target.read_text(), [p.name for p in target.parent.iterdir()]
         ('done', ['notes.txt'])
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
         set_default_mode(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        full, written = is_disk_full(e, path.parent), _size_written(tmp)  # before the removal frees the space
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if full:
+            raise DiskFullError(path, size or written, at_least=size is None) from e
         raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through :func:`atomic_file`, synced to disk before the rename."""
-    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
+    """Write ``text`` to ``path`` through :func:`atomic_file` (as UTF-8), synced to disk before the rename."""
+    data = text.encode("utf-8")
+    with atomic_file(path, len(data)) as tmp, tmp.open("wb") as fh:
+        fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -220,6 +320,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temp folder beside ``path``; on success it replaces ``path`` whole, on error it is removed.
 
+    A full disk raises :class:`DiskFullError` naming ``path`` and what was written before the disk filled.
+
     Example:
         >>> target = Path(tempfile.mkdtemp()) / "model"
         >>> with atomic_dir(target) as tmp:
@@ -227,10 +329,11 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         >>> [p.name for p in target.iterdir()], [p.name for p in target.parent.iterdir()]
         (['weights.bin'], ['model'])
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    set_default_mode(tmp)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        set_default_mode(tmp)
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -240,8 +343,13 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        full, written = is_disk_full(e, path.parent), _size_written(tmp)  # before the removal frees the space
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise DiskFullError(path, written, at_least=True) from e
+        raise
 
 
 def hash_path(path: Path) -> str:
@@ -267,6 +375,22 @@ def package_versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
     return versions
+
+
+@dataclass(frozen=True)
+class StageStart:
+    """A stage that a process started and has not yet ended (:meth:`RunDir.mark_started`)."""
+
+    pid: int
+    at: float
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """The process a run directory's lock file names: ``alive`` while it holds the lock, else the lock is stale."""
+
+    pid: int
+    alive: bool
 
 
 @dataclass
@@ -318,8 +442,11 @@ class RunDir:
         if not is_main_process():
             yield
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / LOCK_FILE).open("a+", encoding="utf-8") as fh:
+        lock_path = self.root / LOCK_FILE
+        with reporting_full_disk(lock_path):
+            self.root.mkdir(parents=True, exist_ok=True)
+            fh = lock_path.open("a+", encoding="utf-8")
+        with fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -332,18 +459,72 @@ class RunDir:
             fh.seek(0)
             if stale := fh.read().strip():
                 logger.warning("%s: taking over a stale lock of PID %s, which is no longer running", self.root, stale)
-            fh.seek(0)
-            fh.truncate()
-            fh.write(str(os.getpid()))
-            fh.flush()
+            with reporting_full_disk(lock_path):
+                _write_holder(fh.fileno(), str(os.getpid()))
             try:
                 clean_orphans(self.root)
                 yield
             finally:
-                fh.seek(0)
-                fh.truncate()  # empty: released cleanly
-                fh.flush()
+                _write_holder(fh.fileno(), "")  # empty: released cleanly
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def lock_holder(self) -> LockHolder | None:
+        """The process the lock file names, and whether it still holds the lock; None when it was released cleanly.
+
+        A process killed while holding it (``kill -9``) leaves its PID in the file: the kernel released the
+        ``flock``, so that holder is not ``alive``. Alive means both: the PID runs, and the lock cannot be shared.
+        """
+        path = self.root / LOCK_FILE
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        if not text.isdigit():
+            return None
+        pid = int(text)
+        return LockHolder(pid, _process_runs(pid) and _lock_is_held(path))
+
+    def check_is_run(self) -> None:
+        """Refuse a path that is not a run directory (``ragtune status`` on a mistyped path).
+
+        Raises:
+            StageInputError: naming the path and what a run directory holds.
+        """
+        if not self.root.is_dir():
+            raise StageInputError(f"{self.root}: no such run directory")
+        if not (self.path(CONFIG_RESOLVED).exists() or self.manifest_path.exists()):
+            raise StageInputError(
+                f"{self.root} is not a ragtune run (it holds no {CONFIG_RESOLVED} or {self.manifest_path.name}): "
+                "give a run directory, <run.root>/<run.name>"
+            )
+
+    # -- stages started and not ended -------------------------------------------------------------
+    def started_stages(self) -> dict[str, StageStart]:
+        """The stages a process started and has not ended (:meth:`mark_started`); a killed one stays here."""
+        try:
+            raw = json.loads(self.path(STARTED_FILE).read_text(encoding="utf-8"))
+            return {stage: StageStart(int(s["pid"]), float(s["at"])) for stage, s in raw.items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            logger.warning("%s is unreadable; ignoring it", self.path(STARTED_FILE))
+            return {}
+
+    def mark_started(self, stage: str) -> None:
+        """Note that this process started ``stage`` (main process only), so ``ragtune status`` can say it runs."""
+        if is_main_process():
+            self._save_started(self.started_stages() | {stage: StageStart(os.getpid(), time.time())})
+
+    def clear_started(self, stage: str) -> None:
+        """Remove the note of :meth:`mark_started`: the stage ended, finished or failed (main process only)."""
+        if is_main_process():
+            self._save_started({k: v for k, v in self.started_stages().items() if k != stage})
+
+    def _save_started(self, started: dict[str, StageStart]) -> None:
+        if started:
+            atomic_write_text(self.path(STARTED_FILE), json.dumps({k: v.__dict__ for k, v in started.items()}) + "\n")
+        else:
+            self.path(STARTED_FILE).unlink(missing_ok=True)  # needs no space: works on a full disk
 
     # -- manifest -------------------------------------------------------------------------------
     def load_manifest(self) -> dict[str, StageRecord]:
@@ -507,6 +688,34 @@ class RunDir:
         )
 
 
+def _process_runs(pid: int) -> bool:
+    """Whether a process with this PID exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lock_is_held(path: Path) -> bool:
+    """Whether some process holds the ``flock`` on ``path``: a shared lock cannot be had (it is let go at once)."""
+    with path.open("rb") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
+def _write_holder(fd: int, holder: str) -> None:
+    """Replace the lock file's text unbuffered, so a full disk fails here and not again when the file closes."""
+    os.ftruncate(fd, 0)
+    os.write(fd, holder.encode())
+
+
 def _config_value(tree: dict[str, Any], path: str, exclude: Sequence[str]) -> Any:
     """The value at dotted ``path`` of a dumped config, less the dotted paths of ``exclude`` below it."""
     value: Any = tree
@@ -587,15 +796,82 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
+def stage_states(
+    stages: Mapping[str, StageRecord], started: Mapping[str, StageStart], holder: LockHolder | None
+) -> dict[str, str]:
+    """What became of each stage a process started and did not note as ended: ``running`` while that process
+    holds the run directory, else ``interrupted`` (killed: a stale lock, or a start with no end recorded).
+
+    A stage whose manifest entry ended or failed after the start is left out: it ended, and only the note's
+    removal was cut short.
+
+    Example:
+        >>> started = {"embed": StageStart(pid=7, at=100.0), "rerank": StageStart(pid=5, at=50.0)}
+        >>> stage_states({}, started, LockHolder(pid=7, alive=True))
+        {'embed': 'running', 'rerank': 'interrupted'}
+        >>> stage_states({}, started, LockHolder(pid=7, alive=False))
+        {'embed': 'interrupted', 'rerank': 'interrupted'}
+    """
+    states = {}
+    for stage, start in started.items():
+        rec = stages.get(stage)
+        if rec is not None and max(rec.ended, (rec.failure or {}).get("at", 0.0)) >= start.at:
+            continue
+        states[stage] = "running" if holder is not None and holder.alive and holder.pid == start.pid else "interrupted"
+    return states
+
+
+def _clock(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def _unfinished_row(name: str, rec: StageRecord | None, state: str, start: StageStart) -> tuple[str, ...]:
+    """A status row for a stage running now or interrupted; a finished record it reruns keeps its outputs."""
+    done = rec is not None and rec.status == "done"
+    if state == "running":
+        detail, elapsed = f"PID {start.pid} since {_clock(start.at)}", _duration(time.time() - start.at)
+    else:
+        detail, elapsed = f"started {_clock(start.at)} by PID {start.pid}, which is gone (killed?): rerun it", ""
+    return (
+        name,
+        f"done (rerun {state})" if done else state,
+        rec.config_hash[:8] if rec else "",
+        elapsed,
+        ", ".join(rec.outputs) if done else "",
+        detail,
+    )
+
+
+def _holder_note(holder: LockHolder | None, started: Mapping[str, StageStart], states: Mapping[str, str]) -> list[str]:
+    """A line on a lock holder that no row names: a live one outside any stage, or one killed outside any stage.
+
+    This process holding the lock (``ragtune run`` ending with the table) is no news.
+    """
+    if holder is None or holder.pid == os.getpid() or any(started[s].pid == holder.pid for s in states):
+        return []
+    if holder.alive:
+        return [f"in use by PID {holder.pid}, outside any stage (between stages, or ragtune query)"]
+    return [f"PID {holder.pid} was killed while it held the run, outside any stage; the next command takes over"]
+
+
 def format_status(run: RunDir) -> str:
-    """The manifest as a plain-text table (``ragtune status RUN``; ``ragtune run`` ends with it)."""
-    stages = run.load_manifest()
-    if not stages:
-        return f"{run.root}: no stage has run yet"
+    """The manifest as a plain-text table (``ragtune status RUN``; ``ragtune run`` ends with it).
+
+    A stage running now (its process holds the run directory) or interrupted (its process is gone and never
+    recorded an end) has a row saying so, with the PID and the start time.
+    """
+    stages, started, holder = run.load_manifest(), run.started_stages(), run.lock_holder()
+    states = stage_states(stages, started, holder)
+    notes = _holder_note(holder, started, states)
+    if not stages and not states:
+        return "\n".join([f"{run.root}: no stage has run yet", *notes])
     header = ("stage", "status", "config", "time", "outputs", "metrics")
     rows = [header]
-    for name in sorted(stages, key=_stage_rank):
-        rec = stages[name]
+    for name in sorted(set(stages) | set(states), key=_stage_rank):
+        rec = stages.get(name)
+        if name in states:
+            rows.append(_unfinished_row(name, rec, states[name], started[name]))
+            continue
         metrics = headline_metrics(name, rec.metrics)
         if rec.failure:
             metrics = f"last run failed: {rec.failure['error']}"
@@ -610,4 +886,5 @@ def format_status(run: RunDir) -> str:
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    table = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(table + notes)

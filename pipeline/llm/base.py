@@ -20,7 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pipeline.config import LLMConfig
-from pipeline.rundir import is_main_process
+from pipeline.rundir import is_main_process, reporting_full_disk
 
 logger = logging.getLogger(__name__)
 
@@ -173,8 +173,8 @@ class ResponseCache:
             "final": final,
         }
         line = json.dumps(row, ensure_ascii=False) + "\n"
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(line)
+        with reporting_full_disk(self.path, len(line.encode())), self.path.open("a", encoding="utf-8") as fh:
+            fh.write(line)  # a torn line left by a full disk is cut off on the next open
             fh.flush()
             os.fsync(fh.fileno())
 

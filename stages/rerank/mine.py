@@ -44,6 +44,7 @@ from pipeline.rundir import (
     EMBEDDING_CACHE,
     RERANK_NEGATIVES,
     RunDir,
+    atomic_file,
     atomic_save_figure,
     atomic_write_jsonl,
     atomic_write_text,
@@ -109,8 +110,8 @@ def seed_library_cache(
     key = repr((model.model_card_data.base_model or "", None, None, list(first))).encode()
     target = folder / f"corpus_embeddings_{hashlib.sha256(key, usedforsecurity=False).hexdigest()}.npy"
     if not target.exists() and is_main_process():
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(target, embeddings[list(first.values())].numpy())
+        with atomic_file(target) as tmp, tmp.open("wb") as fh:  # a file handle: np.save would add ".npy" to a name
+            np.save(fh, embeddings[list(first.values())].numpy())
     return target
 
 

@@ -105,6 +105,61 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_config(broken)
 
 
+TINY = Path(__file__).parents[2] / "configs" / "tiny.yaml"
+
+
+def test_a_section_written_twice_is_refused_naming_it_and_both_lines(tmp_path: Path) -> None:
+    lines = TINY.read_text().splitlines()
+    first = 1 + next(i for i, line in enumerate(lines) if line.startswith("embed:"))
+    config = tmp_path / "twice.yaml"
+    config.write_text("\n".join([*lines, "embed:", "  batch_size: 64", ""]))
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert str(err.value) == (
+        f"config {config}: key 'embed' appears twice, at lines {first} and {len(lines) + 1} "
+        "(the second would silently replace the first); keep one"
+    )
+
+
+def test_a_key_written_twice_inside_a_section_is_refused_by_its_dotted_path(tmp_path: Path) -> None:
+    config = tmp_path / "twice.yaml"
+    nested = "embed:\n  epochs: 1\n  trainer:\n    warmup_ratio: 0.1\n    warmup_ratio: 0.2\n"
+    config.write_text(TINY.read_text().replace("embed:\n  epochs: 1\n", nested))
+    with pytest.raises(ConfigError, match=r"key 'embed.trainer.warmup_ratio' appears twice, at lines 21 and 22 "):
+        load_config(config)
+
+
+def test_keys_beside_a_yaml_merge_override_it_without_counting_as_duplicates(tmp_path: Path) -> None:
+    config = tmp_path / "merge.yaml"
+    config.write_text(TINY.read_text().replace("embed:\n", "embed:\n  <<: {learning_rate: 0.5, epochs: 7}\n"))
+    cfg = load_config(config)
+    assert (cfg.embed.learning_rate, cfg.embed.epochs) == (0.5, 1.0)  # the key written beside the merge wins
+
+
+def test_an_unusable_config_file_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("run:\n  name: caf\xe9\n".encode("latin-1"))
+    expected = {
+        folder: f"config {folder} is a folder, not a YAML file",
+        latin1: f"config {latin1} is not UTF-8 text (byte 0xe9 at offset 16); save it as UTF-8",
+        tmp_path / "missing.yaml": f"config file not found: {tmp_path / 'missing.yaml'}",
+    }
+    for path, message in expected.items():
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert str(err.value) == message
+
+    def denied(self: Path, *args, **kwargs) -> str:
+        raise PermissionError(13, "Permission denied", str(self))  # the tests run as root, where chmod 000 does not
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY)
+    assert str(err.value) == f"config {TINY} cannot be read (Permission denied)"
+
+
 def test_config_reference_doc_is_up_to_date() -> None:
     import subprocess
     import sys

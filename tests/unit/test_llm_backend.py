@@ -1,5 +1,6 @@
 """LLM backend: cache and resume (kill -9), concurrency, rate limit, budget, dry run, the three providers."""
 
+import errno
 import functools
 import json
 import os
@@ -13,6 +14,7 @@ from fakes.openai_server import FakeOpenAIServer, prompt_hash
 
 from pipeline.config import LLMConfig
 from pipeline.llm import CACHE_FILE, LLMBackendError, ResponseCache, make_backend, openai_compatible
+from pipeline.rundir import DiskFullError
 
 KEY_ENV = "RAGTUNE_TEST_LLM_KEY"
 
@@ -156,6 +158,21 @@ def test_torn_last_cache_line_is_dropped(tmp_path):
     assert reloaded.entries == {"k1": "one"}
     reloaded.append("k3", "three", 1, 1, provider="openai")
     assert ResponseCache(tmp_path / CACHE_FILE).entries == {"k1": "one", "k3": "three"}
+
+
+def test_a_full_disk_while_caching_a_call_is_one_error_naming_the_cache_file(tmp_path, monkeypatch):
+    cache = ResponseCache(tmp_path / CACHE_FILE)
+    cache.append("k1", "one", 1, 1, provider="openai")
+
+    def no_space(fd):  # a full disk shows at the latest when the line is synced
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    line = json.dumps({"key": "k2", "text": "two", "prompt_tokens": 1, "completion_tokens": 1, "provider": "openai",
+                       "final": True}) + "\n"  # fmt: skip
+    needed = rf"\({len(line)} B needed, .* free there\)"
+    with pytest.raises(DiskFullError, match=rf"no space left on device writing {tmp_path / CACHE_FILE} {needed}"):
+        cache.append("k2", "two", 1, 1, provider="openai")
 
 
 def test_local_provider_batched_left_padded_greedy(tiny_llama_dir, tmp_path):

@@ -1,14 +1,21 @@
+import errno
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from safetensors import SafetensorError
 
 from pipeline.config import load_config
 from pipeline.rundir import (
+    STARTED_FILE,
+    DiskFullError,
+    LockHolder,
     ManifestError,
     RunDir,
     RunLockedError,
@@ -17,6 +24,7 @@ from pipeline.rundir import (
     atomic_write_text,
     format_status,
     hash_path,
+    is_disk_full,
 )
 
 
@@ -256,3 +264,110 @@ def test_freshness_reads_upstream_hashes_from_the_manifest(tmp_path: Path) -> No
     (run.root / "data" / "queries.jsonl").write_text('{"changed": 1}\n')
     run.record("data", config_hash="h", inputs={}, outputs={"queries": "data/queries.jsonl"}, started=0.0)
     assert run.freshness(cfg, ("embed",), {"data": ("queries",)})[0] != config_hash
+
+
+def _no_space(*args) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write on a full disk raises it: no file name
+
+
+def test_a_full_disk_while_writing_a_file_names_it_and_the_space_needed_and_keeps_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "data" / "corpus.jsonl"
+    atomic_write_text(target, "last good\n")
+    monkeypatch.setattr(os, "fsync", _no_space)
+    with pytest.raises(DiskFullError) as err:
+        atomic_write_text(target, "x" * 3000)
+    assert re.fullmatch(
+        rf"no space left on device writing {re.escape(str(target))} \(2.9 KiB needed, [\d.]+ [KMGT]?i?B free there\): "
+        "free some space and rerun the same command; finished stages and their files are kept",
+        str(err.value),
+    )  # the free space is the disk's own, which other processes change
+    assert target.read_text() == "last good\n" and [p.name for p in target.parent.iterdir()] == ["corpus.jsonl"]
+
+
+def test_a_full_disk_while_saving_a_model_names_its_folder_and_keeps_the_last_one(tmp_path: Path) -> None:
+    target = tmp_path / "embed" / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("last good")
+    full = pytest.raises(DiskFullError, match=rf"writing {target} \(more than 2.0 KiB needed, .* free there\)")
+    with full, atomic_dir(target) as tmp:
+        (tmp / "config.json").write_bytes(b"0" * 2048)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert (target / "weights").read_text() == "last good"
+    assert [p.name for p in target.parent.iterdir()] == ["model"]
+
+
+def test_torch_s_wordless_write_error_counts_as_a_full_disk_only_when_the_disk_is_nearly_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    assert not is_disk_full(torch_error, tmp_path)  # plenty of space: some other fault, shown as it is
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 4096))
+    assert is_disk_full(torch_error, tmp_path)
+    assert not is_disk_full(StageInputError("run `ragtune data CONFIG` first"), tmp_path)  # ragtune's own
+    assert not is_disk_full(ValueError("bad line"), tmp_path)
+    with pytest.raises(DiskFullError, match=r"\(4.0 KiB free there\)"), atomic_dir(tmp_path / "m"):
+        raise torch_error
+
+
+def test_a_full_disk_while_taking_the_lock_names_the_lock_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = RunDir(tmp_path / "r")
+    monkeypatch.setattr(os, "write", _no_space)
+    with pytest.raises(DiskFullError, match=rf"writing {run.root / '.lock'} "), run.lock():
+        pass
+
+
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+
+
+def test_a_stage_whose_process_is_gone_before_it_ended_shows_as_interrupted_until_it_ends(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    _finish(run, "data", "data/corpus.jsonl", "x\n")
+    dead = _dead_pid()
+    atomic_write_text(run.path(STARTED_FILE), json.dumps({"embed": {"pid": dead, "at": time.time()}}))
+    (run.root / ".lock").write_text(str(dead))  # killed while it held the run: the lock is stale
+    assert run.lock_holder() == LockHolder(dead, alive=False)
+    rows = format_status(run).splitlines()
+    assert rows[2].split()[:2] == ["embed", "interrupted"]
+    assert rows[2].endswith(f"by PID {dead}, which is gone (killed?): rerun it") and len(rows) == 3
+
+    with run.lock():  # the rerun takes the stale lock over and ends: its record is newer than the start
+        _finish(run, "embed", "embed/metrics.json", "{}")
+    assert [row.split()[:2] for row in format_status(run).splitlines()[1:]] == [["data", "done"], ["embed", "done"]]
+
+
+def test_a_stage_marks_itself_started_until_it_ends_however_it_ends(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    run.mark_started("embed")
+    run.mark_started("rerank")
+    assert set(run.started_stages()) == {"embed", "rerank"} and run.started_stages()["embed"].pid == os.getpid()
+    run.clear_started("embed")
+    assert set(run.started_stages()) == {"rerank"}
+    run.clear_started("rerank")
+    assert not run.path(STARTED_FILE).exists()
+
+
+def test_a_process_killed_while_holding_the_run_outside_any_stage_is_a_note(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    run.root.mkdir()
+    dead = _dead_pid()
+    (run.root / ".lock").write_text(str(dead))
+    assert format_status(run).splitlines() == [
+        f"{run.root}: no stage has run yet",
+        f"PID {dead} was killed while it held the run, outside any stage; the next command takes over",
+    ]
+    with run.lock():
+        assert run.lock_holder() == LockHolder(os.getpid(), alive=True)
+        assert format_status(run) == f"{run.root}: no stage has run yet"  # this process's own lock is no news
+    assert run.lock_holder() is None
+
+
+def test_only_a_run_directory_is_a_run(tmp_path: Path) -> None:
+    with pytest.raises(StageInputError, match=rf"^{tmp_path / 'nowhere'}: no such run directory$"):
+        RunDir(tmp_path / "nowhere").check_is_run()
+    with pytest.raises(StageInputError, match=r"is not a ragtune run \(it holds no config.resolved.yaml or manifest"):
+        RunDir(tmp_path).check_is_run()
+    _finish(RunDir(tmp_path / "r"), "data", "data/corpus.jsonl", "x\n")
+    RunDir(tmp_path / "r").check_is_run()
