@@ -162,13 +162,13 @@ def served_rankings(config: Path, overrides: list[str], texts: list[str]) -> tup
     run = RunDir(Path(cfg.run.root) / cfg.run.name)
     corpus = read_jsonl(run.require("data", "corpus")["corpus"])
     served = resolve_auto(cfg.assemble, run, cfg.gpl.enabled)
-    plain = cfg.assemble.model_copy(update={"reranker": "none", "top_k": DEPTH, "hybrid_depth": DEPTH})
+    plain = cfg.assemble.model_copy(update={"reranker": "none", "top_k": DEPTH})  # hybrid at the served depth
     choices = {
         "base dense": plain.model_copy(update={"embedder": "base", "retrieval": "dense"}),
         "base hybrid": plain.model_copy(update={"embedder": "base", "retrieval": "hybrid"}),
         "tuned dense": plain.model_copy(update={"embedder": "tuned", "retrieval": "dense"}),
         "tuned hybrid": plain.model_copy(update={"embedder": "tuned", "retrieval": "hybrid"}),
-        "served": served.model_copy(update={"hybrid_depth": max(served.hybrid_depth, DEPTH)}),
+        "served": served,
     }
     components = {name: resolve_components(cfg, run, c, need_generator=False) for name, c in choices.items()}
     rankings, _ = rank_configurations(
@@ -180,7 +180,7 @@ def served_rankings(config: Path, overrides: list[str], texts: list[str]) -> tup
     own = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
     gate = {
         "served": served.model_dump(include={"embedder", "reranker", "retrieval"}),
-        "own_eval": {name: m.get("ndcg@10") for name, m in (own.get("metrics") or {}).items()},
+        "own_eval": {name: c["metrics"].get("ndcg@10") for name, c in (own.get("configurations") or {}).items()},
     }
     return out, {c["id"]: c["doc_id"] for c in corpus}, gate
 
