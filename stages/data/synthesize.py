@@ -32,7 +32,7 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import SynthConfig
+from pipeline.config import LLMConfig, SynthConfig
 from pipeline.dev_slice import CHOSEN_BY_BASE
 from pipeline.llm import make_backend
 from stages.data.query_filters import (
@@ -54,6 +54,19 @@ from stages.data.query_generation import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def query_writer(llm: LLMConfig) -> str:
+    """Who wrote a synthetic query (its ``written_by``): ``provider:model``, or ``extractive`` (no LLM).
+
+    A judge that is the writer's own model cannot grade its queries fairly (the query-likelihood reranker's dev
+    slice leaves them out: :func:`stages.rerank.mine.rerank_dev_split`).
+
+    Example:
+        >>> query_writer(LLMConfig(provider="local", model="bundled:smollm2-135m-instruct"))
+        'local:bundled:smollm2-135m-instruct'
+    """
+    return "extractive" if llm.provider == "extractive" else f"{llm.provider}:{llm.model}"
 
 
 def qid_for(chunk_id: str, text: str) -> str:
@@ -121,6 +134,7 @@ def synthesize_queries(
         return "\n".join(f"{i + 1}. {keyword_query(passage, idf, rank=i)}" for i in range(n))
 
     backend = make_backend(cfg.llm, cache_dir, extractor=extractor)
+    writer = query_writer(cfg.llm)
     recipe_name = synthesis_recipe(cfg)
     recipe = recipe_name.startswith("greedy")
     filters = CandidateFilters(cfg, cfg.examples or BUILTIN_EXAMPLES, require_question=recipe)
@@ -164,6 +178,7 @@ def synthesize_queries(
                 "doc_ids": [chunk["doc_id"]],
                 "answer": None,
                 "round_trip": round_trip_name(cfg, chunk["id"] in held_out_chunks),
+                "written_by": writer,
             }
         )
     # 5. Report

@@ -55,7 +55,7 @@ from stages.rerank.curve import (
     dev_candidates,
     plot_learning_curve,
 )
-from stages.rerank.mine import rerank_dev_queries, run_mining
+from stages.rerank.mine import rerank_dev_split, run_mining
 from stages.rerank.model import HEAD_PARAMETERS, build_cross_encoder, default_learning_rate
 from stages.rerank.warm_start import distillation_columns
 
@@ -276,8 +276,10 @@ def choose_weight(cfg: RerankConfig, dev: DevCandidates | None, cross_encoder: C
         return float(cfg.fusion_weight), {"fusion_weight_source": "rerank.fusion_weight"}
     if dev is None:
         logger.warning(
-            "rerank: no dev slice (rerank.dev_fraction=%s gave fewer than %d queries): the reranker cannot be "
-            "measured, so it gets weight 0 (the retriever's order); set rerank.dev_fraction to measure it",
+            "rerank: no dev slice (rerank.dev_fraction=%s gave fewer than %d queries, not counting synthetic ones "
+            "a query-likelihood reranker's own LM wrote): the reranker cannot be measured, so it gets weight 0 (the "
+            "retriever's order); human questions (data.questions) or synth.llm another model than "
+            "rerank.query_likelihood.generator let it be measured",
             cfg.dev_fraction,
             DEV_MIN_QUERIES,
         )
@@ -481,7 +483,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     corpus = read_jsonl(data["corpus"])
     corpus_by_id = {c["id"]: c for c in corpus}
     queries = read_jsonl(data["queries"])
-    dev_queries = rerank_dev_queries(cfg, queries)  # never mined, never trained on: they choose the fusion weight
+    dev_queries = rerank_dev_split(cfg, queries)[0]  # never mined, never trained on: they choose the fusion weight
 
     # 3. Fix the dev slice's candidates: they draw the learning curve and choose the fusion weight.
     with args.main_process_first(desc="encoding the corpus with the tuned embedder"):

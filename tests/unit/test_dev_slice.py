@@ -65,3 +65,30 @@ def test_queries_the_base_embedder_chose_never_judge_on_the_dev_slice() -> None:
     dev_docs = {d for q in dev for d in q["doc_ids"]}
     assert not any(set(q["doc_ids"]) & dev_docs for q in train)  # nor are they trained on
     assert len(train) == 20
+
+
+def test_a_query_likelihood_reranker_is_not_judged_on_the_queries_its_own_lm_wrote() -> None:
+    from pipeline.config import RagtuneConfig
+    from stages.rerank.mine import rerank_dev_split
+
+    lm = "local:bundled:smollm2-135m-instruct"
+    rows = [
+        {
+            "qid": f"s{i}",
+            "split": "train",
+            "positives": [f"c{i}"],
+            "doc_ids": [f"d{i}"],
+            "origin": "synthetic",
+            "written_by": lm if i % 2 else "openai:other",
+            "round_trip": "bm25",
+        }
+        for i in range(60)
+    ]
+    rows = assign_dev_ranks(rows, 0)
+    cfg = RagtuneConfig(run={"name": "x"}, data={"docs": "d"}, rerank={"dev_fraction": 0.5})
+    dev, kept_out = rerank_dev_split(cfg, rows)
+    assert dev and all(q["written_by"] != lm for q in dev)
+    assert {q["qid"] for q in dev} < kept_out  # the LM's own dev queries are not judged on, nor trained on
+    assert len(kept_out) == len(split_dev_queries(rows, 0.5, min_queries=1)[1])
+    cross = RagtuneConfig(run={"name": "x"}, data={"docs": "d"}, rerank={"dev_fraction": 0.5, "kind": "cross_encoder"})
+    assert len(rerank_dev_split(cross, rows)[0]) == len(kept_out)  # a cross-encoder wrote nothing: all judge
