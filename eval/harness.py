@@ -40,6 +40,7 @@ from eval.probes import probe_similarities
 from eval.rankings import Ranking, rank_configurations
 from pipeline.components import tuned_embedder_path
 from pipeline.config import RagtuneConfig
+from pipeline.dev_slice import written_by_the_scorer
 from pipeline.entry import run_stage
 from pipeline.models import resolve_model
 from pipeline.precision import inference_dtype
@@ -238,7 +239,15 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         "verdicts": verdicts(deltas, verdict_metrics),
         "baseline_recall": baseline_recall,
         "fine_tune_note": report_io.fine_tune_call(baseline_recall, origins, cfg.eval.min_queries),
-        "warnings": [w for w in (held.warning, report_io.optimistic_warning(origins)) if w],
+        "warnings": [
+            w
+            for w in (
+                held.warning,
+                report_io.optimistic_warning(origins),
+                report_io.circular_reranker_warning(origins, any(written_by_the_scorer(q, cfg) for q in queries)),
+            )
+            if w
+        ],
         "probes": probes,
         "promotion": promotion_report(run, cfg.gpl.enabled),
         "dev_slice": dev_slice_origin(run),

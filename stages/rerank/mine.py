@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import MiningConfig, RagtuneConfig
-from pipeline.dev_slice import DEV_MIN_QUERIES, split_dev_queries
+from pipeline.dev_slice import DEV_MIN_QUERIES, split_dev_queries, written_by_the_scorer
 from pipeline.entry import run_stage
 from pipeline.pseudo_queries import inverse_cloze_queries
 from pipeline.retrieval import DenseRetriever, model_hash
@@ -353,25 +353,6 @@ def write_mining_outputs(
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     plot_score_histogram(rows, out_dir / "scores.png")
     atomic_write_text(out_dir / "audit.md", format_audit(rows, corpus_by_id, audit_samples, seed))
-
-
-def written_by_the_scorer(query: Mapping[str, Any], cfg: RagtuneConfig) -> bool:
-    """Whether the query-likelihood reranker's own LM wrote this synthetic query (``written_by``).
-
-    Such a query is likely under that LM by construction, so the reranker looks far better on it than on a
-    user's question (measured on a held-out corpus: the fused order gained +0.06 nDCG@10 on the LM's own
-    queries and lost 0.02 on human ones); it cannot judge the reranker.
-
-    Example:
-        >>> cfg = RagtuneConfig(run={"name": "x"}, data={"docs": "d"})
-        >>> written_by_the_scorer({"origin": "synthetic", "written_by": "local:bundled:smollm2-135m-instruct"}, cfg)
-        True
-        >>> written_by_the_scorer({"origin": "human"}, cfg)
-        False
-    """
-    if cfg.rerank.kind != "query_likelihood" or query.get("origin") != "synthetic":
-        return False
-    return str(query.get("written_by") or "") == f"local:{cfg.rerank.query_likelihood.generator}"
 
 
 def rerank_dev_split(cfg: RagtuneConfig, queries: Sequence[Mapping[str, Any]]) -> tuple[list[dict], set[str]]:
