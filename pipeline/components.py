@@ -112,3 +112,29 @@ def load_reranker(path: str, max_length: int, seed: int, cache_dir: Path | None 
 
     torch.manual_seed(seed)
     return CrossEncoder(path, num_labels=1, max_length=max_length)
+
+
+def untrained_reranker(cfg: RagtuneConfig, cache_dir: Path | None = None) -> Any:
+    """The configured kind's reranker before stage 2 trains it.
+
+    Query likelihood: ``rerank.query_likelihood.generator`` with the stage's prompt, no adapter (it ranks
+    before any training); cross-encoder: ``rerank.base_model`` as a one-logit CrossEncoder (a fresh head unless
+    the model is a trained cross-encoder).
+
+    Args:
+        cache_dir: where a query-likelihood reranker keeps its score cache (a file named by the generator's
+            content hash and the prompt), or None.
+    """
+    if cfg.rerank.kind == "query_likelihood":
+        import hashlib
+
+        from pipeline.query_likelihood import QueryLikelihoodReranker
+        from pipeline.retrieval import model_hash
+
+        ql = cfg.rerank.query_likelihood
+        key = hashlib.sha256(f"{model_hash(resolve_model(ql.generator))}\n{ql.prompt}\n{ql.max_length}".encode())
+        cache_file = Path(cache_dir) / f"untrained-{key.hexdigest()[:16]}.json" if cache_dir is not None else None
+        return QueryLikelihoodReranker.from_generator(
+            ql.generator, ql.prompt, ql.max_length, ql.dtype, cache_file=cache_file
+        )
+    return load_reranker(resolve_model(cfg.rerank.base_model), cfg.rerank.max_length, cfg.run.seed, cache_dir)

@@ -492,8 +492,9 @@ class GplConfig(Section):
     )
     teacher: str = Field(
         "tuned",
-        description="Cross-encoder that labels the triples: tuned (stage 2's rerank/model), or a cross-encoder "
-        "bundled:<name>, hub id or path.",
+        description="Reranker that labels the triples: tuned (stage 2's rerank/model), base (the untrained "
+        "reranker of rerank.kind: with query likelihood, the LM with the stage's prompt, which ranks before any "
+        "training), or a cross-encoder bundled:<name>, hub id or path.",
     )
     max_length: int = Field(256, ge=16, description="Tokens of (query, passage) the teacher reads.")
     teacher_batch_size: int = Field(64, ge=1, description="(query, passage) pairs per teacher predict() batch.")

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.components import load_reranker
+from pipeline.components import load_reranker, untrained_reranker
 from pipeline.config import ConfigError, GplConfig, RagtuneConfig, check_trainer_keys
 from pipeline.entry import run_stage
 from pipeline.models import resolve_model
@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 STAGE = "gpl"
 # Besides its own section, the round depends on stage 1's dev slice and the cut-offs its figures use.
 CONFIG_SECTIONS = ("gpl", "embed.dev_fraction", "embed.k_values")
+UNTRAINED_TEACHER = ("rerank.kind", "rerank.query_likelihood", "rerank.base_model")  # gpl.teacher: base
 WEAK_TEACHER_MARGIN = 1e-3  # a cross-encoder whose margins all stay below this cannot rank: refused
 
 
@@ -163,10 +164,15 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     if gcfg.teacher == "tuned":
         teacher_path = str(run.require("rerank", "model")["model"])
         upstream["rerank"] = ("model",)
+    elif gcfg.teacher == "base":  # the untrained reranker of rerank.kind: settings in the hash, weights below
+        teacher_path = "the untrained reranker (rerank.kind: " + cfg.rerank.kind + ")"
+        base = cfg.rerank.query_likelihood.generator if cfg.rerank.kind == "query_likelihood" else cfg.rerank.base_model
+        own_inputs["teacher/model"] = model_hash(resolve_model(base))
     else:
         teacher_path = resolve_model(gcfg.teacher)
         own_inputs["teacher/model"] = model_hash(teacher_path)
-    config_hash, inputs = run.freshness(cfg, CONFIG_SECTIONS, upstream, inputs=own_inputs)
+    sections = CONFIG_SECTIONS + (UNTRAINED_TEACHER if gcfg.teacher == "base" else ())
+    config_hash, inputs = run.freshness(cfg, sections, upstream, inputs=own_inputs)
     if not force and run.is_fresh(STAGE, config_hash, inputs):
         logger.info("gpl: finished and fresh, skipping (--force reruns it)")
         return run.load_manifest()[STAGE].metrics
@@ -205,7 +211,10 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
             miner = DenseRetriever.load(str(embedder), corpus, cache_dir=cache_dir, score_block_mb=block)
             negatives = mine_negatives(miner, rows, gcfg.negatives_per_query, gcfg.negatives_top_k, cfg.run.seed)
             del miner
-            teacher = load_reranker(teacher_path, gcfg.max_length, cfg.run.seed, run.path(SCORE_CACHE))
+            if gcfg.teacher == "base":
+                teacher = untrained_reranker(cfg, run.path(SCORE_CACHE))
+            else:
+                teacher = load_reranker(teacher_path, gcfg.max_length, cfg.run.seed, run.path(SCORE_CACHE))
             triples = label_triples(teacher, rows, negatives, chunks, gcfg.teacher_batch_size)
             del teacher
             atomic_write_jsonl(run.path(GPL_TRAIN_DATA), triples)

@@ -211,3 +211,22 @@ def test_a_teacher_that_cannot_rank_is_refused_naming_gpl_teacher_and_its_labels
     assert "gpl.teacher" in err and "cannot tell a positive from a negative" in err and "gpl/train.jsonl" in err
     assert len(read_jsonl(run.path("gpl/train.jsonl"))) == 24 * 4  # the teacher's work is not lost
     assert not run.path("gpl/model").exists() and run.load_manifest()["gpl"].failure
+
+
+def test_the_untrained_query_likelihood_reranker_can_teach_without_stage_2(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path
+) -> None:
+    """``gpl.teacher: base``: the LM with the stage's prompt labels the triples; stage 2 need not have run."""
+    run = run_dir_of(tiny_config)
+    handmade_data_stage(run)
+    simulate_embed_stage(run, tiny_bert_dir, STAGE_1)
+    overrides = [*OVERRIDES, "gpl.teacher=base", f"rerank.query_likelihood.generator={tiny_llama_dir}", "gpl.epochs=4"]
+    cli(["gpl", str(tiny_config), *overrides, "gpl.pseudo_queries=2"])
+    triples = read_jsonl(run.path("gpl/train.jsonl"))
+    assert triples and len({round(t["margin"], 6) for t in triples}) > 1  # the LM tells passages apart
+    rec = run.load_manifest()["gpl"]
+    assert "teacher/model" in rec.inputs and "rerank/model" not in rec.inputs
+    losses = [loss for _, loss in json.loads(run.path("gpl/metrics.json").read_text())["loss_history"]]
+    third = max(len(losses) // 3, 1)
+    assert sum(losses[-third:]) < sum(losses[:third])  # the loss fell (single-batch points are noisy)
+    assert list(run.path("cache/rerank-scores").glob("untrained-*.json"))  # its scores are cached by content
