@@ -313,6 +313,12 @@ class EmbedConfig(Section):
         description="Inverse-cloze pairs added to the training pairs: up to this many chunks of documents no "
         "held-out (eval or dev) query cites each give (one of its sentences, the chunk without it). 0: none.",
     )
+    hard_negatives: Literal["none", "bm25"] = Field(
+        "none",
+        description="none: in-batch negatives only; bm25: each pair also gets one of the 10 chunks BM25 ranks "
+        "highest for its query (never one of the positive's document), so the embedder learns what BM25 gets "
+        "wrong and adds to it in hybrid retrieval.",
+    )
     tsdae_steps: int = Field(
         0,
         ge=0,

@@ -103,6 +103,41 @@ def attach_negatives(
     return out, drawn
 
 
+def bm25_negatives(
+    pairs: Sequence[dict[str, Any]], corpus: Sequence[dict[str, Any]], depth: int = 10
+) -> dict[str, list[str]]:
+    """Per pair's query, the chunks BM25 ranks highest that are not its answer: negatives that make the embedder
+    add to BM25 instead of repeating it (``embed.hard_negatives: bm25``).
+
+    A chunk of the positive's own document is never one (it is likely relevant, a false negative), nor a chunk
+    with the positive's text. BM25 is the project's own (:func:`pipeline.hybrid.bm25_retriever`), one batched
+    pass over every query.
+
+    Args:
+        pairs: rows of :func:`build_pairs` or inverse-cloze pairs (``qid``, ``anchor``, ``positive_id``).
+        corpus: every chunk row (``id``, ``doc_id``, ``text``).
+        depth: BM25's top k searched; up to that many negatives per query, best first.
+
+    Returns:
+        qid -> negative chunk ids (empty when BM25 finds nothing else).
+    """
+    from pipeline.hybrid import bm25_rankings, bm25_retriever
+
+    by_id = {c["id"]: c for c in corpus}
+    unique = list({p["qid"]: p for p in pairs}.values())
+    extra = 1 + max(
+        (sum(c["doc_id"] == d for c in corpus) for d in {by_id[p["positive_id"]]["doc_id"] for p in unique}), default=0
+    )
+    ranked = bm25_rankings(bm25_retriever(list(corpus), depth + extra), [p["anchor"] for p in unique])
+    out = {}
+    for pair, ids in zip(unique, ranked, strict=True):
+        positive = by_id[pair["positive_id"]]
+        out[pair["qid"]] = [
+            c for c in ids if by_id[c]["doc_id"] != positive["doc_id"] and by_id[c]["text"] != positive["text"]
+        ][:depth]
+    return out
+
+
 def pair_keys(pair: dict[str, Any]) -> frozenset[str]:
     """The keys that must not repeat within a batch for one training pair.
 
@@ -110,19 +145,18 @@ def pair_keys(pair: dict[str, Any]) -> frozenset[str]:
         pair: a row of :func:`build_pairs` (``anchor``, ``positive``, ``positive_id``).
 
     Returns:
-        ``{"pos:<chunk id>", "ptext:<positive text>", "q:<normalised query>"}``.
+        ``{"pos:<chunk id>", "ptext:<positive text>", "q:<normalised query>"}``, and for a pair with a hard
+        ``negative`` its chunk id and text as well: a batch in which one pair's negative is another's positive
+        would push that query away from its own answer.
 
     Example:
         >>> sorted(pair_keys({"anchor": "What is X?", "positive": "X is.", "positive_id": "c1"}))
         ['pos:c1', 'ptext:X is.', 'q:what is x?']
     """
-    return frozenset(
-        {
-            f"pos:{pair['positive_id']}",
-            f"ptext:{pair['positive']}",
-            f"q:{' '.join(pair['anchor'].lower().split())}",
-        }
-    )
+    keys = {f"pos:{pair['positive_id']}", f"ptext:{pair['positive']}", f"q:{' '.join(pair['anchor'].lower().split())}"}
+    if pair.get("negative_id") is not None:
+        keys |= {f"pos:{pair['negative_id']}", f"ptext:{pair['negative']}"}
+    return frozenset(keys)
 
 
 def no_duplicate_batches(

@@ -49,7 +49,7 @@ from pipeline.rundir import (
 )
 from stages.embed.adapter import ROUTER_MAPPING, add_query_adapter
 from stages.embed.evaluate import dev_pool, selection_evaluator
-from stages.embed.pairs import NoDuplicateKeysBatchSampler, attach_negatives, build_pairs, pair_keys
+from stages.embed.pairs import NoDuplicateKeysBatchSampler, attach_negatives, bm25_negatives, build_pairs, pair_keys
 from stages.embed.tsdae import adapt_with_tsdae, adaptation_sentences
 
 logger = logging.getLogger(__name__)
@@ -201,10 +201,18 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     if len(pairs) < 2:
         raise ValueError(f"{paths['queries']}: {len(pairs)} training pair(s); embed needs at least 2")
     drawn = 0
-    if ecfg.loss == "triplet":
+    if ecfg.hard_negatives == "bm25":  # one negative per pair from BM25's top: what the embedder must add to it
+        mined = bm25_negatives(pairs, corpus)
+        rows = [{"qid": p["qid"], "positives": [p["positive_id"]], "negatives": mined[p["qid"]]} for p in pairs]
+        pairs, drawn = attach_negatives(pairs, [*{r["qid"]: r for r in rows}.values()], chunks, cfg.run.seed)
+        logger.info(
+            "embed: BM25 hard negatives for %d of %d pairs (the rest drawn at random)", len(pairs) - drawn, len(pairs)
+        )
+    elif ecfg.loss == "triplet":
         pairs, drawn = attach_negatives(pairs, train_queries, chunks, cfg.run.seed)
         logger.info("embed: %d of %d triplet negatives drawn at random (no negatives given)", drawn, len(pairs))
-    columns = ["anchor", "positive", "negative"] if ecfg.loss == "triplet" else ["anchor", "positive"]
+    with_negative = ecfg.loss == "triplet" or ecfg.hard_negatives == "bm25"
+    columns = ["anchor", "positive", "negative"] if with_negative else ["anchor", "positive"]
     train_dataset = Dataset.from_list([{c: p[c] for c in columns} for p in pairs])
     if dev_queries:
         selection = f"best dev nDCG@10 on {len(dev_queries)} queries of held-out train documents"

@@ -152,3 +152,16 @@ def test_unknown_trainer_key_is_a_one_line_error(tiny_config: Path, tiny_bert_di
         cli(["embed", str(tiny_config), f"embed.base_model={tiny_bert_dir}", "embed.trainer.warmup_ratoi=0.1"])
     assert exit_info.value.code == 2
     assert "embed.trainer.warmup_ratoi" in capsys.readouterr().err
+
+
+def test_bm25_hard_negatives_train_the_embedder_with_a_third_column(tiny_config: Path, tiny_bert_dir: Path) -> None:
+    cli(["data", str(tiny_config)])
+    overrides = [f"embed.base_model={tiny_bert_dir}", "embed.learning_rate=1e-3", "embed.epochs=4"]
+    cli(["embed", str(tiny_config), *overrides, "embed.hard_negatives=bm25", "embed.pseudo_queries=20"])
+    run = run_dir_of(tiny_config)
+    before, after = _weights(tiny_bert_dir), _weights(run.path("embed/model"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    report = json.loads(run.path("embed/metrics.json").read_text())
+    losses = [loss for _, loss in report["loss_history"]]
+    assert sum(losses[-2:]) < sum(losses[:2])
+    assert report["random_negatives"] < report["train_pairs"]  # BM25 found a negative for most pairs

@@ -106,3 +106,24 @@ def test_attach_negatives_uses_given_ones_else_draws_seeded_non_relevant_chunks(
     assert rows[0]["negative"] == chunks[rows[0]["negative_id"]]["text"]
     again, _ = attach_negatives(pairs, queries, chunks, seed=5)
     assert [r["negative_id"] for r in again] == [r["negative_id"] for r in rows]
+
+
+def test_bm25_negatives_are_what_bm25_ranks_high_never_the_positives_document() -> None:
+    from stages.embed.pairs import bm25_negatives
+
+    corpus = [
+        {"id": "a1", "doc_id": "A", "text": "heron failover drains the primary queue in two minutes"},
+        {"id": "a2", "doc_id": "A", "text": "heron failover is tested every month"},
+        {"id": "b1", "doc_id": "B", "text": "the heron dashboard shows queue drains"},
+        {"id": "c1", "doc_id": "C", "text": "parking permits renew each spring"},
+    ]
+    pairs = [{"qid": "q", "anchor": "how long does heron failover drain the queue", "positive_id": "a1"}]
+    negatives = bm25_negatives(pairs, corpus)["q"]
+    assert negatives[0] == "b1"  # BM25's best chunk outside the positive's document
+    assert not {"a1", "a2"} & set(negatives) and "c1" not in negatives  # no shared word: BM25 skips it
+
+
+def test_a_hard_negative_that_is_another_pairs_positive_never_shares_its_batch() -> None:
+    one = {"anchor": "q1", "positive": "P1", "positive_id": "c1", "negative": "P2", "negative_id": "c2"}
+    two = {"anchor": "q2", "positive": "P2", "positive_id": "c2"}
+    assert pair_keys(one) & pair_keys(two)
