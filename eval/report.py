@@ -286,6 +286,9 @@ def render_markdown(report: dict) -> str:
         out += [f"- **{name}**: {why}" for name, why in report["skipped"].items()]
     out += ["", "## Verdicts", ""]
     if report["verdicts"]:
+        origins = q.get("origins") or {}
+        if origins.get("synthetic", 0) * 2 > origins.get("synthetic", 0) + origins.get("human", 0):
+            out += [f"**On synthetic queries** ({origins['synthetic']} of {q['n']}): optimistic, see the warning.", ""]
         out += [
             "Each configuration's verdict against its previous step comes first: that is what the step itself added.",
             "",
