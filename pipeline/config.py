@@ -316,8 +316,8 @@ class EmbedConfig(Section):
     hard_negatives: Literal["none", "bm25"] = Field(
         "none",
         description="none: in-batch negatives only; bm25: each pair also gets one of the 10 chunks BM25 ranks "
-        "highest for its query (never one of the positive's document), so the embedder learns what BM25 gets "
-        "wrong and adds to it in hybrid retrieval.",
+        "highest for its query (never one of the positive's document), meant to teach what BM25 gets wrong. "
+        "Measured on a held-out corpus's human queries it hurt (docs/embed.md), so none is the default.",
     )
     tsdae_steps: int = Field(
         0,
