@@ -77,7 +77,9 @@ def test_gpl_round_trains_on_teacher_margins_never_on_eval_and_records_its_dev_f
     after = load_file(run.path("gpl/model/model.safetensors"))
     assert set(before) == set(after) and any(not torch.equal(before[k], after[k]) for k in before)
     report = json.loads(run.path("gpl/metrics.json").read_text())
-    assert report["last_loss"] < report["first_loss"]
+    losses = [loss for _, loss in report["loss_history"]]
+    third = max(len(losses) // 3, 1)
+    assert sum(losses[-third:]) < sum(losses[:third])  # the loss fell (single-batch points are noisy)
 
     # Training queries: the 24 train queries outside stage 1's dev slice and 6 inverse-cloze ones, 4 negatives each.
     dev_qids = set(report["dev_qids"])
