@@ -156,7 +156,7 @@ def served_rankings(config: Path, overrides: list[str], texts: list[str]) -> tup
     from pipeline.config import load_config
     from pipeline.hybrid import bm25_rankings, bm25_retriever
     from pipeline.promotion import resolve_auto
-    from pipeline.rundir import RunDir, read_jsonl
+    from pipeline.rundir import EVAL_JSON, RunDir, read_jsonl
 
     cfg = load_config(config, overrides)
     run = RunDir(Path(cfg.run.root) / cfg.run.name)
@@ -176,7 +176,7 @@ def served_rankings(config: Path, overrides: list[str], texts: list[str]) -> tup
     )
     out = {"bm25": bm25_rankings(bm25_retriever(corpus, DEPTH), texts)}
     out |= {name: r.ranked for name, r in rankings.items()}
-    report_path = run.path("eval/report.json")
+    report_path = run.path(EVAL_JSON)
     own = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
     gate = {
         "served": served.model_dump(include={"embedder", "reranker", "retrieval"}),

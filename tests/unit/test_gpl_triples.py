@@ -73,10 +73,11 @@ def test_training_queries_are_train_split_outside_the_dev_slice_and_pseudo_queri
     # Stage 1's dev slice, exactly: the same function on the same rows.
     assert dev == split_dev_queries([q for q in assign_dev_ranks(queries, 1) if q["split"] == "train"], 0.4)[1]
     labelled = [r for r in rows if not r["qid"].startswith("ict-")]
-    assert len(dev) == 6 and {r["qid"] for r in labelled} == {f"q{i}" for i in range(4, 20)} - {q["qid"] for q in dev}
+    # 16 train documents ranked in sixteenths: the 7 below 0.4 are the dev slice
+    assert len(dev) == 7 and {r["qid"] for r in labelled} == {f"q{i}" for i in range(4, 20)} - {q["qid"] for q in dev}
     # Every labelled relevant chunk is kept out of the negatives, not only the positives.
     assert all(set(r["relevant"]) == {r["positives"][0][0], f"c{(int(r['qid'][1:]) + 1) % 20}"} for r in labelled)
-    # Two inverse-cloze queries per chunk of the 10 documents no eval or dev query cites, none of the others.
+    # Two inverse-cloze queries per chunk of the 9 documents no eval or dev query cites, none of the others.
     held_out = {d for q in queries[:4] + dev for d in q["doc_ids"]}
     pseudo_docs = {"d" + r["qid"].split("-")[1][1:] for r in rows if r["qid"].startswith("ict-")}
-    assert n_pseudo == 2 * 10 and len(held_out) == 10 and not pseudo_docs & held_out
+    assert n_pseudo == 2 * 9 and len(held_out) == 11 and not pseudo_docs & held_out
