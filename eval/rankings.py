@@ -49,9 +49,12 @@ def rerank_ranking(
     """Rerank each query's first ``top_k`` candidates in one batched call; deeper ranks keep their order.
 
     The order is the one serving uses: the cross-encoder's scores fused with the retriever's at
-    ``fusion_weight`` (1.0: the cross-encoder alone). Keeping the retriever's tail below ``top_k`` lets
-    recall@k for k > top_k stay comparable with the configurations without a reranker.
+    ``fusion_weight`` (1.0: the cross-encoder alone; 0.0: the retriever's order, without scoring). Keeping the
+    retriever's tail below ``top_k`` lets recall@k for k > top_k stay comparable with the configurations
+    without a reranker.
     """
+    if fusion_weight == 0.0:  # the retriever's order, as fusing at weight 0 gives it: nothing to score
+        return Ranking(first.ranked, first.seconds)
     started = time.perf_counter()
     candidates = [[chunks[c] for c in ranked[:top_k]] for ranked in first.ranked]
     first_scores = [row[:top_k] for row in first.scores] if first.scores is not None else None

@@ -103,6 +103,20 @@ def test_rerank_at_the_recorded_fusion_weight_orders_as_serving_does() -> None:
     ]
 
 
+def test_a_reranker_at_weight_0_keeps_the_retrievers_order_without_scoring() -> None:
+    class Refusing:
+        def predict(self, pairs, batch_size=64, show_progress_bar=False):
+            raise AssertionError("a weight-0 reranker must not score")
+
+    chunks = {c: {"id": c, "text": t} for c, t in [("a", "apple"), ("b", "zebra"), ("c", "cat")]}
+    first = Ranking([["a", "b", "c"]], seconds=0.0, scores=[[0.9, 0.5, 0.1]])
+    assert rerank_ranking(Refusing(), ["q"], first, chunks, top_k=3, fusion_weight=0.0).ranked == [["a", "b", "c"]]
+    # the order fusing at weight 0 would give, scores or not
+    assert rerank_ranking(_FirstWordScorer(), ["q"], first, chunks, top_k=3, fusion_weight=0.01).ranked == [
+        ["a", "b", "c"]
+    ]
+
+
 def test_score_generation_hand_values() -> None:
     context = ["Heron fails over in 15 minutes.", "Tortoise drains."]
     gen = format_answer("The runbook:", ["Heron fails over in 15 minutes.", "invented"], "15 minutes")
