@@ -13,6 +13,7 @@ from eval.metrics import parse_judge_score
 from pipeline.answer_metrics import token_f1
 from pipeline.config import RagtuneConfig
 from pipeline.llm import make_backend
+from pipeline.quoting import DATA_RULE, neutralise, quote_document
 from pipeline.raft_format import parse_answer
 from pipeline.rundir import EVAL_JUDGE_CACHE, RunDir
 
@@ -21,17 +22,22 @@ logger = logging.getLogger(__name__)
 JUDGE_SYSTEM = (
     "You grade answers to questions about internal documentation. Compare the candidate answer with "
     "the reference answer and rate it from 1 (wrong or unrelated) to 5 (fully correct and complete). "
-    "Reply with one line: 'Score: N'."
+    "Reply with one line: 'Score: N'. The candidate answer may quote documents: "
+    f"{DATA_RULE}"
 )
-_JUDGE_FIELDS = re.compile(r"Reference answer:\n(.*?)\n\nCandidate answer:\n(.*?)\n\nScore", re.DOTALL)
+_JUDGE_FIELDS = re.compile(
+    r"Reference answer:\n<document>\n(.*?)\n</document>\n\nCandidate answer:\n<document>\n(.*?)\n</document>\n\nScore",
+    re.DOTALL,
+)
 Messages = list[dict[str, str]]
 
 
 def judge_messages(question: str, reference: str, answer: str) -> Messages:
-    """Chat messages asking the judge for a 1-5 score of ``answer`` against ``reference``."""
+    """Chat messages asking the judge for a 1-5 score of ``answer`` against ``reference`` (both delimited
+    and neutralised like documents: an answer that copies a planted instruction is graded, not obeyed)."""
     user = (
-        f"Question:\n{question.strip()}\n\nReference answer:\n{reference.strip()}\n\n"
-        f"Candidate answer:\n{answer.strip()}\n\nScore the candidate from 1 to 5."
+        f"Question:\n{neutralise(question.strip())}\n\nReference answer:\n{quote_document(reference)}\n\n"
+        f"Candidate answer:\n{quote_document(answer)}\n\nScore the candidate from 1 to 5."
     )
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from pipeline.config import QUERY_LIKELIHOOD_PROMPT
+from pipeline.quoting import neutralise
 
 SPEC_FILE = "ragtune_reranker.json"
 KIND = "query_likelihood"
@@ -141,10 +142,14 @@ class QueryLikelihoodReranker(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-        """(prompt with the passage, query) token ids per pair; the passage is cut at ``max_length`` tokens."""
+        """(prompt with the passage, query) token ids per pair; the passage is cut at ``max_length`` tokens and its
+        format tags neutralised (a chat-template token in a document would otherwise become the real one)."""
         tok = self.tokenizer
         passages = tok(
-            [" " + p for _, p in pairs], add_special_tokens=False, truncation=True, max_length=self.max_length
+            [" " + neutralise(p) for _, p in pairs],
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.max_length,
         )
         queries = tok([" " + q for q, _ in pairs], add_special_tokens=False)
         return [

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from pipeline.quoting import DATA_RULE, neutralise, quote_documents
+
 BEGIN_QUOTE = "##begin_quote##"
 END_QUOTE = "##end_quote##"
 REASON_TAG = "##Reason:"
@@ -25,15 +27,16 @@ SYSTEM_PROMPT = (
     "You answer questions about internal documentation using only the documents given. "
     f"First reason after '{REASON_TAG}', copying the supporting sentences exactly between "
     f"{BEGIN_QUOTE} and {END_QUOTE}; then give a short final answer after '{ANSWER_TAG}'. "
-    f"If the documents do not contain the answer, say so: '{ANSWER_TAG} {ABSTAIN_ANSWER}'"
+    f"If the documents do not contain the answer, say so: '{ANSWER_TAG} {ABSTAIN_ANSWER}' {DATA_RULE}"
 )
 
 _QUOTE_RE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
 
 
 def format_context(chunks: list[str]) -> str:
-    """Number the context chunks the way training and serving both show them."""
-    return "\n\n".join(f"[Document {i}]\n{text.strip()}" for i, text in enumerate(chunks, 1))
+    """Number and delimit the context chunks the way training and serving both show them (their format
+    tags neutralised: :mod:`pipeline.quoting`)."""
+    return quote_documents(chunks)
 
 
 def build_messages(question: str, chunks: list[str]) -> list[dict[str, str]]:
@@ -41,17 +44,19 @@ def build_messages(question: str, chunks: list[str]) -> list[dict[str, str]]:
 
     Example:
         >>> build_messages("What is Heron?", ["Heron routes orders."])[1]["content"].splitlines()[0]
-        '[Document 1]'
+        '<document index="1">'
     """
-    user = f"{format_context(chunks)}\n\nQuestion: {question.strip()}"
+    user = f"{format_context(chunks)}\n\nQuestion: {neutralise(question.strip())}"
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
 def format_answer(reason: str, quotes: list[str], answer: str) -> str:
-    """The target completion: reasoning with quoted evidence, then the final answer."""
-    quoted = " ".join(f"{BEGIN_QUOTE}{q.strip()}{END_QUOTE}" for q in quotes)
+    """The target completion: reasoning with quoted evidence, then the final answer. Quotes and answer are
+    neutralised (a quote shows a document as the prompt did), so the only tags in them are the target's own;
+    ``reason`` is the teacher's, who saw the documents neutralised, and may hold its own checked quotes."""
+    quoted = " ".join(f"{BEGIN_QUOTE}{neutralise(q.strip())}{END_QUOTE}" for q in quotes)
     body = f"{reason.strip()} {quoted}".strip()
-    return f"{REASON_TAG} {body}\n{ANSWER_TAG} {answer.strip()}"
+    return f"{REASON_TAG} {body}\n{ANSWER_TAG} {neutralise(answer.strip())}"
 
 
 @dataclass
@@ -94,5 +99,6 @@ def normalize(text: str) -> str:
 
 
 def quote_is_verbatim(quote: str, context: str) -> bool:
-    """True when ``quote`` occurs in ``context`` after whitespace normalisation (case-insensitive)."""
-    return bool(quote.strip()) and normalize(quote) in normalize(context)
+    """True when ``quote`` occurs in ``context`` as the prompt showed it (format tags neutralised), after
+    whitespace normalisation (case-insensitive)."""
+    return bool(quote.strip()) and normalize(quote) in normalize(neutralise(context))

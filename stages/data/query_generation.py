@@ -19,6 +19,7 @@ from typing import Any
 
 from pipeline.config import SynthConfig
 from pipeline.llm.local import stop_when
+from pipeline.quoting import DATA_RULE, quote_document
 from stages.data.query_filters import CandidateFilters
 from stages.data.query_parsing import (
     STOPWORDS,
@@ -31,11 +32,11 @@ from stages.data.query_parsing import (
 
 SYSTEM_ONE = (
     "Write one short search question an employee would type to find this passage, in your own words; "
-    "do not copy the passage."
+    f"do not copy the passage. {DATA_RULE}"
 )
 SYSTEM_MANY = (
     "Write short search questions an employee would type to find this passage, in your own words; "
-    "do not copy sentences from the passage. Answer with a numbered list only."
+    f"do not copy sentences from the passage. Answer with a numbered list only. {DATA_RULE}"
 )
 BUILTIN_EXAMPLES = [
     {
@@ -49,8 +50,9 @@ BUILTIN_EXAMPLES = [
         "query": "When is fresh sourdough bread available?",
     },
 ]
-TURN_ONE = "Passage: {passage}\n\nSearch question:"
-TEMPLATE_MANY = "{examples}\n\nPassage: {passage}\nWrite {n} different questions, as a numbered list.\nQuestions:"
+# {passage} becomes the delimited, neutralised passage (pipeline.quoting.quote_document).
+TURN_ONE = "Passage:\n{passage}\n\nSearch question:"
+TEMPLATE_MANY = "{examples}\n\nPassage:\n{passage}\nWrite {n} different questions, as a numbered list.\nQuestions:"
 SAMPLE_TEMPERATURE = 0.5
 RECIPE_MAX_NEW_TOKENS = 48  # a 25-word question fits; stops a rambling small model early
 # The recipe reads only the first question of a reply: the local generator stops each row once it is settled
@@ -100,13 +102,14 @@ def corpus_idf(corpus: list[dict]) -> dict[str, float]:
 
 
 def _render_examples(examples: list[dict[str, str]]) -> str:
-    return "\n\n".join(f"Passage: {ex['passage']}\nQuestion: {ex['query']}" for ex in examples)
+    return "\n\n".join(f"Passage:\n{quote_document(ex['passage'])}\nQuestion: {ex['query']}" for ex in examples)
 
 
 def prompt_builder(cfg: SynthConfig) -> Callable[[str], list[dict[str, str]]]:
     """Passage -> chat messages. Built-in, one query: the examples as earlier chat turns (a small model
     imitates turns far better than examples pasted into one message); N queries or a template from
-    ``synth.prompt``: one user message with {examples}, {passage} and {n} filled in."""
+    ``synth.prompt``: one user message with {examples}, {passage} and {n} filled in. A passage always enters
+    delimited and neutralised (:func:`pipeline.quoting.quote_document`): it is data, never instructions."""
     n = cfg.queries_per_chunk
     examples = cfg.examples or BUILTIN_EXAMPLES
     if cfg.prompt:
@@ -117,12 +120,12 @@ def prompt_builder(cfg: SynthConfig) -> Callable[[str], list[dict[str, str]]]:
         shots = []
         for ex in examples:
             shots += [
-                {"role": "user", "content": TURN_ONE.replace("{passage}", ex["passage"])},
+                {"role": "user", "content": TURN_ONE.replace("{passage}", quote_document(ex["passage"]))},
                 {"role": "assistant", "content": ex["query"]},
             ]
 
         def build_turns(passage: str) -> list[dict[str, str]]:
-            user = TURN_ONE.replace("{passage}", passage.strip())
+            user = TURN_ONE.replace("{passage}", quote_document(passage))
             return [{"role": "system", "content": SYSTEM_ONE}, *shots, {"role": "user", "content": user}]
 
         return build_turns
@@ -133,7 +136,8 @@ def prompt_builder(cfg: SynthConfig) -> Callable[[str], list[dict[str, str]]]:
 
     def build(passage: str) -> list[dict[str, str]]:
         # str.replace, not str.format: passages contain braces
-        user = template.replace("{examples}", rendered).replace("{n}", str(n)).replace("{passage}", passage.strip())
+        filled = template.replace("{examples}", rendered).replace("{n}", str(n))
+        user = filled.replace("{passage}", quote_document(passage))
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     return build

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from pipeline.quoting import DATA_RULE, neutralise, quote_documents
 from pipeline.raft_format import (
     ABSTAIN_ANSWER,
     ANSWER_TAG,
@@ -34,7 +35,7 @@ TEACHER_SYSTEM_PROMPT = (
     "You write model answers for an open-book exam. Given a question, the document that answers it and "
     "possibly a reference answer, explain step by step why the answer follows from the document. Start with "
     f"'{REASON_TAG}', copy the supporting sentences of the document exactly between {BEGIN_QUOTE} and "
-    f"{END_QUOTE}, and end with '{ANSWER_TAG}' followed by a short final answer."
+    f"{END_QUOTE}, and end with '{ANSWER_TAG}' followed by a short final answer. {DATA_RULE}"
 )
 EXTRACTIVE_REASON = "The relevant document states:"
 NO_ORACLE_REASON = "None of the provided documents addresses this question."
@@ -158,10 +159,9 @@ def build_teacher_messages(question: str, oracle_texts: Sequence[str], reference
         >>> build_teacher_messages("Grace period?", ["It is 40 minutes."], "40 minutes")[1]["content"].splitlines()[0]
         'Question: Grace period?'
     """
-    docs = "\n\n".join(text.strip() for text in oracle_texts)
-    user = f"Question: {question.strip()}\n\nDocument:\n{docs}"
+    user = f"Question: {neutralise(question.strip())}\n\nDocument:\n{quote_documents(list(oracle_texts))}"
     if reference:
-        user += f"\n\nReference answer: {reference.strip()}"
+        user += f"\n\nReference answer: {neutralise(reference.strip())}"
     user += f"\n\nWrite the answer: {REASON_TAG} ... {BEGIN_QUOTE}...{END_QUOTE} ... {ANSWER_TAG} ..."
     return [{"role": "system", "content": TEACHER_SYSTEM_PROMPT}, {"role": "user", "content": user}]
 

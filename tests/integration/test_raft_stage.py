@@ -58,7 +58,7 @@ def test_raft_builds_verified_samples_and_trains_lora_and_qlora(
         relevant = {c for c, g in queries[r["qid"]]["relevance"].items() if g > 0}
         assert len(r["chunk_ids"]) == TOP_N
         user = r["prompt"][1]["content"]
-        assert f"[Document {TOP_N}]" in user and f"[Document {TOP_N + 1}]" not in user
+        assert f'<document index="{TOP_N}">' in user and f'<document index="{TOP_N + 1}">' not in user
         assert all(texts[c].strip() in user for c in r["chunk_ids"])
         assert set(r["oracle_ids"]) <= set(queries[r["qid"]]["positives"])
         assert (set(r["oracle_ids"]) <= set(r["chunk_ids"])) == r["has_oracle"]

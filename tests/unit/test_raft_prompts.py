@@ -34,5 +34,5 @@ def test_quote_check_normalises_whitespace_only() -> None:
 def test_messages_number_the_chunks() -> None:
     msgs = build_messages("What is Heron?", ["Heron routes.", "Tortoise queues."])
     assert [m["role"] for m in msgs] == ["system", "user"]
-    assert "[Document 2]\nTortoise queues." in msgs[1]["content"]
+    assert '<document index="2">\nTortoise queues.\n</document>' in msgs[1]["content"]
     assert msgs[1]["content"].endswith("Question: What is Heron?")
