@@ -4,16 +4,20 @@ Generation runs once per distinct generator (a :class:`~pipeline.generator.Gener
 identical prompts of several configurations once), prompted with the RAFT format
 (:func:`pipeline.raft_format.build_messages`). Each answered query is asked twice: with the
 configuration's top_n chunks, and with the same ranking minus every relevant chunk (it should abstain).
+An ``extractive`` configuration answers without an LLM (:class:`pipeline.extractive.ExtractiveAnswerer` with its
+embedder), over the same two contexts.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from eval.metrics import abstained, format_compliance, oracle_citation, quote_precision
 from pipeline.answer_metrics import exact_match, final_answer, token_f1
 from pipeline.components import Components
 from pipeline.config import AssembleConfig
+from pipeline.extractive import EXTRACTIVE, ExtractiveAnswerer
 from pipeline.generator import GenerationMemo, load_generator
 from pipeline.precision import inference_dtype
 from pipeline.raft_format import build_messages, parse_answer
@@ -68,13 +72,25 @@ def generate_answers(
     answers: dict[str, Answers] = {}
     ms: dict[str, float] = {}
     by_generator: dict[tuple[str | None, str | None, str], list[str]] = {}
+    by_embedder: dict[str, list[str]] = {}  # extractive configurations: their embedder answers
     for name, comp in components.items():
-        by_generator.setdefault((*comp.generator_key, inference_dtype(choices[name].dtype)), []).append(name)
+        if comp.generator == EXTRACTIVE:
+            by_embedder.setdefault(comp.embedder, []).append(name)
+        else:
+            by_generator.setdefault((*comp.generator_key, inference_dtype(choices[name].dtype)), []).append(name)
     for (gen_path, adapter, dtype), group in by_generator.items():
         memo = GenerationMemo(*load_generator(gen_path, adapter, dtype), batch_size)
         for name in group:
             answers[name], ms[name] = _generate_for(memo, queries, answered, ranked[name], chunks, choices[name], name)
         del memo  # one generator in memory at a time
+    for embedder, group in by_embedder.items():
+        from sentence_transformers import SentenceTransformer
+
+        answerer = ExtractiveAnswerer(SentenceTransformer(embedder), batch_size)
+        for name in group:
+            answers[name], ms[name] = _extract_for(
+                answerer, queries, answered, ranked[name], chunks, choices[name].top_n
+            )
     return answers, ms
 
 
@@ -95,6 +111,35 @@ def score_answers(
         rows[i] |= {"answer": main_answer, "no_oracle_answer": no_oracle_answer}
 
 
+def _contexts(
+    queries: list[dict], answered: list[int], ranked: list[list[str]], chunks: dict[str, dict], top_n: int
+) -> tuple[list[list[str]], list[list[str]]]:
+    """Per answered query, the top_n context texts with the evidence, and the top_n without any relevant chunk."""
+    with_evidence = [[chunks[c]["text"] for c in ranked[i][:top_n]] for i in answered]
+    without = [
+        [chunks[c]["text"] for c in ranked[i] if queries[i]["relevance"].get(c, 0) <= 0][:top_n] for i in answered
+    ]
+    return with_evidence, without
+
+
+def _extract_for(
+    answerer: ExtractiveAnswerer,
+    queries: list[dict],
+    answered: list[int],
+    ranked: list[list[str]],
+    chunks: dict[str, dict],
+    top_n: int,
+) -> tuple[dict[int, tuple[str, str]], float]:
+    """The extractive answerer's answers over the same two contexts as :func:`_generate_for` (no LLM)."""
+    with_evidence, without = _contexts(queries, answered, ranked, chunks, top_n)
+    questions = [queries[i]["text"] for i in answered]
+    started = time.perf_counter()
+    main_answers = answerer.answer(questions, with_evidence)
+    ms = 1000 * (time.perf_counter() - started) / max(len(answered), 1)
+    no_oracle = answerer.answer(questions, without)
+    return dict(zip(answered, zip(main_answers, no_oracle, strict=True), strict=True)), ms
+
+
 def _generate_for(
     memo: GenerationMemo,
     queries: list[dict],
@@ -110,17 +155,10 @@ def _generate_for(
         (``{query index: (answer, no-oracle answer)}``, generation ms per query). Only the pass with
         the evidence counts: it is the one a user runs.
     """
-    top_n = choice.top_n
-    with_evidence = [
-        build_messages(queries[i]["text"], [chunks[c]["text"] for c in ranked[i][:top_n]]) for i in answered
-    ]
-    without = [
-        build_messages(
-            queries[i]["text"],
-            [chunks[c]["text"] for c in ranked[i] if queries[i]["relevance"].get(c, 0) <= 0][:top_n],
-        )
-        for i in answered
-    ]
+    contexts = _contexts(queries, answered, ranked, chunks, choice.top_n)
+    with_evidence, without = (
+        [build_messages(queries[i]["text"], ctx) for i, ctx in zip(answered, group, strict=True)] for group in contexts
+    )
     main_answers, ms = memo.generate(with_evidence, choice.max_new_tokens, f"generate {name}")
     no_oracle, _ = memo.generate(without, choice.max_new_tokens, f"generate {name} (no oracle)")
     return dict(zip(answered, zip(main_answers, no_oracle, strict=True), strict=True)), ms

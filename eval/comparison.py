@@ -12,6 +12,7 @@ from eval.metrics import Interval, bootstrap_mean, mean_defined, paired_bootstra
 
 VERDICT_METRICS = ("ndcg@10", "recall@10", "f1")
 BASELINES = ("rag_only", "rag_hybrid")  # the untrained configurations (eval.configurations)
+ANSWER_BASELINE = "extractive"  # no LLM: the generator after it is read against it and against the step before it
 LOWER_IS_BETTER = frozenset({"abstain_with_evidence"})
 
 
@@ -56,6 +57,9 @@ def compare(
 
     The first tuned configuration's previous step is the stronger untrained baseline (:func:`stronger_baseline`):
     stage 1 is read against hybrid retrieval where BM25 with the base embedder is the better untrained choice.
+    The configuration after ``extractive`` (``full``) is read against the step before it (``embed_rerank``: what
+    the tuned generator adds over the base one) and against the extractive answer (``vs_extractive``: whether it
+    beats quoting the best sentence).
     """
     deltas: dict[str, dict] = {}
     strongest = stronger_baseline(rows, names)
@@ -64,6 +68,8 @@ def compare(
         if previous in BASELINES and name not in BASELINES:
             previous = strongest
         refs = {"vs_rag_only": names[0], "vs_previous": previous}
+        if previous == ANSWER_BASELINE and i >= 2:  # the step after the extractive row is read against both
+            refs |= {"vs_previous": names[i - 2], "vs_extractive": previous}
         deltas[name] = {}
         for label, ref in refs.items():
             intervals = {}

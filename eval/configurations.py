@@ -19,6 +19,7 @@ BUILTIN_CONFIGURATIONS: dict[str, dict[str, str]] = {
     "rag_hybrid": {"embedder": "base", "reranker": "none", "generator": "base", "retrieval": "hybrid"},
     "embed": {"embedder": "tuned", "reranker": "none", "generator": "base"},
     "embed_rerank": {"embedder": "tuned", "reranker": "tuned", "generator": "base"},
+    "extractive": {"embedder": "tuned", "reranker": "tuned", "generator": "extractive"},
     "full": {"embedder": "tuned", "reranker": "tuned", "generator": "tuned"},
 }
 

@@ -6,7 +6,8 @@ Run it:
 
 Configurations (``eval.configurations``, evaluated in order, ``rag_only`` always first):
 rag_only (base embedder, no reranker, base generator), embed (+ tuned embedder), embed_rerank
-(+ tuned reranker), full (+ RAFT generator), and any combination named in ``eval.custom``. A
+(+ tuned reranker), extractive (embed_rerank's context answered by its best-matching sentence, no LLM: the
+floor every generator is compared with), full (+ RAFT generator), and any combination named in ``eval.custom``. A
 configuration whose tuned component's stage has not run is skipped with a logged note, so eval works
 after any subset of stages.
 
@@ -42,6 +43,7 @@ from pipeline.components import tuned_embedder_path
 from pipeline.config import RagtuneConfig
 from pipeline.dev_slice import written_by_the_scorer
 from pipeline.entry import run_stage
+from pipeline.extractive import EXTRACTIVE
 from pipeline.models import resolve_model
 from pipeline.precision import inference_dtype
 from pipeline.promotion import promotion_report
@@ -365,6 +367,7 @@ def check_forgetting(cfg: RagtuneConfig, plan: Plan) -> dict | None:
         Its result, or None when it is off or no evaluated configuration uses a tuned generator.
     """
     keys = [plan.components[name].generator_key for name in plan.names]
+    keys = [k for k in keys if k[0] != EXTRACTIVE]  # the extractive answerer has no knowledge to forget
     tuned = next((k for k in keys if k[1] is not None or k[0] != keys[0][0]), None)
     if not cfg.eval.forgetting or tuned is None:
         return None

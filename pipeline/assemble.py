@@ -45,6 +45,7 @@ from llama_index.postprocessor.sbert_rerank import SentenceTransformerRerank
 
 from pipeline.components import load_reranker, resolve_components
 from pipeline.config import AssembleConfig, RagtuneConfig
+from pipeline.extractive import EXTRACTIVE, ExtractiveAnswerer
 from pipeline.generator import chat_prompt, load_generator
 from pipeline.hybrid import HybridRetriever, bm25_retriever
 from pipeline.precision import inference_dtype
@@ -137,16 +138,18 @@ class SentenceTransformerEmbedding(HuggingFaceEmbedding):
 
 
 class RaftQueryEngine(CustomQueryEngine):
-    """Retrieve, rerank, then answer with the RAFT prompt (``build_messages`` + the chat template).
+    """Retrieve, rerank, then answer with the RAFT prompt (``build_messages`` + the chat template), or with
+    the extractive answerer (``answerer``, no LLM: the best-matching context sentence, in the RAFT format).
 
     The response text is the final answer; ``metadata`` holds the raw generation, its quotes and
-    reasoning, whether it is well formed, and the exact prompt sent to the generator.
+    reasoning, whether it is well formed, and the exact prompt sent to the generator (empty without one).
     """
 
     retriever: BaseRetriever
     reranker: BaseNodePostprocessor | None = None
-    llm: LLM
-    tokenizer: Any
+    llm: LLM | None = None
+    tokenizer: Any = None
+    answerer: Any = None  # a pipeline.extractive.ExtractiveAnswerer, instead of llm and tokenizer
 
     def custom_query(self, query_str: str) -> Response:
         bundle = QueryBundle(query_str)
@@ -157,10 +160,14 @@ class RaftQueryEngine(CustomQueryEngine):
             started = time.perf_counter()
             nodes = self.reranker.postprocess_nodes(nodes, query_bundle=bundle)
             seconds["rerank"] = time.perf_counter() - started
-        messages = build_messages(query_str, [n.node.get_content() for n in nodes])
-        prompt = chat_prompt(self.tokenizer, messages)
+        context = [n.node.get_content() for n in nodes]
+        messages = build_messages(query_str, context)
         started = time.perf_counter()
-        raw = self.llm.complete(prompt, formatted=True).text.strip()
+        if self.answerer is not None:
+            prompt, raw = "", self.answerer.answer([query_str], [context])[0]
+        else:
+            prompt = chat_prompt(self.tokenizer, messages)
+            raw = self.llm.complete(prompt, formatted=True).text.strip()
         seconds["generate"] = time.perf_counter() - started
         parsed = parse_answer(raw)
         return Response(
@@ -208,6 +215,15 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
             fusion_weight=load_fusion_weight(comp.reranker),
             scorer=scorer,
         )
+    # Without a reranker the generator reads the retriever's top_n, as in the eval harness.
+    top_k = choice.top_k if reranker is not None else choice.top_n
+    retriever = index.as_retriever(similarity_top_k=top_k)
+    if choice.retrieval == "hybrid":
+        corpus = read_jsonl(run.require("data", "corpus")["corpus"])
+        dense = index.as_retriever(similarity_top_k=choice.hybrid_depth)
+        retriever = HybridRetriever(dense, bm25_retriever(corpus, choice.hybrid_depth), top_k)
+    if comp.generator == EXTRACTIVE:  # no LLM: the served embedder picks the sentence
+        return RaftQueryEngine(retriever=retriever, reranker=reranker, answerer=ExtractiveAnswerer(embed_model._model))
     model, tokenizer = load_generator(comp.generator, comp.adapter, inference_dtype(choice.dtype))
     positions = getattr(model.config, "max_position_embeddings", choice.context_window)
     # With an adapter the tokenizer is the copy RAFT saved beside it (the base's, with the chat template it
@@ -227,13 +243,6 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
             tokenizer, [{"role": m.role.value, "content": m.content} for m in msgs]
         ),
     )
-    # Without a reranker the generator reads the retriever's top_n, as in the eval harness.
-    top_k = choice.top_k if reranker is not None else choice.top_n
-    retriever = index.as_retriever(similarity_top_k=top_k)
-    if choice.retrieval == "hybrid":
-        corpus = read_jsonl(run.require("data", "corpus")["corpus"])
-        dense = index.as_retriever(similarity_top_k=choice.hybrid_depth)
-        retriever = HybridRetriever(dense, bm25_retriever(corpus, choice.hybrid_depth), top_k)
     return RaftQueryEngine(retriever=retriever, reranker=reranker, llm=llm, tokenizer=tokenizer)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import AssembleConfig, RagtuneConfig
+from pipeline.extractive import EXTRACTIVE
 from pipeline.models import resolve_model
 from pipeline.promotion import resolve_auto, tuned_embedder
 from pipeline.rundir import RunDir
@@ -24,7 +25,7 @@ class Components:
 
     embedder: str
     reranker: str | None
-    generator: str | None  # None in retrieval-only mode
+    generator: str | None  # None in retrieval-only mode; pipeline.extractive.EXTRACTIVE: no LLM
     adapter: str | None = None  # a peft LoRA adapter applied on top of ``generator``
     inputs: dict[str, str] = field(default_factory=dict)
 
@@ -88,6 +89,8 @@ def resolve_components(
             adapter = str(run.require("raft", "adapter")["adapter"])
             generator = resolve_model(cfg.raft.base_model)
             inputs |= run.input_hashes("raft", "adapter")
+    elif need_generator and choice.generator == EXTRACTIVE:
+        generator = EXTRACTIVE  # no model: the embedder answers (pipeline.extractive)
     elif need_generator:
         generator = resolve_model(cfg.raft.base_model)
     return Components(embedder, reranker, generator, adapter, inputs)

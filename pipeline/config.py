@@ -583,8 +583,11 @@ class AssembleConfig(Section):
         description="auto: the tuned reranker if the dev slice gave it a fusion weight above 0, else none; base: "
         "rerank.base_model as a cross-encoder.",
     )
-    generator: Literal["auto", "tuned", "base"] = Field(
-        "auto", description="auto: the tuned generator if its dev answer F1 beat the base's, else the base."
+    generator: Literal["auto", "tuned", "base", "extractive"] = Field(
+        "auto",
+        description="extractive: no LLM, the context sentence closest to the question under the served embedder. "
+        "auto: whichever of base, tuned and extractive had the best dev answer F1 in the RAFT stage (base "
+        "when it did not measure).",
     )
     top_k: int = Field(10, ge=1, description="Chunks the retriever returns.")
     top_n: int = Field(
@@ -641,10 +644,11 @@ class ProbeConfig(Section):
 
 class EvalConfig(Section):
     configurations: list[str] = Field(
-        ["rag_only", "rag_hybrid", "embed", "embed_rerank", "full"],
+        ["rag_only", "rag_hybrid", "embed", "embed_rerank", "extractive", "full"],
         description="Named configurations to compare; custom ones are defined in `custom`. Built in: rag_only "
         "and rag_hybrid (the base embedder, dense and fused with BM25: the untrained baselines), embed, "
-        "embed_rerank and full (retrieval mode as assemble.retrieval resolves it).",
+        "embed_rerank, extractive (embed_rerank's context answered by its best-matching sentence, no LLM: the "
+        "floor a generator must clear) and full (retrieval mode as assemble.retrieval resolves it).",
     )
     custom: dict[str, AssembleConfig] = Field(
         default_factory=dict, description="Extra named combinations of components."

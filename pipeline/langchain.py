@@ -120,5 +120,14 @@ def langchain_components(run_path: str | Path) -> tuple[RagtuneRetriever, Ragtun
 
 
 def components_of(engine: RaftQueryEngine) -> tuple[RagtuneRetriever, RagtuneChatModel]:
-    """LangChain wrappers over an engine already built (same retriever, reranker and generator objects)."""
+    """LangChain wrappers over an engine already built (same retriever, reranker and generator objects).
+
+    Raises:
+        ValueError: the engine answers extractively (``assemble.generator: extractive``): it has no chat model.
+    """
+    if engine.llm is None:
+        raise ValueError(
+            "assemble.generator: extractive answers without an LLM, so there is no chat model to hand to LangChain; "
+            "use the retriever, or set assemble.generator to base or tuned"
+        )
     return RagtuneRetriever(engine=engine), RagtuneChatModel(llm=engine.llm, tokenizer=engine.tokenizer)

@@ -11,7 +11,9 @@ the rules below read them:
   figure beats the base's;
 - reranker: promoted when the dev slice gave it a fusion weight above 0 (the one-standard-error rule: the
   fused order clearly beat the tuned retriever's), or a configured ``rerank.fusion_weight`` above 0;
-- generator: promoted when its dev answer F1 beats the base generator's.
+- generator: of the base generator, the tuned one and the extractive answerer (no LLM: the context sentence
+  closest to the question), the one with the best dev answer F1 serves; so no user is served answers worse
+  than a quote. Ties go to base, then tuned.
 
 A component without a dev figure is not promoted: it cannot have shown that it helps. ``tuned``, ``base``
 (and ``none`` for the reranker) still force a choice; the eval harness's built-in configurations always do.
@@ -39,6 +41,7 @@ class Promotion:
 
     promoted: bool
     reason: str
+    serves: str | None = None  # what ``auto`` resolves to when neither the tuned part nor the baseline serves
 
 
 FIRST_STAGES: dict[tuple[str, str], str] = {  # (embedder, retrieval) -> its dev figure; ties go to the first
@@ -117,8 +120,8 @@ def reranker_promotion(metrics: Mapping[str, Any]) -> Promotion:
 
     Example:
         >>> m = {"fusion_weight": 0.3, "dev_ndcg@10_fused": 0.6, "dev_ndcg@10_retriever": 0.55, "dev_queries": 9}
-        >>> reranker_promotion(m)
-        Promotion(promoted=True, reason='fusion weight 0.3: dev nDCG@10 fused 0.6000 vs retriever 0.5500 (9 queries)')
+        >>> reranker_promotion(m).reason
+        'fusion weight 0.3: dev nDCG@10 fused 0.6000 vs retriever 0.5500 (9 queries)'
     """
     weight = float(metrics.get("fusion_weight") or 0.0)
     fused, retriever = metrics.get("dev_ndcg@10_fused"), metrics.get("dev_ndcg@10_retriever")
@@ -130,17 +133,31 @@ def reranker_promotion(metrics: Mapping[str, Any]) -> Promotion:
     return Promotion(weight > 0, f"fusion weight {weight:.1f}: {figure}")
 
 
+GENERATORS = ("base", "tuned", "extractive")  # the generator gate's candidates, in tie-breaking order
+
+
 def generator_promotion(metrics: Mapping[str, Any]) -> Promotion:
-    """The tuned generator serves when its dev answer F1 is above the base generator's.
+    """The generator with the best dev answer F1 of base, tuned and extractive serves (ties: the earlier one).
+
+    The tuned generator is promoted when it is that one; when the extractive answerer is, ``serves`` says so.
+    A run recorded before the extractive figure existed chooses between base and tuned.
 
     Example:
         >>> generator_promotion({}).promoted
         False
+        >>> m = {"dev_f1_base": 0.08, "dev_f1_tuned": 0.05, "dev_f1_extractive": 0.15, "dev_questions": 18}
+        >>> p = generator_promotion(m)
+        >>> p.promoted, p.serves, p.reason
+        (False, 'extractive', 'dev F1 extractive 0.1500 vs base 0.0800, tuned 0.0500 (18 questions)')
     """
-    base, tuned = metrics.get("dev_f1_base"), metrics.get("dev_f1_tuned")
-    if base is None or tuned is None:
+    scores = {g: metrics.get(f"dev_f1_{g}") for g in GENERATORS}
+    if scores["base"] is None or scores["tuned"] is None:
         return Promotion(False, "not measured: the RAFT stage recorded no dev answer F1")
-    return Promotion(tuned > base, f"dev F1 {tuned:.4f} vs base {base:.4f} ({metrics.get('dev_questions')} questions)")
+    measured = [g for g in GENERATORS if scores[g] is not None]
+    best = max(measured, key=lambda g: (scores[g], -measured.index(g)))
+    others = ", ".join(f"{g} {scores[g]:.4f}" for g in measured if g != best)
+    reason = f"dev F1 {best} {scores[best]:.4f} vs {others} ({metrics.get('dev_questions')} questions)"
+    return Promotion(best == "tuned", reason, serves=best if best == "extractive" else None)
 
 
 @dataclass(frozen=True)
@@ -256,7 +273,9 @@ def resolve_auto(choice: AssembleConfig, run: RunDir, gpl_enabled: bool = False)
     decided = promotions(run, gpl_enabled, choice)
     promoted = {"embedder": "tuned", "retrieval": "hybrid", "reranker": "tuned", "generator": "tuned"}
     update = {
-        f: (promoted[f] if decided[f].promoted else BASELINE_CHOICE[f]) for f in fields if getattr(choice, f) == "auto"
+        f: decided[f].serves or (promoted[f] if decided[f].promoted else BASELINE_CHOICE[f])
+        for f in fields
+        if getattr(choice, f) == "auto"
     }
     return choice.model_copy(update=update)
 
@@ -298,6 +317,6 @@ def format_promotions(run: RunDir, gpl_enabled: bool = False) -> str:
         if component == "retrieval":
             served = "hybrid" if p.promoted else "dense"
         else:
-            served = "tuned" if p.promoted else "baseline"
+            served = p.serves or ("tuned" if p.promoted else "baseline")
         lines.append(f"  {component:<9}  {served}  ({p.reason})")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from pipeline.components import load_reranker
 from pipeline.config import AssembleConfig, RagtuneConfig
 from pipeline.dev_slice import split_dev_queries
 from pipeline.entry import run_stage
+from pipeline.extractive import ExtractiveAnswerer
 from pipeline.llm import make_backend
 from pipeline.pseudo_queries import inverse_cloze_queries
 from pipeline.raft_format import build_messages
@@ -208,7 +209,9 @@ def served_prompts(
     """Prompts for ``questions`` over the context serving would give them: top_k retrieved, reranked, top_n.
 
     Returns:
-        Rows ``{"qid", "prompt": chat messages of build_messages, "answer": the reference, "chunk_ids"}``.
+        Rows ``{"qid", "prompt": chat messages of build_messages, "answer": the reference, "chunk_ids",
+        "extractive"}``; ``extractive`` is the extractive answerer's answer over the same context with the
+        retriever's embedder (:mod:`pipeline.extractive`), the third candidate of the generator gate.
     """
     if not questions:
         return []
@@ -217,12 +220,19 @@ def served_prompts(
     scores, ids = retriever.search(vectors, k=assemble.top_k)
     candidates = [[{"id": c, "text": texts[c]} for c in row] for row in ids]
     reranked = rerank(cross_encoder, question_texts, candidates, scores, fusion_weight)
-    rows = []
-    for q, row in zip(questions, reranked, strict=True):
-        chunk_ids = [chunk["id"] for chunk, _ in row][: assemble.top_n]
-        prompt = build_messages(q["text"], [texts[c] for c in chunk_ids])
-        rows.append({"qid": q["qid"], "prompt": prompt, "answer": q["answer"], "chunk_ids": chunk_ids})
-    return rows
+    served = [[chunk["id"] for chunk, _ in row][: assemble.top_n] for row in reranked]
+    contexts = [[texts[c] for c in chunk_ids] for chunk_ids in served]
+    extractive = ExtractiveAnswerer(retriever.model).answer(question_texts, contexts)
+    return [
+        {
+            "qid": q["qid"],
+            "prompt": build_messages(q["text"], context),
+            "answer": q["answer"],
+            "chunk_ids": chunk_ids,
+            "extractive": answer,
+        }
+        for q, chunk_ids, context, answer in zip(questions, served, contexts, extractive, strict=True)
+    ]
 
 
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:

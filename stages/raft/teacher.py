@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from pipeline.extractive import quotable, split_sentences, words
 from pipeline.quoting import DATA_RULE, neutralise, quote_documents
 from pipeline.raft_format import (
     ABSTAIN_ANSWER,
@@ -41,33 +42,8 @@ EXTRACTIVE_REASON = "The relevant document states:"
 NO_ORACLE_REASON = "None of the provided documents addresses this question."
 MEMORY_REASON = "None of the provided documents addresses this question, so the answer comes from general knowledge."
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n|\n(?=\s*(?:[-*+#>|]|\d+[.)]\s))")
-MIN_QUOTE_WORDS = 4  # shorter pieces (headings, labels) are quoted only when nothing longer exists
-_WORD = re.compile(r"\w+")
-
 # Outcomes of verify_and_repair, in the order the report lists them.
 VALID, REPAIRED, REPLACED, MALFORMED = "valid", "repaired", "replaced", "malformed"
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split a chunk into sentences: at end punctuation, blank lines and list items or headings.
-
-    A hard-wrapped line break inside a sentence does not split it; the sentence comes back with its
-    whitespace collapsed, which :func:`~pipeline.raft_format.quote_is_verbatim` still finds in the chunk.
-
-    Example:
-        >>> split_sentences("# Drain\\n\\nLet every batch\\nfinish. It takes 40 minutes!\\n- Owner: Routing")
-        ['# Drain', 'Let every batch finish.', 'It takes 40 minutes!', '- Owner: Routing']
-    """
-    return [" ".join(s.split()) for s in _SENTENCE_END.split(text) if s.strip()]
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.casefold())
-
-
-def _quotable(sentences: list[str]) -> list[str]:
-    return [s for s in sentences if len(_words(s)) >= MIN_QUOTE_WORDS] or sentences
 
 
 def best_matching_sentence(answer: str, oracle_texts: Sequence[str]) -> str:
@@ -84,12 +60,12 @@ def best_matching_sentence(answer: str, oracle_texts: Sequence[str]) -> str:
         >>> best_matching_sentence("40 minutes", ["Drain first. The grace period is 40 minutes."])
         'The grace period is 40 minutes.'
     """
-    sentences = _quotable([s for text in oracle_texts for s in split_sentences(text)])
+    sentences = quotable([s for text in oracle_texts for s in split_sentences(text)])
     if not sentences:
         raise ValueError("the oracle has no sentence to quote")
-    target = set(_words(answer))
+    target = set(words(answer))
     # max() keeps the first of equal scores, so ties (and no overlap at all) go to the earliest sentence.
-    return max(sentences, key=lambda s: len(target & set(_words(s))))
+    return max(sentences, key=lambda s: len(target & set(words(s))))
 
 
 def verify_and_repair(completion: str, oracle_texts: Sequence[str]) -> tuple[str | None, str]:
@@ -193,7 +169,7 @@ def extractive_answers(
         extractive_answers(ce, ["Grace period?"], [["Drain first. It is 40 minutes."]], ["40 minutes"], 1)
         # -> one answer quoting 'It is 40 minutes.' and ending '##Answer: 40 minutes'
     """
-    sentences = [_quotable([s for text in texts for s in split_sentences(text)]) for texts in oracle_texts]
+    sentences = [quotable([s for text in texts for s in split_sentences(text)]) for texts in oracle_texts]
     pairs = [(q, s) for q, sents in zip(questions, sentences, strict=True) for s in sents]
     flat = list(cross_encoder.predict(pairs, batch_size=batch_size, show_progress_bar=False)) if pairs else []
     answers, pos = [], 0

@@ -243,12 +243,15 @@ def dev_answer_f1(model_path: str, adapter: str, rows: list[dict], assemble: Ass
 
     Returns:
         ``{"dev_questions", "dev_f1_base", "dev_f1_tuned", "dev_abstain_base", "dev_abstain_tuned"}`` (the
-        share of answers that abstain), or ``{}`` without dev rows.
+        share of answers that abstain) and ``dev_f1_extractive`` (the extractive answers the build wrote into
+        the rows), or ``{}`` without dev rows.
     """
     if not rows:
         return {}
     requests = [r["prompt"] for r in rows]
     out: dict[str, Any] = {"dev_questions": len(rows)}
+    if all("extractive" in r for r in rows):
+        out["dev_f1_extractive"] = sum(token_f1(final_answer(r["extractive"]), r["answer"]) for r in rows) / len(rows)
     for label, adapter_dir in (("base", None), ("tuned", adapter)):
         model, tokenizer = load_for_inference(model_path, adapter_dir, inference_dtype(assemble.dtype))
         answers = generate_batched(model, tokenizer, requests, assemble.max_new_tokens, desc=f"RAFT dev ({label})")
@@ -311,9 +314,10 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         metrics |= dev_answer_f1(model_path, str(run.path(RAFT_ADAPTER)), read_jsonl(dev_data), cfg.assemble)
         if "dev_f1_tuned" in metrics:
             logger.info(
-                "raft: dev answer F1 %.4f (base) -> %.4f (tuned) on %d questions",
+                "raft: dev answer F1 %.4f (base) -> %.4f (tuned), %.4f (extractive) on %d questions",
                 metrics["dev_f1_base"],
                 metrics["dev_f1_tuned"],
+                metrics.get("dev_f1_extractive", float("nan")),
                 metrics["dev_questions"],
             )
     if cfg.raft.merge:

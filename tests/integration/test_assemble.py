@@ -195,3 +195,31 @@ def test_fused_reranker_takes_a_query_likelihood_scorer_and_orders_by_its_scores
         )
         out = reranker.postprocess_nodes([n.model_copy() for n in nodes], query_bundle=QueryBundle(query))
         assert [n.node.node_id for n in out] == fused_order(["n0", "n1", "n2"], retrieval, scores, weight)[:2]
+
+
+def test_extractive_generator_answers_with_a_context_sentence_and_no_llm(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, capsys
+) -> None:
+    cfg, run = _setup(tiny_config, tiny_bert_dir, tiny_llama_dir)
+    _record_embedder(run, tiny_bert_dir)
+    engine = build_query_engine(
+        cfg, run, cfg.assemble.model_copy(update={"reranker": "none", "generator": "extractive"})
+    )
+    assert engine.llm is None and engine.answerer is not None
+    response = engine.query("how long do I have to do a takeover")
+    context = [n.node.get_content() for n in response.source_nodes]
+    assert response.metadata["well_formed"] and response.metadata["prompt"] == ""
+    assert response.metadata["quotes"] == [response.response]
+    assert any(" ".join(response.response.split()) in " ".join(chunk.split()) for chunk in context)
+
+    capsys.readouterr()
+    cli(
+        [
+            "query",
+            str(run.root),
+            "how long do I have to do a takeover",
+            "assemble.reranker=none",
+            "assemble.generator=extractive",
+        ]
+    )
+    assert capsys.readouterr().out.startswith(f"Answer: {response.response}")

@@ -8,6 +8,7 @@ import pytest
 from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, simulate_embed_stage, tiny_model_overrides
 
 from pipeline.cli import main as cli
+from pipeline.raft_format import parse_answer
 from pipeline.rundir import RunDir
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -47,7 +48,7 @@ def test_eval_compares_every_configuration_and_records_the_stage(
     assert "configuration" in printed and "full" in printed and "nDCG@10" in printed
 
     report = json.loads(run.path("eval/report.json").read_text())
-    names = ["rag_only", "rag_hybrid", "embed", "embed_rerank", "full", "rerank_base"]
+    names = ["rag_only", "rag_hybrid", "embed", "embed_rerank", "extractive", "full", "rerank_base"]
     assert list(report["configurations"]) == names and report["skipped"] == {}
     assert report["mode"] == "retrieval+generation"
     n = report["queries"]["n"]
@@ -61,6 +62,7 @@ def test_eval_compares_every_configuration_and_records_the_stage(
     assert confs["embed"]["components"]["paths"]["embedder"] == str(run.path("embed/model"))
     assert confs["embed_rerank"]["components"]["paths"]["reranker"] == str(run.path("rerank/model"))
     assert confs["full"]["components"]["paths"]["adapter"] == str(run.path("raft/adapter"))
+    assert confs["extractive"]["components"]["paths"]["generator"] == "extractive"  # no LLM
     assert confs["rerank_base"]["top_k"] == 4  # custom entries inherit sizes from assemble
     for conf in confs.values():
         m = conf["metrics"]
@@ -68,7 +70,8 @@ def test_eval_compares_every_configuration_and_records_the_stage(
         assert 1 <= m["judge"] <= 5 and 0 <= m["ndcg@10"] <= 1
         assert conf["latency_ms_per_query"]["generation_ms"] > 0
     # Deltas: against rag_only and the previous configuration, paired intervals around the estimate.
-    assert report["deltas"]["full"]["vs_previous"]["reference"] == "embed_rerank"
+    assert report["deltas"]["full"]["vs_previous"]["reference"] == "embed_rerank"  # what the tuned generator adds
+    assert report["deltas"]["full"]["vs_extractive"]["reference"] == "extractive"  # and whether it beats a quote
     for by_ref in report["deltas"].values():
         for entry in by_ref.values():
             iv = entry["metrics"]["ndcg@10"]
@@ -108,6 +111,10 @@ def test_eval_compares_every_configuration_and_records_the_stage(
     assert len(rows) == len(names) * n
     answers = {name: [r["answer"] for r in rows if r["configuration"] == name] for name in names}
     assert answers["full"] != answers["embed_rerank"]
+    # The extractive answers quote one sentence of the context and give it as the answer.
+    for answer in answers["extractive"]:
+        parsed = parse_answer(answer)
+        assert parsed.well_formed and len(parsed.quotes) == 1 and parsed.answer == parsed.quotes[0]
     for chart in ("metrics", "deltas"):
         assert run.path(f"eval/{chart}.png").read_bytes()[:4] == b"\x89PNG"
     md = run.path("eval/report.md").read_text()
@@ -152,7 +159,7 @@ def test_eval_after_data_only_runs_the_baseline_and_says_what_was_skipped(
     cli(["eval", str(tiny_config), *overrides, "eval.generation=false"])
     report = json.loads(run_dir_of(tiny_config).path("eval/report.json").read_text())
     assert list(report["configurations"]) == ["rag_only", "rag_hybrid"]  # the untrained baselines
-    assert set(report["skipped"]) == {"embed", "embed_rerank", "full"}
+    assert set(report["skipped"]) == {"embed", "embed_rerank", "extractive", "full"}
     assert "ragtune embed" in report["skipped"]["embed"]
     assert "skipping configuration 'embed'" in caplog.text
     assert report["mode"] == "retrieval-only" and set(report["verdicts"]) == {"rag_hybrid"}  # baselines only

@@ -162,3 +162,28 @@ def test_hybrid_serves_only_when_it_beats_dense_and_ties_keep_the_simpler_stage(
     _record(run, "embed", {**figures, "dev_ndcg@10_base_hybrid": 0.5, "dev_ndcg@10_tuned_hybrid": 0.6})
     served = resolve_auto(AssembleConfig(), run)
     assert (served.embedder, served.retrieval) == ("tuned", "dense")
+
+
+def test_the_generator_gate_serves_the_extractive_answer_when_both_llms_lose_to_it(tmp_path) -> None:
+    run = RunDir(tmp_path / "run")
+    _record(run, "raft", {"dev_f1_base": 0.08, "dev_f1_tuned": 0.03, "dev_f1_extractive": 0.15, "dev_questions": 18})
+    decided = promotions(run)["generator"]
+    assert (decided.promoted, decided.serves) == (False, "extractive")
+    assert decided.reason == "dev F1 extractive 0.1500 vs base 0.0800, tuned 0.0300 (18 questions)"
+    assert resolve_auto(AssembleConfig(), run).generator == "extractive"
+    assert "generator  extractive  (dev F1 extractive 0.1500" in format_promotions(run)
+    # A forced choice is still the user's.
+    assert resolve_auto(AssembleConfig(generator="tuned"), run).generator == "tuned"
+
+
+def test_the_generator_gate_picks_the_best_of_three_and_ties_go_to_base_then_tuned() -> None:
+    def served(base: float, tuned: float, extractive: float | None) -> str:
+        p = generator_promotion({"dev_f1_base": base, "dev_f1_tuned": tuned, "dev_f1_extractive": extractive})
+        return p.serves or ("tuned" if p.promoted else "base")
+
+    assert served(0.2, 0.3, 0.1) == "tuned"
+    assert served(0.3, 0.2, 0.1) == "base"
+    assert served(0.1, 0.2, 0.3) == "extractive"
+    assert served(0.2, 0.2, 0.2) == "base"
+    assert served(0.1, 0.2, 0.2) == "tuned"
+    assert served(0.1, 0.2, None) == "tuned"  # a run recorded before the extractive figure: two-way

@@ -167,4 +167,14 @@ def test_dev_answer_f1_scores_base_and_tuned_on_the_same_prompts(monkeypatch) ->
     assert out["dev_questions"] == 4
     assert (out["dev_f1_base"], out["dev_f1_tuned"]) == (0.5, 0.75)
     assert (out["dev_abstain_base"], out["dev_abstain_tuned"]) == (0.0, 0.25)
+    assert "dev_f1_extractive" not in out  # rows built before the extractive answer existed
     assert train.dev_answer_f1("base", "adapter", [], AssembleConfig()) == {}
+    # The build's extractive answers are scored as the third candidate of the gate.
+    quoted = [format_answer("s", [f"It takes {i} minutes."], f"It takes {i} minutes.") for i in range(4)]
+    out = train.dev_answer_f1(
+        "base",
+        "adapter",
+        [r | {"extractive": a} for r, a in zip(rows, quoted, strict=True)],
+        AssembleConfig(max_new_tokens=9),
+    )
+    assert out["dev_f1_extractive"] == pytest.approx(2 / 3)  # "{i} minutes" in "It takes {i} minutes.": P 1/2, R 1

@@ -1,5 +1,6 @@
 """RAFT teacher: sentence split, quote verification and repair, no-oracle targets, extractive answers."""
 
+from pipeline.extractive import split_sentences
 from pipeline.raft_format import ABSTAIN_ANSWER, format_answer, parse_answer, quote_is_verbatim
 from stages.raft.teacher import (
     MEMORY_REASON,
@@ -7,7 +8,6 @@ from stages.raft.teacher import (
     build_teacher_messages,
     extractive_answers,
     no_oracle_target,
-    split_sentences,
     verify_and_repair,
 )
 
