@@ -12,7 +12,9 @@ from eval.metrics import Interval, bootstrap_mean, mean_defined, paired_bootstra
 
 VERDICT_METRICS = ("ndcg@10", "recall@10", "f1")
 BASELINES = ("rag_only", "rag_hybrid")  # the untrained configurations (eval.configurations)
-ANSWER_BASELINE = "extractive"  # no LLM: the generator after it is read against it and against the step before it
+# Untrained alternatives of one stage, listed just before its tuned configuration: that configuration is read
+# against the step before them (what the stage adds) and against them (whether training paid), under this label.
+SIDE_BASELINES = {"embed_rerank_untrained": "vs_untrained_reranker", "extractive": "vs_extractive"}
 LOWER_IS_BETTER = frozenset({"abstain_with_evidence"})
 
 
@@ -57,9 +59,10 @@ def compare(
 
     The first tuned configuration's previous step is the stronger untrained baseline (:func:`stronger_baseline`):
     stage 1 is read against hybrid retrieval where BM25 with the base embedder is the better untrained choice.
-    The configuration after ``extractive`` (``full``) is read against the step before it (``embed_rerank``: what
-    the tuned generator adds over the base one) and against the extractive answer (``vs_extractive``: whether it
-    beats quoting the best sentence).
+    A configuration after a side baseline (:data:`SIDE_BASELINES`) is read against the step before it and against
+    the side baseline: ``embed_rerank`` against ``embed`` (what the tuned reranker adds) and against
+    ``embed_rerank_untrained`` (whether training the reranker paid); ``full`` against ``embed_rerank`` (what the
+    tuned generator adds over the base one) and against ``extractive`` (whether it beats quoting the best sentence).
     """
     deltas: dict[str, dict] = {}
     strongest = stronger_baseline(rows, names)
@@ -68,8 +71,8 @@ def compare(
         if previous in BASELINES and name not in BASELINES:
             previous = strongest
         refs = {"vs_rag_only": names[0], "vs_previous": previous}
-        if previous == ANSWER_BASELINE and i >= 2:  # the step after the extractive row is read against both
-            refs |= {"vs_previous": names[i - 2], "vs_extractive": previous}
+        if previous in SIDE_BASELINES and i >= 2:
+            refs |= {"vs_previous": names[i - 2], SIDE_BASELINES[previous]: previous}
         deltas[name] = {}
         for label, ref in refs.items():
             intervals = {}

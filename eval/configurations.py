@@ -18,6 +18,7 @@ BUILTIN_CONFIGURATIONS: dict[str, dict[str, str]] = {
     "rag_only": {"embedder": "base", "reranker": "none", "generator": "base", "retrieval": "dense"},
     "rag_hybrid": {"embedder": "base", "reranker": "none", "generator": "base", "retrieval": "hybrid"},
     "embed": {"embedder": "tuned", "reranker": "none", "generator": "base"},
+    "embed_rerank_untrained": {"embedder": "tuned", "reranker": "base", "generator": "base"},
     "embed_rerank": {"embedder": "tuned", "reranker": "tuned", "generator": "base"},
     "extractive": {"embedder": "tuned", "reranker": "tuned", "generator": "extractive"},
     "full": {"embedder": "tuned", "reranker": "tuned", "generator": "tuned"},

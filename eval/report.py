@@ -45,6 +45,14 @@ CHART_LABEL_WIDTH = 12  # characters per line of an x-axis label
 FINE_TUNE_LOW, FINE_TUNE_HIGH = 0.80, 0.85
 
 
+REFERENCE_WORDS = {  # what each comparison of the verdict table asks
+    "vs_previous": "previous step",
+    "vs_rag_only": "plain RAG",
+    "vs_untrained_reranker": "tuned reranker vs untrained reranker",
+    "vs_extractive": "tuned generator vs extractive answer",
+}
+
+
 def recall_label(baseline: dict) -> str:
     """What the fine-tune note's recall measured, from :func:`eval.metrics.labelled_recall`'s summary.
 
@@ -308,7 +316,8 @@ def render_markdown(report: dict) -> str:
             weight = report["configurations"].get(name, {}).get("reranker_weight")
             shown = "–" if weight is None else f"{weight:.1f}"
             for v in items:
-                out.append(f"| {name} | {shown} | {v['metric']} | {v['vs']} | {v['verdict']} | {_interval_text(v)} |")
+                vs = f"{v['vs']} ({REFERENCE_WORDS.get(v['label'], v['label'])})"
+                out.append(f"| {name} | {shown} | {v['metric']} | {vs} | {v['verdict']} | {_interval_text(v)} |")
     else:
         out.append("Only the baseline ran: nothing to compare yet.")
     if report.get("promotion"):

@@ -16,7 +16,7 @@ from pipeline.config import AssembleConfig, RagtuneConfig
 from pipeline.extractive import EXTRACTIVE
 from pipeline.models import resolve_model
 from pipeline.promotion import resolve_auto, tuned_embedder
-from pipeline.rundir import RunDir
+from pipeline.rundir import RunDir, StageInputError
 
 
 @dataclass
@@ -78,7 +78,8 @@ def resolve_components(
         reranker = str(run.require("rerank", "model")["model"])
         inputs |= run.input_hashes("rerank", "model")
     elif choice.reranker == "base":
-        reranker = resolve_model(cfg.rerank.base_model)
+        reranker, untrained_inputs = untrained_reranker_path(cfg, run)
+        inputs |= untrained_inputs
     generator = adapter = None
     if need_generator and choice.generator == "tuned":
         raft = run.load_manifest().get("raft")
@@ -94,6 +95,26 @@ def resolve_components(
     elif need_generator:
         generator = resolve_model(cfg.raft.base_model)
     return Components(embedder, reranker, generator, adapter, inputs)
+
+
+def untrained_reranker_path(cfg: RagtuneConfig, run: RunDir) -> tuple[str, dict[str, str]]:
+    """``assemble.reranker: base``: the untrained reranker of ``rerank.kind`` stage 2 saved (``rerank/untrained``,
+    with the fusion weight the dev slice chose for it), and the hash it stands on.
+
+    Before stage 2 a cross-encoder kind falls back to ``rerank.base_model`` reranking plainly (weight 1).
+
+    Raises:
+        StageInputError: a query-likelihood kind before stage 2 (its untrained form and weight come from there).
+    """
+    record = run.load_manifest().get("rerank")
+    if record is not None and "untrained" in record.outputs:
+        return str(run.require("rerank", "untrained")["untrained"]), run.input_hashes("rerank", "untrained")
+    if cfg.rerank.kind == "cross_encoder":
+        return resolve_model(cfg.rerank.base_model), {}
+    raise StageInputError(
+        f"assemble.reranker: base is the untrained query-likelihood reranker with the fusion weight stage 2 chose "
+        f"for it on the dev slice; run `ragtune rerank CONFIG` first ({run.root})"
+    )
 
 
 def load_reranker(path: str, max_length: int, seed: int, cache_dir: Path | None = None) -> Any:
@@ -129,14 +150,11 @@ def untrained_reranker(cfg: RagtuneConfig, cache_dir: Path | None = None) -> Any
             content hash and the prompt), or None.
     """
     if cfg.rerank.kind == "query_likelihood":
-        import hashlib
-
-        from pipeline.query_likelihood import QueryLikelihoodReranker
-        from pipeline.retrieval import model_hash
+        from pipeline.query_likelihood import QueryLikelihoodReranker, untrained_cache_name
 
         ql = cfg.rerank.query_likelihood
-        key = hashlib.sha256(f"{model_hash(resolve_model(ql.generator))}\n{ql.prompt}\n{ql.max_length}".encode())
-        cache_file = Path(cache_dir) / f"untrained-{key.hexdigest()[:16]}.json" if cache_dir is not None else None
+        name = untrained_cache_name(ql.generator, ql.prompt, ql.max_length)
+        cache_file = Path(cache_dir) / f"{name}.json" if cache_dir is not None else None
         return QueryLikelihoodReranker.from_generator(
             ql.generator, ql.prompt, ql.max_length, ql.dtype, cache_file=cache_file
         )

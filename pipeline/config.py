@@ -581,7 +581,8 @@ class AssembleConfig(Section):
     reranker: Literal["auto", "tuned", "base", "none"] = Field(
         "auto",
         description="auto: the tuned reranker if the dev slice gave it a fusion weight above 0, else none; base: "
-        "rerank.base_model as a cross-encoder.",
+        "the untrained reranker of rerank.kind (query likelihood: the LM with the stage's prompt; cross-encoder: "
+        "rerank.base_model) at the fusion weight stage 2 chose for it on the same dev slice.",
     )
     generator: Literal["auto", "tuned", "base", "extractive"] = Field(
         "auto",
@@ -644,10 +645,11 @@ class ProbeConfig(Section):
 
 class EvalConfig(Section):
     configurations: list[str] = Field(
-        ["rag_only", "rag_hybrid", "embed", "embed_rerank", "extractive", "full"],
+        ["rag_only", "rag_hybrid", "embed", "embed_rerank_untrained", "embed_rerank", "extractive", "full"],
         description="Named configurations to compare; custom ones are defined in `custom`. Built in: rag_only "
         "and rag_hybrid (the base embedder, dense and fused with BM25: the untrained baselines), embed, "
-        "embed_rerank, extractive (embed_rerank's context answered by its best-matching sentence, no LLM: the "
+        "embed_rerank_untrained (the untrained reranker of rerank.kind at the fusion weight the dev slice chose for "
+        "it), embed_rerank, extractive (embed_rerank's context answered by its best-matching sentence, no LLM: the "
         "floor a generator must clear) and full (retrieval mode as assemble.retrieval resolves it).",
     )
     custom: dict[str, AssembleConfig] = Field(

@@ -91,6 +91,17 @@ def pair_key(query: str, passage: str) -> str:
     return hashlib.sha256(f"{query}\0{passage}".encode()).hexdigest()[:24]
 
 
+def untrained_cache_name(generator: str, prompt: str, max_length: int) -> str:
+    """The score cache file stem of an untrained reranker: the LM's content hash, the prompt, the passage length."""
+    import hashlib
+
+    from pipeline.models import resolve_model
+    from pipeline.retrieval import model_hash
+
+    key = hashlib.sha256(f"{model_hash(resolve_model(generator))}\n{prompt}\n{max_length}".encode())
+    return f"untrained-{key.hexdigest()[:16]}"
+
+
 class QueryLikelihoodReranker(nn.Module):
     """A causal LM (optionally with a LoRA adapter) that scores (query, passage) pairs by query likelihood.
 
@@ -226,7 +237,12 @@ class QueryLikelihoodReranker(nn.Module):
         path = Path(path)
         spec = json.loads((path / SPEC_FILE).read_text(encoding="utf-8"))
         adapter = str(path) if (path / "adapter_config.json").is_file() else None
-        cache_file = Path(cache_dir) / f"{hash_path(path)}.json" if cache_dir is not None else None
+        # A trained reranker's scores belong to its folder's content; an untrained one's to its LM and prompt,
+        # so stage 2, eval and GPL's untrained teacher share one cache file.
+        name = (
+            hash_path(path) if adapter else untrained_cache_name(spec["generator"], spec["prompt"], spec["max_length"])
+        )
+        cache_file = Path(cache_dir) / f"{name}.json" if cache_dir is not None else None
         settings = (spec["generator"], spec["prompt"], spec["max_length"], spec["dtype"])
         return cls.from_generator(*settings, adapter, cache_file)
 

@@ -69,6 +69,7 @@ EMBED_METRICS = "embed/metrics.json"
 EMBED_CHECKPOINTS = "embed/checkpoints"
 RERANK_NEGATIVES = "rerank/negatives"  # negatives.jsonl, report.json, histogram and audit
 RERANK_MODEL = "rerank/model"
+RERANK_UNTRAINED = "rerank/untrained"  # the untrained reranker of rerank.kind, with its own dev-chosen weight
 RERANK_METRICS = "rerank/metrics.json"
 RERANK_CHECKPOINTS = "rerank/checkpoints"
 RERANK_LEARNING_CURVE = "rerank/learning_curve.png"

@@ -24,9 +24,10 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.components import load_reranker
+from pipeline.components import load_reranker, untrained_reranker
 from pipeline.config import RagtuneConfig, RerankConfig, check_trainer_keys
 from pipeline.dev_slice import DEV_MIN_QUERIES
 from pipeline.entry import run_stage
@@ -40,6 +41,7 @@ from pipeline.rundir import (
     RERANK_METRICS,
     RERANK_MODEL,
     RERANK_NEGATIVES,
+    RERANK_UNTRAINED,
     SCORE_CACHE,
     RunDir,
     atomic_dir,
@@ -293,6 +295,25 @@ def choose_weight(cfg: RerankConfig, dev: DevCandidates | None, cross_encoder: C
     }
 
 
+def save_untrained(reranker: Any, folder: Path, cfg: RagtuneConfig) -> None:
+    """Write the untrained reranker into ``folder`` so that :func:`pipeline.components.load_reranker` loads it:
+    a query-likelihood spec without an adapter, or the base cross-encoder with its seeded fresh head."""
+    if cfg.rerank.kind == "query_likelihood":
+        reranker.save(folder, cfg.rerank.query_likelihood.generator, cfg.rerank.query_likelihood.dtype)
+    else:
+        reranker.save_pretrained(str(folder))
+
+
+def dev_figure_at(fusion: Mapping[str, Any], weight: float) -> float | None:
+    """The dev nDCG@10 at the chosen weight, from :func:`choose_weight`'s record (None when it measured none).
+
+    Example:
+        >>> dev_figure_at({"dev_ndcg@10_by_weight": {"0.0": 0.5, "0.3": 0.56}}, 0.3)
+        0.56
+    """
+    return (fusion.get("dev_ndcg@10_by_weight") or {}).get(f"{weight:.1f}")
+
+
 def recipe_line(cfg: RerankConfig) -> str:
     """The model card's one-line recipe of the reranker.
 
@@ -525,8 +546,20 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
             (card.read_text(encoding="utf-8") if card.exists() else "") + model_card_section(cfg.rerank, curve, weight)
         )
 
-    # 7. Evaluate on the eval split: tuned retriever alone vs reranker alone vs the two fused (what serving does).
+    # 7. The untrained reranker of the same kind, its fusion weight chosen by the same rule on the same dev slice:
+    #    what `assemble.reranker: base` serves and eval's embed_rerank_untrained measures the training against.
     del model
+    untrained = untrained_reranker(cfg, run.path(SCORE_CACHE))
+    untrained_weight, untrained_fusion = choose_weight(cfg.rerank, dev, untrained)
+    logger.info("rerank: the untrained reranker's fusion weight %.1f", untrained_weight)
+    with atomic_dir(run.path(RERANK_UNTRAINED)) as tmp:
+        save_untrained(untrained, tmp, cfg)
+        (tmp / FUSION_FILE).write_text(
+            json.dumps({"fusion_weight": untrained_weight, **untrained_fusion}, indent=2) + "\n"
+        )
+
+    # 8. Evaluate on the eval split: tuned retriever alone vs reranker alone vs the two fused (what serving does),
+    #    and the untrained reranker fused at its weight.
     reranker = load_reranker(str(run.path(RERANK_MODEL)), cfg.rerank.max_length, cfg.run.seed, run.path(SCORE_CACHE))
     eval_queries = [q for q in queries if q["split"] == "eval"]
     if not eval_queries:
@@ -534,6 +567,9 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     scored = score_candidates(retriever, reranker, eval_queries, cfg.rerank.retrieve_top_k)
     evaluation = evaluate_reranking(scored, eval_queries, weight)
     before, after = evaluation["retriever"], evaluation["retriever+reranker"]
+    untrained_scored = score_candidates(retriever, untrained, eval_queries, cfg.rerank.retrieve_top_k)
+    untrained_evaluation = evaluate_reranking(untrained_scored, eval_queries, untrained_weight)
+    del untrained
     metrics = {
         "ndcg@10_retriever": before["ndcg@10"],
         "ndcg@10_reranked": after["ndcg@10"],
@@ -545,6 +581,9 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         "dev_ndcg@10_retriever": kept["retriever"] if kept else None,
         "dev_ndcg@10_reranker_only": kept["reranker"] if kept else None,
         "dev_ndcg@10_fused": kept["fused"] if kept else None,
+        "untrained_fusion_weight": untrained_weight,
+        "dev_ndcg@10_untrained_fused": dev_figure_at(untrained_fusion, untrained_weight),
+        "ndcg@10_untrained_reranked": untrained_evaluation["retriever+reranker"]["ndcg@10"],
         "kept_step": kept and f"{kept['phase']} {kept['step']}",
         "eval_queries": evaluation["queries"],
         "negatives": mining_report["selected"],
@@ -562,6 +601,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
                 "learning_curve": curve,
                 "dev_qids": [q["qid"] for q in dev_queries],
                 "evaluation": evaluation,
+                "untrained": {**untrained_fusion, "evaluation": untrained_evaluation},
                 "mining": mining_report,
             },
             indent=2,
@@ -569,12 +609,17 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         + "\n",
     )
 
-    # 8. Record the stage last.
+    # 9. Record the stage last.
     run.record(
         STAGE,
         config_hash=config_hash,
         inputs=inputs,
-        outputs={"model": RERANK_MODEL, "negatives": RERANK_NEGATIVES, "metrics": RERANK_METRICS},
+        outputs={
+            "model": RERANK_MODEL,
+            "untrained": RERANK_UNTRAINED,
+            "negatives": RERANK_NEGATIVES,
+            "metrics": RERANK_METRICS,
+        },
         metrics=metrics,
         started=started,
     )

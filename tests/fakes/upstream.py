@@ -90,7 +90,8 @@ def simulate_rerank_stage(run: RunDir, bert: Path, varied: bool = False) -> None
 
 
 def record_tuned_reranker_and_adapter(run: RunDir, bert: Path, llama: Path) -> None:
-    """Record finished rerank and raft stages: a fresh-head CrossEncoder and a random, non-zero LoRA adapter."""
+    """Record finished rerank and raft stages: fresh-head CrossEncoders as the tuned and the untrained reranker
+    (the latter with a recorded fusion weight of 0.5), and a random, non-zero LoRA adapter."""
     import torch
     from peft import LoraConfig, get_peft_model
     from sentence_transformers import CrossEncoder
@@ -98,7 +99,10 @@ def record_tuned_reranker_and_adapter(run: RunDir, bert: Path, llama: Path) -> N
 
     torch.manual_seed(1)
     CrossEncoder(str(bert), num_labels=1).save(str(run.path("rerank/model")))
-    run.record("rerank", config_hash="t", inputs={}, outputs={"model": "rerank/model"}, started=time.time())
+    CrossEncoder(str(bert), num_labels=1).save(str(run.path("rerank/untrained")))
+    run.path("rerank/untrained/ragtune_fusion.json").write_text('{"fusion_weight": 0.5}')
+    outputs = {"model": "rerank/model", "untrained": "rerank/untrained"}
+    run.record("rerank", config_hash="t", inputs={}, outputs=outputs, started=time.time())
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(llama), lora)
     torch.manual_seed(2)

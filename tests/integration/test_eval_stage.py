@@ -48,7 +48,8 @@ def test_eval_compares_every_configuration_and_records_the_stage(
     assert "configuration" in printed and "full" in printed and "nDCG@10" in printed
 
     report = json.loads(run.path("eval/report.json").read_text())
-    names = ["rag_only", "rag_hybrid", "embed", "embed_rerank", "extractive", "full", "rerank_base"]
+    names = ["rag_only", "rag_hybrid", "embed", "embed_rerank_untrained", "embed_rerank", "extractive", "full"]
+    names += ["rerank_base"]
     assert list(report["configurations"]) == names and report["skipped"] == {}
     assert report["mode"] == "retrieval+generation"
     n = report["queries"]["n"]
@@ -63,6 +64,12 @@ def test_eval_compares_every_configuration_and_records_the_stage(
     assert confs["embed_rerank"]["components"]["paths"]["reranker"] == str(run.path("rerank/model"))
     assert confs["full"]["components"]["paths"]["adapter"] == str(run.path("raft/adapter"))
     assert confs["extractive"]["components"]["paths"]["generator"] == "extractive"  # no LLM
+    # The untrained reranker at the weight stage 2 chose for it; the tuned one read against it and against none.
+    untrained = confs["embed_rerank_untrained"]
+    assert untrained["components"]["paths"]["reranker"] == str(run.path("rerank/untrained"))
+    assert untrained["reranker_weight"] == 0.5
+    assert report["deltas"]["embed_rerank"]["vs_untrained_reranker"]["reference"] == "embed_rerank_untrained"
+    assert report["deltas"]["embed_rerank"]["vs_previous"]["reference"] == "embed"
     assert confs["rerank_base"]["top_k"] == 4  # custom entries inherit sizes from assemble
     for conf in confs.values():
         m = conf["metrics"]
@@ -159,7 +166,7 @@ def test_eval_after_data_only_runs_the_baseline_and_says_what_was_skipped(
     cli(["eval", str(tiny_config), *overrides, "eval.generation=false"])
     report = json.loads(run_dir_of(tiny_config).path("eval/report.json").read_text())
     assert list(report["configurations"]) == ["rag_only", "rag_hybrid"]  # the untrained baselines
-    assert set(report["skipped"]) == {"embed", "embed_rerank", "extractive", "full"}
+    assert set(report["skipped"]) == {"embed", "embed_rerank_untrained", "embed_rerank", "extractive", "full"}
     assert "ragtune embed" in report["skipped"]["embed"]
     assert "skipping configuration 'embed'" in caplog.text
     assert report["mode"] == "retrieval-only" and set(report["verdicts"]) == {"rag_hybrid"}  # baselines only

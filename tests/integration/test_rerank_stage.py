@@ -102,7 +102,10 @@ def test_rerank_stage_mines_trains_evaluates_and_records(tiny_config: Path, tiny
     rec = run.load_manifest()["rerank"]
     upstream = {"data": ("corpus", "queries"), "embed": ("model",)}
     assert rec.status == "done" and rec.config_hash == run.freshness(cfg, ("rerank",), upstream)[0]
-    assert set(rec.outputs) == {"model", "negatives", "metrics"}
+    assert set(rec.outputs) == {"model", "untrained", "negatives", "metrics"}
+    # The untrained reranker (the base cross-encoder, seeded head) is saved with its own weight, by the same rule.
+    assert json.loads(run.path(f"rerank/untrained/{FUSION_FILE}").read_text())["fusion_weight"] == 0.0
+    assert metrics["untrained_fusion_weight"] == 0.0 and 0 <= metrics["ndcg@10_untrained_reranked"] <= 1
     assert set(rec.inputs) == {"data/corpus", "data/queries", "embed/model"}
     assert rec.metrics["ndcg@10_reranked"] == metrics["ndcg@10_reranked"]
 
@@ -130,7 +133,7 @@ def test_rerank_stage_mines_trains_evaluates_and_records(tiny_config: Path, tiny
 def test_query_likelihood_rerank_stage_trains_an_adapter_saves_and_evaluates(
     tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path
 ) -> None:
-    from pipeline.components import load_reranker
+    from pipeline.components import load_reranker, resolve_components
     from pipeline.query_likelihood import SPEC_FILE, QueryLikelihoodReranker
 
     cli(["data", str(tiny_config), "synth.enabled=false"])
@@ -158,7 +161,26 @@ def test_query_likelihood_rerank_stage_trains_an_adapter_saves_and_evaluates(
     assert 0 <= entry.metrics["ndcg@10_reranked"] <= 1
     # The eval split's scores were cached by content: a consumer loading the reranker reuses them.
     assert isinstance(load_reranker(str(model_dir), 64, 0, run.path("cache/rerank-scores")), QueryLikelihoodReranker)
-    assert len(list(run.path("cache/rerank-scores").glob("*.json"))) == 1
+    caches = sorted(p.name for p in run.path("cache/rerank-scores").glob("*.json"))
+    assert len(caches) == 2 and caches[1].startswith("untrained-")  # the tuned and the untrained reranker's
+
+    # The untrained reranker: the same LM and prompt without an adapter, its weight chosen by the same rule; it
+    # loads and scores, and `assemble.reranker: base` serves it.
+    untrained_dir = run.path("rerank/untrained")
+    assert json.loads((untrained_dir / SPEC_FILE).read_text())["prompt"] == spec["prompt"]
+    assert not (untrained_dir / "adapter_config.json").exists() and (untrained_dir / FUSION_FILE).is_file()
+    untrained = load_reranker(str(untrained_dir), 64, 0, run.path("cache/rerank-scores"))
+    pairs = [("who owns Heron?", "Heron is owned by the routing team."), ("who owns Heron?", "Lunch is at noon.")]
+    untrained_scores = untrained.predict(pairs, batch_size=2, show_progress_bar=False)
+    tuned_scores = load_reranker(str(model_dir), 64, 0).predict(pairs, batch_size=2, show_progress_bar=False)
+    assert len(untrained_scores) == 2 and list(untrained_scores) != list(tuned_scores)  # the adapter moved it
+    assert (
+        entry.metrics["untrained_fusion_weight"]
+        == json.loads((untrained_dir / FUSION_FILE).read_text())["fusion_weight"]
+    )
+    cfg = load_config(tiny_config, overrides)
+    base = resolve_components(cfg, run, cfg.assemble.model_copy(update={"reranker": "base"}), need_generator=False)
+    assert base.reranker == str(untrained_dir) and "rerank/untrained" in base.inputs
 
 
 def test_without_any_train_query_rerank_and_raft_build_train_on_inverse_cloze_queries(

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from eval.answers import score_generation
-from eval.comparison import verdicts
+from eval.comparison import compare, verdicts
 from eval.configurations import configuration_choices, select_queries
 from eval.judge import extractive_judge, judge_messages
 from eval.metrics import parse_judge_score
@@ -208,4 +208,29 @@ def test_verdicts_against_the_previous_step_come_first_with_the_reranker_weight(
     }
     report["verdicts"] = found
     rows = [line for line in render_markdown(report).splitlines() if line.startswith("| embed_rerank | 0.0 |")]
-    assert rows[0] == "| embed_rerank | 0.0 | ndcg@10 | embed | no significant change | +0.000 [+0.000, +0.000] |"
+    assert rows[0] == (
+        "| embed_rerank | 0.0 | ndcg@10 | embed (previous step) | no significant change | +0.000 [+0.000, +0.000] |"
+    )
+
+
+def test_a_tuned_stage_is_read_against_its_untrained_alternative_beside_the_step_before_it() -> None:
+    names = ["rag_only", "rag_hybrid", "embed", "embed_rerank_untrained", "embed_rerank", "extractive", "full"]
+    means = {"rag_only": 0.40, "rag_hybrid": 0.45, "embed": 0.50, "embed_rerank_untrained": 0.52,
+             "embed_rerank": 0.56, "extractive": 0.56, "full": 0.56}  # fmt: skip
+    rows = {name: [{"ndcg@10": means[name] + 0.01 * (i % 3)} for i in range(12)] for name in names}
+    deltas = compare(rows, names, ["ndcg@10"], samples=200, seed=0)
+    refs = {name: {label: entry["reference"] for label, entry in by_ref.items()} for name, by_ref in deltas.items()}
+    assert refs["embed"] == {"vs_rag_only": "rag_only", "vs_previous": "rag_hybrid"}  # the stronger baseline
+    assert refs["embed_rerank_untrained"] == {"vs_rag_only": "rag_only", "vs_previous": "embed"}
+    assert refs["embed_rerank"] == {
+        "vs_rag_only": "rag_only",
+        "vs_previous": "embed",  # what the reranker adds over no reranker
+        "vs_untrained_reranker": "embed_rerank_untrained",  # whether training it paid
+    }
+    assert refs["extractive"] == {"vs_rag_only": "rag_only", "vs_previous": "embed_rerank"}
+    assert refs["full"] == {"vs_rag_only": "rag_only", "vs_previous": "embed_rerank", "vs_extractive": "extractive"}
+    trained = deltas["embed_rerank"]["vs_untrained_reranker"]["metrics"]["ndcg@10"]
+    assert trained["estimate"] == pytest.approx(0.04)
+    found = verdicts(deltas, ["ndcg@10"])
+    assert [v["label"] for v in found["embed_rerank"]] == ["vs_previous", "vs_rag_only", "vs_untrained_reranker"]
+    assert found["embed_rerank"][2]["verdict"] == "gained"
