@@ -18,7 +18,7 @@ import difflib
 import re
 import typing
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -147,6 +147,11 @@ class RunConfig(Section):
     )
     root: str = Field("runs", description="Folder holding run directories (relative to the working directory).")
     seed: int = Field(42, description="Seed for every random choice in every stage.")
+    remote_trackers: list[str] = Field(
+        default_factory=list,
+        description="Trackers that send run data off the machine (wandb, mlflow, comet_ml, ...) that a "
+        "*.trainer.report_to may name; tensorboard (local files) needs no entry.",
+    )
     score_block_mb: float = Field(
         256,
         gt=0,
@@ -716,6 +721,14 @@ class RagtuneConfig(Section):
             raise ValueError("data needs one of docs, beir or llamaindex_dataset")
         return self
 
+    @model_validator(mode="after")
+    def _trackers_stay_on_the_machine(self) -> RagtuneConfig:
+        for name in ("embed", "rerank", "gpl", "raft"):
+            trainer = getattr(self, name).trainer
+            if "report_to" in trainer:
+                check_trackers(name, trainer["report_to"], self.run.remote_trackers)
+        return self
+
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
@@ -786,6 +799,9 @@ def _format_errors(source: str, err: ValidationError) -> str:
             msg = f"unknown key{hint or ' (misspelled?)'}"
         else:
             msg = e["msg"]
+        if not e["loc"] and e["type"] == "value_error":  # a whole-config rule: its message names the keys
+            lines.append(f"  {msg.removeprefix('Value error, ')}")
+            continue
         lines.append(f"  {path}: {msg}")
     return "\n".join(lines)
 
@@ -890,12 +906,54 @@ def dump_config(cfg: RagtuneConfig) -> str:
     return yaml.safe_dump(_redact_base_urls(cfg.model_dump(mode="json")), sort_keys=False, allow_unicode=True)
 
 
+LOCAL_TRACKERS = {"tensorboard": "tensorboard"}  # report_to name -> the module it needs; writes files in the run
+
+
+def check_trackers(section: str, report_to: Any, remote_trackers: Sequence[str] = ()) -> None:
+    """Allow ``<section>.trainer.report_to`` only for trackers that stay on the machine, or remote ones named in
+    ``run.remote_trackers``; a local tracker whose package is missing says how to install it.
+
+    Raises:
+        ConfigError: naming ``<section>.trainer.report_to`` and what to do.
+
+    Example:
+        >>> check_trackers("embed", "none"); check_trackers("raft", ["wandb"], ["wandb"])
+        >>> try:
+        ...     check_trackers("embed", "wandb")
+        ... except ConfigError as e:
+        ...     print(str(e)[:60])
+        embed.trainer.report_to: 'wandb' sends run data off the mach
+    """
+    import importlib.util
+
+    names = [report_to] if isinstance(report_to, str) or report_to is None else list(report_to)
+    for name in names:
+        if name in (None, "none"):
+            continue
+        if name in LOCAL_TRACKERS:
+            if importlib.util.find_spec(LOCAL_TRACKERS[name]) is None:
+                raise ConfigError(
+                    f"{section}.trainer.report_to: {name!r} needs the {LOCAL_TRACKERS[name]} package: "
+                    f"pip install 'ragtune[{name}]'"
+                )
+        elif name == "all":
+            raise ConfigError(
+                f"{section}.trainer.report_to: 'all' would include trackers that send run data off the machine; "
+                f"name the ones you want (local: {', '.join(LOCAL_TRACKERS)})"
+            )
+        elif name not in remote_trackers:
+            raise ConfigError(
+                f"{section}.trainer.report_to: {name!r} sends run data off the machine; allow it by name with "
+                f"run.remote_trackers: [{name}]"
+            )
+
+
 def check_trainer_keys(section: str, trainer: Mapping[str, Any], args_class: type) -> None:
     """Refuse ``<section>.trainer`` keys that ``args_class`` (a training-arguments dataclass) lacks.
 
-    ``output_dir`` is refused too: ragtune always puts checkpoints inside the run directory. So are
-    settings that send data or credentials off the machine: the hub settings (``push_to_hub``,
-    ``hub_token``, ...) and ``report_to`` other than ``none``.
+    ``output_dir`` is refused too: ragtune always puts checkpoints inside the run directory. So are the hub
+    settings (``push_to_hub``, ``hub_token``, ...), which send the model or a credential off the machine.
+    ``report_to`` is checked when the config loads (:func:`check_trackers`, with ``run.remote_trackers``).
 
     Raises:
         ConfigError: naming ``<section>.trainer.<key>``.
@@ -909,16 +967,12 @@ def check_trainer_keys(section: str, trainer: Mapping[str, Any], args_class: typ
         embed.trainer.learning_rat: not a TrainingArguments field; did you mean 'learning_rate'?
     """
     known = {f.name for f in dataclasses.fields(args_class) if f.init}
-    for key, value in trainer.items():
+    for key in trainer:
         if key == "output_dir":
             raise ConfigError(f"{section}.trainer.output_dir: set by ragtune inside the run directory; remove it")
         if key in OFF_MACHINE_TRAINER_KEYS:
             raise ConfigError(
                 f"{section}.trainer.{key}: refused, it would send the model or a credential off the machine"
-            )
-        if key == "report_to" and value not in ("none", [], ["none"], None):
-            raise ConfigError(
-                f"{section}.trainer.report_to: only 'none' is allowed (trackers send run data off the machine)"
             )
         if key not in known:
             hint = did_you_mean(key, known) or " (misspelled?)"

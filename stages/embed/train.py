@@ -47,6 +47,7 @@ from pipeline.rundir import (
     is_main_process,
     read_jsonl,
 )
+from pipeline.tracking import route_tensorboard
 from stages.embed.adapter import ROUTER_MAPPING, add_query_adapter
 from stages.embed.evaluate import dev_pool, selection_evaluator
 from stages.embed.pairs import NoDuplicateKeysBatchSampler, attach_negatives, bm25_negatives, build_pairs, pair_keys
@@ -110,6 +111,7 @@ def training_arguments(
 ) -> SentenceTransformerTrainingArguments:
     """Our defaults, then ``embed.trainer`` on top (user keys win); unknown keys name ``embed.trainer.<key>``."""
     check_trainer_keys("embed", cfg.trainer, SentenceTransformerTrainingArguments)
+    route_tensorboard(cfg.trainer, output_dir)  # event files kept beside the checkpoints
     args: dict[str, Any] = {
         "num_train_epochs": cfg.epochs,
         "max_steps": cfg.max_steps,

@@ -54,6 +54,7 @@ from pipeline.rundir import (
     is_main_process,
     read_jsonl,
 )
+from pipeline.tracking import route_tensorboard
 from stages.gpl.triples import gpl_queries, label_triples, margin_scale, mine_negatives
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ def training_arguments(cfg: GplConfig, output_dir: Path, seed: int) -> SentenceT
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
     check_trainer_keys("gpl", cfg.trainer, SentenceTransformerTrainingArguments)
+    route_tensorboard(cfg.trainer, output_dir)  # event files kept beside the checkpoints
     args: dict[str, Any] = {
         "num_train_epochs": cfg.epochs,
         "max_steps": cfg.max_steps,

@@ -38,6 +38,7 @@ from pipeline.rundir import (
     is_main_process,
     read_jsonl,
 )
+from pipeline.tracking import route_tensorboard
 from stages.raft import build
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def make_sft_config(raft: RaftConfig, output_dir: Path, seed: int) -> Any:
     from trl import SFTConfig
 
     check_trainer_keys("raft", raft.trainer, SFTConfig)
+    route_tensorboard(raft.trainer, output_dir)  # event files kept beside the checkpoints
     cuda = torch.cuda.is_available()
     args: dict[str, Any] = {
         "max_length": raft.max_length,

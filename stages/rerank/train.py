@@ -49,6 +49,7 @@ from pipeline.rundir import (
     is_main_process,
     read_jsonl,
 )
+from pipeline.tracking import route_tensorboard
 from stages.rerank.curve import (
     BestPoint,
     DevCandidates,
@@ -170,6 +171,7 @@ def build_training_args(cfg: RerankConfig, output_dir: str, seed: int) -> CrossE
     from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
 
     check_trainer_keys("rerank", cfg.trainer, CrossEncoderTrainingArguments)
+    route_tensorboard(cfg.trainer, output_dir)  # event files kept beside the checkpoints
     defaults: dict[str, Any] = {
         "num_train_epochs": cfg.epochs,
         "max_steps": cfg.max_steps,

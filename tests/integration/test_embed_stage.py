@@ -109,10 +109,13 @@ def test_lora_gist_matryoshka_run(tiny_config: Path, tiny_bert_dir: Path) -> Non
             "embed.matryoshka_dims=[32,16]",
             "embed.learning_rate=1e-2",
             "embed.epochs=2",
+            "embed.trainer.report_to=tensorboard",  # local event files: allowed, nothing leaves the machine
+            "embed.trainer.logging_steps=1",
         ]
     )
     run = run_dir_of(tiny_config)
     assert (run.path("embed/model") / "adapter_config.json").exists()
+    assert list(run.root.rglob("events.out.tfevents.*")), "tensorboard wrote no event file inside the run"
     tuned = SentenceTransformer(str(run.path("embed/model")))
     base = SentenceTransformer(str(tiny_bert_dir))
     assert not np.allclose(tuned.encode(["heron failover"]), base.encode(["heron failover"]), atol=1e-5)

@@ -288,7 +288,7 @@ CASES = [
     Case("trainer carries a hub token", lambda t, c: _after_data(c, "embed", str(c), "embed.trainer.hub_token=hf_x"),
          ["embed.trainer.hub_token: refused"], never=["hf_x"]),
     Case("trainer reports to a tracker", lambda t, c: _after_data(c, "embed", str(c), "embed.trainer.report_to=wandb"),
-         ["embed.trainer.report_to: only 'none'"]),
+         ["embed.trainer.report_to: 'wandb' sends run data off the machine"]),
     Case("misspelled config key", lambda t, c: ["data", str(c), "data.chunk_sise=3"],
          ["data.chunk_sise: unknown key"]),
     Case("config is not YAML", lambda t, c: ["data", str(_file(t, "broken.yaml", "run: [unclosed\n"))],

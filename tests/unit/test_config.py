@@ -192,8 +192,6 @@ def test_run_name_must_be_one_safe_path_component(name: str) -> None:
     [
         ({"push_to_hub": True}, "push_to_hub"),
         ({"hub_token": "hf_x"}, "hub_token"),
-        ({"report_to": "wandb"}, "report_to"),
-        ({"report_to": ["none", "tensorboard"]}, "report_to"),
     ],
 )
 def test_trainer_settings_that_leave_the_machine_are_refused(trainer: dict, key: str) -> None:
@@ -202,6 +200,25 @@ def test_trainer_settings_that_leave_the_machine_are_refused(trainer: dict, key:
     with pytest.raises(ConfigError, match=rf"embed\.trainer\.{key}: "):
         check_trainer_keys("embed", trainer, TrainingArguments)
     check_trainer_keys("embed", {"report_to": "none", "logging_steps": 5}, TrainingArguments)
+
+
+def test_tensorboard_is_allowed_and_remote_trackers_only_by_name(monkeypatch) -> None:
+    tiny = Path("configs/tiny.yaml")
+    cfg = load_config(tiny, ["embed.trainer.report_to=tensorboard", "raft.trainer.report_to=[none, tensorboard]"])
+    assert cfg.embed.trainer["report_to"] == "tensorboard"
+    for value in ("wandb", "[tensorboard, mlflow]", "all"):
+        with pytest.raises(ConfigError, match=r"rerank\.trainer\.report_to: .*off the machine") as err:
+            load_config(tiny, [f"rerank.trainer.report_to={value}"])
+        assert "Value error" not in str(err.value)
+    cfg = load_config(tiny, ["run.remote_trackers=[wandb]", "gpl.trainer.report_to=wandb"])
+    assert cfg.gpl.trainer["report_to"] == "wandb"  # the user opted in by name
+    # A local tracker whose package is missing says how to install it.
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'ragtune\[tensorboard\]'"):
+        load_config(tiny, ["embed.trainer.report_to=tensorboard"])
 
 
 def test_every_config_field_has_a_description() -> None:
