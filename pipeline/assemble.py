@@ -150,6 +150,7 @@ class RaftQueryEngine(CustomQueryEngine):
     llm: LLM | None = None
     tokenizer: Any = None
     answerer: Any = None  # a pipeline.extractive.ExtractiveAnswerer, instead of llm and tokenizer
+    embedder: Any = None  # the served SentenceTransformer (the index's), for callers that embed or answer with it
 
     def custom_query(self, query_str: str) -> Response:
         bundle = QueryBundle(query_str)
@@ -223,7 +224,8 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
         dense = index.as_retriever(similarity_top_k=choice.hybrid_depth)
         retriever = HybridRetriever(dense, bm25_retriever(corpus, choice.hybrid_depth), top_k)
     if comp.generator == EXTRACTIVE:  # no LLM: the served embedder picks the sentence
-        return RaftQueryEngine(retriever=retriever, reranker=reranker, answerer=ExtractiveAnswerer(embed_model._model))
+        answerer = ExtractiveAnswerer(embed_model._model)
+        return RaftQueryEngine(retriever=retriever, reranker=reranker, answerer=answerer, embedder=embed_model._model)
     model, tokenizer = load_generator(comp.generator, comp.adapter, inference_dtype(choice.dtype))
     positions = getattr(model.config, "max_position_embeddings", choice.context_window)
     # With an adapter the tokenizer is the copy RAFT saved beside it (the base's, with the chat template it
@@ -243,7 +245,9 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
             tokenizer, [{"role": m.role.value, "content": m.content} for m in msgs]
         ),
     )
-    return RaftQueryEngine(retriever=retriever, reranker=reranker, llm=llm, tokenizer=tokenizer)
+    return RaftQueryEngine(
+        retriever=retriever, reranker=reranker, llm=llm, tokenizer=tokenizer, embedder=embed_model._model
+    )
 
 
 def format_response(response: Response) -> str:

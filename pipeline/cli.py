@@ -4,7 +4,7 @@ ragtune data CONFIG [key=value ...] [--force]     one stage (likewise embed, rer
 ragtune run CONFIG [key=value ...]                every stage in order, skipping finished ones
 ragtune status RUN_DIR                            the manifest as a table, with the stage running or interrupted
 ragtune query RUN_DIR "question" [key=value ...]  ask the assembled engine (answer, quotes, sources)
-ragtune serve RUN_DIR [--host H --port P]         OpenAI-compatible server over the engine (pipeline.serve)
+ragtune serve RUN_DIR [--host H --port P] [--api-key-env VAR]  OpenAI-compatible server (pipeline.serve)
 ragtune export RUN_DIR --to DIR [--push ORG/PREFIX]  the three models with cards, for the Hub (pipeline.export)
 ragtune export RUN_DIR --to DIR --format llamaindex|beir  the run's corpus and queries in an outside format
 """

@@ -153,7 +153,7 @@ class QueryLikelihoodReranker(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-        """(prompt with the passage, query) token ids per pair; the passage is cut at ``max_length`` tokens and its
+        """(prompt with the passage, query) token ids per pair: each cut at ``max_length`` tokens, the passage's
         format tags neutralised (a chat-template token in a document would otherwise become the real one)."""
         tok = self.tokenizer
         passages = tok(
@@ -162,7 +162,10 @@ class QueryLikelihoodReranker(nn.Module):
             truncation=True,
             max_length=self.max_length,
         )
-        queries = tok([" " + q for q, _ in pairs], add_special_tokens=False)
+        # The query is cut to the passage's window too: an 8 KB question must not ask for gigabytes.
+        queries = tok(
+            [" " + q for q, _ in pairs], add_special_tokens=False, truncation=True, max_length=self.max_length
+        )
         return [
             ([*self.head_ids, *p, *self.tail_ids], q)
             for p, q in zip(passages.input_ids, queries.input_ids, strict=True)

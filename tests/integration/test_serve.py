@@ -115,7 +115,7 @@ def test_openai_client_chat_embeddings_rerank_streaming_and_errors(server) -> No
     reply = httpx.post(f"{base}/rerank", json={"model": stack.name, "query": "heron failover", "documents": docs})
     assert reply.status_code == 200
     results = reply.json()["results"]
-    scores = stack.cross_encoder.predict([("heron failover", d) for d in docs]).tolist()
+    scores = stack.reranker.predict([("heron failover", d) for d in docs]).tolist()
     assert [r["index"] for r in results] == sorted(range(3), key=lambda i: -scores[i])
     assert [r["relevance_score"] for r in results] == pytest.approx(sorted(scores, reverse=True), abs=1e-5)
 
