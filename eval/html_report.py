@@ -36,7 +36,7 @@ h1{margin-bottom:.2rem}h2{border-bottom:2px solid #dde3ee;padding-bottom:.2rem;m
 table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}
 th,td{border:1px solid #d5dbe6;padding:.25rem .55rem;text-align:left;vertical-align:top}
 th{background:#eef2f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.gained{background:#d9f2df}.lost{background:#f8d7da}
+.gained{background:#d9f2df}.hurt{background:#f8d7da;font-weight:600}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:1rem}
 .card{border:1px solid #d5dbe6;border-radius:8px;padding:.4rem 1rem 1rem;background:#fafbfd;overflow:auto}
 pre{white-space:pre-wrap;background:#f1f4f9;padding:.6rem;border-radius:6px;font-size:.8rem;max-height:28rem;
@@ -203,6 +203,75 @@ def _messages(sample: Mapping[str, Any]) -> list[dict]:
     return [*sample.get("prompt", []), *sample.get("completion", [])]
 
 
+VERDICT_MARKS = {"gained": "▲ gained", "hurt": "▼ hurt"}  # as visible as each other, not by colour alone
+
+
+def _weight(report: dict, name: str) -> str:
+    weight = report["configurations"].get(name, {}).get("reranker_weight")
+    return "–" if weight is None else f"{weight:.1f}"
+
+
+def served_by_default(report: dict) -> list[str]:
+    """The promotion gate's table (what ``assemble.*: auto`` serves, on which dev figure), as report.md has it."""
+    if not report.get("promotion"):
+        return []
+    rows = [(name, "yes" if p["promoted"] else "no", p["reason"]) for name, p in report["promotion"].items()]
+    dev = [f"<p>{_e(report_io.dev_slice_line(report['dev_slice']))}</p>"] if report.get("dev_slice") else []
+    return [
+        "<h2>Served by default (assemble.*: auto)</h2>",
+        "<p>A tuned component serves only if it beat its baseline on the dev slice (held-out train documents).</p>",
+        *dev,
+        _table(["component", "promoted", "on"], rows),
+    ]
+
+
+def forgetting(report: dict) -> list[str]:
+    """The forgetting check's table, as report.md has it."""
+    f = report.get("forgetting")
+    if not f:
+        return []
+    delta = report_io.interval_text(f["delta"])
+    return [
+        "<h2>Forgetting check</h2>",
+        f"<p>{f['questions']} general-knowledge questions written by the team, asked without documents: the share "
+        "answered correctly by the base and the RAFT-tuned generator.</p>",
+        _table(
+            ["base", "tuned", "verdict", "delta [95% CI]"],
+            [(f["base"], f["tuned"], VERDICT_MARKS.get(f["verdict"], f["verdict"]), delta)],
+            [f["verdict"]],
+        ),
+    ]
+
+
+def deltas_against_rag_only(report: dict, cols: list[tuple[str, str]]) -> list[str]:
+    """Every configuration's deltas against rag_only per metric, as report.md has them."""
+    if not report["deltas"]:
+        return []
+    metrics = [k for k, _ in cols]
+    rows = [
+        [name, *(report_io.interval_text(by_ref["vs_rag_only"]["metrics"].get(m)) for m in metrics)]
+        for name, by_ref in report["deltas"].items()
+    ]
+    return ["<h2>Deltas against rag_only (all metrics: report.json)</h2>", _table(["configuration", *metrics], rows)]
+
+
+def probes(report: dict) -> list[str]:
+    """The similarity probes (means and every pair), as report.md has them."""
+    if not report.get("probes"):
+        return []
+    means = [(label, p["mean_close"], p["mean_far"], p["gap"]) for label, p in report["probes"].items()]
+    first = next(iter(report["probes"].values()))["pairs"]
+    pairs = [
+        [f"{pair['a']} ↔ {pair['b']}", pair["kind"], *(p["pairs"][i]["cosine"] for p in report["probes"].values())]
+        for i, pair in enumerate(first)
+    ]
+    return [
+        "<h2>Similarity probes (cosine)</h2>",
+        _table(["embedder", "mean close", "mean far", "gap"], means),
+        _table(["pair", "kind", *report["probes"]], pairs),
+    ]
+
+
 def render_html(report: dict, per_query: list[dict], cards: list[tuple[str, str]]) -> str:
     """The self-contained page for one eval report, its per-query rows and the stage cards."""
     q = report["queries"]
@@ -218,17 +287,30 @@ def render_html(report: dict, per_query: list[dict], cards: list[tuple[str, str]
         *(f"<p><strong>Warning:</strong> {_e(w)}</p>" for w in report.get("warnings", [])),
         "<h2>Verdicts</h2>",
     ]
+    origins = q.get("origins") or {}
+    if report["verdicts"] and origins.get("synthetic", 0) * 2 > origins.get("synthetic", 0) + origins.get("human", 0):
+        parts.append(f"<p><strong>On synthetic queries</strong> ({origins['synthetic']} of {q['n']}): optimistic.</p>")
     verdict_rows = [
-        (name, v["metric"], v["vs"], v["verdict"], f"{v['estimate']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]")
+        (
+            name,
+            _weight(report, name),
+            v["metric"],
+            f"{v['vs']} ({report_io.REFERENCE_WORDS.get(v['label'], v['label'])})",
+            VERDICT_MARKS.get(v["verdict"], v["verdict"]),
+            f"{v['estimate']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]",
+        )
         for name, items in report["verdicts"].items()
         for v in items
     ]
     if verdict_rows:
-        classes = [r[3] if r[3] in ("gained", "lost") else "" for r in verdict_rows]
-        parts.append(_table(["configuration", "metric", "vs", "verdict", "delta [95% CI]"], verdict_rows, classes))
+        verdicts = [v["verdict"] for items in report["verdicts"].values() for v in items]
+        classes = [word if word in ("gained", "hurt") else "" for word in verdicts]
+        header = ["configuration", "reranker weight", "metric", "vs", "verdict", "delta [95% CI]"]
+        parts.append(_table(header, verdict_rows, classes))
     else:
         parts.append("<p>Only the baseline ran: nothing to compare yet.</p>")
-    parts.append(f"<p>{_e(report['fine_tune_note'])}</p>")
+    parts += served_by_default(report) + forgetting(report)
+    parts.append(f"<h2>Should you fine-tune?</h2><p>{_e(report['fine_tune_note'])}</p>")
     parts.append("<h2>Configurations</h2>")
     conf_rows = []
     for name, conf in report["configurations"].items():
@@ -242,6 +324,8 @@ def render_html(report: dict, per_query: list[dict], cards: list[tuple[str, str]
         parts.append(_img(figure_data_uri(report_io.deltas_figure(report)), "deltas against rag_only"))
     for name, why in report["skipped"].items():
         parts.append(f"<p class='muted'>Skipped {_e(name)}: {_e(why)}</p>")
+    parts += deltas_against_rag_only(report, cols) + probes(report)
+    parts.append(f"<p class='muted'>{_e(report_io.LATENCY_NOTE)}</p>")
     parts.append("<h2>Stages</h2><div class='cards'>")
     parts += [f"<section class='card'><h3>{_e(title)}</h3>{body}</section>" for title, body in cards]
     parts.append("</div><h2>Per query</h2>")

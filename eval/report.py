@@ -45,6 +45,7 @@ CHART_LABEL_WIDTH = 12  # characters per line of an x-axis label
 FINE_TUNE_LOW, FINE_TUNE_HIGH = 0.80, 0.85
 
 
+LATENCY_NOTE = "Latency is per query, amortised over batched retrieval, reranking and generation."
 REFERENCE_WORDS = {  # what each comparison of the verdict table asks
     "vs_previous": "previous step",
     "vs_rag_only": "plain RAG",
@@ -271,7 +272,8 @@ def render_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _interval_text(iv: dict | None) -> str:
+def interval_text(iv: dict | None) -> str:
+    """``+0.012 [-0.003, +0.027]``, or – when there is no interval."""
     if iv is None:
         return "–"
     return f"{iv['estimate']:+.3f} [{iv['low']:+.3f}, {iv['high']:+.3f}]"
@@ -317,7 +319,7 @@ def render_markdown(report: dict) -> str:
             shown = "–" if weight is None else f"{weight:.1f}"
             for v in items:
                 vs = f"{v['vs']} ({REFERENCE_WORDS.get(v['label'], v['label'])})"
-                out.append(f"| {name} | {shown} | {v['metric']} | {vs} | {v['verdict']} | {_interval_text(v)} |")
+                out.append(f"| {name} | {shown} | {v['metric']} | {vs} | {v['verdict']} | {interval_text(v)} |")
     else:
         out.append("Only the baseline ran: nothing to compare yet.")
     if report.get("promotion"):
@@ -346,7 +348,7 @@ def render_markdown(report: dict) -> str:
             "",
             "| base | tuned | verdict | delta [95% CI] |",
             "|---|---|---|---|",
-            f"| {_fmt(f['base'])} | {_fmt(f['tuned'])} | {f['verdict']} | {_interval_text(f['delta'])} |",
+            f"| {_fmt(f['base'])} | {_fmt(f['tuned'])} | {f['verdict']} | {interval_text(f['delta'])} |",
         ]
     out += ["", "## Should you fine-tune?", "", report["fine_tune_note"]]
     if report["deltas"]:
@@ -355,7 +357,7 @@ def render_markdown(report: dict) -> str:
         out += ["| configuration | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
         for name, by_ref in report["deltas"].items():
             ivs = by_ref["vs_rag_only"]["metrics"]
-            out.append(f"| {name} | " + " | ".join(_interval_text(ivs.get(m)) for m in metrics) + " |")
+            out.append(f"| {name} | " + " | ".join(interval_text(ivs.get(m)) for m in metrics) + " |")
     if report.get("probes"):
         out += [
             "",
@@ -375,7 +377,7 @@ def render_markdown(report: dict) -> str:
         for i, pair in enumerate(first):
             cells = " | ".join(_fmt(p["pairs"][i]["cosine"]) for p in report["probes"].values())
             out.append(f"| {pair['a']} ↔ {pair['b']} | {pair['kind']} | {cells} |")
-    out += ["", "Latency is per query, amortised over batched retrieval, reranking and generation.", ""]
+    out += ["", LATENCY_NOTE, ""]
     return "\n".join(out)
 
 

@@ -6,13 +6,15 @@ import json
 import re
 import shutil
 import subprocess
+from html import escape as _escape
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from fakes.upstream import run_dir_of, tiny_model_overrides
 
-from eval.html_report import write_html_report
+from eval.html_report import render_html, write_html_report
+from eval.report import render_markdown
 from pipeline.cli import main as cli
 
 
@@ -85,13 +87,25 @@ def test_html_report_is_self_contained_with_every_stage_card_and_renders_in_chro
     # The verdict table, each stage's card and its contents, the per-query table.
     for heading in ("Verdicts", "Configurations", "Stages", "Per query", "Hard-negative mining", "Audit samples"):
         assert heading in parsed.headings
-    titles = [h for h in parsed.headings if ":" in h]
+    report_sections = [line[3:] for line in render_markdown(report).splitlines() if line.startswith("## ")]
+    titles = [h for h in parsed.headings if ":" in h and h not in report_sections]  # the stage cards
     assert [t.split(":")[0] for t in titles] == ["data", "embed", "rerank", "raft"]
     assert "Sample 1" in parsed.headings and "[assistant]" in text and "##begin_quote##" in text
     for name in report["configurations"]:
         assert f"<td>{name}</td>" in text
     assert "stage 1 learning curve" in text and "<th>held-out metric</th>" in text  # embed: curve, before/after
     assert "<td>fusion_weight</td>" in text and "<td>train_loss_last</td>" in text  # rerank and raft figures
+    # Everything report.md has: each of its sections is a section of the page too.
+    assert {"Served by default (assemble.*: auto)", "Should you fine-tune?"} <= set(report_sections)
+    assert set(report_sections) <= set(parsed.headings), set(report_sections) - set(parsed.headings)
+    for name, p in report["promotion"].items():
+        assert f"<td>{name}</td>" in text and _escape(p["reason"]) in text
+    # A "hurt" verdict is marked as clearly as a "gained" one: its own row colour and a mark beside the word.
+    hurt = json.loads(json.dumps(report))
+    first = next(iter(hurt["verdicts"].values()))[0]
+    first["verdict"] = "hurt"
+    hurt_page = render_html(hurt, per_query, [])
+    assert '<tr class="hurt">' in hurt_page and "▼ hurt" in hurt_page and ".hurt{" in hurt_page
     rows = text.split("<h2>Per query</h2>", 1)[1].count("<tr>") - 1  # minus the header row
     n_configs, n_queries = len(report["configurations"]), report["queries"]["n"]
     assert rows == n_configs * n_queries
