@@ -304,9 +304,6 @@ def query_origins(run: RunDir, queries: list[dict]) -> dict:
     """The evaluated queries' origin: counts, and from the data report who wrote the synthetic ones and how
     they were filtered (:func:`stages.data.prepare.held_out_origin` writes it).
 
-    A data report older than that section filtered every synthetic query with the base embedder's round trip,
-    and says so here.
-
     Returns:
         ``{"human", "synthetic", "synthetic_written_by", "synthetic_filter", "optimistic"}``.
     """
@@ -319,17 +316,10 @@ def query_origins(run: RunDir, queries: list[dict]) -> dict:
         except (StageInputError, ValueError) as e:
             logger.warning("eval: no data report to say where the synthetic queries come from (%s)", e)
             data = {}
-        synth = data.get("synth") or {}
         held_out = data.get("held_out")
         if held_out is not None:
             out["synthetic_written_by"] = held_out.get("synthetic_written_by")
             out["synthetic_filter"] = held_out.get("synthetic_filter")
-        elif synth:  # an older data stage: the base embedder's round trip filtered the held-out queries too
-            out["synthetic_written_by"] = synth.get("model") or f"{synth.get('provider')} keyword queries"
-            if synth.get("round_trip_k") is not None:
-                out["synthetic_filter"] = f"base embedder top {synth['round_trip_k']}"
-            else:
-                out["synthetic_filter"] = "none"
     out["optimistic"] = report_io.optimistic_warning(out) is not None
     return out
 

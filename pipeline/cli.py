@@ -17,17 +17,13 @@ import importlib
 import sys
 
 from pipeline.entry import (
-    INTERRUPTED_EXIT,
-    USER_ERRORS,
-    RunInterrupted,
     add_config_args,
     call_stage,
-    exit_quietly_on_closed_pipe,
+    exit_codes,
     open_run,
     quiet_libraries,
     setup_logging,
 )
-from pipeline.llm import DryRunFinished
 from pipeline.promotion import format_promotions, gpl_enabled_in
 from pipeline.rundir import CONFIG_RESOLVED, RunDir, StageInputError, format_status
 
@@ -115,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     args = make_parser().parse_args(_normalize_argv(argv))
     setup_logging(getattr(args, "verbose", False))
-    try:
+    with exit_codes():
         if args.command == "status":
             status(args.run_dir)
         elif args.command == "query":
@@ -127,17 +123,6 @@ def main(argv: list[str] | None = None) -> None:
             with open_run(args.config, args.overrides, args.command) as (cfg, run):
                 stage_main = importlib.import_module(STAGE_MODULES[args.command]).main
                 call_stage(args.command, stage_main, cfg, run, args.force)
-        sys.stdout.flush()  # a reader gone from the pipe shows here, not in Python's flush at exit
-    except BrokenPipeError:
-        exit_quietly_on_closed_pipe()
-    except DryRunFinished as e:
-        print(e)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except (RunInterrupted, KeyboardInterrupt) as e:
-        print(str(e) or "interrupted", file=sys.stderr)
-        sys.exit(INTERRUPTED_EXIT)
 
 
 if __name__ == "__main__":

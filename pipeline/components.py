@@ -154,7 +154,7 @@ def untrained_reranker(cfg: RagtuneConfig, cache_dir: Path | None = None) -> Any
 
         ql = cfg.rerank.query_likelihood
         name = untrained_cache_name(ql.generator, ql.prompt, ql.max_length)
-        cache_file = Path(cache_dir) / f"{name}.json" if cache_dir is not None else None
+        cache_file = Path(cache_dir) / f"{name}.jsonl" if cache_dir is not None else None
         return QueryLikelihoodReranker.from_generator(
             ql.generator, ql.prompt, ql.max_length, ql.dtype, cache_file=cache_file
         )

@@ -222,15 +222,13 @@ def exit_quietly_on_closed_pipe() -> NoReturn:
     sys.exit(BROKEN_PIPE_EXIT)
 
 
-def run_stage(stage: str, main: StageMain, description: str, argv: list[str] | None = None) -> None:
-    """Parse ``--config C [overrides] [--force]`` and run ``main``; user errors exit 2 with one line."""
-    parser = argparse.ArgumentParser(description=description)
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+@contextlib.contextmanager
+def exit_codes() -> Iterator[None]:
+    """How a command ends for the user, one rule for ``ragtune`` and every ``python -m`` stage: a user error is one
+    line and exit 2, an interruption says what was kept (exit 130), a reader gone from the pipe ends quietly, and
+    a teacher dry run prints its summary."""
     try:
-        with open_run(args.config, args.overrides, stage) as (cfg, run):
-            call_stage(stage, main, cfg, run, args.force)
+        yield
         sys.stdout.flush()  # a reader gone from the pipe shows here, not in Python's flush at exit
     except BrokenPipeError:
         exit_quietly_on_closed_pipe()
@@ -242,3 +240,13 @@ def run_stage(stage: str, main: StageMain, description: str, argv: list[str] | N
     except (RunInterrupted, KeyboardInterrupt) as e:
         print(str(e) or "interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT)
+
+
+def run_stage(stage: str, main: StageMain, description: str, argv: list[str] | None = None) -> None:
+    """Parse ``--config C [overrides] [--force]`` and run ``main``; user errors exit 2 with one line."""
+    parser = argparse.ArgumentParser(description=description)
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    with exit_codes(), open_run(args.config, args.overrides, stage) as (cfg, run):
+        call_stage(stage, main, cfg, run, args.force)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,46 @@ def pair_key(query: str, passage: str) -> str:
     return hashlib.sha256(f"{query}\0{passage}".encode()).hexdigest()[:24]
 
 
+def new_pairs(keys: Sequence[str], memo: Mapping[str, float]) -> list[int]:
+    """Indices of the pairs to score: the first of each key the memo lacks (a repeated pair is scored once).
+
+    Example:
+        >>> new_pairs(["a", "b", "a", "c"], {"c": 0.1})
+        [0, 1]
+    """
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key not in memo and key not in first:
+            first[key] = i
+    return list(first.values())
+
+
+def read_score_cache(path: Path) -> dict[str, float]:
+    """The scores of an append-only cache file (JSON lines ``[key, score]``); a line cut short by a killed
+    process is skipped, and a missing file is an empty cache."""
+    if not path.is_file():
+        return {}
+    memo = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            key, score = json.loads(line)
+        except (ValueError, TypeError):
+            continue
+        memo[key] = float(score)
+    return memo
+
+
+def append_scores(path: Path, scores: Mapping[str, float]) -> None:
+    """Append new scores to the cache file in one write: each ``predict`` adds its lines, never rewrites the file."""
+    from pipeline.rundir import reporting_full_disk
+
+    if not scores:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with reporting_full_disk(path), path.open("a", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps([k, v]) + "\n" for k, v in scores.items()))
+
+
 def untrained_cache_name(generator: str, prompt: str, max_length: int) -> str:
     """The score cache file stem of an untrained reranker: the LM's content hash, the prompt, the passage length."""
     import hashlib
@@ -110,7 +150,8 @@ class QueryLikelihoodReranker(nn.Module):
         tokenizer: its tokenizer.
         prompt: the passage's prompt; ``{passage}`` marks where the passage goes, the query follows it.
         max_length: passage tokens read (the rest of a longer passage is cut).
-        cache_file: a JSON file of scores by :func:`pair_key` to read and extend (None: memory only).
+        cache_file: an append-only JSON-lines file of scores by :func:`pair_key` to read and extend (None: memory
+            only).
 
     Attributes:
         temperature: divides the scores in the training loss (``rerank.query_likelihood.temperature``).
@@ -134,8 +175,8 @@ class QueryLikelihoodReranker(nn.Module):
         self.cache_file = cache_file
         self.memo: dict[str, float] = {}
         self.temperature = 0.1
-        if cache_file is not None and cache_file.is_file():
-            self.memo = json.loads(cache_file.read_text(encoding="utf-8"))
+        if cache_file is not None:
+            self.memo = read_score_cache(cache_file)
 
     def causal_lm(self) -> Any:
         """The ``*ForCausalLM`` itself (under a peft wrapper, the base model with the adapter layers in it)."""
@@ -199,7 +240,7 @@ class QueryLikelihoodReranker(nn.Module):
         from tqdm.auto import tqdm
 
         keys = [pair_key(q, p) for q, p in pairs]
-        todo = list(dict.fromkeys(i for i, k in enumerate(keys) if k not in self.memo))
+        todo = new_pairs(keys, self.memo)
         if todo:
             was_training = self.training
             super().train(False)
@@ -214,10 +255,7 @@ class QueryLikelihoodReranker(nn.Module):
                     self.memo[keys[todo[j]]] = score
             super().train(was_training)
             if self.cache_file is not None and not self.training:
-                from pipeline.rundir import atomic_write_text
-
-                self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(self.cache_file, json.dumps(self.memo))
+                append_scores(self.cache_file, {keys[i]: self.memo[keys[i]] for i in todo})
         return [self.memo[k] for k in keys]
 
     def save(self, path: Path, generator: str, dtype: str) -> None:
@@ -245,7 +283,7 @@ class QueryLikelihoodReranker(nn.Module):
         name = (
             hash_path(path) if adapter else untrained_cache_name(spec["generator"], spec["prompt"], spec["max_length"])
         )
-        cache_file = Path(cache_dir) / f"{name}.json" if cache_dir is not None else None
+        cache_file = Path(cache_dir) / f"{name}.jsonl" if cache_dir is not None else None
         settings = (spec["generator"], spec["prompt"], spec["max_length"], spec["dtype"])
         return cls.from_generator(*settings, adapter, cache_file)
 

@@ -33,7 +33,6 @@ from pipeline.dev_slice import DEV_MIN_QUERIES, split_dev_queries
 from pipeline.entry import run_stage
 from pipeline.hybrid import bm25_rankings, bm25_retriever, hybrid_retrieval_metrics
 from pipeline.models import resolve_model
-from pipeline.precision import bf16_training
 from pipeline.pseudo_queries import held_out_documents, inverse_cloze_pairs
 from pipeline.retrieval import DenseRetriever, retrieval_metrics
 from pipeline.rundir import (
@@ -47,7 +46,7 @@ from pipeline.rundir import (
     is_main_process,
     read_jsonl,
 )
-from pipeline.tracking import route_tensorboard
+from pipeline.training_args import common_training_args, route_tensorboard
 from stages.embed.adapter import ROUTER_MAPPING, add_query_adapter
 from stages.embed.evaluate import dev_pool, selection_evaluator
 from stages.embed.pairs import NoDuplicateKeysBatchSampler, attach_negatives, bm25_negatives, build_pairs, pair_keys
@@ -113,22 +112,10 @@ def training_arguments(
     check_trainer_keys("embed", cfg.trainer, SentenceTransformerTrainingArguments)
     route_tensorboard(cfg.trainer, output_dir)  # event files kept beside the checkpoints
     args: dict[str, Any] = {
-        "num_train_epochs": cfg.epochs,
-        "max_steps": cfg.max_steps,
-        "per_device_train_batch_size": cfg.batch_size,
-        "learning_rate": cfg.learning_rate,
-        "warmup_steps": 0.1,  # a float is a ratio of the total steps (transformers 5)
-        "seed": seed,
-        "data_seed": seed,
+        **common_training_args(cfg.epochs, cfg.max_steps, cfg.batch_size, cfg.learning_rate, seed),
         "batch_sampler": functools.partial(NoDuplicateKeysBatchSampler, keys=keys),
-        "use_cpu": not torch.cuda.is_available(),
-        # bf16 autocast where the hardware has native bf16 math: 2x faster training on the demo, same figures.
-        "bf16": bf16_training(),
-        "report_to": "none",
         "disable_tqdm": False,
         "logging_steps": max(1, steps // 20),
-        "logging_first_step": True,
-        "dataloader_drop_last": False,
     }
     if cfg.method == "linear_adapter":
         args["router_mapping"] = ROUTER_MAPPING

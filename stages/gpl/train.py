@@ -33,7 +33,6 @@ from pipeline.components import load_reranker, untrained_reranker
 from pipeline.config import ConfigError, GplConfig, RagtuneConfig, check_trainer_keys
 from pipeline.entry import run_stage
 from pipeline.models import resolve_model
-from pipeline.precision import bf16_training
 from pipeline.retrieval import DenseRetriever, model_hash, retrieval_metrics
 from pipeline.rundir import (
     EMBED_MODEL,
@@ -54,7 +53,7 @@ from pipeline.rundir import (
     is_main_process,
     read_jsonl,
 )
-from pipeline.tracking import route_tensorboard
+from pipeline.training_args import common_training_args, route_tensorboard
 from stages.gpl.triples import gpl_queries, label_triples, margin_scale, mine_negatives
 
 if TYPE_CHECKING:
@@ -70,27 +69,14 @@ WEAK_TEACHER_MARGIN = 1e-3  # a cross-encoder whose margins all stay below this 
 
 def training_arguments(cfg: GplConfig, output_dir: Path, seed: int) -> SentenceTransformerTrainingArguments:
     """Our defaults, then ``gpl.trainer`` on top (user keys win); unknown keys name ``gpl.trainer.<key>``."""
-    import torch
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
     check_trainer_keys("gpl", cfg.trainer, SentenceTransformerTrainingArguments)
     route_tensorboard(cfg.trainer, output_dir)  # event files kept beside the checkpoints
     args: dict[str, Any] = {
-        "num_train_epochs": cfg.epochs,
-        "max_steps": cfg.max_steps,
-        "per_device_train_batch_size": cfg.batch_size,
-        "learning_rate": cfg.learning_rate,
-        "warmup_steps": 0.1,  # a float is a ratio of the total steps (transformers 5)
-        "seed": seed,
-        "data_seed": seed,
-        "use_cpu": not torch.cuda.is_available(),
-        # bf16 autocast where the hardware has native bf16 math, as stage 1 (pipeline/precision.py).
-        "bf16": bf16_training(),
-        "report_to": "none",
+        **common_training_args(cfg.epochs, cfg.max_steps, cfg.batch_size, cfg.learning_rate, seed),
         "disable_tqdm": not is_main_process(),
         "logging_steps": 0.05,  # below 1: a ratio of the total steps, so about 20 loss points whatever the length
-        "logging_first_step": True,
-        "dataloader_drop_last": False,
         "eval_strategy": "no",
     }
     if cfg.checkpoint_steps:

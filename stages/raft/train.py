@@ -38,7 +38,7 @@ from pipeline.rundir import (
     is_main_process,
     read_jsonl,
 )
-from pipeline.tracking import route_tensorboard
+from pipeline.training_args import route_tensorboard
 from stages.raft import build
 
 logger = logging.getLogger(__name__)

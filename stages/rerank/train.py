@@ -49,7 +49,7 @@ from pipeline.rundir import (
     is_main_process,
     read_jsonl,
 )
-from pipeline.tracking import route_tensorboard
+from pipeline.training_args import route_tensorboard
 from stages.rerank.curve import (
     BestPoint,
     DevCandidates,

@@ -231,4 +231,4 @@ def test_the_untrained_query_likelihood_reranker_can_teach_without_stage_2(
     losses = [loss for _, loss in json.loads(run.path("gpl/metrics.json").read_text())["loss_history"]]
     third = max(len(losses) // 3, 1)
     assert sum(losses[-third:]) < sum(losses[:third])  # the loss fell (single-batch points are noisy)
-    assert list(run.path("cache/rerank-scores").glob("untrained-*.json"))  # its scores are cached by content
+    assert list(run.path("cache/rerank-scores").glob("untrained-*.jsonl"))  # its scores are cached by content

@@ -161,7 +161,7 @@ def test_query_likelihood_rerank_stage_trains_an_adapter_saves_and_evaluates(
     assert 0 <= entry.metrics["ndcg@10_reranked"] <= 1
     # The eval split's scores were cached by content: a consumer loading the reranker reuses them.
     assert isinstance(load_reranker(str(model_dir), 64, 0, run.path("cache/rerank-scores")), QueryLikelihoodReranker)
-    caches = sorted(p.name for p in run.path("cache/rerank-scores").glob("*.json"))
+    caches = sorted(p.name for p in run.path("cache/rerank-scores").glob("*.jsonl"))
     assert len(caches) == 2 and caches[1].startswith("untrained-")  # the tuned and the untrained reranker's
 
     # The untrained reranker: the same LM and prompt without an adapter, its weight chosen by the same rule; it

@@ -71,7 +71,7 @@ def test_saved_reranker_loads_with_its_adapter_and_a_disk_cache(tiny_llama_dir: 
     loaded = load_reranker(str(tmp_path / "model"), 64, 0, tmp_path / "cache")
     assert isinstance(loaded, QueryLikelihoodReranker)
     assert loaded.predict(PAIRS) == pytest.approx(expected, abs=1e-4)  # the adapter was merged in
-    cache_files = list((tmp_path / "cache").glob("*.json"))
+    cache_files = list((tmp_path / "cache").glob("*.jsonl"))
     assert len(cache_files) == 1
     again = load_reranker(str(tmp_path / "model"), 64, 0, tmp_path / "cache")
     assert again.memo and again.predict(PAIRS) == loaded.predict(PAIRS)  # served from the disk cache
@@ -111,3 +111,28 @@ def test_listwise_training_changes_the_adapter_and_lowers_the_loss(tiny_llama_di
     changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p.detach(), lora[n])]
     assert changed
     assert after < before
+
+
+def test_the_score_cache_scores_a_repeated_pair_once_and_only_appends(tiny_llama_dir, tmp_path) -> None:
+    from pipeline.query_likelihood import QueryLikelihoodReranker, read_score_cache
+
+    cache = tmp_path / "scores.jsonl"
+    reranker = QueryLikelihoodReranker.from_generator(
+        str(tiny_llama_dir), "Passage: {passage}\nQuestion:", 64, "float32", cache_file=cache
+    )
+    pair = ("who owns Heron?", "Heron is owned by the routing team.")
+    encoded: list[int] = []
+    real_encode = reranker.encode
+    reranker.encode = lambda pairs: encoded.append(len(pairs)) or real_encode(pairs)
+    first = reranker.predict([pair, pair, ("q", "another passage")])
+    assert encoded == [2] and first[0] == first[1]  # the repeated pair was scored once
+    assert len(cache.read_text().splitlines()) == 2
+    reranker.predict([pair, ("q", "a third passage")])
+    assert encoded == [2, 1] and len(cache.read_text().splitlines()) == 3  # one line appended, nothing rewritten
+    cache.write_text(cache.read_text() + '["cut sho')  # a killed process's half line is skipped
+    assert len(read_score_cache(cache)) == 3
+    fresh = QueryLikelihoodReranker.from_generator(
+        str(tiny_llama_dir), "Passage: {passage}\nQuestion:", 64, "float32", cache_file=cache
+    )
+    fresh.encode = lambda pairs: pytest.fail("a cached pair was scored again")
+    assert fresh.predict([pair]) == [first[0]]
