@@ -124,20 +124,24 @@ def make_sft_config(raft: RaftConfig, output_dir: Path, seed: int) -> Any:
     return SFTConfig(output_dir=str(output_dir), **args)
 
 
-def drop_overlong(samples: list[dict], tokenizer: Any, max_length: int) -> tuple[list[dict], int]:
+def drop_overlong(samples: list[dict], tokenizer: Any, max_length: int) -> tuple[list[dict], int, dict[str, int]]:
     """Drop samples whose chat-rendered prompt + completion exceeds ``max_length`` tokens.
 
     Truncation would cut the answer off (or remove it entirely), teaching the model to stop mid-answer.
 
     Returns:
-        ``(kept, dropped_count)``.
+        ``(kept, dropped_count, token counts of the kept samples: min, median, max, total)`` — what a step costs.
     """
-    kept = []
-    for s in samples:
-        text = tokenizer.apply_chat_template(s["prompt"] + s["completion"], tokenize=False)
-        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_length:
-            kept.append(s)
-    return kept, len(samples) - len(kept)
+    texts = [tokenizer.apply_chat_template(s["prompt"] + s["completion"], tokenize=False) for s in samples]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    kept = [s for s, n in zip(samples, lengths, strict=True) if n <= max_length]
+    counts = sorted(n for n in lengths if n <= max_length)
+    tokens = (
+        {"min": counts[0], "median": counts[len(counts) // 2], "max": counts[-1], "total": sum(counts)}
+        if counts
+        else {}
+    )
+    return kept, len(samples) - len(kept), tokens
 
 
 def build_trainer(
@@ -167,7 +171,7 @@ def build_trainer(
 
     quantization = resolve_quantization(raft.quantization)
     model, tokenizer = load_generator(model_path, quantization)
-    kept, too_long = drop_overlong(samples, tokenizer, raft.max_length)
+    kept, too_long, tokens = drop_overlong(samples, tokenizer, raft.max_length)
     if not kept:
         raise ValueError(f"raft: every sample is longer than raft.max_length={raft.max_length} tokens")
     dataset = Dataset.from_list([{"prompt": s["prompt"], "completion": s["completion"]} for s in kept])
@@ -190,6 +194,7 @@ def build_trainer(
         "quantization": quantization,
         "samples": len(kept),
         "dropped_too_long": too_long,
+        "sample_tokens": tokens,  # prompt + completion of the kept samples, as the chat template renders them
         "with_oracle": with_oracle,  # of the samples kept, i.e. what the model trains on
         "without_oracle": len(kept) - with_oracle,
     }

@@ -25,6 +25,7 @@ def test_labels_cover_exactly_the_completion_tokens(tiny_llama_dir: Path, tmp_pa
         tmp_path / "out",
         seed=0,
     )
+    tokens = info.pop("sample_tokens")
     assert info == {
         "quantization": "none",
         "samples": 1,
@@ -33,6 +34,9 @@ def test_labels_cover_exactly_the_completion_tokens(tiny_llama_dir: Path, tmp_pa
         "without_oracle": 0,
     }
     tok = trainer.processing_class
+    rendered = tok.apply_chat_template(sample["prompt"] + sample["completion"], tokenize=False)
+    n = len(tok(rendered, add_special_tokens=False)["input_ids"])
+    assert tokens == {"min": n, "median": n, "max": n, "total": n}  # what a step costs, of the kept sample only
 
     # What the chat template renders: the prompt with the generation prompt, then the completion.
     # The completion is the answer, the end-of-turn token <|im_end|> (the model must learn to stop)
