@@ -26,9 +26,9 @@ demo: $(STAMP)
 test: $(STAMP) lint
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
 
-# The unit tests alone (tiny models, no stage run end to end, no real weights): the loop while editing.
+# The quick unit tests (tiny models, nothing marked slow, ddp or e2e): the loop while editing, under a minute.
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q tests/unit
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q tests/unit -m "not slow and not ddp and not e2e"
 
 e2e: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q tests/e2e

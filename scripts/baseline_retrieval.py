@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.ranking import mean_metrics, per_query_metrics
-from pipeline.retrieval import DenseRetriever
-from pipeline.rundir import EMBEDDING_CACHE, RunDir, read_jsonl
+from ragtune.pipeline.ranking import mean_metrics, per_query_metrics
+from ragtune.pipeline.retrieval import DenseRetriever
+from ragtune.pipeline.rundir import EMBEDDING_CACHE, RunDir, read_jsonl
 
 
 def main() -> None:

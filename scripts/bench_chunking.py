@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import DataConfig  # noqa: E402
-from stages.data.ingest import Document, chunk_documents, read_documents  # noqa: E402
+from ragtune.pipeline.config import DataConfig  # noqa: E402
+from ragtune.stages.data.ingest import Document, chunk_documents, read_documents  # noqa: E402
 
 WORDS = [
     "heron",

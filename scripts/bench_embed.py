@@ -49,10 +49,10 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 from sentence_transformers.sentence_transformer.training_args import BatchSamplers, SentenceTransformerTrainingArguments
-from pipeline.models import resolve_model
+from ragtune.pipeline.models import resolve_model
 
 work, batch_size, lr, seed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-bf16 = sys.argv[6] == "True"  # the stage's precision on this machine (pipeline.precision)
+bf16 = sys.argv[6] == "True"  # the stage's precision on this machine (ragtune.pipeline.precision)
 pairs = [json.loads(line) for line in open(f"{work}/pairs.jsonl")]
 model = SentenceTransformer(resolve_model("bundled:minilm-l6"))
 args = SentenceTransformerTrainingArguments(
@@ -88,8 +88,8 @@ def make_domain(work: Path, n_train: int, n_eval: int, seed: int = 0, n_chunks: 
     One chunk per query; ``n_chunks`` above that adds chunks no query asks about (a larger corpus to search).
     """
     sys.path.insert(0, str(ROOT))
-    from pipeline.dev_slice import assign_dev_ranks
-    from pipeline.rundir import DATA_CORPUS, DATA_QUERIES, RunDir, atomic_write_jsonl
+    from ragtune.pipeline.dev_slice import assign_dev_ranks
+    from ragtune.pipeline.rundir import DATA_CORPUS, DATA_QUERIES, RunDir, atomic_write_jsonl
 
     rng = random.Random(seed)
     run = RunDir(work / "runs" / "bench")
@@ -175,12 +175,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_embed_") as tmp:
         work = Path(tmp)
         config = make_domain(work, opts.pairs, opts.eval_queries)
-        from pipeline.precision import bf16_training  # importable once make_domain has set the path
-        from pipeline.rundir import RunDir
+        from ragtune.pipeline.precision import bf16_training  # importable once make_domain has set the path
+        from ragtune.pipeline.rundir import RunDir
 
         python = sys.executable
         bare_cmd = [python, "-c", BARE, str(work), str(opts.batch_size), str(LR), str(SEED)]
-        stage_cmd = [python, "-m", "stages.embed.train", "--config", str(config), "--force"]
+        stage_cmd = [python, "-m", "ragtune.stages.embed.train", "--config", str(config), "--force"]
         # the same pairs as the bare scripts: no dev slice, no inverse-cloze pairs
         stage_cmd += [f"embed.batch_size={opts.batch_size}", "embed.dev_fraction=0", "embed.pseudo_queries=0"]
         runs: dict[str, list[tuple[float, float, dict]]] = {"bare train": [], "bare train + eval": [], "ragtune": []}
@@ -225,9 +225,9 @@ def selection_share(opts: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_embed_") as tmp:
         work = Path(tmp)
         config = make_domain(work, opts.pairs, opts.eval_queries, n_chunks=opts.chunks)
-        from pipeline.rundir import RunDir
+        from ragtune.pipeline.rundir import RunDir
 
-        cmd = [sys.executable, "-m", "stages.embed.train", "--config", str(config), "--force"]
+        cmd = [sys.executable, "-m", "ragtune.stages.embed.train", "--config", str(config), "--force"]
         cmd += [f"embed.batch_size={opts.batch_size}", f"embed.dev_fraction={opts.selection}", "embed.pseudo_queries=0"]
         wall, _, _ = timed([*cmd, f"embed.dev_pool_top_k={opts.dev_pool_top_k}"])
         stage = json.loads(RunDir(work / "runs" / "bench").require("embed", "metrics")["metrics"].read_text())

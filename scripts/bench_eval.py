@@ -87,9 +87,9 @@ def bench_harness(
     """Harness timings: cold (model load + corpus encoding + evaluation), warm (corpus embeddings cached,
     model loaded: batched query encoding + exact top-k + metrics, as for every later configuration) and
     search-only (query embeddings given: top-k + metrics). Returns (seconds, mean metrics, retriever)."""
-    from eval.rankings import retrieve
-    from pipeline.ranking import mean_metrics, per_query_metrics
-    from pipeline.retrieval import DenseRetriever, exact_top_k
+    from ragtune.eval.rankings import retrieve
+    from ragtune.pipeline.ranking import mean_metrics, per_query_metrics
+    from ragtune.pipeline.retrieval import DenseRetriever, exact_top_k
 
     texts = [q["text"] for q in queries]
 
@@ -163,7 +163,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    from pipeline.models import resolve_model
+    from ragtune.pipeline.models import resolve_model
 
     model_path = resolve_model(args.model)
     corpus, queries = make_dataset(args.chunks, args.queries, args.seed)

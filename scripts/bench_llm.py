@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import LLMConfig  # noqa: E402
-from pipeline.llm import make_backend  # noqa: E402
+from ragtune.pipeline.config import LLMConfig  # noqa: E402
+from ragtune.pipeline.llm import make_backend  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAIServer  # noqa: E402
 
 logger = logging.getLogger(__name__)

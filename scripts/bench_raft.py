@@ -7,7 +7,7 @@ Each variant trains the same LoRA (the config's ``raft.lora``) on the same sampl
 within ``raft.max_length``, in the same seeded order) for ``--steps`` optimizer steps of ``raft.batch_size``,
 in a fresh process, and reports the trainer's own runtime and the real (non-padding) tokens it read:
 
-- ``stage``: :func:`stages.raft.train.build_trainer`, exactly what ``ragtune raft`` trains with.
+- ``stage``: :func:`ragtune.stages.raft.train.build_trainer`, exactly what ``ragtune raft`` trains with.
 - ``bare``: a plain script: ``AutoModelForCausalLM`` + peft ``LoraConfig`` + trl ``SFTTrainer`` with the same
   ``SFTConfig`` values written out by hand (the throughput target: the stage >= 0.95x this).
 - ``grouped``: the stage with ``train_sampling_strategy: group_by_length`` (batches of similar lengths, less
@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_config  # noqa: E402 (after the path set-up)
-from pipeline.rundir import RAFT_BENCH, RunDir  # noqa: E402
+from ragtune.pipeline.config import load_config  # noqa: E402 (after the path set-up)
+from ragtune.pipeline.rundir import RAFT_BENCH, RunDir  # noqa: E402
 
 VARIANTS = {
     "stage": {},
@@ -44,8 +44,8 @@ COUNT_TOKENS = {"include_num_input_tokens_seen": "non_padding"}
 
 
 def _samples(cfg, run: RunDir, tokenizer) -> list[dict]:
-    from pipeline.rundir import read_jsonl
-    from stages.raft.train import drop_overlong
+    from ragtune.pipeline.rundir import read_jsonl
+    from ragtune.stages.raft.train import drop_overlong
 
     train_data = run.require("raft_build", "train_data")["train_data"]
     kept, _ = drop_overlong(read_jsonl(train_data), tokenizer, cfg.raft.max_length)
@@ -56,7 +56,7 @@ def run_variant(config: str, overrides: list[str], name: str, steps: int) -> dic
     """Train one variant in this process; returns its runtime, tokens and tokens/s."""
     from transformers import AutoTokenizer
 
-    from pipeline.models import resolve_model
+    from ragtune.pipeline.models import resolve_model
 
     cfg = load_config(config, overrides)
     run = RunDir.from_config(cfg)
@@ -66,7 +66,7 @@ def run_variant(config: str, overrides: list[str], name: str, steps: int) -> dic
     if name == "bare":
         trainer = _bare_trainer(cfg, model_path, samples, out, steps)
     else:
-        from stages.raft.train import build_trainer
+        from ragtune.stages.raft.train import build_trainer
 
         raft = cfg.raft.model_copy(update={"max_steps": steps, "trainer": {**VARIANTS[name], **COUNT_TOKENS}})
         trainer, _ = build_trainer(raft, model_path, samples, out, cfg.run.seed)

@@ -29,10 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_config  # noqa: E402 (after the path set-up)
-from pipeline.precision import bf16_training  # noqa: E402
-from pipeline.rundir import EMBEDDING_CACHE, RunDir  # noqa: E402
-from stages.rerank.model import default_learning_rate  # noqa: E402
+from ragtune.pipeline.config import load_config  # noqa: E402 (after the path set-up)
+from ragtune.pipeline.precision import bf16_training  # noqa: E402
+from ragtune.pipeline.rundir import EMBEDDING_CACHE, RunDir  # noqa: E402
+from ragtune.stages.rerank.model import default_learning_rate  # noqa: E402
 
 BARE_MINING = """
 import json, sys, time
@@ -128,7 +128,7 @@ def main() -> None:
     r, m = cfg.rerank, cfg.rerank.mining
     start = str(run.require("embed", "model")["model"]) if r.start_from == "tuned_embedder" else r.base_model
     if start.startswith("bundled:"):
-        from pipeline.models import resolve_model
+        from ragtune.pipeline.models import resolve_model
 
         start = resolve_model(start)
     best: dict[str, float] = {}

@@ -17,13 +17,14 @@ where the step does not time it, the model load are in the baseline). Steps:
    dimension (one layer 128 wide, mean pooling, a linear layer to 384; WordPiece vocabulary trained on the
    demo documents; built in the work folder), and the table says which model each figure used.
 1. ``harness cold`` / ``harness warm`` — what ``ragtune eval`` does per embedder (``eval.rankings.retrieve``
-   over ``pipeline.retrieval.DenseRetriever``, depth 10, ``pipeline.ranking`` metrics): cold loads the model
+   over ``ragtune.pipeline.retrieval.DenseRetriever``, depth 10, ``ragtune.pipeline.ranking`` metrics): cold loads
+   the model
    and encodes the corpus (writing the embedding cache), warm reads the cache (timed apart) and then
    encodes the queries, runs exact top-k and scores them.
-2. ``mining (faiss)`` — ``stages.rerank.mine.mine_hard_negatives`` with ``rerank.mining.use_faiss: true``
+2. ``mining (faiss)`` — ``ragtune.stages.rerank.mine.mine_hard_negatives`` with ``rerank.mining.use_faiss: true``
    and the section's other defaults, every query as a train query, a fresh embedding cache.
-3. ``index build`` / ``index load`` — ``pipeline.vector_store.load_vector_index`` as
-   ``pipeline.assemble.build_query_engine`` calls it (``SentenceTransformerEmbedding``, batch 64, the
+3. ``index build`` / ``index load`` — ``ragtune.app.vector_store.load_vector_index`` as
+   ``ragtune.app.assemble.build_query_engine`` calls it (``SentenceTransformerEmbedding``, batch 64, the
    simple store): embeds the corpus into a ``VectorStoreIndex`` and persists it to ``index/``; then a
    second call that finds it fresh and loads it (what every ``ragtune query`` does).
 4. ``RetrieverEvaluator`` — LlamaIndex's evaluator (hit_rate, mrr) over a ``VectorStoreIndex`` built from
@@ -54,7 +55,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.rundir import atomic_write_jsonl, read_jsonl  # noqa: E402
+from ragtune.pipeline.rundir import atomic_write_jsonl, read_jsonl  # noqa: E402
 
 DEMO_DOCS = ROOT / "data" / "demo" / "docs"
 REAL_MODEL = "bundled:minilm-l6"
@@ -178,12 +179,12 @@ def peak_rss_mb() -> float:
 
 
 def score_rows(n_corpus: int) -> tuple[int, str]:
-    """Queries per block of ``pipeline.retrieval``'s exact scoring over ``n_corpus`` chunks, and why.
+    """Queries per block of ``ragtune.pipeline.retrieval``'s exact scoring over ``n_corpus`` chunks, and why.
 
     The core bounds each block's (queries x corpus) float32 matrix by ``run.score_block_mb`` (its
     ``query_block``).
     """
-    from pipeline import retrieval
+    from ragtune.pipeline import retrieval
 
     budget = retrieval.SCORE_BLOCK_MB
     return retrieval.query_block(n_corpus, budget), f"score_block_mb default {budget:g} MiB"
@@ -197,7 +198,7 @@ def matrix_mb(rows: int, cols: int, itemsize: int = 4) -> float:
 def step_throughput(work: Path, args: argparse.Namespace) -> dict:
     from sentence_transformers import SentenceTransformer
 
-    from pipeline.models import resolve_model
+    from ragtune.pipeline.models import resolve_model
 
     texts = [c["text"] for c in read_jsonl(work / "corpus.jsonl")[: args.probe_chunks]]
     model = SentenceTransformer(resolve_model(REAL_MODEL))
@@ -210,15 +211,15 @@ def step_throughput(work: Path, args: argparse.Namespace) -> dict:
 
 
 def _metrics(ranked: list[list[str]], queries: list[dict]) -> dict:
-    from pipeline.ranking import mean_metrics, per_query_metrics
+    from ragtune.pipeline.ranking import mean_metrics, per_query_metrics
 
     rows = [per_query_metrics(r, q["relevance"], (1, 10)) for r, q in zip(ranked, queries, strict=True)]
     return mean_metrics(rows)
 
 
 def step_harness(work: Path, args: argparse.Namespace, warm: bool) -> dict:
-    from eval.rankings import retrieve
-    from pipeline.retrieval import DenseRetriever
+    from ragtune.eval.rankings import retrieve
+    from ragtune.pipeline.retrieval import DenseRetriever
 
     corpus, queries = read_jsonl(work / "corpus.jsonl"), read_jsonl(work / "queries.jsonl")
     texts = [q["text"] for q in queries]
@@ -250,8 +251,8 @@ def step_harness(work: Path, args: argparse.Namespace, warm: bool) -> dict:
 
 
 def step_mining(work: Path, args: argparse.Namespace) -> dict:
-    from pipeline.config import MiningConfig
-    from stages.rerank.mine import mine_hard_negatives
+    from ragtune.pipeline.config import MiningConfig
+    from ragtune.stages.rerank.mine import mine_hard_negatives
 
     corpus, queries = read_jsonl(work / "corpus.jsonl"), read_jsonl(work / "queries.jsonl")
     mining = MiningConfig(use_faiss=True)
@@ -276,9 +277,9 @@ def step_mining(work: Path, args: argparse.Namespace) -> dict:
 
 
 def step_index(work: Path, args: argparse.Namespace, load: bool) -> dict:
-    from pipeline.assemble import SentenceTransformerEmbedding
-    from pipeline.rundir import DATA_CORPUS, INDEX_DIR, RunDir
-    from pipeline.vector_store import load_vector_index
+    from ragtune.app.assemble import SentenceTransformerEmbedding
+    from ragtune.app.vector_store import load_vector_index
+    from ragtune.pipeline.rundir import DATA_CORPUS, INDEX_DIR, RunDir
 
     run = RunDir(work / "run")
     if not load:
@@ -308,8 +309,8 @@ def step_llamaindex(work: Path, args: argparse.Namespace) -> dict:
     from llama_index.core.evaluation import RetrieverEvaluator
     from llama_index.core.schema import TextNode
 
-    from pipeline.assemble import SentenceTransformerEmbedding
-    from pipeline.retrieval import DenseRetriever
+    from ragtune.app.assemble import SentenceTransformerEmbedding
+    from ragtune.pipeline.retrieval import DenseRetriever
 
     corpus, queries = read_jsonl(work / "corpus.jsonl"), read_jsonl(work / "queries.jsonl")
     sample = queries[: args.li_queries]
@@ -403,7 +404,7 @@ def main() -> None:
         return
     args.li_queries = min(args.li_queries, args.queries)
 
-    from pipeline.models import resolve_model
+    from ragtune.pipeline.models import resolve_model
 
     with tempfile.TemporaryDirectory(prefix="bench_scale-") as tmp:
         work = Path(tmp)

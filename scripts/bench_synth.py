@@ -5,7 +5,7 @@ Both sides ask the bundled generator for one question per chunk, greedy, with th
 documents, chunked and chosen as the data stage does (training documents, spread across documents).
 
 - **ragtune**: the data stage's code path: its prompts (``prompt_builder``) and ``recipe_candidates`` through
-  the ``local`` backend (``pipeline.llm.local``) and ``generate_batched`` (batches of ``synth.llm.batch_size``,
+  the ``local`` backend (``ragtune.pipeline.llm.local``) and ``generate_batched`` (batches of ``synth.llm.batch_size``,
   sorted by length, the prompts' shared start computed once and its key/value cache reused by every batch,
   each row stopped once its first question is settled). Each run gets a fresh, empty LLM cache folder, so
   every completion is really generated. The round trip filter is left out of the timing (LlamaIndex has
@@ -55,18 +55,18 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import generator  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.generator import chat_prompt, load_generator  # noqa: E402
-from pipeline.llm import make_backend, request_key  # noqa: E402
-from pipeline.models import resolve_model  # noqa: E402
-from pipeline.precision import inference_dtype  # noqa: E402
-from stages.data import prepare, query_generation  # noqa: E402
-from stages.data.formats import attach_chunks  # noqa: E402
-from stages.data.ingest import chunk_documents  # noqa: E402
-from stages.data.prepare import held_out_documents, load_sources  # noqa: E402
-from stages.data.query_filters import CandidateFilters, copies_passage, is_question  # noqa: E402
-from stages.data.query_parsing import first_question  # noqa: E402
+from ragtune.pipeline import generator  # noqa: E402
+from ragtune.pipeline.config import load_config  # noqa: E402
+from ragtune.pipeline.generator import chat_prompt, load_generator  # noqa: E402
+from ragtune.pipeline.llm import make_backend, request_key  # noqa: E402
+from ragtune.pipeline.models import resolve_model  # noqa: E402
+from ragtune.pipeline.precision import inference_dtype  # noqa: E402
+from ragtune.stages.data import prepare, query_generation  # noqa: E402
+from ragtune.stages.data.formats import attach_chunks  # noqa: E402
+from ragtune.stages.data.ingest import chunk_documents  # noqa: E402
+from ragtune.stages.data.prepare import held_out_documents, load_sources  # noqa: E402
+from ragtune.stages.data.query_filters import CandidateFilters, copies_passage, is_question  # noqa: E402
+from ragtune.stages.data.query_parsing import first_question  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def synthesis_targets(cfg) -> tuple[list[dict], list[dict]]:
-    """(the data stage's training synthesis targets, the whole corpus), as ``stages.data.prepare`` visits them."""
+    """(the data stage's training synthesis targets, the whole corpus), as ``ragtune.stages.data.prepare`` visits
+    them."""
     docs, questions, _ = load_sources(cfg)
     corpus = chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap)
     labelled = attach_chunks(questions, corpus, {d.doc_id: d.text for d in docs})
@@ -233,7 +234,7 @@ def main(args: argparse.Namespace) -> None:
         changed = sum(a != b for a, b in zip(stopped, plain, strict=True))
         print(f"shared prefix: parsed queries changed for {changed} of {len(chunks)} chunks (float rounding only)")
 
-    from pipeline.retrieval import DenseRetriever
+    from ragtune.pipeline.retrieval import DenseRetriever
 
     retriever = DenseRetriever.load(cfg.synth.round_trip_model, corpus)
     k = cfg.synth.round_trip_top_k or 10

@@ -22,8 +22,9 @@ from llama_index.core import StorageContext, VectorStoreIndex, load_index_from_s
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.vector_stores import VectorStoreQuery
 
-from pipeline.retrieval import exact_top_k
-from pipeline.vector_store import STORE_QDRANT, STORE_SIMPLE, chunk_id_of, corpus_nodes, qdrant_vector_store
+from ragtune.app.vector_store import STORE_QDRANT, STORE_SIMPLE, qdrant_vector_store
+from ragtune.pipeline.nodes import chunk_id_of, corpus_nodes
+from ragtune.pipeline.retrieval import exact_top_k
 
 logger = logging.getLogger("bench_vector_store")
 DIM = 384

@@ -13,7 +13,7 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 
-from pipeline.config import RagtuneConfig
+from ragtune.pipeline.config import RagtuneConfig
 
 OUT = Path(__file__).parents[1] / "docs" / "config.md"
 
@@ -42,7 +42,7 @@ def render() -> str:
     lines = [
         "# Config reference",
         "",
-        "Generated from `pipeline/config.py` by `python scripts/config_reference.py`; do not edit by hand.",
+        "Generated from `ragtune/pipeline/config.py` by `python scripts/config_reference.py`; do not edit by hand.",
         "Every key can be overridden on the command line with its dotted path (`embed.epochs=3`).",
         "An unknown or misspelled key is an error that names its dotted path.",
     ]

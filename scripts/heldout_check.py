@@ -151,12 +151,12 @@ def served_rankings(config: Path, overrides: list[str], texts: list[str]) -> tup
         (name -> chunk ids per query, chunk id -> document file, what the gate serves and its eval figures).
     """
     sys.path.insert(0, str(ROOT))
-    from eval.rankings import rank_configurations
-    from pipeline.components import resolve_components
-    from pipeline.config import load_config
-    from pipeline.hybrid import bm25_rankings, bm25_retriever
-    from pipeline.promotion import resolve_auto
-    from pipeline.rundir import EVAL_JSON, RunDir, read_jsonl
+    from ragtune.eval.rankings import rank_configurations
+    from ragtune.pipeline.components import resolve_components
+    from ragtune.pipeline.config import load_config
+    from ragtune.pipeline.hybrid import bm25_rankings, bm25_retriever
+    from ragtune.pipeline.promotion import resolve_auto
+    from ragtune.pipeline.rundir import EVAL_JSON, RunDir, read_jsonl
 
     cfg = load_config(config, overrides)
     run = RunDir(Path(cfg.run.root) / cfg.run.name)
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds = None
     if not args.score_only:
         started = time.time()
-        subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config), *args.overrides], check=True)
+        subprocess.run([sys.executable, "-m", "ragtune.app.cli", "run", str(config), *args.overrides], check=True)
         seconds = round(time.time() - started)
 
     # 3-4. Rank with every retriever and the served stack; score on the qrels.

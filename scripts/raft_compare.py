@@ -4,7 +4,7 @@
 
 For every eval-split question with a reference answer: retrieve ``assemble.top_k`` chunks with the tuned
 embedder (embed/model), rerank them with the tuned reranker (rerank/model), keep ``assemble.top_n``, prompt
-with ``pipeline.raft_format.build_messages``, and generate greedily with the base model and with the base
+with ``ragtune.pipeline.raft_format.build_messages``, and generate greedily with the base model and with the base
 plus the RAFT adapter (raft/adapter). Prints, per model: answer token-F1 against the reference (the text
 after ``##Answer:``, or the whole output when the tag is missing), quote precision (share of quoted spans
 found verbatim in the context, over answers that quote), format compliance and abstention rate; F1 is also
@@ -23,13 +23,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.answer_metrics import token_f1  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.generator import generate_batched, load_generator  # noqa: E402
-from pipeline.models import resolve_model  # noqa: E402
-from pipeline.raft_format import build_messages, parse_answer, quote_is_verbatim  # noqa: E402
-from pipeline.retrieval import DenseRetriever, load_fusion_weight, rerank  # noqa: E402
-from pipeline.rundir import CONFIG_RESOLVED, EMBEDDING_CACHE, RAFT_COMPARE, RunDir, atomic_write_text, read_jsonl  # noqa: E402
+from ragtune.pipeline.answer_metrics import token_f1  # noqa: E402
+from ragtune.pipeline.config import load_config  # noqa: E402
+from ragtune.pipeline.generator import generate_batched, load_generator  # noqa: E402
+from ragtune.pipeline.models import resolve_model  # noqa: E402
+from ragtune.pipeline.raft_format import build_messages, parse_answer, quote_is_verbatim  # noqa: E402
+from ragtune.pipeline.retrieval import DenseRetriever, load_fusion_weight, rerank  # noqa: E402
+from ragtune.pipeline.rundir import (  # noqa: E402
+    CONFIG_RESOLVED,
+    EMBEDDING_CACHE,
+    RAFT_COMPARE,
+    RunDir,
+    atomic_write_text,
+    read_jsonl,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_config  # noqa: E402 (after the path set-up)
-from pipeline.rundir import RunDir  # noqa: E402
+from ragtune.pipeline.config import load_config  # noqa: E402 (after the path set-up)
+from ragtune.pipeline.rundir import RunDir  # noqa: E402
 
 OLD = ["rerank.start_from=base_model", "rerank.head=classifier", "rerank.warm_start=none"]
 TUNED_MEAN = ["rerank.start_from=tuned_embedder", "rerank.head=mean_pool", "rerank.warm_start=none"]

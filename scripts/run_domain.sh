@@ -34,12 +34,12 @@ stage() {  # stage MODULE: run one stage under accelerate
   "$bin/accelerate" launch --config_file "$accel" -m "$1" --config "$config" "${force[@]}" "${overrides[@]}"
 }
 
-echo "== stages.data.prepare"
-"$bin/python" -m stages.data.prepare --config "$config" "${force[@]}" "${overrides[@]}"
-stage stages.embed.train
-stage stages.rerank.train
-echo "== stages.raft.build"
-"$bin/python" -m stages.raft.build --config "$config" "${force[@]}" "${overrides[@]}"
-stage stages.raft.train
-echo "== eval.harness"
-"$bin/python" -m eval.harness --config "$config" "${force[@]}" "${overrides[@]}"
+echo "== ragtune.stages.data.prepare"
+"$bin/python" -m ragtune.stages.data.prepare --config "$config" "${force[@]}" "${overrides[@]}"
+stage ragtune.stages.embed.train
+stage ragtune.stages.rerank.train
+echo "== ragtune.stages.raft.build"
+"$bin/python" -m ragtune.stages.raft.build --config "$config" "${force[@]}" "${overrides[@]}"
+stage ragtune.stages.raft.train
+echo "== ragtune.eval.harness"
+"$bin/python" -m ragtune.eval.harness --config "$config" "${force[@]}" "${overrides[@]}"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.models import resolve_model
+from ragtune.pipeline.models import resolve_model
 
 
 @pytest.mark.e2e

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main as cli
-from pipeline.rundir import RunDir, read_jsonl
+from ragtune.app.cli import main as cli
+from ragtune.pipeline.rundir import RunDir, read_jsonl
 
 ROOT = Path(__file__).parents[2]
 MINIMAL = [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.rundir import RunDir
+from ragtune.pipeline.rundir import RunDir
 
 # A whole tiny run in seconds: the fewest steps each stage takes and still trains.
 SHORT_RUN = [

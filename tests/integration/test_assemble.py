@@ -9,16 +9,16 @@ import pytest
 import torch
 from fakes.upstream import record_tuned_reranker_and_adapter
 
-from eval.rankings import retrieve
-from pipeline.assemble import SentenceTransformerEmbedding, build_query_engine, load_vector_index
-from pipeline.cli import main as cli
-from pipeline.config import load_config
-from pipeline.generator import generate_batched, load_generator
-from pipeline.precision import inference_dtype
-from pipeline.raft_format import build_messages
-from pipeline.retrieval import DenseRetriever
-from pipeline.rundir import RunDir, read_jsonl
-from pipeline.vector_store import chunk_id_of
+from ragtune.app.assemble import SentenceTransformerEmbedding, build_query_engine, load_vector_index
+from ragtune.app.cli import main as cli
+from ragtune.eval.rankings import retrieve
+from ragtune.pipeline.config import load_config
+from ragtune.pipeline.generator import generate_batched, load_generator
+from ragtune.pipeline.nodes import chunk_id_of
+from ragtune.pipeline.precision import inference_dtype
+from ragtune.pipeline.raft_format import build_messages
+from ragtune.pipeline.retrieval import DenseRetriever
+from ragtune.pipeline.rundir import RunDir, read_jsonl
 
 
 def _setup(tiny_config: Path, bert: Path, llama: Path) -> tuple:
@@ -151,8 +151,8 @@ def test_fused_reranker_orders_like_the_harness_at_the_recorded_weight(tiny_bert
     from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
     from sentence_transformers import CrossEncoder
 
-    from pipeline.assemble import FusedSentenceTransformerRerank
-    from pipeline.ranking import fused_order
+    from ragtune.app.assemble import FusedSentenceTransformerRerank
+    from ragtune.pipeline.ranking import fused_order
 
     texts = ["Heron fails over in minutes.", "Tortoise drains its queue.", "Marmot keeps snapshots.", "a b c"]
     retrieval = [0.9, 0.7, 0.4, 0.1]
@@ -176,9 +176,9 @@ def test_fused_reranker_orders_like_the_harness_at_the_recorded_weight(tiny_bert
 def test_fused_reranker_takes_a_query_likelihood_scorer_and_orders_by_its_scores(tiny_llama_dir: Path) -> None:
     from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-    from pipeline.assemble import FusedSentenceTransformerRerank
-    from pipeline.query_likelihood import QueryLikelihoodReranker
-    from pipeline.ranking import fused_order
+    from ragtune.app.assemble import FusedSentenceTransformerRerank
+    from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker
+    from ragtune.pipeline.ranking import fused_order
 
     scorer = QueryLikelihoodReranker(*load_generator(str(tiny_llama_dir), None, "float32"))
     texts = ["Heron fails over in minutes.", "Tortoise drains its queue.", "Marmot keeps snapshots."]

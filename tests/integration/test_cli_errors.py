@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fakes.upstream import run_dir_of
 
-from pipeline.cli import main as cli
+from ragtune.app.cli import main as cli
 
 ROOT = Path(__file__).parents[2]
 
@@ -21,11 +21,12 @@ def _cli(*argv: str, script: str = "") -> subprocess.CompletedProcess:
     code = f"""
 import sys
 {script}
-from pipeline.cli import main
+from ragtune.app.cli import main
 try:
     main({list(argv)!r})
 finally:
-    heavy = ("torch", "sentence_transformers", "transformers", "stages.embed.train", "stages.rerank.train")
+    heavy = ("torch", "sentence_transformers", "transformers", "ragtune.stages.embed.train",
+    "ragtune.stages.rerank.train")
     print("IMPORTED", sorted(m for m in heavy if m in sys.modules))
 """
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -73,13 +74,13 @@ def test_ctrl_c_prints_one_line_saying_what_is_kept_and_how_to_resume(tiny_confi
     # the data stage sleeps in place of its work, so the signal arrives inside a running stage
     script = f"""
 import pathlib, time
-import stages.data.prepare as prepare
+import ragtune.stages.data.prepare as prepare
 def sleeping_stage(cfg, run, force):
     pathlib.Path({str(started)!r}).touch()
     time.sleep(60)
 prepare.main = sleeping_stage
 """
-    code = f"{script}\nfrom pipeline.cli import main\nmain(['data', {str(tiny_config)!r}])\n"
+    code = f"{script}\nfrom ragtune.app.cli import main\nmain(['data', {str(tiny_config)!r}])\n"
     # A runner started in the background (nohup, `cmd &`) hands its children SIGINT as ignored: give the child
     # the default disposition a terminal's Ctrl-C meets, so the test does not depend on how it was launched.
     proc = subprocess.Popen(

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from fakes.upstream import run_dir_of
 
-from pipeline.cli import main as cli
-from pipeline.rundir import read_jsonl
+from ragtune.app.cli import main as cli
+from ragtune.pipeline.rundir import read_jsonl
 
 
 def test_data_stage_writes_corpus_queries_split_and_manifest(tiny_config: Path, capsys) -> None:
@@ -60,7 +60,7 @@ def test_data_stage_writes_corpus_queries_split_and_manifest(tiny_config: Path, 
 
 def test_bad_config_and_bad_questions_exit_with_one_clear_line(tiny_config: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "data", str(tiny_config), "data.chunk_sise=3"],
+        [sys.executable, "-m", "ragtune.app.cli", "data", str(tiny_config), "data.chunk_sise=3"],
         capture_output=True,
         text=True,
     )
@@ -121,7 +121,7 @@ def test_dry_run_prints_estimate_and_records_nothing(tiny_config: Path, capsys, 
 
 
 def test_a_split_that_leaks_fails_the_stage_naming_query_and_document(tiny_config: Path, monkeypatch, capsys) -> None:
-    from stages.data import prepare, split
+    from ragtune.stages.data import prepare, split
 
     leaked: list[dict] = []
 
@@ -177,7 +177,7 @@ def test_without_labels_most_targets_are_training_chunks_and_eval_gets_min_queri
     assert len(held_out) >= 30 == shares["held_out"]["goal"]  # eval.min_queries reached
     assert len(train) > len(held_out)
     # The dev documents' queries passed BM25's round trip, so the default dev slice judges without labels.
-    from pipeline.dev_slice import split_dev_queries
+    from ragtune.pipeline.dev_slice import split_dev_queries
 
     _, dev = split_dev_queries(train, 0.2)
     assert dev and all(q["round_trip"] == "bm25" for q in dev)

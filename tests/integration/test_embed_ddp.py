@@ -4,9 +4,12 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from fakes.upstream import launch_ddp, run_dir_of
 
-from pipeline.cli import main as cli
+from ragtune.app.cli import main as cli
+
+pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
 
 def test_two_process_ddp_trains_one_model_and_writes_the_manifest_once(tiny_config: Path, tiny_bert_dir: Path) -> None:
@@ -18,7 +21,7 @@ def test_two_process_ddp_trains_one_model_and_writes_the_manifest_once(tiny_conf
     # No inverse-cloze pairs: on 8 tiny chunks they share positives, so batches come out short and DDP's forced
     # drop_last would drop them, which the step count below does not model.
     overrides = [f"embed.base_model={tiny_bert_dir}", "embed.epochs=2", "embed.pseudo_queries=0"]
-    proc = launch_ddp("stages.embed.train", tiny_config, overrides, 90)
+    proc = launch_ddp("ragtune.stages.embed.train", tiny_config, overrides, 90)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     stages = json.loads(run.manifest_path.read_text())["stages"]

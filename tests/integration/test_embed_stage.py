@@ -11,9 +11,9 @@ from fakes.upstream import run_dir_of
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
-from pipeline.cli import main as cli
-from pipeline.dev_slice import assign_dev_ranks
-from pipeline.rundir import atomic_write_jsonl, read_jsonl
+from ragtune.app.cli import main as cli
+from ragtune.pipeline.dev_slice import assign_dev_ranks
+from ragtune.pipeline.rundir import atomic_write_jsonl, read_jsonl
 
 METRIC_KEYS = {"hit@1", "hit@3", "recall@1", "recall@3", "mrr@10", "ndcg@10"}
 

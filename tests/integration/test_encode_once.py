@@ -8,8 +8,8 @@ import pytest
 from fakes.upstream import SHORT_RUN, run_dir_of, tiny_model_overrides
 from sentence_transformers import SentenceTransformer
 
-from pipeline.cli import main as cli
-from pipeline.rundir import read_jsonl
+from ragtune.app.cli import main as cli
+from ragtune.pipeline.rundir import read_jsonl
 
 
 def _fingerprint(model: SentenceTransformer) -> str:

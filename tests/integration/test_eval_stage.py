@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, simulate_embed_stage, tiny_model_overrides
 
-from pipeline.cli import main as cli
-from pipeline.raft_format import parse_answer
-from pipeline.rundir import RunDir
+from ragtune.app.cli import main as cli
+from ragtune.pipeline.raft_format import parse_answer
+from ragtune.pipeline.rundir import RunDir
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 

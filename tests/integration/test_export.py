@@ -15,9 +15,9 @@ from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, tiny_m
 from huggingface_hub import HfApi
 from huggingface_hub.utils import _http as hf_http
 
-from pipeline.cli import main as cli
-from pipeline.export import export_run, push_export
-from pipeline.rundir import read_jsonl
+from ragtune.app.cli import main as cli
+from ragtune.app.export import export_run, push_export
+from ragtune.pipeline.rundir import read_jsonl
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_export_writes_three_models_with_cards_and_pushes_them(finished_run, tmp
 def test_export_command_reports_a_run_with_no_stage_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.export", str(tmp_path / "empty"), "--to", str(tmp_path / "x")],
+        [sys.executable, "-m", "ragtune.app.export", str(tmp_path / "empty"), "--to", str(tmp_path / "x")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -145,7 +145,7 @@ def test_export_command_reports_a_run_with_no_stage_in_one_line(tmp_path: Path) 
 def test_export_writes_the_data_as_beir_and_llamaindex_that_the_data_stage_reads_back(
     tiny_config: Path, tmp_path: Path, capsys
 ) -> None:
-    from stages.data.formats import import_beir, import_llamaindex
+    from ragtune.stages.data.formats import import_beir, import_llamaindex
 
     cli(["data", str(tiny_config), "synth.enabled=false"])
     run = run_dir_of(tiny_config)

@@ -11,13 +11,13 @@ from safetensors.torch import load_file
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from transformers import Trainer
 
-import stages.gpl.train as gpl_train
-from pipeline.cli import main as cli
-from pipeline.components import resolve_components
-from pipeline.config import AssembleConfig, load_config
-from pipeline.dev_slice import assign_dev_ranks
-from pipeline.retrieval import DenseRetriever, retrieval_metrics
-from pipeline.rundir import RunDir, atomic_write_jsonl, read_jsonl
+import ragtune.stages.gpl.train as gpl_train
+from ragtune.app.cli import main as cli
+from ragtune.pipeline.components import resolve_components
+from ragtune.pipeline.config import AssembleConfig, load_config
+from ragtune.pipeline.dev_slice import assign_dev_ranks
+from ragtune.pipeline.retrieval import DenseRetriever, retrieval_metrics
+from ragtune.pipeline.rundir import RunDir, atomic_write_jsonl, read_jsonl
 
 WORDS = ["heron", "tortoise", "ledgerfish", "pondview", "failover", "drain", "lease", "invoice", "shard", "window"]
 # 8 eval documents, 32 train documents of which embed.dev_fraction=0.25 holds 8 out as stage 1's dev slice.

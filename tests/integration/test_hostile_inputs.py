@@ -30,9 +30,9 @@ import yaml
 from fakes.hostile import KEPT, OUTSIDE_TEXT, SKIPPED, build_hostile_docs, permission_denied, remove_tree
 from fakes.upstream import run_dir_of
 
-from pipeline.cli import main as cli
-from pipeline.entry import BROKEN_PIPE_EXIT
-from pipeline.rundir import LockHolder, RunDir
+from ragtune.app.cli import main as cli
+from ragtune.pipeline.entry import BROKEN_PIPE_EXIT
+from ragtune.pipeline.rundir import LockHolder, RunDir
 
 ROOT = Path(__file__).parents[2]
 KEY_ENV = "RAGTUNE_TEST_LLM_KEY"
@@ -392,7 +392,7 @@ def test_a_full_disk_while_saving_the_stage_1_model_is_one_line_and_keeps_the_ma
 # A stage that runs until it is killed: open_run and call_stage as `ragtune embed` uses them.
 STAGE_UNTIL_KILLED = """
 import sys, time
-from pipeline.entry import call_stage, open_run
+from ragtune.pipeline.entry import call_stage, open_run
 with open_run(sys.argv[1], ["synth.enabled=false"], "embed") as (cfg, run):
     call_stage("embed", lambda cfg, run, force: (print("started", flush=True), time.sleep(300)), cfg, run, False)
 """
@@ -429,7 +429,7 @@ def test_status_says_which_stage_runs_and_which_was_killed(tiny_config: Path) ->
 def test_status_piped_to_a_reader_that_has_gone_is_quiet(tiny_config: Path) -> None:
     assert run_cli(["data", str(tiny_config), "synth.enabled=false"])[0] == 0
     status = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "status", str(run_dir_of(tiny_config).root)],
+        [sys.executable, "-m", "ragtune.app.cli", "status", str(run_dir_of(tiny_config).root)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from fakes.upstream import run_dir_of, tiny_model_overrides
 
-from eval.html_report import render_html, write_html_report
-from eval.report import render_markdown
-from pipeline.cli import main as cli
+from ragtune.app.cli import main as cli
+from ragtune.eval.html_report import render_html, write_html_report
+from ragtune.eval.report import render_markdown
 
 
 class _Collector(HTMLParser):

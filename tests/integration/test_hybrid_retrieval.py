@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from fakes.upstream import run_dir_of, tiny_model_overrides
 
-from eval.rankings import retrieve
-from pipeline.assemble import build_query_engine
-from pipeline.cli import main as cli
-from pipeline.config import ConfigError, load_config
-from pipeline.hybrid import HybridRetriever, bm25_rankings, bm25_retriever, fuse_rankings
-from pipeline.ranking import per_query_metrics
-from pipeline.retrieval import DenseRetriever
-from pipeline.rundir import RunDir, read_jsonl
-from pipeline.vector_store import chunk_id_of
+from ragtune.app.assemble import build_query_engine
+from ragtune.app.cli import main as cli
+from ragtune.eval.rankings import retrieve
+from ragtune.pipeline.config import ConfigError, load_config
+from ragtune.pipeline.hybrid import HybridRetriever, bm25_rankings, bm25_retriever, fuse_rankings
+from ragtune.pipeline.nodes import chunk_id_of
+from ragtune.pipeline.ranking import per_query_metrics
+from ragtune.pipeline.retrieval import DenseRetriever
+from ragtune.pipeline.rundir import RunDir, read_jsonl
 
 
 def _overrides(bert: Path, llama: Path) -> list[str]:

@@ -8,9 +8,9 @@ from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, simula
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 
-from pipeline.cli import main as cli
-from pipeline.langchain import langchain_components, raft_messages
-from pipeline.vector_store import chunk_id_of
+from ragtune.app.cli import main as cli
+from ragtune.app.langchain import langchain_components, raft_messages
+from ragtune.pipeline.nodes import chunk_id_of
 
 
 @pytest.mark.parametrize("retrieval", ["dense", "hybrid"])

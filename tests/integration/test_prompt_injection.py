@@ -11,14 +11,14 @@ from llama_index.core.llms import CompletionResponse, CompletionResponseGen, Cus
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from transformers import AutoTokenizer
 
-from pipeline.assemble import RaftQueryEngine
-from pipeline.config import SynthConfig
-from pipeline.quoting import DATA_RULE
-from pipeline.raft_format import ANSWER_TAG, BEGIN_QUOTE, build_messages, parse_answer, quote_is_verbatim
-from stages.data.ingest import chunk_documents, read_documents
-from stages.data.query_generation import BUILTIN_EXAMPLES, prompt_builder
-from stages.raft.build import RaftContext, build_targets
-from stages.raft.teacher import extractive_answers
+from ragtune.app.assemble import RaftQueryEngine
+from ragtune.pipeline.config import SynthConfig
+from ragtune.pipeline.quoting import DATA_RULE
+from ragtune.pipeline.raft_format import ANSWER_TAG, BEGIN_QUOTE, build_messages, parse_answer, quote_is_verbatim
+from ragtune.stages.data.ingest import chunk_documents, read_documents
+from ragtune.stages.data.query_generation import BUILTIN_EXAMPLES, prompt_builder
+from ragtune.stages.raft.build import RaftContext, build_targets
+from ragtune.stages.raft.teacher import extractive_answers
 
 PLANTED_URL = "http://evil.example/reset"
 INJECTED = (

@@ -12,7 +12,7 @@ from fakes.upstream import (
     tiny_model_overrides,
 )
 
-from pipeline.cli import main as cli
+from ragtune.app.cli import main as cli
 
 ROOT = Path(__file__).parents[2]
 CHATTER = (
@@ -40,7 +40,7 @@ def test_query_output_is_the_answer_sources_and_timings_without_library_chatter(
 
     for first_use in (True, False):  # the first query builds and persists the index
         proc = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "query", str(run.root), question],
+            [sys.executable, "-m", "ragtune.app.cli", "query", str(run.root), question],
             capture_output=True,
             text=True,
             cwd=ROOT,
@@ -59,7 +59,7 @@ def test_query_output_is_the_answer_sources_and_timings_without_library_chatter(
         assert lines[-1].startswith("Time: retrieve ") and ", generate " in lines[-1]
 
     verbose = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "query", str(run.root), question, "-v"],
+        [sys.executable, "-m", "ragtune.app.cli", "query", str(run.root), question, "-v"],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -8,9 +8,9 @@ import pytest
 import torch
 from fakes.upstream import run_dir_of, simulate_embed_stage
 
-from pipeline.cli import main as cli
-from pipeline.raft_format import ABSTAIN_ANSWER, parse_answer, quote_is_verbatim
-from pipeline.rundir import read_jsonl
+from ragtune.app.cli import main as cli
+from ragtune.pipeline.raft_format import ABSTAIN_ANSWER, parse_answer, quote_is_verbatim
+from ragtune.pipeline.rundir import read_jsonl
 
 TOP_N = 2  # configs/tiny.yaml assemble.top_n
 

@@ -3,9 +3,12 @@
 import json
 from pathlib import Path
 
+import pytest
 from fakes.upstream import launch_ddp, run_dir_of, simulate_embed_stage
 
-from pipeline.cli import main as cli
+from ragtune.app.cli import main as cli
+
+pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
 
 def test_rerank_under_two_process_ddp_writes_one_model_and_one_entry(tiny_config: Path, tiny_bert_dir: Path) -> None:
@@ -22,7 +25,7 @@ def test_rerank_under_two_process_ddp_writes_one_model_and_one_entry(tiny_config
         "rerank.batch_size=2",
         "rerank.pseudo_queries=0",  # the counts below are for the labelled train queries
     ]
-    proc = launch_ddp("stages.rerank.train", tiny_config, overrides, 600)
+    proc = launch_ddp("ragtune.stages.rerank.train", tiny_config, overrides, 600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     metrics = json.loads(run.path("rerank/metrics.json").read_text())
@@ -49,7 +52,7 @@ def test_query_likelihood_rerank_under_two_process_ddp_shares_the_lists(
         "rerank.mining.relative_margin=null",
         "rerank.batch_size=1",
     ]
-    proc = launch_ddp("stages.rerank.train", tiny_config, overrides, 600)
+    proc = launch_ddp("ragtune.stages.rerank.train", tiny_config, overrides, 600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     metrics = json.loads(run.path("rerank/metrics.json").read_text())

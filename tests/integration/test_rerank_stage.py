@@ -10,11 +10,11 @@ import pytest
 from fakes.upstream import run_dir_of, simulate_embed_stage
 from safetensors.torch import load_file
 
-from pipeline.cli import main as cli
-from pipeline.config import load_config
-from pipeline.retrieval import FUSION_FILE, model_hash
-from pipeline.rundir import read_jsonl
-from stages.rerank.negatives import RULES
+from ragtune.app.cli import main as cli
+from ragtune.pipeline.config import load_config
+from ragtune.pipeline.retrieval import FUSION_FILE, model_hash
+from ragtune.pipeline.rundir import read_jsonl
+from ragtune.stages.rerank.negatives import RULES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -133,8 +133,8 @@ def test_rerank_stage_mines_trains_evaluates_and_records(tiny_config: Path, tiny
 def test_query_likelihood_rerank_stage_trains_an_adapter_saves_and_evaluates(
     tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path
 ) -> None:
-    from pipeline.components import load_reranker, resolve_components
-    from pipeline.query_likelihood import SPEC_FILE, QueryLikelihoodReranker
+    from ragtune.pipeline.components import load_reranker, resolve_components
+    from ragtune.pipeline.query_likelihood import SPEC_FILE, QueryLikelihoodReranker
 
     cli(["data", str(tiny_config), "synth.enabled=false"])
     run = run_dir_of(tiny_config)
@@ -187,7 +187,7 @@ def test_without_any_train_query_rerank_and_raft_build_train_on_inverse_cloze_qu
     tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path
 ) -> None:
     """A corpus whose every query is held out used to stop the run at stage 2 ("no train-split query")."""
-    from pipeline.rundir import atomic_write_jsonl, read_jsonl
+    from ragtune.pipeline.rundir import atomic_write_jsonl, read_jsonl
 
     cli(["data", str(tiny_config), "synth.enabled=false"])
     run = run_dir_of(tiny_config)

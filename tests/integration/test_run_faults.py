@@ -13,8 +13,8 @@ import pytest
 from fakes.openai_server import FakeOpenAIServer, Fault
 from fakes.upstream import run_dir_of
 
-from pipeline.cli import main as cli
-from pipeline.llm import CACHE_FILE
+from ragtune.app.cli import main as cli
+from ragtune.pipeline.llm import CACHE_FILE
 
 KEY_ENV = "RAGTUNE_TEST_LLM_KEY"
 
@@ -42,7 +42,7 @@ def test_a_failing_endpoint_fails_the_data_stage_and_a_rerun_reuses_finished_cal
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    proc = _cli("pipeline.cli", "data", str(tiny_config), *_openai(closed))
+    proc = _cli("ragtune.app.cli", "data", str(tiny_config), *_openai(closed))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert closed in proc.stderr and "last error: APIConnectionError" in proc.stderr
     assert run.load_manifest()["data"].status == "failed" and not run.path("data/queries.jsonl").exists()
@@ -66,7 +66,7 @@ def test_a_second_process_on_the_same_run_fails_at_once_naming_the_holder(tiny_c
     run = run_dir_of(tiny_config)
     with run.lock():
         start = time.monotonic()
-        proc = _cli("pipeline.cli", "data", str(tiny_config), "synth.enabled=false")
+        proc = _cli("ragtune.app.cli", "data", str(tiny_config), "synth.enabled=false")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"in use by another ragtune process (PID {os.getpid()})" in proc.stderr
     assert time.monotonic() - start < 60 and not run.path("data/corpus.jsonl").exists()
@@ -83,13 +83,14 @@ def test_a_failed_rerun_keeps_the_last_good_record_usable_downstream(tiny_config
     assert "no-such-prompt.txt" in rec.failure["error"]
     assert run.require("data", "corpus", "queries")  # the stages after it can still read it
 
-    # a failing `python -m stages.rerank.mine` (the embed model changed since) leaves a finished rerank entry alone
+    # a failing `python -m ragtune.stages.rerank.mine` (the embed model changed since) leaves a finished rerank
+    # entry alone
     run.path("embed").mkdir()
     run.path("embed/model.txt").write_text("weights")
     run.record("embed", config_hash="h", inputs={}, outputs={"model": "embed/model.txt"}, started=time.time())
     run.path("embed/model.txt").write_text("other weights")
     run.record("rerank", config_hash="h", inputs={}, outputs={"corpus": "data/corpus.jsonl"}, started=time.time())
-    proc = _cli("stages.rerank.mine", "--config", str(tiny_config))
+    proc = _cli("ragtune.stages.rerank.mine", "--config", str(tiny_config))
     assert proc.returncode == 2 and "ragtune embed CONFIG" in proc.stderr
     rec = run.load_manifest()["rerank"]
     assert rec.status == "done" and "embed" in rec.failure["error"]

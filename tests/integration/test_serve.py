@@ -16,9 +16,9 @@ import pytest
 import uvicorn
 from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, simulate_embed_stage, tiny_model_overrides
 
-from pipeline.cli import main as cli
-from pipeline.serve import create_app, load_stack
-from pipeline.vector_store import chunk_id_of
+from ragtune.app.cli import main as cli
+from ragtune.app.serve import create_app, load_stack
+from ragtune.pipeline.nodes import chunk_id_of
 
 QUESTIONS = [
     "how long do I have to do a takeover when the router instance dies",
@@ -136,7 +136,7 @@ def test_ragtune_serve_command_answers_and_stops_cleanly_on_sigterm(tiny_run) ->
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "serve", str(tiny_run.root), "--port", str(port)],
+        [sys.executable, "-m", "ragtune.app.cli", "serve", str(tiny_run.root), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

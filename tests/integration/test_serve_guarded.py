@@ -13,8 +13,8 @@ import openai
 import pytest
 import uvicorn
 
-from pipeline import serve
-from pipeline.serve import ServedStack, ServeLimits, create_app
+from ragtune.app.serve import ServedStack, ServeLimits, create_app
+from ragtune.pipeline import serve
 
 KEY = "s3cret-key"
 
@@ -211,8 +211,8 @@ def test_the_server_loads_each_model_once(tiny_config: Path, tiny_bert_dir: Path
     import sentence_transformers
     from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, simulate_embed_stage, tiny_model_overrides
 
-    import pipeline.assemble
-    from pipeline.cli import main as cli
+    import ragtune.app.assemble
+    from ragtune.app.cli import main as cli
 
     overrides = [*tiny_model_overrides(tiny_bert_dir, tiny_llama_dir), "assemble.embedder=tuned",
                  "assemble.reranker=tuned", "assemble.generator=tuned"]  # fmt: skip
@@ -231,8 +231,10 @@ def test_the_server_loads_each_model_once(tiny_config: Path, tiny_bert_dir: Path
         return lambda *args, **kwargs: loads.append(name) or load(*args, **kwargs)
 
     monkeypatch.setattr(sentence_transformers.SentenceTransformer, "__init__", st_init)
-    monkeypatch.setattr(pipeline.assemble, "load_reranker", counted("reranker", pipeline.assemble.load_reranker))
-    monkeypatch.setattr(pipeline.assemble, "load_generator", counted("generator", pipeline.assemble.load_generator))
+    monkeypatch.setattr(ragtune.app.assemble, "load_reranker", counted("reranker", ragtune.app.assemble.load_reranker))
+    monkeypatch.setattr(
+        ragtune.app.assemble, "load_generator", counted("generator", ragtune.app.assemble.load_generator)
+    )
     stack = serve.load_stack(run.root)
     assert sorted(loads) == ["embedder", "generator", "reranker"]
     assert stack.embedder is stack.engine.embedder and stack.reranker is stack.engine.reranker._model

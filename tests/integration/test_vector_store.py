@@ -7,19 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from eval.rankings import retrieve
-from pipeline.assemble import SentenceTransformerEmbedding
-from pipeline.cli import main as cli
-from pipeline.config import ConfigError, load_config
-from pipeline.retrieval import DenseRetriever
-from pipeline.rundir import RunDir, read_jsonl
-from pipeline.vector_store import (
-    chunk_id_of,
-    close_vector_index,
-    collection_name,
-    corpus_nodes,
-    load_vector_index,
-)
+from ragtune.app.assemble import SentenceTransformerEmbedding
+from ragtune.app.cli import main as cli
+from ragtune.app.vector_store import close_vector_index, collection_name, load_vector_index
+from ragtune.eval.rankings import retrieve
+from ragtune.pipeline.config import ConfigError, load_config
+from ragtune.pipeline.nodes import chunk_id_of, corpus_nodes
+from ragtune.pipeline.retrieval import DenseRetriever
+from ragtune.pipeline.rundir import RunDir, read_jsonl
 
 
 def _run_with_embedder(tiny_config: Path, bert: Path) -> RunDir:

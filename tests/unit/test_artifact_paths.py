@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("pipeline", "stages", "eval", "scripts")
-REGISTRY = ROOT / "pipeline" / "rundir.py"
+PACKAGES = ("ragtune", "scripts")
+REGISTRY = ROOT / "ragtune" / "pipeline" / "rundir.py"
 # A string that starts with a run directory's top folder, or names its resolved config, is an artifact path.
 ARTIFACT_PATH = re.compile(r"^(?:(?:data|embed|rerank|gpl|raft|eval|cache|index)/|config\.resolved\.yaml$)")
 
@@ -42,7 +42,7 @@ MODULES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if p 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_no_module_types_an_artifact_path(module: Path) -> None:
-    assert hand_typed_paths(module) == [], "use the named paths of pipeline/rundir.py"
+    assert hand_typed_paths(module) == [], "use the named paths of ragtune/pipeline/rundir.py"
 
 
 def test_the_check_finds_a_typed_path(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, apply_overrides, check_trainer_keys, dump_config, load_config
-from pipeline.rundir import RunDir
+from ragtune.pipeline.config import ConfigError, apply_overrides, check_trainer_keys, dump_config, load_config
+from ragtune.pipeline.rundir import RunDir
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").rglob("*.yaml"))
 DOMAIN_CONFIGS = [p for p in CONFIGS if "accelerate" not in p.parts]
@@ -226,7 +226,7 @@ def test_every_config_field_has_a_description() -> None:
 
     from pydantic import BaseModel
 
-    import pipeline.config as config
+    import ragtune.pipeline.config as config
 
     sections = [
         obj

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.rundir import read_jsonl
-from stages.data.formats import find_normalized_span, load_questions
-from stages.data.ingest import normalize_whitespace, read_documents
+from ragtune.pipeline.rundir import read_jsonl
+from ragtune.stages.data.formats import find_normalized_span, load_questions
+from ragtune.stages.data.ingest import normalize_whitespace, read_documents
 
 DEMO = Path(__file__).parents[2] / "data" / "demo"
 

@@ -2,7 +2,13 @@
 
 import itertools
 
-from pipeline.dev_slice import CHOSEN_BY_BASE, assign_dev_ranks, dev_documents, rank_documents, split_dev_queries
+from ragtune.pipeline.dev_slice import (
+    CHOSEN_BY_BASE,
+    assign_dev_ranks,
+    dev_documents,
+    rank_documents,
+    split_dev_queries,
+)
 
 
 def _ranked(n_queries: int, n_docs: int, seed: int) -> list[dict]:
@@ -68,8 +74,8 @@ def test_queries_the_base_embedder_chose_never_judge_on_the_dev_slice() -> None:
 
 
 def test_a_query_likelihood_reranker_is_not_judged_on_the_queries_its_own_lm_wrote() -> None:
-    from pipeline.config import RagtuneConfig
-    from stages.rerank.mine import rerank_dev_split
+    from ragtune.pipeline.config import RagtuneConfig
+    from ragtune.stages.rerank.mine import rerank_dev_split
 
     lm = "local:bundled:smollm2-135m-instruct"
     rows = [

@@ -14,12 +14,11 @@ ROOT = Path(__file__).parents[2]
 
 
 def source_modules() -> list[str]:
-    """Dotted names of every module in pipeline/, eval/ and stages/ (``__main__`` guards keep imports quiet)."""
+    """Dotted names of every module of the ``ragtune`` package (``__main__`` guards keep imports quiet)."""
     names = []
-    for package in ("pipeline", "eval", "stages"):
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
-            names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    for path in sorted((ROOT / "ragtune").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     return names
 
 

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 from datasets import Dataset
 
-from stages.embed.pairs import (
+from ragtune.stages.embed.pairs import (
     NoDuplicateKeysBatchSampler,
     attach_negatives,
     build_pairs,
@@ -109,7 +109,7 @@ def test_attach_negatives_uses_given_ones_else_draws_seeded_non_relevant_chunks(
 
 
 def test_bm25_negatives_are_what_bm25_ranks_high_never_the_positives_document() -> None:
-    from stages.embed.pairs import bm25_negatives
+    from ragtune.stages.embed.pairs import bm25_negatives
 
     corpus = [
         {"id": "a1", "doc_id": "A", "text": "heron failover drains the primary queue in two minutes"},

@@ -8,13 +8,13 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer import losses
 
-from pipeline.config import EmbedConfig
-from pipeline.precision import bf16_training
-from pipeline.retrieval import DenseRetriever, retrieval_metrics
-from stages.embed.adapter import add_query_adapter
-from stages.embed.evaluate import dev_pool, selection_evaluator
-from stages.embed.pairs import NoDuplicateKeysBatchSampler
-from stages.embed.train import build_loss, load_model, training_arguments
+from ragtune.pipeline.config import EmbedConfig
+from ragtune.pipeline.precision import bf16_training
+from ragtune.pipeline.retrieval import DenseRetriever, retrieval_metrics
+from ragtune.stages.embed.adapter import add_query_adapter
+from ragtune.stages.embed.evaluate import dev_pool, selection_evaluator
+from ragtune.stages.embed.pairs import NoDuplicateKeysBatchSampler
+from ragtune.stages.embed.train import build_loss, load_model, training_arguments
 
 TEXTS = ["heron failover runbook", "ledgerfish renews leases", "tortoise drain window"]
 

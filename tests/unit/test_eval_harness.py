@@ -2,16 +2,16 @@ from pathlib import Path
 
 import pytest
 
-from eval.answers import score_generation
-from eval.comparison import compare, verdicts
-from eval.configurations import configuration_choices, select_queries
-from eval.judge import extractive_judge, judge_messages
-from eval.metrics import parse_judge_score
-from eval.probes import probe_similarities
-from eval.rankings import Ranking, rerank_ranking
-from eval.report import fine_tune_note, per_query_csv, render_markdown, render_table
-from pipeline.config import load_config
-from pipeline.raft_format import ABSTAIN_ANSWER, format_answer
+from ragtune.eval.answers import score_generation
+from ragtune.eval.comparison import compare, verdicts
+from ragtune.eval.configurations import configuration_choices, select_queries
+from ragtune.eval.judge import extractive_judge, judge_messages
+from ragtune.eval.metrics import parse_judge_score
+from ragtune.eval.probes import probe_similarities
+from ragtune.eval.rankings import Ranking, rerank_ranking
+from ragtune.eval.report import fine_tune_note, per_query_csv, render_markdown, render_table
+from ragtune.pipeline.config import load_config
+from ragtune.pipeline.raft_format import ABSTAIN_ANSWER, format_answer
 
 TINY = Path(__file__).parents[2] / "configs" / "tiny.yaml"
 
@@ -59,7 +59,7 @@ def test_configurations_order_builtins_and_custom_inherit_sizes() -> None:
 
 
 def test_the_hybrid_baseline_is_built_in_and_the_first_tuned_step_is_read_against_the_stronger_baseline() -> None:
-    from eval.comparison import compare, verdicts
+    from ragtune.eval.comparison import compare, verdicts
 
     choices = configuration_choices(load_config(TINY, []))
     assert list(choices)[:2] == ["rag_only", "rag_hybrid"]

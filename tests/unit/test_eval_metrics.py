@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from eval.metrics import (
+from ragtune.eval.metrics import (
     Interval,
     abstained,
     bootstrap_mean,
@@ -16,8 +16,8 @@ from eval.metrics import (
     relevance_level,
     verdict,
 )
-from pipeline.answer_metrics import exact_match, normalize_answer, token_f1
-from pipeline.raft_format import ABSTAIN_ANSWER, format_answer
+from ragtune.pipeline.answer_metrics import exact_match, normalize_answer, token_f1
+from ragtune.pipeline.raft_format import ABSTAIN_ANSWER, format_answer
 
 
 def test_squad_normalisation_exact_match_and_f1_hand_values() -> None:

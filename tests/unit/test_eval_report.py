@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.report import (
+from ragtune.eval.report import (
     CHART_METRICS,
     deltas_figure,
     fine_tune_note,
@@ -14,7 +14,7 @@ from eval.report import (
     too_few_queries_warning,
     write_report,
 )
-from pipeline.rundir import UMASK, RunDir
+from ragtune.pipeline.rundir import UMASK, RunDir
 
 NAMES = ("rag_only", "embed", "embed_rerank", "full")
 

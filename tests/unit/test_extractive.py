@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.extractive import ExtractiveAnswerer, context_sentences
-from pipeline.raft_format import ABSTAIN_ANSWER, parse_answer, quote_is_verbatim
+from ragtune.pipeline.extractive import ExtractiveAnswerer, context_sentences
+from ragtune.pipeline.raft_format import ABSTAIN_ANSWER, parse_answer, quote_is_verbatim
 
 CONTEXT = [
     "# Tortoise drain\n\nDraining Tortoise lets every queued batch finish. The grace period is 40 minutes by default.",

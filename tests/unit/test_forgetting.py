@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from eval import forgetting
-from eval.forgetting import answered_correctly, forgetting_check, load_general_questions
+from ragtune.eval import forgetting
+from ragtune.eval.forgetting import answered_correctly, forgetting_check, load_general_questions
 
 
 def test_an_accepted_answer_counts_only_as_whole_words() -> None:

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.export import export_llamaindex
-from stages.data.formats import (
+from ragtune.app.export import export_llamaindex
+from ragtune.stages.data.formats import (
     attach_chunks,
     find_normalized_span,
     import_beir,

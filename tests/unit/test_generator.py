@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.generator import GenerationMemo, generate_batched, load_generator
-from pipeline.raft_format import build_messages
+from ragtune.pipeline.generator import GenerationMemo, generate_batched, load_generator
+from ragtune.pipeline.raft_format import build_messages
 
 REQUESTS = [
     build_messages("short?", ["Heron."]),
@@ -84,7 +84,7 @@ def test_stop_rule_ends_each_row_early_and_keeps_its_tokens(tiny_llama_dir: Path
 
 
 def test_shared_prefix_is_computed_once_and_changes_no_completion(tiny_llama_dir: Path, monkeypatch) -> None:
-    from pipeline import generator
+    from ragtune.pipeline import generator
 
     model, tokenizer = _varied_generator(tiny_llama_dir)
     requests = [*REQUESTS, build_messages("another question?", ["Heron drains the queue " * 3])]

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from pipeline.dev_slice import assign_dev_ranks, split_dev_queries
-from pipeline.retrieval import DenseRetriever
-from stages.gpl.triples import gpl_queries, label_triples, mine_negatives
+from ragtune.pipeline.dev_slice import assign_dev_ranks, split_dev_queries
+from ragtune.pipeline.retrieval import DenseRetriever
+from ragtune.stages.gpl.triples import gpl_queries, label_triples, mine_negatives
 
 
 class LengthTeacher:

@@ -5,17 +5,17 @@ from pathlib import Path
 
 from fakes.upstream import ranker_giving, run_dir_of
 
-from eval.harness import human_recall, query_origins
-from eval.report import fine_tune_call, optimistic_warning, origin_line, render_markdown, render_table
-from pipeline.cli import main as cli
-from pipeline.rundir import RunDir, read_jsonl
+from ragtune.app.cli import main as cli
+from ragtune.eval.harness import human_recall, query_origins
+from ragtune.eval.report import fine_tune_call, optimistic_warning, origin_line, render_markdown, render_table
+from ragtune.pipeline.rundir import RunDir, read_jsonl
 
 RecordingRanker = ranker_giving(1)  # keeps every query
 
 
 def test_without_labels_held_out_synthetic_queries_skip_the_base_embedders_round_trip(tiny_config, monkeypatch):
     RecordingRanker.seen = []
-    monkeypatch.setattr("pipeline.retrieval.DenseRetriever", RecordingRanker)
+    monkeypatch.setattr("ragtune.pipeline.retrieval.DenseRetriever", RecordingRanker)
     cli(["data", str(tiny_config), "data.questions=null", "synth.round_trip_top_k=10"])
     run = run_dir_of(tiny_config)
     queries = read_jsonl(run.path("data/queries.jsonl"))

@@ -2,8 +2,8 @@
 
 import json
 
-from eval.html_report import stage_cards
-from pipeline.rundir import RunDir
+from ragtune.eval.html_report import stage_cards
+from ragtune.pipeline.rundir import RunDir
 
 
 def test_a_finished_gpl_round_gets_its_own_card_with_its_dev_figures_and_loss_curve(tmp_path) -> None:

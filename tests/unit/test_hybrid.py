@@ -1,8 +1,8 @@
-"""Reciprocal rank fusion and BM25 candidates (pipeline.hybrid)."""
+"""Reciprocal rank fusion and BM25 candidates (ragtune.pipeline.hybrid)."""
 
 import pytest
 
-from pipeline.hybrid import bm25_rankings, bm25_retriever, fuse_rankings, reciprocal_rank_fusion
+from ragtune.pipeline.hybrid import bm25_rankings, bm25_retriever, fuse_rankings, reciprocal_rank_fusion
 
 
 def test_reciprocal_rank_fusion_matches_hand_computed_scores() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from fakes.hostile import KEPT, OUTSIDE_TEXT, SKIPPED, build_hostile_docs, permission_denied, remove_tree
 
-from stages.data.ingest import (
+from ragtune.stages.data.ingest import (
     Document,
     chunk_documents,
     chunk_id,
@@ -128,7 +128,7 @@ def test_ingest_never_crashes_and_lists_every_skipped_entry_with_its_reason(host
 def test_chunk_ids_hash_each_document_once(monkeypatch) -> None:
     import hashlib
 
-    from stages.data import ingest
+    from ragtune.stages.data import ingest
 
     hashed = []
 

@@ -1,9 +1,13 @@
 """The house has no loops: every import of every module, read from its syntax tree (ast), keeps the layers.
 
-- the core (``pipeline/``) imports nothing from ``stages`` or ``eval`` (the CLI names stages only as
-  strings in its stage table, loaded with importlib);
-- ``eval`` imports the core and itself, never a stage;
-- a stage imports the core and its own subpackage, never another stage and never ``eval``.
+Bottom to top (docs/architecture.md):
+
+- the core (``ragtune/pipeline/``) imports nothing from ``ragtune.stages``, ``ragtune.eval`` or ``ragtune.app``;
+- ``ragtune.eval`` imports the core and itself: never a stage, never the app;
+- a stage imports the core and its own subpackage: never another stage, never eval, never the app;
+- the app (``ragtune/app/``: CLI, LlamaIndex assembly, server, LangChain, export, vector stores) imports the core
+  and itself; it names the stages and eval only as strings in the CLI's stage table (loaded with importlib).
+  Nothing but the app and ``scripts/`` imports the app.
 """
 
 import ast
@@ -12,6 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[2]
+LAYERS = ("pipeline", "stages", "eval", "app")
 
 
 def imported_modules(path: Path) -> list[str]:
@@ -26,24 +31,32 @@ def imported_modules(path: Path) -> list[str]:
 
 
 def forbidden(path: Path, module: str) -> bool:
-    """True when the module at ``path`` may not import ``module`` (relative imports are not used here)."""
-    layer, target = path.relative_to(ROOT).parts[0], module.split(".")
-    if layer == "pipeline":
-        return target[0] in ("stages", "eval")
-    if layer == "eval":
-        return target[0] == "stages"
-    if layer == "stages" and target[0] == "eval":
+    """True when the module at ``path`` (under ``ragtune/``) may not import ``module``."""
+    parts = path.relative_to(ROOT / "ragtune").parts
+    layer, target = parts[0], module.split(".")
+    if target[0] != "ragtune" or len(target) < 2:
+        return False  # a library, or the package's own docstring-only root
+    into = target[1]
+    if layer == "app":
+        return into in ("stages", "eval")
+    if into == "app":
         return True
-    if layer == "stages" and target[0] == "stages" and len(target) > 1:
-        return target[1] != path.relative_to(ROOT).parts[1]
+    if layer == "pipeline":
+        return into in ("stages", "eval")
+    if layer == "eval":
+        return into == "stages"
+    if layer == "stages" and into == "eval":
+        return True
+    if layer == "stages" and into == "stages" and len(target) > 2:
+        return target[2] != parts[1]
     return False
 
 
 def violations() -> list[tuple[str, str]]:
     """(file, module) of every import that crosses a layer the wrong way."""
     found = []
-    for package in ("pipeline", "eval", "stages"):
-        for path in sorted((ROOT / package).rglob("*.py")):
+    for layer in LAYERS:
+        for path in sorted((ROOT / "ragtune" / layer).rglob("*.py")):
             for module in imported_modules(path):
                 if forbidden(path, module):
                     found.append((str(path.relative_to(ROOT)), module))
@@ -58,16 +71,20 @@ def test_no_module_imports_across_the_layers() -> None:
 @pytest.mark.parametrize(
     ("path", "module", "bad"),
     [
-        ("pipeline/assemble.py", "eval.harness", True),
-        ("pipeline/cli.py", "stages.data.prepare", True),
-        ("pipeline/assemble.py", "pipeline.generator", False),
-        ("eval/metrics.py", "stages.raft.prompts", True),
-        ("eval/harness.py", "eval.metrics", False),
-        ("stages/rerank/mine.py", "stages.embed.pairs", True),
-        ("stages/rerank/mine.py", "stages.rerank.negatives", False),
-        ("stages/raft/build.py", "pipeline.raft_format", False),
-        ("stages/data/prepare.py", "eval.metrics", True),
-        ("stages/data/prepare.py", "llama_index.core", False),
+        ("ragtune/app/assemble.py", "ragtune.eval.harness", True),
+        ("ragtune/app/cli.py", "ragtune.stages.data.prepare", True),
+        ("ragtune/app/assemble.py", "ragtune.pipeline.generator", False),
+        ("ragtune/app/serve.py", "ragtune.app.vector_store", False),
+        ("ragtune/pipeline/hybrid.py", "ragtune.app.vector_store", True),
+        ("ragtune/eval/harness.py", "ragtune.app.assemble", True),
+        ("ragtune/stages/raft/build.py", "ragtune.app.assemble", True),
+        ("ragtune/eval/metrics.py", "ragtune.stages.raft.prompts", True),
+        ("ragtune/eval/harness.py", "ragtune.eval.metrics", False),
+        ("ragtune/stages/rerank/mine.py", "ragtune.stages.embed.pairs", True),
+        ("ragtune/stages/rerank/mine.py", "ragtune.stages.rerank.negatives", False),
+        ("ragtune/stages/raft/build.py", "ragtune.pipeline.raft_format", False),
+        ("ragtune/stages/data/prepare.py", "ragtune.eval.metrics", True),
+        ("ragtune/stages/data/prepare.py", "llama_index.core", False),
     ],
 )
 def test_the_rule_tells_crossings_from_allowed_imports(path: str, module: str, bad: bool) -> None:
@@ -76,5 +93,22 @@ def test_the_rule_tells_crossings_from_allowed_imports(path: str, module: str, b
 
 def test_the_walk_sees_imports_inside_functions(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
-    module.write_text("import os\n\ndef f():\n    from eval.harness import main\n    import stages.raft.train\n")
-    assert imported_modules(module) == ["os", "eval.harness", "stages.raft.train"]
+    module.write_text(
+        "import os\n\ndef f():\n    from ragtune.eval.harness import main\n    import ragtune.stages.raft.train\n"
+    )
+    assert imported_modules(module) == ["os", "ragtune.eval.harness", "ragtune.stages.raft.train"]
+
+
+def test_only_the_app_and_scripts_import_the_app() -> None:
+    importers = {
+        str(path.relative_to(ROOT)).split("/")[0]
+        for path in ROOT.rglob("*.py")
+        if ".venv" not in path.parts and any(m.startswith("ragtune.app") for m in imported_modules(path))
+    }
+    assert importers <= {"ragtune", "scripts", "tests"}
+    inside = {
+        path.relative_to(ROOT / "ragtune").parts[0]
+        for path in (ROOT / "ragtune").rglob("*.py")
+        if any(m.startswith("ragtune.app") for m in imported_modules(path))
+    }
+    assert inside <= {"app"}, inside

@@ -12,9 +12,9 @@ import time
 import pytest
 from fakes.openai_server import FakeOpenAIServer, prompt_hash
 
-from pipeline.config import LLMConfig
-from pipeline.llm import CACHE_FILE, LLMBackendError, ResponseCache, make_backend, openai_compatible
-from pipeline.rundir import DiskFullError
+from ragtune.pipeline.config import LLMConfig
+from ragtune.pipeline.llm import CACHE_FILE, LLMBackendError, ResponseCache, make_backend, openai_compatible
+from ragtune.pipeline.rundir import DiskFullError
 
 KEY_ENV = "RAGTUNE_TEST_LLM_KEY"
 
@@ -193,7 +193,7 @@ def test_local_provider_batched_left_padded_greedy(tiny_llama_dir, tmp_path):
 def test_local_provider_loads_the_configured_precision(tiny_llama_dir, tmp_path, dtype):
     import torch
 
-    from pipeline.precision import bf16_training
+    from ragtune.pipeline.precision import bf16_training
 
     backend = make_backend(LLMConfig(provider="local", model=str(tiny_llama_dir), dtype=dtype), tmp_path)
     assert backend.generate([[{"role": "user", "content": "hi"}]], max_new_tokens=2)[0] is not None
@@ -205,8 +205,8 @@ def test_local_provider_loads_the_configured_precision(tiny_llama_dir, tmp_path,
 CHILD = """
 import sys
 from pathlib import Path
-from pipeline.config import LLMConfig
-from pipeline.llm import make_backend
+from ragtune.pipeline.config import LLMConfig
+from ragtune.pipeline.llm import make_backend
 cfg = LLMConfig(provider="openai", model="fake", base_url=sys.argv[1], api_key_env="RAGTUNE_TEST_LLM_KEY",
                 concurrency=4, max_new_tokens=16)
 out = make_backend(cfg, Path(sys.argv[2])).generate(
@@ -215,6 +215,7 @@ print("DONE", sum(o is not None for o in out), flush=True)
 """
 
 
+@pytest.mark.slow
 def test_kill_9_midway_then_rerun_repeats_no_finished_call(tmp_path):
     n, concurrency = 40, 4
     env = {**os.environ, KEY_ENV: "test-key"}

@@ -9,8 +9,8 @@ import time
 import pytest
 from fakes.openai_server import FakeOpenAIServer, Fault
 
-from pipeline.config import LLMConfig, RagtuneConfig, dump_config
-from pipeline.llm import CACHE_FILE, LLMBackendError, LLMEndpointError, make_backend
+from ragtune.pipeline.config import LLMConfig, RagtuneConfig, dump_config
+from ragtune.pipeline.llm import CACHE_FILE, LLMBackendError, LLMEndpointError, make_backend
 
 KEY_ENV = "RAGTUNE_TEST_LLM_KEY"
 SECRET = "sk-test-SECRET-7f3a9c2e5b"

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.models import ModelNotFoundError, resolve_model
+from ragtune.pipeline.models import ModelNotFoundError, resolve_model
 
 
 def test_bundled_minilm_resolves_to_sentence_transformers_folder() -> None:

@@ -1,9 +1,9 @@
 """The promotion gate: under assemble.*: auto, a tuned component serves only if it beat its baseline on dev."""
 
-from pipeline.components import resolve_components
-from pipeline.config import AssembleConfig, RagtuneConfig, load_config
-from pipeline.models import resolve_model
-from pipeline.promotion import (
+from ragtune.pipeline.components import resolve_components
+from ragtune.pipeline.config import AssembleConfig, RagtuneConfig, load_config
+from ragtune.pipeline.models import resolve_model
+from ragtune.pipeline.promotion import (
     embedder_promotion,
     format_promotions,
     generator_promotion,
@@ -12,7 +12,7 @@ from pipeline.promotion import (
     resolve_auto,
     tuned_embedder,
 )
-from pipeline.rundir import RunDir
+from ragtune.pipeline.rundir import RunDir
 
 
 def _record(run: RunDir, stage: str, metrics: dict) -> None:

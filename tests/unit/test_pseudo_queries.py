@@ -1,7 +1,7 @@
 """Inverse-cloze pairs for stage 1: the sentence leaves its passage, held-out documents are never drawn."""
 
-from pipeline.pseudo_queries import inverse_cloze_pairs, without_sentence
-from stages.embed.pairs import attach_negatives, pair_keys
+from ragtune.pipeline.pseudo_queries import inverse_cloze_pairs, without_sentence
+from ragtune.stages.embed.pairs import attach_negatives, pair_keys
 
 CORPUS = [
     {"id": f"c{i}", "doc_id": f"d{i % 3}", "text": f"Note {i} opens. Heron berth {i} routes the night orders. End."}

@@ -5,10 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.components import load_reranker
-from pipeline.config import RerankConfig
-from pipeline.query_likelihood import QueryLikelihoodReranker, is_query_likelihood, pack_left_padded
-from stages.rerank.likelihood import ListCollator, build_query_likelihood, likelihood_lists, train_query_likelihood
+from ragtune.pipeline.components import load_reranker
+from ragtune.pipeline.config import RerankConfig
+from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker, is_query_likelihood, pack_left_padded
+from ragtune.stages.rerank.likelihood import (
+    ListCollator,
+    build_query_likelihood,
+    likelihood_lists,
+    train_query_likelihood,
+)
 
 PAIRS = [
     ("how long is the failover window", "Millpond promotes to Elmstead within thirty minutes of a page."),
@@ -114,7 +119,7 @@ def test_listwise_training_changes_the_adapter_and_lowers_the_loss(tiny_llama_di
 
 
 def test_the_score_cache_scores_a_repeated_pair_once_and_only_appends(tiny_llama_dir, tmp_path) -> None:
-    from pipeline.query_likelihood import QueryLikelihoodReranker, read_score_cache
+    from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker, read_score_cache
 
     cache = tmp_path / "scores.jsonl"
     reranker = QueryLikelihoodReranker.from_generator(

@@ -4,13 +4,19 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, RaftConfig, RagtuneConfig
-from pipeline.precision import bf16_training
-from pipeline.raft_format import ABSTAIN_ANSWER, format_answer, parse_answer
-from pipeline.rundir import RunDir
-from stages.raft.build import CONFIG_SECTIONS, NOT_CHANGING_THE_DATA, RaftContext, build_targets, choose_contexts
-from stages.raft.build import main as build_main
-from stages.raft.train import make_sft_config
+from ragtune.pipeline.config import ConfigError, RaftConfig, RagtuneConfig
+from ragtune.pipeline.precision import bf16_training
+from ragtune.pipeline.raft_format import ABSTAIN_ANSWER, format_answer, parse_answer
+from ragtune.pipeline.rundir import RunDir
+from ragtune.stages.raft.build import (
+    CONFIG_SECTIONS,
+    NOT_CHANGING_THE_DATA,
+    RaftContext,
+    build_targets,
+    choose_contexts,
+)
+from ragtune.stages.raft.build import main as build_main
+from ragtune.stages.raft.train import make_sft_config
 
 CORPUS = [f"c{i}" for i in range(20)]
 
@@ -129,7 +135,7 @@ def test_trainer_pass_through_user_keys_win_and_unknown_keys_are_named(tmp_path:
 
 def test_build_runs_on_the_main_process_only(monkeypatch, tmp_path: Path) -> None:
     # A second rank of `accelerate launch` must not call (and bill) the teacher again, nor write anything.
-    from pipeline.rundir import RunDir
+    from ragtune.pipeline.rundir import RunDir
 
     monkeypatch.setenv("RANK", "1")
     run = RunDir(tmp_path / "run")
@@ -146,8 +152,8 @@ def test_build_runs_on_the_main_process_only(monkeypatch, tmp_path: Path) -> Non
 
 
 def test_dev_answer_f1_scores_base_and_tuned_on_the_same_prompts(monkeypatch) -> None:
-    from pipeline.config import AssembleConfig
-    from stages.raft import train
+    from ragtune.pipeline.config import AssembleConfig
+    from ragtune.stages.raft import train
 
     rows = [
         {"qid": f"q{i}", "prompt": [{"role": "user", "content": f"Q{i}?"}], "answer": f"{i} minutes"} for i in range(4)

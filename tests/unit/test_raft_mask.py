@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from pipeline.config import RaftConfig
-from pipeline.raft_format import build_messages, format_answer
-from stages.raft.train import build_trainer
+from ragtune.pipeline.config import RaftConfig
+from ragtune.pipeline.raft_format import build_messages, format_answer
+from ragtune.stages.raft.train import build_trainer
 
 IGNORE = -100
 

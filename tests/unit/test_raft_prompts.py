@@ -1,4 +1,4 @@
-from pipeline.raft_format import (
+from ragtune.pipeline.raft_format import (
     ABSTAIN_ANSWER,
     build_messages,
     format_answer,

@@ -1,8 +1,8 @@
 """RAFT teacher: sentence split, quote verification and repair, no-oracle targets, extractive answers."""
 
-from pipeline.extractive import split_sentences
-from pipeline.raft_format import ABSTAIN_ANSWER, format_answer, parse_answer, quote_is_verbatim
-from stages.raft.teacher import (
+from ragtune.pipeline.extractive import split_sentences
+from ragtune.pipeline.raft_format import ABSTAIN_ANSWER, format_answer, parse_answer, quote_is_verbatim
+from ragtune.stages.raft.teacher import (
     MEMORY_REASON,
     best_matching_sentence,
     build_teacher_messages,

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pipeline.ranking import (
+from ragtune.pipeline.ranking import (
     choose_fusion_weight,
     fuse_scores,
     fused_order,

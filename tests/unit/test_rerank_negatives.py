@@ -1,10 +1,10 @@
-"""False-negative rules, candidate filtering and negative sampling (stages/rerank/negatives.py)."""
+"""False-negative rules, candidate filtering and negative sampling (ragtune/stages/rerank/negatives.py)."""
 
 import random
 
 import pytest
 
-from stages.rerank.negatives import (
+from ragtune.stages.rerank.negatives import (
     RULES,
     choose_negatives,
     drop_reason,

@@ -11,13 +11,15 @@ import torch
 from datasets import Dataset
 from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer
 
-from pipeline.config import RerankConfig
-from pipeline.pseudo_queries import inverse_cloze_queries, pick_sentence
-from stages.rerank.curve import BestPoint, DevCandidates, DevCurveCallback, curve_point, curve_steps
-from stages.rerank.model import build_cross_encoder
-from stages.rerank.negatives import draw_random_negatives
-from stages.rerank.train import build_loss, build_training_args, build_training_columns
-from stages.rerank.warm_start import distillation_columns
+from ragtune.pipeline.config import RerankConfig
+from ragtune.pipeline.pseudo_queries import inverse_cloze_queries, pick_sentence
+from ragtune.stages.rerank.curve import BestPoint, DevCandidates, DevCurveCallback, curve_point, curve_steps
+from ragtune.stages.rerank.model import build_cross_encoder
+from ragtune.stages.rerank.negatives import draw_random_negatives
+from ragtune.stages.rerank.train import build_loss, build_training_args, build_training_columns
+from ragtune.stages.rerank.warm_start import distillation_columns
+
+pytestmark = pytest.mark.slow
 
 TEXTS = {
     "p1": "heron failover drains the primary queue",

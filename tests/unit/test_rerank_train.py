@@ -3,11 +3,11 @@
 import pytest
 from sentence_transformers.base.sampler import BatchSamplers
 
-from pipeline.config import ConfigError, RerankConfig
-from pipeline.precision import bf16_training
-from stages.rerank.curve import dev_candidates
-from stages.rerank.mine import format_audit, group_train_queries
-from stages.rerank.train import (
+from ragtune.pipeline.config import ConfigError, RerankConfig
+from ragtune.pipeline.precision import bf16_training
+from ragtune.stages.rerank.curve import dev_candidates
+from ragtune.stages.rerank.mine import format_audit, group_train_queries
+from ragtune.stages.rerank.train import (
     build_training_args,
     build_training_columns,
     choose_weight,

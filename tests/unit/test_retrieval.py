@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.retrieval import (
+from ragtune.pipeline.retrieval import (
     FUSION_FILE,
     DenseRetriever,
     corpus_hash,

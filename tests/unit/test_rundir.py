@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from safetensors import SafetensorError
 
-from pipeline.config import load_config
-from pipeline.rundir import (
+from ragtune.pipeline.config import load_config
+from ragtune.pipeline.rundir import (
     STARTED_FILE,
     DiskFullError,
     LockHolder,
@@ -79,7 +79,7 @@ def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
 
 CRASHING_WRITER = """
 import os, sys
-import pipeline.rundir as rd
+import ragtune.pipeline.rundir as rd
 real_fsync = os.fsync
 def die(fd):
     real_fsync(fd)
@@ -221,7 +221,7 @@ def test_atomic_writes_get_the_mode_the_umask_gives_ordinary_files(
 import os, sys
 os.umask({umask})
 from pathlib import Path
-from pipeline.rundir import atomic_dir, atomic_write_text
+from ragtune.pipeline.rundir import atomic_dir, atomic_write_text
 root = Path(sys.argv[1])
 atomic_write_text(root / "data" / "report.json", "{{}}")
 with atomic_dir(root / "embed" / "model") as tmp:
@@ -234,9 +234,9 @@ with atomic_dir(root / "embed" / "model") as tmp:
 
 
 def test_every_stage_hash_covers_the_run_section_its_sections_and_its_inputs(tmp_path: Path) -> None:
-    from eval.harness import CONFIG_SECTIONS as EVAL_SECTIONS
-    from stages.data.prepare import CONFIG_SECTIONS as DATA_SECTIONS
-    from stages.raft.build import CONFIG_SECTIONS as BUILD_SECTIONS
+    from ragtune.eval.harness import CONFIG_SECTIONS as EVAL_SECTIONS
+    from ragtune.stages.data.prepare import CONFIG_SECTIONS as DATA_SECTIONS
+    from ragtune.stages.raft.build import CONFIG_SECTIONS as BUILD_SECTIONS
 
     run = RunDir(tmp_path / "run")
     base = load_config(Path("configs/tiny.yaml"))

@@ -1,4 +1,4 @@
-from stages.data.split import assign_split, choose_eval_documents, document_groups, leaking_documents
+from ragtune.stages.data.split import assign_split, choose_eval_documents, document_groups, leaking_documents
 
 
 def _queries() -> list[dict]:

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import LLMConfig, SynthConfig
-from pipeline.llm import make_backend
-from pipeline.llm.local import LocalBackend, stop_when
-from stages.data import query_generation
-from stages.data.query_filters import CandidateFilters
-from stages.data.query_parsing import first_question, first_question_done
+from ragtune.pipeline.config import LLMConfig, SynthConfig
+from ragtune.pipeline.llm import make_backend
+from ragtune.pipeline.llm.local import LocalBackend, stop_when
+from ragtune.stages.data import query_generation
+from ragtune.stages.data.query_filters import CandidateFilters
+from ragtune.stages.data.query_parsing import first_question, first_question_done
 
 REPLIES = [
     "How long does the Kestrel VPN token last? It lasts ninety days.",

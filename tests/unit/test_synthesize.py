@@ -8,15 +8,15 @@ import pytest
 from fakes.openai_server import FakeOpenAIServer
 from fakes.upstream import ranker_giving
 
-import stages.data.synthesize as synth
-from pipeline.config import LLMConfig, SynthConfig
-from pipeline.llm import LLMUsage
-from pipeline.retrieval import DenseRetriever
-from stages.data.query_filters import LexicalRoundTrip, RoundTrip, copies_passage, drop_duplicates, jaccard
-from stages.data.query_generation import corpus_idf, keyword_query
-from stages.data.query_parsing import first_question, parse_queries, words
-from stages.data.synthesize import synthesize_queries
-from stages.data.targets import document_round_robin
+import ragtune.stages.data.synthesize as synth
+from ragtune.pipeline.config import LLMConfig, SynthConfig
+from ragtune.pipeline.llm import LLMUsage
+from ragtune.pipeline.retrieval import DenseRetriever
+from ragtune.stages.data.query_filters import LexicalRoundTrip, RoundTrip, copies_passage, drop_duplicates, jaccard
+from ragtune.stages.data.query_generation import corpus_idf, keyword_query
+from ragtune.stages.data.query_parsing import first_question, parse_queries, words
+from ragtune.stages.data.synthesize import synthesize_queries
+from ragtune.stages.data.targets import document_round_robin
 
 CORPUS = [
     {
@@ -219,7 +219,7 @@ def test_local_recipe_greedy_then_best_sample(tmp_path, monkeypatch):
         def ranks(self, queries, chunk_ids):
             return [1 if "much" in q or "Kestrel" in q else 2 for q in queries]
 
-    monkeypatch.setattr("pipeline.retrieval.DenseRetriever", Ranker)
+    monkeypatch.setattr("ragtune.pipeline.retrieval.DenseRetriever", Ranker)
     cfg = SynthConfig(llm=LLMConfig(provider="local"), round_trip_top_k=5)
     rows, report = synthesize_queries(CORPUS, CORPUS, cfg, tmp_path)
     assert {r["positives"][0]: r["text"] for r in rows} == {
@@ -328,7 +328,7 @@ def test_held_out_queries_pass_bm25_and_never_the_base_embedder(tmp_path, monkey
     # d3 is held out: its query is kept by BM25 although the base embedder would have rejected it, so the
     # base model's hit@k on held-out synthetic queries is not 1.0 by construction.
     RejectingRanker.seen = []
-    monkeypatch.setattr("pipeline.retrieval.DenseRetriever", RejectingRanker)
+    monkeypatch.setattr("ragtune.pipeline.retrieval.DenseRetriever", RejectingRanker)
     cfg = SynthConfig(round_trip_top_k=1, llm=LLMConfig(provider="extractive"))
     rows, report = synthesize_queries(CORPUS, CORPUS, cfg, tmp_path, held_out={"d3"})
     assert sorted(RejectingRanker.seen) == ["c1", "c2"]  # the dense round trip never saw the held-out chunk

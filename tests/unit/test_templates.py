@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pipeline.config import LLMConfig, load_config
+from ragtune.pipeline.config import LLMConfig, load_config
 
 ROOT = Path(__file__).parents[2]
 

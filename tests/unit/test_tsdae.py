@@ -3,10 +3,13 @@
 import random
 from pathlib import Path
 
+import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from stages.embed.tsdae import adapt_with_tsdae, adaptation_sentences, damage
+from ragtune.stages.embed.tsdae import adapt_with_tsdae, adaptation_sentences, damage
+
+pytestmark = pytest.mark.slow
 
 
 def test_damage_keeps_order_and_at_least_one_word() -> None:

@@ -1,0 +1,275 @@
+"""Assembly: the run's embedder, reranker and generator wired into one LlamaIndex query engine.
+
+    ragtune query runs/demo "how long do I have for a primary takeover?"
+
+- Retrieval: :class:`SentenceTransformerEmbedding` (LlamaIndex's ``HuggingFaceEmbedding``, routed
+  through ``encode_query`` / ``encode_document`` so a query-side adapter and saved prompts apply
+  exactly as in training and in the eval harness) over a ``VectorStoreIndex`` in the store
+  ``assemble.vector_store`` names (:mod:`ragtune.app.vector_store`: simple JSON in ``index/``, Qdrant
+  embedded, or a Qdrant server). The index is built once from ``data/corpus.jsonl`` (one ``TextNode``
+  per chunk, metadata doc_id/source) and rebuilt only when the embedder, corpus or store changes;
+  ``index/meta.json`` records what it was built from. ``assemble.retrieval: hybrid`` fuses it with
+  BM25 by reciprocal rank (:mod:`ragtune.pipeline.hybrid`).
+- Reranking: :class:`FusedSentenceTransformerRerank` (LlamaIndex's ``SentenceTransformerRerank``) keeps
+  ``assemble.top_n`` of ``assemble.top_k``, ordered by the reranker's scores (a cross-encoder's, or a
+  query-likelihood reranker's) fused with the retriever's at the weight the rerank stage chose
+  (``rerank/model/ragtune_fusion.json``; 1.0 = plain).
+- Generation: ``HuggingFaceLLM`` over the RAFT generator (merged, or base + adapter), prompted with
+  :func:`ragtune.pipeline.raft_format.build_messages` and the tokenizer's chat template — the training format.
+
+Each component is base or tuned by ``assemble.embedder/reranker/generator`` (reranker also ``none``); the
+default ``auto`` serves a tuned component only if it beat its baseline on the dev slice
+(:mod:`ragtune.pipeline.promotion`).
+
+Example (a sketch over a finished run, not run as a doctest):
+    engine = build_query_engine(cfg, RunDir("runs/demo"))
+    print(format_response(engine.query("What is a PTO?")))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.response.schema import Response
+from llama_index.core.bridge.pydantic import Field
+from llama_index.core.llms import LLM
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.query_engine import CustomQueryEngine
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+from llama_index.postprocessor.sbert_rerank import SentenceTransformerRerank
+
+from ragtune.app.vector_store import load_vector_index
+from ragtune.pipeline.components import load_reranker, resolve_components
+from ragtune.pipeline.config import AssembleConfig, RagtuneConfig
+from ragtune.pipeline.extractive import EXTRACTIVE, ExtractiveAnswerer
+from ragtune.pipeline.generator import chat_prompt, load_generator
+from ragtune.pipeline.hybrid import HybridRetriever, bm25_retriever
+from ragtune.pipeline.nodes import chunk_id_of
+from ragtune.pipeline.precision import inference_dtype
+from ragtune.pipeline.promotion import resolve_auto
+from ragtune.pipeline.raft_format import build_messages, parse_answer
+from ragtune.pipeline.ranking import fuse_scores
+from ragtune.pipeline.retrieval import load_fusion_weight
+from ragtune.pipeline.rundir import RunDir, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+
+class FusedSentenceTransformerRerank(SentenceTransformerRerank):
+    """``SentenceTransformerRerank`` that orders by cross-encoder and retriever scores fused at ``fusion_weight``.
+
+    ``scorer`` takes any loaded model with ``CrossEncoder.predict``'s signature instead of loading ``model`` as
+    a CrossEncoder (a query-likelihood reranker, :mod:`ragtune.pipeline.query_likelihood`).
+
+    At weight 1.0 it is the stock postprocessor. Below 1 each node's score becomes
+    :func:`ragtune.pipeline.ranking.fuse_scores` of its retrieval score and its cross-encoder score — the order
+    the rerank stage chose the weight for and the eval harness measures.
+    """
+
+    fusion_weight: float = Field(default=1.0, ge=0.0, le=1.0, description="Share of the cross-encoder's score.")
+
+    def __init__(self, *, fusion_weight: float = 1.0, scorer: Any = None, **kwargs: Any) -> None:
+        if scorer is None:
+            super().__init__(**kwargs)  # the stock __init__ takes only its own arguments
+        else:  # an already loaded scorer: the stock __init__ would load ``model`` as a CrossEncoder
+            kwargs.pop("cross_encoder_kwargs", None)
+            BaseNodePostprocessor.__init__(self, **kwargs)
+            self._model, self._device = scorer, str(next(scorer.parameters()).device)
+        if not 0.0 <= fusion_weight <= 1.0:
+            raise ValueError(f"fusion_weight {fusion_weight} is outside [0, 1]")
+        self.fusion_weight = fusion_weight
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "FusedSentenceTransformerRerank"
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        if self.fusion_weight >= 1.0:
+            return super()._postprocess_nodes(nodes, query_bundle)
+        if query_bundle is None:
+            raise ValueError("Missing query bundle in extra info.")
+        if not nodes:
+            return []
+        pairs = [(query_bundle.query_str, n.node.get_content(metadata_mode=MetadataMode.EMBED)) for n in nodes]
+        second = [float(s) for s in self._model.predict(pairs, show_progress_bar=False)]
+        fused = fuse_scores([n.score or 0.0 for n in nodes], second, self.fusion_weight)
+        order = sorted(range(len(nodes)), key=lambda i: -fused[i])[: self.top_n]
+        return [NodeWithScore(node=nodes[i].node, score=fused[i]) for i in order]
+
+
+class SentenceTransformerEmbedding(HuggingFaceEmbedding):
+    """``HuggingFaceEmbedding`` that embeds queries with ``encode_query`` and chunks with ``encode_document``.
+
+    The stock class calls ``encode(prompt_name=...)`` with its own (empty) prompts, which skips a
+    Router's query route and overrides prompts saved with the model; the harness and the training
+    stages use ``encode_query`` / ``encode_document``, so this keeps LlamaIndex's vectors identical.
+
+    Args:
+        model_path: a sentence-transformers folder.
+        **kwargs: passed to ``HuggingFaceEmbedding`` (``embed_batch_size``, ``device``, ...).
+    """
+
+    def __init__(self, model_path: str, **kwargs: Any) -> None:
+        saved = Path(model_path) / "config_sentence_transformers.json"
+        prompts = json.loads(saved.read_text()).get("prompts", {}) if saved.exists() else {}
+        # Hand the model's own query prompt back: HuggingFaceEmbedding would replace it with "".
+        super().__init__(model_name=model_path, query_instruction=prompts.get("query") or None, **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SentenceTransformerEmbedding"
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._model.encode_query([query], normalize_embeddings=self.normalize)[0].tolist()
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._get_text_embeddings([text])[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return self._model.encode_document(
+            texts, batch_size=self.embed_batch_size, normalize_embeddings=self.normalize
+        ).tolist()
+
+
+class RaftQueryEngine(CustomQueryEngine):
+    """Retrieve, rerank, then answer with the RAFT prompt (``build_messages`` + the chat template), or with
+    the extractive answerer (``answerer``, no LLM: the best-matching context sentence, in the RAFT format).
+
+    The response text is the final answer; ``metadata`` holds the raw generation, its quotes and
+    reasoning, whether it is well formed, and the exact prompt sent to the generator (empty without one).
+    """
+
+    retriever: BaseRetriever
+    reranker: BaseNodePostprocessor | None = None
+    llm: LLM | None = None
+    tokenizer: Any = None
+    answerer: Any = None  # a ragtune.pipeline.extractive.ExtractiveAnswerer, instead of llm and tokenizer
+    embedder: Any = None  # the served SentenceTransformer (the index's), for callers that embed or answer with it
+
+    def custom_query(self, query_str: str) -> Response:
+        bundle = QueryBundle(query_str)
+        started = time.perf_counter()
+        nodes = self.retriever.retrieve(bundle)
+        seconds = {"retrieve": time.perf_counter() - started}
+        if self.reranker is not None:
+            started = time.perf_counter()
+            nodes = self.reranker.postprocess_nodes(nodes, query_bundle=bundle)
+            seconds["rerank"] = time.perf_counter() - started
+        context = [n.node.get_content() for n in nodes]
+        messages = build_messages(query_str, context)
+        started = time.perf_counter()
+        if self.answerer is not None:
+            prompt, raw = "", self.answerer.answer([query_str], [context])[0]
+        else:
+            prompt = chat_prompt(self.tokenizer, messages)
+            raw = self.llm.complete(prompt, formatted=True).text.strip()
+        seconds["generate"] = time.perf_counter() - started
+        parsed = parse_answer(raw)
+        return Response(
+            response=parsed.answer or raw,
+            source_nodes=nodes,
+            metadata={
+                "raw": raw,
+                "quotes": parsed.quotes,
+                "reason": parsed.reason,
+                "well_formed": parsed.well_formed,
+                "prompt": prompt,
+                "messages": messages,
+                "seconds": seconds,
+            },
+        )
+
+
+def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig | None = None) -> RaftQueryEngine:
+    """The query engine for a run, with each component base or tuned as ``choice`` says.
+
+    Args:
+        cfg: the run's config (``config.resolved.yaml``).
+        run: the run directory.
+        choice: component choice and sizes; default ``cfg.assemble``.
+
+    Returns:
+        A :class:`RaftQueryEngine` (``engine.query("...")``).
+
+    Raises:
+        StageInputError: a tuned component's stage has not finished.
+    """
+    from llama_index.llms.huggingface import HuggingFaceLLM
+
+    choice = resolve_auto(choice or cfg.assemble, run, cfg.gpl.enabled)  # the served retrieval mode too
+    comp = resolve_components(cfg, run, choice)
+    embed_model = SentenceTransformerEmbedding(comp.embedder, embed_batch_size=64)
+    index = load_vector_index(run, embed_model, comp.embedder, store=choice.vector_store)
+    reranker = None
+    if comp.reranker is not None:
+        # Loaded as the harness loads it (a base encoder gets the same seeded fresh head).
+        scorer = load_reranker(comp.reranker, cfg.rerank.max_length, cfg.run.seed)
+        reranker = FusedSentenceTransformerRerank(
+            model=comp.reranker,
+            top_n=choice.top_n,
+            fusion_weight=load_fusion_weight(comp.reranker),
+            scorer=scorer,
+        )
+    # Without a reranker the generator reads the retriever's top_n, as in the eval harness.
+    top_k = choice.top_k if reranker is not None else choice.top_n
+    retriever = index.as_retriever(similarity_top_k=top_k)
+    if choice.retrieval == "hybrid":
+        corpus = read_jsonl(run.require("data", "corpus")["corpus"])
+        dense = index.as_retriever(similarity_top_k=choice.hybrid_depth)
+        retriever = HybridRetriever(dense, bm25_retriever(corpus, choice.hybrid_depth), top_k)
+    if comp.generator == EXTRACTIVE:  # no LLM: the served embedder picks the sentence
+        answerer = ExtractiveAnswerer(embed_model._model)
+        return RaftQueryEngine(retriever=retriever, reranker=reranker, answerer=answerer, embedder=embed_model._model)
+    model, tokenizer = load_generator(comp.generator, comp.adapter, inference_dtype(choice.dtype))
+    positions = getattr(model.config, "max_position_embeddings", choice.context_window)
+    # With an adapter the tokenizer is the copy RAFT saved beside it (the base's, with the chat template it
+    # trained with), so HuggingFaceLLM's warning that model and tokenizer folders differ does not apply.
+    if comp.adapter:
+        tokenizer.name_or_path = model.name_or_path
+    llm = HuggingFaceLLM(
+        model=model,
+        tokenizer=tokenizer,
+        model_name=comp.generator,
+        tokenizer_name=comp.generator,
+        context_window=min(choice.context_window, positions),
+        max_new_tokens=choice.max_new_tokens,
+        generate_kwargs={"do_sample": False, "temperature": None, "top_p": None, "top_k": None},
+        stopping_ids=[tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else None,
+        messages_to_prompt=lambda msgs: chat_prompt(
+            tokenizer, [{"role": m.role.value, "content": m.content} for m in msgs]
+        ),
+    )
+    return RaftQueryEngine(
+        retriever=retriever, reranker=reranker, llm=llm, tokenizer=tokenizer, embedder=embed_model._model
+    )
+
+
+def format_response(response: Response) -> str:
+    """Answer, quotes and source documents as plain text (what ``ragtune query`` prints)."""
+    meta = response.metadata or {}
+    lines = [f"Answer: {response.response}"]
+    quotes = meta.get("quotes") or []
+    lines.append("Quotes:" if quotes else "Quotes: (none)")
+    lines += [f"  - {q}" for q in quotes]
+    if not meta.get("well_formed", True):
+        lines.append("(the generation did not follow the ##Reason/##Answer format)")
+    lines.append("Sources:")
+    for rank, node in enumerate(response.source_nodes, 1):
+        md = node.node.metadata
+        score = f"{node.score:.3f}" if node.score is not None else "-"
+        lines.append(f"  {rank}. {md.get('doc_id')} ({md.get('source')}) chunk {chunk_id_of(node.node)} score {score}")
+    if meta.get("seconds"):
+        lines.append("Time: " + ", ".join(f"{step} {_duration(s)}" for step, s in meta["seconds"].items()))
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"

@@ -1,0 +1,476 @@
+"""An OpenAI-compatible HTTP server over a run's assembled stack (FastAPI + uvicorn; ``ragtune[serve]``).
+
+    ragtune serve runs/demo [--host 127.0.0.1 --port 8000] [--api-key-env VAR] [key=value ...]
+
+Routes:
+- ``GET /v1/models`` — the one model served, named ``ragtune-<run folder>``.
+- ``POST /v1/chat/completions`` — the last user message is the question (plain text or OpenAI content parts of
+  type ``text``); the assembled engine answers it (retrieve, rerank, RAFT-prompted generation). The reply is an
+  OpenAI chat completion with two extra fields, ``sources`` (chunk id, doc id, source, score, text per context
+  chunk) and ``quotes``. ``stream: true`` answers as server-sent events: the engine extracts the final answer
+  from the whole generation, so the answer arrives as one delta, then a last chunk with ``finish_reason`` and
+  sources.
+- ``POST /v1/embeddings`` — vectors from the run's embedder (``input_type``: ``document``, the default,
+  or ``query`` for the query route of an adapter).
+- ``POST /v1/rerank`` — the served reranker's scores of ``documents`` (strings or ``{"text": ...}``) for
+  ``query`` (Cohere/Jina shape), best first. With the query-likelihood reranker a score is the mean log-probability
+  of the query's tokens given the document (higher is better, at most 0); with a cross-encoder, its logit.
+
+Security and load (:class:`ServeLimits`):
+- ``--api-key-env VAR``: every route needs ``Authorization: Bearer <the key in $VAR>`` (401 otherwise). A
+  non-loopback ``--host`` without a key refuses to start unless ``--insecure-no-auth`` says so explicitly.
+- Request bodies, messages, question length, embedding inputs and rerank documents are capped (413 / 422 naming
+  the limit); text that is not valid Unicode (a lone surrogate escape) is a 400; every error, including 404,
+  405 and an unexpected 500, has the OpenAI shape ``{"error": {"message", "type", "param", "code"}}``.
+- Chat requests wait in a bounded queue, one generation at a time (one set of weights in memory): a full
+  queue answers 503 with ``Retry-After``, and a request whose client has gone while it waited is dropped.
+- The port is checked before any model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import AfterValidator, BaseModel, Field
+from starlette.exceptions import HTTPException
+
+from ragtune.pipeline.nodes import chunk_id_of
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may ask for; each has a ``ragtune serve`` flag of the same name."""
+
+    max_body_bytes: int = 1_000_000
+    max_messages: int = 64
+    max_question_chars: int = 4_000
+    max_message_chars: int = 32_000
+    max_embedding_inputs: int = 256
+    max_rerank_documents: int = 1_000
+    max_document_chars: int = 32_000
+    max_queued_chats: int = 8
+
+
+def _valid_unicode(text: str) -> str:
+    """A text field's check: JSON's ``\\ud800`` escapes decode to lone surrogates, which no model can read."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not valid Unicode (a lone surrogate at character {e.start})") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: Text
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: Text | list[TextPart]
+
+    def text(self) -> str:
+        """The message's text: the string, or its text parts joined by newlines."""
+        return self.content if isinstance(self.content, str) else "\n".join(p.text for p in self.content)
+
+
+class ChatRequest(BaseModel):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+
+
+class EmbeddingRequest(BaseModel):
+    model: str
+    input: Text | list[Text]
+    input_type: Literal["document", "query"] = "document"
+
+
+class RerankDocument(BaseModel):
+    text: Text
+
+
+class RerankRequest(BaseModel):
+    model: str
+    query: Text
+    documents: list[Text | RerankDocument] = Field(min_length=1)
+    top_n: int | None = Field(None, ge=1)
+
+
+class ServedStack:
+    """What the server calls: the query engine, the embedder and the reranker of one run, behind one lock.
+
+    Args:
+        name: the model id clients send.
+        engine: a :class:`ragtune.app.assemble.RaftQueryEngine`.
+        embedder: a ``SentenceTransformer`` (the engine's retrieval embedder).
+        reranker: the engine's reranker (``predict(pairs, ...)``: query likelihood or cross-encoder), or None.
+    """
+
+    def __init__(self, name: str, engine: Any, embedder: Any, reranker: Any | None) -> None:
+        self.name, self.engine, self.embedder, self.reranker = name, engine, embedder, reranker
+        self.lock = threading.Lock()
+
+    def answer(self, question: str) -> dict:
+        """The engine's answer, quotes and sources for one question."""
+        with self.lock:
+            response = self.engine.query(question)
+        meta = response.metadata or {}
+        sources = [
+            {
+                "chunk_id": chunk_id_of(n.node),
+                "doc_id": n.node.metadata.get("doc_id"),
+                "source": n.node.metadata.get("source"),
+                "score": n.score,
+                "text": n.node.get_content(),
+            }
+            for n in response.source_nodes
+        ]
+        return {"answer": str(response.response), "quotes": meta.get("quotes") or [], "sources": sources}
+
+    def embed(self, texts: list[str], input_type: str) -> list[list[float]]:
+        encode = self.embedder.encode_query if input_type == "query" else self.embedder.encode_document
+        with self.lock:
+            return encode(texts, normalize_embeddings=True, show_progress_bar=False).tolist()
+
+    def rerank(self, query: str, documents: list[str]) -> list[float]:
+        with self.lock:
+            return [float(s) for s in self.reranker.predict([(query, d) for d in documents], show_progress_bar=False)]
+
+
+class Guard:
+    """ASGI middleware in front of every route: the API key (401 without it), then the body's size, from its
+    Content-Length and again while it streams in (no Content-Length, or a false one): 413 over ``max_body_bytes``.
+
+    Plain ASGI, not FastAPI's ``@app.middleware``, so that a route still sees its client disconnect.
+    """
+
+    def __init__(self, app: Any, api_key: str | None, max_body_bytes: int) -> None:
+        self.app, self.api_key, self.limit = app, api_key, max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        refusal = None
+        if self.api_key is not None:
+            given = headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {self.api_key}".encode()):
+                refusal = _error(401, "missing or wrong API key (Authorization: Bearer <key>)", "invalid_api_key")
+        length = headers.get("content-length", "")
+        if refusal is None and length.isdigit() and int(length) > self.limit:
+            refusal = _error(
+                413, f"request body of {int(length):,} bytes; the limit is {self.limit:,} (--max-body-bytes)"
+            )
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        received = 0
+
+        async def limited() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(413, f"request body over {self.limit:,} bytes (--max-body-bytes)")
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "not_found_error"}
+
+
+def _error(
+    status: int, message: str, code: str | None = None, param: str | None = None, headers: dict | None = None
+) -> JSONResponse:
+    """An error in the OpenAI shape (the ``openai`` client raises the matching exception with ``message``)."""
+    kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+def _field(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if p != "body") or "body"
+
+
+def create_app(stack: ServedStack, api_key: str | None = None, limits: ServeLimits | None = None) -> FastAPI:
+    """The FastAPI application serving ``stack`` (see the module docstring for the routes, security and limits).
+
+    Args:
+        api_key: every route then needs ``Authorization: Bearer <api_key>``; None serves without a key.
+        limits: request caps and the chat queue's length (default :class:`ServeLimits`).
+    """
+    limits = limits or ServeLimits()
+    app = FastAPI(title="ragtune", summary=f"OpenAI-compatible server for {stack.name}")
+    gate = asyncio.Lock()  # one generation at a time; waiting requests hold a place in the queue
+    queued = 0  # chat requests in flight: the one answering and those waiting for the gate
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        problems = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in errors)
+        status = 422 if any(e["type"] in ("too_long", "string_too_long") for e in errors) else 400
+        return _error(status, f"invalid request: {problems}", param=_field(errors[0]["loc"]) if errors else None)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("serve: %s %s failed", request.method, request.url.path)
+        return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
+
+    def _unknown_model(model: str) -> JSONResponse | None:
+        if model != stack.name:
+            return _error(404, f"model {model!r} is not served here; this server serves {stack.name!r}", "not_found")
+        return None
+
+    def _over(field: str, texts: list[str], count: int, chars: int, flags: tuple[str, str]) -> JSONResponse | None:
+        """A 422 naming the limit when ``texts`` are more than ``count`` or one is longer than ``chars``."""
+        if len(texts) > count:
+            return _error(422, f"{field}: {len(texts):,} items; the limit is {count:,} (--{flags[0]})", param=field)
+        for i, text in enumerate(texts):
+            if len(text) > chars:
+                where = f"{field}.{i}" if len(texts) > 1 else field
+                message = f"{where}: {len(text):,} characters; the limit is {chars:,} (--{flags[1]})"
+                return _error(422, message, param=where)
+        return None
+
+    @app.get("/v1/models")
+    def models() -> dict:
+        return {"object": "list", "data": [{"id": stack.name, "object": "model", "created": 0, "owned_by": "ragtune"}]}
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(req: ChatRequest, request: Request) -> Response | dict:
+        nonlocal queued
+        if (bad := _unknown_model(req.model)) is not None:
+            return bad
+        texts = [m.text() for m in req.messages]
+        caps = (limits.max_messages, limits.max_message_chars, ("max-messages", "max-message-chars"))
+        if (bad := _over("messages", texts, *caps)) is not None:
+            return bad
+        questions = [m.text() for m in req.messages if m.role == "user"]
+        if not questions or not questions[-1].strip():
+            return _error(400, "messages: the last user message (the question) is missing or empty", param="messages")
+        if (
+            bad := _over("question", questions[-1:], 1, limits.max_question_chars, ("", "max-question-chars"))
+        ) is not None:
+            return bad
+        if queued > limits.max_queued_chats:  # one answering and max_queued_chats waiting
+            waiting = f"{queued - 1} chat requests are waiting (--max-queued-chats {limits.max_queued_chats})"
+            return _error(503, f"busy: {waiting}; retry later", headers={"Retry-After": "5"})
+        queued += 1
+        try:
+            async with gate:
+                if await request.is_disconnected():  # the client gave up while waiting: nobody reads the answer
+                    logger.info("serve: dropped a chat request whose client has gone")
+                    return Response(status_code=499)
+                result = await run_in_threadpool(stack.answer, questions[-1])
+        finally:
+            queued -= 1
+        completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        extra = {"sources": result["sources"], "quotes": result["quotes"]}
+        if req.stream:
+            return StreamingResponse(
+                _stream(completion_id, created, stack.name, result["answer"], extra), media_type="text/event-stream"
+            )
+        return {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": stack.name,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": result["answer"]}, "finish_reason": "stop"}
+            ],
+            **extra,
+        }
+
+    @app.post("/v1/embeddings", response_model=None)
+    def embeddings(req: EmbeddingRequest) -> JSONResponse | dict:
+        if (bad := _unknown_model(req.model)) is not None:
+            return bad
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        if not texts or any(not t for t in texts):
+            return _error(400, "input: give one or more non-empty strings", param="input")
+        caps = (limits.max_embedding_inputs, limits.max_document_chars, ("max-embedding-inputs", "max-document-chars"))
+        if (bad := _over("input", texts, *caps)) is not None:
+            return bad
+        vectors = stack.embed(texts, req.input_type)
+        return {
+            "object": "list",
+            "model": stack.name,
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        }
+
+    @app.post("/v1/rerank", response_model=None)
+    def rerank(req: RerankRequest) -> JSONResponse | dict:
+        if (bad := _unknown_model(req.model)) is not None:
+            return bad
+        if stack.reranker is None:
+            return _error(400, "this run serves no reranker (assemble.reranker: none)")
+        documents = [d if isinstance(d, str) else d.text for d in req.documents]
+        caps = (limits.max_rerank_documents, limits.max_document_chars, ("max-rerank-documents", "max-document-chars"))
+        if (bad := _over("documents", documents, *caps)) is not None:
+            return bad
+        if (bad := _over("query", [req.query], 1, limits.max_question_chars, ("", "max-question-chars"))) is not None:
+            return bad
+        scores = stack.rerank(req.query, documents)
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])[: req.top_n]
+        return {
+            "model": stack.name,
+            "results": [{"index": i, "relevance_score": scores[i], "document": {"text": documents[i]}} for i in order],
+        }
+
+    return app
+
+
+def _stream(completion_id: str, created: int, model: str, answer: str, extra: dict) -> Iterator[str]:
+    """Server-sent events of one chat completion: role, the answer, the finish chunk (with sources), [DONE]."""
+    base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+    deltas = [{"role": "assistant", "content": ""}, {"content": answer}]
+    for delta in deltas:
+        yield f"data: {json.dumps(base | {'choices': [{'index': 0, 'delta': delta, 'finish_reason': None}]})}\n\n"
+    final = base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]} | extra
+    yield f"data: {json.dumps(final)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def load_stack(run_dir: str | Path, overrides: list[str] | None = None) -> ServedStack:
+    """The engine of a finished run, as its config (plus overrides) chooses; the embedder and the reranker the
+    server's other routes use are the engine's own (each model is loaded once)."""
+    from ragtune.app.assemble import build_query_engine
+    from ragtune.pipeline.config import load_config
+    from ragtune.pipeline.rundir import CONFIG_RESOLVED, RunDir
+
+    run = RunDir(run_dir)
+    cfg = load_config(run.path(CONFIG_RESOLVED), overrides)
+    engine = build_query_engine(cfg, run)
+    reranker = engine.reranker._model if engine.reranker is not None else None
+    return ServedStack(f"ragtune-{run.root.name}", engine, engine.embedder, reranker)
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (``localhost``, 127.0.0.0/8, ::1).
+
+    Example:
+        >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0"), is_loopback("::1")
+        (True, True, False, True)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind ``(host, port)`` once and let it go, so a busy or bad port fails before any model loads.
+
+    Raises:
+        ValueError: the address cannot be bound, naming it and why.
+    """
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise ValueError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+
+
+def api_key_from(env_var: str | None, host: str, insecure: bool) -> str | None:
+    """The API key the server requires, from the environment variable ``env_var``.
+
+    Raises:
+        ValueError: the variable is unset or empty, or ``host`` is not loopback and there is no key and no
+            ``--insecure-no-auth``.
+    """
+    if env_var:
+        key = os.environ.get(env_var, "")
+        if not key.strip():
+            raise ValueError(f"--api-key-env {env_var}: the environment variable is unset or empty")
+        return key.strip()
+    if not is_loopback(host) and not insecure:
+        raise ValueError(
+            f"--host {host} is reachable from other machines and no API key is set: pass --api-key-env VAR, "
+            "or --insecure-no-auth to serve anyone who can reach it"
+        )
+    return None
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (1-65535)")
+    return port
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """``ragtune serve RUN [--host H] [--port P] [--api-key-env VAR] [limits] [key=value ...]``."""
+    parser = argparse.ArgumentParser(prog="ragtune serve", description="OpenAI-compatible server over a run")
+    parser.add_argument("run_dir", help="a run directory (runs/<name>)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--api-key-env", metavar="VAR", help="require Authorization: Bearer <the key in $VAR>")
+    parser.add_argument(
+        "--insecure-no-auth", action="store_true", help="allow a non-loopback --host without an API key"
+    )
+    for name, default in vars(ServeLimits()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, help=f"(default {default})")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. assemble.retrieval=hybrid")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m ragtune.app.serve``; a bad address, key or run exits 2 with one line, before any
+    model loads where it can."""
+    import sys
+
+    from ragtune.pipeline.entry import USER_ERRORS
+
+    args = make_parser().parse_args(argv)
+    limits = ServeLimits(**{name: getattr(args, name) for name in vars(ServeLimits())})
+    try:
+        api_key = api_key_from(args.api_key_env, args.host, args.insecure_no_auth)
+        check_port(args.host, args.port)
+        stack = load_stack(args.run_dir, args.overrides)
+    except (ValueError, *USER_ERRORS) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    import uvicorn
+
+    uvicorn.run(create_app(stack, api_key, limits), host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

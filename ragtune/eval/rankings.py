@@ -1,0 +1,131 @@
+"""Each configuration's ranking of the corpus for every held-out query, batched: dense, hybrid, reranked.
+
+One :class:`~ragtune.pipeline.retrieval.DenseRetriever` per embedder (corpus embeddings cached under
+``cache/embeddings``), exact top-k for all queries in one matrix product, one batched rerank per
+reranker — never one LlamaIndex retrieve per query, yet the same order the served engine returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ragtune.pipeline.components import Components, load_reranker
+from ragtune.pipeline.config import AssembleConfig
+from ragtune.pipeline.hybrid import bm25_rankings, bm25_retriever, fuse_rankings
+from ragtune.pipeline.retrieval import SCORE_BLOCK_MB, DenseRetriever, Reranker, load_fusion_weight, rerank
+from ragtune.pipeline.rundir import EMBEDDING_CACHE, SCORE_CACHE, RunDir
+
+
+@dataclass
+class Ranking:
+    """Per query, chunk ids best first, and the wall time it took for all queries.
+
+    ``scores`` are the retriever's scores of ``ranked`` (first stage only; None once reranked).
+    """
+
+    ranked: list[list[str]]
+    seconds: float
+    scores: list[list[float]] | None = None
+
+
+def retrieve(retriever: DenseRetriever, texts: Sequence[str], depth: int) -> Ranking:
+    """Top-``depth`` chunk ids for every query: one batched encode and one exact top-k."""
+    started = time.perf_counter()
+    scores, ids = retriever.search(list(texts), k=depth)
+    return Ranking(ids, time.perf_counter() - started, scores)
+
+
+def rerank_ranking(
+    reranker: Reranker,
+    texts: Sequence[str],
+    first: Ranking,
+    chunks: dict[str, dict],
+    top_k: int,
+    fusion_weight: float = 1.0,
+) -> Ranking:
+    """Rerank each query's first ``top_k`` candidates in one batched call; deeper ranks keep their order.
+
+    The order is the one serving uses: the cross-encoder's scores fused with the retriever's at
+    ``fusion_weight`` (1.0: the cross-encoder alone; 0.0: the retriever's order, without scoring). Keeping the
+    retriever's tail below ``top_k`` lets recall@k for k > top_k stay comparable with the configurations
+    without a reranker.
+    """
+    if fusion_weight == 0.0:  # the retriever's order, as fusing at weight 0 gives it: nothing to score
+        return Ranking(first.ranked, first.seconds)
+    started = time.perf_counter()
+    candidates = [[chunks[c] for c in ranked[:top_k]] for ranked in first.ranked]
+    first_scores = [row[:top_k] for row in first.scores] if first.scores is not None else None
+    scored = rerank(reranker, texts, candidates, first_scores, fusion_weight)
+    ranked = [[c["id"] for c, _ in s] + r[top_k:] for s, r in zip(scored, first.ranked, strict=True)]
+    return Ranking(ranked, first.seconds + time.perf_counter() - started)
+
+
+def any_hybrid(choices: Iterable[AssembleConfig]) -> bool:
+    """True when some configuration retrieves with BM25 + dense (``assemble.retrieval: hybrid``)."""
+    return any(c.retrieval == "hybrid" for c in choices)
+
+
+def hybrid_ranking(dense: Ranking, bm25: list[list[str]], hybrid_depth: int, depth: int) -> Ranking:
+    """The dense and BM25 top ``hybrid_depth`` of every query fused by reciprocal rank (as served), cut to ``depth``.
+
+    BM25's time is not in ``seconds``: it is measured once for all configurations, not per query here.
+    """
+    started = time.perf_counter()
+    ranked, scores = fuse_rankings(dense.ranked, bm25, hybrid_depth, depth)
+    return Ranking(ranked, dense.seconds + time.perf_counter() - started, scores)
+
+
+def rank_configurations(
+    run: RunDir,
+    corpus: list[dict],
+    texts: Sequence[str],
+    components: dict[str, Components],
+    choices: dict[str, AssembleConfig],
+    depth: int,
+    reranker_max_length: int,
+    seed: int,
+    score_block_mb: float = SCORE_BLOCK_MB,
+) -> tuple[dict[str, Ranking], dict[str, DenseRetriever]]:
+    """Every configuration's top-``depth`` ranking: one retrieval per embedder, BM25 once, one rerank each.
+
+    Args:
+        run: the run directory (its ``cache/embeddings`` holds the corpus embeddings).
+        corpus: the chunks.
+        texts: the held-out query texts.
+        components: model paths per configuration name.
+        choices: the configuration per name (retrieval mode, top_k, hybrid_depth).
+        depth: how many chunk ids each ranking keeps.
+        reranker_max_length: the cross-encoder's max tokens per (query, chunk) pair.
+        seed: seeds a base cross-encoder's fresh head, as serving does.
+        score_block_mb: memory bound of the exact search's score blocks (``run.score_block_mb``).
+
+    Returns:
+        (ranking per configuration, the dense retriever per embedder path, for the probes to reuse).
+    """
+    chunks = {c["id"]: c for c in corpus}
+    bm25 = bm25_rankings(bm25_retriever(corpus, depth), texts) if any_hybrid(choices.values()) else None
+    retrievers: dict[str, DenseRetriever] = {}
+    first_stage: dict[str, Ranking] = {}
+    rankings: dict[str, Ranking] = {}
+    rerankers: dict[str, Reranker] = {}
+    for name, comp in components.items():
+        choice = choices[name]
+        if comp.embedder not in retrievers:
+            retrievers[comp.embedder] = DenseRetriever.load(
+                comp.embedder, corpus, cache_dir=run.path(EMBEDDING_CACHE), score_block_mb=score_block_mb
+            )
+            first_stage[comp.embedder] = retrieve(retrievers[comp.embedder], texts, depth)
+        ranking = first_stage[comp.embedder]
+        if choice.retrieval == "hybrid":
+            ranking = hybrid_ranking(ranking, bm25, choice.hybrid_depth, depth)
+        if comp.reranker is not None:
+            if comp.reranker not in rerankers:
+                rerankers[comp.reranker] = load_reranker(
+                    comp.reranker, reranker_max_length, seed, run.path(SCORE_CACHE)
+                )
+            weight = load_fusion_weight(comp.reranker)
+            ranking = rerank_ranking(rerankers[comp.reranker], texts, ranking, chunks, choice.top_k, weight)
+        rankings[name] = ranking
+    return rankings, retrievers

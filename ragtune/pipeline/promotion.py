@@ -1,0 +1,322 @@
+"""The promotion gate: a tuned component serves by default only if it beat its baseline on the dev slice.
+
+``assemble.embedder``, ``assemble.reranker`` and ``assemble.generator`` default to ``auto``. Each stage
+records its dev-slice figures (queries of held-out train documents, never trained on) in the manifest, and
+the rules below read them:
+
+- embedder: promoted when its dev nDCG@10 beats the base embedder's (``embed.dev_fraction`` > 0). With the
+  GPL round on (``gpl.enabled``), the tuned embedder is the GPL model when that stage finished on stage 1's
+  current model and its dev nDCG@10 (the same dev slice, the same full-corpus figure) beats stage 1's tuned
+  figure, else stage 1's model (:func:`tuned_embedder`); ``tuned`` names it, and ``auto`` serves it when its
+  figure beats the base's;
+- reranker: promoted when the dev slice gave it a fusion weight above 0 (the one-standard-error rule: the
+  fused order clearly beat the tuned retriever's), or a configured ``rerank.fusion_weight`` above 0;
+- generator: of the base generator, the tuned one and the extractive answerer (no LLM: the context sentence
+  closest to the question), the one with the best dev answer F1 serves; so no user is served answers worse
+  than a quote. Ties go to base, then tuned.
+
+A component without a dev figure is not promoted: it cannot have shown that it helps. ``tuned``, ``base``
+(and ``none`` for the reranker) still force a choice; the eval harness's built-in configurations always do.
+
+Example:
+    >>> embedder_promotion({"dev_ndcg@10_base": 0.50, "dev_ndcg@10_tuned": 0.55, "dev_queries": 28}).promoted
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import yaml
+
+from ragtune.pipeline.config import AssembleConfig
+from ragtune.pipeline.rundir import CONFIG_RESOLVED, RunDir, input_key
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """Whether a tuned component serves under ``auto``, and the dev figure that decided it."""
+
+    promoted: bool
+    reason: str
+    serves: str | None = None  # what ``auto`` resolves to when neither the tuned part nor the baseline serves
+
+
+FIRST_STAGES: dict[tuple[str, str], str] = {  # (embedder, retrieval) -> its dev figure; ties go to the first
+    ("base", "dense"): "dev_ndcg@10_base",
+    ("base", "hybrid"): "dev_ndcg@10_base_hybrid",
+    ("tuned", "dense"): "dev_ndcg@10_tuned",
+    ("tuned", "hybrid"): "dev_ndcg@10_tuned_hybrid",
+}
+
+
+def first_stage_choice(
+    metrics: Mapping[str, Any], embedder: str = "auto", retrieval: str = "auto"
+) -> tuple[str, str, str]:
+    """The embedder and retrieval mode with the best dev nDCG@10 among those ``embedder`` and ``retrieval`` allow.
+
+    Stage 1 records the dev figure of the base and the tuned embedder, dense and hybrid (BM25 fused by reciprocal
+    rank). ``auto`` lets the figures choose; ties go to the simpler side (base before tuned, dense before hybrid),
+    so a tuned embedder or BM25 serves only where it measurably helps. Unmeasured options are left out; with
+    none measured the choice is the base embedder, dense.
+
+    Returns:
+        (embedder ``base``/``tuned``, retrieval ``dense``/``hybrid``, the reason, with the figures compared).
+
+    Example:
+        >>> m = {"dev_ndcg@10_base": 0.50, "dev_ndcg@10_base_hybrid": 0.56, "dev_ndcg@10_tuned": 0.55,
+        ...      "dev_ndcg@10_tuned_hybrid": 0.58, "dev_queries": 20}
+        >>> first_stage_choice(m)[:2], first_stage_choice(m, retrieval="dense")[:2]
+        (('tuned', 'hybrid'), ('tuned', 'dense'))
+        >>> first_stage_choice(m, embedder="base")[2]
+        'dev nDCG@10 base dense 0.5000, base hybrid 0.5600 (20 queries)'
+        >>> first_stage_choice({"dev_ndcg@10_base": 0.5, "dev_ndcg@10_tuned": 0.45, "dev_queries": 20})[2]
+        'dev nDCG@10 0.4500 vs base 0.5000 (20 queries)'
+    """
+    allowed = [key for key in FIRST_STAGES if embedder in ("auto", key[0]) and retrieval in ("auto", key[1])]
+    measured = {key: metrics[FIRST_STAGES[key]] for key in allowed if metrics.get(FIRST_STAGES[key]) is not None}
+    if not measured:
+        fixed = (embedder if embedder != "auto" else "base", retrieval if retrieval != "auto" else "dense")
+        return (
+            *fixed,
+            "not measured: no dev slice (embed.dev_fraction; or too few dev queries the base did not choose)",
+        )
+    best = max(measured, key=lambda key: (measured[key], -allowed.index(key)))
+    queries = f"({metrics.get('dev_queries')} queries)"
+    if set(measured) == {("base", "dense"), ("tuned", "dense")}:  # the figures of a stage 1 without hybrid
+        tuned, base = measured[("tuned", "dense")], measured[("base", "dense")]
+        return (*best, f"dev nDCG@10 {tuned:.4f} vs base {base:.4f} {queries}")
+    figures = ", ".join(f"{e} {r} {value:.4f}" for (e, r), value in measured.items())
+    return (*best, f"dev nDCG@10 {figures} {queries}")
+
+
+def embedder_promotion(metrics: Mapping[str, Any], retrieval: str = "auto") -> Promotion:
+    """The tuned embedder serves when it is in the first stage with the best dev nDCG@10 (:func:`first_stage_choice`).
+
+    Example:
+        >>> embedder_promotion({"dev_ndcg@10_base": 0.5, "dev_ndcg@10_tuned": 0.45, "dev_queries": 20}).reason
+        'dev nDCG@10 0.4500 vs base 0.5000 (20 queries)'
+    """
+    embedder, _, reason = first_stage_choice(metrics, "auto", retrieval)
+    return Promotion(embedder == "tuned", reason)
+
+
+def retrieval_promotion(metrics: Mapping[str, Any], embedder: str = "auto") -> Promotion:
+    """Hybrid retrieval serves when it is in the first stage with the best dev nDCG@10 (:func:`first_stage_choice`).
+
+    Example:
+        >>> m = {"dev_ndcg@10_base": 0.5, "dev_ndcg@10_base_hybrid": 0.6, "dev_queries": 20}
+        >>> retrieval_promotion(m).promoted
+        True
+    """
+    _, retrieval, reason = first_stage_choice(metrics, embedder, "auto")
+    return Promotion(retrieval == "hybrid", reason)
+
+
+def reranker_promotion(metrics: Mapping[str, Any]) -> Promotion:
+    """The tuned reranker serves when its fusion weight is above 0 (chosen on the dev slice, or configured).
+
+    Example:
+        >>> m = {"fusion_weight": 0.3, "dev_ndcg@10_fused": 0.6, "dev_ndcg@10_retriever": 0.55, "dev_queries": 9}
+        >>> reranker_promotion(m).reason
+        'fusion weight 0.3: dev nDCG@10 fused 0.6000 vs retriever 0.5500 (9 queries)'
+    """
+    weight = float(metrics.get("fusion_weight") or 0.0)
+    fused, retriever = metrics.get("dev_ndcg@10_fused"), metrics.get("dev_ndcg@10_retriever")
+    if fused is None or retriever is None:
+        if weight > 0:
+            return Promotion(True, f"fusion weight {weight:.1f} as configured (rerank.fusion_weight), not measured")
+        return Promotion(False, "not measured: no dev slice (rerank.dev_fraction)")
+    figure = f"dev nDCG@10 fused {fused:.4f} vs retriever {retriever:.4f} ({metrics.get('dev_queries')} queries)"
+    return Promotion(weight > 0, f"fusion weight {weight:.1f}: {figure}")
+
+
+GENERATORS = ("base", "tuned", "extractive")  # the generator gate's candidates, in tie-breaking order
+
+
+def generator_promotion(metrics: Mapping[str, Any]) -> Promotion:
+    """The generator with the best dev answer F1 of base, tuned and extractive serves (ties: the earlier one).
+
+    The tuned generator is promoted when it is that one; when the extractive answerer is, ``serves`` says so.
+    A run recorded before the extractive figure existed chooses between base and tuned.
+
+    Example:
+        >>> generator_promotion({}).promoted
+        False
+        >>> m = {"dev_f1_base": 0.08, "dev_f1_tuned": 0.05, "dev_f1_extractive": 0.15, "dev_questions": 18}
+        >>> p = generator_promotion(m)
+        >>> p.promoted, p.serves, p.reason
+        (False, 'extractive', 'dev F1 extractive 0.1500 vs base 0.0800, tuned 0.0500 (18 questions)')
+    """
+    scores = {g: metrics.get(f"dev_f1_{g}") for g in GENERATORS}
+    if scores["base"] is None or scores["tuned"] is None:
+        return Promotion(False, "not measured: the RAFT stage recorded no dev answer F1")
+    measured = [g for g in GENERATORS if scores[g] is not None]
+    best = max(measured, key=lambda g: (scores[g], -measured.index(g)))
+    others = ", ".join(f"{g} {scores[g]:.4f}" for g in measured if g != best)
+    reason = f"dev F1 {best} {scores[best]:.4f} vs {others} ({metrics.get('dev_questions')} questions)"
+    return Promotion(best == "tuned", reason, serves=best if best == "extractive" else None)
+
+
+@dataclass(frozen=True)
+class TunedEmbedder:
+    """Which stage's model ``assemble.embedder: tuned`` names (``embed`` or ``gpl``), and why."""
+
+    stage: str
+    reason: str
+
+
+def tuned_embedder(manifest: Mapping[str, Any], gpl_enabled: bool) -> TunedEmbedder:
+    """The tuned embedder: the GPL round's model when it is on, finished, fresh and better on dev; else stage 1's.
+
+    The GPL model must stand on stage 1's current model (its recorded ``embed/model`` input hash is the one
+    the manifest holds now) and its ``dev_ndcg@10_gpl`` must beat the ``dev_ndcg@10_embed`` it recorded, stage 1's
+    tuned figure on the same dev slice. Without a dev slice neither figure exists and the last round, GPL's, is
+    the tuned embedder (stage 1 likewise keeps its last step); ``auto`` still does not promote it, having no dev
+    figure against the base. With ``gpl_enabled`` false the answer is stage 1's, with no reason given.
+
+    Args:
+        manifest: stage name -> record (``RunDir.load_manifest()``).
+        gpl_enabled: ``gpl.enabled`` of the config in use.
+
+    Example:
+        >>> from ragtune.pipeline.rundir import StageRecord
+        >>> embed = StageRecord("done", "h", outputs={"model": {"path": "embed/model", "hash": "e1"}})
+        >>> gpl = StageRecord("done", "h", inputs={"embed/model": "e1"},
+        ...                   metrics={"dev_ndcg@10_embed": 0.55, "dev_ndcg@10_gpl": 0.58})
+        >>> tuned_embedder({"embed": embed, "gpl": gpl}, gpl_enabled=True)
+        TunedEmbedder(stage='gpl', reason="GPL dev nDCG@10 0.5800 beat stage 1's 0.5500")
+        >>> tuned_embedder({"embed": embed, "gpl": gpl}, gpl_enabled=False).stage
+        'embed'
+    """
+    if not gpl_enabled:
+        return TunedEmbedder("embed", "")
+    gpl, embed = manifest.get("gpl"), manifest.get("embed")
+    if gpl is None or gpl.status != "done":
+        return TunedEmbedder("embed", "stage 1's model: the GPL round has not finished")
+    current = (embed.outputs.get("model") or {}).get("hash") if embed is not None else None
+    if current is None or gpl.inputs.get(input_key("embed", "model")) != current:
+        return TunedEmbedder("embed", "stage 1's model: the GPL round is stale (stage 1 retrained since)")
+    ours, theirs = gpl.metrics.get("dev_ndcg@10_gpl"), gpl.metrics.get("dev_ndcg@10_embed")
+    if ours is None or theirs is None:  # no dev slice: the last round is kept, as stage 1 keeps its last step
+        return TunedEmbedder("gpl", "GPL model: no dev slice to compare it with stage 1's, so the last round is kept")
+    if ours > theirs:
+        return TunedEmbedder("gpl", f"GPL dev nDCG@10 {ours:.4f} beat stage 1's {theirs:.4f}")
+    return TunedEmbedder("embed", f"stage 1's model: GPL dev nDCG@10 {ours:.4f} did not beat its {theirs:.4f}")
+
+
+def stage_one_figures(manifest: Mapping[str, Any], gpl_enabled: bool) -> tuple[dict[str, Any], str]:
+    """Stage 1's dev figures with the tuned ones those of the tuned embedder :func:`tuned_embedder` names.
+
+    The GPL round records a dense dev figure only: with its model as the tuned embedder, the tuned hybrid figure
+    is left out. Returns the figures and the reason the tuned embedder is the one it is ("" without GPL).
+    """
+    metrics = dict(manifest["embed"].metrics)
+    tuned = tuned_embedder(manifest, gpl_enabled)
+    if tuned.stage == "gpl":
+        metrics["dev_ndcg@10_tuned"] = manifest["gpl"].metrics["dev_ndcg@10_gpl"]
+        metrics.pop("dev_ndcg@10_tuned_hybrid", None)
+    return metrics, tuned.reason
+
+
+def _with_reason(decided: Promotion, why: str, gpl: bool) -> Promotion:
+    """The embedder's decision with the reason its tuned embedder is the one it is (GPL's or stage 1's)."""
+    reason = f"GPL model, {decided.reason}" if gpl else decided.reason
+    return Promotion(decided.promoted, f"{reason}; {why}" if why else reason)
+
+
+RULES = {
+    "reranker": ("rerank", reranker_promotion),
+    "generator": ("raft", generator_promotion),
+}
+
+
+def promotions(run: RunDir, gpl_enabled: bool = False, choice: AssembleConfig | None = None) -> dict[str, Promotion]:
+    """The gate's decision for every component, from the finished stages' manifest metrics.
+
+    ``gpl_enabled`` (``gpl.enabled``): the embedder's decision is about the tuned embedder :func:`tuned_embedder`
+    names, and its reason says which model that is. ``choice`` (default: all ``auto``): a fixed embedder or
+    retrieval mode narrows the other's decision (:func:`first_stage_choice`).
+    """
+    choice = choice or AssembleConfig()
+    manifest = run.load_manifest()
+    record = manifest.get("embed")
+    decided = {}
+    if record is None or record.status != "done":
+        decided["embedder"] = Promotion(False, "not trained: the embed stage has not finished")
+        decided["retrieval"] = Promotion(False, "not measured: the embed stage has not finished")
+    else:
+        metrics, why = stage_one_figures(manifest, gpl_enabled)
+        gpl = tuned_embedder(manifest, gpl_enabled).stage == "gpl"
+        decided["embedder"] = _with_reason(embedder_promotion(metrics, choice.retrieval), why, gpl)
+        decided["retrieval"] = retrieval_promotion(metrics, choice.embedder)
+    for component, (stage, rule) in RULES.items():
+        record = manifest.get(stage)
+        if record is None or record.status != "done":
+            decided[component] = Promotion(False, f"not trained: the {stage} stage has not finished")
+        else:
+            decided[component] = rule(record.metrics)
+    return decided
+
+
+BASELINE_CHOICE = {"embedder": "base", "retrieval": "dense", "reranker": "none", "generator": "base"}
+
+
+def resolve_auto(choice: AssembleConfig, run: RunDir, gpl_enabled: bool = False) -> AssembleConfig:
+    """``choice`` with every ``auto`` replaced by ``tuned`` (promoted) or the baseline (``base``; reranker ``none``);
+    ``retrieval: auto`` by ``hybrid`` (promoted) or ``dense``."""
+    fields = tuple(BASELINE_CHOICE)
+    if all(getattr(choice, f) != "auto" for f in fields):
+        return choice
+    decided = promotions(run, gpl_enabled, choice)
+    promoted = {"embedder": "tuned", "retrieval": "hybrid", "reranker": "tuned", "generator": "tuned"}
+    update = {
+        f: decided[f].serves or (promoted[f] if decided[f].promoted else BASELINE_CHOICE[f])
+        for f in fields
+        if getattr(choice, f) == "auto"
+    }
+    return choice.model_copy(update=update)
+
+
+def promotion_report(run: RunDir, gpl_enabled: bool = False) -> dict[str, dict[str, Any]]:
+    """The gate's decisions as plain dicts (for report.json and ``ragtune status``)."""
+    return {component: asdict(p) for component, p in promotions(run, gpl_enabled).items()}
+
+
+def gpl_enabled_of(tree: Any) -> bool:
+    """``gpl.enabled`` of a parsed config mapping (false when the section or the mapping is missing).
+
+    Example:
+        >>> gpl_enabled_of({"gpl": {"enabled": True}}), gpl_enabled_of({}), gpl_enabled_of(None)
+        (True, False, False)
+    """
+    section = tree.get("gpl") if isinstance(tree, dict) else None
+    return bool(isinstance(section, dict) and section.get("enabled"))
+
+
+def gpl_enabled_in(run: RunDir) -> bool:
+    """``gpl.enabled`` of the run's last resolved config (``config.resolved.yaml``; false when there is none).
+
+    ``ragtune status RUN`` has no config of its own: it reports what the last command's config serves.
+    """
+    path = run.path(CONFIG_RESOLVED)
+    if not path.is_file():
+        return False
+    try:
+        return gpl_enabled_of(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except yaml.YAMLError:
+        return False
+
+
+def format_promotions(run: RunDir, gpl_enabled: bool = False) -> str:
+    """What ``assemble.*: auto`` serves, one line per component (``ragtune status``)."""
+    lines = ["", "served by default (assemble.*: auto):"]
+    for component, p in promotions(run, gpl_enabled).items():
+        if component == "retrieval":
+            served = "hybrid" if p.promoted else "dense"
+        else:
+            served = p.serves or ("tuned" if p.promoted else "baseline")
+        lines.append(f"  {component:<9}  {served}  ({p.reason})")
+    return "\n".join(lines)

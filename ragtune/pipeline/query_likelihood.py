@@ -1,0 +1,312 @@
+"""A query-likelihood reranker: a causal LM scores a passage by how likely it makes the query.
+
+``score(query, passage)`` is the mean, over the query's tokens, of log P(token | prompt(passage), the query's
+earlier tokens): the UPR reranker (Sachan et al., 2022, "Improving Passage Retrieval with Zero-Shot Question
+Generation"). Like a cross-encoder it reads query and passage jointly; unlike a fresh one-logit head on a
+bi-encoder it ranks before any training, because a language model already knows which questions a passage
+answers. The rerank stage can fine-tune it with LoRA on the hard negatives it mined
+(``ragtune.stages.rerank.likelihood``).
+
+A reranker folder holds :data:`SPEC_FILE` (kind, generator reference, prompt, passage length, precision) and,
+once trained, a peft adapter. :meth:`QueryLikelihoodReranker.predict` has ``CrossEncoder.predict``'s
+signature, so the learning curve, the eval harness, RAFT, GPL and the LlamaIndex postprocessor call it as they
+call a cross-encoder (:func:`ragtune.pipeline.components.load_reranker` tells the two folders apart). Scores are
+memoised by (query, passage) content while the weights are frozen, and kept on disk when a cache file is
+given: the eval harness then reuses the scores the rerank stage computed for the same eval candidates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ragtune.pipeline.config import QUERY_LIKELIHOOD_PROMPT
+from ragtune.pipeline.quoting import neutralise
+
+SPEC_FILE = "ragtune_reranker.json"
+KIND = "query_likelihood"
+
+
+def is_query_likelihood(path: str | Path) -> bool:
+    """True when ``path`` is a folder the rerank stage saved a query-likelihood reranker to."""
+    spec = Path(path) / SPEC_FILE
+    return spec.is_file() and json.loads(spec.read_text(encoding="utf-8")).get("kind") == KIND
+
+
+def pack_left_padded(sequences: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-pad (context ids, query ids) pairs into one batch whose rows all end with their query.
+
+    Returns:
+        ``input_ids`` and ``attention_mask`` (B, L), ``position_ids`` counting from each row's first real
+        token, and ``target_mask`` (B, L), True at the query's tokens: the ones whose likelihood is scored.
+
+    Example:
+        >>> b = pack_left_padded([([5, 6], [7]), ([5], [8, 9])], pad_id=0)
+        >>> b["input_ids"].tolist(), b["target_mask"].int().tolist(), b["position_ids"].tolist()
+        ([[5, 6, 7], [5, 8, 9]], [[0, 0, 1], [0, 1, 1]], [[0, 1, 2], [0, 1, 2]])
+        >>> pack_left_padded([([5], [7]), ([5, 6, 6], [8])], pad_id=0)["input_ids"].tolist()
+        [[0, 0, 5, 7], [5, 6, 6, 8]]
+    """
+    width = max(len(c) + len(q) for c, q in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    target = torch.zeros_like(ids, dtype=torch.bool)
+    for row, (context, query) in enumerate(sequences):
+        n = len(context) + len(query)
+        ids[row, width - n :] = torch.tensor([*context, *query], dtype=torch.long)
+        attention[row, width - n :] = 1
+        target[row, width - len(query) :] = True
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": attention, "position_ids": positions, "target_mask": target}
+
+
+def mean_token_log_likelihood(logits_at: Any, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per row, the mean log-probability of its target tokens, each predicted from the position before it.
+
+    Args:
+        logits_at: maps (N, d) hidden states to (N, vocab) logits (the LM head): applied to the query's
+            positions only, which saves the head's cost on every passage token.
+        hidden: (B, L, d) last hidden states of ``batch``.
+        batch: :func:`pack_left_padded` output.
+
+    Returns:
+        (B,) float32 scores (differentiable).
+    """
+    predicts = batch["target_mask"][:, 1:]  # position t predicts token t + 1
+    states = hidden[:, :-1][predicts]
+    targets = batch["input_ids"][:, 1:][predicts]
+    log_probs = torch.log_softmax(logits_at(states).float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+    rows = predicts.nonzero()[:, 0]
+    totals = torch.zeros(hidden.shape[0], device=hidden.device).index_add(0, rows, log_probs)
+    return totals / predicts.sum(1).clamp(min=1)
+
+
+def pair_key(query: str, passage: str) -> str:
+    """Content key of a (query, passage) pair in the score cache."""
+    return hashlib.sha256(f"{query}\0{passage}".encode()).hexdigest()[:24]
+
+
+def new_pairs(keys: Sequence[str], memo: Mapping[str, float]) -> list[int]:
+    """Indices of the pairs to score: the first of each key the memo lacks (a repeated pair is scored once).
+
+    Example:
+        >>> new_pairs(["a", "b", "a", "c"], {"c": 0.1})
+        [0, 1]
+    """
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key not in memo and key not in first:
+            first[key] = i
+    return list(first.values())
+
+
+def read_score_cache(path: Path) -> dict[str, float]:
+    """The scores of an append-only cache file (JSON lines ``[key, score]``); a line cut short by a killed
+    process is skipped, and a missing file is an empty cache."""
+    if not path.is_file():
+        return {}
+    memo = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            key, score = json.loads(line)
+        except (ValueError, TypeError):
+            continue
+        memo[key] = float(score)
+    return memo
+
+
+def append_scores(path: Path, scores: Mapping[str, float]) -> None:
+    """Append new scores to the cache file in one write: each ``predict`` adds its lines, never rewrites the file."""
+    from ragtune.pipeline.rundir import reporting_full_disk
+
+    if not scores:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with reporting_full_disk(path), path.open("a", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps([k, v]) + "\n" for k, v in scores.items()))
+
+
+def untrained_cache_name(generator: str, prompt: str, max_length: int) -> str:
+    """The score cache file stem of an untrained reranker: the LM's content hash, the prompt, the passage length."""
+    import hashlib
+
+    from ragtune.pipeline.models import resolve_model
+    from ragtune.pipeline.retrieval import model_hash
+
+    key = hashlib.sha256(f"{model_hash(resolve_model(generator))}\n{prompt}\n{max_length}".encode())
+    return f"untrained-{key.hexdigest()[:16]}"
+
+
+class QueryLikelihoodReranker(nn.Module):
+    """A causal LM (optionally with a LoRA adapter) that scores (query, passage) pairs by query likelihood.
+
+    Args:
+        lm: a ``*ForCausalLM`` or a peft model wrapping one (training adds the adapter in place).
+        tokenizer: its tokenizer.
+        prompt: the passage's prompt; ``{passage}`` marks where the passage goes, the query follows it.
+        max_length: passage tokens read (the rest of a longer passage is cut).
+        cache_file: an append-only JSON-lines file of scores by :func:`pair_key` to read and extend (None: memory
+            only).
+
+    Attributes:
+        temperature: divides the scores in the training loss (``rerank.query_likelihood.temperature``).
+    """
+
+    def __init__(
+        self,
+        lm: Any,
+        tokenizer: Any,
+        prompt: str = QUERY_LIKELIHOOD_PROMPT,
+        max_length: int = 256,
+        cache_file: Path | None = None,
+    ) -> None:
+        super().__init__()
+        if prompt.count("{passage}") != 1:
+            raise ValueError(f"rerank.query_likelihood.prompt must contain {{passage}} once: {prompt!r}")
+        self.lm, self.tokenizer, self.prompt, self.max_length = lm, tokenizer, prompt, max_length
+        head, tail = prompt.split("{passage}")
+        self.head_ids = tokenizer(head, add_special_tokens=False).input_ids
+        self.tail_ids = tokenizer(tail, add_special_tokens=False).input_ids
+        self.cache_file = cache_file
+        self.memo: dict[str, float] = {}
+        self.temperature = 0.1
+        if cache_file is not None:
+            self.memo = read_score_cache(cache_file)
+
+    def causal_lm(self) -> Any:
+        """The ``*ForCausalLM`` itself (under a peft wrapper, the base model with the adapter layers in it)."""
+        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+
+    def train(self, mode: bool = True) -> QueryLikelihoodReranker:
+        """As ``nn.Module.train``; switching to training forgets memoised scores (the weights will change)."""
+        if mode:
+            self.memo, self.cache_file = {}, None
+        return super().train(mode)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """As ``nn.Module.load_state_dict``; new weights forget memoised scores."""
+        self.memo, self.cache_file = {}, None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def encode(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+        """(prompt with the passage, query) token ids per pair: each cut at ``max_length`` tokens, the passage's
+        format tags neutralised (a chat-template token in a document would otherwise become the real one)."""
+        tok = self.tokenizer
+        passages = tok(
+            [" " + neutralise(p) for _, p in pairs],
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.max_length,
+        )
+        # The query is cut to the passage's window too: an 8 KB question must not ask for gigabytes.
+        queries = tok(
+            [" " + q for q, _ in pairs], add_special_tokens=False, truncation=True, max_length=self.max_length
+        )
+        return [
+            ([*self.head_ids, *p, *self.tail_ids], q)
+            for p, q in zip(passages.input_ids, queries.input_ids, strict=True)
+        ]
+
+    def forward(self, input_ids, attention_mask, position_ids, target_mask, list_sizes=None) -> dict[str, Any]:
+        """Scores of a packed batch; with ``list_sizes`` (a training batch of lists, positive first) also the
+        listwise loss: softmax cross-entropy of each list's scores against its first passage."""
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "target_mask": target_mask}
+        lm = self.causal_lm()
+        hidden = lm.get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
+        scores = mean_token_log_likelihood(lm.get_output_embeddings(), hidden, batch)
+        if list_sizes is None:
+            return {"scores": scores}
+        first = torch.zeros(1, dtype=torch.long, device=scores.device)  # the positive leads every list
+        lists = scores.split(list_sizes.tolist())
+        losses = [nn.functional.cross_entropy(row[None] / self.temperature, first) for row in lists]
+        return {"loss": torch.stack(losses).mean(), "scores": scores}
+
+    @torch.no_grad()
+    def predict(
+        self, pairs: Sequence[tuple[str, str]], batch_size: int = 16, show_progress_bar: bool = False, **_: Any
+    ) -> list[float]:
+        """Query-likelihood scores of (query, passage) pairs, as ``CrossEncoder.predict`` returns them.
+
+        Pairs are batched by length (little padding); pairs already scored by these weights come from the
+        memo (and the cache file). ``batch_size`` is in pairs.
+        """
+        from tqdm.auto import tqdm
+
+        keys = [pair_key(q, p) for q, p in pairs]
+        todo = new_pairs(keys, self.memo)
+        if todo:
+            was_training = self.training
+            super().train(False)
+            encoded = self.encode([pairs[i] for i in todo])
+            order = sorted(range(len(todo)), key=lambda j: len(encoded[j][0]) + len(encoded[j][1]))
+            device = next(self.lm.parameters()).device
+            batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+            for chunk in tqdm(batches, desc="query likelihood", disable=not show_progress_bar):
+                packed = pack_left_padded([encoded[j] for j in chunk], self.tokenizer.pad_token_id)
+                scores = self(**{k: v.to(device) for k, v in packed.items()})["scores"]
+                for j, score in zip(chunk, scores.tolist(), strict=True):
+                    self.memo[keys[todo[j]]] = score
+            super().train(was_training)
+            if self.cache_file is not None and not self.training:
+                append_scores(self.cache_file, {keys[i]: self.memo[keys[i]] for i in todo})
+        return [self.memo[k] for k in keys]
+
+    def save(self, path: Path, generator: str, dtype: str) -> None:
+        """Write the spec (and the adapter, when the LM carries one) into the folder ``path``."""
+        path.mkdir(parents=True, exist_ok=True)
+        if hasattr(self.lm, "save_pretrained") and hasattr(self.lm, "peft_config"):
+            self.lm.save_pretrained(str(path))
+        spec = {"kind": KIND, "generator": generator, "prompt": self.prompt, "max_length": self.max_length}
+        (path / SPEC_FILE).write_text(json.dumps({**spec, "dtype": dtype}, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path, cache_dir: Path | None = None) -> QueryLikelihoodReranker:
+        """Load a saved reranker (adapter merged in), in the precision its spec names.
+
+        Args:
+            cache_dir: where its score cache lives (a file named by the folder's content hash), or None.
+        """
+        from ragtune.pipeline.rundir import hash_path
+
+        path = Path(path)
+        spec = json.loads((path / SPEC_FILE).read_text(encoding="utf-8"))
+        adapter = str(path) if (path / "adapter_config.json").is_file() else None
+        # A trained reranker's scores belong to its folder's content; an untrained one's to its LM and prompt,
+        # so stage 2, eval and GPL's untrained teacher share one cache file.
+        name = (
+            hash_path(path) if adapter else untrained_cache_name(spec["generator"], spec["prompt"], spec["max_length"])
+        )
+        cache_file = Path(cache_dir) / f"{name}.jsonl" if cache_dir is not None else None
+        settings = (spec["generator"], spec["prompt"], spec["max_length"], spec["dtype"])
+        return cls.from_generator(*settings, adapter, cache_file)
+
+    @classmethod
+    def from_generator(
+        cls,
+        generator: str,
+        prompt: str,
+        max_length: int,
+        dtype: str,
+        adapter: str | None = None,
+        cache_file: Path | None = None,
+    ) -> QueryLikelihoodReranker:
+        """A reranker over the causal LM ``generator`` (bundled:<name>, hub id or path), in eval mode.
+
+        Args:
+            dtype: ``auto``, ``float32`` or ``bfloat16`` (:func:`ragtune.pipeline.precision.inference_dtype`).
+            adapter: a peft adapter folder to merge in (or keep beside bf16 weights), or None.
+        """
+        from ragtune.pipeline.generator import load_generator
+        from ragtune.pipeline.models import resolve_model
+        from ragtune.pipeline.precision import inference_dtype
+
+        lm, tokenizer = load_generator(resolve_model(generator), adapter, inference_dtype(dtype))
+        return cls(lm, tokenizer, prompt, max_length, cache_file).eval()

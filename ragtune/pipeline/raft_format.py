@@ -1,0 +1,104 @@
+"""The RAFT prompt and answer format: the contract between stage 3 (training), assembly and eval.
+
+The generator sees a question and numbered context chunks and answers as
+
+    ##Reason: <reasoning> ##begin_quote##<verbatim span of a chunk>##end_quote## <more reasoning>
+    ##Answer: <short answer>
+
+(arXiv 2403.10131). When the context does not hold the answer the target is :data:`ABSTAIN_ANSWER`
+(config ``raft.no_oracle_target: abstain``). It lives in the core so that the stage that trains on it,
+the engine that serves it and the harness that scores it share one definition.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ragtune.pipeline.quoting import DATA_RULE, neutralise, quote_documents
+
+BEGIN_QUOTE = "##begin_quote##"
+END_QUOTE = "##end_quote##"
+REASON_TAG = "##Reason:"
+ANSWER_TAG = "##Answer:"
+ABSTAIN_ANSWER = "The provided documents do not contain the answer."
+
+SYSTEM_PROMPT = (
+    "You answer questions about internal documentation using only the documents given. "
+    f"First reason after '{REASON_TAG}', copying the supporting sentences exactly between "
+    f"{BEGIN_QUOTE} and {END_QUOTE}; then give a short final answer after '{ANSWER_TAG}'. "
+    f"If the documents do not contain the answer, say so: '{ANSWER_TAG} {ABSTAIN_ANSWER}' {DATA_RULE}"
+)
+
+_QUOTE_RE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
+
+
+def format_context(chunks: list[str]) -> str:
+    """Number and delimit the context chunks the way training and serving both show them (their format
+    tags neutralised: :mod:`ragtune.pipeline.quoting`)."""
+    return quote_documents(chunks)
+
+
+def build_messages(question: str, chunks: list[str]) -> list[dict[str, str]]:
+    """Chat messages (system + user) for a question over context chunks.
+
+    Example:
+        >>> build_messages("What is Heron?", ["Heron routes orders."])[1]["content"].splitlines()[0]
+        '<document index="1">'
+    """
+    user = f"{format_context(chunks)}\n\nQuestion: {neutralise(question.strip())}"
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def format_answer(reason: str, quotes: list[str], answer: str) -> str:
+    """The target completion: reasoning with quoted evidence, then the final answer. Quotes and answer are
+    neutralised (a quote shows a document as the prompt did), so the only tags in them are the target's own;
+    ``reason`` is the teacher's, who saw the documents neutralised, and may hold its own checked quotes."""
+    quoted = " ".join(f"{BEGIN_QUOTE}{neutralise(q.strip())}{END_QUOTE}" for q in quotes)
+    body = f"{reason.strip()} {quoted}".strip()
+    return f"{REASON_TAG} {body}\n{ANSWER_TAG} {neutralise(answer.strip())}"
+
+
+@dataclass
+class ParsedAnswer:
+    """A generated answer taken apart; ``well_formed`` means it has both tags in order."""
+
+    reason: str
+    quotes: list[str] = field(default_factory=list)
+    answer: str = ""
+    well_formed: bool = False
+
+    @property
+    def abstained(self) -> bool:
+        return normalize(ABSTAIN_ANSWER) in normalize(self.answer)
+
+
+def parse_answer(text: str) -> ParsedAnswer:
+    """Split a generation into reason, quoted spans and final answer; tolerant of missing parts.
+
+    Example:
+        >>> p = parse_answer("##Reason: x ##begin_quote##A b.##end_quote## ##Answer: b")
+        >>> (p.quotes, p.answer, p.well_formed)
+        (['A b.'], 'b', True)
+    """
+    quotes = [q.strip() for q in _QUOTE_RE.findall(text) if q.strip()]
+    reason_at, answer_at = text.find(REASON_TAG), text.rfind(ANSWER_TAG)
+    well_formed = 0 <= reason_at < answer_at
+    if answer_at >= 0:
+        answer = text[answer_at + len(ANSWER_TAG) :].strip()
+        reason = text[:answer_at]
+    else:
+        answer, reason = "", text
+    reason = reason.replace(REASON_TAG, "").strip()
+    return ParsedAnswer(reason=reason, quotes=quotes, answer=answer, well_formed=well_formed)
+
+
+def normalize(text: str) -> str:
+    """Whitespace-collapsed, case-folded text for verbatim-quote checks."""
+    return " ".join(text.split()).casefold()
+
+
+def quote_is_verbatim(quote: str, context: str) -> bool:
+    """True when ``quote`` occurs in ``context`` as the prompt showed it (format tags neutralised), after
+    whitespace normalisation (case-insensitive)."""
+    return bool(quote.strip()) and normalize(quote) in normalize(neutralise(context))

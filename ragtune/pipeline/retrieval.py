@@ -1,0 +1,334 @@
+"""Batched retrieval shared by mining, RAFT building and evaluation.
+
+Corpus embeddings are computed once per (model, corpus) pair and cached on disk by content hash;
+queries are encoded in batches; scores are one matrix product and exact top-k (no approximate
+index, no per-query Python loop); reranking scores every (query, candidate) pair in one batched
+``CrossEncoder.predict`` call.
+
+Example (a sketch over a finished run, not run as a doctest):
+    retriever = DenseRetriever.load("bundled:minilm-l6", corpus, cache_dir=run.path(EMBEDDING_CACHE))
+    scores, ids = retriever.search(["how do I fail over Heron?"], k=10)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ragtune.pipeline.models import resolve_model
+from ragtune.pipeline.ranking import fuse_scores, mean_metrics, per_query_metrics
+from ragtune.pipeline.rundir import atomic_file, hash_path, is_main_process
+
+logger = logging.getLogger(__name__)
+
+
+def corpus_hash(corpus: Sequence[dict]) -> str:
+    """Content hash of a corpus (chunk ids and texts, in order)."""
+    h = hashlib.sha256()
+    for row in corpus:
+        h.update(row["id"].encode())
+        h.update(b"\0")
+        h.update(row["text"].encode())
+        h.update(b"\1")
+    return h.hexdigest()[:16]
+
+
+def model_hash(model_path: str) -> str:
+    """Content hash of a local model folder; a hub id hashes by name (it is pinned by the hub cache)."""
+    path = Path(model_path)
+    return hash_path(path) if path.exists() else hashlib.sha256(model_path.encode()).hexdigest()[:16]
+
+
+def embedding_cache_file(cache_dir: Path, model_path: str, corpus: Sequence[dict]) -> Path:
+    """Where the corpus embeddings of ``model_path`` are cached: ``<model hash>-<corpus hash>.pt``."""
+    return Path(cache_dir) / f"{model_hash(model_path)}-{corpus_hash(corpus)}.pt"
+
+
+SCORE_BLOCK_MB = 256  # default of ``run.score_block_mb``
+
+
+def query_block(n_corpus: int, score_block_mb: float = SCORE_BLOCK_MB) -> int:
+    """Queries per block so that a (block, n_corpus) float32 score matrix fits in ``score_block_mb`` MiB.
+
+    Example:
+        >>> query_block(100_000, 256)   # 256 MiB / (100,000 x 4 bytes)
+        671
+        >>> query_block(10**9, 1)       # never fewer than one query
+        1
+    """
+    return max(1, int(score_block_mb * 2**20 // (4 * max(1, n_corpus))))
+
+
+def exact_top_k(
+    queries: torch.Tensor, corpus: torch.Tensor, k: int, score_block_mb: float = SCORE_BLOCK_MB
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-``k`` by dot product, in query blocks so no score matrix exceeds ``score_block_mb`` MiB.
+
+    Args:
+        queries: (q, d) embeddings (normalised for cosine).
+        corpus: (n, d) embeddings.
+        k: neighbours per query (clipped to n).
+        score_block_mb: memory bound of one block's (queries, n) float32 scores.
+
+    Returns:
+        (scores, indices), each (q, min(k, n)), best first.
+    """
+    k = min(k, corpus.shape[0])
+    block = query_block(corpus.shape[0], score_block_mb)
+    scores, indices = [], []
+    for start in range(0, queries.shape[0], block):
+        s, i = torch.topk(queries[start : start + block] @ corpus.T, k, dim=1)
+        scores.append(s)
+        indices.append(i)
+    if not scores:
+        return torch.empty(0, k), torch.empty(0, k, dtype=torch.long)
+    return torch.cat(scores), torch.cat(indices)
+
+
+class DenseRetriever:
+    """A bi-encoder over a fixed corpus with cached, normalised corpus embeddings.
+
+    Args:
+        model: a loaded ``SentenceTransformer``.
+        corpus: chunk rows (``id``, ``text``).
+        embeddings: (n, d) normalised corpus embeddings, aligned with ``corpus``.
+        score_block_mb: memory bound of any (queries, n) score matrix it holds (``run.score_block_mb``).
+    """
+
+    def __init__(
+        self, model, corpus: Sequence[dict], embeddings: torch.Tensor, score_block_mb: float = SCORE_BLOCK_MB
+    ) -> None:
+        self.model = model
+        self.corpus = list(corpus)
+        self.ids = [row["id"] for row in corpus]
+        self.positions = {cid: i for i, cid in enumerate(self.ids)}
+        self.embeddings = embeddings
+        self.score_block_mb = score_block_mb
+
+    @classmethod
+    def load(
+        cls,
+        model_ref: str,
+        corpus: Sequence[dict],
+        cache_dir: Path | None = None,
+        batch_size: int = 64,
+        score_block_mb: float = SCORE_BLOCK_MB,
+    ) -> DenseRetriever:
+        """Load the embedder and encode (or read from cache) the corpus.
+
+        The cache file is ``<cache_dir>/<model hash>-<corpus hash>.pt``: a changed model or corpus
+        never reuses stale vectors, and a rerun never re-encodes an unchanged corpus. Every consumer
+        (round trip, stage 1's evaluations, mining, RAFT, the eval harness, the assembled index) reads
+        this one file, so each (model, corpus) pair is encoded once per run; the log says which.
+        """
+        from sentence_transformers import SentenceTransformer
+
+        path = resolve_model(model_ref)
+        model = SentenceTransformer(path)
+        if cache_dir is None:
+            return cls.encode(model, corpus, batch_size, score_block_mb, name=model_ref)
+        return cls.cached(model, path, corpus, cache_dir, batch_size, score_block_mb, name=model_ref)
+
+    @classmethod
+    def cached(
+        cls,
+        model,
+        model_path: str,
+        corpus: Sequence[dict],
+        cache_dir: Path,
+        batch_size: int = 64,
+        score_block_mb: float = SCORE_BLOCK_MB,
+        name: str | None = None,
+    ) -> DenseRetriever:
+        """A loaded model's retriever over the run's cache: read ``model_path``'s file, or encode once and store it."""
+        name, cache = name or model_path, embedding_cache_file(cache_dir, model_path, corpus)
+        if cache.exists():
+            logger.info("corpus embeddings of %s (%d chunks): read from %s", name, len(corpus), cache.name)
+            return cls(model, corpus, torch.load(cache), score_block_mb)
+        retriever = cls.encode(model, corpus, batch_size, score_block_mb, name=name)
+        retriever.save_cache(cache_dir, model_path)
+        return retriever
+
+    @classmethod
+    def encode(
+        cls,
+        model,
+        corpus: Sequence[dict],
+        batch_size: int = 64,
+        score_block_mb: float = SCORE_BLOCK_MB,
+        name: str = "the model in memory",
+    ) -> DenseRetriever:
+        """Encode the corpus with a loaded model (no cache read; :meth:`save_cache` stores it once saved)."""
+        logger.info("corpus embeddings of %s (%d chunks): encoding", name, len(corpus))
+        embeddings = model.encode_document(
+            [row["text"] for row in corpus],
+            batch_size=batch_size,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=is_main_process(),
+        ).cpu()
+        return cls(model, corpus, embeddings, score_block_mb)
+
+    def save_cache(self, cache_dir: Path, model_path: str) -> Path | None:
+        """Store the corpus embeddings as the cache file of ``model_path`` (main process; atomic)."""
+        if not is_main_process():
+            return None
+        cache = embedding_cache_file(cache_dir, model_path, self.corpus)
+        with atomic_file(cache) as tmp:
+            torch.save(self.embeddings, tmp)
+        return cache
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Normalised query embeddings in batches (through the model's query route, if it has one)."""
+        return self.model.encode_query(
+            list(texts),
+            batch_size=batch_size,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        ).cpu()
+
+    def _embedded(self, queries: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        return queries if isinstance(queries, torch.Tensor) else self.encode_queries(queries)
+
+    def search(self, queries: Sequence[str] | torch.Tensor, k: int) -> tuple[list[list[float]], list[list[str]]]:
+        """Top-``k`` chunk ids and cosine scores for every query (texts, or their ``encode_queries``), best first."""
+        scores, indices = exact_top_k(self._embedded(queries), self.embeddings, k, self.score_block_mb)
+        return scores.tolist(), [[self.ids[i] for i in row] for row in indices.tolist()]
+
+    def ranks(self, queries: Sequence[str] | torch.Tensor, chunk_ids: Sequence[str]) -> list[int]:
+        """1-based rank of ``chunk_ids[i]`` among the whole corpus for ``queries[i]`` (texts, or their
+        ``encode_queries``); chunks scoring the same as it do not count against it.
+
+        Exact, with no top-k cut: one matrix product per block of queries (the data stage's round trip).
+
+        Example (over a loaded retriever, not run as a doctest):
+            retriever.ranks(["how long is the VPN token valid?"], ["vpn-0003"])
+            # -> [1]
+        """
+        if not chunk_ids:
+            return []
+        queries = self._embedded(queries)
+        target = torch.tensor([self.positions[c] for c in chunk_ids], dtype=torch.long)
+        ranks: list[int] = []
+        block = query_block(len(self.ids), self.score_block_mb)
+        for start in range(0, queries.shape[0], block):
+            scores = queries[start : start + block] @ self.embeddings.T
+            own = scores.gather(1, target[start : start + block, None])
+            ranks += ((scores > own).sum(dim=1) + 1).tolist()
+        return ranks
+
+    def similarities(
+        self, queries: Sequence[str] | torch.Tensor, candidate_ids: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        """Cosine scores of the given chunk ids for every query (texts, or their ``encode_queries``).
+
+        For candidate lists the search did not produce, e.g. a retrieved pool with the labelled positives added.
+        """
+        queries = self._embedded(queries)
+        rows = [torch.tensor([self.positions[c] for c in ids], dtype=torch.long) for ids in candidate_ids]
+        return [(self.embeddings[idx] @ q).tolist() for q, idx in zip(queries, rows, strict=True)]
+
+
+def retrieval_metrics(retriever: DenseRetriever, queries: Sequence[dict], k_values: Sequence[int]) -> dict[str, float]:
+    """Mean ``hit@k``, ``recall@k``, ``mrr@10`` and ``ndcg@10`` of ``queries`` over the retriever's whole corpus.
+
+    Relevance is binary (each of a query's ``positives`` counts 1), as in sentence-transformers'
+    ``InformationRetrievalEvaluator``; one batched query encode and one exact top-k. Stage 1's held-out and
+    dev figures and the GPL round's dev figure are this function, so the promotion gate compares like with like.
+
+    Returns:
+        Metric name -> mean over the queries; ``{}`` for no query.
+    """
+    if not queries:
+        return {}
+    ks = sorted(set(k_values))
+    _, ranked = retriever.search([q["text"] for q in queries], k=max([*ks, 10]))
+    rows = [per_query_metrics(r, dict.fromkeys(q["positives"], 1), ks) for r, q in zip(ranked, queries, strict=True)]
+    return mean_metrics(rows)
+
+
+FUSION_FILE = "ragtune_fusion.json"
+
+
+def load_fusion_weight(reranker_path: str | Path) -> float:
+    """The fusion weight the rerank stage chose for this reranker (``FUSION_FILE`` in its folder).
+
+    A reranker without the file (a base encoder, a hub cross-encoder) reranks plainly: weight 1.0.
+    """
+    path = Path(reranker_path) / FUSION_FILE
+    if not path.is_file():
+        return 1.0
+    return float(json.loads(path.read_text(encoding="utf-8"))["fusion_weight"])
+
+
+class Reranker(Protocol):
+    """What every consumer needs of a reranker, either kind: the query-likelihood scorer
+    (:class:`ragtune.pipeline.query_likelihood.QueryLikelihoodReranker`) or a sentence-transformers ``CrossEncoder``.
+    Higher scores rank first."""
+
+    def predict(
+        self, pairs: Sequence[tuple[str, str]], batch_size: int = ..., show_progress_bar: bool = ...
+    ) -> Sequence[float]: ...
+
+
+def reranker_scores(
+    reranker: Reranker,
+    queries: Sequence[str],
+    candidates: Sequence[Sequence[dict]],
+    batch_size: int = 64,
+    show_progress_bar: bool = False,
+) -> list[list[float]]:
+    """The reranker's scores of every (query, candidate chunk) pair, from one batched ``predict`` call.
+
+    Args:
+        show_progress_bar: the library's bar over the batches (on the main process only), for long scorings
+            such as the GPL round's teacher labels.
+
+    Returns:
+        Per query, one score per candidate, in the candidates' order.
+    """
+    pairs = [(q, c["text"]) for q, cands in zip(queries, candidates, strict=True) for c in cands]
+    bar = show_progress_bar and is_main_process()
+    flat = reranker.predict(pairs, batch_size=batch_size, show_progress_bar=bar) if pairs else []
+    out, pos = [], 0
+    for cands in candidates:
+        out.append([float(s) for s in flat[pos : pos + len(cands)]])
+        pos += len(cands)
+    return out
+
+
+def rerank(
+    reranker: Reranker,
+    queries: Sequence[str],
+    candidates: Sequence[Sequence[dict]],
+    first_scores: Sequence[Sequence[float]] | None = None,
+    fusion_weight: float = 1.0,
+    batch_size: int = 64,
+) -> list[list[tuple[dict, float]]]:
+    """Rerank every query's candidates: one batched reranker call, then sort.
+
+    Args:
+        reranker: a loaded reranker of either kind (:class:`Reranker`).
+        queries: query texts.
+        candidates: per query, chunk rows (``text``) to rerank.
+        first_scores: per query, the retriever's scores of the candidates (needed when ``fusion_weight < 1``).
+        fusion_weight: 1.0 sorts by the reranker alone; below 1 by
+            :func:`ragtune.pipeline.ranking.fuse_scores` of retriever and reranker scores.
+
+    Returns:
+        Per query, ``(chunk, score)`` pairs sorted by score, best first (ties keep the candidates' order).
+    """
+    scores = reranker_scores(reranker, queries, candidates, batch_size)
+    if fusion_weight < 1.0:
+        if first_scores is None:
+            raise ValueError(f"fusion weight {fusion_weight} needs the retriever's scores (first_scores)")
+        scores = [fuse_scores(f, s, fusion_weight) for f, s in zip(first_scores, scores, strict=True)]
+    ranked = zip(candidates, scores, strict=True)
+    return [sorted(zip(cands, row, strict=True), key=lambda cs: -cs[1]) for cands, row in ranked]

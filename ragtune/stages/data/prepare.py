@@ -1,0 +1,301 @@
+"""Data stage: documents -> chunked corpus, labelled + synthetic queries, leakage-safe split.
+
+Run it:
+    ragtune data configs/demo.yaml
+    python -m ragtune.stages.data.prepare --config configs/demo.yaml [data.chunk_size=384]
+
+Writes data/corpus.jsonl, data/queries.jsonl, data/report.json (and data/cache/ for LLM calls).
+
+Held-out synthetic queries (made only when no human question is held out) pass a lexical round trip
+(``synth.eval_round_trip``), never the base embedder's: the report's ``held_out`` section says how many
+held-out queries are human and synthetic, which model wrote the synthetic ones and how they were filtered,
+and eval reads it. ``split.human_train: false`` is the no-labels mode: human questions of training documents
+are dropped, so stage 1 learns from synthetic queries alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from ragtune.pipeline.config import LLMConfig, RagtuneConfig
+from ragtune.pipeline.dev_slice import assign_dev_ranks, dev_documents, rank_documents
+from ragtune.pipeline.entry import run_stage
+from ragtune.pipeline.llm import DryRunFinished
+from ragtune.pipeline.rundir import (
+    DATA_CORPUS,
+    DATA_LLM_CACHE,
+    DATA_QUERIES,
+    DATA_REPORT,
+    EMBEDDING_CACHE,
+    RunDir,
+    atomic_write_jsonl,
+    atomic_write_text,
+    hash_path,
+    is_main_process,
+)
+from ragtune.stages.data.formats import attach_chunks, import_beir, import_llamaindex, load_questions, missing_evidence
+from ragtune.stages.data.ingest import Document, chunk_documents, discover_files, fingerprint_files, read_documents
+from ragtune.stages.data.query_filters import bm25_round_trip_on
+from ragtune.stages.data.split import assign_split, check_no_leak, choose_eval_documents
+from ragtune.stages.data.targets import document_round_robin, synthesize_shares, targets_stream
+
+logger = logging.getLogger(__name__)
+STAGE = "data"
+CONFIG_SECTIONS = ("data", "split", "synth", "eval.min_queries")
+
+
+def _source_hashes(cfg: RagtuneConfig) -> dict[str, str]:
+    # manifest input name -> (config key, path)
+    sources = {
+        "questions": ("questions", cfg.data.questions),
+        "beir": ("beir", cfg.data.beir),
+        "llamaindex": ("llamaindex_dataset", cfg.data.llamaindex_dataset),
+    }
+    hashes = {}
+    if cfg.data.docs:  # only the files ingest reads: never through a symlink that leads outside the folder
+        folder = Path(cfg.data.docs)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"data.docs: folder not found: {folder}")
+        hashes["file/docs"] = fingerprint_files(folder, discover_files(folder, cfg.data.extensions)[0])
+    for name, (key, value) in sources.items():
+        if value:
+            if not Path(value).exists():
+                raise FileNotFoundError(f"data.{key}: not found: {value}")
+            hashes[f"file/{name}"] = hash_path(Path(value))
+    return hashes
+
+
+def load_sources(cfg: RagtuneConfig) -> tuple[list[Document], list[dict], dict]:
+    """Documents and document-level labelled questions from every configured source."""
+    docs: list[Document] = []
+    questions: list[dict] = []
+    report: dict = {}
+    if cfg.data.docs:
+        docs, report["ingest"] = read_documents(Path(cfg.data.docs), cfg.data.extensions, cfg.data.json_text_field)
+    if cfg.data.beir:
+        beir_docs, beir_questions = import_beir(Path(cfg.data.beir), cfg.data.beir_splits)
+        docs, questions = docs + beir_docs, questions + beir_questions
+    if cfg.data.llamaindex_dataset:
+        li_docs, li_questions = import_llamaindex(Path(cfg.data.llamaindex_dataset))
+        docs, questions = docs + li_docs, questions + li_questions
+    if cfg.data.questions:
+        questions += load_questions(Path(cfg.data.questions), {d.doc_id for d in docs})
+    if not docs:
+        raise ValueError("data: no usable document found in the configured sources")
+    return docs, questions, report
+
+
+def held_out_origin(counts: dict[str, int], llm: LLMConfig, synth_report: dict | None) -> dict:
+    """Where the held-out queries come from: the data report's ``held_out`` section, which eval reports.
+
+    Args:
+        counts: the split's ``{origin}_{split}`` counts.
+        llm: ``synth.llm``, which wrote the synthetic queries.
+        synth_report: the synth report (None: synthesis off).
+
+    Returns:
+        ``{"human", "synthetic", "synthetic_written_by", "synthetic_filter"}``; the last two are None when no
+        held-out query is synthetic.
+
+    Example:
+        >>> counts, llm = {"human_eval": 0, "synthetic_eval": 12}, LLMConfig(provider="extractive")
+        >>> held_out_origin(counts, llm, {"eval_round_trip": "bm25 top 10"})
+        ... # doctest: +NORMALIZE_WHITESPACE
+        {'human': 0, 'synthetic': 12, 'synthetic_written_by': 'the extractive provider (keyword queries, no LLM)',
+         'synthetic_filter': 'bm25 top 10'}
+    """
+    synthetic = counts["synthetic_eval"]
+    writer = (
+        "the extractive provider (keyword queries, no LLM)"
+        if llm.provider == "extractive"
+        else f"{llm.provider}:{llm.model}"
+    )
+    return {
+        "human": counts["human_eval"],
+        "synthetic": synthetic,
+        "synthetic_written_by": writer if synthetic else None,
+        "synthetic_filter": (synth_report or {}).get("eval_round_trip") if synthetic else None,
+    }
+
+
+def dev_origin(queries: list[dict], dev_docs: set[str], fraction: float) -> dict:
+    """The dev pool the data stage prepared: the data report's ``dev`` section, which the stages' reports cite.
+
+    Args:
+        queries: the split query rows.
+        dev_docs: training documents ranked below ``split.dev_fraction``.
+        fraction: ``split.dev_fraction``.
+
+    Returns:
+        ``{"fraction", "documents", "human", "synthetic"}``: the train queries of those documents by origin
+        (synthetic ones passed BM25's round trip, not the base embedder's).
+
+    Example:
+        >>> rows = [{"origin": "synthetic", "split": "train", "doc_ids": ["a"]},
+        ...         {"origin": "human", "split": "train", "doc_ids": ["b"]}]
+        >>> dev_origin(rows, {"a"}, 0.2)
+        {'fraction': 0.2, 'documents': 1, 'human': 0, 'synthetic': 1}
+    """
+    pool = [q for q in queries if q["split"] == "train" and set(q["doc_ids"]) <= dev_docs]
+    human = sum(q["origin"] == "human" for q in pool)
+    return {"fraction": fraction, "documents": len(dev_docs), "human": human, "synthetic": len(pool) - human}
+
+
+def held_out_documents(cfg: RagtuneConfig, docs: list, labelled: list[dict]) -> tuple[set[str], bool]:
+    """The held-out documents (``split``), and whether any labelled question is among them."""
+    eval_docs = choose_eval_documents(
+        [d.doc_id for d in docs],
+        labelled,
+        cfg.split.eval_fraction,
+        cfg.split.seed,
+        from_labelled=cfg.split.eval_docs_from == "human",
+    )
+    return eval_docs, any(set(q["doc_ids"]) <= eval_docs for q in labelled)
+
+
+def synthesis_pools(
+    corpus: list[dict], eval_docs: set[str], has_labelled_eval: bool, seed: int
+) -> tuple[list[dict], list[dict]]:
+    """The held-out and the training chunks synthesis may ask about, each in its visiting order.
+
+    Held-out chunks are candidates only when no labelled question is held out (their synthetic queries are then
+    the eval split). The order comes from a stream of its own (:func:`ragtune.stages.data.targets.targets_stream`),
+    never
+    the one that chose the held-out documents.
+    """
+    order = document_round_robin(corpus, targets_stream(seed))
+    held_out = [] if has_labelled_eval else [c for c in order if c["doc_id"] in eval_docs]
+    return held_out, [c for c in order if c["doc_id"] not in eval_docs]
+
+
+def synthesize(
+    cfg: RagtuneConfig, run: RunDir, corpus: list[dict], eval_docs: set[str], dev_docs: set[str], labelled_eval: bool
+) -> tuple[list[dict], dict]:
+    """Synthetic queries: held-out documents get enough for ``eval.min_queries``, training documents the rest.
+
+    Queries of held-out and dev documents pass the BM25 round trip, the others the base embedder's
+    (:mod:`ragtune.stages.data.synthesize`). Returns the rows and the synth report, with the ``shares`` section that
+    says how many targets and kept queries each side got (:func:`ragtune.stages.data.targets.synthesize_shares`).
+    """
+    from ragtune.stages.data.synthesize import synthesize_queries
+
+    def ask(chunks: list[dict]) -> tuple[list[dict], dict]:
+        return synthesize_queries(
+            chunks,
+            corpus,
+            cfg.synth,
+            run.path(DATA_LLM_CACHE),
+            run.path(EMBEDDING_CACHE),
+            held_out=eval_docs | dev_docs,
+            score_block_mb=cfg.run.score_block_mb,
+        )
+
+    held_pool, train_pool = synthesis_pools(corpus, eval_docs, labelled_eval, cfg.split.seed)
+    held, train, out = synthesize_shares(
+        held_pool,
+        train_pool,
+        cfg.synth.max_chunks,
+        cfg.eval.min_queries,
+        cfg.synth.held_out_yield,
+        cfg.synth.held_out_margin,
+        ask,
+    )
+    # One query text on both sides would tie a training pair to an eval query: the held-out one is kept.
+    seen = {q["text"].casefold() for q in held}
+    kept_train = [q for q in train if q["text"].casefold() not in seen]
+    report = {**out["report"], "shares": out["shares"], "dropped_across_split": len(train) - len(kept_train)}
+    report["shares"]["dev"] = {
+        "documents": len(dev_docs),
+        "kept": sum(set(q["doc_ids"]) <= dev_docs for q in kept_train),
+        "filter": "bm25" if bm25_round_trip_on(cfg.synth) else "none",
+    }
+    return held + kept_train, report
+
+
+def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
+    """Build the corpus and the split query set; skipped when fresh unless ``force``."""
+    config_hash, inputs = run.freshness(cfg, CONFIG_SECTIONS, inputs=_source_hashes(cfg))
+    if not force and run.is_fresh(STAGE, config_hash, inputs):
+        logger.info("data: finished and fresh, skipping (--force reruns it)")
+        return run.load_manifest()[STAGE].metrics
+    started = time.time()
+
+    # 1. Load documents and labelled questions.
+    docs, questions, report = load_sources(cfg)
+
+    # 2. Chunk.
+    corpus = chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap)
+    texts = {d.doc_id: d.text for d in docs}
+    labelled = attach_chunks(questions, corpus, texts)
+    if questions:
+        not_found = missing_evidence(questions, texts)
+        report["labelled"] = {"questions": len(questions), "evidence_not_found": not_found}
+        for item in not_found:
+            logger.warning("question %s: evidence not found in %s (all its chunks count)", item["qid"], item["doc_id"])
+
+    # 3. Choose held-out documents before synthesis, so no LLM call is spent on them needlessly.
+    eval_docs, has_labelled_eval = held_out_documents(cfg, docs, labelled)
+
+    # 4. Rank the training documents for the stages' dev slices (a seeded stream of its own), then synthesize:
+    #    held-out documents just enough for eval (when nothing labelled is held out), training documents the
+    #    rest. Held-out and dev documents' queries pass a lexical round trip, never the base embedder's, which
+    #    eval and the promotion gates judge on them.
+    dev_ranks = rank_documents((d.doc_id for d in docs if d.doc_id not in eval_docs), cfg.run.seed)
+    dev_docs = dev_documents(dev_ranks, cfg.split.dev_fraction)
+    synthetic: list[dict] = []
+    if cfg.synth.enabled:
+        synthetic, report["synth"] = synthesize(cfg, run, corpus, eval_docs, dev_docs, has_labelled_eval)
+        if cfg.synth.llm.dry_run:
+            raise DryRunFinished("synth.llm.dry_run is set: estimate printed above, nothing written")
+
+    # 5. Split by document and check that nothing leaks; rank the train documents for the stages' dev slices.
+    queries = assign_split(labelled + synthetic, eval_docs)
+    split_queries = len(queries)
+    if not cfg.split.human_train:  # the no-labels mode: stage 1 learns from synthetic queries alone
+        queries = [q for q in queries if q["origin"] != "human" or q["split"] == "eval"]
+    queries = assign_dev_ranks(queries, cfg.run.seed, dev_ranks)
+    check_no_leak(queries)
+    counts = {
+        f"{origin}_{split}": sum(q["origin"] == origin and q["split"] == split for q in queries)
+        for origin in ("human", "synthetic")
+        for split in ("train", "eval")
+    }
+    report["split"] = {
+        "eval_documents": len(eval_docs),
+        "documents": len(docs),
+        "dropped_straddling": len(labelled) + len(synthetic) - split_queries,
+        "human_unused": split_queries - len(queries),
+        **counts,
+    }
+    report["held_out"] = held_out_origin(counts, cfg.synth.llm, report.get("synth"))
+    report["dev"] = dev_origin(queries, dev_docs, cfg.split.dev_fraction)
+
+    # 6. Write artifacts, then the manifest entry.
+    metrics = {
+        "documents": len(docs),
+        "chunks": len(corpus),
+        "queries": len(queries),
+        **counts,
+        "human_unused": report["split"]["human_unused"],
+    }
+    if is_main_process():
+        atomic_write_jsonl(run.path(DATA_CORPUS), corpus)
+        atomic_write_jsonl(run.path(DATA_QUERIES), queries)
+        atomic_write_text(run.path(DATA_REPORT), json.dumps(report, indent=2))
+    run.record(
+        STAGE,
+        config_hash=config_hash,
+        inputs=inputs,
+        started=started,
+        metrics=metrics,
+        outputs={"corpus": DATA_CORPUS, "queries": DATA_QUERIES, "report": DATA_REPORT},
+    )
+    logger.info("data: %d documents, %d chunks, queries %s", len(docs), len(corpus), counts)
+    return metrics
+
+
+if __name__ == "__main__":
+    run_stage(STAGE, main, "ragtune data stage: ingest, chunk, synthesize queries, split")

@@ -1,0 +1,305 @@
+"""GPL stage: a second round of stage 1 on a cross-encoder teacher's score margins (optional, off by default).
+
+Run it (all three call the same ``main``):
+    ragtune gpl configs/demo.yaml gpl.enabled=true [gpl.teacher=tuned] [--force]
+    python -m ragtune.stages.gpl.train --config configs/demo.yaml gpl.enabled=true
+    accelerate launch -m ragtune.stages.gpl.train --config configs/demo.yaml gpl.enabled=true
+
+GPL (Generative Pseudo Labeling, Wang et al. 2022): the tuned embedder mines negatives for each training query,
+a cross-encoder teacher scores (query, positive) and (query, negative), and the embedder retrains on the margins
+with sentence-transformers' ``MarginMSELoss``. With ``gpl.enabled: false`` (the default) the stage returns at once
+and records nothing, so ``ragtune run`` and every later stage behave as without it.
+
+Reads data/corpus.jsonl and data/queries.jsonl (train split only: the queries outside stage 1's dev slice, plus
+inverse-cloze pseudo-queries from chunks of documents no eval or dev query cites), embed/model (the start, and
+the miner) and, with ``gpl.teacher: tuned``, rerank/model (the teacher) through the manifest. Writes
+gpl/train.jsonl (the labelled triples), gpl/model/ (sentence-transformers folder + model card), gpl/metrics.json
+and the manifest entry ``gpl`` with ``dev_ndcg@10_embed`` (stage 1's tuned dev figure, from its record) and
+``dev_ndcg@10_gpl`` (this model's, on the same dev slice over the whole corpus). The promotion gate serves the
+GPL model as the tuned embedder only if the second beats the first (``ragtune.pipeline.promotion.tuned_embedder``).
+Checkpoints go to gpl/checkpoints/ every ``gpl.checkpoint_steps``; a killed run resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ragtune.pipeline.components import load_reranker, untrained_reranker
+from ragtune.pipeline.config import ConfigError, GplConfig, RagtuneConfig, check_trainer_keys
+from ragtune.pipeline.entry import run_stage
+from ragtune.pipeline.models import resolve_model
+from ragtune.pipeline.retrieval import DenseRetriever, model_hash, retrieval_metrics
+from ragtune.pipeline.rundir import (
+    EMBED_MODEL,
+    EMBEDDING_CACHE,
+    GPL_CHECKPOINTS,
+    GPL_METRICS,
+    GPL_MODEL,
+    GPL_RESUME,
+    GPL_TRAIN_DATA,
+    RERANK_MODEL,
+    SCORE_CACHE,
+    RunDir,
+    StageInputError,
+    atomic_dir,
+    atomic_write_jsonl,
+    atomic_write_text,
+    hash_path,
+    is_main_process,
+    read_jsonl,
+)
+from ragtune.pipeline.training_args import common_training_args, route_tensorboard
+from ragtune.stages.gpl.triples import gpl_queries, label_triples, margin_scale, mine_negatives
+
+if TYPE_CHECKING:
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+logger = logging.getLogger(__name__)
+STAGE = "gpl"
+# Besides its own section, the round depends on stage 1's dev slice and the cut-offs its figures use.
+CONFIG_SECTIONS = ("gpl", "embed.dev_fraction", "embed.k_values")
+UNTRAINED_TEACHER = ("rerank.kind", "rerank.query_likelihood", "rerank.base_model")  # gpl.teacher: base
+WEAK_TEACHER_MARGIN = 1e-3  # a cross-encoder whose margins all stay below this cannot rank: refused
+
+
+def training_arguments(cfg: GplConfig, output_dir: Path, seed: int) -> SentenceTransformerTrainingArguments:
+    """Our defaults, then ``gpl.trainer`` on top (user keys win); unknown keys name ``gpl.trainer.<key>``."""
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+    check_trainer_keys("gpl", cfg.trainer, SentenceTransformerTrainingArguments)
+    route_tensorboard(cfg.trainer, output_dir)  # event files kept beside the checkpoints
+    args: dict[str, Any] = {
+        **common_training_args(cfg.epochs, cfg.max_steps, cfg.batch_size, cfg.learning_rate, seed),
+        "disable_tqdm": not is_main_process(),
+        "logging_steps": 0.05,  # below 1: a ratio of the total steps, so about 20 loss points whatever the length
+        "eval_strategy": "no",
+    }
+    if cfg.checkpoint_steps:
+        # Only the last checkpoint is needed to resume; GPL selects nothing on the way.
+        args |= {"save_strategy": "steps", "save_steps": cfg.checkpoint_steps, "save_total_limit": 1}
+    else:
+        args["save_strategy"] = "no"
+    args |= cfg.trainer
+    return SentenceTransformerTrainingArguments(output_dir=str(output_dir), **args)
+
+
+def resume_state(run: RunDir, config_hash: str) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """What an interrupted round with this config hash left: its labelled triples and its last checkpoint.
+
+    The checkpoints folder holds :data:`~ragtune.pipeline.rundir.GPL_RESUME` (the config hash, which covers the inputs'
+    hashes, and the hash of gpl/train.jsonl it trained on). Anything left by another config or other inputs is
+    removed (main process), and the round starts afresh.
+
+    Returns:
+        ``(triples or None, checkpoint folder or None)``.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    marker, data, checkpoints = run.path(GPL_RESUME), run.path(GPL_TRAIN_DATA), run.path(GPL_CHECKPOINTS)
+    try:
+        left = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        left = {}
+    if left.get("config_hash") == config_hash and data.is_file() and hash_path(data) == left.get("train_data"):
+        return read_jsonl(data), get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if checkpoints.exists() and is_main_process():
+        shutil.rmtree(checkpoints)
+    return None, None
+
+
+def model_card_section(cfg: GplConfig, teacher: str, report: dict[str, Any]) -> str:
+    """The model card's ragtune section: the recipe and the dev figures against stage 1's."""
+    embed, ours = report["dev_ndcg@10_embed"], report["dev_ndcg@10_gpl"]
+    shown = [("stage 1 (embed/model)", embed), ("GPL round (this model)", ours)]
+    rows = "\n".join(f"| {name} | {'–' if v is None else f'{v:.4f}'} |" for name, v in shown)
+    return (
+        "\n\n## Second round by ragtune (GPL)\n\n"
+        f"- Start: stage 1's tuned embedder (`{EMBED_MODEL}`)\n"
+        f"- Teacher: `{teacher}` (cross-encoder), margins scaled by {report['label_scale']:.4g}\n"
+        f"- Training data: {report['train_triples']} (query, positive, negative) triples from "
+        f"{report['train_queries']} train-split queries and {report['pseudo_queries']} inverse-cloze queries, "
+        f"{cfg.negatives_per_query} negatives each from the tuned embedder's top {cfg.negatives_top_k}\n"
+        f"- Loss: MarginMSELoss (cosine), {report['steps']} steps\n\n"
+        f"Dev slice ({report['dev_queries']} queries of held-out train documents) nDCG@10 over the whole corpus:\n\n"
+        "| model | dev nDCG@10 |\n|---|---|\n" + rows + "\n"
+    )
+
+
+def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]:
+    """Run the GPL round; nothing (and nothing recorded) when ``gpl.enabled`` is false; skipped when fresh."""
+    gcfg = cfg.gpl
+    if not gcfg.enabled:
+        logger.info("gpl: off (gpl.enabled: false): nothing to do, stage 1's model stays the tuned embedder")
+        return {}
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+    # Before any model is loaded: a typo should cost nothing.
+    check_trainer_keys("gpl", gcfg.trainer, SentenceTransformerTrainingArguments)
+    if cfg.embed.method != "full":
+        raise ConfigError(
+            f"gpl: the GPL round retrains a fully fine-tuned stage-1 embedder; embed.method is {cfg.embed.method}, "
+            "not full"
+        )
+    paths = run.require("data", "corpus", "queries")
+    embedder = run.require("embed", "model")["model"]
+    upstream: dict[str, tuple[str, ...]] = {"data": ("corpus", "queries"), "embed": ("model",)}
+    own_inputs: dict[str, str] = {}
+    if gcfg.teacher == "tuned":
+        teacher_path = str(run.require("rerank", "model")["model"])
+        upstream["rerank"] = ("model",)
+    elif gcfg.teacher == "base":  # the untrained reranker of rerank.kind: settings in the hash, weights below
+        teacher_path = "the untrained reranker (rerank.kind: " + cfg.rerank.kind + ")"
+        base = cfg.rerank.query_likelihood.generator if cfg.rerank.kind == "query_likelihood" else cfg.rerank.base_model
+        own_inputs["teacher/model"] = model_hash(resolve_model(base))
+    else:
+        teacher_path = resolve_model(gcfg.teacher)
+        own_inputs["teacher/model"] = model_hash(teacher_path)
+    sections = CONFIG_SECTIONS + (UNTRAINED_TEACHER if gcfg.teacher == "base" else ())
+    config_hash, inputs = run.freshness(cfg, sections, upstream, inputs=own_inputs)
+    if not force and run.is_fresh(STAGE, config_hash, inputs):
+        logger.info("gpl: finished and fresh, skipping (--force reruns it)")
+        return run.load_manifest()[STAGE].metrics
+    started = time.time()
+
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import losses
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+    from sentence_transformers.util import pairwise_cos_sim
+
+    # 1. Load data: the train-split queries outside stage 1's dev slice, inverse-cloze queries, the dev slice.
+    corpus = read_jsonl(paths["corpus"])
+    chunks = {c["id"]: c for c in corpus}
+    rows, dev_queries, n_pseudo = gpl_queries(
+        read_jsonl(paths["queries"]), corpus, cfg.embed.dev_fraction, gcfg.pseudo_queries, cfg.run.seed
+    )
+    embed_metrics = run.load_manifest()["embed"].metrics
+    if embed_metrics.get("dev_queries") not in (None, len(dev_queries)):
+        raise StageInputError(
+            f"gpl: stage 1 measured its dev figure on {embed_metrics['dev_queries']} dev queries, embed.dev_fraction="
+            f"{cfg.embed.dev_fraction} gives {len(dev_queries)} now: run `ragtune embed CONFIG` again so both "
+            "figures are on the same slice"
+        )
+    logger.info("gpl: %d training queries (%d inverse-cloze), %d dev queries", len(rows), n_pseudo, len(dev_queries))
+
+    # 2-3. Mine negatives with the tuned embedder (its cached corpus embeddings) and let the teacher label the
+    #      triples, on the main process; an interrupted round with this config reuses its labels. The training
+    #      arguments come first: they set up the process group the other ranks wait on.
+    args = training_arguments(gcfg, run.path(GPL_CHECKPOINTS), cfg.run.seed)
+    cache_dir, block = run.path(EMBEDDING_CACHE), cfg.run.score_block_mb
+    triples, checkpoint = resume_state(run, config_hash)
+    with args.main_process_first(desc="mining negatives and labelling triples"):
+        if triples is None and is_main_process():
+            miner = DenseRetriever.load(str(embedder), corpus, cache_dir=cache_dir, score_block_mb=block)
+            negatives = mine_negatives(miner, rows, gcfg.negatives_per_query, gcfg.negatives_top_k, cfg.run.seed)
+            del miner
+            if gcfg.teacher == "base":
+                teacher = untrained_reranker(cfg, run.path(SCORE_CACHE))
+            else:
+                teacher = load_reranker(teacher_path, gcfg.max_length, cfg.run.seed, run.path(SCORE_CACHE))
+            triples = label_triples(teacher, rows, negatives, chunks, gcfg.teacher_batch_size)
+            del teacher
+            atomic_write_jsonl(run.path(GPL_TRAIN_DATA), triples)
+            resume = {"config_hash": config_hash, "train_data": hash_path(run.path(GPL_TRAIN_DATA))}
+            atomic_write_text(run.path(GPL_RESUME), json.dumps(resume) + "\n")
+        elif triples is None:
+            triples = read_jsonl(run.path(GPL_TRAIN_DATA))
+    if not triples:
+        raise ValueError(f"gpl: no (query, positive, negative) triple to train on; see {GPL_TRAIN_DATA}")
+    widest = max(abs(t["margin"]) for t in triples)
+    if widest < WEAK_TEACHER_MARGIN:  # scaled up, its noise would be the student's only target
+        raise ConfigError(
+            f"gpl.teacher: the teacher ({teacher_path}) cannot tell a positive from a negative: its widest margin "
+            f"over {len(triples)} triples is {widest:.2g} (below {WEAK_TEACHER_MARGIN:g}), so GPL would train on "
+            f"noise. Its labels are kept in {GPL_TRAIN_DATA}. Use a cross-encoder that ranks (gpl.teacher=<hub id or "
+            "path>, e.g. cross-encoder/ms-marco-MiniLM-L6-v2), or leave gpl.enabled false"
+        )
+    scale = margin_scale([t["margin"] for t in triples], gcfg.label_scale)
+    if checkpoint:
+        logger.info("gpl: resuming from %s (labels reused from %s)", Path(checkpoint).name, GPL_TRAIN_DATA)
+
+    # 4. Train stage 1's model on the scaled margins with MarginMSE (cosine: ragtune's retrieval normalises).
+    model = SentenceTransformer(str(embedder), device="cuda" if torch.cuda.is_available() else "cpu")
+    dataset = Dataset.from_dict(
+        {
+            "query": [t["query"] for t in triples],
+            "positive": [t["positive"] for t in triples],
+            "negative": [t["negative"] for t in triples],
+            "label": [t["margin"] * scale for t in triples],
+        }
+    )
+    loss = losses.MarginMSELoss(model, similarity_fct=pairwise_cos_sim)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    model = trainer.model
+    history = [h for h in trainer.state.log_history if "loss" in h]
+
+    # 5. The dev figure over the whole corpus, as stage 1's; save the model, card, metrics; record (main only).
+    metrics: dict[str, Any] = {}
+    if is_main_process():
+        tuned = DenseRetriever.encode(model, corpus, score_block_mb=block, name="the GPL model")
+        dev = retrieval_metrics(tuned, dev_queries, cfg.embed.k_values)
+        margins = [t["margin"] for t in triples]
+        report: dict[str, Any] = {
+            "dev_ndcg@10_embed": embed_metrics.get("dev_ndcg@10_tuned"),
+            "dev_ndcg@10_gpl": dev.get("ndcg@10"),
+            "dev": dev,
+            "dev_queries": len(dev_queries),
+            "teacher": gcfg.teacher if gcfg.teacher != "tuned" else RERANK_MODEL,
+            "train_queries": len(rows) - n_pseudo,
+            "pseudo_queries": n_pseudo,
+            "train_triples": len(triples),
+            "label_scale": scale,
+            "margin_mean": sum(margins) / len(margins),
+            "margin_min": min(margins),
+            "margin_max": max(margins),
+            "steps": trainer.state.global_step,
+            "resumed_from": checkpoint and Path(checkpoint).name,
+            "train_seconds": result.metrics.get("train_runtime"),
+            "first_loss": history[0]["loss"] if history else None,
+            "last_loss": history[-1]["loss"] if history else None,
+            "loss_history": [[h["step"], h["loss"]] for h in history],
+            "dev_qids": [q["qid"] for q in dev_queries],
+        }
+        with atomic_dir(run.path(GPL_MODEL)) as tmp:
+            model.save(str(tmp))
+            card = tmp / "README.md"
+            card.write_text(
+                (card.read_text(encoding="utf-8") if card.exists() else "")
+                + model_card_section(gcfg, report["teacher"], report),
+                encoding="utf-8",
+            )
+            (tmp / "ragtune_gpl.json").write_text(
+                json.dumps({"start": EMBED_MODEL, "teacher": report["teacher"], "loss": "margin_mse"}, indent=2)
+            )
+        tuned.save_cache(cache_dir, str(run.path(GPL_MODEL)))
+        atomic_write_text(run.path(GPL_METRICS), json.dumps(report, indent=2) + "\n")
+        shutil.rmtree(run.path(GPL_CHECKPOINTS), ignore_errors=True)
+        keys = ("dev_ndcg@10_embed", "dev_ndcg@10_gpl", "dev_queries", "train_queries", "pseudo_queries")
+        keys += ("train_triples", "label_scale", "steps", "first_loss", "last_loss")
+        metrics = {k: report[k] for k in keys}
+        run.record(
+            STAGE,
+            config_hash=config_hash,
+            inputs=inputs,
+            outputs={"model": GPL_MODEL, "metrics": GPL_METRICS, "train_data": GPL_TRAIN_DATA},
+            metrics=metrics,
+            started=started,
+        )
+        shown = ["nan" if v is None else f"{v:.4f}" for v in (report["dev_ndcg@10_embed"], report["dev_ndcg@10_gpl"])]
+        logger.info(
+            "gpl: dev nDCG@10 stage 1 %s, GPL %s (%d triples, %d steps)", *shown, len(triples), metrics["steps"]
+        )
+    # Other ranks leave only after the main process has written everything.
+    trainer.accelerator.wait_for_everyone()
+    return metrics
+
+
+if __name__ == "__main__":
+    run_stage(STAGE, main, "ragtune gpl stage: retrain the tuned embedder on a cross-encoder's score margins")
