@@ -2,10 +2,8 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import uvicorn
+from fakes.servers import free_port, serving
 from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, simulate_embed_stage, tiny_model_overrides
 
 from ragtune.app.cli import main as cli
@@ -26,12 +24,6 @@ QUESTIONS = [
     "when does a shard lease run out",
     "how long are snapshots kept",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -54,18 +46,8 @@ def tiny_run(tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path):
 def server(tiny_run):
     """The app on a loopback port in a background thread; stopped the way SIGINT stops uvicorn."""
     stack = load_stack(tiny_run.root)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(stack), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started:
-        assert time.time() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield stack, port
-    srv.should_exit = True
-    thread.join(timeout=30)
-    assert not thread.is_alive()
+    with serving(create_app(stack)) as port:
+        yield stack, port
     with pytest.raises(httpx.ConnectError):  # the port is closed after a clean shutdown
         httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
 
@@ -133,7 +115,7 @@ def test_openai_client_chat_embeddings_rerank_streaming_and_errors(server) -> No
 
 
 def test_ragtune_serve_command_answers_and_stops_cleanly_on_sigterm(tiny_run) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ragtune.app.cli", "serve", str(tiny_run.root), "--port", str(port)],

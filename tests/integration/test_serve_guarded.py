@@ -11,10 +11,10 @@ from types import SimpleNamespace
 import httpx
 import openai
 import pytest
-import uvicorn
+from fakes.servers import serving
 
 from ragtune.app.serve import ServedStack, ServeLimits, create_app
-from ragtune.pipeline import serve
+from ragtune.app import serve
 
 KEY = "s3cret-key"
 
@@ -46,24 +46,6 @@ class StubModels:
         return [float(len(d)) for _, d in pairs]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(app) -> tuple[uvicorn.Server, threading.Thread, str]:
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started:
-        assert time.time() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    return srv, thread, f"http://127.0.0.1:{port}/v1"
-
-
 @pytest.fixture
 def guarded():
     """A stand-in stack behind a key, with small limits so the tests can reach them."""
@@ -71,10 +53,8 @@ def guarded():
     stack = ServedStack("ragtune-stub", engine, StubModels(), StubModels())
     limits = ServeLimits(max_body_bytes=20_000, max_messages=4, max_question_chars=200, max_rerank_documents=5,
                          max_embedding_inputs=3, max_queued_chats=1)  # fmt: skip
-    srv, thread, base = _start(create_app(stack, api_key=KEY, limits=limits))
-    yield stack, engine, base
-    srv.should_exit = True
-    thread.join(timeout=30)
+    with serving(create_app(stack, api_key=KEY, limits=limits)) as port:
+        yield stack, engine, f"http://127.0.0.1:{port}/v1"
 
 
 def _post(
