@@ -13,8 +13,8 @@ import openai
 import pytest
 from fakes.servers import serving
 
-from ragtune.app.serve import ServedStack, ServeLimits, create_app
 from ragtune.app import serve
+from ragtune.app.serve import ServedStack, ServeLimits, create_app
 
 KEY = "s3cret-key"
 
