@@ -76,15 +76,14 @@ def quiet_libraries() -> Iterator[None]:
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as transformers_logging
 
-    levels = {name: logging.getLogger(name).level for name in ("", "pipeline", "stages", "eval", "bitsandbytes")}
+    levels = {name: logging.getLogger(name).level for name in ("", "ragtune", "bitsandbytes")}
     verbosity, hub_bars = transformers_logging.get_verbosity(), not are_progress_bars_disabled()
     bars = transformers_logging.is_progress_bar_enabled()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         logging.getLogger().setLevel(logging.WARNING)  # sentence-transformers shows its bars only at INFO
-        for ours in ("pipeline", "stages", "eval"):
-            logging.getLogger(ours).setLevel(logging.INFO)
+        logging.getLogger("ragtune").setLevel(logging.INFO)  # ours: the one package
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         transformers_logging.set_verbosity_error()
         transformers_logging.disable_progress_bar()
