@@ -318,6 +318,11 @@ class EmbedConfig(Section):
         description="Inverse-cloze pairs added to the training pairs: up to this many chunks of documents no "
         "held-out (eval or dev) query cites each give (one of its sentences, the chunk without it). 0: none.",
     )
+    synthetic_queries: bool = Field(
+        True,
+        description="Train on the data stage's synthetic queries (true), or only on labelled queries and "
+        "inverse-cloze pairs (false); synthetic queries still feed the dev slice and the eval split either way.",
+    )
     hard_negatives: Literal["none", "bm25"] = Field(
         "none",
         description="none: in-batch negatives only; bm25: each pair also gets one of the 10 chunks BM25 ranks "

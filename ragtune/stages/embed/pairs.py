@@ -24,6 +24,18 @@ from sentence_transformers.base.sampler import DefaultBatchSampler
 logger = logging.getLogger(__name__)
 
 
+def trained_queries(queries: Sequence[dict[str, Any]], synthetic: bool) -> list[dict[str, Any]]:
+    """The queries stage 1 trains on: all of them, or without the data stage's synthetic ones
+    (``embed.synthetic_queries: false``).
+
+    Example:
+        >>> rows = [{"qid": "h", "origin": "human"}, {"qid": "s", "origin": "synthetic"}, {"qid": "x"}]
+        >>> [q["qid"] for q in trained_queries(rows, synthetic=False)]
+        ['h', 'x']
+    """
+    return [q for q in queries if synthetic or q.get("origin") != "synthetic"]
+
+
 def build_pairs(queries: Sequence[dict[str, Any]], chunks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One (query, positive chunk) pair per positive chunk of each query.
 

@@ -55,6 +55,7 @@ from ragtune.stages.embed.pairs import (
     bm25_negatives,
     build_pairs,
     pair_keys,
+    trained_queries,
 )
 from ragtune.stages.embed.tsdae import adapt_with_tsdae, adaptation_sentences
 
@@ -188,7 +189,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     if not eval_queries:
         raise ValueError(f"{paths['queries']}: no eval-split query; embed needs held-out queries to report on")
     train_queries, dev_queries = split_dev_queries(train_queries, ecfg.dev_fraction)
-    pairs = build_pairs(train_queries, chunks)
+    pairs = build_pairs(trained_queries(train_queries, ecfg.synthetic_queries), chunks)
     held_out = held_out_documents(queries, dev_queries)
     pseudo = inverse_cloze_pairs(corpus, held_out, ecfg.pseudo_queries, cfg.run.seed) if ecfg.pseudo_queries else []
     logger.info("embed: %d inverse-cloze pairs added to %d labelled and synthetic ones", len(pseudo), len(pairs))
