@@ -14,8 +14,14 @@
   ``assemble.top_n`` of ``assemble.top_k``, ordered by the reranker's scores (a cross-encoder's, or a
   query-likelihood reranker's) fused with the retriever's at the weight the rerank stage chose
   (``rerank/model/ragtune_fusion.json``; 1.0 = plain).
-- Generation: ``HuggingFaceLLM`` over the RAFT generator (merged, or base + adapter), prompted with
+- Generation: :class:`GeneratorLLM` (LlamaIndex's ``HuggingFaceLLM``, streaming through
+  :class:`ragtune.pipeline.generator.GenerationStream` so a call's ``sampling`` — token cap, temperature,
+  top_p, stop strings — is honoured) over the RAFT generator (merged, or base + adapter), prompted with
   :func:`ragtune.pipeline.raft_format.build_messages` and the tokenizer's chat template — the training format.
+- Conversations (:meth:`RaftQueryEngine.stream`): earlier turns condense into the retrieval question with
+  LlamaIndex's condense prompt (``CondensePlusContextChatEngine``'s) run on the generator, or, with the
+  extractive answerer, by putting the previous question before the new one; the earlier turns also reach the
+  generator, between the system prompt and the question over its context.
 
 Each component is base or tuned by ``assemble.embedder/reranker/generator`` (reranker also ``none``); the
 default ``auto`` serves a tuned component only if it beat its baseline on the dev slice
@@ -28,32 +34,39 @@ Example (a sketch over a finished run, not run as a doctest):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.llms.types import CompletionResponse, CompletionResponseGen
 from llama_index.core.base.response.schema import Response
 from llama_index.core.bridge.pydantic import Field
+from llama_index.core.chat_engine.condense_plus_context import DEFAULT_CONDENSE_PROMPT_TEMPLATE
 from llama_index.core.llms import LLM
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+from llama_index.llms.huggingface import HuggingFaceLLM
 from llama_index.postprocessor.sbert_rerank import SentenceTransformerRerank
 
 from ragtune.app.vector_store import load_vector_index
 from ragtune.pipeline.components import load_reranker, resolve_components
 from ragtune.pipeline.config import AssembleConfig, RagtuneConfig
 from ragtune.pipeline.extractive import EXTRACTIVE, ExtractiveAnswerer
-from ragtune.pipeline.generator import chat_prompt, load_generator
+from ragtune.pipeline.generator import GenerationStream, Sampling, chat_prompt, load_generator, stop_point
 from ragtune.pipeline.hybrid import HybridRetriever, bm25_retriever
 from ragtune.pipeline.nodes import chunk_id_of
 from ragtune.pipeline.precision import inference_dtype
 from ragtune.pipeline.promotion import resolve_auto
-from ragtune.pipeline.raft_format import build_messages, parse_answer
+from ragtune.pipeline.quoting import neutralise
+from ragtune.pipeline.raft_format import ANSWER_TAG, answer_so_far, build_messages, parse_answer
 from ragtune.pipeline.ranking import fuse_scores
 from ragtune.pipeline.retrieval import load_fusion_weight
 from ragtune.pipeline.rundir import RunDir, read_jsonl
@@ -139,12 +152,117 @@ class SentenceTransformerEmbedding(HuggingFaceEmbedding):
         ).tolist()
 
 
+class GeneratorLLM(HuggingFaceLLM):
+    """``HuggingFaceLLM`` whose calls honour a request's settings and stream the model's tokens as they come.
+
+    ``complete`` and ``stream_complete`` take ``sampling`` (:class:`ragtune.pipeline.generator.Sampling`; default:
+    greedy, ``max_new_tokens``) and ``cancel`` (a ``threading.Event`` that ends the generation when set); the
+    last streamed response's ``additional_kwargs["finish_reason"]`` is ``"stop"`` or ``"length"``. Prompts are
+    expected formatted (the chat template applied), as the engine and the LangChain wrapper send them.
+    """
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RagtuneGeneratorLLM"
+
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        *_, last = self.stream_complete(prompt, formatted, **kwargs)
+        return last
+
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        sampling = kwargs.get("sampling") or Sampling(self.max_new_tokens)
+        stream = GenerationStream(self._model, self._tokenizer, prompt, sampling, kwargs.get("cancel"))
+        text = ""
+        for piece in stream:
+            text += piece
+            yield CompletionResponse(text=text, delta=piece)
+        yield CompletionResponse(text=text, delta="", additional_kwargs={"finish_reason": stream.finish_reason})
+
+
+CONDENSE_MAX_NEW_TOKENS = 64
+
+
+class AnswerStream:
+    """One answer as the engine writes it: iterate for the final answer's text as it grows; then ``response``.
+
+    The pieces are the answer after ``##Answer:`` (:func:`ragtune.pipeline.raft_format.answer_so_far`); when the
+    generation never writes the tag, the whole generation comes as the last piece (what ``query`` answers
+    then too). ``stops`` apply to that answer, the text a client sees (not to the reasoning before it): it ends
+    before the first one, and the generation with it. ``finish_reason`` is ``"stop"`` or ``"length"``;
+    :meth:`cancel` ends the generation.
+    """
+
+    def __init__(
+        self,
+        pieces: Iterator[str],
+        nodes: list,
+        messages: list,
+        prompt: str,
+        seconds: dict,
+        retrieval_query: str,
+        stops: Sequence[str] = (),
+    ) -> None:
+        self.pieces, self.nodes, self.messages, self.prompt = pieces, nodes, messages, prompt
+        self.seconds, self.retrieval_query, self.stops = seconds, retrieval_query, tuple(stops)
+        self.finish_reason, self.response = "stop", None
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """End the generation at its next token."""
+        self.cancelled.set()
+
+    def _shown(self, answer: str) -> tuple[str, bool]:
+        end, stopped = stop_point(answer, self.stops)
+        return answer[:end].rstrip(), stopped
+
+    def __iter__(self) -> Iterator[str]:
+        started, raw, sent, stopped = time.perf_counter(), "", "", False
+        try:
+            for piece in self.pieces:
+                raw += piece
+                shown, stopped = self._shown(answer_so_far(raw))
+                if len(shown) > len(sent):
+                    yield shown[len(sent) :]
+                    sent = shown
+                if stopped or raw.count(ANSWER_TAG) > 1:  # a stop, or a second answer: the rest is not needed
+                    self.cancel()
+                    break
+        except GeneratorExit:
+            self.cancel()
+            raise
+        second = raw.find(ANSWER_TAG, raw.find(ANSWER_TAG) + len(ANSWER_TAG)) if ANSWER_TAG in raw else -1
+        raw = (raw[:second] if second >= 0 else raw).strip()
+        parsed = parse_answer(raw)
+        final, stopped = self._shown(parsed.answer or raw)
+        if stopped:
+            self.finish_reason = "stop"
+        if final.startswith(sent) and len(final) > len(sent):
+            yield final[len(sent) :]
+        self.seconds["generate"] = time.perf_counter() - started
+        self.response = Response(
+            response=final,
+            source_nodes=self.nodes,
+            metadata={
+                "raw": raw,
+                "quotes": parsed.quotes,
+                "reason": parsed.reason,
+                "well_formed": parsed.well_formed,
+                "prompt": self.prompt,
+                "messages": self.messages,
+                "retrieval_query": self.retrieval_query,
+                "finish_reason": self.finish_reason,
+                "seconds": self.seconds,
+            },
+        )
+
+
 class RaftQueryEngine(CustomQueryEngine):
     """Retrieve, rerank, then answer with the RAFT prompt (``build_messages`` + the chat template), or with
     the extractive answerer (``answerer``, no LLM: the best-matching context sentence, in the RAFT format).
 
     The response text is the final answer; ``metadata`` holds the raw generation, its quotes and
     reasoning, whether it is well formed, and the exact prompt sent to the generator (empty without one).
+    :meth:`stream` answers a conversation's latest question, piece by piece, under a request's sampling.
     """
 
     retriever: BaseRetriever
@@ -155,37 +273,88 @@ class RaftQueryEngine(CustomQueryEngine):
     embedder: Any = None  # the served SentenceTransformer (the index's), for callers that embed or answer with it
 
     def custom_query(self, query_str: str) -> Response:
-        bundle = QueryBundle(query_str)
+        stream = self.stream(query_str)
+        for _ in stream:
+            pass
+        return stream.response
+
+    def condense(self, question: str, history: Sequence[dict[str, str]]) -> str:
+        """The retrieval question of a conversation's latest ``question``: itself without an earlier user turn;
+        otherwise LlamaIndex's condense prompt on the generator (greedy, one line), or, without an LLM or when
+        the generator writes nothing, the previous user turn followed by the question."""
+        earlier = [t["content"] for t in history if t["role"] == "user"]
+        if not earlier:
+            return question
+        fallback = f"{earlier[-1]}\n{question}"
+        if self.llm is None:
+            return fallback
+        lines = "\n".join(f"{t['role']}: {neutralise(t['content'])}" for t in history)
+        prompt = DEFAULT_CONDENSE_PROMPT_TEMPLATE.format(chat_history=lines, question=neutralise(question))
+        sampling = Sampling(CONDENSE_MAX_NEW_TOKENS, stop=("\n",))
+        text = self.llm.complete(
+            chat_prompt(self.tokenizer, [{"role": "user", "content": prompt.strip()}]),
+            formatted=True,
+            sampling=sampling,
+        ).text.strip()
+        return text or fallback
+
+    def stream(
+        self, question: str, history: Sequence[dict[str, str]] = (), sampling: Sampling | None = None
+    ) -> AnswerStream:
+        """Retrieve and rerank for ``question`` (condensed with ``history``), then start its answer.
+
+        Args:
+            question: the latest user message.
+            history: the conversation's earlier ``{"role": "user"|"assistant", "content"}`` turns, oldest first.
+            sampling: the request's generation settings; None: greedy, ``assemble.max_new_tokens``.
+
+        Returns:
+            An :class:`AnswerStream`: its sources are ready; iterating it generates the answer.
+
+        Raises:
+            ValueError: ``sampling`` asks the extractive answerer to sample (``temperature`` above 0).
+        """
+        if self.answerer is not None and sampling is not None and sampling.temperature > 0:
+            raise ValueError("temperature: this run answers extractively (no LLM), so there is nothing to sample")
+        started = time.perf_counter()
+        retrieval_query = self.condense(question, history)
+        seconds = {"condense": time.perf_counter() - started} if retrieval_query != question else {}
+        bundle = QueryBundle(retrieval_query)
         started = time.perf_counter()
         nodes = self.retriever.retrieve(bundle)
-        seconds = {"retrieve": time.perf_counter() - started}
+        seconds["retrieve"] = time.perf_counter() - started
         if self.reranker is not None:
             started = time.perf_counter()
             nodes = self.reranker.postprocess_nodes(nodes, query_bundle=bundle)
             seconds["rerank"] = time.perf_counter() - started
         context = [n.node.get_content() for n in nodes]
-        messages = build_messages(query_str, context)
-        started = time.perf_counter()
+        messages = build_messages(question, context, history)
+        stops = sampling.stop if sampling is not None else ()
         if self.answerer is not None:
-            prompt, raw = "", self.answerer.answer([query_str], [context])[0]
-        else:
-            prompt = chat_prompt(self.tokenizer, messages)
-            raw = self.llm.complete(prompt, formatted=True).text.strip()
-        seconds["generate"] = time.perf_counter() - started
-        parsed = parse_answer(raw)
-        return Response(
-            response=parsed.answer or raw,
-            source_nodes=nodes,
-            metadata={
-                "raw": raw,
-                "quotes": parsed.quotes,
-                "reason": parsed.reason,
-                "well_formed": parsed.well_formed,
-                "prompt": prompt,
-                "messages": messages,
-                "seconds": seconds,
-            },
-        )
+            stream = AnswerStream(iter(()), nodes, messages, "", seconds, retrieval_query, stops)
+            stream.pieces = _extractive_pieces(stream, self.answerer.answer([question], [context])[0], sampling)
+            return stream
+        prompt = chat_prompt(self.tokenizer, messages)
+        stream = AnswerStream(iter(()), nodes, messages, prompt, seconds, retrieval_query, stops)
+        stream.pieces = self._generated_pieces(stream, prompt, sampling)
+        return stream
+
+    def _generated_pieces(self, stream: AnswerStream, prompt: str, sampling: Sampling | None) -> Iterator[str]:
+        kwargs: dict[str, Any] = {"cancel": stream.cancelled}
+        if sampling is not None:  # the stops apply to the answer (AnswerStream), not to the reasoning before it
+            kwargs["sampling"] = dataclasses.replace(sampling, stop=())
+        for response in self.llm.stream_complete(prompt, formatted=True, **kwargs):
+            stream.finish_reason = response.additional_kwargs.get("finish_reason", stream.finish_reason)
+            yield response.delta or ""
+
+
+def _extractive_pieces(stream: AnswerStream, raw: str, sampling: Sampling | None) -> Iterator[str]:
+    """The extractive answerer's one piece, its answer cut to a request's token cap (counted in words: the
+    answerer has no tokenizer of its own)."""
+    head, tag, answer = raw.rpartition(ANSWER_TAG)
+    if sampling is not None and tag and len(answer.split()) > sampling.max_new_tokens:
+        raw, stream.finish_reason = f"{head}{tag} {' '.join(answer.split()[: sampling.max_new_tokens])}", "length"
+    yield raw
 
 
 def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig | None = None) -> RaftQueryEngine:
@@ -202,8 +371,6 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
     Raises:
         StageInputError: a tuned component's stage has not finished.
     """
-    from llama_index.llms.huggingface import HuggingFaceLLM
-
     choice = resolve_auto(choice or cfg.assemble, run, cfg.gpl.enabled)  # the served retrieval mode too
     comp = resolve_components(cfg, run, choice)
     embed_model = SentenceTransformerEmbedding(comp.embedder, embed_batch_size=64)
@@ -234,7 +401,7 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
     # trained with), so HuggingFaceLLM's warning that model and tokenizer folders differ does not apply.
     if comp.adapter:
         tokenizer.name_or_path = model.name_or_path
-    llm = HuggingFaceLLM(
+    llm = GeneratorLLM(
         model=model,
         tokenizer=tokenizer,
         model_name=comp.generator,

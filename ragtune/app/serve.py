@@ -5,11 +5,16 @@
 Routes:
 - ``GET /v1/models`` — the one model served, named ``ragtune-<run folder>``.
 - ``POST /v1/chat/completions`` — the last user message is the question (plain text or OpenAI content parts of
-  type ``text``); the assembled engine answers it (retrieve, rerank, RAFT-prompted generation). The reply is an
-  OpenAI chat completion with two extra fields, ``sources`` (chunk id, doc id, source, score, text per context
-  chunk) and ``quotes``. ``stream: true`` answers as server-sent events: the engine extracts the final answer
-  from the whole generation, so the answer arrives as one delta, then a last chunk with ``finish_reason`` and
-  sources.
+  type ``text``); earlier user and assistant turns condense with it into the retrieval question and reach the
+  generator (:meth:`ragtune.app.assemble.RaftQueryEngine.stream`; system messages are not passed on: the
+  generator answers under the RAFT system prompt it was trained with). The reply is an OpenAI chat completion
+  with two extra fields, ``sources`` (chunk id, doc id, source, score, text per context chunk) and ``quotes``.
+  ``max_tokens`` (or ``max_completion_tokens``; at most ``--max-new-tokens``), ``temperature`` (0–2; 0 or
+  unset is greedy), ``top_p`` and ``stop`` (up to 4 strings) are honoured, ``n`` must be 1; a value out of
+  range is a 400 naming the field, and so is sampling from the extractive answerer. ``max_tokens`` counts the
+  whole generation, reasoning included. ``stream: true`` answers as server-sent events with the final answer's
+  text as the generator writes it (the reasoning before ``##Answer:`` is not streamed), then a last chunk
+  with ``finish_reason`` (``stop`` or ``length``), sources and quotes.
 - ``POST /v1/embeddings`` — vectors from the run's embedder (``input_type``: ``document``, the default,
   or ``query`` for the query route of an adapter).
 - ``POST /v1/rerank`` — the served reranker's scores of ``documents`` (strings or ``{"text": ...}``) for
@@ -23,7 +28,8 @@ Security and load (:class:`ServeLimits`):
   the limit); text that is not valid Unicode (a lone surrogate escape) is a 400; every error, including 404,
   405 and an unexpected 500, has the OpenAI shape ``{"error": {"message", "type", "param", "code"}}``.
 - Chat requests wait in a bounded queue, one generation at a time (one set of weights in memory): a full
-  queue answers 503 with ``Retry-After``, and a request whose client has gone while it waited is dropped.
+  queue answers 503 with ``Retry-After``; a request whose client has gone while it waited is dropped, and a
+  stream whose client goes stops generating at the next token.
 - The port is checked before any model loads.
 """
 
@@ -40,18 +46,19 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, Field
 from starlette.exceptions import HTTPException
 
+from ragtune.pipeline.generator import Sampling
 from ragtune.pipeline.nodes import chunk_id_of
 
 logger = logging.getLogger(__name__)
@@ -72,6 +79,7 @@ class ServeLimits:
     max_rerank_documents: int = 1_000
     max_document_chars: int = 32_000
     max_queued_chats: int = 8
+    max_new_tokens: int = 1_024
 
 
 def _valid_unicode(text: str) -> str:
@@ -104,6 +112,22 @@ class ChatRequest(BaseModel):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: Text | list[Annotated[Text, Field(min_length=1)]] | None = Field(None, max_length=4)
+    n: int = Field(1, ge=1, le=1)
+
+    def sampling(self, default_max_new_tokens: int) -> Sampling:
+        """The generation settings this request asks for (the engine's token cap where it names none)."""
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        return Sampling(
+            max_new_tokens=self.max_completion_tokens or self.max_tokens or default_max_new_tokens,
+            temperature=self.temperature or 0.0,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            stop=tuple(s for s in stop if s),
+        )
 
 
 class EmbeddingRequest(BaseModel):
@@ -137,22 +161,31 @@ class ServedStack:
         self.name, self.engine, self.embedder, self.reranker = name, engine, embedder, reranker
         self.lock = threading.Lock()
 
-    def answer(self, question: str) -> dict:
-        """The engine's answer, quotes and sources for one question."""
+    @property
+    def max_new_tokens(self) -> int:
+        """The generator's default token cap (``assemble.max_new_tokens``)."""
+        llm = getattr(self.engine, "llm", None)
+        return int(getattr(llm, "max_new_tokens", 256))
+
+    @property
+    def samples(self) -> bool:
+        """Whether a temperature above 0 means anything: an LLM generates (not the extractive answerer)."""
+        return getattr(self.engine, "answerer", None) is None
+
+    def start(self, question: str, history: list[dict[str, str]], sampling: Sampling | None = None) -> Any:
+        """The engine's answer stream, its retrieval and reranking done under ``lock``; iterating it generates
+        (the server's chat gate lets one generation run at a time, while embeddings and reranking go on)."""
         with self.lock:
-            response = self.engine.query(question)
-        meta = response.metadata or {}
-        sources = [
-            {
-                "chunk_id": chunk_id_of(n.node),
-                "doc_id": n.node.metadata.get("doc_id"),
-                "source": n.node.metadata.get("source"),
-                "score": n.score,
-                "text": n.node.get_content(),
-            }
-            for n in response.source_nodes
-        ]
-        return {"answer": str(response.response), "quotes": meta.get("quotes") or [], "sources": sources}
+            return self.engine.stream(question, history, sampling)
+
+    def answer(
+        self, question: str, history: list[dict[str, str]] | None = None, sampling: Sampling | None = None
+    ) -> dict:
+        """The engine's answer, quotes, sources and finish reason for one question (and its conversation)."""
+        stream = self.start(question, history or [], sampling)
+        for _ in stream:
+            pass
+        return {"answer": str(stream.response.response), "finish_reason": stream.finish_reason, **extras(stream)}
 
     def embed(self, texts: list[str], input_type: str) -> list[list[float]]:
         encode = self.embedder.encode_query if input_type == "query" else self.embedder.encode_document
@@ -162,6 +195,38 @@ class ServedStack:
     def rerank(self, query: str, documents: list[str]) -> list[float]:
         with self.lock:
             return [float(s) for s in self.reranker.predict([(query, d) for d in documents], show_progress_bar=False)]
+
+
+def extras(stream: Any) -> dict:
+    """The fields a chat reply carries beside the answer: ``sources`` (the context chunks) and ``quotes``."""
+    sources = [
+        {
+            "chunk_id": chunk_id_of(n.node),
+            "doc_id": n.node.metadata.get("doc_id"),
+            "source": n.node.metadata.get("source"),
+            "score": n.score,
+            "text": n.node.get_content(),
+        }
+        for n in stream.nodes
+    ]
+    meta = stream.response.metadata if stream.response is not None else {}
+    return {"sources": sources, "quotes": (meta or {}).get("quotes") or []}
+
+
+def conversation(messages: list[ChatMessage]) -> tuple[str, list[dict[str, str]]]:
+    """The question (the last user message) and the user and assistant turns before it.
+
+    Example:
+        >>> turns = [ChatMessage(role="system", content="be brief"), ChatMessage(role="user", content="What is Heron?"),
+        ...          ChatMessage(role="assistant", content="A router."), ChatMessage(role="user", content="Its SLA?")]
+        >>> conversation(turns)
+        ('Its SLA?', [{'role': 'user', 'content': 'What is Heron?'}, {'role': 'assistant', 'content': 'A router.'}])
+    """
+    last = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    if last < 0:
+        return "", []
+    history = [{"role": m.role, "content": m.text()} for m in messages[:last] if m.role in ("user", "assistant")]
+    return messages[last].text(), history
 
 
 class Guard:
@@ -236,8 +301,7 @@ def create_app(stack: ServedStack, api_key: str | None = None, limits: ServeLimi
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         problems = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in errors)
-        status = 422 if any(e["type"] in ("too_long", "string_too_long") for e in errors) else 400
-        return _error(status, f"invalid request: {problems}", param=_field(errors[0]["loc"]) if errors else None)
+        return _error(400, f"invalid request: {problems}", param=_field(errors[0]["loc"]) if errors else None)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -277,41 +341,53 @@ def create_app(stack: ServedStack, api_key: str | None = None, limits: ServeLimi
         caps = (limits.max_messages, limits.max_message_chars, ("max-messages", "max-message-chars"))
         if (bad := _over("messages", texts, *caps)) is not None:
             return bad
-        questions = [m.text() for m in req.messages if m.role == "user"]
-        if not questions or not questions[-1].strip():
+        question, history = conversation(req.messages)
+        if not question.strip():
             return _error(400, "messages: the last user message (the question) is missing or empty", param="messages")
-        if (
-            bad := _over("question", questions[-1:], 1, limits.max_question_chars, ("", "max-question-chars"))
-        ) is not None:
+        if (bad := _over("question", [question], 1, limits.max_question_chars, ("", "max-question-chars"))) is not None:
             return bad
+        sampling = req.sampling(stack.max_new_tokens)
+        if sampling.max_new_tokens > limits.max_new_tokens:
+            field = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+            message = f"{field}: {sampling.max_new_tokens:,}; the limit is {limits.max_new_tokens:,} (--max-new-tokens)"
+            return _error(400, message, param=field)
+        if sampling.temperature > 0 and not stack.samples:
+            message = "temperature: this run answers extractively (no LLM), so there is nothing to sample; send 0"
+            return _error(400, message, param="temperature")
         if queued > limits.max_queued_chats:  # one answering and max_queued_chats waiting
             waiting = f"{queued - 1} chat requests are waiting (--max-queued-chats {limits.max_queued_chats})"
             return _error(503, f"busy: {waiting}; retry later", headers={"Retry-After": "5"})
+        completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:  # it takes its place in the queue when the response starts, and leaves when it ends
+            events = _stream_events(stack, gate, request, question, history, sampling, completion_id, created)
+            return StreamingResponse(_queued(events, _enter_queue, _leave_queue), media_type="text/event-stream")
         queued += 1
         try:
             async with gate:
                 if await request.is_disconnected():  # the client gave up while waiting: nobody reads the answer
                     logger.info("serve: dropped a chat request whose client has gone")
                     return Response(status_code=499)
-                result = await run_in_threadpool(stack.answer, questions[-1])
+                result = await run_in_threadpool(stack.answer, question, history, sampling)
         finally:
             queued -= 1
-        completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        extra = {"sources": result["sources"], "quotes": result["quotes"]}
-        if req.stream:
-            return StreamingResponse(
-                _stream(completion_id, created, stack.name, result["answer"], extra), media_type="text/event-stream"
-            )
+        message = {"role": "assistant", "content": result["answer"]}
         return {
             "id": completion_id,
             "object": "chat.completion",
             "created": created,
             "model": stack.name,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": result["answer"]}, "finish_reason": "stop"}
-            ],
-            **extra,
+            "choices": [{"index": 0, "message": message, "finish_reason": result["finish_reason"]}],
+            "sources": result["sources"],
+            "quotes": result["quotes"],
         }
+
+    def _enter_queue() -> None:
+        nonlocal queued
+        queued += 1
+
+    def _leave_queue() -> None:
+        nonlocal queued
+        queued -= 1
 
     @app.post("/v1/embeddings", response_model=None)
     def embeddings(req: EmbeddingRequest) -> JSONResponse | dict:
@@ -353,15 +429,56 @@ def create_app(stack: ServedStack, api_key: str | None = None, limits: ServeLimi
     return app
 
 
-def _stream(completion_id: str, created: int, model: str, answer: str, extra: dict) -> Iterator[str]:
-    """Server-sent events of one chat completion: role, the answer, the finish chunk (with sources), [DONE]."""
-    base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
-    deltas = [{"role": "assistant", "content": ""}, {"content": answer}]
-    for delta in deltas:
-        yield f"data: {json.dumps(base | {'choices': [{'index': 0, 'delta': delta, 'finish_reason': None}]})}\n\n"
-    final = base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]} | extra
-    yield f"data: {json.dumps(final)}\n\n"
-    yield "data: [DONE]\n\n"
+async def _queued(events: AsyncIterator[str], enter: Any, leave: Any) -> AsyncIterator[str]:
+    """``enter()``, ``events``, then ``leave()`` once, however the stream ends (finished, failed, or its client
+    gone); a response that never starts never enters."""
+    enter()
+    try:
+        async for event in events:
+            yield event
+    finally:
+        leave()
+
+
+async def _stream_events(
+    stack: ServedStack,
+    gate: asyncio.Lock,
+    request: Request,
+    question: str,
+    history: list[dict[str, str]],
+    sampling: Sampling,
+    completion_id: str,
+    created: int,
+) -> AsyncIterator[str]:
+    """Server-sent events of one chat completion: the role, the answer's text as the generator writes it, the
+    finish chunk (with sources and quotes), ``[DONE]``. The generation stops at the next token if the client goes;
+    a failure after the first event is an ``error`` event (the status line has gone out)."""
+    base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": stack.name}
+
+    def event(delta: dict, finish_reason: str | None = None, **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return f"data: {json.dumps(base | {'choices': [choice]} | extra)}\n\n"
+
+    async with gate:
+        if await request.is_disconnected():
+            logger.info("serve: dropped a chat request whose client has gone")
+            return
+        stream = None
+        try:
+            stream = await run_in_threadpool(stack.start, question, history, sampling)
+            yield event({"role": "assistant", "content": ""})
+            async for piece in iterate_in_threadpool(iter(stream)):
+                yield event({"content": piece})
+            yield event({}, stream.finish_reason, **extras(stream))
+            yield "data: [DONE]\n\n"
+        except Exception as e:
+            logger.exception("serve: a streamed chat failed")
+            body = {"message": f"internal error ({type(e).__name__}); the server log has the details",
+                    "type": "server_error", "param": None, "code": None}  # fmt: skip
+            yield f"data: {json.dumps({'error': body})}\n\n"
+        finally:
+            if stream is not None:
+                stream.cancel()
 
 
 def load_stack(run_dir: str | Path, overrides: list[str] | None = None) -> ServedStack:

@@ -8,14 +8,17 @@ temperature is given (:func:`generate_batched`); the tokens every prompt of a ca
 prompt, few-shot turns) are run through the model once and their key/value cache reused by every batch
 (:func:`shared_prefix_length`); a caller whose parse reads only the start of a completion can pass a
 ``stop`` rule that finishes each row as soon as it holds (:class:`TextStop`); :class:`GenerationMemo`
-generates identical prompts once.
+generates identical prompts once. :class:`GenerationStream` is one prompt's completion as the model writes
+it, under a request's :class:`Sampling` (token cap, temperature, top_p, stop strings), for the server.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +260,140 @@ class GenerationMemo:
             self.answers |= {k: (out, ms) for k, out in zip(new, outputs, strict=True)}
         answers = [self.answers[k] for k in keys]
         return [a for a, _ in answers], sum(ms for _, ms in answers) / max(len(answers), 1)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One request's generation settings, by OpenAI's names.
+
+    Attributes:
+        max_new_tokens: cap on the completion's tokens.
+        temperature: 0 decodes greedily; above 0 samples.
+        top_p: nucleus sampling's mass (with ``temperature`` above 0).
+        stop: the completion ends before the first of these strings (which is not shown).
+    """
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``model.generate`` for these settings (stop strings apart)."""
+        if self.temperature > 0:
+            return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def stop_point(text: str, stops: Sequence[str]) -> tuple[int, bool]:
+    """How much of a completion still being written may be shown, and whether a stop string has ended it.
+
+    Text before the first stop string is final. Without one, a tail that may yet grow into a stop string is
+    held back, so a stop string split across tokens never reaches the client.
+
+    Example:
+        >>> stop_point("Hello ##", ["###"])  # "##" may become "###": held back
+        (6, False)
+        >>> stop_point("Hi### there", ["###", "\\n"])
+        (2, True)
+    """
+    found = [i for s in stops if (i := text.find(s)) >= 0]
+    if found:
+        return min(found), True
+    held = 0
+    for s in stops:
+        held = max(held, next((k for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])), 0))
+    return len(text) - held, False
+
+
+class _Cancelled:
+    """A stopping criterion that ends every row once ``event`` is set (the reader has gone)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class GenerationStream:
+    """One prompt's completion as the model writes it: iterate for the new text pieces.
+
+    ``model.generate`` runs in a thread and hands its tokens over through transformers'
+    ``TextIteratorStreamer``; the pieces stop before a stop string (:func:`stop_point`, and a stopping
+    criterion ends the generation there), at the end-of-sequence token, or at ``max_new_tokens``. After
+    iterating, ``text`` is the whole completion and ``finish_reason`` is ``"stop"`` or ``"length"`` (OpenAI's
+    names). :meth:`cancel` (or leaving the loop early and calling it) ends the generation at the next token.
+
+    Args:
+        model: a causal LM in eval mode.
+        tokenizer: its tokenizer.
+        prompt: the formatted prompt (the chat template applied).
+        sampling: the request's settings.
+        cancelled: an event the caller sets to end the generation (the same as :meth:`cancel`); None: a new one.
+    """
+
+    def __init__(
+        self, model: Any, tokenizer: Any, prompt: str, sampling: Sampling, cancelled: threading.Event | None = None
+    ) -> None:
+        import torch
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        self.text, self.finish_reason, self.new_tokens = "", "stop", 0
+        self._sampling, self._cancelled, self._error = sampling, cancelled or threading.Event(), None
+        self._streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+        self._prompt_tokens = enc["input_ids"].shape[1]
+        criteria = StoppingCriteriaList([_Cancelled(self._cancelled)])
+        if sampling.stop:
+            criteria.append(TextStop(tokenizer, self._prompt_tokens, lambda t: stop_point(t, sampling.stop)[1]))
+        kwargs = {
+            **enc,
+            "streamer": self._streamer,
+            "max_new_tokens": sampling.max_new_tokens,
+            "stopping_criteria": criteria,
+            "pad_token_id": tokenizer.pad_token_id,
+            **sampling.generate_kwargs(),
+        }
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.new_tokens = int(model.generate(**kwargs).shape[1]) - self._prompt_tokens
+            except Exception as e:  # re-raised in the reader's thread
+                self._error = e
+                self._streamer.end()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[str]:
+        shown, stopped = 0, False
+        try:
+            for piece in self._streamer:
+                self.text += piece
+                end, stopped = stop_point(self.text, self._sampling.stop)
+                if end > shown:
+                    yield self.text[shown:end]
+                    shown = end
+                if stopped:
+                    self.cancel()
+                    break
+        except GeneratorExit:  # the reader left early: nobody needs the rest
+            self.cancel()
+            raise
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if stopped:
+            self.text = self.text[:shown]
+        elif shown < len(self.text):  # a held-back tail that never became a stop string
+            yield self.text[shown:]
+        if not stopped and not self._cancelled.is_set() and self.new_tokens >= self._sampling.max_new_tokens:
+            self.finish_reason = "length"
+
+    def cancel(self) -> None:
+        """End the generation at its next token (the reader has gone or has what it needs)."""
+        self._cancelled.set()

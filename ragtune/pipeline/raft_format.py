@@ -13,6 +13,7 @@ the engine that serves it and the harness that scores it share one definition.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ragtune.pipeline.quoting import DATA_RULE, neutralise, quote_documents
@@ -39,15 +40,44 @@ def format_context(chunks: list[str]) -> str:
     return quote_documents(chunks)
 
 
-def build_messages(question: str, chunks: list[str]) -> list[dict[str, str]]:
-    """Chat messages (system + user) for a question over context chunks.
+def build_messages(question: str, chunks: list[str], history: Sequence[dict[str, str]] = ()) -> list[dict[str, str]]:
+    """Chat messages (system, the conversation's earlier turns, user) for a question over context chunks.
+
+    Args:
+        question: the question the context answers.
+        chunks: the context, best first.
+        history: earlier ``{"role": "user"|"assistant", "content"}`` turns of a conversation, oldest first; their
+            text is neutralised (an earlier answer may quote a document).
 
     Example:
         >>> build_messages("What is Heron?", ["Heron routes orders."])[1]["content"].splitlines()[0]
         '<document index="1">'
     """
     user = f"{format_context(chunks)}\n\nQuestion: {neutralise(question.strip())}"
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    earlier = [{"role": t["role"], "content": neutralise(t["content"])} for t in history]
+    return [{"role": "system", "content": SYSTEM_PROMPT}, *earlier, {"role": "user", "content": user}]
+
+
+def answer_so_far(text: str) -> str:
+    """The final answer's text in a generation still being written, as far as it can be shown.
+
+    That is the text after the first ``##Answer:`` tag, up to a second one (the format has one answer), with a
+    tail that may yet grow into a tag and trailing whitespace held back; empty before the tag. Each call's
+    result extends the previous one's as the text grows, and on the finished text (cut at a second tag) it
+    equals :func:`parse_answer`'s ``answer``.
+
+    Example:
+        >>> answer_so_far("##Reason: r ##Answer: Forty min")
+        'Forty min'
+        >>> answer_so_far("##Reason: r ##Answer: Forty ##")
+        'Forty'
+    """
+    at = text.find(ANSWER_TAG)
+    if at < 0:
+        return ""
+    answer = text[at + len(ANSWER_TAG) :].split(ANSWER_TAG, 1)[0].lstrip()
+    held = next((k for k in range(min(len(ANSWER_TAG) - 1, len(answer)), 0, -1) if answer.endswith(ANSWER_TAG[:k])), 0)
+    return answer[: len(answer) - held].rstrip()
 
 
 def format_answer(reason: str, quotes: list[str], answer: str) -> str:

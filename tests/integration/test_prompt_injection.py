@@ -70,7 +70,8 @@ class SwayedLLM(CustomLLM):
         return CompletionResponse(text=f"##Reason: see the document. {own}{shown}")
 
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        raise NotImplementedError
+        text = self.complete(prompt, formatted).text
+        yield CompletionResponse(text=text, delta=text)
 
 
 @pytest.mark.parametrize("answer_first", [True, False])

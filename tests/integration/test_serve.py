@@ -84,7 +84,9 @@ def test_openai_client_chat_embeddings_rerank_streaming_and_errors(server) -> No
         )
     )
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected.response
-    assert chunks[-1].choices[0].finish_reason == "stop" and len(chunks[-1].sources) == len(expected.source_nodes)
+    # The tiny generator never ends on its own within assemble.max_new_tokens=6: both say so.
+    assert chunks[-1].choices[0].finish_reason == completion.choices[0].finish_reason == "length"
+    assert len(chunks[-1].sources) == len(expected.source_nodes)
 
     # Embeddings: the run's embedder, document route by default.
     emb = client.embeddings.create(model=stack.name, input=["Heron fails over.", "Tortoise drains."])
@@ -146,3 +148,56 @@ def test_ragtune_serve_command_answers_and_stops_cleanly_on_sigterm(tiny_run) ->
     # uvicorn finishes in-flight work, runs the app's shutdown, then re-raises the signal (the convention).
     assert proc.returncode == -signal.SIGTERM, (proc.returncode, out[-1500:])
     assert "Application shutdown complete" in out and "Finished server process" in out
+
+
+def test_chat_honours_sampling_settings_and_conversations(server) -> None:
+    stack, port = server
+    base = f"http://127.0.0.1:{port}/v1"
+    client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0)
+    ask = [{"role": "user", "content": QUESTIONS[1]}]
+
+    def reply(**kwargs):
+        return client.chat.completions.create(model=stack.name, messages=kwargs.pop("messages", ask), **kwargs)
+
+    # max_tokens caps the generation (the tiny model writes no ##Answer:, so the answer is the raw generation).
+    full = reply(max_tokens=12).choices[0]
+    short = reply(max_tokens=3).choices[0]
+    assert full.finish_reason == short.finish_reason == "length"
+    assert len(short.message.content) < len(full.message.content)
+    assert full.message.content.startswith(short.message.content)
+    # stop: the answer ends before the first stop string, which is not shown; the finish reason is "stop".
+    text = full.message.content
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    stopped = reply(max_tokens=12, stop=[stop, "never written"]).choices[0]
+    assert stopped.message.content == text[: text.find(stop)].strip() and stopped.finish_reason == "stop"
+    # temperature and top_p sample (greedy stays deterministic).
+    assert reply(max_tokens=6, temperature=0).choices[0].message.content == reply(max_tokens=6).choices[0].message.content
+    sampled = {reply(max_tokens=12, temperature=2.0, top_p=1.0).choices[0].message.content for _ in range(4)}
+    assert len(sampled) > 1
+    # Out of range: a 400 that names the field.
+    for bad, field in [({"temperature": 3}, "temperature"), ({"top_p": 0}, "top_p"), ({"n": 2}, "n"),
+                       ({"max_tokens": 5000}, "max_tokens"), ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+                       ({"max_completion_tokens": 0}, "max_completion_tokens")]:  # fmt: skip
+        answer = httpx.post(f"{base}/chat/completions", json={"model": stack.name, "messages": ask, **bad})
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == field, answer.text
+    assert "--max-new-tokens" in httpx.post(
+        f"{base}/chat/completions", json={"model": stack.name, "messages": ask, "max_tokens": 5000}
+    ).json()["error"]["message"]
+
+    # A conversation: the earlier turns reach the generator and condense into the retrieval question.
+    turns = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": QUESTIONS[0]},
+        {"role": "assistant", "content": "Five minutes."},
+        {"role": "user", "content": "and for the batch queue?"},
+    ]
+    stream = stack.engine.stream("and for the batch queue?", [{"role": t["role"], "content": t["content"]}
+                                                             for t in turns[1:3]])  # fmt: skip
+    for _ in stream:
+        pass
+    roles = [m["role"] for m in stream.response.metadata["messages"]]
+    assert roles == ["system", "user", "assistant", "user"] and stream.messages[2]["content"] == "Five minutes."
+    assert stream.response.metadata["retrieval_query"] != "and for the batch queue?"
+    served = reply(messages=turns)
+    assert served.choices[0].message.content == stream.response.response
+    assert [s["chunk_id"] for s in served.sources] == [chunk_id_of(n.node) for n in stream.nodes]

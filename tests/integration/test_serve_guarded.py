@@ -19,19 +19,44 @@ from ragtune.app.serve import ServedStack, ServeLimits, create_app
 KEY = "s3cret-key"
 
 
+class StubStream:
+    """An answer stream as the engine's: its pieces ("drip" questions give 50, a tenth of a second apart)."""
+
+    def __init__(self, answer: str, drip: bool) -> None:
+        self.answer, self.drip, self.produced = answer, drip, 0
+        self.nodes, self.finish_reason, self.response = [], "stop", None
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def __iter__(self):
+        pieces = [f"{i} " for i in range(50)] if self.drip else [self.answer]
+        for piece in pieces:
+            if self.cancelled.is_set():
+                break
+            if self.drip:
+                time.sleep(0.1)
+            self.produced += 1
+            yield piece
+        self.response = SimpleNamespace(response="".join(pieces[: self.produced]), metadata={"quotes": []})
+
+
 class StubEngine:
-    """Answers with the question; "slow" questions take a second; "boom" raises."""
+    """Answers with the question; "slow" questions take a second; "boom" raises; "drip" streams slowly."""
 
     def __init__(self) -> None:
         self.asked: list[str] = []
+        self.streams: list[StubStream] = []
 
-    def query(self, question: str) -> SimpleNamespace:
+    def stream(self, question: str, history: list, sampling) -> StubStream:
         self.asked.append(question)
         if question.startswith("slow"):
             time.sleep(1.0)
         if question == "boom":
             raise RuntimeError("the generator fell over")
-        return SimpleNamespace(response=f"answer to {question}", source_nodes=[], metadata={"quotes": []})
+        self.streams.append(StubStream(f"answer to {question}", question.startswith("drip")))
+        return self.streams[-1]
 
 
 class StubModels:
@@ -218,3 +243,24 @@ def test_the_server_loads_each_model_once(tiny_config: Path, tiny_bert_dir: Path
     stack = serve.load_stack(run.root)
     assert sorted(loads) == ["embedder", "generator", "reranker"]
     assert stack.embedder is stack.engine.embedder and stack.reranker is stack.engine.reranker._model
+
+
+def test_a_stream_comes_piece_by_piece_and_stops_generating_when_its_client_goes(guarded) -> None:
+    stack, engine, base = guarded
+    client = openai.OpenAI(base_url=base, api_key=KEY, max_retries=0)
+    ask = [{"role": "user", "content": "drip all"}]
+    chunks = list(client.chat.completions.create(model=stack.name, messages=ask, stream=True))
+    assert len([c for c in chunks if c.choices[0].delta.content]) == 50  # each piece as it came
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    # A client that reads two pieces and hangs up: the generation stops at its next piece.
+    body = {"model": stack.name, "messages": [{"role": "user", "content": "drip and go"}], "stream": True}
+    with httpx.stream("POST", f"{base}/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
+        pieces: list[str] = []
+        for line in r.iter_lines():
+            pieces += [line] if '"content": "' in line else []
+            if len(pieces) == 2:
+                break
+    time.sleep(1.0)
+    gone = engine.streams[-1]
+    assert gone.cancelled.is_set() and gone.produced < 20
+    assert client.chat.completions.create(model=stack.name, messages=[{"role": "user", "content": "hi"}])

@@ -133,3 +133,42 @@ def test_an_adapter_is_merged_into_fp32_weights_and_kept_apart_from_bf16_ones(ti
         lora_delta = q_proj.lora_B["default"](q_proj.lora_A["default"](x))
     assert not q_proj.merged and lora_delta.abs().max() > 0
     assert base(input_ids=ids).logits.shape == kept(input_ids=ids).logits.shape
+
+
+def test_stop_point_shows_text_before_a_stop_and_holds_back_what_may_become_one() -> None:
+    from ragtune.pipeline.generator import stop_point
+
+    assert stop_point("no stops here", []) == (13, False)
+    assert stop_point("abc END def", ["END"]) == (4, True)
+    assert stop_point("abc EN", ["END"]) == (4, False)  # "EN" may become "END"
+    assert stop_point("abc ENX", ["END"]) == (7, False)
+    assert stop_point("x\nEND", ["\n", "END"]) == (1, True)  # the first stop wins
+
+
+def test_generation_stream_equals_greedy_generation_and_honours_caps_stops_and_cancel(tiny_llama_dir: Path) -> None:
+    from ragtune.pipeline.generator import GenerationStream, Sampling, chat_prompt
+
+    model, tokenizer = _varied_generator(tiny_llama_dir)
+    prompt = chat_prompt(tokenizer, REQUESTS[0])
+    greedy = generate_batched(model, tokenizer, REQUESTS[:1], max_new_tokens=10, desc=None)[0]
+    stream = GenerationStream(model, tokenizer, prompt, Sampling(10))
+    pieces = list(stream)
+    assert len(pieces) > 1 and "".join(pieces).strip() == greedy == stream.text.strip()
+    assert stream.finish_reason == "length" and stream.new_tokens == 10
+    # A stop string ends it before the stop, which is never shown, even when split across tokens.
+    stop = stream.text[len(stream.text) // 2 : len(stream.text) // 2 + 2]
+    stopped = GenerationStream(model, tokenizer, prompt, Sampling(10, stop=(stop,)))
+    assert "".join(stopped) == stopped.text == stream.text[: stream.text.find(stop)]
+    assert stopped.finish_reason == "stop" and stopped.new_tokens < 10
+    # Cancelled after its first piece, the generation ends at the next token instead of running to its cap.
+    long = GenerationStream(model, tokenizer, prompt, Sampling(200))
+    next(iter(long))
+    long.cancel()
+    list(long)
+    assert long.new_tokens < 20 and long.finish_reason == "stop"
+    # Sampling draws (a fixed seed repeats its draw).
+    torch.manual_seed(0)
+    first = "".join(GenerationStream(model, tokenizer, prompt, Sampling(10, temperature=1.5, top_p=0.9)))
+    torch.manual_seed(0)
+    again = "".join(GenerationStream(model, tokenizer, prompt, Sampling(10, temperature=1.5, top_p=0.9)))
+    assert first == again and first.strip() != greedy
