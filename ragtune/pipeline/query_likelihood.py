@@ -268,24 +268,33 @@ class QueryLikelihoodReranker(nn.Module):
         (path / SPEC_FILE).write_text(json.dumps({**spec, "dtype": dtype}, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path, cache_dir: Path | None = None) -> QueryLikelihoodReranker:
+    def load(cls, path: str | Path, cache_dir: Path | None = None, base: str | None = None) -> QueryLikelihoodReranker:
         """Load a saved reranker (adapter merged in), in the precision its spec names.
 
+        The folder may be the rerank stage's or one ``ragtune export`` wrote (with the tokenizer beside the
+        adapter, which is then read from there).
+
         Args:
-            cache_dir: where its score cache lives (a file named by the folder's content hash), or None.
+            cache_dir: where its score cache lives (a file named by the folder's content hash), or None; not
+                used with ``base``, whose scores are not the folder's.
+            base: the causal LM to put the adapter on (bundled:<name>, hub id or path) instead of the spec's
+                ``generator``: e.g. the hub's weights of a bundled base, or a base moved since.
         """
         from ragtune.pipeline.rundir import hash_path
 
         path = Path(path)
         spec = json.loads((path / SPEC_FILE).read_text(encoding="utf-8"))
         adapter = str(path) if (path / "adapter_config.json").is_file() else None
-        # A trained reranker's scores belong to its folder's content; an untrained one's to its LM and prompt,
-        # so stage 2, eval and GPL's untrained teacher share one cache file.
-        name = (
-            hash_path(path) if adapter else untrained_cache_name(spec["generator"], spec["prompt"], spec["max_length"])
-        )
-        cache_file = Path(cache_dir) / f"{name}.jsonl" if cache_dir is not None else None
-        settings = (spec["generator"], spec["prompt"], spec["max_length"], spec["dtype"])
+        cache_file = None
+        if cache_dir is not None and base is None:
+            # A trained reranker's scores belong to its folder's content; an untrained one's to its LM and prompt,
+            # so stage 2, eval and GPL's untrained teacher share one cache file.
+            if adapter:
+                name = hash_path(path)
+            else:
+                name = untrained_cache_name(spec["generator"], spec["prompt"], spec["max_length"])
+            cache_file = Path(cache_dir) / f"{name}.jsonl"
+        settings = (base or spec["generator"], spec["prompt"], spec["max_length"], spec["dtype"])
         return cls.from_generator(*settings, adapter, cache_file)
 
     @classmethod

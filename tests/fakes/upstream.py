@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -113,6 +114,56 @@ def record_tuned_reranker_and_adapter(run: RunDir, bert: Path, llama: Path) -> N
     adapted.save_pretrained(run.path("raft/adapter"))
     AutoTokenizer.from_pretrained(llama).save_pretrained(run.path("raft/adapter"))
     run.record("raft", config_hash="t", inputs={}, outputs={"adapter": "raft/adapter"}, started=time.time())
+
+
+def cache_as_hub_model(folder: Path, hub_cache: Path, repo_id: str) -> None:
+    """Lay ``folder`` out in a Hugging Face hub cache as the model ``repo_id``: offline loads (``HF_HUB_CACHE``
+    pointing there) find it by its id, as if it had been downloaded."""
+    commit = "0" * 40
+    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+PROMOTING_RERANK_METRICS = {  # dev figures that promote the reranker (fusion weight above 0)
+    "fusion_weight": 0.5,
+    "dev_ndcg@10_fused": 0.6,
+    "dev_ndcg@10_retriever": 0.5,
+    "dev_queries": 8,
+}
+
+
+def simulate_query_likelihood_stage(run: RunDir, llama: Path, generator: str) -> Any:
+    """What `ragtune rerank` leaves behind with ``rerank.kind: query_likelihood``, its dev figures promoting it:
+    rerank/model (the spec naming ``generator``, a random non-zero LoRA adapter on the tiny Llama ``llama``, the
+    fusion weight) and its manifest entry. Returns the reranker as trained (its adapter unmerged, fp32)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from ragtune.pipeline.config import QUERY_LIKELIHOOD_PROMPT
+    from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker
+
+    reranker = QueryLikelihoodReranker.from_generator(str(llama), QUERY_LIKELIHOOD_PROMPT, 64, "float32")
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    reranker.lm = get_peft_model(reranker.lm, lora)
+    torch.manual_seed(4)
+    with torch.no_grad():  # large random LoRA weights: the adapter visibly changes the scores
+        for name, param in reranker.lm.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 1.0)
+    reranker.save(run.path("rerank/model"), generator, "float32")
+    run.path("rerank/model/ragtune_fusion.json").write_text('{"fusion_weight": 0.5}')
+    run.path("rerank/model/README.md").write_text("## The rerank stage's own card\n")
+    run.record(
+        "rerank",
+        config_hash="q",
+        inputs={},
+        outputs={"model": "rerank/model"},
+        metrics=PROMOTING_RERANK_METRICS,
+        started=time.time(),
+    )
+    return reranker.eval()
 
 
 def launch_ddp(module: str, config: Path, overrides: list[str], timeout: int) -> subprocess.CompletedProcess:
