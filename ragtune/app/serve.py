@@ -148,7 +148,8 @@ class RerankRequest(BaseModel):
 
 
 class ServedStack:
-    """What the server calls: the query engine, the embedder and the reranker of one run, behind one lock.
+    """What the server calls: the query engine, the embedder and the reranker of one run; one lock lets one
+    embedder or reranker call run at a time.
 
     Args:
         name: the model id clients send.
