@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -27,6 +27,9 @@ from ragtune.pipeline.config import ConfigError
 from ragtune.pipeline.models import resolve_model
 from ragtune.pipeline.ranking import fuse_scores, mean_metrics, per_query_metrics
 from ragtune.pipeline.rundir import atomic_file, hash_path, is_main_process
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ def embedding_cache_file(cache_dir: Path, model_path: str, corpus: Sequence[dict
     return Path(cache_dir) / f"{model_hash(model_path)}-{corpus_hash(corpus)}.pt"
 
 
-def check_truncate_dim(model, truncate_dim: int | None, name: str) -> None:
+def check_truncate_dim(model: SentenceTransformer, truncate_dim: int | None, name: str) -> None:
     """Refuse an ``assemble.truncate_dim`` above the embedder's own dimension (sentence-transformers would serve
     its full vectors without a word).
 
@@ -73,7 +76,7 @@ def check_truncate_dim(model, truncate_dim: int | None, name: str) -> None:
         raise ConfigError(f"assemble.truncate_dim: {truncate_dim} exceeds the embedding dimension {dim} of {name}")
 
 
-def load_embedder(model_path: str, truncate_dim: int | None = None):
+def load_embedder(model_path: str, truncate_dim: int | None = None) -> SentenceTransformer:
     """The ``SentenceTransformer`` in ``model_path``, encoding at ``truncate_dim`` (its own ``truncate_dim``: every
     ``encode*`` cuts the vectors, then normalises them when asked).
 
@@ -101,15 +104,15 @@ def truncate_normalized(embeddings: torch.Tensor, dim: int | None) -> torch.Tens
         >>> truncate_normalized(torch.tensor([[0.6, 0.8]]), None)   # None (or the full dimension): unchanged
         tensor([[0.6000, 0.8000]])
     """
-    from sentence_transformers.util import truncate_embeddings
-
     if dim is None or dim >= embeddings.shape[-1]:
         return embeddings
+    from sentence_transformers.util import truncate_embeddings
+
     return torch.nn.functional.normalize(truncate_embeddings(embeddings, dim), dim=-1)
 
 
 def encode_corpus(
-    model, corpus: Sequence[dict], batch_size: int = 64, name: str = "the model in memory"
+    model: SentenceTransformer, corpus: Sequence[dict], batch_size: int = 64, name: str = "the model in memory"
 ) -> torch.Tensor:
     """Normalised document embeddings of the corpus at the model's full dimension, its ``truncate_dim`` set aside
     (the form the cache holds); on the CPU."""
