@@ -7,9 +7,11 @@
   exactly as in training and in the eval harness) over a ``VectorStoreIndex`` in the store
   ``assemble.vector_store`` names (:mod:`ragtune.app.vector_store`: simple JSON in ``index/``, Qdrant
   embedded, or a Qdrant server). The index is built once from ``data/corpus.jsonl`` (one ``TextNode``
-  per chunk, metadata doc_id/source) and rebuilt only when the embedder, corpus or store changes;
-  ``index/meta.json`` records what it was built from. ``assemble.retrieval: hybrid`` fuses it with
-  BM25 by reciprocal rank (:mod:`ragtune.pipeline.hybrid`).
+  per chunk, metadata doc_id/source) and rebuilt only when the embedder, its dimension, the corpus or the store
+  changes; ``index/meta.json`` records what it was built from. ``assemble.retrieval: hybrid`` fuses it with
+  BM25 by reciprocal rank (:mod:`ragtune.pipeline.hybrid`). ``assemble.truncate_dim`` serves the embedder's
+  vectors cut to that dimension (sentence-transformers' ``truncate_dim``, for a Matryoshka embedder): the
+  index, the queries, the extractive answerer and the server's ``/v1/embeddings`` all use the cut vectors.
 - Reranking: :class:`FusedSentenceTransformerRerank` (LlamaIndex's ``SentenceTransformerRerank``) keeps
   ``assemble.top_n`` of ``assemble.top_k``, ordered by the reranker's scores (a cross-encoder's, or a
   query-likelihood reranker's) fused with the retriever's at the weight the rerank stage chose
@@ -68,7 +70,7 @@ from ragtune.pipeline.promotion import resolve_auto
 from ragtune.pipeline.quoting import neutralise
 from ragtune.pipeline.raft_format import ANSWER_TAG, answer_so_far, build_messages, parse_answer
 from ragtune.pipeline.ranking import fuse_scores
-from ragtune.pipeline.retrieval import load_fusion_weight
+from ragtune.pipeline.retrieval import check_truncate_dim, load_fusion_weight
 from ragtune.pipeline.rundir import RunDir, read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -127,14 +129,25 @@ class SentenceTransformerEmbedding(HuggingFaceEmbedding):
 
     Args:
         model_path: a sentence-transformers folder.
+        truncate_dim: embed at this dimension (``assemble.truncate_dim``: the model's own ``truncate_dim``, which
+            cuts every vector before it is normalised); None: the full dimension.
         **kwargs: passed to ``HuggingFaceEmbedding`` (``embed_batch_size``, ``device``, ...).
+
+    Raises:
+        ConfigError: ``truncate_dim`` exceeds the model's dimension.
     """
 
-    def __init__(self, model_path: str, **kwargs: Any) -> None:
+    def __init__(self, model_path: str, truncate_dim: int | None = None, **kwargs: Any) -> None:
         saved = Path(model_path) / "config_sentence_transformers.json"
         prompts = json.loads(saved.read_text()).get("prompts", {}) if saved.exists() else {}
         # Hand the model's own query prompt back: HuggingFaceEmbedding would replace it with "".
-        super().__init__(model_name=model_path, query_instruction=prompts.get("query") or None, **kwargs)
+        super().__init__(
+            model_name=model_path,
+            query_instruction=prompts.get("query") or None,
+            truncate_dim=truncate_dim,  # a SentenceTransformer argument, passed through
+            **kwargs,
+        )
+        check_truncate_dim(self._model, truncate_dim, model_path)
 
     @classmethod
     def class_name(cls) -> str:
@@ -373,7 +386,7 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
     """
     choice = resolve_auto(choice or cfg.assemble, run, cfg.gpl.enabled)  # the served retrieval mode too
     comp = resolve_components(cfg, run, choice)
-    embed_model = SentenceTransformerEmbedding(comp.embedder, embed_batch_size=64)
+    embed_model = SentenceTransformerEmbedding(comp.embedder, choice.truncate_dim, embed_batch_size=64)
     index = load_vector_index(run, embed_model, comp.embedder, store=choice.vector_store)
     reranker = None
     if comp.reranker is not None:

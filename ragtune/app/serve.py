@@ -16,7 +16,7 @@ Routes:
   text as the generator writes it (the reasoning before ``##Answer:`` is not streamed), then a last chunk
   with ``finish_reason`` (``stop`` or ``length``), sources and quotes.
 - ``POST /v1/embeddings`` — vectors from the run's embedder (``input_type``: ``document``, the default,
-  or ``query`` for the query route of an adapter).
+  or ``query`` for the query route of an adapter), normalised, at ``assemble.truncate_dim`` when it is set.
 - ``POST /v1/rerank`` — the served reranker's scores of ``documents`` (strings or ``{"text": ...}``) for
   ``query`` (Cohere/Jina shape), best first. With the query-likelihood reranker a score is the mean log-probability
   of the query's tokens given the document (higher is better, at most 0); with a cross-encoder, its logit.
@@ -154,7 +154,7 @@ class ServedStack:
     Args:
         name: the model id clients send.
         engine: a :class:`ragtune.app.assemble.RaftQueryEngine`.
-        embedder: a ``SentenceTransformer`` (the engine's retrieval embedder).
+        embedder: a ``SentenceTransformer`` (the engine's retrieval embedder, with the served ``truncate_dim``).
         reranker: the engine's reranker (``predict(pairs, ...)``: query likelihood or cross-encoder), or None.
     """
 

@@ -6,9 +6,10 @@
   ``index/qdrant/`` — no server; one process opens it at a time (Qdrant's own lock).
 - ``http(s)://host:port``: a running Qdrant server, same integration, collection ``ragtune-<run folder>``.
 
-The index is rebuilt only when the embedder, the corpus or the store changes; ``index/meta.json``
-records what it was built from. Qdrant point ids must be UUIDs, so its nodes are keyed by a UUID
-derived from the chunk id, which is kept in the node's metadata (:func:`chunk_id_of` reads either).
+The index is rebuilt only when the embedder, the dimension it serves (``assemble.truncate_dim``), the corpus
+or the store changes; ``index/meta.json`` records what it was built from. Qdrant point ids must be UUIDs, so
+its nodes are keyed by a UUID derived from the chunk id, which is kept in the node's metadata
+(:func:`chunk_id_of` reads either).
 
 Example (a sketch over a finished run, not run as a doctest):
     index = load_vector_index(run, embed_model, embedder_path, store="qdrant")
@@ -79,7 +80,8 @@ def attach_cached_embeddings(
     Only for an embedding model that wraps the same sentence-transformers model with normalised document
     vectors (:class:`ragtune.app.assemble.SentenceTransformerEmbedding`, whose ``_get_text_embeddings`` is
     ``encode_document``): LlamaIndex embeds only nodes without an ``embedding``. The cache is read, or written
-    once here (the eval harness and the training stages read the same file). Any other model embeds as usual.
+    once here (the eval harness and the training stages read the same file); it holds full-dimension vectors,
+    cut to the model's ``truncate_dim`` here when it has one. Any other model embeds as usual.
     """
     model = getattr(embed_model, "_model", None)
     if not (hasattr(model, "encode_document") and getattr(embed_model, "normalize", False)):
@@ -89,14 +91,20 @@ def attach_cached_embeddings(
         node.embedding = vector
 
 
+def served_dimension(embed_model: BaseEmbedding) -> int | None:
+    """The ``truncate_dim`` of the sentence-transformers model inside ``embed_model`` (None: full vectors)."""
+    return getattr(getattr(embed_model, "_model", None), "truncate_dim", None)
+
+
 def load_vector_index(
     run: RunDir, embed_model: BaseEmbedding, embedder_path: str, store: str = STORE_SIMPLE
 ) -> VectorStoreIndex:
-    """The run's persisted index in the chosen store, rebuilt when the embedder, corpus or store changed.
+    """The run's persisted index in the chosen store, rebuilt when the embedder, its served dimension, the corpus
+    or the store changed.
 
     Args:
         run: the run directory (reads ``data/corpus.jsonl``; writes ``index/`` on the main process).
-        embed_model: the embedding model to index and query with.
+        embed_model: the embedding model to index and query with (its vectors' dimension is the index's).
         embedder_path: its folder, hashed to detect a changed embedder.
         store: ``simple``, ``qdrant`` or a Qdrant server URL (``assemble.vector_store``).
 
@@ -108,6 +116,7 @@ def load_vector_index(
     meta = {
         "embedder": embedder_path,
         "embedder_hash": model_hash(embedder_path),
+        "truncate_dim": served_dimension(embed_model),
         "corpus_hash": corpus_hash(corpus),
         "vector_store": store,
     }
@@ -124,7 +133,7 @@ def load_vector_index(
                 )
             vector_store = qdrant_vector_store(store, index_dir / QDRANT_DIR, meta["collection"])
             return VectorStoreIndex.from_vector_store(vector_store, embed_model=embed_model)
-        logger.info("index: embedder, corpus or vector store changed since %s was built: rebuilding", index_dir)
+        logger.info("index: embedder, dimension, corpus or store changed since %s was built: rebuilding", index_dir)
     started = time.time()
     nodes = corpus_nodes(corpus, uuid_ids=store != STORE_SIMPLE)
     attach_cached_embeddings(nodes, embed_model, embedder_path, corpus, run.path(EMBEDDING_CACHE))

@@ -21,6 +21,7 @@ from ragtune.pipeline.extractive import EXTRACTIVE, ExtractiveAnswerer
 from ragtune.pipeline.generator import GenerationMemo, load_generator
 from ragtune.pipeline.precision import inference_dtype
 from ragtune.pipeline.raft_format import build_messages, parse_answer
+from ragtune.pipeline.retrieval import load_embedder
 
 Answers = dict[int, tuple[str, str]]  # query index -> (answer, no-oracle answer)
 
@@ -72,10 +73,10 @@ def generate_answers(
     answers: dict[str, Answers] = {}
     ms: dict[str, float] = {}
     by_generator: dict[tuple[str | None, str | None, str], list[str]] = {}
-    by_embedder: dict[str, list[str]] = {}  # extractive configurations: their embedder answers
+    by_embedder: dict[tuple[str, int | None], list[str]] = {}  # extractive configurations: their embedder answers
     for name, comp in components.items():
         if comp.generator == EXTRACTIVE:
-            by_embedder.setdefault(comp.embedder, []).append(name)
+            by_embedder.setdefault((comp.embedder, choices[name].truncate_dim), []).append(name)
         else:
             by_generator.setdefault((*comp.generator_key, inference_dtype(choices[name].dtype)), []).append(name)
     for (gen_path, adapter, dtype), group in by_generator.items():
@@ -83,10 +84,8 @@ def generate_answers(
         for name in group:
             answers[name], ms[name] = _generate_for(memo, queries, answered, ranked[name], chunks, choices[name], name)
         del memo  # one generator in memory at a time
-    for embedder, group in by_embedder.items():
-        from sentence_transformers import SentenceTransformer
-
-        answerer = ExtractiveAnswerer(SentenceTransformer(embedder), batch_size)
+    for (embedder, truncate_dim), group in by_embedder.items():
+        answerer = ExtractiveAnswerer(load_embedder(embedder, truncate_dim), batch_size)
         for name in group:
             answers[name], ms[name] = _extract_for(
                 answerer, queries, answered, ranked[name], chunks, choices[name].top_n

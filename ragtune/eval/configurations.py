@@ -14,9 +14,22 @@ from ragtune.pipeline.rundir import RunDir, StageInputError
 logger = logging.getLogger(__name__)
 
 BASELINE = "rag_only"
-BUILTIN_CONFIGURATIONS: dict[str, dict[str, str]] = {
-    "rag_only": {"embedder": "base", "reranker": "none", "generator": "base", "retrieval": "dense"},
-    "rag_hybrid": {"embedder": "base", "reranker": "none", "generator": "base", "retrieval": "hybrid"},
+# The untrained baselines are plain RAG: the base embedder at its full dimension, whatever assemble.truncate_dim says.
+BUILTIN_CONFIGURATIONS: dict[str, dict[str, str | None]] = {
+    "rag_only": {
+        "embedder": "base",
+        "reranker": "none",
+        "generator": "base",
+        "retrieval": "dense",
+        "truncate_dim": None,
+    },
+    "rag_hybrid": {
+        "embedder": "base",
+        "reranker": "none",
+        "generator": "base",
+        "retrieval": "hybrid",
+        "truncate_dim": None,
+    },
     "embed": {"embedder": "tuned", "reranker": "none", "generator": "base"},
     "embed_rerank_untrained": {"embedder": "tuned", "reranker": "base", "generator": "base"},
     "embed_rerank": {"embedder": "tuned", "reranker": "tuned", "generator": "base"},
@@ -28,7 +41,7 @@ BUILTIN_CONFIGURATIONS: dict[str, dict[str, str]] = {
 def configuration_choices(cfg: RagtuneConfig) -> dict[str, AssembleConfig]:
     """Every configuration to evaluate, in order (``rag_only`` first), as a complete AssembleConfig.
 
-    A custom configuration only overrides the fields it sets; the rest (top_k, top_n,
+    A custom configuration only overrides the fields it sets; the rest (top_k, top_n, truncate_dim,
     max_new_tokens) come from ``cfg.assemble``, so all configurations share one retrieval depth unless
     a custom one says otherwise.
 
@@ -77,7 +90,7 @@ class Plan:
 def plan_configurations(cfg: RagtuneConfig, run: RunDir, generation: bool) -> Plan:
     """Resolve each configuration's components; skip those whose stages have not run.
 
-    In retrieval-only mode a configuration whose retrieval equals an earlier one's (same embedder,
+    In retrieval-only mode a configuration whose retrieval equals an earlier one's (same embedder and dimension,
     reranker, retrieval mode and top_k) is skipped too: it would measure the same ranking twice.
 
     Raises:
@@ -96,8 +109,8 @@ def plan_configurations(cfg: RagtuneConfig, run: RunDir, generation: bool) -> Pl
         twin = next(
             (n for n, c in components.items() if not generation and c.retrieval_key == comp.retrieval_key), None
         )
-        same_first_stage = twin is not None and choices[twin].retrieval == choice.retrieval
-        if same_first_stage and choices[twin].top_k == choice.top_k:
+        same = ("retrieval", "truncate_dim", "top_k")
+        if twin is not None and all(getattr(choices[twin], f) == getattr(choice, f) for f in same):
             skipped[name] = f"same retrieval as {twin!r} (retrieval-only mode)"
             logger.info("eval: skipping configuration %r: %s", name, skipped[name])
             continue

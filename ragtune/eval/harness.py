@@ -14,9 +14,9 @@ after any subset of stages.
 The steps live in their own modules: which configurations and queries (:mod:`ragtune.eval.configurations`),
 batched retrieval and reranking (:mod:`ragtune.eval.rankings`), answers and their scores (:mod:`ragtune.eval.answers`:
 left-padded, batched, greedy decoding prompted exactly as RAFT trained), the optional judge
-(:mod:`ragtune.eval.judge`), means, paired deltas and verdicts (:mod:`ragtune.eval.comparison`), and the forgetting
-check
-of a tuned generator on general-knowledge questions (:mod:`ragtune.eval.forgetting`).
+(:mod:`ragtune.eval.judge`), means, paired deltas and verdicts (:mod:`ragtune.eval.comparison`), the forgetting
+check of a tuned generator on general-knowledge questions (:mod:`ragtune.eval.forgetting`), and with
+``embed.matryoshka_dims`` the embedders' retrieval at each dimension (:mod:`ragtune.eval.dimensions`).
 
 Writes eval/report.md, eval/report.json, eval/per_query.csv, eval/metrics.png, eval/deltas.png and
 eval/report.html (one self-contained page with the stage cards, :mod:`ragtune.eval.html_report`).
@@ -34,6 +34,7 @@ from ragtune.eval import report as report_io
 from ragtune.eval.answers import generate_answers, score_answers
 from ragtune.eval.comparison import VERDICT_METRICS, compare, summarize, verdicts
 from ragtune.eval.configurations import BASELINE, Plan, plan_configurations, select_queries
+from ragtune.eval.dimensions import dimension_table
 from ragtune.eval.forgetting import GENERAL_KNOWLEDGE, forgetting_check, load_general_questions
 from ragtune.eval.html_report import write_html_report
 from ragtune.eval.judge import judge_answers
@@ -130,6 +131,7 @@ def configuration_entry(plan: Plan, name: str, generation: bool, summary: dict, 
     return {
         "components": {"embedder": choice.embedder, "reranker": choice.reranker}
         | ({"generator": choice.generator} if generation else {})
+        | ({"truncate_dim": choice.truncate_dim} if choice.truncate_dim else {})  # the embedder's served dimension
         | {"paths": {k: v for k, v in vars(comp).items() if k != "inputs" and v is not None}},
         "retrieval": choice.retrieval,
         # how much the reranker's score counted against the retriever's (None: no reranker)
@@ -209,7 +211,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     for name in names:
         latency[name]["total_ms"] = sum(latency[name].values())
 
-    # 6. Aggregate, bootstrap the deltas, read the verdicts; probe the embedders.
+    # 6. Aggregate, bootstrap the deltas, read the verdicts; probe the embedders, measure them at each dimension.
     metrics = retrieval_metrics + (
         [m for m in GENERATION_METRICS if m != "judge" or cfg.eval.judge] if held.generation else []
     )
@@ -223,6 +225,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     deltas = compare(rows, names, metrics, samples, seed)
     verdict_metrics = [m for m in VERDICT_METRICS if m in metrics]
     probes = _probes(cfg, run, retrievers)
+    dimensions = dimension_table(cfg, run, held.corpus, queries, retrievers)
 
     # 7. Write the report, the per-query rows and the charts; record the stage last.
     report = {
@@ -252,6 +255,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             if w
         ],
         "probes": probes,
+        "dimensions": dimensions,
         "promotion": promotion_report(run, cfg.gpl.enabled),
         "dev_slice": dev_slice_origin(run),
         "judge": judge_usage,
@@ -383,8 +387,8 @@ def check_forgetting(cfg: RagtuneConfig, plan: Plan) -> dict | None:
     return result
 
 
-def _probes(cfg: RagtuneConfig, run: RunDir, retrievers: dict[str, DenseRetriever]) -> dict | None:
-    """Probe similarities for the base embedder and, when stage 1 has run, the tuned one."""
+def _probes(cfg: RagtuneConfig, run: RunDir, retrievers: dict[tuple[str, int | None], DenseRetriever]) -> dict | None:
+    """Probe similarities for the base embedder and, when stage 1 has run, the tuned one (full dimension)."""
     probes = cfg.eval.probes
     if not probes.close and not probes.far:
         return None
@@ -397,7 +401,7 @@ def _probes(cfg: RagtuneConfig, run: RunDir, retrievers: dict[str, DenseRetrieve
         logger.info("eval: tuned embedder not available for probes (%s)", e)
     out = {}
     for label, path in paths.items():
-        model = retrievers[path].model if path in retrievers else SentenceTransformer(path)
+        model = retrievers[path, None].model if (path, None) in retrievers else SentenceTransformer(path)
         out[label] = probe_similarities(model, probes.close, probes.far)
     return out
 

@@ -255,6 +255,19 @@ def deltas_against_rag_only(report: dict, cols: list[tuple[str, str]]) -> list[s
     return ["<h2>Deltas against rag_only (all metrics: report.json)</h2>", _table(["configuration", *metrics], rows)]
 
 
+def dimensions(report: dict) -> list[str]:
+    """The embedders' retrieval at each Matryoshka dimension, as report.md has it."""
+    table = report.get("dimensions")
+    if not table:
+        return []
+    header, rows = report_io.dimension_rows(table)
+    return [
+        f"<h2>{_e(report_io.DIMENSIONS_TITLE)}</h2>",
+        f"<p>{_e(report_io.dimensions_intro(table))}</p>",
+        _table(header, rows),
+    ]
+
+
 def probes(report: dict) -> list[str]:
     """The similarity probes (means and every pair), as report.md has them."""
     if not report.get("probes"):
@@ -324,7 +337,7 @@ def render_html(report: dict, per_query: list[dict], cards: list[tuple[str, str]
         parts.append(_img(figure_data_uri(report_io.deltas_figure(report)), "deltas against rag_only"))
     for name, why in report["skipped"].items():
         parts.append(f"<p class='muted'>Skipped {_e(name)}: {_e(why)}</p>")
-    parts += deltas_against_rag_only(report, cols) + probes(report)
+    parts += deltas_against_rag_only(report, cols) + dimensions(report) + probes(report)
     parts.append(f"<p class='muted'>{_e(report_io.LATENCY_NOTE)}</p>")
     parts.append("<h2>Stages</h2><div class='cards'>")
     parts += [f"<section class='card'><h3>{_e(title)}</h3>{body}</section>" for title, body in cards]

@@ -1,8 +1,9 @@
 """Each configuration's ranking of the corpus for every held-out query, batched: dense, hybrid, reranked.
 
-One :class:`~ragtune.pipeline.retrieval.DenseRetriever` per embedder (corpus embeddings cached under
-``cache/embeddings``), exact top-k for all queries in one matrix product, one batched rerank per
-reranker — never one LlamaIndex retrieve per query, yet the same order the served engine returns.
+One :class:`~ragtune.pipeline.retrieval.DenseRetriever` per embedder and dimension (corpus embeddings cached
+under ``cache/embeddings`` at full dimension, cut to a configuration's ``truncate_dim``), exact top-k for all
+queries in one matrix product, one batched rerank per reranker — never one LlamaIndex retrieve per query, yet
+the same order the served engine returns.
 """
 
 from __future__ import annotations
@@ -87,37 +88,44 @@ def rank_configurations(
     reranker_max_length: int,
     seed: int,
     score_block_mb: float = SCORE_BLOCK_MB,
-) -> tuple[dict[str, Ranking], dict[str, DenseRetriever]]:
-    """Every configuration's top-``depth`` ranking: one retrieval per embedder, BM25 once, one rerank each.
+) -> tuple[dict[str, Ranking], dict[tuple[str, int | None], DenseRetriever]]:
+    """Every configuration's top-``depth`` ranking: one retrieval per embedder and dimension, BM25 once, one
+    rerank each.
 
     Args:
         run: the run directory (its ``cache/embeddings`` holds the corpus embeddings).
         corpus: the chunks.
         texts: the held-out query texts.
         components: model paths per configuration name.
-        choices: the configuration per name (retrieval mode, top_k, hybrid_depth).
+        choices: the configuration per name (retrieval mode, top_k, hybrid_depth, truncate_dim).
         depth: how many chunk ids each ranking keeps.
         reranker_max_length: the cross-encoder's max tokens per (query, chunk) pair.
         seed: seeds a base cross-encoder's fresh head, as serving does.
         score_block_mb: memory bound of the exact search's score blocks (``run.score_block_mb``).
 
     Returns:
-        (ranking per configuration, the dense retriever per embedder path, for the probes to reuse).
+        (ranking per configuration, the dense retriever per (embedder path, truncate_dim), for the probes and the
+        per-dimension table to reuse).
     """
     chunks = {c["id"]: c for c in corpus}
     bm25 = bm25_rankings(bm25_retriever(corpus, depth), texts) if any_hybrid(choices.values()) else None
-    retrievers: dict[str, DenseRetriever] = {}
-    first_stage: dict[str, Ranking] = {}
+    retrievers: dict[tuple[str, int | None], DenseRetriever] = {}
+    first_stage: dict[tuple[str, int | None], Ranking] = {}
     rankings: dict[str, Ranking] = {}
     rerankers: dict[str, Reranker] = {}
     for name, comp in components.items():
         choice = choices[name]
-        if comp.embedder not in retrievers:
-            retrievers[comp.embedder] = DenseRetriever.load(
-                comp.embedder, corpus, cache_dir=run.path(EMBEDDING_CACHE), score_block_mb=score_block_mb
+        key = (comp.embedder, choice.truncate_dim)
+        if key not in retrievers:
+            retrievers[key] = DenseRetriever.load(
+                comp.embedder,
+                corpus,
+                cache_dir=run.path(EMBEDDING_CACHE),
+                score_block_mb=score_block_mb,
+                truncate_dim=choice.truncate_dim,
             )
-            first_stage[comp.embedder] = retrieve(retrievers[comp.embedder], texts, depth)
-        ranking = first_stage[comp.embedder]
+            first_stage[key] = retrieve(retrievers[key], texts, depth)
+        ranking = first_stage[key]
         if choice.retrieval == "hybrid":
             ranking = hybrid_ranking(ranking, bm25, choice.hybrid_depth, depth)
         if comp.reranker is not None:

@@ -272,6 +272,45 @@ def render_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+DIMENSIONS_TITLE = "Matryoshka dimensions (embed.matryoshka_dims)"
+
+
+def dimensions_intro(table: dict) -> str:
+    """What the per-dimension table (:func:`ragtune.eval.dimensions.dimension_table`) measured."""
+    return (
+        "Dense retrieval alone (no reranker) on the held-out queries, each embedder's vectors cut to the dimension "
+        "and renormalised, as assemble.truncate_dim serves them: what a smaller index costs. Full dimension "
+        f"{table['full_dimension']}; served: {table['served_dimension']}."
+    )
+
+
+def dimension_rows(table: dict) -> tuple[list[str], list[list]]:
+    """The per-dimension table as a header and rows: the dimension's label, then each embedder's means (None where
+    it is narrower than the row).
+
+    Example:
+        >>> table = {"full_dimension": 32, "served_dimension": 16, "rows": [
+        ...     {"dimension": 32, "tuned": {"ndcg@10": 0.5, "recall@10": 0.75}, "base": None},
+        ...     {"dimension": 16, "tuned": {"ndcg@10": 0.25, "recall@10": 0.5}, "base": None}]}
+        >>> header, rows = dimension_rows(table)
+        >>> header
+        ['dimension', 'tuned nDCG@10', 'tuned R@10', 'base nDCG@10', 'base R@10']
+        >>> rows
+        [['32 (full)', 0.5, 0.75, None, None], ['16 (served)', 0.25, 0.5, None, None]]
+    """
+    labels = dict(TABLE_METRICS)
+    metrics = ("ndcg@10", "recall@10")
+    embedders = ("tuned", "base")
+    header = ["dimension", *(f"{e} {labels[m]}" for e in embedders for m in metrics)]
+    rows = []
+    for row in table["rows"]:
+        dim = row["dimension"]
+        notes = [w for w, d in (("full", table["full_dimension"]), ("served", table["served_dimension"])) if d == dim]
+        name = f"{dim} ({', '.join(notes)})" if notes else str(dim)
+        rows.append([name, *((row[e] or {}).get(m) for e in embedders for m in metrics)])
+    return header, rows
+
+
 def interval_text(iv: dict | None) -> str:
     """``+0.012 [-0.003, +0.027]``, or – when there is no interval."""
     if iv is None:
@@ -280,7 +319,8 @@ def interval_text(iv: dict | None) -> str:
 
 
 def render_markdown(report: dict) -> str:
-    """The full report as markdown: queries, table, verdicts, deltas, probes, the fine-tune note."""
+    """The full report as markdown: queries, table, verdicts, deltas, the per-dimension table, probes, the
+    fine-tune note."""
     q = report["queries"]
     cols = _columns(report)
     out = [
@@ -358,6 +398,11 @@ def render_markdown(report: dict) -> str:
         for name, by_ref in report["deltas"].items():
             ivs = by_ref["vs_rag_only"]["metrics"]
             out.append(f"| {name} | " + " | ".join(interval_text(ivs.get(m)) for m in metrics) + " |")
+    if report.get("dimensions"):
+        header, rows = dimension_rows(report["dimensions"])
+        out += ["", f"## {DIMENSIONS_TITLE}", "", dimensions_intro(report["dimensions"]), ""]
+        out += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        out += [f"| {row[0]} | " + " | ".join(_fmt(v) for v in row[1:]) + " |" for row in rows]
     if report.get("probes"):
         out += [
             "",

@@ -626,6 +626,14 @@ class AssembleConfig(Section):
     hybrid_depth: int = Field(
         50, ge=1, description="hybrid: chunks each of BM25 and the embedder contributes before fusion (>= top_k)."
     )
+    truncate_dim: int | None = Field(
+        None,
+        ge=1,
+        description="Serve the embedder's vectors cut to their first truncate_dim dimensions and renormalised "
+        "(sentence-transformers' truncate_dim): a smaller index and faster search, for an embedder trained with "
+        "embed.matryoshka_dims. Checked against the embedder's dimension when it loads; null: the full dimension. "
+        "Eval's configurations measure at it too, but for the untrained baselines (rag_only, rag_hybrid).",
+    )
 
     @field_validator("vector_store")
     @classmethod

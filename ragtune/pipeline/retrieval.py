@@ -1,9 +1,11 @@
 """Batched retrieval shared by mining, RAFT building and evaluation.
 
-Corpus embeddings are computed once per (model, corpus) pair and cached on disk by content hash;
-queries are encoded in batches; scores are one matrix product and exact top-k (no approximate
-index, no per-query Python loop); reranking scores every (query, candidate) pair in one batched
-``CrossEncoder.predict`` call.
+Corpus embeddings are computed once per (model, corpus) pair and cached on disk by content hash, always at
+the model's full dimension; an embedder served truncated (``assemble.truncate_dim``) cuts the cached vectors
+and renormalises them, which is what sentence-transformers' ``truncate_dim`` gives, so one file serves every
+dimension and never holds vectors of two. Queries are encoded in batches; scores are one matrix product and
+exact top-k (no approximate index, no per-query Python loop); reranking scores every (query, candidate) pair
+in one batched ``CrossEncoder.predict`` call.
 
 Example (a sketch over a finished run, not run as a doctest):
     retriever = DenseRetriever.load("bundled:minilm-l6", corpus, cache_dir=run.path(EMBEDDING_CACHE))
@@ -17,13 +19,17 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from ragtune.pipeline.config import ConfigError
 from ragtune.pipeline.models import resolve_model
 from ragtune.pipeline.ranking import fuse_scores, mean_metrics, per_query_metrics
 from ragtune.pipeline.rundir import atomic_file, hash_path, is_main_process
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +54,90 @@ def model_hash(model_path: str) -> str:
 def embedding_cache_file(cache_dir: Path, model_path: str, corpus: Sequence[dict]) -> Path:
     """Where the corpus embeddings of ``model_path`` are cached: ``<model hash>-<corpus hash>.pt``."""
     return Path(cache_dir) / f"{model_hash(model_path)}-{corpus_hash(corpus)}.pt"
+
+
+def check_truncate_dim(model: SentenceTransformer, truncate_dim: int | None, name: str) -> None:
+    """Refuse an ``assemble.truncate_dim`` above the embedder's own dimension (sentence-transformers would serve
+    its full vectors without a word).
+
+    Args:
+        model: a loaded ``SentenceTransformer``.
+        truncate_dim: the dimension it is to serve (None: full).
+        name: the model's path or reference, for the message.
+
+    Raises:
+        ConfigError: naming ``assemble.truncate_dim``, the embedder and its dimension.
+    """
+    if truncate_dim is None:
+        return
+    with model.truncate_embeddings(None):
+        dim = model.get_embedding_dimension()
+    if truncate_dim > dim:
+        raise ConfigError(f"assemble.truncate_dim: {truncate_dim} exceeds the embedding dimension {dim} of {name}")
+
+
+def load_embedder(model_path: str, truncate_dim: int | None = None) -> SentenceTransformer:
+    """The ``SentenceTransformer`` in ``model_path``, encoding at ``truncate_dim`` (its own ``truncate_dim``: every
+    ``encode*`` cuts the vectors, then normalises them when asked).
+
+    Raises:
+        ConfigError: ``truncate_dim`` exceeds the model's dimension (:func:`check_truncate_dim`).
+    """
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(model_path, truncate_dim=truncate_dim)
+    check_truncate_dim(model, truncate_dim, model_path)
+    return model
+
+
+def truncate_normalized(embeddings: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """Normalised embeddings cut to their first ``dim`` columns and normalised again.
+
+    The same vectors, up to rounding, as sentence-transformers' ``encode(..., truncate_dim=dim,
+    normalize_embeddings=True)``, which cuts before it normalises: the cut of a normalised vector differs from the
+    cut of the raw one only by a scale, which normalising removes.
+
+    Example:
+        >>> truncate_normalized(torch.tensor([[0.6, 0.0, 0.8], [0.0, 0.6, 0.8]]), 2)
+        tensor([[1., 0.],
+                [0., 1.]])
+        >>> truncate_normalized(torch.tensor([[0.6, 0.8]]), None)   # None (or the full dimension): unchanged
+        tensor([[0.6000, 0.8000]])
+    """
+    if dim is None or dim >= embeddings.shape[-1]:
+        return embeddings
+    from sentence_transformers.util import truncate_embeddings
+
+    return torch.nn.functional.normalize(truncate_embeddings(embeddings, dim), dim=-1)
+
+
+def encode_corpus(
+    model: SentenceTransformer, corpus: Sequence[dict], batch_size: int = 64, name: str = "the model in memory"
+) -> torch.Tensor:
+    """Normalised document embeddings of the corpus at the model's full dimension, its ``truncate_dim`` set aside
+    (the form the cache holds); on the CPU."""
+    logger.info("corpus embeddings of %s (%d chunks): encoding", name, len(corpus))
+    with model.truncate_embeddings(None):
+        return model.encode_document(
+            [row["text"] for row in corpus],
+            batch_size=batch_size,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=is_main_process(),
+        ).cpu()
+
+
+def write_embedding_cache(cache: Path, embeddings: torch.Tensor) -> bool:
+    """Write full-dimension corpus embeddings to their cache file, atomically, on the main process only.
+
+    Returns:
+        Whether this process wrote it.
+    """
+    if not is_main_process():
+        return False
+    with atomic_file(cache) as tmp:
+        torch.save(embeddings, tmp)
+    return True
 
 
 SCORE_BLOCK_MB = 256  # default of ``run.score_block_mb``
@@ -94,10 +184,14 @@ def exact_top_k(
 class DenseRetriever:
     """A bi-encoder over a fixed corpus with cached, normalised corpus embeddings.
 
+    A model loaded with ``truncate_dim`` (:func:`load_embedder`) retrieves at that dimension: its queries are cut
+    by sentence-transformers, the corpus embeddings by :func:`truncate_normalized`.
+
     Args:
         model: a loaded ``SentenceTransformer``.
         corpus: chunk rows (``id``, ``text``).
-        embeddings: (n, d) normalised corpus embeddings, aligned with ``corpus``.
+        embeddings: (n, d) normalised corpus embeddings at the model's full dimension (as the cache holds them),
+            aligned with ``corpus``.
         score_block_mb: memory bound of any (queries, n) score matrix it holds (``run.score_block_mb``).
     """
 
@@ -108,7 +202,8 @@ class DenseRetriever:
         self.corpus = list(corpus)
         self.ids = [row["id"] for row in corpus]
         self.positions = {cid: i for i, cid in enumerate(self.ids)}
-        self.embeddings = embeddings
+        self.truncate_dim: int | None = getattr(model, "truncate_dim", None)
+        self.embeddings = truncate_normalized(embeddings, self.truncate_dim)
         self.score_block_mb = score_block_mb
 
     @classmethod
@@ -119,18 +214,21 @@ class DenseRetriever:
         cache_dir: Path | None = None,
         batch_size: int = 64,
         score_block_mb: float = SCORE_BLOCK_MB,
+        truncate_dim: int | None = None,
     ) -> DenseRetriever:
-        """Load the embedder and encode (or read from cache) the corpus.
+        """Load the embedder (at ``truncate_dim``, :func:`load_embedder`) and encode (or read from cache) the corpus.
 
         The cache file is ``<cache_dir>/<model hash>-<corpus hash>.pt``: a changed model or corpus
         never reuses stale vectors, and a rerun never re-encodes an unchanged corpus. Every consumer
         (round trip, stage 1's evaluations, mining, RAFT, the eval harness, the assembled index) reads
-        this one file, so each (model, corpus) pair is encoded once per run; the log says which.
-        """
-        from sentence_transformers import SentenceTransformer
+        this one file, so each (model, corpus) pair is encoded once per run; the log says which. It holds
+        full-dimension vectors whatever ``truncate_dim`` is: the retriever cuts them.
 
+        Raises:
+            ConfigError: ``truncate_dim`` exceeds the model's dimension.
+        """
         path = resolve_model(model_ref)
-        model = SentenceTransformer(path)
+        model = load_embedder(path, truncate_dim)
         if cache_dir is None:
             return cls.encode(model, corpus, batch_size, score_block_mb, name=model_ref)
         return cls.cached(model, path, corpus, cache_dir, batch_size, score_block_mb, name=model_ref)
@@ -146,14 +244,15 @@ class DenseRetriever:
         score_block_mb: float = SCORE_BLOCK_MB,
         name: str | None = None,
     ) -> DenseRetriever:
-        """A loaded model's retriever over the run's cache: read ``model_path``'s file, or encode once and store it."""
+        """A loaded model's retriever over the run's cache: read ``model_path``'s file, or encode once and store it
+        (full-dimension vectors either way; a model with ``truncate_dim`` retrieves with them cut)."""
         name, cache = name or model_path, embedding_cache_file(cache_dir, model_path, corpus)
         if cache.exists():
             logger.info("corpus embeddings of %s (%d chunks): read from %s", name, len(corpus), cache.name)
             return cls(model, corpus, torch.load(cache), score_block_mb)
-        retriever = cls.encode(model, corpus, batch_size, score_block_mb, name=name)
-        retriever.save_cache(cache_dir, model_path)
-        return retriever
+        embeddings = encode_corpus(model, corpus, batch_size, name)
+        write_embedding_cache(cache, embeddings)
+        return cls(model, corpus, embeddings, score_block_mb)
 
     @classmethod
     def encode(
@@ -165,24 +264,18 @@ class DenseRetriever:
         name: str = "the model in memory",
     ) -> DenseRetriever:
         """Encode the corpus with a loaded model (no cache read; :meth:`save_cache` stores it once saved)."""
-        logger.info("corpus embeddings of %s (%d chunks): encoding", name, len(corpus))
-        embeddings = model.encode_document(
-            [row["text"] for row in corpus],
-            batch_size=batch_size,
-            convert_to_tensor=True,
-            normalize_embeddings=True,
-            show_progress_bar=is_main_process(),
-        ).cpu()
-        return cls(model, corpus, embeddings, score_block_mb)
+        return cls(model, corpus, encode_corpus(model, corpus, batch_size, name), score_block_mb)
 
     def save_cache(self, cache_dir: Path, model_path: str) -> Path | None:
-        """Store the corpus embeddings as the cache file of ``model_path`` (main process; atomic)."""
-        if not is_main_process():
-            return None
+        """Store the corpus embeddings as the cache file of ``model_path`` (main process; atomic).
+
+        Raises:
+            ValueError: the retriever's vectors are truncated; the cache holds full-dimension ones only.
+        """
+        if self.truncate_dim is not None:
+            raise ValueError(f"{model_path}: vectors truncated to {self.truncate_dim} dimensions are not cached")
         cache = embedding_cache_file(cache_dir, model_path, self.corpus)
-        with atomic_file(cache) as tmp:
-            torch.save(self.embeddings, tmp)
-        return cache
+        return cache if write_embedding_cache(cache, self.embeddings) else None
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """Normalised query embeddings in batches (through the model's query route, if it has one)."""

@@ -223,3 +223,50 @@ def test_extractive_generator_answers_with_a_context_sentence_and_no_llm(
         ]
     )
     assert capsys.readouterr().out.startswith(f"Answer: {response.response}")
+
+
+def test_truncate_dim_serves_cut_vectors_through_the_index_the_engine_and_the_server(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path
+) -> None:
+    from ragtune.app.serve import load_stack
+    from ragtune.pipeline.config import ConfigError
+
+    cfg, run = _setup(tiny_config, tiny_bert_dir, tiny_llama_dir)
+    _record_embedder(run, tiny_bert_dir)
+    served = ["assemble.reranker=none", "assemble.generator=extractive", "assemble.retrieval=dense"]
+    # The server's stack (what /v1/embeddings encodes with) is the engine's, at the served dimension, normalised.
+    stack = load_stack(run.root, [*served, "assemble.truncate_dim=16"])
+    for input_type in ("query", "document"):
+        [vector] = stack.embed(["heron failover"], input_type)
+        assert len(vector) == 16 and torch.tensor(vector).norm().item() == pytest.approx(1.0, abs=1e-5)
+    meta = json.loads(run.path("index/meta.json").read_text())
+    assert meta["truncate_dim"] == 16
+    # The index holds 16-dimensional vectors; the shared embedding cache still holds the full ones.
+    stored = json.loads(run.path("index/default__vector_store.json").read_text())["embedding_dict"]
+    corpus = read_jsonl(run.path("data/corpus.jsonl"))
+    assert len(stored) == len(corpus) and {len(v) for v in stored.values()} == {16}
+    [cached] = list(run.path("cache/embeddings").iterdir())
+    assert torch.load(cached).shape == (len(corpus), 32)
+    engine = stack.engine
+    queries = [q["text"] for q in read_jsonl(run.path("data/queries.jsonl"))]
+    # ... and it retrieves what the harness's retriever does at the same dimension.
+    path = str(run.path("embed/model"))
+    k = cfg.assemble.top_n
+    harness = retrieve(
+        DenseRetriever.load(path, corpus, cache_dir=run.path("cache/embeddings"), truncate_dim=16), queries, k
+    )
+    assert [[chunk_id_of(n.node) for n in engine.retriever.retrieve(q)] for q in queries] == harness.ranked
+    full = retrieve(DenseRetriever.load(path, corpus, cache_dir=run.path("cache/embeddings")), queries, k)
+    assert full.ranked != harness.ranked  # the cut changed some ranking: the engine did not serve full vectors
+
+    # Back to the full dimension: the index is rebuilt at it.
+    assert len(load_stack(run.root, served).embed(["heron failover"], "query")[0]) == 32
+    rebuilt = json.loads(run.path("index/meta.json").read_text())
+    assert rebuilt["truncate_dim"] is None and rebuilt["built"] > meta["built"]
+    # A dimension above the embedder's is refused when it loads, naming the key.
+    with pytest.raises(ConfigError, match=r"assemble\.truncate_dim: 64 exceeds the embedding dimension 32"):
+        build_query_engine(
+            cfg,
+            run,
+            cfg.assemble.model_copy(update={"reranker": "none", "generator": "extractive", "truncate_dim": 64}),
+        )

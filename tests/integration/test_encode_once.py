@@ -51,3 +51,8 @@ def test_a_full_run_and_the_assembled_index_encode_each_model_corpus_pair_once(
     assert run.path("index/meta.json").exists()
     assert len(corpus_encodes) == 2, corpus_encodes
     assert set(corpus_encodes.values()) == {1}, corpus_encodes
+
+    # Serving the embedder truncated (assemble.truncate_dim) rebuilds the index from the same full-dimension cache.
+    cli(["query", str(run.root), "how long may a failover take", "assemble.truncate_dim=16"])
+    assert run.path("index/meta.json").read_text().count('"truncate_dim": 16') == 1
+    assert Counter(model for model, texts in calls if texts == corpus) == corpus_encodes

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, simulate_embed_stage, tiny_model_overrides
 
 from ragtune.app.cli import main as cli
@@ -248,3 +249,37 @@ def test_beir_dataset_without_answers_evaluates_retrieval_only(
     assert "F1" not in run.path("eval/report.md").read_text()
     with run.path("eval/per_query.csv").open() as fh:
         assert "answer" not in next(csv.reader(fh))
+
+
+def test_with_matryoshka_dims_the_report_measures_each_dimension_and_the_served_one(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path
+) -> None:
+    overrides = [
+        *_overrides(tiny_bert_dir, tiny_llama_dir),
+        "eval.generation=false",
+        "eval.configurations=[rag_only, embed]",
+        "embed.matryoshka_dims=[16, 4]",
+        "assemble.truncate_dim=8",
+    ]
+    cli(["data", str(tiny_config), *overrides])
+    run = run_dir_of(tiny_config)
+    simulate_embed_stage(run, tiny_bert_dir)
+    cli(["eval", str(tiny_config), *overrides])
+    report = json.loads(run.path("eval/report.json").read_text())
+    table = report["dimensions"]
+    assert (table["full_dimension"], table["served_dimension"]) == (32, 8)
+    rows = {row["dimension"]: row for row in table["rows"]}
+    assert list(rows) == [32, 16, 8, 4]  # the full one, the trained ones and the served one, widest first
+    confs = report["configurations"]
+    # The tuned embedder serves at assemble.truncate_dim, and the table's row at it is that configuration's figures;
+    # plain RAG is the base at its full dimension, the table's full row.
+    assert confs["embed"]["components"]["truncate_dim"] == 8 and "truncate_dim" not in confs["rag_only"]["components"]
+    for metric in ("ndcg@10", "recall@10"):
+        assert rows[8]["tuned"][metric] == pytest.approx(confs["embed"]["metrics"][metric], abs=1e-9)
+        assert rows[32]["base"][metric] == pytest.approx(confs["rag_only"]["metrics"][metric], abs=1e-9)
+    assert rows[4]["tuned"] != rows[32]["tuned"]  # a four-dimensional cut of a random tiny model ranks otherwise
+    markdown = run.path("eval/report.md").read_text()
+    assert "## Matryoshka dimensions (embed.matryoshka_dims)" in markdown and "| 8 (served) |" in markdown
+    assert "Matryoshka dimensions" in run.path("eval/report.html").read_text()
+    # Corpus embeddings were cached once per model, at the full dimension.
+    assert [torch.load(p).shape[1] for p in run.path("cache/embeddings").iterdir()] == [32]

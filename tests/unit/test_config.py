@@ -235,3 +235,11 @@ def test_every_config_field_has_a_description() -> None:
     ]
     missing = [f"{s.__name__}.{f}" for s in sections for f, info in s.model_fields.items() if not info.description]
     assert len(sections) > 10 and missing == []
+
+
+@pytest.mark.parametrize("value", ["0", "-8"])
+def test_assemble_truncate_dim_must_be_positive_and_the_error_names_it(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"assemble\.truncate_dim: Input should be greater than or equal to 1"):
+        load_config(Path("configs/tiny.yaml"), [f"assemble.truncate_dim={value}"])
+    assert load_config(Path("configs/tiny.yaml"), ["assemble.truncate_dim=16"]).assemble.truncate_dim == 16
+    assert load_config(Path("configs/tiny.yaml")).assemble.truncate_dim is None  # the full dimension by default

@@ -58,6 +58,16 @@ def test_configurations_order_builtins_and_custom_inherit_sizes() -> None:
         configuration_choices(load_config(TINY, ["eval.configurations=[nope]"]))
 
 
+def test_configurations_measure_at_the_served_dimension_but_the_untrained_baselines() -> None:
+    cfg = load_config(
+        TINY, ["assemble.truncate_dim=16", "eval.custom={full_dim: {embedder: tuned, truncate_dim: null}}"]
+    )
+    dims = {name: choice.truncate_dim for name, choice in configuration_choices(cfg).items()}
+    assert dims["rag_only"] is None and dims["rag_hybrid"] is None  # plain RAG: the base at its full dimension
+    assert dims["embed"] == dims["embed_rerank"] == dims["full"] == 16  # what serves
+    assert dims["full_dim"] is None  # a custom configuration sets its own
+
+
 def test_the_hybrid_baseline_is_built_in_and_the_first_tuned_step_is_read_against_the_stronger_baseline() -> None:
     from ragtune.eval.comparison import compare, verdicts
 

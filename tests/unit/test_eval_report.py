@@ -3,8 +3,10 @@ from pathlib import Path
 
 import pytest
 
+from ragtune.eval.html_report import render_html
 from ragtune.eval.report import (
     CHART_METRICS,
+    DIMENSIONS_TITLE,
     deltas_figure,
     fine_tune_note,
     metrics_figure,
@@ -98,3 +100,30 @@ def test_the_recall_label_says_which_labelling_it_measured() -> None:
     )
     mixed = recall_label({"k": 10, "level": "mixed", "chunk_queries": 12, "document_queries": 3})
     assert "evidence chunks for 12 queries, documents for 3" in mixed
+
+
+def test_the_per_dimension_table_is_in_the_markdown_and_the_html_report_when_measured() -> None:
+    report = _full_report()
+    assert DIMENSIONS_TITLE not in render_markdown(report) and DIMENSIONS_TITLE not in render_html(report, [], [])
+    report["dimensions"] = {
+        "full_dimension": 32,
+        "served_dimension": 16,
+        "rows": [
+            {"dimension": 32, "tuned": {"ndcg@10": 0.61, "recall@10": 0.8}, "base": {"ndcg@10": 0.4, "recall@10": 0.6}},
+            {"dimension": 16, "tuned": {"ndcg@10": 0.55, "recall@10": 0.7}, "base": {"ndcg@10": 0.3, "recall@10": 0.5}},
+            {"dimension": 8, "tuned": {"ndcg@10": 0.42, "recall@10": 0.6}, "base": None},
+        ],
+    }
+    lines = render_markdown(report).splitlines()
+    start = lines.index(f"## {DIMENSIONS_TITLE}")
+    assert "Full dimension 32; served: 16." in lines[start + 2]
+    assert lines[start + 4 : start + 9] == [
+        "| dimension | tuned nDCG@10 | tuned R@10 | base nDCG@10 | base R@10 |",
+        "|---|---|---|---|---|",
+        "| 32 (full) | 0.610 | 0.800 | 0.400 | 0.600 |",
+        "| 16 (served) | 0.550 | 0.700 | 0.300 | 0.500 |",
+        "| 8 | 0.420 | 0.600 | – | – |",
+    ]
+    page = render_html(report, [], [])
+    assert f"<h2>{DIMENSIONS_TITLE}</h2>" in page
+    assert '<td>16 (served)</td><td class="num">0.550</td>' in page and "<td>8</td>" in page

@@ -4,14 +4,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from ragtune.pipeline.config import ConfigError
 from ragtune.pipeline.retrieval import (
     FUSION_FILE,
     DenseRetriever,
     corpus_hash,
     exact_top_k,
+    load_embedder,
     load_fusion_weight,
     query_block,
     rerank,
+    truncate_normalized,
 )
 
 
@@ -43,6 +46,43 @@ def test_retriever_caches_corpus_embeddings_by_content(tiny_bert_dir: Path, tmp_
     # A changed corpus gets its own cache file.
     DenseRetriever.load(str(tiny_bert_dir), [*corpus, {"id": "new", "text": "x"}], cache_dir=cache)
     assert len(list(cache.iterdir())) == 2
+
+
+def test_a_truncated_retriever_serves_cut_vectors_and_the_cache_keeps_full_ones(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    corpus = [{"id": f"c{i}", "text": f"Heron berth number {i} routes orders."} for i in range(6)]
+    texts, query = [c["text"] for c in corpus], ["which berth routes orders"]
+    cache = tmp_path / "emb"
+    full_dim = SentenceTransformer(str(tiny_bert_dir)).get_embedding_dimension()
+    # Truncated first: the cache file it writes still holds full vectors.
+    cut = DenseRetriever.load(str(tiny_bert_dir), corpus, cache_dir=cache, truncate_dim=16)
+    [cached] = list(cache.iterdir())
+    assert torch.load(cached).shape == (6, full_dim) == (6, 32)
+    assert cut.embeddings.shape == (6, 16) and cut.encode_queries(query).shape == (1, 16)
+    # The cut cached vectors are sentence-transformers' own truncate_dim vectors (cut, then normalised).
+    library = SentenceTransformer(str(tiny_bert_dir), truncate_dim=16)
+    assert torch.allclose(
+        cut.embeddings, library.encode_document(texts, convert_to_tensor=True, normalize_embeddings=True), atol=1e-5
+    )
+    assert torch.allclose(cut.embeddings.norm(dim=1), torch.ones(6), atol=1e-5)
+    # A full retriever reads the same file and gets full vectors, never the truncated ones.
+    full = DenseRetriever.load(str(tiny_bert_dir), corpus, cache_dir=cache)
+    assert full.embeddings.shape == (6, 32) and len(list(cache.iterdir())) == 1
+    assert torch.equal(truncate_normalized(full.embeddings, 16), cut.embeddings)
+    # ... and a truncated retriever reading a cache a full one wrote cuts it the same way.
+    again = DenseRetriever.load(str(tiny_bert_dir), corpus, cache_dir=cache, truncate_dim=8)
+    assert again.embeddings.shape == (6, 8) and again.encode_queries(query).shape == (1, 8)
+    with pytest.raises(ValueError, match="not cached"):
+        again.save_cache(cache, str(tiny_bert_dir))
+
+
+def test_a_truncate_dim_above_the_model_dimension_names_the_key(tiny_bert_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"assemble\.truncate_dim: 64 exceeds the embedding dimension 32"):
+        load_embedder(str(tiny_bert_dir), 64)
+    assert load_embedder(str(tiny_bert_dir), 32).encode(["x"]).shape == (1, 32)  # the full dimension is allowed
 
 
 class _LengthScorer:
