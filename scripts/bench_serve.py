@@ -1,12 +1,13 @@
 """Load on `ragtune serve`: concurrent chats and embeddings against a finished run, on loopback.
 
-    .venv/bin/python scripts/bench_serve.py runs/demo [--chats 16] [--embeddings 50] [--port 8765]
+    .venv/bin/python scripts/bench_serve.py runs/demo [--chats 16] [--embeddings 50] [--port 8765] [key=value ...]
 
 Starts the server in a child process (as a user would, with an API key), waits until it answers, then sends
 ``--chats`` chat completions at once and ``--embeddings`` embedding requests at once (each in its own thread,
 with the ``openai`` client), and prints per kind: latency p50 and p95, errors by status code (a full chat queue
-answers 503 by design), and the server's resident memory before and after. Nothing is timed by a test: the
-figures go in docs/integrations.md.
+answers 503 by design), and the server's resident memory before and after. Config overrides after the run
+directory go to the server (e.g. ``assemble.generator=base`` to measure the LLM rather than the gate's choice).
+Nothing is timed by a test: the figures go in docs/integrations.md.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--chats", type=int, default=16)
     parser.add_argument("--embeddings", type=int, default=50)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("overrides", nargs="*", help="config overrides passed to ragtune serve")
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_KEY": KEY}
     cmd = [
@@ -82,6 +84,7 @@ def main() -> None:
         str(args.port),
         "--api-key-env",
         "BENCH_KEY",
+        *args.overrides,
     ]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{args.port}/v1"

@@ -1,0 +1,190 @@
+"""Why training the query-likelihood reranker adds little: its loss and dev gain by query origin and negative source.
+
+Run it on a finished run (after `ragtune rerank CONFIG`; only the train split and the rerank dev slice are read,
+never the eval split):
+    .venv/bin/python scripts/rerank_sources.py configs/demo.yaml [--lists 40] [--steps 20] [--out FILE]
+
+Training lists (a positive and ``--negatives`` negatives) are built per query origin:
+- ``human``: the train split's labelled questions (outside the dev slice);
+- ``synthetic``: the data stage's queries, written by the same LM that scores (the default reranker's);
+- ``inverse_cloze``: a sentence of a chunk of a training document, the rest of the chunk its positive;
+and per negative source, from the candidates of the tuned embedder's top ``--pool`` (labelled chunks left out):
+- ``embedder``: the embedder's highest-ranked (what stage 2 mines);
+- ``bm25``: BM25's highest-ranked over the whole corpus;
+- ``lm``: the untrained LM's highest-scored among the embedder's pool (hard for the scorer itself).
+
+For each (origin, source) the script prints the untrained LM's listwise loss on the lists (softmax
+cross-entropy at the stage's temperature; ln(1 + negatives) is chance) and how often it already ranks the positive
+first; then it LoRA-trains a fresh adapter for ``--steps`` steps on those lists with the stage's settings and
+prints the dev slice's nDCG@10 of the reranker alone and fused with the retriever (weight by the stage's rule),
+against the untrained LM's. The table goes in docs/rerank.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from ragtune.pipeline.config import load_config  # noqa: E402 (after the path set-up)
+from ragtune.pipeline.hybrid import bm25_rankings, bm25_retriever  # noqa: E402
+from ragtune.pipeline.pseudo_queries import inverse_cloze_queries  # noqa: E402
+from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker, untrained_cache_name  # noqa: E402
+from ragtune.pipeline.retrieval import DenseRetriever  # noqa: E402
+from ragtune.pipeline.rundir import EMBEDDING_CACHE, SCORE_CACHE, RunDir, read_jsonl  # noqa: E402
+from ragtune.stages.rerank.curve import curve_point, dev_candidates  # noqa: E402
+from ragtune.stages.rerank.likelihood import (  # noqa: E402
+    ListCollator,
+    build_query_likelihood,
+    train_query_likelihood,
+)
+from ragtune.stages.rerank.mine import rerank_dev_split  # noqa: E402
+from ragtune.stages.rerank.train import build_training_args  # noqa: E402
+
+ORIGINS = ("human", "synthetic", "inverse_cloze")
+SOURCES = ("embedder", "bm25", "lm")
+
+
+def origin_of(query: dict[str, Any]) -> str:
+    return query.get("origin") or ("inverse_cloze" if query["qid"].startswith("ict-") else "human")
+
+
+def first_negatives(ranked: list[str], relevant: set[str], n: int) -> list[str]:
+    """The first ``n`` chunk ids of ``ranked`` that are not labelled relevant.
+
+    Example:
+        >>> first_negatives(["a", "p", "b", "c"], {"p"}, 2)
+        ['a', 'b']
+    """
+    return [c for c in ranked if c not in relevant][:n]
+
+
+def listwise_loss(model: QueryLikelihoodReranker, lists: list[dict[str, Any]]) -> tuple[float, float]:
+    """The untrained model's mean listwise loss on ``lists`` and the share of lists whose positive it ranks first."""
+    collate, losses, firsts = ListCollator(model), [], []
+    with torch.no_grad():
+        for start in range(0, len(lists), 4):
+            batch = collate(lists[start : start + 4])
+            out = model(**batch)
+            losses.append(float(out["loss"]) * len(batch["list_sizes"]))
+            for row in out["scores"].split(batch["list_sizes"].tolist()):
+                firsts.append(int(row.argmax()) == 0)
+    return sum(losses) / len(lists), sum(firsts) / len(firsts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("--lists", type=int, default=40, help="training lists per variant (the same for all)")
+    parser.add_argument("--negatives", type=int, default=3)
+    parser.add_argument("--pool", type=int, default=20, help="the embedder's candidates the lm source scores")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=None, help="JSON lines of the results")
+    parser.add_argument("--only", nargs="*", default=None, help="variants origin/source to train (default all)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    run = RunDir(Path(cfg.run.output_dir) / cfg.run.name)
+    rng = random.Random(cfg.run.seed)
+
+    # 1. The run's corpus, train queries by origin (the dev slice left out), the dev candidates.
+    corpus = read_jsonl(run.require("data", "corpus")["corpus"])
+    by_id = {c["id"]: c for c in corpus}
+    queries = read_jsonl(run.require("data", "queries")["queries"])
+    dev_queries, kept_out = rerank_dev_split(cfg, queries)
+    held_out_docs = {by_id[c]["doc_id"] for q in queries if q["split"] != "train" or q["qid"] in kept_out
+                     for c in q["relevance"]}  # fmt: skip
+    train = [q for q in queries if q["split"] == "train" and q["qid"] not in kept_out and q["positives"]]
+    train += inverse_cloze_queries(corpus, held_out_docs, args.lists, cfg.run.seed)
+    groups = {o: [q for q in train if origin_of(q) == o] for o in ORIGINS}
+    groups = {o: rng.sample(g, min(args.lists, len(g))) for o, g in groups.items() if g}
+    print("train queries per origin:", {o: len(g) for o, g in groups.items()}, "dev queries:", len(dev_queries))
+    retriever = DenseRetriever.load(
+        str(run.require("embed", "model")["model"]), corpus, cache_dir=run.path(EMBEDDING_CACHE)
+    )
+    dev = dev_candidates(retriever, dev_queries, cfg.rerank.retrieve_top_k)
+
+    # 2. Negatives of every source for every chosen query.
+    chosen = [q for g in groups.values() for q in g]
+    texts = [q["text"] for q in chosen]
+    _, pools = retriever.search(texts, args.pool + 5)
+    bm25 = bm25_rankings(bm25_retriever(corpus, args.pool + 5), texts)
+    ql = cfg.rerank.query_likelihood
+    cache = run.path(SCORE_CACHE) / f"{untrained_cache_name(ql.generator, ql.prompt, ql.max_length)}.jsonl"
+    untrained = QueryLikelihoodReranker.from_generator(ql.generator, ql.prompt, ql.max_length, ql.dtype, cache)
+    untrained.temperature = ql.temperature
+    negatives: dict[tuple[str, str], list[str]] = {}
+    for q, pool, lexical in zip(chosen, pools, bm25, strict=True):
+        relevant = set(q["relevance"]) | set(q["positives"])
+        candidates = first_negatives(pool, relevant, args.pool)
+        scores = untrained.predict([(q["text"], by_id[c]["text"]) for c in candidates], batch_size=16)
+        by_lm = [c for _, c in sorted(zip(scores, candidates, strict=True), key=lambda t: -t[0])]
+        negatives[q["qid"], "embedder"] = candidates[: args.negatives]
+        negatives[q["qid"], "bm25"] = first_negatives(lexical, relevant, args.negatives)
+        negatives[q["qid"], "lm"] = by_lm[: args.negatives]
+
+    def lists_of(origin: str, source: str) -> list[dict[str, Any]]:
+        rows = []
+        for q in groups[origin]:
+            best = max(q["positives"], key=lambda p: q["relevance"].get(p, 0))
+            neg = negatives[q["qid"], source]
+            if len(neg) == args.negatives:
+                rows.append({"query": q["text"], "passages": [by_id[c]["text"] for c in [best, *neg]]})
+        return rows
+
+    # 3. The untrained LM on every variant's lists, and on the dev slice.
+    start = curve_point(untrained, dev, 0)
+    chance = math.log(1 + args.negatives)
+    print(f"untrained on dev: reranker alone {start['reranker']:.3f}, fused {start['fused']:.3f} (weight "
+          f"{start['weight']}), retriever {start['retriever']:.3f}; chance loss {chance:.3f}")  # fmt: skip
+    results = []
+    for origin in groups:
+        for source in SOURCES:
+            lists = lists_of(origin, source)
+            loss, first = listwise_loss(untrained, lists)
+            results.append({"origin": origin, "source": source, "lists": len(lists), "loss_untrained": loss,
+                            "positive_first": first})  # fmt: skip
+            print(
+                f"{origin:14s} {source:9s} lists {len(lists):3d}  untrained loss {loss:.3f}  positive first {first:.2f}"
+            )
+    del untrained
+
+    # 4. Train a fresh adapter per variant for the same steps; the dev slice after.
+    for row in results:
+        name = f"{row['origin']}/{row['source']}"
+        if args.only is not None and name not in args.only:
+            continue
+        lists = lists_of(row["origin"], row["source"])
+        torch.manual_seed(cfg.run.seed)
+        model = build_query_likelihood(cfg.rerank, train=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            targs = build_training_args(cfg.rerank, tmp, cfg.run.seed)
+            targs.max_steps, targs.disable_tqdm = args.steps, True
+            started = time.time()
+            trainer = train_query_likelihood(model, lists, targs, [])
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        after = curve_point(model.eval(), dev, args.steps)
+        row |= {"steps": args.steps, "loss_first": losses[0], "loss_last": losses[-1],
+                "train_seconds": round(time.time() - started), "dev_reranker": after["reranker"],
+                "dev_fused": after["fused"], "dev_weight": after["weight"],
+                "dev_reranker_untrained": start["reranker"], "dev_fused_untrained": start["fused"]}  # fmt: skip
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with args.out.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+        del model, trainer
+
+
+if __name__ == "__main__":
+    main()
