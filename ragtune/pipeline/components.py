@@ -3,19 +3,20 @@
 A choice (:class:`~ragtune.pipeline.config.AssembleConfig`: embedder, reranker and generator each ``base``,
 ``tuned`` or ``auto``) becomes paths: base models from their stage's section, tuned ones through the run's
 manifest. Assembly, the server and the eval harness read components only through
-:func:`resolve_components`, so they serve and measure the same models.
+:func:`resolve_components`, so they serve and measure the same models, and load them only through
+:class:`ragtune.pipeline.stack.StackLoader`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ragtune.pipeline.config import AssembleConfig, RagtuneConfig
 from ragtune.pipeline.extractive import EXTRACTIVE
 from ragtune.pipeline.models import resolve_model
 from ragtune.pipeline.promotion import resolve_auto, tuned_embedder
+from ragtune.pipeline.retrieval import Reranker
 from ragtune.pipeline.rundir import RunDir, StageInputError
 
 
@@ -117,10 +118,12 @@ def untrained_reranker_path(cfg: RagtuneConfig, run: RunDir) -> tuple[str, dict[
     )
 
 
-def load_reranker(path: str, max_length: int, seed: int, cache_dir: Path | None = None) -> Any:
+def load_reranker(path: str, max_length: int, seed: int, cache_dir: Path | None = None) -> Reranker:
     """The reranker in ``path``: a query-likelihood reranker the rerank stage saved, else a one-logit CrossEncoder.
 
-    Both have ``predict(pairs, batch_size=..., show_progress_bar=...)``.
+    Both have ``predict(pairs, batch_size=..., show_progress_bar=...)`` (:class:`ragtune.pipeline.retrieval.Reranker`);
+    assembly and eval load rerankers through :class:`ragtune.pipeline.stack.StackLoader`, which calls this once per
+    path.
 
     Args:
         max_length: a CrossEncoder's (query, passage) tokens (a query-likelihood reranker keeps its own).
@@ -138,7 +141,7 @@ def load_reranker(path: str, max_length: int, seed: int, cache_dir: Path | None 
     return CrossEncoder(path, num_labels=1, max_length=max_length)
 
 
-def untrained_reranker(cfg: RagtuneConfig, cache_dir: Path | None = None) -> Any:
+def untrained_reranker(cfg: RagtuneConfig, cache_dir: Path | None = None) -> Reranker:
     """The configured kind's reranker before stage 2 trains it.
 
     Query likelihood: ``rerank.query_likelihood.generator`` with the stage's prompt, no adapter (it ranks
