@@ -13,8 +13,8 @@
   vectors cut to that dimension (sentence-transformers' ``truncate_dim``, for a Matryoshka embedder): the
   index, the queries, the extractive answerer and the server's ``/v1/embeddings`` all use the cut vectors.
 - Reranking: :class:`FusedSentenceTransformerRerank` (LlamaIndex's ``SentenceTransformerRerank``) keeps
-  ``assemble.top_n`` of ``assemble.top_k``, ordered by the reranker's scores (a cross-encoder's, or a
-  query-likelihood reranker's) fused with the retriever's at the weight the rerank stage chose
+  ``assemble.top_n`` of ``assemble.top_k``, ordered by the reranker's scores (a query-likelihood reranker's, or a
+  cross-encoder's) fused with the retriever's at the weight the rerank stage chose
   (``rerank/model/ragtune_fusion.json``; 1.0 = plain).
 - Generation: :class:`GeneratorLLM` (LlamaIndex's ``HuggingFaceLLM``, streaming through
   :class:`ragtune.pipeline.generator.GenerationStream` so a call's ``sampling`` — token cap, temperature,
@@ -69,7 +69,7 @@ from ragtune.pipeline.promotion import resolve_auto
 from ragtune.pipeline.quoting import neutralise
 from ragtune.pipeline.raft_format import ANSWER_TAG, answer_so_far, build_messages, parse_answer
 from ragtune.pipeline.ranking import fuse_scores
-from ragtune.pipeline.retrieval import load_embedder
+from ragtune.pipeline.retrieval import Reranker, load_embedder
 from ragtune.pipeline.rundir import RunDir, read_jsonl
 from ragtune.pipeline.stack import StackLoader
 
@@ -80,25 +80,28 @@ logger = logging.getLogger(__name__)
 
 
 class FusedSentenceTransformerRerank(SentenceTransformerRerank):
-    """``SentenceTransformerRerank`` that orders by cross-encoder and retriever scores fused at ``fusion_weight``.
+    """``SentenceTransformerRerank`` that orders by reranker and retriever scores fused at ``fusion_weight``.
 
-    ``scorer`` takes any loaded model with ``CrossEncoder.predict``'s signature instead of loading ``model`` as
-    a CrossEncoder (a query-likelihood reranker, :mod:`ragtune.pipeline.query_likelihood`).
+    ``reranker`` takes an already loaded reranker of either kind (:class:`ragtune.pipeline.retrieval.Reranker`: a
+    ``CrossEncoder``, or a query-likelihood reranker, :mod:`ragtune.pipeline.query_likelihood`) instead of loading
+    ``model`` as a CrossEncoder; :attr:`reranker` gives it back.
 
     At weight 1.0 it is the stock postprocessor. Below 1 each node's score becomes
-    :func:`ragtune.pipeline.ranking.fuse_scores` of its retrieval score and its cross-encoder score — the order
+    :func:`ragtune.pipeline.ranking.fuse_scores` of its retrieval score and its reranker score — the order
     the rerank stage chose the weight for and the eval harness measures.
     """
 
-    fusion_weight: float = Field(default=1.0, ge=0.0, le=1.0, description="Share of the cross-encoder's score.")
+    fusion_weight: float = Field(default=1.0, ge=0.0, le=1.0, description="Share of the reranker's score.")
 
-    def __init__(self, *, fusion_weight: float = 1.0, scorer: Any = None, **kwargs: Any) -> None:
-        if scorer is None:
+    def __init__(self, *, fusion_weight: float = 1.0, reranker: Reranker | None = None, **kwargs: Any) -> None:
+        if reranker is None:
             super().__init__(**kwargs)  # the stock __init__ takes only its own arguments
-        else:  # an already loaded scorer: the stock __init__ would load ``model`` as a CrossEncoder
+        else:  # an already loaded reranker: the stock __init__ would load ``model`` as a CrossEncoder
             kwargs.pop("cross_encoder_kwargs", None)
             BaseNodePostprocessor.__init__(self, **kwargs)
-            self._model, self._device = scorer, str(next(scorer.parameters()).device)
+            parameters = getattr(reranker, "parameters", None)
+            self._model = reranker
+            self._device = str(next(parameters()).device) if parameters is not None else "cpu"
         if not 0.0 <= fusion_weight <= 1.0:
             raise ValueError(f"fusion_weight {fusion_weight} is outside [0, 1]")
         self.fusion_weight = fusion_weight
@@ -106,6 +109,11 @@ class FusedSentenceTransformerRerank(SentenceTransformerRerank):
     @classmethod
     def class_name(cls) -> str:
         return "FusedSentenceTransformerRerank"
+
+    @property
+    def reranker(self) -> Reranker:
+        """The loaded reranker that scores the nodes (either kind)."""
+        return self._model
 
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
@@ -411,7 +419,7 @@ def build_query_engine(
     if stack.reranker is not None:
         # Loaded as the harness loads it (a base encoder gets the same seeded fresh head).
         reranker = FusedSentenceTransformerRerank(
-            model=comp.reranker, top_n=choice.top_n, fusion_weight=stack.fusion_weight, scorer=stack.reranker
+            model=comp.reranker, top_n=choice.top_n, fusion_weight=stack.fusion_weight, reranker=stack.reranker
         )
     # Without a reranker the generator reads the retriever's top_n, as in the eval harness.
     top_k = choice.top_k if reranker is not None else choice.top_n

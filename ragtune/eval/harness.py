@@ -48,7 +48,7 @@ from ragtune.pipeline.entry import run_stage
 from ragtune.pipeline.extractive import EXTRACTIVE
 from ragtune.pipeline.models import resolve_model
 from ragtune.pipeline.precision import inference_dtype
-from ragtune.pipeline.promotion import promotion_report
+from ragtune.pipeline.promotion import EmbedFigures, promotion_report
 from ragtune.pipeline.ranking import per_query_metrics
 from ragtune.pipeline.rundir import EVAL_JSON, SCORE_CACHE, RunDir, StageInputError, is_main_process, read_jsonl
 from ragtune.pipeline.stack import StackLoader
@@ -344,7 +344,7 @@ def dev_slice_origin(run: RunDir) -> dict | None:
         ``dev_queries``), or None when stage 1 recorded no dev slice.
     """
     embed = run.load_manifest().get("embed")
-    n = embed.metrics.get("dev_queries") if embed is not None else None
+    n = EmbedFigures.from_metrics(embed.metrics).queries if embed is not None else None
     if not n:
         return None
     try:

@@ -50,8 +50,8 @@ def rerank_ranking(
 ) -> Ranking:
     """Rerank each query's first ``top_k`` candidates in one batched call; deeper ranks keep their order.
 
-    The order is the one serving uses: the cross-encoder's scores fused with the retriever's at
-    ``fusion_weight`` (1.0: the cross-encoder alone; 0.0: the retriever's order, without scoring). Keeping the
+    The order is the one serving uses: the reranker's scores fused with the retriever's at
+    ``fusion_weight`` (1.0: the reranker alone; 0.0: the retriever's order, without scoring). Keeping the
     retriever's tail below ``top_k`` lets recall@k for k > top_k stay comparable with the configurations
     without a reranker.
     """

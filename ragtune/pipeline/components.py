@@ -60,10 +60,10 @@ def resolve_components(
 ) -> Components:
     """Model paths for one combination of base / tuned components.
 
-    Base models come from ``embed.base_model``, ``rerank.base_model`` (loaded as a CrossEncoder)
-    and ``raft.base_model``; tuned ones from the run's manifest: ``embed/model`` (or ``gpl/model``, see
-    :func:`tuned_embedder_path`), ``rerank/model``, and ``raft/merged`` when the RAFT stage saved it, else
-    ``raft/adapter`` over the base generator.
+    Base models come from ``embed.base_model``, the untrained reranker of ``rerank.kind``
+    (:func:`untrained_reranker_path`) and ``raft.base_model``; tuned ones from the run's manifest: ``embed/model``
+    (or ``gpl/model``, see :func:`tuned_embedder_path`), ``rerank/model``, and ``raft/merged`` when the RAFT stage
+    saved it, else ``raft/adapter`` over the base generator.
 
     Raises:
         StageInputError: a tuned component's stage has not finished (or its output is stale).
@@ -102,7 +102,7 @@ def untrained_reranker_path(cfg: RagtuneConfig, run: RunDir) -> tuple[str, dict[
     """``assemble.reranker: base``: the untrained reranker of ``rerank.kind`` stage 2 saved (``rerank/untrained``,
     with the fusion weight the dev slice chose for it), and the hash it stands on.
 
-    Before stage 2 a cross-encoder kind falls back to ``rerank.base_model`` reranking plainly (weight 1).
+    Before stage 2 a cross-encoder kind falls back to ``rerank.cross_encoder.base_model`` reranking plainly (weight 1).
 
     Raises:
         StageInputError: a query-likelihood kind before stage 2 (its untrained form and weight come from there).
@@ -111,7 +111,7 @@ def untrained_reranker_path(cfg: RagtuneConfig, run: RunDir) -> tuple[str, dict[
     if record is not None and "untrained" in record.outputs:
         return str(run.require("rerank", "untrained")["untrained"]), run.input_hashes("rerank", "untrained")
     if cfg.rerank.kind == "cross_encoder":
-        return resolve_model(cfg.rerank.base_model), {}
+        return resolve_model(cfg.rerank.cross_encoder.base_model), {}
     raise StageInputError(
         f"assemble.reranker: base is the untrained query-likelihood reranker with the fusion weight stage 2 chose "
         f"for it on the dev slice; run `ragtune rerank CONFIG` first ({run.root})"
@@ -145,8 +145,8 @@ def untrained_reranker(cfg: RagtuneConfig, cache_dir: Path | None = None) -> Rer
     """The configured kind's reranker before stage 2 trains it.
 
     Query likelihood: ``rerank.query_likelihood.generator`` with the stage's prompt, no adapter (it ranks
-    before any training); cross-encoder: ``rerank.base_model`` as a one-logit CrossEncoder (a fresh head unless
-    the model is a trained cross-encoder).
+    before any training); cross-encoder: ``rerank.cross_encoder.base_model`` as a one-logit CrossEncoder (a fresh
+    head unless the model is a trained cross-encoder).
 
     Args:
         cache_dir: where a query-likelihood reranker keeps its score cache (a file named by the generator's
@@ -161,4 +161,5 @@ def untrained_reranker(cfg: RagtuneConfig, cache_dir: Path | None = None) -> Rer
         return QueryLikelihoodReranker.from_generator(
             ql.generator, ql.prompt, ql.max_length, ql.dtype, cache_file=cache_file
         )
-    return load_reranker(resolve_model(cfg.rerank.base_model), cfg.rerank.max_length, cfg.run.seed, cache_dir)
+    settings = cfg.rerank.cross_encoder
+    return load_reranker(resolve_model(settings.base_model), settings.max_length, cfg.run.seed, cache_dir)

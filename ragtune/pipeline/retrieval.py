@@ -5,7 +5,7 @@ the model's full dimension; an embedder served truncated (``assemble.truncate_di
 and renormalises them, which is what sentence-transformers' ``truncate_dim`` gives, so one file serves every
 dimension and never holds vectors of two. Queries are encoded in batches; scores are one matrix product and
 exact top-k (no approximate index, no per-query Python loop); reranking scores every (query, candidate) pair
-in one batched ``CrossEncoder.predict`` call.
+in one batched ``predict`` call of the reranker, either kind (:class:`Reranker`).
 
 Example (a sketch over a finished run, not run as a doctest):
     retriever = DenseRetriever.load("bundled:minilm-l6", corpus, cache_dir=run.path(EMBEDDING_CACHE))

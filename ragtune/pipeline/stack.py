@@ -71,14 +71,14 @@ class StackLoader:
     """Loads configurations' models, each at most once (see the module docstring).
 
     Args:
-        cfg: the run's config: ``rerank.max_length`` (a cross-encoder's tokens per pair) and ``run.seed`` (the
-            fresh head a base encoder gets is seeded, so every loader gives it the same weights).
+        cfg: the run's config: ``rerank.cross_encoder.max_length`` (a cross-encoder's tokens per pair) and
+            ``run.seed`` (the fresh head a base encoder gets is seeded, so every loader gives it the same weights).
         score_cache: where a query-likelihood reranker keeps its score cache (None: in memory only).
         resident_generators: how many generators stay loaded; loading one more lets the oldest go first.
     """
 
     def __init__(self, cfg: RagtuneConfig, score_cache: Path | None = None, resident_generators: int = 1) -> None:
-        self.reranker_max_length = cfg.rerank.max_length
+        self.reranker_max_length = cfg.rerank.cross_encoder.max_length
         self.seed = cfg.run.seed
         self.score_cache = score_cache
         self.resident_generators = max(1, resident_generators)

@@ -241,7 +241,7 @@ def test_the_server_loads_each_model_once(tiny_config: Path, tiny_bert_dir: Path
         monkeypatch.setattr(ragtune.pipeline.stack, name, counted(name))
     stack = serve.load_stack(run.root)
     assert sorted(loads) == ["SentenceTransformer", "load_embedder", "load_generator", "load_reranker"]
-    assert stack.embedder is stack.engine.embedder and stack.reranker is stack.engine.reranker._model
+    assert stack.embedder is stack.engine.embedder and stack.reranker is stack.engine.reranker.reranker
 
 
 def test_a_stream_comes_piece_by_piece_and_stops_generating_when_its_client_goes(guarded) -> None:

@@ -33,6 +33,7 @@ from ragtune.pipeline.dev_slice import DEV_MIN_QUERIES, split_dev_queries
 from ragtune.pipeline.entry import run_stage
 from ragtune.pipeline.hybrid import bm25_rankings, bm25_retriever, hybrid_retrieval_metrics
 from ragtune.pipeline.models import resolve_model
+from ragtune.pipeline.promotion import EmbedFigures
 from ragtune.pipeline.pseudo_queries import held_out_documents, inverse_cloze_pairs
 from ragtune.pipeline.retrieval import DenseRetriever, retrieval_metrics
 from ragtune.pipeline.rundir import (
@@ -313,14 +314,18 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         tuned.save_cache(cache_dir, str(run.path(EMBED_MODEL)))
         atomic_write_text(run.path(EMBED_METRICS), json.dumps(report, indent=2) + "\n")
         shutil.rmtree(checkpoints, ignore_errors=True)
+        gate = EmbedFigures(  # what the embedder and retrieval gates read (ragtune.pipeline.promotion)
+            queries=len(dev_queries),
+            base=dev_before.get("ndcg@10"),
+            tuned=dev_after.get("ndcg@10"),
+            base_hybrid=dev_before_hybrid.get("ndcg@10"),
+            tuned_hybrid=dev_after_hybrid.get("ndcg@10"),
+        )
         metrics = {
             **{f"before_{k}": v for k, v in before.items()},
             **{f"after_{k}": v for k, v in after.items()},
-            **{k: report[k] for k in ("train_pairs", "dev_queries", "eval_queries", "steps")},
-            "dev_ndcg@10_base": dev_before.get("ndcg@10"),
-            "dev_ndcg@10_tuned": dev_after.get("ndcg@10"),
-            "dev_ndcg@10_base_hybrid": dev_before_hybrid.get("ndcg@10"),
-            "dev_ndcg@10_tuned_hybrid": dev_after_hybrid.get("ndcg@10"),
+            **{k: report[k] for k in ("train_pairs", "eval_queries", "steps")},
+            **gate.as_metrics(),
         }
         run.record(
             STAGE,

@@ -1,4 +1,4 @@
-"""GPL stage: a second round of stage 1 on a cross-encoder teacher's score margins (optional, off by default).
+"""GPL stage: a second round of stage 1 on a reranker teacher's score margins (optional, off by default).
 
 Run it (all three call the same ``main``):
     ragtune gpl configs/demo.yaml gpl.enabled=true [gpl.teacher=tuned] [--force]
@@ -6,9 +6,9 @@ Run it (all three call the same ``main``):
     accelerate launch -m ragtune.stages.gpl.train --config configs/demo.yaml gpl.enabled=true
 
 GPL (Generative Pseudo Labeling, Wang et al. 2022): the tuned embedder mines negatives for each training query,
-a cross-encoder teacher scores (query, positive) and (query, negative), and the embedder retrains on the margins
-with sentence-transformers' ``MarginMSELoss``. With ``gpl.enabled: false`` (the default) the stage returns at once
-and records nothing, so ``ragtune run`` and every later stage behave as without it.
+a reranker teacher (either kind) scores (query, positive) and (query, negative), and the embedder retrains on the
+margins with sentence-transformers' ``MarginMSELoss``. With ``gpl.enabled: false`` (the default) the stage returns at
+once and records nothing, so ``ragtune run`` and every later stage behave as without it.
 
 Reads data/corpus.jsonl and data/queries.jsonl (train split only: the queries outside stage 1's dev slice, plus
 inverse-cloze pseudo-queries from chunks of documents no eval or dev query cites), embed/model (the start, and
@@ -33,6 +33,7 @@ from ragtune.pipeline.components import load_reranker, untrained_reranker
 from ragtune.pipeline.config import ConfigError, GplConfig, RagtuneConfig, check_trainer_keys
 from ragtune.pipeline.entry import run_stage
 from ragtune.pipeline.models import resolve_model
+from ragtune.pipeline.promotion import EmbedFigures, GplFigures
 from ragtune.pipeline.retrieval import DenseRetriever, model_hash, retrieval_metrics
 from ragtune.pipeline.rundir import (
     EMBED_MODEL,
@@ -63,8 +64,8 @@ logger = logging.getLogger(__name__)
 STAGE = "gpl"
 # Besides its own section, the round depends on stage 1's dev slice and the cut-offs its figures use.
 CONFIG_SECTIONS = ("gpl", "embed.dev_fraction", "embed.k_values")
-UNTRAINED_TEACHER = ("rerank.kind", "rerank.query_likelihood", "rerank.base_model")  # gpl.teacher: base
-WEAK_TEACHER_MARGIN = 1e-3  # a cross-encoder whose margins all stay below this cannot rank: refused
+UNTRAINED_TEACHER = ("rerank.kind", "rerank.query_likelihood", "rerank.cross_encoder.base_model")  # gpl.teacher: base
+WEAK_TEACHER_MARGIN = 1e-3  # a teacher whose margins all stay below this cannot rank: refused
 
 
 def training_arguments(cfg: GplConfig, output_dir: Path, seed: int) -> SentenceTransformerTrainingArguments:
@@ -120,7 +121,7 @@ def model_card_section(cfg: GplConfig, teacher: str, report: dict[str, Any]) -> 
     return (
         "\n\n## Second round by ragtune (GPL)\n\n"
         f"- Start: stage 1's tuned embedder (`{EMBED_MODEL}`)\n"
-        f"- Teacher: `{teacher}` (cross-encoder), margins scaled by {report['label_scale']:.4g}\n"
+        f"- Teacher: `{teacher}` (reranker), margins scaled by {report['label_scale']:.4g}\n"
         f"- Training data: {report['train_triples']} (query, positive, negative) triples from "
         f"{report['train_queries']} train-split queries and {report['pseudo_queries']} inverse-cloze queries, "
         f"{cfg.negatives_per_query} negatives each from the tuned embedder's top {cfg.negatives_top_k}\n"
@@ -154,7 +155,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         upstream["rerank"] = ("model",)
     elif gcfg.teacher == "base":  # the untrained reranker of rerank.kind: settings in the hash, weights below
         teacher_path = "the untrained reranker (rerank.kind: " + cfg.rerank.kind + ")"
-        base = cfg.rerank.query_likelihood.generator if cfg.rerank.kind == "query_likelihood" else cfg.rerank.base_model
+        rcfg = cfg.rerank
+        base = rcfg.query_likelihood.generator if rcfg.kind == "query_likelihood" else rcfg.cross_encoder.base_model
         own_inputs["teacher/model"] = model_hash(resolve_model(base))
     else:
         teacher_path = resolve_model(gcfg.teacher)
@@ -180,9 +182,10 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         read_jsonl(paths["queries"]), corpus, cfg.embed.dev_fraction, gcfg.pseudo_queries, cfg.run.seed
     )
     embed_metrics = run.load_manifest()["embed"].metrics
-    if embed_metrics.get("dev_queries") not in (None, len(dev_queries)):
+    stage_one_queries = EmbedFigures.from_metrics(embed_metrics).queries
+    if stage_one_queries not in (None, len(dev_queries)):
         raise StageInputError(
-            f"gpl: stage 1 measured its dev figure on {embed_metrics['dev_queries']} dev queries, embed.dev_fraction="
+            f"gpl: stage 1 measured its dev figure on {stage_one_queries} dev queries, embed.dev_fraction="
             f"{cfg.embed.dev_fraction} gives {len(dev_queries)} now: run `ragtune embed CONFIG` again so both "
             "figures are on the same slice"
         )
@@ -246,11 +249,12 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         tuned = DenseRetriever.encode(model, corpus, score_block_mb=block, name="the GPL model")
         dev = retrieval_metrics(tuned, dev_queries, cfg.embed.k_values)
         margins = [t["margin"] for t in triples]
+        gate = GplFigures(  # what decides which model is the tuned embedder (ragtune.pipeline.promotion)
+            queries=len(dev_queries), embed=EmbedFigures.from_metrics(embed_metrics).tuned, gpl=dev.get("ndcg@10")
+        )
         report: dict[str, Any] = {
-            "dev_ndcg@10_embed": embed_metrics.get("dev_ndcg@10_tuned"),
-            "dev_ndcg@10_gpl": dev.get("ndcg@10"),
+            **gate.as_metrics(),
             "dev": dev,
-            "dev_queries": len(dev_queries),
             "teacher": gcfg.teacher if gcfg.teacher != "tuned" else RERANK_MODEL,
             "train_queries": len(rows) - n_pseudo,
             "pseudo_queries": n_pseudo,
@@ -302,4 +306,4 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
 
 
 if __name__ == "__main__":
-    run_stage(STAGE, main, "ragtune gpl stage: retrain the tuned embedder on a cross-encoder's score margins")
+    run_stage(STAGE, main, "ragtune gpl stage: retrain the tuned embedder on a reranker's score margins")

@@ -289,9 +289,11 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         [{"id": c, "text": texts[c]} for c in dict.fromkeys([*pool, *q["positives"]])]
         for q, pool in zip(train, pool_ids, strict=True)
     ]
-    # The pool is ordered as serving orders it: cross-encoder and retriever scores fused at the recorded weight.
+    # The pool is ordered as serving orders it: reranker and retriever scores fused at the recorded weight.
     first_scores = retriever.similarities(question_vectors, [[c["id"] for c in row] for row in candidates])
-    reranker = load_reranker(str(reranker_path), cfg.rerank.max_length, cfg.run.seed, run.path(SCORE_CACHE))
+    reranker = load_reranker(
+        str(reranker_path), cfg.rerank.cross_encoder.max_length, cfg.run.seed, run.path(SCORE_CACHE)
+    )
     weight = load_fusion_weight(reranker_path)
     reranked = rerank(reranker, question_texts, candidates, first_scores, weight)
     ranked = [[chunk["id"] for chunk, _ in row] for row in reranked]

@@ -27,6 +27,7 @@ from ragtune.pipeline.generator import generate_batched
 from ragtune.pipeline.generator import load_generator as load_for_inference
 from ragtune.pipeline.models import resolve_model
 from ragtune.pipeline.precision import bf16_training, inference_dtype
+from ragtune.pipeline.promotion import RaftFigures
 from ragtune.pipeline.raft_format import parse_answer
 from ragtune.pipeline.rundir import (
     RAFT_ADAPTER,
@@ -256,17 +257,21 @@ def dev_answer_f1(model_path: str, adapter: str, rows: list[dict], assemble: Ass
     if not rows:
         return {}
     requests = [r["prompt"] for r in rows]
-    out: dict[str, Any] = {"dev_questions": len(rows)}
+    extractive = None
     if all("extractive" in r for r in rows):
-        out["dev_f1_extractive"] = sum(token_f1(final_answer(r["extractive"]), r["answer"]) for r in rows) / len(rows)
+        extractive = sum(token_f1(final_answer(r["extractive"]), r["answer"]) for r in rows) / len(rows)
+    f1: dict[str, float] = {}
+    abstain: dict[str, float] = {}
     for label, adapter_dir in (("base", None), ("tuned", adapter)):
         model, tokenizer = load_for_inference(model_path, adapter_dir, inference_dtype(assemble.dtype))
         answers = generate_batched(model, tokenizer, requests, assemble.max_new_tokens, desc=f"RAFT dev ({label})")
-        f1 = [token_f1(final_answer(a), r["answer"]) for a, r in zip(answers, rows, strict=True)]
-        out[f"dev_f1_{label}"] = sum(f1) / len(f1)
-        out[f"dev_abstain_{label}"] = sum(parse_answer(a).abstained for a in answers) / len(answers)
+        scores = [token_f1(final_answer(a), r["answer"]) for a, r in zip(answers, rows, strict=True)]
+        f1[label] = sum(scores) / len(scores)
+        abstain[f"dev_abstain_{label}"] = sum(parse_answer(a).abstained for a in answers) / len(answers)
         del model
-    return out
+    # What the generator gate reads (ragtune.pipeline.promotion); the extractive figure only when measured.
+    gate = RaftFigures(questions=len(rows), base=f1["base"], tuned=f1["tuned"], extractive=extractive)
+    return gate.as_metrics(skip_unmeasured=True) | abstain
 
 
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
@@ -319,13 +324,14 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
 
         # 5. The promotion gate's figure: base and tuned generator on the dev questions, served context.
         metrics |= dev_answer_f1(model_path, str(run.path(RAFT_ADAPTER)), read_jsonl(dev_data), cfg.assemble)
-        if "dev_f1_tuned" in metrics:
+        gate = RaftFigures.from_metrics(metrics)
+        if gate.tuned is not None:
             logger.info(
                 "raft: dev answer F1 %.4f (base) -> %.4f (tuned), %.4f (extractive) on %d questions",
-                metrics["dev_f1_base"],
-                metrics["dev_f1_tuned"],
-                metrics.get("dev_f1_extractive", float("nan")),
-                metrics["dev_questions"],
+                gate.base,
+                gate.tuned,
+                gate.extractive if gate.extractive is not None else float("nan"),
+                gate.questions,
             )
     if cfg.raft.merge:
         outputs["merged"] = RAFT_MERGED

@@ -1,7 +1,7 @@
 """Rerank stage: mine hard negatives with the tuned embedder, train a cross-encoder, evaluate on held-out queries.
 
 Run it:
-    ragtune rerank configs/demo.yaml [rerank.loss=lambda] [--force]
+    ragtune rerank configs/demo.yaml [rerank.kind=cross_encoder rerank.cross_encoder.loss=lambda] [--force]
     accelerate launch -m ragtune.stages.rerank.train --config configs/demo.yaml
     accelerate launch --multi_gpu --num_processes 2 -m ragtune.stages.rerank.train --config configs/demo.yaml   # DDP
     python -m ragtune.stages.rerank.mine --config configs/demo.yaml    # mining only, to read the audit first
@@ -32,6 +32,7 @@ from ragtune.pipeline.config import RagtuneConfig, RerankConfig, check_trainer_k
 from ragtune.pipeline.dev_slice import DEV_MIN_QUERIES
 from ragtune.pipeline.entry import run_stage
 from ragtune.pipeline.precision import bf16_training
+from ragtune.pipeline.promotion import RerankFigures
 from ragtune.pipeline.ranking import choose_fusion_weight, fused_order, mean_metrics, per_query_metrics
 from ragtune.pipeline.retrieval import FUSION_FILE, DenseRetriever, Reranker, reranker_scores
 from ragtune.pipeline.rundir import (
@@ -133,11 +134,11 @@ def build_training_columns(
                 for i, cid in enumerate(r["negatives"][:n], 1):
                     cols[f"negative_{i}"].append(text[cid])
         return cols
-    raise ValueError(f"rerank.loss: unknown loss {loss!r} (bce, lambda, listnet, mnrl)")
+    raise ValueError(f"rerank.cross_encoder.loss: unknown loss {loss!r} (bce, lambda, listnet, mnrl)")
 
 
 def build_loss(model: CrossEncoder, loss: str, columns: Mapping[str, list]) -> nn.Module:
-    """The sentence-transformers cross-encoder loss for ``rerank.loss`` (or ``rerank.warm_start``).
+    """The sentence-transformers cross-encoder loss for ``rerank.cross_encoder.loss`` (or its ``warm_start``).
 
     BCE weighs positives by the negatives-per-positive ratio, as the library's own BCE reranker
     examples do, so the few positives are not drowned out by the many negatives.
@@ -192,9 +193,9 @@ def build_training_args(cfg: RerankConfig, output_dir: str, seed: int) -> CrossE
         # bf16 autocast where the hardware has native bf16 math: 1.5x faster steps on the demo, same dev figures.
         "bf16": bf16_training(),
     }
-    if cfg.head_learning_rate is not None:
-        defaults["learning_rate_mapping"] = {HEAD_PARAMETERS: cfg.head_learning_rate}
-    if cfg.loss == "mnrl":
+    if cfg.cross_encoder.head_learning_rate is not None:
+        defaults["learning_rate_mapping"] = {HEAD_PARAMETERS: cfg.cross_encoder.head_learning_rate}
+    if cfg.cross_encoder.loss == "mnrl":
         # In-batch negatives: a repeated query or passage in one batch would be its own false negative.
         defaults["batch_sampler"] = BatchSamplers.NO_DUPLICATES
     return CrossEncoderTrainingArguments(output_dir=output_dir, **(defaults | cfg.trainer))
@@ -336,9 +337,10 @@ def recipe_line(cfg: RerankConfig) -> str:
             f"- Query likelihood under `{q.generator}` (UPR: mean log-probability of the query's tokens after the "
             f"passage's prompt), passages cut at {q.max_length} tokens; {tuning}."
         )
+    ce = cfg.cross_encoder  # the cross-encoder's own settings
     return (
-        f"- Start: `{cfg.start_from}` (`{cfg.base_model}`), head `{cfg.head}`, loss `{cfg.loss}`, "
-        f"warm start `{cfg.warm_start}` ({cfg.warm_start_steps} steps), max_length {cfg.max_length}."
+        f"- Start: `{ce.start_from}` (`{ce.base_model}`), head `{ce.head}`, loss `{ce.loss}`, "
+        f"warm start `{ce.warm_start}` ({ce.warm_start_steps} steps), max_length {ce.max_length}."
     )
 
 
@@ -396,25 +398,26 @@ def fit_cross_encoder(fit: FitInputs) -> tuple[Any, dict[str, Any]]:
     cfg, dev, curve, best = fit.cfg, fit.dev, fit.curve, fit.best
 
     # a. The training set in the format the loss reads.
-    columns = build_training_columns(fit.mined, fit.corpus_by_id, cfg.rerank.loss, cfg.rerank.mining.num_negatives)
+    settings = cfg.rerank.cross_encoder
+    columns = build_training_columns(fit.mined, fit.corpus_by_id, settings.loss, cfg.rerank.mining.num_negatives)
     if not columns["query"]:
         raise ValueError(f"rerank: mining produced no training example; see {RERANK_NEGATIVES}/report.json")
 
     # b. The base or the tuned embedder's encoder, with a fresh head (or a hub cross-encoder's own).
     set_seed(cfg.run.seed)  # the fresh head starts the same on every rank and every rerun
-    model = build_cross_encoder(cfg.rerank, fit.run.require("embed", "model")["model"])
+    model = build_cross_encoder(settings, fit.run.require("embed", "model")["model"])
     start_curve(model, dev, cfg.rerank, curve, best)
 
     # c. Optionally distil the tuned embedder's scores first, then train on the hard negatives.
     phases = []
-    if cfg.rerank.warm_start != "none" and cfg.rerank.warm_start_steps:
+    if settings.warm_start != "none" and settings.warm_start_steps:
         queries = [r["query"] for r in fit.mined]
-        first, ids = fit.retriever.search(queries, cfg.rerank.warm_start_pool)
-        distil = distillation_columns(queries, ids, first, fit.corpus_by_id, cfg.rerank.warm_start)
-        warm_cfg = cfg.rerank.model_copy(update={"max_steps": cfg.rerank.warm_start_steps})
+        first, ids = fit.retriever.search(queries, settings.warm_start_pool)
+        distil = distillation_columns(queries, ids, first, fit.corpus_by_id, settings.warm_start)
+        warm_cfg = cfg.rerank.model_copy(update={"max_steps": settings.warm_start_steps})
         warm_args = build_training_args(warm_cfg, str(fit.run.path(RERANK_CHECKPOINTS)), cfg.run.seed)
-        phases.append(("warm start", warm_args, distil, build_loss(model, cfg.rerank.warm_start, distil)))
-    phases.append(("hard negatives", fit.args, columns, build_loss(model, cfg.rerank.loss, columns)))
+        phases.append(("warm start", warm_args, distil, build_loss(model, settings.warm_start, distil)))
+    phases.append(("hard negatives", fit.args, columns, build_loss(model, settings.loss, columns)))
     losses, steps, seconds = [], 0, 0.0
     for phase, phase_args, phase_columns, loss in phases:
         callbacks = [DevCurveCallback(model, dev, cfg.rerank.curve_points, phase, curve, best)] if dev else []
@@ -563,7 +566,9 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
 
     # 8. Evaluate on the eval split: tuned retriever alone vs reranker alone vs the two fused (what serving does),
     #    and the untrained reranker fused at its weight.
-    reranker = load_reranker(str(run.path(RERANK_MODEL)), cfg.rerank.max_length, cfg.run.seed, run.path(SCORE_CACHE))
+    reranker = load_reranker(
+        str(run.path(RERANK_MODEL)), cfg.rerank.cross_encoder.max_length, cfg.run.seed, run.path(SCORE_CACHE)
+    )
     eval_queries = [q for q in queries if q["split"] == "eval"]
     if not eval_queries:
         raise ValueError("rerank: no eval-split query to evaluate on (check the data stage's split)")
@@ -579,11 +584,13 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         "ndcg@10_reranker_only": evaluation["reranker"]["ndcg@10"],
         "mrr@10_retriever": before["mrr@10"],
         "mrr@10_reranked": after["mrr@10"],
-        "fusion_weight": weight,
-        "dev_queries": len(dev_queries),
-        "dev_ndcg@10_retriever": kept["retriever"] if kept else None,
+        **RerankFigures(  # what the reranker gate reads (ragtune.pipeline.promotion)
+            queries=len(dev_queries),
+            fusion_weight=weight,
+            retriever=kept["retriever"] if kept else None,
+            fused=kept["fused"] if kept else None,
+        ).as_metrics(),
         "dev_ndcg@10_reranker_only": kept["reranker"] if kept else None,
-        "dev_ndcg@10_fused": kept["fused"] if kept else None,
         "untrained_fusion_weight": untrained_weight,
         "dev_ndcg@10_untrained_fused": dev_figure_at(untrained_fusion, untrained_weight),
         "ndcg@10_untrained_reranked": untrained_evaluation["retriever+reranker"]["ndcg@10"],
@@ -600,7 +607,9 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
                 **metrics,
                 **fusion,
                 "kind": cfg.rerank.kind,
-                "loss": cfg.rerank.loss if cfg.rerank.kind == "cross_encoder" else "listwise query likelihood",
+                "loss": cfg.rerank.cross_encoder.loss
+                if cfg.rerank.kind == "cross_encoder"
+                else "listwise query likelihood",
                 "learning_curve": curve,
                 "dev_qids": [q["qid"] for q in dev_queries],
                 "evaluation": evaluation,
