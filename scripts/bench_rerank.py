@@ -120,13 +120,13 @@ def main() -> None:
         "rerank.kind=cross_encoder",
         *a.overrides,
         "rerank.curve_points=0",
-        "rerank.warm_start_steps=0",
+        "rerank.cross_encoder.warm_start_steps=0",
         f"rerank.max_steps={a.steps}",
     ]
     cfg = load_config(a.config, overrides)
     run = RunDir.from_config(cfg)
-    r, m = cfg.rerank, cfg.rerank.mining
-    start = str(run.require("embed", "model")["model"]) if r.start_from == "tuned_embedder" else r.base_model
+    r, m, ce = cfg.rerank, cfg.rerank.mining, cfg.rerank.cross_encoder
+    start = str(run.require("embed", "model")["model"]) if ce.start_from == "tuned_embedder" else ce.base_model
     if start.startswith("bundled:"):
         from ragtune.pipeline.models import resolve_model
 
@@ -147,8 +147,9 @@ def main() -> None:
             str(m.num_negatives), json.dumps(metrics["dev_qids"]),
         )  # fmt: skip
         training = bench(
-            BARE_TRAINING, str(run.root), start, r.head, str(a.steps), str(r.batch_size), str(default_learning_rate(r)),
-            str(r.head_learning_rate or "none"), str(r.max_length), str(cfg.run.seed), str(bf16_training()),
+            BARE_TRAINING, str(run.root), start, ce.head, str(a.steps), str(r.batch_size),
+            str(default_learning_rate(r)), str(ce.head_learning_rate or "none"), str(ce.max_length), str(cfg.run.seed),
+            str(bf16_training()),
         )  # fmt: skip
         for key, value in (
             ("stage_mining", metrics["mining_seconds"]),

@@ -156,7 +156,8 @@ def served_rankings(config: Path, overrides: list[str], texts: list[str]) -> tup
     from ragtune.pipeline.config import load_config
     from ragtune.pipeline.hybrid import bm25_rankings, bm25_retriever
     from ragtune.pipeline.promotion import resolve_auto
-    from ragtune.pipeline.rundir import EVAL_JSON, RunDir, read_jsonl
+    from ragtune.pipeline.rundir import EVAL_JSON, SCORE_CACHE, RunDir, read_jsonl
+    from ragtune.pipeline.stack import StackLoader
 
     cfg = load_config(config, overrides)
     run = RunDir(Path(cfg.run.root) / cfg.run.name)
@@ -171,9 +172,8 @@ def served_rankings(config: Path, overrides: list[str], texts: list[str]) -> tup
         "served": served,
     }
     components = {name: resolve_components(cfg, run, c, need_generator=False) for name, c in choices.items()}
-    rankings, _ = rank_configurations(
-        run, corpus, texts, components, choices, DEPTH, cfg.rerank.max_length, cfg.run.seed, cfg.run.score_block_mb
-    )
+    loader = StackLoader(cfg, run.path(SCORE_CACHE))
+    rankings, _ = rank_configurations(run, corpus, texts, components, choices, DEPTH, loader, cfg.run.score_block_mb)
     out = {"bm25": bm25_rankings(bm25_retriever(corpus, DEPTH), texts)}
     out |= {name: r.ranked for name, r in rankings.items()}
     report_path = run.path(EVAL_JSON)

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     from sentence_transformers import CrossEncoder
 
     run = RunDir(args.run_dir)
-    cfg = load_config(run.path(CONFIG_RESOLVED))
+    cfg = load_config(run.path(CONFIG_RESOLVED), resolved=True)
 
     # 1. Held-out questions with reference answers, and the tuned retrieval stack.
     data = run.require("data", "corpus", "queries")

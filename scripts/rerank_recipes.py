@@ -26,22 +26,23 @@ sys.path.insert(0, str(ROOT))
 from ragtune.pipeline.config import load_config  # noqa: E402 (after the path set-up)
 from ragtune.pipeline.rundir import RunDir  # noqa: E402
 
-OLD = ["rerank.start_from=base_model", "rerank.head=classifier", "rerank.warm_start=none"]
-TUNED_MEAN = ["rerank.start_from=tuned_embedder", "rerank.head=mean_pool", "rerank.warm_start=none"]
+CE = "rerank.cross_encoder"  # the cross-encoder's own settings
+OLD = [f"{CE}.start_from=base_model", f"{CE}.head=classifier", f"{CE}.warm_start=none"]
+TUNED_MEAN = [f"{CE}.start_from=tuned_embedder", f"{CE}.head=mean_pool", f"{CE}.warm_start=none"]
 RECIPES: dict[str, list[str]] = {
     "base, [CLS] head, BCE, lr 1e-4 (the old default)": [*OLD, "rerank.learning_rate=1e-4"],
     "base, [CLS] head, BCE, lr 1e-3 (learning rate alone)": [*OLD, "rerank.learning_rate=1e-3"],
     "(c) base, mean-pool head, BCE, lr 1e-3": [
-        "rerank.start_from=base_model",
-        "rerank.head=mean_pool",
-        "rerank.warm_start=none",
+        f"{CE}.start_from=base_model",
+        f"{CE}.head=mean_pool",
+        f"{CE}.warm_start=none",
         "rerank.learning_rate=1e-3",
     ],
     "(b)+(c) tuned embedder, mean-pool head, BCE, lr 1e-3": [*TUNED_MEAN, "rerank.learning_rate=1e-3"],
     "(b)+(c)+(d) ... LambdaLoss (3 lists of 6 a step)": [
         *TUNED_MEAN,
         "rerank.learning_rate=1e-3",
-        "rerank.loss=lambda",
+        f"{CE}.loss=lambda",
         "rerank.batch_size=3",
     ],
     "(b)+(c)+(e) ... BCE + 3 random negatives": [
@@ -49,28 +50,28 @@ RECIPES: dict[str, list[str]] = {
         "rerank.learning_rate=1e-3",
         "rerank.mining.random_negatives=3",
     ],
-    "(b)+(c)+(f) ... BCE, max_length 128": [*TUNED_MEAN, "rerank.learning_rate=1e-3", "rerank.max_length=128"],
+    "(b)+(c)+(f) ... BCE, max_length 128": [*TUNED_MEAN, "rerank.learning_rate=1e-3", f"{CE}.max_length=128"],
     "(b)+(c)+(d)+(f) tuned embedder, mean-pool head, LambdaLoss, max_length 128": [
         *TUNED_MEAN,
         "rerank.learning_rate=1e-3",
-        "rerank.loss=lambda",
+        f"{CE}.loss=lambda",
         "rerank.batch_size=3",
-        "rerank.max_length=128",
+        f"{CE}.max_length=128",
     ],
     "(c)+(d)+(f) base, mean-pool head, LambdaLoss, max_length 128": [
-        "rerank.start_from=base_model",
-        "rerank.head=mean_pool",
-        "rerank.warm_start=none",
+        f"{CE}.start_from=base_model",
+        f"{CE}.head=mean_pool",
+        f"{CE}.warm_start=none",
         "rerank.learning_rate=1e-3",
-        "rerank.loss=lambda",
+        f"{CE}.loss=lambda",
         "rerank.batch_size=3",
-        "rerank.max_length=128",
+        f"{CE}.max_length=128",
     ],
     "(a)+(b)+(c) ... MarginMSE warm start (1/3 of the steps), then BCE": [
-        "rerank.start_from=tuned_embedder",
-        "rerank.head=mean_pool",
-        "rerank.warm_start=margin_mse",
-        "rerank.warm_start_pool=6",
+        f"{CE}.start_from=tuned_embedder",
+        f"{CE}.head=mean_pool",
+        f"{CE}.warm_start=margin_mse",
+        f"{CE}.warm_start_pool=6",
         "rerank.learning_rate=1e-3",
     ],
 }
@@ -82,12 +83,12 @@ RECIPES |= {
     "(g) + inverse-cloze pseudo-queries: tuned embedder, mean-pool head, BCE, lr 1e-3, max_length 128": [
         *TUNED_MEAN,
         "rerank.learning_rate=1e-3",
-        "rerank.max_length=128",
+        f"{CE}.max_length=128",
     ],
     "(g) + inverse-cloze pseudo-queries: base, [CLS] head, BCE, lr 1e-3, max_length 128": [
         *OLD,
         "rerank.learning_rate=1e-3",
-        "rerank.max_length=128",
+        f"{CE}.max_length=128",
     ],
 }
 RECIPES = {name: ["rerank.kind=cross_encoder", *overrides] for name, overrides in RECIPES.items()}
@@ -97,11 +98,11 @@ RECIPES |= {"query likelihood (bundled SmolLM2), LoRA on the mined lists": ["rer
 
 def run_recipe(config: str, overrides: list[str], steps: int) -> dict:
     """Run the rerank stage with ``overrides`` for ``steps`` steps; return its dev figures and timing."""
-    warm = any(o == "rerank.warm_start=margin_mse" for o in overrides)
+    warm = any(o == f"{CE}.warm_start=margin_mse" for o in overrides)
     step_overrides = (
-        [f"rerank.warm_start_steps={steps // 3}", f"rerank.max_steps={steps - steps // 3}"]
+        [f"{CE}.warm_start_steps={steps // 3}", f"rerank.max_steps={steps - steps // 3}"]
         if warm
-        else ["rerank.warm_start_steps=0", f"rerank.max_steps={steps}"]
+        else [f"{CE}.warm_start_steps=0", f"rerank.max_steps={steps}"]
     )
     cmd = [str(ROOT / ".venv/bin/ragtune"), "rerank", config, *overrides, *step_overrides, "--force"]
     started = time.time()

@@ -13,8 +13,8 @@
   vectors cut to that dimension (sentence-transformers' ``truncate_dim``, for a Matryoshka embedder): the
   index, the queries, the extractive answerer and the server's ``/v1/embeddings`` all use the cut vectors.
 - Reranking: :class:`FusedSentenceTransformerRerank` (LlamaIndex's ``SentenceTransformerRerank``) keeps
-  ``assemble.top_n`` of ``assemble.top_k``, ordered by the reranker's scores (a cross-encoder's, or a
-  query-likelihood reranker's) fused with the retriever's at the weight the rerank stage chose
+  ``assemble.top_n`` of ``assemble.top_k``, ordered by the reranker's scores (a query-likelihood reranker's, or a
+  cross-encoder's) fused with the retriever's at the weight the rerank stage chose
   (``rerank/model/ragtune_fusion.json``; 1.0 = plain).
 - Generation: :class:`GeneratorLLM` (LlamaIndex's ``HuggingFaceLLM``, streaming through
   :class:`ragtune.pipeline.generator.GenerationStream` so a call's ``sampling`` — token cap, temperature,
@@ -37,15 +37,15 @@ Example (a sketch over a finished run, not run as a doctest):
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.llms.types import CompletionResponse, CompletionResponseGen
 from llama_index.core.base.response.schema import Response
 from llama_index.core.bridge.pydantic import Field
@@ -59,43 +59,49 @@ from llama_index.llms.huggingface import HuggingFaceLLM
 from llama_index.postprocessor.sbert_rerank import SentenceTransformerRerank
 
 from ragtune.app.vector_store import load_vector_index
-from ragtune.pipeline.components import load_reranker, resolve_components
+from ragtune.pipeline.components import resolve_components
 from ragtune.pipeline.config import AssembleConfig, RagtuneConfig
-from ragtune.pipeline.extractive import EXTRACTIVE, ExtractiveAnswerer
-from ragtune.pipeline.generator import GenerationStream, Sampling, chat_prompt, load_generator, stop_point
+from ragtune.pipeline.extractive import ExtractiveAnswerer
+from ragtune.pipeline.generator import GenerationStream, Sampling, chat_prompt, stop_point
 from ragtune.pipeline.hybrid import HybridRetriever, bm25_retriever
 from ragtune.pipeline.nodes import chunk_id_of
-from ragtune.pipeline.precision import inference_dtype
 from ragtune.pipeline.promotion import resolve_auto
 from ragtune.pipeline.quoting import neutralise
 from ragtune.pipeline.raft_format import ANSWER_TAG, answer_so_far, build_messages, parse_answer
 from ragtune.pipeline.ranking import fuse_scores
-from ragtune.pipeline.retrieval import check_truncate_dim, load_fusion_weight
+from ragtune.pipeline.retrieval import Reranker, load_embedder
 from ragtune.pipeline.rundir import RunDir, read_jsonl
+from ragtune.pipeline.stack import StackLoader
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger(__name__)
 
 
 class FusedSentenceTransformerRerank(SentenceTransformerRerank):
-    """``SentenceTransformerRerank`` that orders by cross-encoder and retriever scores fused at ``fusion_weight``.
+    """``SentenceTransformerRerank`` that orders by reranker and retriever scores fused at ``fusion_weight``.
 
-    ``scorer`` takes any loaded model with ``CrossEncoder.predict``'s signature instead of loading ``model`` as
-    a CrossEncoder (a query-likelihood reranker, :mod:`ragtune.pipeline.query_likelihood`).
+    ``reranker`` takes an already loaded reranker of either kind (:class:`ragtune.pipeline.retrieval.Reranker`: a
+    ``CrossEncoder``, or a query-likelihood reranker, :mod:`ragtune.pipeline.query_likelihood`) instead of loading
+    ``model`` as a CrossEncoder; :attr:`reranker` gives it back.
 
     At weight 1.0 it is the stock postprocessor. Below 1 each node's score becomes
-    :func:`ragtune.pipeline.ranking.fuse_scores` of its retrieval score and its cross-encoder score — the order
+    :func:`ragtune.pipeline.ranking.fuse_scores` of its retrieval score and its reranker score — the order
     the rerank stage chose the weight for and the eval harness measures.
     """
 
-    fusion_weight: float = Field(default=1.0, ge=0.0, le=1.0, description="Share of the cross-encoder's score.")
+    fusion_weight: float = Field(default=1.0, ge=0.0, le=1.0, description="Share of the reranker's score.")
 
-    def __init__(self, *, fusion_weight: float = 1.0, scorer: Any = None, **kwargs: Any) -> None:
-        if scorer is None:
+    def __init__(self, *, fusion_weight: float = 1.0, reranker: Reranker | None = None, **kwargs: Any) -> None:
+        if reranker is None:
             super().__init__(**kwargs)  # the stock __init__ takes only its own arguments
-        else:  # an already loaded scorer: the stock __init__ would load ``model`` as a CrossEncoder
+        else:  # an already loaded reranker: the stock __init__ would load ``model`` as a CrossEncoder
             kwargs.pop("cross_encoder_kwargs", None)
             BaseNodePostprocessor.__init__(self, **kwargs)
-            self._model, self._device = scorer, str(next(scorer.parameters()).device)
+            parameters = getattr(reranker, "parameters", None)
+            self._model = reranker
+            self._device = str(next(parameters()).device) if parameters is not None else "cpu"
         if not 0.0 <= fusion_weight <= 1.0:
             raise ValueError(f"fusion_weight {fusion_weight} is outside [0, 1]")
         self.fusion_weight = fusion_weight
@@ -103,6 +109,11 @@ class FusedSentenceTransformerRerank(SentenceTransformerRerank):
     @classmethod
     def class_name(cls) -> str:
         return "FusedSentenceTransformerRerank"
+
+    @property
+    def reranker(self) -> Reranker:
+        """The loaded reranker that scores the nodes (either kind)."""
+        return self._model
 
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
@@ -128,26 +139,37 @@ class SentenceTransformerEmbedding(HuggingFaceEmbedding):
     stages use ``encode_query`` / ``encode_document``, so this keeps LlamaIndex's vectors identical.
 
     Args:
-        model_path: a sentence-transformers folder.
+        model: a loaded ``SentenceTransformer`` (assembly passes :class:`ragtune.pipeline.stack.StackLoader`'s, so
+            the index, the engine and the server's routes share one), or a sentence-transformers folder to load.
         truncate_dim: embed at this dimension (``assemble.truncate_dim``: the model's own ``truncate_dim``, which
-            cuts every vector before it is normalised); None: the full dimension.
-        **kwargs: passed to ``HuggingFaceEmbedding`` (``embed_batch_size``, ``device``, ...).
+            cuts every vector before it is normalised); None: the full dimension. Only with a folder: a loaded
+            model brings its own.
+        model_name: the model's path, recorded as LlamaIndex's ``model_name`` (default: the folder).
+        **kwargs: passed to ``BaseEmbedding`` (``embed_batch_size``, ``callback_manager``, ...).
 
     Raises:
         ConfigError: ``truncate_dim`` exceeds the model's dimension.
     """
 
-    def __init__(self, model_path: str, truncate_dim: int | None = None, **kwargs: Any) -> None:
-        saved = Path(model_path) / "config_sentence_transformers.json"
-        prompts = json.loads(saved.read_text()).get("prompts", {}) if saved.exists() else {}
-        # Hand the model's own query prompt back: HuggingFaceEmbedding would replace it with "".
-        super().__init__(
-            model_name=model_path,
-            query_instruction=prompts.get("query") or None,
-            truncate_dim=truncate_dim,  # a SentenceTransformer argument, passed through
+    def __init__(
+        self,
+        model: str | SentenceTransformer,
+        truncate_dim: int | None = None,
+        model_name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(model, (str, Path)):
+            model_name, model = model_name or str(model), load_embedder(str(model), truncate_dim)
+        # The stock __init__ would load the model again (and replace its saved prompts): set its fields directly.
+        BaseEmbedding.__init__(
+            self,
+            model_name=model_name or "a SentenceTransformer in memory",
+            max_length=model.max_seq_length,
+            normalize=True,
             **kwargs,
         )
-        check_truncate_dim(self._model, truncate_dim, model_path)
+        self._model, self._device = model, str(model.device)
+        self._parallel_process, self._target_devices = False, None
 
     @classmethod
     def class_name(cls) -> str:
@@ -370,13 +392,17 @@ def _extractive_pieces(stream: AnswerStream, raw: str, sampling: Sampling | None
     yield raw
 
 
-def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig | None = None) -> RaftQueryEngine:
+def build_query_engine(
+    cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig | None = None, loader: StackLoader | None = None
+) -> RaftQueryEngine:
     """The query engine for a run, with each component base or tuned as ``choice`` says.
 
     Args:
         cfg: the run's config (``config.resolved.yaml``).
         run: the run directory.
         choice: component choice and sizes; default ``cfg.assemble``.
+        loader: loads the models (:class:`ragtune.pipeline.stack.StackLoader`), each once; default a new one. The
+            engine's embedder serves the index, the queries and the extractive answerer alike.
 
     Returns:
         A :class:`RaftQueryEngine` (``engine.query("...")``).
@@ -386,17 +412,14 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
     """
     choice = resolve_auto(choice or cfg.assemble, run, cfg.gpl.enabled)  # the served retrieval mode too
     comp = resolve_components(cfg, run, choice)
-    embed_model = SentenceTransformerEmbedding(comp.embedder, choice.truncate_dim, embed_batch_size=64)
+    stack = (loader or StackLoader(cfg)).stack(comp, choice)
+    embed_model = SentenceTransformerEmbedding(stack.embedder, model_name=comp.embedder, embed_batch_size=64)
     index = load_vector_index(run, embed_model, comp.embedder, store=choice.vector_store)
     reranker = None
-    if comp.reranker is not None:
+    if stack.reranker is not None:
         # Loaded as the harness loads it (a base encoder gets the same seeded fresh head).
-        scorer = load_reranker(comp.reranker, cfg.rerank.max_length, cfg.run.seed)
         reranker = FusedSentenceTransformerRerank(
-            model=comp.reranker,
-            top_n=choice.top_n,
-            fusion_weight=load_fusion_weight(comp.reranker),
-            scorer=scorer,
+            model=comp.reranker, top_n=choice.top_n, fusion_weight=stack.fusion_weight, reranker=stack.reranker
         )
     # Without a reranker the generator reads the retriever's top_n, as in the eval harness.
     top_k = choice.top_k if reranker is not None else choice.top_n
@@ -405,10 +428,10 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
         corpus = read_jsonl(run.require("data", "corpus")["corpus"])
         dense = index.as_retriever(similarity_top_k=choice.hybrid_depth)
         retriever = HybridRetriever(dense, bm25_retriever(corpus, choice.hybrid_depth), top_k)
-    if comp.generator == EXTRACTIVE:  # no LLM: the served embedder picks the sentence
-        answerer = ExtractiveAnswerer(embed_model._model)
-        return RaftQueryEngine(retriever=retriever, reranker=reranker, answerer=answerer, embedder=embed_model._model)
-    model, tokenizer = load_generator(comp.generator, comp.adapter, inference_dtype(choice.dtype))
+    if stack.extractive:  # no LLM: the served embedder picks the sentence
+        answerer = ExtractiveAnswerer(stack.embedder)
+        return RaftQueryEngine(retriever=retriever, reranker=reranker, answerer=answerer, embedder=stack.embedder)
+    model, tokenizer = stack.generator, stack.tokenizer
     positions = getattr(model.config, "max_position_embeddings", choice.context_window)
     # With an adapter the tokenizer is the copy RAFT saved beside it (the base's, with the chat template it
     # trained with), so HuggingFaceLLM's warning that model and tokenizer folders differ does not apply.
@@ -428,7 +451,7 @@ def build_query_engine(cfg: RagtuneConfig, run: RunDir, choice: AssembleConfig |
         ),
     )
     return RaftQueryEngine(
-        retriever=retriever, reranker=reranker, llm=llm, tokenizer=tokenizer, embedder=embed_model._model
+        retriever=retriever, reranker=reranker, llm=llm, tokenizer=tokenizer, embedder=stack.embedder
     )
 
 

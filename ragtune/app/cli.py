@@ -99,7 +99,7 @@ def query(run_dir: str, question: str, overrides: list[str]) -> None:
     run = RunDir(run_dir)
     if not run.path(CONFIG_RESOLVED).exists():
         raise StageInputError(f"{run.root}: not a ragtune run (no {CONFIG_RESOLVED}); `ragtune run CONFIG` makes it")
-    cfg = load_config(run.path(CONFIG_RESOLVED), overrides)
+    cfg = load_config(run.path(CONFIG_RESOLVED), overrides, resolved=True)
     with run.lock():  # the engine writes index/ on first use
         print(format_response(build_query_engine(cfg, run).query(question)))
 

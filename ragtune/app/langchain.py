@@ -114,7 +114,7 @@ def langchain_components(run_path: str | Path) -> tuple[RagtuneRetriever, Ragtun
         (retriever, chat model), sharing the engine ``ragtune query`` builds.
     """
     run = RunDir(run_path)
-    cfg = load_config(run.path(CONFIG_RESOLVED))
+    cfg = load_config(run.path(CONFIG_RESOLVED), resolved=True)
     engine = build_query_engine(cfg, run)
     return components_of(engine)
 

@@ -140,6 +140,14 @@ class RerankDocument(BaseModel):
     text: Text
 
 
+RERANK_SCORES = (
+    "The served reranker's raw scores of the documents for the query, best first (not fused with the retriever's). "
+    "With the query-likelihood reranker (rerank.kind: query_likelihood) a score is the mean log-probability of the "
+    "query's tokens given the document: at most 0, higher is better. With a cross-encoder (rerank.kind: "
+    "cross_encoder) it is the model's logit."
+)
+
+
 class RerankRequest(BaseModel):
     model: str
     query: Text
@@ -155,7 +163,7 @@ class ServedStack:
         name: the model id clients send.
         engine: a :class:`ragtune.app.assemble.RaftQueryEngine`.
         embedder: a ``SentenceTransformer`` (the engine's retrieval embedder, with the served ``truncate_dim``).
-        reranker: the engine's reranker (``predict(pairs, ...)``: query likelihood or cross-encoder), or None.
+        reranker: the engine's reranker, either kind (:class:`ragtune.pipeline.retrieval.Reranker`), or None.
     """
 
     def __init__(self, name: str, engine: Any, embedder: Any, reranker: Any | None) -> None:
@@ -408,7 +416,7 @@ def create_app(stack: ServedStack, api_key: str | None = None, limits: ServeLimi
             "usage": {"prompt_tokens": 0, "total_tokens": 0},
         }
 
-    @app.post("/v1/rerank", response_model=None)
+    @app.post("/v1/rerank", response_model=None, description=RERANK_SCORES)
     def rerank(req: RerankRequest) -> JSONResponse | dict:
         if (bad := _unknown_model(req.model)) is not None:
             return bad
@@ -490,9 +498,9 @@ def load_stack(run_dir: str | Path, overrides: list[str] | None = None) -> Serve
     from ragtune.pipeline.rundir import CONFIG_RESOLVED, RunDir
 
     run = RunDir(run_dir)
-    cfg = load_config(run.path(CONFIG_RESOLVED), overrides)
+    cfg = load_config(run.path(CONFIG_RESOLVED), overrides, resolved=True)
     engine = build_query_engine(cfg, run)
-    reranker = engine.reranker._model if engine.reranker is not None else None
+    reranker = engine.reranker.reranker if engine.reranker is not None else None
     return ServedStack(f"ragtune-{run.root.name}", engine, engine.embedder, reranker)
 
 

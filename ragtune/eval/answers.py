@@ -1,6 +1,7 @@
 """Answers of each configuration's generator, with and without the evidence in context, and their scores.
 
-Generation runs once per distinct generator (a :class:`~ragtune.pipeline.generator.GenerationMemo` answers
+Generation runs once per distinct generator, loaded once through the eval's
+:class:`~ragtune.pipeline.stack.StackLoader` (a :class:`~ragtune.pipeline.generator.GenerationMemo` answers
 identical prompts of several configurations once), prompted with the RAFT format
 (:func:`ragtune.pipeline.raft_format.build_messages`). Each answered query is asked twice: with the
 configuration's top_n chunks, and with the same ranking minus every relevant chunk (it should abstain).
@@ -11,19 +12,21 @@ embedder), over the same two contexts.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ragtune.eval.metrics import abstained, format_compliance, oracle_citation, quote_precision
 from ragtune.pipeline.answer_metrics import exact_match, final_answer, token_f1
 from ragtune.pipeline.components import Components
 from ragtune.pipeline.config import AssembleConfig
 from ragtune.pipeline.extractive import EXTRACTIVE, ExtractiveAnswerer
-from ragtune.pipeline.generator import GenerationMemo, load_generator
+from ragtune.pipeline.generator import GenerationMemo
 from ragtune.pipeline.precision import inference_dtype
 from ragtune.pipeline.raft_format import build_messages, parse_answer
-from ragtune.pipeline.retrieval import load_embedder
+from ragtune.pipeline.stack import GeneratorKey, StackLoader
 
 Answers = dict[int, tuple[str, str]]  # query index -> (answer, no-oracle answer)
+WhileLoaded = Callable[[GeneratorKey, Any, Any], None]  # (generator key, model, tokenizer) -> None
 
 
 def score_generation(
@@ -55,37 +58,45 @@ def generate_answers(
     ranked: dict[str, list[list[str]]],
     chunks: dict[str, dict],
     batch_size: int,
+    loader: StackLoader,
+    while_loaded: WhileLoaded | None = None,
 ) -> tuple[dict[str, Answers], dict[str, float]]:
-    """Every configuration's answers, loading each distinct generator (and adapter) once.
+    """Every configuration's answers, one distinct generator (and adapter, and dtype) at a time.
 
     Args:
         components: model paths per configuration.
-        choices: the configuration per name (top_n, max_new_tokens).
+        choices: the configuration per name (top_n, max_new_tokens, dtype, truncate_dim).
         queries: the held-out queries.
         answered: indices of the queries with a reference answer (the ones generated for).
         ranked: chunk ids best first, per configuration and query.
         chunks: chunk by id.
         batch_size: prompts per ``generate`` call.
+        loader: loads each generator once, and the extractive answerer's embedder (the one retrieval used).
+        while_loaded: called with each generator's key, model and tokenizer after its configurations answered,
+            before the next one loads (the forgetting check asks its questions then).
 
     Returns:
         (answers per configuration, generation ms per query per configuration).
     """
     answers: dict[str, Answers] = {}
     ms: dict[str, float] = {}
-    by_generator: dict[tuple[str | None, str | None, str], list[str]] = {}
+    by_generator: dict[GeneratorKey, list[str]] = {}
     by_embedder: dict[tuple[str, int | None], list[str]] = {}  # extractive configurations: their embedder answers
     for name, comp in components.items():
         if comp.generator == EXTRACTIVE:
             by_embedder.setdefault((comp.embedder, choices[name].truncate_dim), []).append(name)
         else:
             by_generator.setdefault((*comp.generator_key, inference_dtype(choices[name].dtype)), []).append(name)
-    for (gen_path, adapter, dtype), group in by_generator.items():
-        memo = GenerationMemo(*load_generator(gen_path, adapter, dtype), batch_size)
+    for key, group in by_generator.items():
+        model, tokenizer = loader.generator(*key)
+        memo = GenerationMemo(model, tokenizer, batch_size)
         for name in group:
             answers[name], ms[name] = _generate_for(memo, queries, answered, ranked[name], chunks, choices[name], name)
-        del memo  # one generator in memory at a time
+        if while_loaded is not None:
+            while_loaded(key, model, tokenizer)
+        del memo, model, tokenizer  # one generator in memory at a time
     for (embedder, truncate_dim), group in by_embedder.items():
-        answerer = ExtractiveAnswerer(load_embedder(embedder, truncate_dim), batch_size)
+        answerer = ExtractiveAnswerer(loader.embedder(embedder, truncate_dim), batch_size)
         for name in group:
             answers[name], ms[name] = _extract_for(
                 answerer, queries, answered, ranked[name], chunks, choices[name].top_n

@@ -21,6 +21,7 @@ from ragtune.pipeline.models import resolve_model
 from ragtune.pipeline.ranking import mean_metrics, per_query_metrics
 from ragtune.pipeline.retrieval import DenseRetriever, exact_top_k, truncate_normalized
 from ragtune.pipeline.rundir import EMBEDDING_CACHE, RunDir, StageInputError
+from ragtune.pipeline.stack import StackLoader
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def dimension_table(
     corpus: list[dict],
     queries: Sequence[dict],
     retrievers: dict[tuple[str, int | None], DenseRetriever],
+    loader: StackLoader,
 ) -> dict | None:
     """The per-dimension table of the eval report, or None without ``embed.matryoshka_dims`` or a tuned embedder.
 
@@ -70,6 +72,7 @@ def dimension_table(
         corpus: the chunks.
         queries: the held-out queries.
         retrievers: full-dimension retrievers already loaded, by (path, None), to reuse.
+        loader: loads an embedder no configuration used at its full dimension (each once).
 
     Returns:
         ``{"full_dimension", "served_dimension", "rows": [{"dimension", "tuned": {metric: mean}, "base": ...}]}``,
@@ -83,9 +86,10 @@ def dimension_table(
         logger.info("eval: no tuned embedder for the per-dimension table (%s)", e)
         return None
     paths = {"tuned": tuned_path, "base": resolve_model(cfg.embed.base_model)}
+    cache, block = run.path(EMBEDDING_CACHE), cfg.run.score_block_mb
     loaded = {
         label: retrievers.get((path, None))
-        or DenseRetriever.load(path, corpus, cache_dir=run.path(EMBEDDING_CACHE), score_block_mb=cfg.run.score_block_mb)
+        or DenseRetriever.from_model(loader.embedder(path), path, corpus, cache, score_block_mb=block)
         for label, path in paths.items()
     }
     full = loaded["tuned"].embeddings.shape[1]

@@ -7,18 +7,22 @@ team (ragtune/eval/general_knowledge.jsonl: capitals, planets, units, authors; o
 each), without any retrieved context and greedily, and compares the share each answers correctly:
 an accepted answer, normalised as SQuAD does, found in the generation. The paired bootstrap interval
 of the difference says whether the adapter cost (``hurt``) or changed nothing measurable.
+
+In the eval stage the questions are asked of each generator while it is loaded to answer the held-out queries
+(:class:`GeneralQuestions`), so neither generator is loaded a second time for the check.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ragtune.eval.metrics import paired_bootstrap, verdict
 from ragtune.pipeline.answer_metrics import normalize_answer
 from ragtune.pipeline.generator import generate_batched, load_generator
+from ragtune.pipeline.stack import GeneratorKey
 
 GENERAL_KNOWLEDGE = Path(__file__).with_name("general_knowledge.jsonl")
 INSTRUCTION = "Answer in a few words."
@@ -68,6 +72,47 @@ def general_messages(question: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"{question} {INSTRUCTION}"}]
 
 
+def ask_general(
+    model: Any, tokenizer: Any, questions: Sequence[dict[str, Any]], batch_size: int, max_new_tokens: int, label: str
+) -> list[str]:
+    """One generator's greedy answers to every question (:func:`general_messages`: no documents)."""
+    requests = [general_messages(q["question"]) for q in questions]
+    return generate_batched(model, tokenizer, requests, max_new_tokens, batch_size, f"forgetting check ({label})")
+
+
+class GeneralQuestions:
+    """The questions asked of the base and the tuned generator whenever one of them is loaded for other work.
+
+    Call it with a loaded generator's key, model and tokenizer
+    (:func:`ragtune.eval.answers.generate_answers`'s ``while_loaded``); :attr:`answers` holds what each label
+    answered, for :func:`forgetting_check`'s ``asked``.
+
+    Args:
+        generators: ``{"base": key, "tuned": key}``, each ``(folder, adapter, dtype)``.
+        questions: rows of :func:`load_general_questions`.
+        batch_size: prompts per ``generate`` call.
+        max_new_tokens: completion cap.
+    """
+
+    def __init__(
+        self,
+        generators: dict[str, GeneratorKey],
+        questions: Sequence[dict[str, Any]],
+        batch_size: int,
+        max_new_tokens: int,
+    ) -> None:
+        self.generators, self.questions = generators, questions
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.answers: dict[str, list[str]] = {}
+
+    def __call__(self, key: GeneratorKey, model: Any, tokenizer: Any) -> None:
+        for label, wanted in self.generators.items():
+            if wanted == key and label not in self.answers:
+                self.answers[label] = ask_general(
+                    model, tokenizer, self.questions, self.batch_size, self.max_new_tokens, label
+                )
+
+
 def forgetting_check(
     base: tuple[str, str | None],
     tuned: tuple[str, str | None],
@@ -78,6 +123,8 @@ def forgetting_check(
     samples: int,
     seed: int,
     dtype: str | None = None,
+    load: Callable[[str, str | None, str | None], tuple[Any, Any]] | None = None,
+    asked: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Ask both generators every question and compare their accuracy with a paired bootstrap.
 
@@ -90,20 +137,25 @@ def forgetting_check(
         samples: bootstrap resamples.
         seed: bootstrap seed.
         dtype: the generators' weights (``assemble.dtype`` resolved), None for load_generator's default.
+        load: loads ``(folder, adapter, dtype) -> (model, tokenizer)`` (the eval's
+            :meth:`ragtune.pipeline.stack.StackLoader.generator`); default
+            :func:`ragtune.pipeline.generator.load_generator`.
+        asked: answers already given per label (``"base"``, ``"tuned"``; :class:`GeneralQuestions`): that
+            generator is not loaded again.
 
     Returns:
         ``{"questions", "base", "tuned", "delta": interval dict, "verdict", "per_question": [...]}``:
         accuracies, the paired delta tuned − base and its verdict, and each question's answers.
     """
-    requests = [general_messages(q["question"]) for q in questions]
-    scores, answers = {}, {}
+    load = load or load_generator
+    answers = dict(asked or {})
+    scores = {}
     for label, (generator, adapter) in (("base", base), ("tuned", tuned)):
-        model, tokenizer = load_generator(generator, adapter, dtype)
-        answers[label] = generate_batched(
-            model, tokenizer, requests, max_new_tokens, batch_size, f"forgetting check ({label})"
-        )
+        if label not in answers:
+            model, tokenizer = load(generator, adapter, dtype)
+            answers[label] = ask_general(model, tokenizer, questions, batch_size, max_new_tokens, label)
+            del model, tokenizer
         scores[label] = [answered_correctly(a, q["answers"]) for a, q in zip(answers[label], questions, strict=True)]
-        del model
     delta = paired_bootstrap(scores["base"], scores["tuned"], samples, seed)
     return {
         "questions": len(questions),

@@ -35,7 +35,7 @@ from ragtune.eval.answers import generate_answers, score_answers
 from ragtune.eval.comparison import VERDICT_METRICS, compare, summarize, verdicts
 from ragtune.eval.configurations import BASELINE, Plan, plan_configurations, select_queries
 from ragtune.eval.dimensions import dimension_table
-from ragtune.eval.forgetting import GENERAL_KNOWLEDGE, forgetting_check, load_general_questions
+from ragtune.eval.forgetting import GENERAL_KNOWLEDGE, GeneralQuestions, forgetting_check, load_general_questions
 from ragtune.eval.html_report import write_html_report
 from ragtune.eval.judge import judge_answers
 from ragtune.eval.metrics import labelled_recall
@@ -48,10 +48,10 @@ from ragtune.pipeline.entry import run_stage
 from ragtune.pipeline.extractive import EXTRACTIVE
 from ragtune.pipeline.models import resolve_model
 from ragtune.pipeline.precision import inference_dtype
-from ragtune.pipeline.promotion import promotion_report
+from ragtune.pipeline.promotion import EmbedFigures, promotion_report
 from ragtune.pipeline.ranking import per_query_metrics
-from ragtune.pipeline.retrieval import DenseRetriever, load_fusion_weight
-from ragtune.pipeline.rundir import EVAL_JSON, RunDir, StageInputError, is_main_process, read_jsonl
+from ragtune.pipeline.rundir import EVAL_JSON, SCORE_CACHE, RunDir, StageInputError, is_main_process, read_jsonl
+from ragtune.pipeline.stack import StackLoader
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,9 @@ def score_retrieval(held: HeldOut, rankings: dict[str, Ranking], k_values: list[
     }
 
 
-def configuration_entry(plan: Plan, name: str, generation: bool, summary: dict, intervals: dict, latency: dict) -> dict:
+def configuration_entry(
+    plan: Plan, name: str, generation: bool, loader: StackLoader, summary: dict, intervals: dict, latency: dict
+) -> dict:
     """One configuration in the report: its components, retrieval settings, metrics and latency."""
     choice, comp = plan.choices[name], plan.components[name]
     return {
@@ -135,7 +137,7 @@ def configuration_entry(plan: Plan, name: str, generation: bool, summary: dict, 
         | {"paths": {k: v for k, v in vars(comp).items() if k != "inputs" and v is not None}},
         "retrieval": choice.retrieval,
         # how much the reranker's score counted against the retriever's (None: no reranker)
-        "reranker_weight": load_fusion_weight(comp.reranker) if comp.reranker else None,
+        "reranker_weight": loader.fusion_weight(comp.reranker) if comp.reranker else None,
         "top_k": choice.top_k,
         "top_n": choice.top_n,
         "metrics": summary,
@@ -168,21 +170,15 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         print(report_io.render_table(report))
         return report
 
-    # 3. Retrieve (one batched pass per embedder) and rerank (one batched pass per reranker).
+    # 3. Retrieve (one batched pass per embedder) and rerank (one batched pass per reranker); every model the
+    #    configurations share is loaded once, by one loader.
+    loader = StackLoader(cfg, run.path(SCORE_CACHE))
     k_values = sorted({*cfg.eval.k_values, 10})
     choices = plan.choices.values()
     depth = max(max(k_values), *(c.top_k for c in choices))
     depth = max(depth, *(c.hybrid_depth for c in choices if c.retrieval == "hybrid"), 0)
     rankings, retrievers = rank_configurations(
-        run,
-        held.corpus,
-        held.texts,
-        plan.components,
-        plan.choices,
-        depth,
-        cfg.rerank.max_length,
-        seed,
-        cfg.run.score_block_mb,
+        run, held.corpus, held.texts, plan.components, plan.choices, depth, loader, cfg.run.score_block_mb
     )
 
     # 4. Score retrieval per query.
@@ -195,19 +191,30 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     baseline_recall = human_recall(queries, rankings[BASELINE].ranked, doc_of)
     latency = {name: {"retrieval_ms": 1000 * rankings[name].seconds / len(queries)} for name in names}
 
-    # 5. Generate (batched, per generator) with and without the evidence, score, ask the judge.
-    judge_usage = None
+    # 5. Generate (batched, per generator) with and without the evidence, and the forgetting check's questions
+    #    while each generator is loaded; score, ask the judge.
+    judge_usage = forgetting = None
     if held.generation:
         ranked = {name: rankings[name].ranked for name in names}
+        general = general_questions(cfg, plan)
         answers, generation_ms = generate_answers(
-            plan.components, plan.choices, queries, held.answered, ranked, chunks, cfg.eval.generation_batch_size
+            plan.components,
+            plan.choices,
+            queries,
+            held.answered,
+            ranked,
+            chunks,
+            cfg.eval.generation_batch_size,
+            loader,
+            general,
         )
+        forgetting = check_forgetting(cfg, general, loader)
+        loader.release_generators()
         for name in names:
             latency[name]["generation_ms"] = generation_ms[name]
             score_answers(rows[name], answers[name], queries, ranked[name], chunks, plan.choices[name].top_n)
         if cfg.eval.judge is not None:
             judge_usage = judge_answers(cfg, run, queries, held.answered, names, rows)
-    forgetting = check_forgetting(cfg, plan) if held.generation else None
     for name in names:
         latency[name]["total_ms"] = sum(latency[name].values())
 
@@ -218,14 +225,14 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     samples = cfg.eval.bootstrap_samples
     configurations = {
         name: configuration_entry(
-            plan, name, held.generation, *summarize(rows[name], metrics, samples, seed), latency[name]
+            plan, name, held.generation, loader, *summarize(rows[name], metrics, samples, seed), latency[name]
         )
         for name in names
     }
     deltas = compare(rows, names, metrics, samples, seed)
     verdict_metrics = [m for m in VERDICT_METRICS if m in metrics]
-    probes = _probes(cfg, run, retrievers)
-    dimensions = dimension_table(cfg, run, held.corpus, queries, retrievers)
+    probes = _probes(cfg, run, loader)
+    dimensions = dimension_table(cfg, run, held.corpus, queries, retrievers, loader)
 
     # 7. Write the report, the per-query rows and the charts; record the stage last.
     report = {
@@ -337,7 +344,7 @@ def dev_slice_origin(run: RunDir) -> dict | None:
         ``dev_queries``), or None when stage 1 recorded no dev slice.
     """
     embed = run.load_manifest().get("embed")
-    n = embed.metrics.get("dev_queries") if embed is not None else None
+    n = EmbedFigures.from_metrics(embed.metrics).queries if embed is not None else None
     if not n:
         return None
     try:
@@ -355,27 +362,46 @@ def dev_slice_origin(run: RunDir) -> dict | None:
     }
 
 
-def check_forgetting(cfg: RagtuneConfig, plan: Plan) -> dict | None:
-    """The forgetting check (:mod:`ragtune.eval.forgetting`) of the first tuned generator against the base one.
+def general_questions(cfg: RagtuneConfig, plan: Plan) -> GeneralQuestions | None:
+    """The forgetting check (:mod:`ragtune.eval.forgetting`) of the first tuned generator against the base one:
+    its questions, to ask each of the two while eval has it loaded.
 
     Returns:
-        Its result, or None when it is off or no evaluated configuration uses a tuned generator.
+        None when it is off or no evaluated configuration uses a tuned generator.
     """
     keys = [plan.components[name].generator_key for name in plan.names]
     keys = [k for k in keys if k[0] != EXTRACTIVE]  # the extractive answerer has no knowledge to forget
     tuned = next((k for k in keys if k[1] is not None or k[0] != keys[0][0]), None)
     if not cfg.eval.forgetting or tuned is None:
         return None
-    questions = load_general_questions(cfg.eval.forgetting_questions or GENERAL_KNOWLEDGE)
+    dtype = inference_dtype(cfg.assemble.dtype)
+    return GeneralQuestions(
+        {"base": (*keys[0], dtype), "tuned": (*tuned, dtype)},
+        load_general_questions(cfg.eval.forgetting_questions or GENERAL_KNOWLEDGE),
+        cfg.eval.generation_batch_size,
+        cfg.eval.forgetting_max_new_tokens,
+    )
+
+
+def check_forgetting(cfg: RagtuneConfig, general: GeneralQuestions | None, loader: StackLoader) -> dict | None:
+    """The forgetting check's result: the answers ``general`` collected, a generator it missed asked now.
+
+    Returns:
+        Its result, or None when there is no check (:func:`general_questions`).
+    """
+    if general is None:
+        return None
     result = forgetting_check(
-        keys[0],
-        tuned,
-        questions,
-        batch_size=cfg.eval.generation_batch_size,
-        max_new_tokens=cfg.eval.forgetting_max_new_tokens,
+        general.generators["base"][:2],
+        general.generators["tuned"][:2],
+        general.questions,
+        batch_size=general.batch_size,
+        max_new_tokens=general.max_new_tokens,
         samples=cfg.eval.bootstrap_samples,
         seed=cfg.run.seed,
-        dtype=inference_dtype(cfg.assemble.dtype),
+        dtype=general.generators["base"][2],
+        load=loader.generator,
+        asked=general.answers,
     )
     logger.info(
         "eval: forgetting check on %d general questions: base %.3f, tuned %.3f (%s)",
@@ -387,23 +413,17 @@ def check_forgetting(cfg: RagtuneConfig, plan: Plan) -> dict | None:
     return result
 
 
-def _probes(cfg: RagtuneConfig, run: RunDir, retrievers: dict[tuple[str, int | None], DenseRetriever]) -> dict | None:
+def _probes(cfg: RagtuneConfig, run: RunDir, loader: StackLoader) -> dict | None:
     """Probe similarities for the base embedder and, when stage 1 has run, the tuned one (full dimension)."""
     probes = cfg.eval.probes
     if not probes.close and not probes.far:
         return None
-    from sentence_transformers import SentenceTransformer
-
     paths = {"base": resolve_model(cfg.embed.base_model)}
     try:
         paths["tuned"] = tuned_embedder_path(cfg, run)[0]  # stage 1's model, or the GPL round's when it serves
     except StageInputError as e:
         logger.info("eval: tuned embedder not available for probes (%s)", e)
-    out = {}
-    for label, path in paths.items():
-        model = retrievers[path, None].model if (path, None) in retrievers else SentenceTransformer(path)
-        out[label] = probe_similarities(model, probes.close, probes.far)
-    return out
+    return {label: probe_similarities(loader.embedder(path), probes.close, probes.far) for label, path in paths.items()}
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 One :class:`~ragtune.pipeline.retrieval.DenseRetriever` per embedder and dimension (corpus embeddings cached
 under ``cache/embeddings`` at full dimension, cut to a configuration's ``truncate_dim``), exact top-k for all
-queries in one matrix product, one batched rerank per reranker — never one LlamaIndex retrieve per query, yet
-the same order the served engine returns.
+queries in one matrix product, one batched rerank per configuration with a reranker — never one LlamaIndex
+retrieve per query, yet the same order the served engine returns. The models come from the eval's
+:class:`~ragtune.pipeline.stack.StackLoader`, so a model several configurations share is loaded once.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ragtune.pipeline.components import Components, load_reranker
+from ragtune.pipeline.components import Components
 from ragtune.pipeline.config import AssembleConfig
 from ragtune.pipeline.hybrid import bm25_rankings, bm25_retriever, fuse_rankings
-from ragtune.pipeline.retrieval import SCORE_BLOCK_MB, DenseRetriever, Reranker, load_fusion_weight, rerank
-from ragtune.pipeline.rundir import EMBEDDING_CACHE, SCORE_CACHE, RunDir
+from ragtune.pipeline.retrieval import SCORE_BLOCK_MB, DenseRetriever, Reranker, rerank
+from ragtune.pipeline.rundir import EMBEDDING_CACHE, RunDir
+from ragtune.pipeline.stack import StackLoader
 
 
 @dataclass
@@ -48,8 +50,8 @@ def rerank_ranking(
 ) -> Ranking:
     """Rerank each query's first ``top_k`` candidates in one batched call; deeper ranks keep their order.
 
-    The order is the one serving uses: the cross-encoder's scores fused with the retriever's at
-    ``fusion_weight`` (1.0: the cross-encoder alone; 0.0: the retriever's order, without scoring). Keeping the
+    The order is the one serving uses: the reranker's scores fused with the retriever's at
+    ``fusion_weight`` (1.0: the reranker alone; 0.0: the retriever's order, without scoring). Keeping the
     retriever's tail below ``top_k`` lets recall@k for k > top_k stay comparable with the configurations
     without a reranker.
     """
@@ -85,8 +87,7 @@ def rank_configurations(
     components: dict[str, Components],
     choices: dict[str, AssembleConfig],
     depth: int,
-    reranker_max_length: int,
-    seed: int,
+    loader: StackLoader,
     score_block_mb: float = SCORE_BLOCK_MB,
 ) -> tuple[dict[str, Ranking], dict[tuple[str, int | None], DenseRetriever]]:
     """Every configuration's top-``depth`` ranking: one retrieval per embedder and dimension, BM25 once, one
@@ -99,8 +100,8 @@ def rank_configurations(
         components: model paths per configuration name.
         choices: the configuration per name (retrieval mode, top_k, hybrid_depth, truncate_dim).
         depth: how many chunk ids each ranking keeps.
-        reranker_max_length: the cross-encoder's max tokens per (query, chunk) pair.
-        seed: seeds a base cross-encoder's fresh head, as serving does.
+        loader: loads the embedders and rerankers (each once; a base cross-encoder's fresh head seeded as serving
+            seeds it).
         score_block_mb: memory bound of the exact search's score blocks (``run.score_block_mb``).
 
     Returns:
@@ -112,28 +113,19 @@ def rank_configurations(
     retrievers: dict[tuple[str, int | None], DenseRetriever] = {}
     first_stage: dict[tuple[str, int | None], Ranking] = {}
     rankings: dict[str, Ranking] = {}
-    rerankers: dict[str, Reranker] = {}
     for name, comp in components.items():
         choice = choices[name]
+        stack = loader.stack(comp, choice, generator=False)
         key = (comp.embedder, choice.truncate_dim)
         if key not in retrievers:
-            retrievers[key] = DenseRetriever.load(
-                comp.embedder,
-                corpus,
-                cache_dir=run.path(EMBEDDING_CACHE),
-                score_block_mb=score_block_mb,
-                truncate_dim=choice.truncate_dim,
+            retrievers[key] = DenseRetriever.from_model(
+                stack.embedder, comp.embedder, corpus, run.path(EMBEDDING_CACHE), score_block_mb=score_block_mb
             )
             first_stage[key] = retrieve(retrievers[key], texts, depth)
         ranking = first_stage[key]
         if choice.retrieval == "hybrid":
             ranking = hybrid_ranking(ranking, bm25, choice.hybrid_depth, depth)
-        if comp.reranker is not None:
-            if comp.reranker not in rerankers:
-                rerankers[comp.reranker] = load_reranker(
-                    comp.reranker, reranker_max_length, seed, run.path(SCORE_CACHE)
-                )
-            weight = load_fusion_weight(comp.reranker)
-            ranking = rerank_ranking(rerankers[comp.reranker], texts, ranking, chunks, choice.top_k, weight)
+        if stack.reranker is not None:
+            ranking = rerank_ranking(stack.reranker, texts, ranking, chunks, choice.top_k, stack.fusion_weight)
         rankings[name] = ranking
     return rankings, retrievers

@@ -3,19 +3,20 @@
 A choice (:class:`~ragtune.pipeline.config.AssembleConfig`: embedder, reranker and generator each ``base``,
 ``tuned`` or ``auto``) becomes paths: base models from their stage's section, tuned ones through the run's
 manifest. Assembly, the server and the eval harness read components only through
-:func:`resolve_components`, so they serve and measure the same models.
+:func:`resolve_components`, so they serve and measure the same models, and load them only through
+:class:`ragtune.pipeline.stack.StackLoader`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ragtune.pipeline.config import AssembleConfig, RagtuneConfig
 from ragtune.pipeline.extractive import EXTRACTIVE
 from ragtune.pipeline.models import resolve_model
 from ragtune.pipeline.promotion import resolve_auto, tuned_embedder
+from ragtune.pipeline.retrieval import Reranker
 from ragtune.pipeline.rundir import RunDir, StageInputError
 
 
@@ -59,10 +60,10 @@ def resolve_components(
 ) -> Components:
     """Model paths for one combination of base / tuned components.
 
-    Base models come from ``embed.base_model``, ``rerank.base_model`` (loaded as a CrossEncoder)
-    and ``raft.base_model``; tuned ones from the run's manifest: ``embed/model`` (or ``gpl/model``, see
-    :func:`tuned_embedder_path`), ``rerank/model``, and ``raft/merged`` when the RAFT stage saved it, else
-    ``raft/adapter`` over the base generator.
+    Base models come from ``embed.base_model``, the untrained reranker of ``rerank.kind``
+    (:func:`untrained_reranker_path`) and ``raft.base_model``; tuned ones from the run's manifest: ``embed/model``
+    (or ``gpl/model``, see :func:`tuned_embedder_path`), ``rerank/model``, and ``raft/merged`` when the RAFT stage
+    saved it, else ``raft/adapter`` over the base generator.
 
     Raises:
         StageInputError: a tuned component's stage has not finished (or its output is stale).
@@ -101,7 +102,7 @@ def untrained_reranker_path(cfg: RagtuneConfig, run: RunDir) -> tuple[str, dict[
     """``assemble.reranker: base``: the untrained reranker of ``rerank.kind`` stage 2 saved (``rerank/untrained``,
     with the fusion weight the dev slice chose for it), and the hash it stands on.
 
-    Before stage 2 a cross-encoder kind falls back to ``rerank.base_model`` reranking plainly (weight 1).
+    Before stage 2 a cross-encoder kind falls back to ``rerank.cross_encoder.base_model`` reranking plainly (weight 1).
 
     Raises:
         StageInputError: a query-likelihood kind before stage 2 (its untrained form and weight come from there).
@@ -110,17 +111,19 @@ def untrained_reranker_path(cfg: RagtuneConfig, run: RunDir) -> tuple[str, dict[
     if record is not None and "untrained" in record.outputs:
         return str(run.require("rerank", "untrained")["untrained"]), run.input_hashes("rerank", "untrained")
     if cfg.rerank.kind == "cross_encoder":
-        return resolve_model(cfg.rerank.base_model), {}
+        return resolve_model(cfg.rerank.cross_encoder.base_model), {}
     raise StageInputError(
         f"assemble.reranker: base is the untrained query-likelihood reranker with the fusion weight stage 2 chose "
         f"for it on the dev slice; run `ragtune rerank CONFIG` first ({run.root})"
     )
 
 
-def load_reranker(path: str, max_length: int, seed: int, cache_dir: Path | None = None) -> Any:
+def load_reranker(path: str, max_length: int, seed: int, cache_dir: Path | None = None) -> Reranker:
     """The reranker in ``path``: a query-likelihood reranker the rerank stage saved, else a one-logit CrossEncoder.
 
-    Both have ``predict(pairs, batch_size=..., show_progress_bar=...)``.
+    Both have ``predict(pairs, batch_size=..., show_progress_bar=...)`` (:class:`ragtune.pipeline.retrieval.Reranker`);
+    assembly and eval load rerankers through :class:`ragtune.pipeline.stack.StackLoader`, which calls this once per
+    path.
 
     Args:
         max_length: a CrossEncoder's (query, passage) tokens (a query-likelihood reranker keeps its own).
@@ -138,12 +141,12 @@ def load_reranker(path: str, max_length: int, seed: int, cache_dir: Path | None 
     return CrossEncoder(path, num_labels=1, max_length=max_length)
 
 
-def untrained_reranker(cfg: RagtuneConfig, cache_dir: Path | None = None) -> Any:
+def untrained_reranker(cfg: RagtuneConfig, cache_dir: Path | None = None) -> Reranker:
     """The configured kind's reranker before stage 2 trains it.
 
     Query likelihood: ``rerank.query_likelihood.generator`` with the stage's prompt, no adapter (it ranks
-    before any training); cross-encoder: ``rerank.base_model`` as a one-logit CrossEncoder (a fresh head unless
-    the model is a trained cross-encoder).
+    before any training); cross-encoder: ``rerank.cross_encoder.base_model`` as a one-logit CrossEncoder (a fresh
+    head unless the model is a trained cross-encoder).
 
     Args:
         cache_dir: where a query-likelihood reranker keeps its score cache (a file named by the generator's
@@ -158,4 +161,5 @@ def untrained_reranker(cfg: RagtuneConfig, cache_dir: Path | None = None) -> Any
         return QueryLikelihoodReranker.from_generator(
             ql.generator, ql.prompt, ql.max_length, ql.dtype, cache_file=cache_file
         )
-    return load_reranker(resolve_model(cfg.rerank.base_model), cfg.rerank.max_length, cfg.run.seed, cache_dir)
+    settings = cfg.rerank.cross_encoder
+    return load_reranker(resolve_model(settings.base_model), settings.max_length, cfg.run.seed, cache_dir)

@@ -408,24 +408,20 @@ class QueryLikelihoodConfig(Section):
         return prompt
 
 
-class RerankConfig(Section):
-    kind: Literal["query_likelihood", "cross_encoder"] = Field(
-        "query_likelihood",
-        description="query_likelihood: a causal LM scores how likely a passage makes the query (ranks before "
-        "training; rerank.query_likelihood); cross_encoder: a sentence-transformers CrossEncoder (rerank.base_model, "
-        "start_from, head, loss).",
-    )
-    query_likelihood: QueryLikelihoodConfig = Field(
-        default_factory=QueryLikelihoodConfig, description="The query-likelihood reranker (kind: query_likelihood)."
-    )
+class CrossEncoderConfig(Section):
+    """The cross-encoder reranker (``rerank.kind: cross_encoder``): a sentence-transformers ``CrossEncoder`` with one
+    logit, trained on the mined hard negatives. Read only for that kind (and, for ``gpl.teacher: base``, its
+    untrained form)."""
+
     base_model: str = Field(
         "bundled:minilm-l6",
-        description="Cross-encoder base (a fresh one-logit head on an encoder, or a hub cross-encoder).",
+        description="Cross-encoder base (a fresh one-logit head on an encoder, or a hub cross-encoder); with "
+        "start_from: tuned_embedder only the untrained reranker (assemble.reranker: base) starts from it.",
     )
     start_from: Literal["base_model", "tuned_embedder"] = Field(
         "tuned_embedder",
-        description="Encoder the cross-encoder starts from: rerank.base_model, or stage 1's tuned embedder "
-        "(which already knows the domain's words).",
+        description="Encoder the cross-encoder starts from: rerank.cross_encoder.base_model, or stage 1's tuned "
+        "embedder (which already knows the domain's words).",
     )
     head: Literal["classifier", "mean_pool"] = Field(
         "mean_pool",
@@ -438,6 +434,39 @@ class RerankConfig(Section):
         description="bce: labelled pairs; lambda / listnet: listwise over each query's positives and negatives; "
         "mnrl: in-batch softmax (costly: every query against every passage of the batch).",
     )
+    warm_start: Literal["none", "margin_mse", "mse"] = Field(
+        "none",
+        description="Before the hard-negative phase, distil the tuned embedder's scores over each training "
+        "query's top rerank.cross_encoder.warm_start_pool chunks: margin_mse fits score differences, mse each score.",
+    )
+    warm_start_steps: int = Field(0, ge=0, description="Optimizer steps of the warm start (0: none).")
+    warm_start_pool: int = Field(8, ge=2, description="Candidates per query the warm start distils over.")
+    head_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Peak learning rate of a fresh scoring head (null: rerank.learning_rate); a zero-initialised "
+        "head passes no gradient to the encoder until it has grown.",
+    )
+    max_length: int = Field(256, ge=16, description="Tokens of (query, passage) the cross-encoder reads.")
+
+
+# Keys of ``rerank`` that moved into ``rerank.cross_encoder``: an old config naming one is told where it went.
+MOVED_KEYS = {f"rerank.{key}": f"rerank.cross_encoder.{key}" for key in CrossEncoderConfig.model_fields}
+
+
+class RerankConfig(Section):
+    kind: Literal["query_likelihood", "cross_encoder"] = Field(
+        "query_likelihood",
+        description="query_likelihood: a causal LM scores how likely a passage makes the query (ranks before "
+        "training; rerank.query_likelihood); cross_encoder: a sentence-transformers CrossEncoder "
+        "(rerank.cross_encoder).",
+    )
+    query_likelihood: QueryLikelihoodConfig = Field(
+        default_factory=QueryLikelihoodConfig, description="The query-likelihood reranker (kind: query_likelihood)."
+    )
+    cross_encoder: CrossEncoderConfig = Field(
+        default_factory=CrossEncoderConfig, description="The cross-encoder reranker (kind: cross_encoder)."
+    )
     mining: MiningConfig = Field(
         default_factory=MiningConfig, description="Hard-negative mining with the tuned embedder."
     )
@@ -448,30 +477,16 @@ class RerankConfig(Section):
         "cross-encoder's training queries (kind: cross_encoder), drawn from chunks of documents no eval or dev "
         "query cites (0: none). Either kind trains on them alone when the data stage left no train-split query.",
     )
-    warm_start: Literal["none", "margin_mse", "mse"] = Field(
-        "none",
-        description="Before the hard-negative phase, distil the tuned embedder's scores over each training "
-        "query's top rerank.warm_start_pool chunks: margin_mse fits score differences, mse each score.",
-    )
-    warm_start_steps: int = Field(0, ge=0, description="Optimizer steps of the warm start (0: none).")
-    warm_start_pool: int = Field(8, ge=2, description="Candidates per query the warm start distils over.")
     epochs: float = Field(1.0, gt=0, description="Passes over the mined training rows (max_steps wins when set).")
     batch_size: int = Field(16, ge=1, description="Training rows per step (a listwise row holds a whole list).")
     learning_rate: float | None = Field(
         None,
         gt=0,
         description="Peak learning rate (null: 1e-4 for the query-likelihood LoRA adapter; 1e-3 for a fresh head "
-        "on an encoder, which barely moves at the usual 2e-5 within a CPU budget; 2e-5 when rerank.base_model "
-        "already is a cross-encoder).",
-    )
-    head_learning_rate: float | None = Field(
-        None,
-        gt=0,
-        description="Peak learning rate of a fresh scoring head (null: rerank.learning_rate); a zero-initialised "
-        "head passes no gradient to the encoder until it has grown.",
+        "on an encoder, which barely moves at the usual 2e-5 within a CPU budget; 2e-5 when "
+        "rerank.cross_encoder.base_model already is a cross-encoder).",
     )
     max_steps: int = Field(-1, description="Optimizer steps of the hard-negative phase (-1: rerank.epochs).")
-    max_length: int = Field(256, ge=16, description="Tokens of (query, passage) the cross-encoder reads.")
     curve_points: int = Field(
         4, ge=0, description="Dev-slice evaluations during training for the learning curve (0: none)."
     )
@@ -592,7 +607,7 @@ class AssembleConfig(Section):
         "auto",
         description="auto: the tuned reranker if the dev slice gave it a fusion weight above 0, else none; base: "
         "the untrained reranker of rerank.kind (query likelihood: the LM with the stage's prompt; cross-encoder: "
-        "rerank.base_model) at the fusion weight stage 2 chose for it on the same dev slice.",
+        "rerank.cross_encoder.base_model) at the fusion weight stage 2 chose for it on the same dev slice.",
     )
     generator: Literal["auto", "tuned", "base", "extractive"] = Field(
         "auto",
@@ -806,7 +821,9 @@ def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and path in MOVED_KEYS:
+            msg = f"moved to {MOVED_KEYS[path]}"
+        elif e["type"] == "extra_forbidden":
             section = _section_at(e["loc"])
             hint = did_you_mean(str(e["loc"][-1]), section.model_fields) if section else ""
             msg = f"unknown key{hint or ' (misspelled?)'}"
@@ -890,12 +907,36 @@ def read_config_tree(path: Path) -> Any:
         loader.dispose()
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RagtuneConfig:
-    """Load, override and validate a domain config; errors name the file and dotted key."""
+def move_keys(tree: dict[str, Any]) -> dict[str, Any]:
+    """Move the keys of :data:`MOVED_KEYS` to their new place in a raw config mapping (in place), for a run's
+    ``config.resolved.yaml`` written before they moved; a user's own config is told where they went instead.
+
+    Example:
+        >>> move_keys({"rerank": {"max_length": 128, "kind": "cross_encoder"}})
+        {'rerank': {'kind': 'cross_encoder', 'cross_encoder': {'max_length': 128}}}
+    """
+    for old, new in MOVED_KEYS.items():
+        section, key = old.split(".")
+        node = tree.get(section)
+        if isinstance(node, dict) and key in node:
+            _set_dotted(tree, new, node.pop(key))
+    return tree
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, resolved: bool = False) -> RagtuneConfig:
+    """Load, override and validate a domain config; errors name the file and dotted key.
+
+    Args:
+        resolved: the file is a run's ``config.resolved.yaml``, which ragtune wrote, perhaps before some keys
+            moved (:data:`MOVED_KEYS`): they are read at their new place. A user's config naming a moved key is an
+            error saying where it went.
+    """
     path = Path(path)
     tree = read_config_tree(path) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level")
+    if resolved:
+        move_keys(tree)
     apply_overrides(tree, overrides or [])
     try:
         return RagtuneConfig.model_validate(tree)

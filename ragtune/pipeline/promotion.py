@@ -25,14 +25,94 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Self
 
 import yaml
 
 from ragtune.pipeline.config import AssembleConfig
 from ragtune.pipeline.rundir import CONFIG_RESOLVED, RunDir, input_key
+
+
+def figure(key: str) -> Any:
+    """A field of a :class:`GateFigures` record, kept in the stage's manifest metrics under ``key``."""
+    return field(default=None, metadata={"key": key})
+
+
+@dataclass(frozen=True)
+class GateFigures:
+    """The dev figures one stage records for the promotion gate: the stage builds the record and writes
+    :meth:`as_metrics` into its manifest metrics; the gate reads it back with :meth:`from_metrics`. The metrics keys
+    are written once, in the fields below (the keys runs already hold), so a misspelled key is caught here.
+
+    Example:
+        >>> RerankFigures(queries=9, fusion_weight=0.3).as_metrics()["dev_queries"]
+        9
+        >>> RerankFigures.from_metrics({"fusion_weight": 0.3, "dev_ndcg@10_fused": 0.6}).fused
+        0.6
+    """
+
+    @classmethod
+    def keys(cls) -> dict[str, str]:
+        """Field name -> its key in the stage's manifest metrics."""
+        return {f.name: f.metadata["key"] for f in fields(cls)}
+
+    def as_metrics(self, skip_unmeasured: bool = False) -> dict[str, Any]:
+        """The record as the stage's metrics entries (``skip_unmeasured``: leave out the figures that are None)."""
+        return {
+            key: getattr(self, name)
+            for name, key in self.keys().items()
+            if not (skip_unmeasured and getattr(self, name) is None)
+        }
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, Any]) -> Self:
+        """The record a stage wrote into ``metrics`` (a figure it did not write is None)."""
+        return cls(**{name: metrics.get(key) for name, key in cls.keys().items()})
+
+
+@dataclass(frozen=True)
+class EmbedFigures(GateFigures):
+    """Stage 1's dev nDCG@10 of the base and the tuned embedder, dense and hybrid: the embedder and retrieval gates."""
+
+    queries: int | None = figure("dev_queries")
+    base: float | None = figure("dev_ndcg@10_base")
+    tuned: float | None = figure("dev_ndcg@10_tuned")
+    base_hybrid: float | None = figure("dev_ndcg@10_base_hybrid")
+    tuned_hybrid: float | None = figure("dev_ndcg@10_tuned_hybrid")
+
+
+@dataclass(frozen=True)
+class RerankFigures(GateFigures):
+    """Stage 2's serving fusion weight and, at the kept curve point, the dev nDCG@10 of the tuned retriever and of
+    the fused order: the reranker gate."""
+
+    queries: int | None = figure("dev_queries")
+    fusion_weight: float | None = figure("fusion_weight")
+    retriever: float | None = figure("dev_ndcg@10_retriever")
+    fused: float | None = figure("dev_ndcg@10_fused")
+
+
+@dataclass(frozen=True)
+class GplFigures(GateFigures):
+    """The GPL round's dev nDCG@10 and stage 1's tuned one on the same slice: which model is the tuned embedder."""
+
+    queries: int | None = figure("dev_queries")
+    embed: float | None = figure("dev_ndcg@10_embed")
+    gpl: float | None = figure("dev_ndcg@10_gpl")
+
+
+@dataclass(frozen=True)
+class RaftFigures(GateFigures):
+    """Stage 3's dev answer F1 of the base and the tuned generator and of the extractive answerer: the generator
+    gate."""
+
+    questions: int | None = figure("dev_questions")
+    base: float | None = figure("dev_f1_base")
+    tuned: float | None = figure("dev_f1_tuned")
+    extractive: float | None = figure("dev_f1_extractive")
 
 
 @dataclass(frozen=True)
@@ -44,11 +124,11 @@ class Promotion:
     serves: str | None = None  # what ``auto`` resolves to when neither the tuned part nor the baseline serves
 
 
-FIRST_STAGES: dict[tuple[str, str], str] = {  # (embedder, retrieval) -> its dev figure; ties go to the first
-    ("base", "dense"): "dev_ndcg@10_base",
-    ("base", "hybrid"): "dev_ndcg@10_base_hybrid",
-    ("tuned", "dense"): "dev_ndcg@10_tuned",
-    ("tuned", "hybrid"): "dev_ndcg@10_tuned_hybrid",
+FIRST_STAGES: dict[tuple[str, str], str] = {  # (embedder, retrieval) -> its EmbedFigures field; ties go to the first
+    ("base", "dense"): "base",
+    ("base", "hybrid"): "base_hybrid",
+    ("tuned", "dense"): "tuned",
+    ("tuned", "hybrid"): "tuned_hybrid",
 }
 
 
@@ -75,8 +155,10 @@ def first_stage_choice(
         >>> first_stage_choice({"dev_ndcg@10_base": 0.5, "dev_ndcg@10_tuned": 0.45, "dev_queries": 20})[2]
         'dev nDCG@10 0.4500 vs base 0.5000 (20 queries)'
     """
+    figures = EmbedFigures.from_metrics(metrics)
     allowed = [key for key in FIRST_STAGES if embedder in ("auto", key[0]) and retrieval in ("auto", key[1])]
-    measured = {key: metrics[FIRST_STAGES[key]] for key in allowed if metrics.get(FIRST_STAGES[key]) is not None}
+    measured = {key: getattr(figures, FIRST_STAGES[key]) for key in allowed}
+    measured = {key: value for key, value in measured.items() if value is not None}
     if not measured:
         fixed = (embedder if embedder != "auto" else "base", retrieval if retrieval != "auto" else "dense")
         return (
@@ -84,7 +166,7 @@ def first_stage_choice(
             "not measured: no dev slice (embed.dev_fraction; or too few dev queries the base did not choose)",
         )
     best = max(measured, key=lambda key: (measured[key], -allowed.index(key)))
-    queries = f"({metrics.get('dev_queries')} queries)"
+    queries = f"({figures.queries} queries)"
     if set(measured) == {("base", "dense"), ("tuned", "dense")}:  # the figures of a stage 1 without hybrid
         tuned, base = measured[("tuned", "dense")], measured[("base", "dense")]
         return (*best, f"dev nDCG@10 {tuned:.4f} vs base {base:.4f} {queries}")
@@ -123,14 +205,15 @@ def reranker_promotion(metrics: Mapping[str, Any]) -> Promotion:
         >>> reranker_promotion(m).reason
         'fusion weight 0.3: dev nDCG@10 fused 0.6000 vs retriever 0.5500 (9 queries)'
     """
-    weight = float(metrics.get("fusion_weight") or 0.0)
-    fused, retriever = metrics.get("dev_ndcg@10_fused"), metrics.get("dev_ndcg@10_retriever")
+    figures = RerankFigures.from_metrics(metrics)
+    weight = float(figures.fusion_weight or 0.0)
+    fused, retriever = figures.fused, figures.retriever
     if fused is None or retriever is None:
         if weight > 0:
             return Promotion(True, f"fusion weight {weight:.1f} as configured (rerank.fusion_weight), not measured")
         return Promotion(False, "not measured: no dev slice (rerank.dev_fraction)")
-    figure = f"dev nDCG@10 fused {fused:.4f} vs retriever {retriever:.4f} ({metrics.get('dev_queries')} queries)"
-    return Promotion(weight > 0, f"fusion weight {weight:.1f}: {figure}")
+    measured = f"dev nDCG@10 fused {fused:.4f} vs retriever {retriever:.4f} ({figures.queries} queries)"
+    return Promotion(weight > 0, f"fusion weight {weight:.1f}: {measured}")
 
 
 GENERATORS = ("base", "tuned", "extractive")  # the generator gate's candidates, in tie-breaking order
@@ -150,13 +233,14 @@ def generator_promotion(metrics: Mapping[str, Any]) -> Promotion:
         >>> p.promoted, p.serves, p.reason
         (False, 'extractive', 'dev F1 extractive 0.1500 vs base 0.0800, tuned 0.0500 (18 questions)')
     """
-    scores = {g: metrics.get(f"dev_f1_{g}") for g in GENERATORS}
+    figures = RaftFigures.from_metrics(metrics)
+    scores = {g: getattr(figures, g) for g in GENERATORS}
     if scores["base"] is None or scores["tuned"] is None:
         return Promotion(False, "not measured: the RAFT stage recorded no dev answer F1")
     measured = [g for g in GENERATORS if scores[g] is not None]
     best = max(measured, key=lambda g: (scores[g], -measured.index(g)))
     others = ", ".join(f"{g} {scores[g]:.4f}" for g in measured if g != best)
-    reason = f"dev F1 {best} {scores[best]:.4f} vs {others} ({metrics.get('dev_questions')} questions)"
+    reason = f"dev F1 {best} {scores[best]:.4f} vs {others} ({figures.questions} questions)"
     return Promotion(best == "tuned", reason, serves=best if best == "extractive" else None)
 
 
@@ -199,7 +283,8 @@ def tuned_embedder(manifest: Mapping[str, Any], gpl_enabled: bool) -> TunedEmbed
     current = (embed.outputs.get("model") or {}).get("hash") if embed is not None else None
     if current is None or gpl.inputs.get(input_key("embed", "model")) != current:
         return TunedEmbedder("embed", "stage 1's model: the GPL round is stale (stage 1 retrained since)")
-    ours, theirs = gpl.metrics.get("dev_ndcg@10_gpl"), gpl.metrics.get("dev_ndcg@10_embed")
+    figures = GplFigures.from_metrics(gpl.metrics)
+    ours, theirs = figures.gpl, figures.embed
     if ours is None or theirs is None:  # no dev slice: the last round is kept, as stage 1 keeps its last step
         return TunedEmbedder("gpl", "GPL model: no dev slice to compare it with stage 1's, so the last round is kept")
     if ours > theirs:
@@ -216,8 +301,9 @@ def stage_one_figures(manifest: Mapping[str, Any], gpl_enabled: bool) -> tuple[d
     metrics = dict(manifest["embed"].metrics)
     tuned = tuned_embedder(manifest, gpl_enabled)
     if tuned.stage == "gpl":
-        metrics["dev_ndcg@10_tuned"] = manifest["gpl"].metrics["dev_ndcg@10_gpl"]
-        metrics.pop("dev_ndcg@10_tuned_hybrid", None)
+        figures = EmbedFigures.from_metrics(metrics)
+        gpl = GplFigures.from_metrics(manifest["gpl"].metrics).gpl
+        metrics |= dataclasses.replace(figures, tuned=gpl, tuned_hybrid=None).as_metrics()
     return metrics, tuned.reason
 
 

@@ -5,7 +5,7 @@ the model's full dimension; an embedder served truncated (``assemble.truncate_di
 and renormalises them, which is what sentence-transformers' ``truncate_dim`` gives, so one file serves every
 dimension and never holds vectors of two. Queries are encoded in batches; scores are one matrix product and
 exact top-k (no approximate index, no per-query Python loop); reranking scores every (query, candidate) pair
-in one batched ``CrossEncoder.predict`` call.
+in one batched ``predict`` call of the reranker, either kind (:class:`Reranker`).
 
 Example (a sketch over a finished run, not run as a doctest):
     retriever = DenseRetriever.load("bundled:minilm-l6", corpus, cache_dir=run.path(EMBEDDING_CACHE))
@@ -229,9 +229,26 @@ class DenseRetriever:
         """
         path = resolve_model(model_ref)
         model = load_embedder(path, truncate_dim)
+        return cls.from_model(model, path, corpus, cache_dir, batch_size, score_block_mb, name=model_ref)
+
+    @classmethod
+    def from_model(
+        cls,
+        model,
+        model_path: str,
+        corpus: Sequence[dict],
+        cache_dir: Path | None = None,
+        batch_size: int = 64,
+        score_block_mb: float = SCORE_BLOCK_MB,
+        name: str | None = None,
+    ) -> DenseRetriever:
+        """The retriever of an already loaded model (e.g. :meth:`ragtune.pipeline.stack.StackLoader.embedder`'s),
+        over ``cache_dir``'s corpus embeddings of ``model_path`` (:meth:`cached`), or encoding them when
+        ``cache_dir`` is None (:meth:`encode`). A model with ``truncate_dim`` retrieves with the cached full-dimension
+        vectors cut."""
         if cache_dir is None:
-            return cls.encode(model, corpus, batch_size, score_block_mb, name=model_ref)
-        return cls.cached(model, path, corpus, cache_dir, batch_size, score_block_mb, name=model_ref)
+            return cls.encode(model, corpus, batch_size, score_block_mb, name=name or model_path)
+        return cls.cached(model, model_path, corpus, cache_dir, batch_size, score_block_mb, name=name)
 
     @classmethod
     def cached(

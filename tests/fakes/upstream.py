@@ -48,7 +48,7 @@ def tiny_model_overrides(bert: Path, llama: Path) -> list[str]:
     return [
         "synth.enabled=false",
         f"embed.base_model={bert}",
-        f"rerank.base_model={bert}",
+        f"rerank.cross_encoder.base_model={bert}",
         f"rerank.query_likelihood.generator={llama}",
         f"raft.base_model={llama}",
     ]

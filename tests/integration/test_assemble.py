@@ -25,7 +25,7 @@ def _setup(tiny_config: Path, bert: Path, llama: Path) -> tuple:
     overrides = [
         "synth.enabled=false",
         f"embed.base_model={bert}",
-        f"rerank.base_model={bert}",
+        f"rerank.cross_encoder.base_model={bert}",
         f"rerank.query_likelihood.generator={llama}",
         f"raft.base_model={llama}",
         "assemble.max_new_tokens=6",
@@ -173,14 +173,14 @@ def test_fused_reranker_orders_like_the_harness_at_the_recorded_weight(tiny_bert
         assert [n.node.node_id for n in out] == fused_order(ids, retrieval, ce_scores, weight)[:3]
 
 
-def test_fused_reranker_takes_a_query_likelihood_scorer_and_orders_by_its_scores(tiny_llama_dir: Path) -> None:
+def test_fused_reranker_takes_a_query_likelihood_reranker_and_orders_by_its_scores(tiny_llama_dir: Path) -> None:
     from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
     from ragtune.app.assemble import FusedSentenceTransformerRerank
     from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker
     from ragtune.pipeline.ranking import fused_order
 
-    scorer = QueryLikelihoodReranker(*load_generator(str(tiny_llama_dir), None, "float32"))
+    likelihood = QueryLikelihoodReranker(*load_generator(str(tiny_llama_dir), None, "float32"))
     texts = ["Heron fails over in minutes.", "Tortoise drains its queue.", "Marmot keeps snapshots."]
     retrieval = [0.9, 0.5, 0.1]
     nodes = [
@@ -188,10 +188,10 @@ def test_fused_reranker_takes_a_query_likelihood_scorer_and_orders_by_its_scores
         for i, (t, s) in enumerate(zip(texts, retrieval, strict=True))
     ]
     query = "how does heron fail over"
-    scores = scorer.predict([(query, t) for t in texts])
+    scores = likelihood.predict([(query, t) for t in texts])
     for weight in (0.5, 1.0):
         reranker = FusedSentenceTransformerRerank(
-            model="query-likelihood", top_n=2, fusion_weight=weight, scorer=scorer
+            model="query-likelihood", top_n=2, fusion_weight=weight, reranker=likelihood
         )
         out = reranker.postprocess_nodes([n.model_copy() for n in nodes], query_bundle=QueryBundle(query))
         assert [n.node.node_id for n in out] == fused_order(["n0", "n1", "n2"], retrieval, scores, weight)[:2]

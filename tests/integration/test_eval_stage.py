@@ -139,6 +139,56 @@ def test_eval_compares_every_configuration_and_records_the_stage(
     assert "full" in capsys.readouterr().out
 
 
+def test_eval_loads_each_model_once_whatever_the_configurations_share(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sentence_transformers
+
+    import ragtune.eval.forgetting
+    import ragtune.pipeline.stack
+
+    overrides = [*_overrides(tiny_bert_dir, tiny_llama_dir), "eval.generation_max_queries=2"]
+    cli(["data", str(tiny_config), *overrides])
+    run = run_dir_of(tiny_config)
+    finish_upstream(run, tiny_bert_dir, tiny_llama_dir)
+    loads: list[tuple] = []
+    real_init = sentence_transformers.SentenceTransformer.__init__
+
+    def st_init(self, *args, **kwargs):
+        loads.append(("SentenceTransformer",))  # any embedder load at all, through the loader or not
+        real_init(self, *args, **kwargs)
+
+    def counted(module, name: str):
+        load = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *args: loads.append((name, *args[:2])) or load(*args))
+
+    monkeypatch.setattr(sentence_transformers.SentenceTransformer, "__init__", st_init)
+    for name in ("load_embedder", "load_reranker", "load_generator"):
+        counted(ragtune.pipeline.stack, name)
+    counted(ragtune.eval.forgetting, "load_generator")  # the forgetting check's own loads (none: it asks the loaded)
+    extra = ["eval.probes.close=[[PTO, Primary Takeover]]", "eval.custom={base_embedder: {embedder: base}}"]
+    cli(["eval", str(tiny_config), *overrides, *extra, "assemble.truncate_dim=16"])
+    report = json.loads(run.path("eval/report.json").read_text())
+    # Seven built-in configurations and a custom one over two embedders (the tuned one at two dimensions), two
+    # rerankers and two generators (base, base + adapter), probed and checked for forgetting: each loaded once.
+    assert len(report["configurations"]) == 8 and report["forgetting"]["questions"] == 40
+    assert set(report["probes"]) == {"base", "tuned"}
+    embed, rerank = str(run.path("embed/model")), str(run.path("rerank"))
+    assert sorted(loads, key=repr) == sorted(
+        [
+            ("SentenceTransformer",),
+            ("SentenceTransformer",),
+            ("load_embedder", str(tiny_bert_dir)),
+            ("load_embedder", embed),
+            ("load_generator", str(tiny_llama_dir), None),
+            ("load_generator", str(tiny_llama_dir), str(run.path("raft/adapter"))),
+            ("load_reranker", f"{rerank}/model", 256),
+            ("load_reranker", f"{rerank}/untrained", 256),
+        ],
+        key=repr,
+    )
+
+
 def test_generation_sample_keeps_retrieval_on_every_query(
     tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path
 ) -> None:

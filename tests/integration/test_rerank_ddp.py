@@ -20,7 +20,7 @@ def test_rerank_under_two_process_ddp_writes_one_model_and_one_entry(tiny_config
     # 6 steps, two processes share the batches and take 3 each.
     overrides = [
         "rerank.kind=cross_encoder",
-        f"rerank.base_model={tiny_bert_dir}",
+        f"rerank.cross_encoder.base_model={tiny_bert_dir}",
         "rerank.mining.relative_margin=null",
         "rerank.batch_size=2",
         "rerank.pseudo_queries=0",  # the counts below are for the labelled train queries

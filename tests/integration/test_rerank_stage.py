@@ -27,7 +27,7 @@ def test_rerank_stage_mines_trains_evaluates_and_records(tiny_config: Path, tiny
     # Counts below are for the labelled train queries alone; pseudo-queries are checked at the end.
     overrides = [
         "rerank.kind=cross_encoder",
-        f"rerank.base_model={tiny_bert_dir}",
+        f"rerank.cross_encoder.base_model={tiny_bert_dir}",
         "rerank.mining.relative_margin=null",
         "rerank.pseudo_queries=0",
     ]

@@ -216,7 +216,7 @@ def test_the_server_loads_each_model_once(tiny_config: Path, tiny_bert_dir: Path
     import sentence_transformers
     from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, simulate_embed_stage, tiny_model_overrides
 
-    import ragtune.app.assemble
+    import ragtune.pipeline.stack
     from ragtune.app.cli import main as cli
 
     overrides = [*tiny_model_overrides(tiny_bert_dir, tiny_llama_dir), "assemble.embedder=tuned",
@@ -229,20 +229,19 @@ def test_the_server_loads_each_model_once(tiny_config: Path, tiny_bert_dir: Path
     real_init = sentence_transformers.SentenceTransformer.__init__
 
     def st_init(self, *args, **kwargs):
-        loads.append("embedder")
+        loads.append("SentenceTransformer")  # any load at all, the loader's or another's
         real_init(self, *args, **kwargs)
 
-    def counted(name: str, load):
+    def counted(name: str):
+        load = getattr(ragtune.pipeline.stack, name)
         return lambda *args, **kwargs: loads.append(name) or load(*args, **kwargs)
 
     monkeypatch.setattr(sentence_transformers.SentenceTransformer, "__init__", st_init)
-    monkeypatch.setattr(ragtune.app.assemble, "load_reranker", counted("reranker", ragtune.app.assemble.load_reranker))
-    monkeypatch.setattr(
-        ragtune.app.assemble, "load_generator", counted("generator", ragtune.app.assemble.load_generator)
-    )
+    for name in ("load_embedder", "load_reranker", "load_generator"):  # the loader's own loads
+        monkeypatch.setattr(ragtune.pipeline.stack, name, counted(name))
     stack = serve.load_stack(run.root)
-    assert sorted(loads) == ["embedder", "generator", "reranker"]
-    assert stack.embedder is stack.engine.embedder and stack.reranker is stack.engine.reranker._model
+    assert sorted(loads) == ["SentenceTransformer", "load_embedder", "load_generator", "load_reranker"]
+    assert stack.embedder is stack.engine.embedder and stack.reranker is stack.engine.reranker.reranker
 
 
 def test_a_stream_comes_piece_by_piece_and_stops_generating_when_its_client_goes(guarded) -> None:

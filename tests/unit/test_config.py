@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ragtune.pipeline.config import ConfigError, apply_overrides, check_trainer_keys, dump_config, load_config
 from ragtune.pipeline.rundir import RunDir
@@ -61,6 +62,27 @@ def test_a_misspelled_key_gets_a_did_you_mean_from_its_own_section(override: str
     assert f"  {line}" in str(err.value).splitlines()
 
 
+@pytest.mark.parametrize("key", ["base_model", "start_from", "head", "loss", "warm_start_steps", "max_length"])
+def test_a_cross_encoder_setting_at_its_old_place_says_where_it_moved(tmp_path: Path, key: str) -> None:
+    old = tmp_path / "old.yaml"
+    old.write_text(f"run: {{name: x}}\ndata: {{docs: d}}\nrerank:\n  kind: cross_encoder\n  {key}: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(old)
+    assert f"  rerank.{key}: moved to rerank.cross_encoder.{key}" in str(err.value).splitlines()
+    with pytest.raises(ConfigError, match=rf"rerank\.{key}: moved to rerank\.cross_encoder\.{key}"):
+        load_config(Path("configs/tiny.yaml"), [f"rerank.{key}=1"])
+
+
+def test_a_runs_resolved_config_written_before_the_move_still_loads(tmp_path: Path) -> None:
+    tree = yaml.safe_load(dump_config(load_config(Path("configs/tiny.yaml"), ["rerank.cross_encoder.loss=lambda"])))
+    tree["rerank"] |= tree["rerank"].pop("cross_encoder")  # the flat layout of a config.resolved.yaml from before
+    old = tmp_path / "config.resolved.yaml"
+    old.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError, match="moved to rerank.cross_encoder.loss"):
+        load_config(old)
+    assert load_config(old, resolved=True).rerank.cross_encoder.loss == "lambda"
+
+
 def test_a_misspelled_trainer_key_gets_a_did_you_mean() -> None:
     from transformers import TrainingArguments
 
@@ -86,7 +108,7 @@ def test_apply_overrides_parses_yaml_scalars() -> None:
 
 
 def test_resolved_config_round_trips(tmp_path: Path) -> None:
-    cfg = load_config(Path("configs/tiny.yaml"), ["rerank.loss=lambda"])
+    cfg = load_config(Path("configs/tiny.yaml"), ["rerank.cross_encoder.loss=lambda"])
     out = tmp_path / "resolved.yaml"
     out.write_text(dump_config(cfg))
     again = load_config(out)

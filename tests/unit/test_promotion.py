@@ -4,6 +4,10 @@ from ragtune.pipeline.components import resolve_components
 from ragtune.pipeline.config import AssembleConfig, RagtuneConfig, load_config
 from ragtune.pipeline.models import resolve_model
 from ragtune.pipeline.promotion import (
+    EmbedFigures,
+    GplFigures,
+    RaftFigures,
+    RerankFigures,
     embedder_promotion,
     format_promotions,
     generator_promotion,
@@ -187,3 +191,30 @@ def test_the_generator_gate_picks_the_best_of_three_and_ties_go_to_base_then_tun
     assert served(0.2, 0.2, 0.2) == "base"
     assert served(0.1, 0.2, 0.2) == "tuned"
     assert served(0.1, 0.2, None) == "tuned"  # a run recorded before the extractive figure: two-way
+
+
+def test_each_stage_writes_its_gate_figures_under_the_keys_runs_already_hold() -> None:
+    assert EmbedFigures.keys() == {
+        "queries": "dev_queries",
+        "base": "dev_ndcg@10_base",
+        "tuned": "dev_ndcg@10_tuned",
+        "base_hybrid": "dev_ndcg@10_base_hybrid",
+        "tuned_hybrid": "dev_ndcg@10_tuned_hybrid",
+    }
+    assert set(RerankFigures.keys().values()) == {
+        "dev_queries",
+        "fusion_weight",
+        "dev_ndcg@10_retriever",
+        "dev_ndcg@10_fused",
+    }
+    assert set(GplFigures.keys().values()) == {"dev_queries", "dev_ndcg@10_embed", "dev_ndcg@10_gpl"}
+    assert set(RaftFigures.keys().values()) == {"dev_questions", "dev_f1_base", "dev_f1_tuned", "dev_f1_extractive"}
+    figures = RaftFigures(questions=8, base=0.2, tuned=0.3)
+    assert figures.as_metrics(skip_unmeasured=True) == {"dev_questions": 8, "dev_f1_base": 0.2, "dev_f1_tuned": 0.3}
+    assert RaftFigures.from_metrics({"steps": 3, **figures.as_metrics()}) == figures  # other metrics are ignored
+    # The gate reads what the record wrote: a tuned generator better on dev is promoted.
+    assert generator_promotion(figures.as_metrics()).promoted
+    assert embedder_promotion(EmbedFigures(queries=20, base=0.5, tuned=0.6).as_metrics()).promoted
+    assert not reranker_promotion(
+        RerankFigures(queries=9, fusion_weight=0.0, retriever=0.5, fused=0.5).as_metrics()
+    ).promoted

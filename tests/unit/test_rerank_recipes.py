@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset
 from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer
 
-from ragtune.pipeline.config import RerankConfig
+from ragtune.pipeline.config import CrossEncoderConfig, RerankConfig
 from ragtune.pipeline.pseudo_queries import inverse_cloze_queries, pick_sentence
 from ragtune.stages.rerank.curve import BestPoint, DevCandidates, DevCurveCallback, curve_point, curve_steps
 from ragtune.stages.rerank.model import build_cross_encoder
@@ -38,7 +38,11 @@ ROWS = [
 def _train(model: CrossEncoder, columns: dict, loss_name: str, tmp_path, steps: int = 12) -> list[float]:
     # fp32: the losses' mechanics are checked the same way on machines with and without native bf16 math
     cfg = RerankConfig(
-        batch_size=2, learning_rate=5e-3, max_steps=steps, head_learning_rate=2e-2, trainer={"bf16": False}
+        batch_size=2,
+        learning_rate=5e-3,
+        max_steps=steps,
+        cross_encoder={"head_learning_rate": 2e-2},
+        trainer={"bf16": False},
     )
     args = build_training_args(cfg, str(tmp_path / "ckpt"), seed=0)
     args.warmup_steps = 0
@@ -54,9 +58,8 @@ def _snapshot(model: CrossEncoder) -> dict[str, torch.Tensor]:
 
 
 def test_mean_pool_head_starts_at_zero_and_saves_as_a_plain_cross_encoder(tiny_bert_dir, tmp_path) -> None:
-    model = build_cross_encoder(
-        RerankConfig(start_from="base_model", head="mean_pool", base_model=str(tiny_bert_dir), max_length=64), tmp_path
-    )
+    cfg = CrossEncoderConfig(start_from="base_model", head="mean_pool", base_model=str(tiny_bert_dir), max_length=64)
+    model = build_cross_encoder(cfg, tmp_path)
     assert model.num_labels == 1 and model.max_seq_length == 64
     pairs = [("how does heron fail over", TEXTS["p1"]), ("how does heron fail over", TEXTS["n1"])]
     assert model.predict(pairs, activation_fn=torch.nn.Identity()).tolist() == [0.0, 0.0]  # cannot reorder yet
@@ -68,7 +71,7 @@ def test_mean_pool_head_starts_at_zero_and_saves_as_a_plain_cross_encoder(tiny_b
 
 
 def test_start_from_the_tuned_embedder_loads_its_encoder(tiny_bert_dir, tmp_path) -> None:
-    cfg = RerankConfig(start_from="tuned_embedder", head="classifier", base_model="not/used")
+    cfg = CrossEncoderConfig(start_from="tuned_embedder", head="classifier", base_model="not/used")
     model = build_cross_encoder(cfg, tiny_bert_dir)
     base = CrossEncoder(str(tiny_bert_dir), num_labels=1)
     name = "0.model.bert.embeddings.word_embeddings.weight"
@@ -82,7 +85,7 @@ def test_start_from_the_tuned_embedder_loads_its_encoder(tiny_bert_dir, tmp_path
 def test_each_recipe_trains_parameters_move_and_loss_falls(tiny_bert_dir, tmp_path, loss_name, head) -> None:
     torch.manual_seed(0)
     model = build_cross_encoder(
-        RerankConfig(start_from="base_model", head=head, base_model=str(tiny_bert_dir), max_length=64), tmp_path
+        CrossEncoderConfig(start_from="base_model", head=head, base_model=str(tiny_bert_dir), max_length=64), tmp_path
     )
     if loss_name == "margin_mse":  # the warm start: the teacher's scores over each query's candidates
         ids = [["p1", "n1", "n2"], ["p2", "n3", "n1"]]
@@ -98,9 +101,8 @@ def test_each_recipe_trains_parameters_move_and_loss_falls(tiny_bert_dir, tmp_pa
 
 def test_mse_warm_start_fits_the_teacher_scores(tiny_bert_dir, tmp_path) -> None:
     torch.manual_seed(0)
-    model = build_cross_encoder(
-        RerankConfig(start_from="base_model", head="mean_pool", base_model=str(tiny_bert_dir), max_length=64), tmp_path
-    )
+    cfg = CrossEncoderConfig(start_from="base_model", head="mean_pool", base_model=str(tiny_bert_dir), max_length=64)
+    model = build_cross_encoder(cfg, tmp_path)
     columns = distillation_columns(["how does heron fail over"], [["p1", "n1"]], [[0.9, 0.1]], CORPUS, "mse")
     assert columns["label"] == pytest.approx([18.0, 2.0])
     losses = _train(model, columns, "mse", tmp_path, steps=15)

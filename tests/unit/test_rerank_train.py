@@ -59,7 +59,8 @@ def test_mnrl_gives_fixed_width_tuples() -> None:
 
 
 def test_trainer_keys_pass_through_and_user_keys_win(tmp_path) -> None:
-    cfg = RerankConfig(loss="mnrl", batch_size=8, trainer={"learning_rate": 1e-4, "gradient_accumulation_steps": 2})
+    trainer = {"learning_rate": 1e-4, "gradient_accumulation_steps": 2}
+    cfg = RerankConfig(cross_encoder={"loss": "mnrl"}, batch_size=8, trainer=trainer)
     args = build_training_args(cfg, str(tmp_path / "out"), seed=7)
     assert args.learning_rate == 1e-4 and args.gradient_accumulation_steps == 2
     assert args.per_device_train_batch_size == 8 and args.seed == 7

@@ -9,7 +9,9 @@ ROOT = Path(__file__).parents[2]
 
 def test_the_cpu_template_runs_offline_on_bundled_models_within_small_budgets() -> None:
     cfg = load_config(ROOT / "configs" / "templates" / "cpu.yaml")
-    models = [cfg.embed.base_model, cfg.rerank.base_model, cfg.rerank.query_likelihood.generator, cfg.raft.base_model]
+    rerank = cfg.rerank
+    models = [cfg.embed.base_model, rerank.cross_encoder.base_model, rerank.query_likelihood.generator]
+    models.append(cfg.raft.base_model)
     models.append(cfg.synth.round_trip_model)
     assert all(ref.startswith("bundled:") for ref in models), models
     backends: list[LLMConfig] = [cfg.synth.llm, cfg.raft.teacher]

@@ -215,6 +215,62 @@ def synthesize(
     return held + kept_train, report
 
 
+def chunk_corpus(cfg: RagtuneConfig, docs: list, questions: list[dict], report: dict) -> tuple[list[dict], list[dict]]:
+    """Chunk the documents and give each labelled question its evidence chunks; the report notes the questions
+    whose evidence was not found (all their document's chunks count then).
+
+    Returns:
+        ``(corpus chunks, labelled questions with their chunks)``.
+    """
+    corpus = chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap)
+    texts = {d.doc_id: d.text for d in docs}
+    labelled = attach_chunks(questions, corpus, texts)
+    if questions:
+        not_found = missing_evidence(questions, texts)
+        report["labelled"] = {"questions": len(questions), "evidence_not_found": not_found}
+        for item in not_found:
+            logger.warning("question %s: evidence not found in %s (all its chunks count)", item["qid"], item["doc_id"])
+    return corpus, labelled
+
+
+def split_queries(
+    cfg: RagtuneConfig,
+    queries: list[dict],
+    eval_docs: set[str],
+    dev_ranks: dict[str, float],
+    dev_docs: set[str],
+    docs: list,
+    report: dict,
+) -> tuple[list[dict], dict[str, int]]:
+    """Split the labelled and synthetic queries by document, give the train ones their documents' dev ranks, and
+    check that nothing leaks; the report records the split, the held-out queries' origin and the dev slice's.
+
+    Returns:
+        ``(queries, counts by origin and split)``.
+    """
+    split = assign_split(queries, eval_docs)
+    split_count = len(split)
+    if not cfg.split.human_train:  # the no-labels mode: stage 1 learns from synthetic queries alone
+        split = [q for q in split if q["origin"] != "human" or q["split"] == "eval"]
+    split = assign_dev_ranks(split, cfg.run.seed, dev_ranks)
+    check_no_leak(split)
+    counts = {
+        f"{origin}_{part}": sum(q["origin"] == origin and q["split"] == part for q in split)
+        for origin in ("human", "synthetic")
+        for part in ("train", "eval")
+    }
+    report["split"] = {
+        "eval_documents": len(eval_docs),
+        "documents": len(docs),
+        "dropped_straddling": len(queries) - split_count,
+        "human_unused": split_count - len(split),
+        **counts,
+    }
+    report["held_out"] = held_out_origin(counts, cfg.synth.llm, report.get("synth"))
+    report["dev"] = dev_origin(split, dev_docs, cfg.split.dev_fraction)
+    return split, counts
+
+
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     """Build the corpus and the split query set; skipped when fresh unless ``force``."""
     config_hash, inputs = run.freshness(cfg, CONFIG_SECTIONS, inputs=_source_hashes(cfg))
@@ -227,14 +283,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     docs, questions, report = load_sources(cfg)
 
     # 2. Chunk.
-    corpus = chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap)
-    texts = {d.doc_id: d.text for d in docs}
-    labelled = attach_chunks(questions, corpus, texts)
-    if questions:
-        not_found = missing_evidence(questions, texts)
-        report["labelled"] = {"questions": len(questions), "evidence_not_found": not_found}
-        for item in not_found:
-            logger.warning("question %s: evidence not found in %s (all its chunks count)", item["qid"], item["doc_id"])
+    corpus, labelled = chunk_corpus(cfg, docs, questions, report)
 
     # 3. Choose held-out documents before synthesis, so no LLM call is spent on them needlessly.
     eval_docs, has_labelled_eval = held_out_documents(cfg, docs, labelled)
@@ -252,26 +301,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             raise DryRunFinished("synth.llm.dry_run is set: estimate printed above, nothing written")
 
     # 5. Split by document and check that nothing leaks; rank the train documents for the stages' dev slices.
-    queries = assign_split(labelled + synthetic, eval_docs)
-    split_queries = len(queries)
-    if not cfg.split.human_train:  # the no-labels mode: stage 1 learns from synthetic queries alone
-        queries = [q for q in queries if q["origin"] != "human" or q["split"] == "eval"]
-    queries = assign_dev_ranks(queries, cfg.run.seed, dev_ranks)
-    check_no_leak(queries)
-    counts = {
-        f"{origin}_{split}": sum(q["origin"] == origin and q["split"] == split for q in queries)
-        for origin in ("human", "synthetic")
-        for split in ("train", "eval")
-    }
-    report["split"] = {
-        "eval_documents": len(eval_docs),
-        "documents": len(docs),
-        "dropped_straddling": len(labelled) + len(synthetic) - split_queries,
-        "human_unused": split_queries - len(queries),
-        **counts,
-    }
-    report["held_out"] = held_out_origin(counts, cfg.synth.llm, report.get("synth"))
-    report["dev"] = dev_origin(queries, dev_docs, cfg.split.dev_fraction)
+    queries, counts = split_queries(cfg, labelled + synthetic, eval_docs, dev_ranks, dev_docs, docs, report)
 
     # 6. Write artifacts, then the manifest entry.
     metrics = {

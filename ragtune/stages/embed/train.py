@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from ragtune.pipeline.dev_slice import DEV_MIN_QUERIES, split_dev_queries
 from ragtune.pipeline.entry import run_stage
 from ragtune.pipeline.hybrid import bm25_rankings, bm25_retriever, hybrid_retrieval_metrics
 from ragtune.pipeline.models import resolve_model
+from ragtune.pipeline.promotion import EmbedFigures
 from ragtune.pipeline.pseudo_queries import held_out_documents, inverse_cloze_pairs
 from ragtune.pipeline.retrieval import DenseRetriever, retrieval_metrics
 from ragtune.pipeline.rundir import (
@@ -166,21 +168,31 @@ def _model_card_section(cfg: EmbedConfig, n_pairs: int, n_queries: int, metrics:
     )
 
 
-def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
-    """Fine-tune the embedder; skipped when finished and fresh unless ``force``."""
-    ecfg = cfg.embed
-    # Before any model is loaded: a typo should cost nothing.
-    check_trainer_keys("embed", ecfg.trainer, SentenceTransformerTrainingArguments)
-    if ecfg.tsdae_steps and ecfg.method != "full":
-        raise ValueError(f"embed.tsdae_steps: TSDAE trains the whole encoder; embed.method is {ecfg.method}, not full")
-    paths = run.require("data", "corpus", "queries")
-    config_hash, inputs = run.freshness(cfg, ("embed", "assemble.hybrid_depth"), {"data": ("corpus", "queries")})
-    if not force and run.is_fresh(STAGE, config_hash, inputs):
-        logger.info("embed: finished and fresh, skipping (--force reruns it)")
-        return run.load_manifest()[STAGE].metrics
-    started = time.time()
+@dataclass
+class TrainingData:
+    """The stage's queries and training pairs: the corpus, the held-out (eval) and dev queries, the train queries
+    the pairs come from, and how the pairs were made."""
 
-    # 1. Load data: train pairs, a document-disjoint dev slice of train, held-out eval queries.
+    corpus: list[dict[str, Any]]
+    eval_queries: list[dict[str, Any]]
+    train_queries: list[dict[str, Any]]
+    dev_queries: list[dict[str, Any]]
+    pairs: list[dict[str, Any]]
+    dataset: Dataset
+    held_out: set[str]  # documents no training pair or pseudo-query may come from
+    inverse_cloze: int  # inverse-cloze pairs among the pairs
+    drawn: int  # negatives drawn at random
+    selection: str  # how the checkpoint is chosen (for the card and the report)
+
+
+def load_training_data(cfg: RagtuneConfig, paths: dict[str, Path]) -> TrainingData:
+    """Train pairs (labelled, synthetic and inverse-cloze, with negatives where the loss or ``embed.hard_negatives``
+    wants them), a document-disjoint dev slice of train, and the held-out eval queries.
+
+    Raises:
+        ValueError: no eval-split query, or fewer than two training pairs.
+    """
+    ecfg = cfg.embed
     corpus = read_jsonl(paths["corpus"])
     chunks = {c["id"]: c for c in corpus}
     queries = read_jsonl(paths["queries"])
@@ -209,7 +221,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         logger.info("embed: %d of %d triplet negatives drawn at random (no negatives given)", drawn, len(pairs))
     with_negative = ecfg.loss == "triplet" or ecfg.hard_negatives == "bm25"
     columns = ["anchor", "positive", "negative"] if with_negative else ["anchor", "positive"]
-    train_dataset = Dataset.from_list([{c: p[c] for c in columns} for p in pairs])
+    dataset = Dataset.from_list([{c: p[c] for c in columns} for p in pairs])
     if dev_queries:
         selection = f"best dev nDCG@10 on {len(dev_queries)} queries of held-out train documents"
     else:
@@ -218,110 +230,206 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             "trip did not choose): last step kept"
         )
         logger.info("embed: no checkpoint selection: %s", selection)
+    return TrainingData(
+        corpus, eval_queries, train_queries, dev_queries, pairs, dataset, held_out, len(pseudo), drawn, selection
+    )
 
-    # 2. The base model's figures over the whole corpus (its corpus embeddings are cached: the round trip and
-    #    the eval harness read the same file), and the fixed dev pool that checkpoint selection ranks within.
-    cache_dir, block = run.path(EMBEDDING_CACHE), cfg.run.score_block_mb
-    base = DenseRetriever.load(ecfg.base_model, corpus, cache_dir=cache_dir, score_block_mb=block)
+
+@dataclass
+class BaseFigures:
+    """The base model's held-out and dev figures (main process only), the dev queries' BM25 rankings, and the fixed
+    dev pool with the evaluator that checkpoint selection ranks within (None without a dev slice)."""
+
+    before: dict[str, float]
+    dev_before: dict[str, float]
+    dev_before_hybrid: dict[str, float]
+    dev_bm25: list[list[str]]
+    pool: list[str]
+    evaluator: Any
+
+
+def measure_base(cfg: RagtuneConfig, run: RunDir, data: TrainingData) -> BaseFigures:
+    """The base model's figures over the whole corpus (its corpus embeddings are cached: the round trip and the
+    eval harness read the same file), and the dev pool checkpoint selection ranks within."""
+    ecfg, dev_queries = cfg.embed, data.dev_queries
+    base = DenseRetriever.load(
+        ecfg.base_model, data.corpus, cache_dir=run.path(EMBEDDING_CACHE), score_block_mb=cfg.run.score_block_mb
+    )
     before, dev_before, dev_before_hybrid = {}, {}, {}
     depth = cfg.assemble.hybrid_depth
-    dev_bm25 = bm25_rankings(bm25_retriever(corpus, depth), [q["text"] for q in dev_queries]) if dev_queries else []
+    texts = [q["text"] for q in dev_queries]
+    dev_bm25 = bm25_rankings(bm25_retriever(data.corpus, depth), texts) if dev_queries else []
     if is_main_process():
-        before = retrieval_metrics(base, eval_queries, ecfg.k_values)
+        before = retrieval_metrics(base, data.eval_queries, ecfg.k_values)
         logger.info("embed: before training, held-out %s", before)
         # The base model's dev figures, dense and hybrid: the gate serves the tuned embedder, and hybrid
         # retrieval, only where they beat these (ragtune.pipeline.promotion.first_stage_choice).
         dev_before = retrieval_metrics(base, dev_queries, ecfg.k_values)
         dev_before_hybrid = hybrid_retrieval_metrics(base, dev_queries, ecfg.k_values, dev_bm25, depth)
     pool = dev_pool(base, dev_queries, ecfg.dev_pool_top_k) if dev_queries else []
-    dev_evaluator = selection_evaluator(dev_queries, pool, ecfg.k_values) if dev_queries else None
+    evaluator = selection_evaluator(dev_queries, pool, ecfg.k_values) if dev_queries else None
     if dev_queries:
         logger.info("embed: checkpoint selection ranks %d dev queries among %d chunks", len(dev_queries), len(pool))
-    del base
+    return BaseFigures(before, dev_before, dev_before_hybrid, dev_bm25, pool, evaluator)
 
-    # 3. Build the model and loss, and train; the trainer keeps the best checkpoint by dev nDCG@10 on the pool.
+
+@dataclass
+class Training:
+    """The trained model and what its trainer recorded."""
+
+    model: SentenceTransformer
+    trainer: SentenceTransformerTrainer
+    runtime: float | None
+    tsdae: dict[str, Any] | None
+    losses: list[float]
+    selection_seconds: float
+
+
+def train_embedder(cfg: RagtuneConfig, run: RunDir, data: TrainingData, base: BaseFigures) -> Training:
+    """Build the model (optionally TSDAE-adapted first) and its loss, and train; the trainer keeps the best
+    checkpoint by dev nDCG@10 on the pool."""
+    ecfg = cfg.embed
     base_path = resolve_model(ecfg.base_model)
     model = load_model(ecfg, base_path)
     tsdae = None
     if ecfg.tsdae_steps:
-        sentences = adaptation_sentences(corpus, held_out, ecfg.tsdae_steps * ecfg.batch_size, cfg.run.seed)
+        sentences = adaptation_sentences(data.corpus, data.held_out, ecfg.tsdae_steps * ecfg.batch_size, cfg.run.seed)
         tsdae = adapt_with_tsdae(
             model, base_path, sentences, ecfg.tsdae_steps, ecfg.batch_size, run.path(EMBED_CHECKPOINTS), cfg.run.seed
         )
     loss = build_loss(ecfg, model, base_path)
-    steps = _estimated_steps(ecfg, len(pairs), int(os.environ.get("WORLD_SIZE", "1")))
-    eval_steps = max(1, -(-steps // EVALS_PER_RUN)) if dev_evaluator else None
+    steps = _estimated_steps(ecfg, len(data.pairs), int(os.environ.get("WORLD_SIZE", "1")))
+    eval_steps = max(1, -(-steps // EVALS_PER_RUN)) if base.evaluator else None
     sim = model.similarity_fn_name or "cosine"
-    checkpoints = run.path(EMBED_CHECKPOINTS)
+    keys = [pair_keys(p) for p in data.pairs]
     args = training_arguments(
-        ecfg, checkpoints, cfg.run.seed, [pair_keys(p) for p in pairs], steps, eval_steps, f"eval_dev_{sim}_ndcg@10"
+        ecfg, run.path(EMBED_CHECKPOINTS), cfg.run.seed, keys, steps, eval_steps, f"eval_dev_{sim}_ndcg@10"
     )
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=dev_evaluator
+        model=model, args=args, train_dataset=data.dataset, loss=loss, evaluator=base.evaluator
     )
     result = trainer.train()
-    model = trainer.model
-    losses_logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    selection_seconds = sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history)
+    return Training(
+        trainer.model,
+        trainer,
+        result.metrics.get("train_runtime"),
+        tsdae,
+        [h["loss"] for h in trainer.state.log_history if "loss" in h],
+        sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history),
+    )
+
+
+def stage_report(
+    data: TrainingData, base: BaseFigures, trained: Training, tuned: DenseRetriever, cfg: RagtuneConfig, started: float
+) -> dict[str, Any]:
+    """``embed/metrics.json``: held-out and dev figures before and after (dense and hybrid), and how it trained."""
+    ecfg, depth, state = cfg.embed, cfg.assemble.hybrid_depth, trained.trainer.state
+    after = retrieval_metrics(tuned, data.eval_queries, ecfg.k_values)
+    logger.info("embed: after training, held-out %s", after)
+    dev_after = retrieval_metrics(tuned, data.dev_queries, ecfg.k_values)
+    dev_after_hybrid = hybrid_retrieval_metrics(tuned, data.dev_queries, ecfg.k_values, base.dev_bm25, depth)
+    stage_seconds = time.time() - started
+    return {
+        "before": base.before,
+        "after": after,
+        "dev_before": base.dev_before,
+        "dev_after": dev_after,
+        "dev_before_hybrid": base.dev_before_hybrid,
+        "dev_after_hybrid": dev_after_hybrid,
+        "selection": data.selection,
+        "best_checkpoint": state.best_model_checkpoint and Path(state.best_model_checkpoint).name,
+        "train_pairs": len(data.pairs),
+        "inverse_cloze_pairs": data.inverse_cloze,
+        "train_queries": len(data.train_queries),
+        "dev_queries": len(data.dev_queries),
+        "eval_queries": len(data.eval_queries),
+        "random_negatives": data.drawn,
+        "steps": state.global_step,
+        "train_seconds": trained.runtime,
+        "tsdae": trained.tsdae,
+        "dev_pool_chunks": len(base.pool),
+        "selection_seconds": round(trained.selection_seconds, 2),
+        "selection_share": round(trained.selection_seconds / stage_seconds, 3),
+        "first_loss": trained.losses[0] if trained.losses else None,
+        "last_loss": trained.losses[-1] if trained.losses else None,
+        "loss_history": [[h["step"], h["loss"]] for h in state.log_history if "loss" in h],
+    }
+
+
+def save_embedder(
+    cfg: RagtuneConfig, run: RunDir, model: SentenceTransformer, data: TrainingData, report: dict
+) -> None:
+    """Save the model with its card and ``ragtune_embed.json`` atomically, and the report beside it."""
+    ecfg = cfg.embed
+    with atomic_dir(run.path(EMBED_MODEL)) as tmp:
+        model.save(str(tmp))
+        card = tmp / "README.md"
+        card.write_text(
+            (card.read_text(encoding="utf-8") if card.exists() else "")
+            + _model_card_section(ecfg, len(data.pairs), len(data.train_queries), report),
+            encoding="utf-8",
+        )
+        (tmp / "ragtune_embed.json").write_text(
+            json.dumps({"base_model": ecfg.base_model, "method": ecfg.method, "loss": ecfg.loss}, indent=2)
+        )
+    atomic_write_text(run.path(EMBED_METRICS), json.dumps(report, indent=2) + "\n")
+
+
+def stage_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's metrics: held-out figures before and after, sizes, and the embedder and retrieval gates'
+    dev figures."""
+    gate = EmbedFigures(  # what the embedder and retrieval gates read (ragtune.pipeline.promotion)
+        queries=report["dev_queries"],
+        base=report["dev_before"].get("ndcg@10"),
+        tuned=report["dev_after"].get("ndcg@10"),
+        base_hybrid=report["dev_before_hybrid"].get("ndcg@10"),
+        tuned_hybrid=report["dev_after_hybrid"].get("ndcg@10"),
+    )
+    return {
+        **{f"before_{k}": v for k, v in report["before"].items()},
+        **{f"after_{k}": v for k, v in report["after"].items()},
+        **{k: report[k] for k in ("train_pairs", "eval_queries", "steps")},
+        **gate.as_metrics(),
+    }
+
+
+def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
+    """Fine-tune the embedder; skipped when finished and fresh unless ``force``."""
+    ecfg = cfg.embed
+    # Before any model is loaded: a typo should cost nothing.
+    check_trainer_keys("embed", ecfg.trainer, SentenceTransformerTrainingArguments)
+    if ecfg.tsdae_steps and ecfg.method != "full":
+        raise ValueError(f"embed.tsdae_steps: TSDAE trains the whole encoder; embed.method is {ecfg.method}, not full")
+    paths = run.require("data", "corpus", "queries")
+    config_hash, inputs = run.freshness(cfg, ("embed", "assemble.hybrid_depth"), {"data": ("corpus", "queries")})
+    if not force and run.is_fresh(STAGE, config_hash, inputs):
+        logger.info("embed: finished and fresh, skipping (--force reruns it)")
+        return run.load_manifest()[STAGE].metrics
+    started = time.time()
+
+    # 1. Load data: train pairs, a document-disjoint dev slice of train, held-out eval queries.
+    data = load_training_data(cfg, paths)
+
+    # 2. The base model's figures over the whole corpus, and the fixed dev pool that checkpoint selection ranks within.
+    base = measure_base(cfg, run, data)
+
+    # 3. Build the model and loss, and train; the trainer keeps the best checkpoint by dev nDCG@10 on the pool.
+    trained = train_embedder(cfg, run, data, base)
 
     # 4. Evaluate on the held-out queries and save the model, card and metrics (main process only).
     metrics: dict[str, Any] = {}
     if is_main_process():
         # The tuned corpus embeddings: encoded once, cached below under the saved model's hash for every consumer.
-        tuned = DenseRetriever.encode(model, corpus, score_block_mb=block, name="the tuned embedder")
-        after = retrieval_metrics(tuned, eval_queries, ecfg.k_values)
-        logger.info("embed: after training, held-out %s", after)
-        dev_after = retrieval_metrics(tuned, dev_queries, ecfg.k_values)
-        dev_after_hybrid = hybrid_retrieval_metrics(tuned, dev_queries, ecfg.k_values, dev_bm25, depth)
-        stage_seconds = time.time() - started
-        report = {
-            "before": before,
-            "after": after,
-            "dev_before": dev_before,
-            "dev_after": dev_after,
-            "dev_before_hybrid": dev_before_hybrid,
-            "dev_after_hybrid": dev_after_hybrid,
-            "selection": selection,
-            "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
-            "train_pairs": len(pairs),
-            "inverse_cloze_pairs": len(pseudo),
-            "train_queries": len(train_queries),
-            "dev_queries": len(dev_queries),
-            "eval_queries": len(eval_queries),
-            "random_negatives": drawn,
-            "steps": trainer.state.global_step,
-            "train_seconds": result.metrics.get("train_runtime"),
-            "tsdae": tsdae,
-            "dev_pool_chunks": len(pool),
-            "selection_seconds": round(selection_seconds, 2),
-            "selection_share": round(selection_seconds / stage_seconds, 3),
-            "first_loss": losses_logged[0] if losses_logged else None,
-            "last_loss": losses_logged[-1] if losses_logged else None,
-            "loss_history": [[h["step"], h["loss"]] for h in trainer.state.log_history if "loss" in h],
-        }
-        with atomic_dir(run.path(EMBED_MODEL)) as tmp:
-            model.save(str(tmp))
-            card = tmp / "README.md"
-            card.write_text(
-                (card.read_text(encoding="utf-8") if card.exists() else "")
-                + _model_card_section(ecfg, len(pairs), len(train_queries), report),
-                encoding="utf-8",
-            )
-            (tmp / "ragtune_embed.json").write_text(
-                json.dumps({"base_model": ecfg.base_model, "method": ecfg.method, "loss": ecfg.loss}, indent=2)
-            )
-        tuned.save_cache(cache_dir, str(run.path(EMBED_MODEL)))
-        atomic_write_text(run.path(EMBED_METRICS), json.dumps(report, indent=2) + "\n")
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        metrics = {
-            **{f"before_{k}": v for k, v in before.items()},
-            **{f"after_{k}": v for k, v in after.items()},
-            **{k: report[k] for k in ("train_pairs", "dev_queries", "eval_queries", "steps")},
-            "dev_ndcg@10_base": dev_before.get("ndcg@10"),
-            "dev_ndcg@10_tuned": dev_after.get("ndcg@10"),
-            "dev_ndcg@10_base_hybrid": dev_before_hybrid.get("ndcg@10"),
-            "dev_ndcg@10_tuned_hybrid": dev_after_hybrid.get("ndcg@10"),
-        }
+        tuned = DenseRetriever.encode(
+            trained.model, data.corpus, score_block_mb=cfg.run.score_block_mb, name="the tuned embedder"
+        )
+        report = stage_report(data, base, trained, tuned, cfg, started)
+        save_embedder(cfg, run, trained.model, data, report)
+        tuned.save_cache(run.path(EMBEDDING_CACHE), str(run.path(EMBED_MODEL)))
+        shutil.rmtree(run.path(EMBED_CHECKPOINTS), ignore_errors=True)
+
+        # 5. Record the stage last.
+        metrics = stage_metrics(report)
         run.record(
             STAGE,
             config_hash=config_hash,
@@ -332,13 +440,13 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         )
         logger.info(
             "embed: held-out nDCG@10 %.4f -> %.4f (%d pairs, %d steps)",
-            before.get("ndcg@10", float("nan")),
-            after.get("ndcg@10", float("nan")),
-            len(pairs),
-            trainer.state.global_step,
+            report["before"].get("ndcg@10", float("nan")),
+            report["after"].get("ndcg@10", float("nan")),
+            len(data.pairs),
+            trained.trainer.state.global_step,
         )
     # Other ranks leave only after the main process has written everything.
-    trainer.accelerator.wait_for_everyone()
+    trained.trainer.accelerator.wait_for_everyone()
     return metrics
 
 

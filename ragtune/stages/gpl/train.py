@@ -1,4 +1,4 @@
-"""GPL stage: a second round of stage 1 on a cross-encoder teacher's score margins (optional, off by default).
+"""GPL stage: a second round of stage 1 on a reranker teacher's score margins (optional, off by default).
 
 Run it (all three call the same ``main``):
     ragtune gpl configs/demo.yaml gpl.enabled=true [gpl.teacher=tuned] [--force]
@@ -6,9 +6,9 @@ Run it (all three call the same ``main``):
     accelerate launch -m ragtune.stages.gpl.train --config configs/demo.yaml gpl.enabled=true
 
 GPL (Generative Pseudo Labeling, Wang et al. 2022): the tuned embedder mines negatives for each training query,
-a cross-encoder teacher scores (query, positive) and (query, negative), and the embedder retrains on the margins
-with sentence-transformers' ``MarginMSELoss``. With ``gpl.enabled: false`` (the default) the stage returns at once
-and records nothing, so ``ragtune run`` and every later stage behave as without it.
+a reranker teacher (either kind) scores (query, positive) and (query, negative), and the embedder retrains on the
+margins with sentence-transformers' ``MarginMSELoss``. With ``gpl.enabled: false`` (the default) the stage returns at
+once and records nothing, so ``ragtune run`` and every later stage behave as without it.
 
 Reads data/corpus.jsonl and data/queries.jsonl (train split only: the queries outside stage 1's dev slice, plus
 inverse-cloze pseudo-queries from chunks of documents no eval or dev query cites), embed/model (the start, and
@@ -26,6 +26,7 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from ragtune.pipeline.components import load_reranker, untrained_reranker
 from ragtune.pipeline.config import ConfigError, GplConfig, RagtuneConfig, check_trainer_keys
 from ragtune.pipeline.entry import run_stage
 from ragtune.pipeline.models import resolve_model
+from ragtune.pipeline.promotion import EmbedFigures, GplFigures
 from ragtune.pipeline.retrieval import DenseRetriever, model_hash, retrieval_metrics
 from ragtune.pipeline.rundir import (
     EMBED_MODEL,
@@ -63,8 +65,8 @@ logger = logging.getLogger(__name__)
 STAGE = "gpl"
 # Besides its own section, the round depends on stage 1's dev slice and the cut-offs its figures use.
 CONFIG_SECTIONS = ("gpl", "embed.dev_fraction", "embed.k_values")
-UNTRAINED_TEACHER = ("rerank.kind", "rerank.query_likelihood", "rerank.base_model")  # gpl.teacher: base
-WEAK_TEACHER_MARGIN = 1e-3  # a cross-encoder whose margins all stay below this cannot rank: refused
+UNTRAINED_TEACHER = ("rerank.kind", "rerank.query_likelihood", "rerank.cross_encoder.base_model")  # gpl.teacher: base
+WEAK_TEACHER_MARGIN = 1e-3  # a teacher whose margins all stay below this cannot rank: refused
 
 
 def training_arguments(cfg: GplConfig, output_dir: Path, seed: int) -> SentenceTransformerTrainingArguments:
@@ -120,7 +122,7 @@ def model_card_section(cfg: GplConfig, teacher: str, report: dict[str, Any]) -> 
     return (
         "\n\n## Second round by ragtune (GPL)\n\n"
         f"- Start: stage 1's tuned embedder (`{EMBED_MODEL}`)\n"
-        f"- Teacher: `{teacher}` (cross-encoder), margins scaled by {report['label_scale']:.4g}\n"
+        f"- Teacher: `{teacher}` (reranker), margins scaled by {report['label_scale']:.4g}\n"
         f"- Training data: {report['train_triples']} (query, positive, negative) triples from "
         f"{report['train_queries']} train-split queries and {report['pseudo_queries']} inverse-cloze queries, "
         f"{cfg.negatives_per_query} negatives each from the tuned embedder's top {cfg.negatives_top_k}\n"
@@ -128,6 +130,205 @@ def model_card_section(cfg: GplConfig, teacher: str, report: dict[str, Any]) -> 
         f"Dev slice ({report['dev_queries']} queries of held-out train documents) nDCG@10 over the whole corpus:\n\n"
         "| model | dev nDCG@10 |\n|---|---|\n" + rows + "\n"
     )
+
+
+@dataclass
+class Teacher:
+    """The reranker that labels the triples (``gpl.teacher``): a path or a description, and what the freshness hash
+    covers for it (the stage outputs it reads and the hashes of the weights it loads)."""
+
+    path: str
+    upstream: dict[str, tuple[str, ...]]
+    inputs: dict[str, str]
+
+
+def choose_teacher(cfg: RagtuneConfig, run: RunDir) -> Teacher:
+    """``gpl.teacher``: stage 2's tuned reranker, the untrained reranker of ``rerank.kind`` (its settings go into
+    the hash, its weights' hash into the inputs), or a reranker by reference."""
+    gcfg = cfg.gpl
+    upstream: dict[str, tuple[str, ...]] = {"data": ("corpus", "queries"), "embed": ("model",)}
+    if gcfg.teacher == "tuned":
+        return Teacher(str(run.require("rerank", "model")["model"]), upstream | {"rerank": ("model",)}, {})
+    if gcfg.teacher == "base":  # the untrained reranker of rerank.kind: settings in the hash, weights below
+        rcfg = cfg.rerank
+        base = rcfg.query_likelihood.generator if rcfg.kind == "query_likelihood" else rcfg.cross_encoder.base_model
+        path = "the untrained reranker (rerank.kind: " + rcfg.kind + ")"
+        return Teacher(path, upstream, {"teacher/model": model_hash(resolve_model(base))})
+    path = resolve_model(gcfg.teacher)
+    return Teacher(path, upstream, {"teacher/model": model_hash(path)})
+
+
+@dataclass
+class GplData:
+    """The round's corpus, training queries (train split outside stage 1's dev slice, plus inverse-cloze ones), the
+    dev slice, and stage 1's recorded metrics."""
+
+    corpus: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    dev_queries: list[dict[str, Any]]
+    pseudo_queries: int
+    embed_metrics: dict[str, Any]
+
+
+def load_gpl_data(cfg: RagtuneConfig, run: RunDir) -> GplData:
+    """The training and dev queries.
+
+    Raises:
+        StageInputError: stage 1 measured its dev figure on another dev slice than ``embed.dev_fraction`` gives now.
+    """
+    paths = run.require("data", "corpus", "queries")
+    corpus = read_jsonl(paths["corpus"])
+    rows, dev_queries, n_pseudo = gpl_queries(
+        read_jsonl(paths["queries"]), corpus, cfg.embed.dev_fraction, cfg.gpl.pseudo_queries, cfg.run.seed
+    )
+    embed_metrics = run.load_manifest()["embed"].metrics
+    stage_one_queries = EmbedFigures.from_metrics(embed_metrics).queries
+    if stage_one_queries not in (None, len(dev_queries)):
+        raise StageInputError(
+            f"gpl: stage 1 measured its dev figure on {stage_one_queries} dev queries, embed.dev_fraction="
+            f"{cfg.embed.dev_fraction} gives {len(dev_queries)} now: run `ragtune embed CONFIG` again so both "
+            "figures are on the same slice"
+        )
+    logger.info("gpl: %d training queries (%d inverse-cloze), %d dev queries", len(rows), n_pseudo, len(dev_queries))
+    return GplData(corpus, rows, dev_queries, n_pseudo, embed_metrics)
+
+
+def label_on_main(
+    cfg: RagtuneConfig, run: RunDir, data: GplData, teacher: Teacher, args: Any, config_hash: str
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Mine negatives with the tuned embedder (its cached corpus embeddings) and let the teacher label the triples,
+    on the main process (the other ranks read them); an interrupted round with this config reuses its labels.
+
+    Returns:
+        ``(triples, the checkpoint to resume from or None)``.
+
+    Raises:
+        ValueError: no triple.
+        ConfigError: the teacher's margins are all too small to rank with.
+    """
+    gcfg, seed = cfg.gpl, cfg.run.seed
+    triples, checkpoint = resume_state(run, config_hash)
+    with args.main_process_first(desc="mining negatives and labelling triples"):
+        if triples is None and is_main_process():
+            embedder = run.require("embed", "model")["model"]
+            miner = DenseRetriever.load(
+                str(embedder), data.corpus, cache_dir=run.path(EMBEDDING_CACHE), score_block_mb=cfg.run.score_block_mb
+            )
+            negatives = mine_negatives(miner, data.rows, gcfg.negatives_per_query, gcfg.negatives_top_k, seed)
+            del miner
+            if gcfg.teacher == "base":
+                reranker = untrained_reranker(cfg, run.path(SCORE_CACHE))
+            else:
+                reranker = load_reranker(teacher.path, gcfg.max_length, seed, run.path(SCORE_CACHE))
+            chunks = {c["id"]: c for c in data.corpus}
+            triples = label_triples(reranker, data.rows, negatives, chunks, gcfg.teacher_batch_size)
+            del reranker
+            atomic_write_jsonl(run.path(GPL_TRAIN_DATA), triples)
+            resume = {"config_hash": config_hash, "train_data": hash_path(run.path(GPL_TRAIN_DATA))}
+            atomic_write_text(run.path(GPL_RESUME), json.dumps(resume) + "\n")
+        elif triples is None:
+            triples = read_jsonl(run.path(GPL_TRAIN_DATA))
+    if not triples:
+        raise ValueError(f"gpl: no (query, positive, negative) triple to train on; see {GPL_TRAIN_DATA}")
+    widest = max(abs(t["margin"]) for t in triples)
+    if widest < WEAK_TEACHER_MARGIN:  # scaled up, its noise would be the student's only target
+        raise ConfigError(
+            f"gpl.teacher: the teacher ({teacher.path}) cannot tell a positive from a negative: its widest margin "
+            f"over {len(triples)} triples is {widest:.2g} (below {WEAK_TEACHER_MARGIN:g}), so GPL would train on "
+            f"noise. Its labels are kept in {GPL_TRAIN_DATA}. Use a cross-encoder that ranks (gpl.teacher=<hub id or "
+            "path>, e.g. cross-encoder/ms-marco-MiniLM-L6-v2), or leave gpl.enabled false"
+        )
+    if checkpoint:
+        logger.info("gpl: resuming from %s (labels reused from %s)", Path(checkpoint).name, GPL_TRAIN_DATA)
+    return triples, checkpoint
+
+
+def train_on_margins(
+    run: RunDir, triples: list[dict[str, Any]], scale: float, args: Any, checkpoint: str | None
+) -> tuple[Any, Any, Any]:
+    """Train stage 1's model on the scaled margins with MarginMSE (cosine: ragtune's retrieval normalises).
+
+    Returns:
+        ``(the trained model, its trainer, the training result)``.
+    """
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import losses
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+    from sentence_transformers.util import pairwise_cos_sim
+
+    embedder = run.require("embed", "model")["model"]
+    model = SentenceTransformer(str(embedder), device="cuda" if torch.cuda.is_available() else "cpu")
+    dataset = Dataset.from_dict(
+        {
+            "query": [t["query"] for t in triples],
+            "positive": [t["positive"] for t in triples],
+            "negative": [t["negative"] for t in triples],
+            "label": [t["margin"] * scale for t in triples],
+        }
+    )
+    loss = losses.MarginMSELoss(model, similarity_fct=pairwise_cos_sim)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    return trainer.model, trainer, result
+
+
+def gpl_report(
+    cfg: RagtuneConfig,
+    data: GplData,
+    dev: dict[str, float],
+    triples: list[dict[str, Any]],
+    scale: float,
+    trainer: Any,
+    result: Any,
+    checkpoint: str | None,
+) -> dict[str, Any]:
+    """``gpl/metrics.json``: the dev figures against stage 1's, the teacher, the triples' margins, the training."""
+    margins = [t["margin"] for t in triples]
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    gate = GplFigures(  # what decides which model is the tuned embedder (ragtune.pipeline.promotion)
+        queries=len(data.dev_queries), embed=EmbedFigures.from_metrics(data.embed_metrics).tuned, gpl=dev.get("ndcg@10")
+    )
+    return {
+        **gate.as_metrics(),
+        "dev": dev,
+        "teacher": cfg.gpl.teacher if cfg.gpl.teacher != "tuned" else RERANK_MODEL,
+        "train_queries": len(data.rows) - data.pseudo_queries,
+        "pseudo_queries": data.pseudo_queries,
+        "train_triples": len(triples),
+        "label_scale": scale,
+        "margin_mean": sum(margins) / len(margins),
+        "margin_min": min(margins),
+        "margin_max": max(margins),
+        "steps": trainer.state.global_step,
+        "resumed_from": checkpoint and Path(checkpoint).name,
+        "train_seconds": result.metrics.get("train_runtime"),
+        "first_loss": history[0]["loss"] if history else None,
+        "last_loss": history[-1]["loss"] if history else None,
+        "loss_history": [[h["step"], h["loss"]] for h in history],
+        "dev_qids": [q["qid"] for q in data.dev_queries],
+    }
+
+
+def save_gpl_model(cfg: RagtuneConfig, run: RunDir, model: Any, report: dict[str, Any]) -> None:
+    """Save the model with its card and ``ragtune_gpl.json`` atomically, and the report beside it."""
+    with atomic_dir(run.path(GPL_MODEL)) as tmp:
+        model.save(str(tmp))
+        card = tmp / "README.md"
+        card.write_text(
+            (card.read_text(encoding="utf-8") if card.exists() else "")
+            + model_card_section(cfg.gpl, report["teacher"], report),
+            encoding="utf-8",
+        )
+        (tmp / "ragtune_gpl.json").write_text(
+            json.dumps({"start": EMBED_MODEL, "teacher": report["teacher"], "loss": "margin_mse"}, indent=2)
+        )
+    atomic_write_text(run.path(GPL_METRICS), json.dumps(report, indent=2) + "\n")
+
+
+METRICS_KEYS = ("dev_ndcg@10_embed", "dev_ndcg@10_gpl", "dev_queries", "train_queries", "pseudo_queries")
+METRICS_KEYS += ("train_triples", "label_scale", "steps", "first_loss", "last_loss")  # the manifest's, of the report
 
 
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]:
@@ -145,145 +346,38 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
             f"gpl: the GPL round retrains a fully fine-tuned stage-1 embedder; embed.method is {cfg.embed.method}, "
             "not full"
         )
-    paths = run.require("data", "corpus", "queries")
-    embedder = run.require("embed", "model")["model"]
-    upstream: dict[str, tuple[str, ...]] = {"data": ("corpus", "queries"), "embed": ("model",)}
-    own_inputs: dict[str, str] = {}
-    if gcfg.teacher == "tuned":
-        teacher_path = str(run.require("rerank", "model")["model"])
-        upstream["rerank"] = ("model",)
-    elif gcfg.teacher == "base":  # the untrained reranker of rerank.kind: settings in the hash, weights below
-        teacher_path = "the untrained reranker (rerank.kind: " + cfg.rerank.kind + ")"
-        base = cfg.rerank.query_likelihood.generator if cfg.rerank.kind == "query_likelihood" else cfg.rerank.base_model
-        own_inputs["teacher/model"] = model_hash(resolve_model(base))
-    else:
-        teacher_path = resolve_model(gcfg.teacher)
-        own_inputs["teacher/model"] = model_hash(teacher_path)
+    run.require("data", "corpus", "queries")
+    run.require("embed", "model")
+    teacher = choose_teacher(cfg, run)
     sections = CONFIG_SECTIONS + (UNTRAINED_TEACHER if gcfg.teacher == "base" else ())
-    config_hash, inputs = run.freshness(cfg, sections, upstream, inputs=own_inputs)
+    config_hash, inputs = run.freshness(cfg, sections, teacher.upstream, inputs=teacher.inputs)
     if not force and run.is_fresh(STAGE, config_hash, inputs):
         logger.info("gpl: finished and fresh, skipping (--force reruns it)")
         return run.load_manifest()[STAGE].metrics
     started = time.time()
 
-    import torch
-    from datasets import Dataset
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer import losses
-    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
-    from sentence_transformers.util import pairwise_cos_sim
-
     # 1. Load data: the train-split queries outside stage 1's dev slice, inverse-cloze queries, the dev slice.
-    corpus = read_jsonl(paths["corpus"])
-    chunks = {c["id"]: c for c in corpus}
-    rows, dev_queries, n_pseudo = gpl_queries(
-        read_jsonl(paths["queries"]), corpus, cfg.embed.dev_fraction, gcfg.pseudo_queries, cfg.run.seed
-    )
-    embed_metrics = run.load_manifest()["embed"].metrics
-    if embed_metrics.get("dev_queries") not in (None, len(dev_queries)):
-        raise StageInputError(
-            f"gpl: stage 1 measured its dev figure on {embed_metrics['dev_queries']} dev queries, embed.dev_fraction="
-            f"{cfg.embed.dev_fraction} gives {len(dev_queries)} now: run `ragtune embed CONFIG` again so both "
-            "figures are on the same slice"
-        )
-    logger.info("gpl: %d training queries (%d inverse-cloze), %d dev queries", len(rows), n_pseudo, len(dev_queries))
+    data = load_gpl_data(cfg, run)
 
-    # 2-3. Mine negatives with the tuned embedder (its cached corpus embeddings) and let the teacher label the
-    #      triples, on the main process; an interrupted round with this config reuses its labels. The training
-    #      arguments come first: they set up the process group the other ranks wait on.
+    # 2-3. Mine negatives with the tuned embedder and let the teacher label the triples, on the main process. The
+    #      training arguments come first: they set up the process group the other ranks wait on.
     args = training_arguments(gcfg, run.path(GPL_CHECKPOINTS), cfg.run.seed)
-    cache_dir, block = run.path(EMBEDDING_CACHE), cfg.run.score_block_mb
-    triples, checkpoint = resume_state(run, config_hash)
-    with args.main_process_first(desc="mining negatives and labelling triples"):
-        if triples is None and is_main_process():
-            miner = DenseRetriever.load(str(embedder), corpus, cache_dir=cache_dir, score_block_mb=block)
-            negatives = mine_negatives(miner, rows, gcfg.negatives_per_query, gcfg.negatives_top_k, cfg.run.seed)
-            del miner
-            if gcfg.teacher == "base":
-                teacher = untrained_reranker(cfg, run.path(SCORE_CACHE))
-            else:
-                teacher = load_reranker(teacher_path, gcfg.max_length, cfg.run.seed, run.path(SCORE_CACHE))
-            triples = label_triples(teacher, rows, negatives, chunks, gcfg.teacher_batch_size)
-            del teacher
-            atomic_write_jsonl(run.path(GPL_TRAIN_DATA), triples)
-            resume = {"config_hash": config_hash, "train_data": hash_path(run.path(GPL_TRAIN_DATA))}
-            atomic_write_text(run.path(GPL_RESUME), json.dumps(resume) + "\n")
-        elif triples is None:
-            triples = read_jsonl(run.path(GPL_TRAIN_DATA))
-    if not triples:
-        raise ValueError(f"gpl: no (query, positive, negative) triple to train on; see {GPL_TRAIN_DATA}")
-    widest = max(abs(t["margin"]) for t in triples)
-    if widest < WEAK_TEACHER_MARGIN:  # scaled up, its noise would be the student's only target
-        raise ConfigError(
-            f"gpl.teacher: the teacher ({teacher_path}) cannot tell a positive from a negative: its widest margin "
-            f"over {len(triples)} triples is {widest:.2g} (below {WEAK_TEACHER_MARGIN:g}), so GPL would train on "
-            f"noise. Its labels are kept in {GPL_TRAIN_DATA}. Use a cross-encoder that ranks (gpl.teacher=<hub id or "
-            "path>, e.g. cross-encoder/ms-marco-MiniLM-L6-v2), or leave gpl.enabled false"
-        )
+    triples, checkpoint = label_on_main(cfg, run, data, teacher, args, config_hash)
     scale = margin_scale([t["margin"] for t in triples], gcfg.label_scale)
-    if checkpoint:
-        logger.info("gpl: resuming from %s (labels reused from %s)", Path(checkpoint).name, GPL_TRAIN_DATA)
 
     # 4. Train stage 1's model on the scaled margins with MarginMSE (cosine: ragtune's retrieval normalises).
-    model = SentenceTransformer(str(embedder), device="cuda" if torch.cuda.is_available() else "cpu")
-    dataset = Dataset.from_dict(
-        {
-            "query": [t["query"] for t in triples],
-            "positive": [t["positive"] for t in triples],
-            "negative": [t["negative"] for t in triples],
-            "label": [t["margin"] * scale for t in triples],
-        }
-    )
-    loss = losses.MarginMSELoss(model, similarity_fct=pairwise_cos_sim)
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    model = trainer.model
-    history = [h for h in trainer.state.log_history if "loss" in h]
+    model, trainer, result = train_on_margins(run, triples, scale, args, checkpoint)
 
     # 5. The dev figure over the whole corpus, as stage 1's; save the model, card, metrics; record (main only).
     metrics: dict[str, Any] = {}
     if is_main_process():
-        tuned = DenseRetriever.encode(model, corpus, score_block_mb=block, name="the GPL model")
-        dev = retrieval_metrics(tuned, dev_queries, cfg.embed.k_values)
-        margins = [t["margin"] for t in triples]
-        report: dict[str, Any] = {
-            "dev_ndcg@10_embed": embed_metrics.get("dev_ndcg@10_tuned"),
-            "dev_ndcg@10_gpl": dev.get("ndcg@10"),
-            "dev": dev,
-            "dev_queries": len(dev_queries),
-            "teacher": gcfg.teacher if gcfg.teacher != "tuned" else RERANK_MODEL,
-            "train_queries": len(rows) - n_pseudo,
-            "pseudo_queries": n_pseudo,
-            "train_triples": len(triples),
-            "label_scale": scale,
-            "margin_mean": sum(margins) / len(margins),
-            "margin_min": min(margins),
-            "margin_max": max(margins),
-            "steps": trainer.state.global_step,
-            "resumed_from": checkpoint and Path(checkpoint).name,
-            "train_seconds": result.metrics.get("train_runtime"),
-            "first_loss": history[0]["loss"] if history else None,
-            "last_loss": history[-1]["loss"] if history else None,
-            "loss_history": [[h["step"], h["loss"]] for h in history],
-            "dev_qids": [q["qid"] for q in dev_queries],
-        }
-        with atomic_dir(run.path(GPL_MODEL)) as tmp:
-            model.save(str(tmp))
-            card = tmp / "README.md"
-            card.write_text(
-                (card.read_text(encoding="utf-8") if card.exists() else "")
-                + model_card_section(gcfg, report["teacher"], report),
-                encoding="utf-8",
-            )
-            (tmp / "ragtune_gpl.json").write_text(
-                json.dumps({"start": EMBED_MODEL, "teacher": report["teacher"], "loss": "margin_mse"}, indent=2)
-            )
-        tuned.save_cache(cache_dir, str(run.path(GPL_MODEL)))
-        atomic_write_text(run.path(GPL_METRICS), json.dumps(report, indent=2) + "\n")
+        tuned = DenseRetriever.encode(model, data.corpus, score_block_mb=cfg.run.score_block_mb, name="the GPL model")
+        dev = retrieval_metrics(tuned, data.dev_queries, cfg.embed.k_values)
+        report = gpl_report(cfg, data, dev, triples, scale, trainer, result, checkpoint)
+        save_gpl_model(cfg, run, model, report)
+        tuned.save_cache(run.path(EMBEDDING_CACHE), str(run.path(GPL_MODEL)))
         shutil.rmtree(run.path(GPL_CHECKPOINTS), ignore_errors=True)
-        keys = ("dev_ndcg@10_embed", "dev_ndcg@10_gpl", "dev_queries", "train_queries", "pseudo_queries")
-        keys += ("train_triples", "label_scale", "steps", "first_loss", "last_loss")
-        metrics = {k: report[k] for k in keys}
+        metrics = {k: report[k] for k in METRICS_KEYS}
         run.record(
             STAGE,
             config_hash=config_hash,
@@ -302,4 +396,4 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
 
 
 if __name__ == "__main__":
-    run_stage(STAGE, main, "ragtune gpl stage: retrain the tuned embedder on a cross-encoder's score margins")
+    run_stage(STAGE, main, "ragtune gpl stage: retrain the tuned embedder on a reranker's score margins")

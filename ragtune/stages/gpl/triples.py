@@ -1,6 +1,7 @@
 """The GPL round's training data: queries, negatives mined by the tuned embedder, the teacher's margins.
 
-GPL (Wang et al. 2022) labels (query, positive, negative) triples with a cross-encoder and trains the
+GPL (Wang et al. 2022) labels (query, positive, negative) triples with a reranker (the paper's cross-encoder; here
+either kind, :class:`ragtune.pipeline.retrieval.Reranker`) and trains the
 bi-encoder to reproduce the score margin ``score(q, pos) - score(q, neg)`` (MarginMSE). The steps here:
 
 - :func:`gpl_queries`: the train-split queries outside stage 1's dev slice (each with its positive chunks),
@@ -11,7 +12,7 @@ bi-encoder to reproduce the score margin ``score(q, pos) - score(q, neg)`` (Marg
   (GPL draws from the retrievers' top 50). A chunk the labels missed may still be drawn: the teacher's margin
   for it is then small or negative, which is GPL's answer to false negatives.
 - :func:`label_triples`: the teacher scores every (query, positive) and (query, negative) pair in batches
-  (one ``CrossEncoder.predict`` call) and each (positive, negative) pair of a query becomes a triple.
+  (one ``predict`` call) and each (positive, negative) pair of a query becomes a triple.
 - :func:`margin_scale`: how much the margins are scaled for a cosine student.
 """
 
@@ -23,7 +24,7 @@ from typing import Any
 
 from ragtune.pipeline.dev_slice import split_dev_queries
 from ragtune.pipeline.pseudo_queries import held_out_documents, inverse_cloze_pairs
-from ragtune.pipeline.retrieval import DenseRetriever, reranker_scores
+from ragtune.pipeline.retrieval import DenseRetriever, Reranker, reranker_scores
 
 COSINE_MARGIN = 2.0  # the widest margin two cosine scores can have
 
@@ -129,7 +130,7 @@ def mine_negatives(
 
 
 def label_triples(
-    teacher: Any,
+    teacher: Reranker,
     rows: Sequence[Mapping[str, Any]],
     negatives: Sequence[Sequence[str]],
     chunks: Mapping[str, Mapping[str, Any]],
@@ -138,10 +139,10 @@ def label_triples(
     """The teacher's (query, positive, negative) triples with their margins ``score(q, pos) - score(q, neg)``.
 
     Every (query, positive) and (query, negative) pair is scored once, all in one batched
-    ``CrossEncoder.predict`` call (:func:`ragtune.pipeline.retrieval.reranker_scores`), with a progress bar.
+    ``predict`` call (:func:`ragtune.pipeline.retrieval.reranker_scores`), with a progress bar.
 
     Args:
-        teacher: a loaded ``CrossEncoder`` (one logit).
+        teacher: a loaded reranker, either kind (:class:`ragtune.pipeline.retrieval.Reranker`).
         rows: :func:`gpl_queries` rows.
         negatives: per row, negative chunk ids (:func:`mine_negatives`).
         chunks: chunk id -> chunk row (``text``).

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ragtune.pipeline.components import load_reranker
 from ragtune.pipeline.config import AssembleConfig, RagtuneConfig
@@ -234,34 +235,18 @@ def served_prompts(
     ]
 
 
-def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
-    """Build raft/train.jsonl from the train split; skipped when finished and fresh unless ``force``.
+def select_questions(
+    cfg: RagtuneConfig, corpus: list[dict], queries: list[dict], source: object
+) -> tuple[list[dict], list[dict]]:
+    """The questions to build samples from, and the dev questions (with a reference answer) kept out of them.
 
-    Runs on the main process only: building is LLM calls and batched scoring, nothing to shard, and a
-    second rank would call (and bill) the teacher again. Other ranks of an ``accelerate launch`` exit.
+    Never an eval-split question: the generator must not see what eval asks. The dev slice's questions are kept out
+    of the samples too: after training they measure the tuned generator against the base one. Without a train-split
+    question, inverse-cloze questions of documents no held-out query cites.
+
+    Raises:
+        ValueError: no train-split question and no sentence to ask (``source`` names the queries file).
     """
-    if not is_main_process():
-        logger.info("raft build: runs on the main process only; this rank has nothing to do")
-        return {}
-    # 1. Inputs, through the manifest (refused with the stage to run when missing or stale).
-    data = run.require("data", "corpus", "queries")
-    embedder = run.require("embed", "model")["model"]
-    reranker_path = run.require("rerank", "model")["model"]
-    config_hash, inputs = run.freshness(
-        cfg,
-        CONFIG_SECTIONS,
-        {"data": ("corpus", "queries"), "embed": ("model",), "rerank": ("model",)},
-        exclude=NOT_CHANGING_THE_DATA,
-    )
-    if not force and run.is_fresh(STAGE, config_hash, inputs):
-        logger.info("raft build: finished and fresh, skipping (--force reruns it)")
-        return run.load_manifest()[STAGE].metrics
-    started = time.time()
-    corpus = read_jsonl(data["corpus"])
-    queries = read_jsonl(data["queries"])
-    texts = {c["id"]: c["text"] for c in corpus}
-    # Never an eval-split question: the generator must not see what eval asks. The dev slice's questions are
-    # kept out of the samples too: after training they measure the tuned generator against the base one.
     train, dev = split_dev_queries(
         [q for q in queries if q["split"] == "train" and q["positives"]], cfg.raft.dev_fraction
     )
@@ -275,39 +260,63 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         train = inverse_cloze_queries(corpus, held_out, cfg.raft.max_samples or FALLBACK_SAMPLES, cfg.run.seed)
         logger.warning("raft: no train-split question; building on %d inverse-cloze questions", len(train))
     if not train:
-        raise ValueError(f"raft: {data['queries']} has no train-split question and the corpus no sentence to ask")
+        raise ValueError(f"raft: {source} has no train-split question and the corpus no sentence to ask")
+    return train, dev
 
-    # 2. Retrieve a pool with the tuned embedder, rerank it with the tuned reranker (one batched call).
+
+@dataclass
+class Pools:
+    """Each question's pool ranked as serving ranks it, the dev questions' prompts over the served context, and the
+    tuned reranker (the extractive teacher quotes with it)."""
+
+    ranked: list[list[str]]
+    dev_rows: list[dict]
+    reranker: Reranker
+
+
+def rank_pools(
+    cfg: RagtuneConfig, run: RunDir, corpus: list[dict], train: list[dict], dev: list[dict], texts: dict[str, str]
+) -> Pools:
+    """Retrieve a pool with the tuned embedder and rerank it with the tuned reranker (one batched call), fused with
+    the retriever's scores at the recorded weight, as serving orders it; the labelled positives join the pool so
+    the reranker also orders them (the best one becomes the oracle)."""
+    embedder = run.require("embed", "model")["model"]
+    reranker_path = run.require("rerank", "model")["model"]
     retriever = DenseRetriever.load(
         str(embedder), corpus, cache_dir=run.path(EMBEDDING_CACHE), score_block_mb=cfg.run.score_block_mb
     )
     question_texts = [q["text"] for q in train]
     question_vectors = retriever.encode_queries(question_texts)  # encoded once: pool search and pool scores
     _, pool_ids = retriever.search(question_vectors, k=cfg.raft.distractor_pool)
-    # Positives join the pool so the reranker also orders them (the best one becomes the oracle).
     candidates = [
         [{"id": c, "text": texts[c]} for c in dict.fromkeys([*pool, *q["positives"]])]
         for q, pool in zip(train, pool_ids, strict=True)
     ]
-    # The pool is ordered as serving orders it: cross-encoder and retriever scores fused at the recorded weight.
     first_scores = retriever.similarities(question_vectors, [[c["id"] for c in row] for row in candidates])
-    reranker = load_reranker(str(reranker_path), cfg.rerank.max_length, cfg.run.seed, run.path(SCORE_CACHE))
+    reranker = load_reranker(
+        str(reranker_path), cfg.rerank.cross_encoder.max_length, cfg.run.seed, run.path(SCORE_CACHE)
+    )
     weight = load_fusion_weight(reranker_path)
     reranked = rerank(reranker, question_texts, candidates, first_scores, weight)
     ranked = [[chunk["id"] for chunk, _ in row] for row in reranked]
-    dev_rows = served_prompts(retriever, reranker, weight, dev, texts, cfg.assemble)
+    return Pools(ranked, served_prompts(retriever, reranker, weight, dev, texts, cfg.assemble), reranker)
 
-    # 3. Oracle, distractors, P share, shuffled order.
-    contexts = choose_contexts(
-        train,
-        ranked,
-        [c["id"] for c in corpus],
-        top_n=cfg.assemble.top_n,
-        oracle_fraction=cfg.raft.oracle_fraction,
-        seed=cfg.run.seed,
-    )
 
-    # 4. Teacher answers, one per question that needs one (abstention targets need none).
+@dataclass
+class TeacherAnswers:
+    """The contexts the teacher was asked about (abstention targets need no answer), its answers and its backend
+    (usage, for the report)."""
+
+    asked: list[RaftContext]
+    answers: list[str]
+    backend: Any
+
+
+def ask_teacher(
+    cfg: RagtuneConfig, run: RunDir, contexts: list[RaftContext], texts: dict[str, str], reranker: Reranker
+) -> TeacherAnswers:
+    """The teacher's answer for each context that needs one, through ``raft.teacher``'s backend (the extractive
+    teacher quotes the oracle sentences the reranker likes best)."""
     asking = [c for c in contexts if c.has_oracle or cfg.raft.no_oracle_target == "memory"]
     requests = [build_teacher_messages(c.question, [texts[i] for i in c.oracle_ids], c.reference) for c in asking]
     extractor = None
@@ -325,17 +334,12 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             return by_prompt[messages[-1]["content"]]
 
     backend = make_backend(cfg.raft.teacher, run.path(RAFT_TEACHER_CACHE), extractor=extractor)
-    completions = backend.generate(requests, desc="RAFT teacher answers")
-    if cfg.raft.teacher.dry_run:
-        return {"dry_run": True, "teacher_requests": len(requests)}
+    return TeacherAnswers(asking, backend.generate(requests, desc="RAFT teacher answers"), backend)
 
-    # 5. Verify every quote against the oracle; repair, replace or drop.
-    kept, teacher_counts = build_targets(
-        contexts, {c.qid: a for c, a in zip(asking, completions, strict=True)}, texts, cfg.raft.no_oracle_target
-    )
-    if not kept:
-        raise ValueError(f"raft: every sample was dropped (teacher answers: {teacher_counts}); see raft/report.json")
-    rows = [
+
+def sample_rows(kept: Sequence[tuple[RaftContext, str]], texts: dict[str, str]) -> list[dict]:
+    """The training samples: the RAFT prompt over each context, the verified target as the completion."""
+    return [
         {
             "prompt": build_messages(ctx.question, [texts[c] for c in ctx.chunk_ids]),
             "completion": [{"role": "assistant", "content": target}],
@@ -347,16 +351,27 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         for ctx, target in kept
     ]
 
-    # 6. Write the samples and the report, then the manifest entry.
+
+def build_report(
+    cfg: RagtuneConfig,
+    train: list[dict],
+    queries: list[dict],
+    rows: list[dict],
+    pools: Pools,
+    contexts: list[RaftContext],
+    teacher_counts: dict[str, int],
+    teacher: TeacherAnswers,
+) -> dict:
+    """``raft/report.json``: where the samples come from, the oracle share, the distractors, the teacher."""
     with_oracle = sum(r["has_oracle"] for r in rows)
     origin_of = {q["qid"]: q.get("origin", "human") for q in train}
-    report = {
+    return {
         "train_questions": len(train),
         # where the samples' questions come from: human (labelled) or synthetic (the data stage's generator)
         "sources": dict(Counter(origin_of[r["qid"]] for r in rows)),
         "eval_questions_excluded": sum(q["split"] != "train" for q in queries),
         "samples": len(rows),
-        "dev_questions": len(dev_rows),
+        "dev_questions": len(pools.dev_rows),
         "with_oracle": with_oracle,
         "without_oracle": len(rows) - with_oracle,
         "oracle_share": round(with_oracle / len(rows), 4),
@@ -367,15 +382,78 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
             "random_fallback_chunks": sum(c.random_distractors for c in contexts),
             "short_context_samples": sum(len(c.chunk_ids) < cfg.assemble.top_n for c in contexts),
         },
-        "teacher": {"provider": cfg.raft.teacher.provider, **teacher_counts, "usage": backend.usage.as_dict()},
+        "teacher": {"provider": cfg.raft.teacher.provider, **teacher_counts, "usage": teacher.backend.usage.as_dict()},
     }
-    atomic_write_jsonl(run.path(RAFT_TRAIN_DATA), rows)
-    atomic_write_jsonl(run.path(RAFT_DEV_DATA), dev_rows)
-    atomic_write_text(run.path(RAFT_REPORT), json.dumps(report, indent=2))
+
+
+def stage_metrics(report: dict, teacher_counts: dict[str, int]) -> dict:
+    """The manifest's metrics: sample counts, by origin, the teacher's verdicts, the random distractors."""
     metrics = {k: report[k] for k in ("samples", "with_oracle", "without_oracle")}
     metrics |= {f"samples_{origin}": n for origin, n in report["sources"].items()}
     metrics.update({f"teacher_{k}": v for k, v in teacher_counts.items()})
     metrics["random_fallback_chunks"] = report["distractors"]["random_fallback_chunks"]
+    return metrics
+
+
+def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
+    """Build raft/train.jsonl from the train split; skipped when finished and fresh unless ``force``.
+
+    Runs on the main process only: building is LLM calls and batched scoring, nothing to shard, and a
+    second rank would call (and bill) the teacher again. Other ranks of an ``accelerate launch`` exit.
+    """
+    if not is_main_process():
+        logger.info("raft build: runs on the main process only; this rank has nothing to do")
+        return {}
+    # 1. Inputs, through the manifest (refused with the stage to run when missing or stale).
+    data = run.require("data", "corpus", "queries")
+    run.require("embed", "model")
+    run.require("rerank", "model")
+    config_hash, inputs = run.freshness(
+        cfg,
+        CONFIG_SECTIONS,
+        {"data": ("corpus", "queries"), "embed": ("model",), "rerank": ("model",)},
+        exclude=NOT_CHANGING_THE_DATA,
+    )
+    if not force and run.is_fresh(STAGE, config_hash, inputs):
+        logger.info("raft build: finished and fresh, skipping (--force reruns it)")
+        return run.load_manifest()[STAGE].metrics
+    started = time.time()
+    corpus = read_jsonl(data["corpus"])
+    queries = read_jsonl(data["queries"])
+    texts = {c["id"]: c["text"] for c in corpus}
+    train, dev = select_questions(cfg, corpus, queries, data["queries"])
+
+    # 2. Retrieve a pool with the tuned embedder, rerank it with the tuned reranker (one batched call).
+    pools = rank_pools(cfg, run, corpus, train, dev, texts)
+
+    # 3. Oracle, distractors, P share, shuffled order.
+    contexts = choose_contexts(
+        train,
+        pools.ranked,
+        [c["id"] for c in corpus],
+        top_n=cfg.assemble.top_n,
+        oracle_fraction=cfg.raft.oracle_fraction,
+        seed=cfg.run.seed,
+    )
+
+    # 4. Teacher answers, one per question that needs one (abstention targets need none).
+    teacher = ask_teacher(cfg, run, contexts, texts, pools.reranker)
+    if cfg.raft.teacher.dry_run:
+        return {"dry_run": True, "teacher_requests": len(teacher.asked)}
+
+    # 5. Verify every quote against the oracle; repair, replace or drop.
+    answers = {c.qid: a for c, a in zip(teacher.asked, teacher.answers, strict=True)}
+    kept, teacher_counts = build_targets(contexts, answers, texts, cfg.raft.no_oracle_target)
+    if not kept:
+        raise ValueError(f"raft: every sample was dropped (teacher answers: {teacher_counts}); see raft/report.json")
+    rows = sample_rows(kept, texts)
+
+    # 6. Write the samples and the report, then the manifest entry.
+    report = build_report(cfg, train, queries, rows, pools, contexts, teacher_counts, teacher)
+    atomic_write_jsonl(run.path(RAFT_TRAIN_DATA), rows)
+    atomic_write_jsonl(run.path(RAFT_DEV_DATA), pools.dev_rows)
+    atomic_write_text(run.path(RAFT_REPORT), json.dumps(report, indent=2))
+    metrics = stage_metrics(report, teacher_counts)
     run.record(
         STAGE,
         config_hash=config_hash,
@@ -384,7 +462,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         metrics=metrics,
         outputs={"train_data": RAFT_TRAIN_DATA, "dev_data": RAFT_DEV_DATA, "report": RAFT_REPORT},
     )
-    logger.info("raft build: %d samples (%d with oracle), teacher %s", len(rows), with_oracle, teacher_counts)
+    logger.info("raft build: %d samples (%d with oracle), teacher %s", len(rows), report["with_oracle"], teacher_counts)
     return metrics
 
 

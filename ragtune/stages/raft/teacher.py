@@ -166,8 +166,8 @@ def extractive_answers(
         One RAFT-format answer per question; its quotes are verbatim by construction, and its final
         answer is the reference when given, else the best-scoring sentence.
 
-    Example (with a loaded cross-encoder ``ce``, not run as a doctest):
-        extractive_answers(ce, ["Grace period?"], [["Drain first. It is 40 minutes."]], ["40 minutes"], 1)
+    Example (with a loaded ``reranker``, not run as a doctest):
+        extractive_answers(reranker, ["Grace period?"], [["Drain first. It is 40 minutes."]], ["40 minutes"], 1)
         # -> one answer quoting 'It is 40 minutes.' and ending '##Answer: 40 minutes'
     """
     sentences = [quotable([s for text in texts for s in split_sentences(text)]) for texts in oracle_texts]

@@ -27,6 +27,7 @@ from ragtune.pipeline.generator import generate_batched
 from ragtune.pipeline.generator import load_generator as load_for_inference
 from ragtune.pipeline.models import resolve_model
 from ragtune.pipeline.precision import bf16_training, inference_dtype
+from ragtune.pipeline.promotion import RaftFigures
 from ragtune.pipeline.raft_format import parse_answer
 from ragtune.pipeline.rundir import (
     RAFT_ADAPTER,
@@ -256,17 +257,61 @@ def dev_answer_f1(model_path: str, adapter: str, rows: list[dict], assemble: Ass
     if not rows:
         return {}
     requests = [r["prompt"] for r in rows]
-    out: dict[str, Any] = {"dev_questions": len(rows)}
+    extractive = None
     if all("extractive" in r for r in rows):
-        out["dev_f1_extractive"] = sum(token_f1(final_answer(r["extractive"]), r["answer"]) for r in rows) / len(rows)
+        extractive = sum(token_f1(final_answer(r["extractive"]), r["answer"]) for r in rows) / len(rows)
+    f1: dict[str, float] = {}
+    abstain: dict[str, float] = {}
     for label, adapter_dir in (("base", None), ("tuned", adapter)):
         model, tokenizer = load_for_inference(model_path, adapter_dir, inference_dtype(assemble.dtype))
         answers = generate_batched(model, tokenizer, requests, assemble.max_new_tokens, desc=f"RAFT dev ({label})")
-        f1 = [token_f1(final_answer(a), r["answer"]) for a, r in zip(answers, rows, strict=True)]
-        out[f"dev_f1_{label}"] = sum(f1) / len(f1)
-        out[f"dev_abstain_{label}"] = sum(parse_answer(a).abstained for a in answers) / len(answers)
+        scores = [token_f1(final_answer(a), r["answer"]) for a, r in zip(answers, rows, strict=True)]
+        f1[label] = sum(scores) / len(scores)
+        abstain[f"dev_abstain_{label}"] = sum(parse_answer(a).abstained for a in answers) / len(answers)
         del model
-    return out
+    # What the generator gate reads (ragtune.pipeline.promotion); the extractive figure only when measured.
+    gate = RaftFigures(questions=len(rows), base=f1["base"], tuned=f1["tuned"], extractive=extractive)
+    return gate.as_metrics(skip_unmeasured=True) | abstain
+
+
+def training_metrics(trainer: Any, result: Any, info: dict[str, Any], build_metrics: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's metrics of the training: the trainer's figures, the losses, and the build's teacher counts."""
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return {
+        **info,
+        "steps": trainer.state.global_step,
+        "train_loss_first": losses[0] if losses else float("nan"),
+        "train_loss_last": losses[-1] if losses else float("nan"),
+        "train_loss_mean": result.training_loss,
+        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
+        "build": {k: v for k, v in build_metrics.items() if k.startswith("teacher_") or k == "random_fallback_chunks"},
+    }
+
+
+def save_adapter(
+    cfg: RagtuneConfig, run: RunDir, trainer: Any, model_path: str, info: dict[str, Any], metrics: dict[str, Any]
+) -> None:
+    """Save the adapter and the tokenizer with ragtune's model card atomically, and with ``raft.merge`` the merged
+    model (main process)."""
+    with atomic_dir(run.path(RAFT_ADAPTER)) as tmp:
+        trainer.model.save_pretrained(tmp)
+        trainer.processing_class.save_pretrained(tmp)
+        # Replaces peft's placeholder card.
+        (tmp / "README.md").write_text(model_card(cfg, model_path, info, metrics), encoding="utf-8")
+    if cfg.raft.merge:
+        merge_adapter(model_path, run.path(RAFT_ADAPTER), run.path(RAFT_MERGED))
+
+
+def log_dev_figures(gate: RaftFigures) -> None:
+    """One log line with the generator gate's figures, when measured."""
+    if gate.tuned is not None:
+        logger.info(
+            "raft: dev answer F1 %.4f (base) -> %.4f (tuned), %.4f (extractive) on %d questions",
+            gate.base,
+            gate.tuned,
+            gate.extractive if gate.extractive is not None else float("nan"),
+            gate.questions,
+        )
 
 
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
@@ -295,38 +340,16 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
 
     # 3. Train.
     result = trainer.train()
-    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    metrics = {
-        **info,
-        "steps": trainer.state.global_step,
-        "train_loss_first": losses[0] if losses else float("nan"),
-        "train_loss_last": losses[-1] if losses else float("nan"),
-        "train_loss_mean": result.training_loss,
-        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
-        "build": {k: v for k, v in build_metrics.items() if k.startswith("teacher_") or k == "random_fallback_chunks"},
-    }
+    metrics = training_metrics(trainer, result, info, build_metrics)
 
     # 4. Save the adapter (+ card), optionally the merged model; the manifest entry comes last.
     outputs = {"adapter": RAFT_ADAPTER, "train_data": RAFT_TRAIN_DATA}
     if is_main_process():
-        with atomic_dir(run.path(RAFT_ADAPTER)) as tmp:
-            trainer.model.save_pretrained(tmp)
-            trainer.processing_class.save_pretrained(tmp)
-            # Replaces peft's placeholder card.
-            (tmp / "README.md").write_text(model_card(cfg, model_path, info, metrics), encoding="utf-8")
-        if cfg.raft.merge:
-            merge_adapter(model_path, run.path(RAFT_ADAPTER), run.path(RAFT_MERGED))
+        save_adapter(cfg, run, trainer, model_path, info, metrics)
 
         # 5. The promotion gate's figure: base and tuned generator on the dev questions, served context.
         metrics |= dev_answer_f1(model_path, str(run.path(RAFT_ADAPTER)), read_jsonl(dev_data), cfg.assemble)
-        if "dev_f1_tuned" in metrics:
-            logger.info(
-                "raft: dev answer F1 %.4f (base) -> %.4f (tuned), %.4f (extractive) on %d questions",
-                metrics["dev_f1_base"],
-                metrics["dev_f1_tuned"],
-                metrics.get("dev_f1_extractive", float("nan")),
-                metrics["dev_questions"],
-            )
+        log_dev_figures(RaftFigures.from_metrics(metrics))
     if cfg.raft.merge:
         outputs["merged"] = RAFT_MERGED
     trainer.accelerator.wait_for_everyone()

@@ -1,8 +1,9 @@
 """The cross-encoder to train: where its encoder starts and what scores the pair.
 
-``rerank.start_from`` picks the encoder: ``base_model`` (``rerank.base_model``: the bundled MiniLM, any
-encoder, or a hub cross-encoder) or ``tuned_embedder`` (stage 1's tuned encoder, which already knows the
-domain's words). ``rerank.head`` picks what turns the encoded (query, passage) pair into one score:
+``rerank.cross_encoder.start_from`` picks the encoder: ``base_model`` (``rerank.cross_encoder.base_model``: the
+bundled MiniLM, any encoder, or a hub cross-encoder) or ``tuned_embedder`` (stage 1's tuned encoder, which already
+knows the domain's words). ``rerank.cross_encoder.head`` picks what turns the encoded (query, passage) pair into one
+score:
 ``classifier`` is transformers' sequence-classification head (a tanh pooler on the [CLS] token, then one
 logit: what hub cross-encoders ship with), ``mean_pool`` is a zero-initialised linear layer on the mean of
 the token states, built from sentence-transformers modules (Transformer, Pooling, Dense) so it saves and
@@ -17,7 +18,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ragtune.pipeline.config import RerankConfig
+from ragtune.pipeline.config import CrossEncoderConfig, RerankConfig
 from ragtune.pipeline.models import resolve_model
 
 if TYPE_CHECKING:
@@ -59,15 +60,16 @@ def default_learning_rate(cfg: RerankConfig) -> float:
         return cfg.learning_rate
     if cfg.kind == "query_likelihood":
         return 1e-4
-    pretrained = cfg.start_from == "base_model" and is_cross_encoder(resolve_model(cfg.base_model))
+    ce = cfg.cross_encoder
+    pretrained = ce.start_from == "base_model" and is_cross_encoder(resolve_model(ce.base_model))
     return 2e-5 if pretrained else 1e-3
 
 
-def build_cross_encoder(cfg: RerankConfig, tuned_embedder: Path) -> CrossEncoder:
+def build_cross_encoder(cfg: CrossEncoderConfig, tuned_embedder: Path) -> CrossEncoder:
     """The one-logit cross-encoder the rerank stage trains.
 
     Args:
-        cfg: the ``rerank`` section (``start_from``, ``head``, ``base_model``, ``max_length``).
+        cfg: the ``rerank.cross_encoder`` section (``start_from``, ``head``, ``base_model``, ``max_length``).
         tuned_embedder: stage 1's model folder (a sentence-transformers folder whose root holds the encoder).
 
     Returns:
@@ -80,7 +82,9 @@ def build_cross_encoder(cfg: RerankConfig, tuned_embedder: Path) -> CrossEncoder
 
     start = str(tuned_embedder) if cfg.start_from == "tuned_embedder" else resolve_model(cfg.base_model)
     if is_cross_encoder(start):
-        logger.info("rerank: %s is a cross-encoder; training it with its own head (rerank.head ignored)", start)
+        logger.info(
+            "rerank: %s is a cross-encoder; training it with its own head (rerank.cross_encoder.head ignored)", start
+        )
         return CrossEncoder(start, max_length=cfg.max_length)
     if cfg.head == "classifier":
         return CrossEncoder(start, num_labels=1, max_length=cfg.max_length)

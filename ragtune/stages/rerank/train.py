@@ -1,7 +1,7 @@
-"""Rerank stage: mine hard negatives with the tuned embedder, train a cross-encoder, evaluate on held-out queries.
+"""Rerank stage: mine hard negatives with the tuned embedder, train a reranker, evaluate on held-out queries.
 
 Run it:
-    ragtune rerank configs/demo.yaml [rerank.loss=lambda] [--force]
+    ragtune rerank configs/demo.yaml [rerank.kind=cross_encoder rerank.cross_encoder.loss=lambda] [--force]
     accelerate launch -m ragtune.stages.rerank.train --config configs/demo.yaml
     accelerate launch --multi_gpu --num_processes 2 -m ragtune.stages.rerank.train --config configs/demo.yaml   # DDP
     python -m ragtune.stages.rerank.mine --config configs/demo.yaml    # mining only, to read the audit first
@@ -10,7 +10,7 @@ Reads embed/model (the tuned embedder, never the base: refused until `ragtune em
 data stage's corpus and queries through the manifest. Train queries of a document-disjoint dev slice
 (rerank.dev_fraction) are neither mined nor trained on: they choose the fusion weight of reranker and
 retriever scores and draw the learning curve (rerank/learning_curve.png). Writes rerank/negatives/ (mined
-dataset, report, histogram, audit), rerank/model/ (cross-encoder + model card + ragtune_fusion.json),
+dataset, report, histogram, audit), rerank/model/ (the reranker of rerank.kind + model card + ragtune_fusion.json),
 rerank/metrics.json (nDCG@10, MRR@10, hit@k of the
 tuned retriever alone, the reranker alone and the two fused, on the eval split), then the manifest entry.
 Training checkpoints, if any are asked for in `rerank.trainer`, go to rerank/checkpoints/.
@@ -32,6 +32,7 @@ from ragtune.pipeline.config import RagtuneConfig, RerankConfig, check_trainer_k
 from ragtune.pipeline.dev_slice import DEV_MIN_QUERIES
 from ragtune.pipeline.entry import run_stage
 from ragtune.pipeline.precision import bf16_training
+from ragtune.pipeline.promotion import RerankFigures
 from ragtune.pipeline.ranking import choose_fusion_weight, fused_order, mean_metrics, per_query_metrics
 from ragtune.pipeline.retrieval import FUSION_FILE, DenseRetriever, Reranker, reranker_scores
 from ragtune.pipeline.rundir import (
@@ -133,11 +134,11 @@ def build_training_columns(
                 for i, cid in enumerate(r["negatives"][:n], 1):
                     cols[f"negative_{i}"].append(text[cid])
         return cols
-    raise ValueError(f"rerank.loss: unknown loss {loss!r} (bce, lambda, listnet, mnrl)")
+    raise ValueError(f"rerank.cross_encoder.loss: unknown loss {loss!r} (bce, lambda, listnet, mnrl)")
 
 
 def build_loss(model: CrossEncoder, loss: str, columns: Mapping[str, list]) -> nn.Module:
-    """The sentence-transformers cross-encoder loss for ``rerank.loss`` (or ``rerank.warm_start``).
+    """The sentence-transformers cross-encoder loss for ``rerank.cross_encoder.loss`` (or its ``warm_start``).
 
     BCE weighs positives by the negatives-per-positive ratio, as the library's own BCE reranker
     examples do, so the few positives are not drowned out by the many negatives.
@@ -192,9 +193,9 @@ def build_training_args(cfg: RerankConfig, output_dir: str, seed: int) -> CrossE
         # bf16 autocast where the hardware has native bf16 math: 1.5x faster steps on the demo, same dev figures.
         "bf16": bf16_training(),
     }
-    if cfg.head_learning_rate is not None:
-        defaults["learning_rate_mapping"] = {HEAD_PARAMETERS: cfg.head_learning_rate}
-    if cfg.loss == "mnrl":
+    if cfg.cross_encoder.head_learning_rate is not None:
+        defaults["learning_rate_mapping"] = {HEAD_PARAMETERS: cfg.cross_encoder.head_learning_rate}
+    if cfg.cross_encoder.loss == "mnrl":
         # In-batch negatives: a repeated query or passage in one batch would be its own false negative.
         defaults["batch_sampler"] = BatchSamplers.NO_DUPLICATES
     return CrossEncoderTrainingArguments(output_dir=output_dir, **(defaults | cfg.trainer))
@@ -336,9 +337,10 @@ def recipe_line(cfg: RerankConfig) -> str:
             f"- Query likelihood under `{q.generator}` (UPR: mean log-probability of the query's tokens after the "
             f"passage's prompt), passages cut at {q.max_length} tokens; {tuning}."
         )
+    ce = cfg.cross_encoder  # the cross-encoder's own settings
     return (
-        f"- Start: `{cfg.start_from}` (`{cfg.base_model}`), head `{cfg.head}`, loss `{cfg.loss}`, "
-        f"warm start `{cfg.warm_start}` ({cfg.warm_start_steps} steps), max_length {cfg.max_length}."
+        f"- Start: `{ce.start_from}` (`{ce.base_model}`), head `{ce.head}`, loss `{ce.loss}`, "
+        f"warm start `{ce.warm_start}` ({ce.warm_start_steps} steps), max_length {ce.max_length}."
     )
 
 
@@ -396,25 +398,26 @@ def fit_cross_encoder(fit: FitInputs) -> tuple[Any, dict[str, Any]]:
     cfg, dev, curve, best = fit.cfg, fit.dev, fit.curve, fit.best
 
     # a. The training set in the format the loss reads.
-    columns = build_training_columns(fit.mined, fit.corpus_by_id, cfg.rerank.loss, cfg.rerank.mining.num_negatives)
+    settings = cfg.rerank.cross_encoder
+    columns = build_training_columns(fit.mined, fit.corpus_by_id, settings.loss, cfg.rerank.mining.num_negatives)
     if not columns["query"]:
         raise ValueError(f"rerank: mining produced no training example; see {RERANK_NEGATIVES}/report.json")
 
     # b. The base or the tuned embedder's encoder, with a fresh head (or a hub cross-encoder's own).
     set_seed(cfg.run.seed)  # the fresh head starts the same on every rank and every rerun
-    model = build_cross_encoder(cfg.rerank, fit.run.require("embed", "model")["model"])
+    model = build_cross_encoder(settings, fit.run.require("embed", "model")["model"])
     start_curve(model, dev, cfg.rerank, curve, best)
 
     # c. Optionally distil the tuned embedder's scores first, then train on the hard negatives.
     phases = []
-    if cfg.rerank.warm_start != "none" and cfg.rerank.warm_start_steps:
+    if settings.warm_start != "none" and settings.warm_start_steps:
         queries = [r["query"] for r in fit.mined]
-        first, ids = fit.retriever.search(queries, cfg.rerank.warm_start_pool)
-        distil = distillation_columns(queries, ids, first, fit.corpus_by_id, cfg.rerank.warm_start)
-        warm_cfg = cfg.rerank.model_copy(update={"max_steps": cfg.rerank.warm_start_steps})
+        first, ids = fit.retriever.search(queries, settings.warm_start_pool)
+        distil = distillation_columns(queries, ids, first, fit.corpus_by_id, settings.warm_start)
+        warm_cfg = cfg.rerank.model_copy(update={"max_steps": settings.warm_start_steps})
         warm_args = build_training_args(warm_cfg, str(fit.run.path(RERANK_CHECKPOINTS)), cfg.run.seed)
-        phases.append(("warm start", warm_args, distil, build_loss(model, cfg.rerank.warm_start, distil)))
-    phases.append(("hard negatives", fit.args, columns, build_loss(model, cfg.rerank.loss, columns)))
+        phases.append(("warm start", warm_args, distil, build_loss(model, settings.warm_start, distil)))
+    phases.append(("hard negatives", fit.args, columns, build_loss(model, settings.loss, columns)))
     losses, steps, seconds = [], 0, 0.0
     for phase, phase_args, phase_columns, loss in phases:
         callbacks = [DevCurveCallback(model, dev, cfg.rerank.curve_points, phase, curve, best)] if dev else []
@@ -479,65 +482,74 @@ def training_figures(examples: int, steps: int, seconds: float, losses: Sequence
     }
 
 
-def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]:
-    """Mine, train and evaluate the reranker; skipped when finished and fresh unless ``force``."""
-    # Refuse early, naming the stage to run, before anything heavy is imported.
-    run.require("embed", "model")
-    data = run.require("data", "corpus", "queries")
-    config_hash, inputs = run.freshness(cfg, ("rerank",), {"data": ("corpus", "queries"), "embed": ("model",)})
-    if not force and run.is_fresh(STAGE, config_hash, inputs):
-        logger.info("rerank: finished and fresh, skipping (--force reruns it)")
-        return run.load_manifest()[STAGE].metrics
+@dataclass
+class Mined:
+    """The mined training rows, the mining report and how long mining took."""
+
+    rows: list[dict[str, Any]]
+    report: dict[str, Any]
+    seconds: float
+
+
+def mine_on_main(cfg: RagtuneConfig, run: RunDir, args: Any) -> Mined:
+    """Mine hard negatives with the tuned embedder on the main process (:func:`ragtune.stages.rerank.mine.run_mining`);
+    the other ranks wait, then read its result."""
     started = time.time()
-
-    embedder = run.require("embed", "model")["model"]
-
-    # 1. Load the training arguments first: they set up the process group that mining waits on.
-    args = build_training_args(cfg.rerank, str(run.path(RERANK_CHECKPOINTS)), cfg.run.seed)
-
-    # 2. Mine hard negatives with the tuned embedder on the main process; other ranks read its result.
-    mining_started = time.time()
     with args.main_process_first(desc="mining hard negatives"):
         if is_main_process():
-            mined, mining_report = run_mining(cfg, run)
+            rows, report = run_mining(cfg, run)
         else:
-            mined = read_jsonl(run.path(RERANK_NEGATIVES) / "negatives.jsonl")
-            mining_report = json.loads((run.path(RERANK_NEGATIVES) / "report.json").read_text(encoding="utf-8"))
-    mining_seconds = time.time() - mining_started
-    corpus = read_jsonl(data["corpus"])
-    corpus_by_id = {c["id"]: c for c in corpus}
-    queries = read_jsonl(data["queries"])
-    dev_queries = rerank_dev_split(cfg, queries)[0]  # never mined, never trained on: they choose the fusion weight
+            rows = read_jsonl(run.path(RERANK_NEGATIVES) / "negatives.jsonl")
+            report = json.loads((run.path(RERANK_NEGATIVES) / "report.json").read_text(encoding="utf-8"))
+    return Mined(rows, report, time.time() - started)
 
-    # 3. Fix the dev slice's candidates: they draw the learning curve and choose the fusion weight.
+
+@dataclass
+class StageData:
+    """What the stage reads beside the mined rows: the corpus, the queries, the dev slice (never mined, never
+    trained on: it draws the learning curve and chooses the fusion weight), the tuned retriever and the dev slice's
+    candidates under it."""
+
+    corpus_by_id: dict[str, dict[str, Any]]
+    queries: list[dict[str, Any]]
+    dev_queries: list[dict[str, Any]]
+    retriever: DenseRetriever
+    dev: DevCandidates | None
+
+
+def load_stage_data(cfg: RagtuneConfig, run: RunDir, args: Any) -> StageData:
+    """Read the corpus and queries, split off the dev slice and fix its candidates under the tuned retriever (the
+    corpus embeddings are encoded on the main process first, then read from the run's cache)."""
+    data = run.require("data", "corpus", "queries")
+    corpus = read_jsonl(data["corpus"])
+    queries = read_jsonl(data["queries"])
+    dev_queries = rerank_dev_split(cfg, queries)[0]
+    embedder = run.require("embed", "model")["model"]
     with args.main_process_first(desc="encoding the corpus with the tuned embedder"):
         retriever = DenseRetriever.load(
             str(embedder), corpus, cache_dir=run.path(EMBEDDING_CACHE), score_block_mb=cfg.run.score_block_mb
         )
     dev = dev_candidates(retriever, dev_queries, cfg.rerank.retrieve_top_k)
-    curve: list[dict[str, Any]] = []
-    best = BestPoint() if cfg.rerank.keep_best else None
+    return StageData({c["id"]: c for c in corpus}, queries, dev_queries, retriever, dev)
 
-    # 4. Build and train the reranker on the mined rows, drawing the learning curve on the dev slice.
-    fit = fit_query_likelihood if cfg.rerank.kind == "query_likelihood" else fit_cross_encoder
-    model, trained = fit(FitInputs(cfg, run, mined, corpus_by_id, retriever, dev, curve, best, args))
-    if not is_main_process():
-        return {}
-    with contextlib.suppress(OSError):  # an empty folder the trainer made; checkpoints asked for are kept
-        run.path(RERANK_CHECKPOINTS).rmdir()
 
-    # 5. Keep the best curve point's weights; choose how much the reranker's score counts against the
-    #    retriever's, on the dev slice of train.
+def keep_best_point(model: Any, curve: list[dict[str, Any]], best: BestPoint | None) -> dict[str, Any] | None:
+    """Put back the weights of the learning curve's best point (``rerank.keep_best``) when it is not the last one.
+
+    Returns:
+        The kept point (the last one without ``best``), or None without a curve.
+    """
     kept = best.point if best is not None and best.point is not None else (curve[-1] if curve else None)
     if best is not None and kept is not None and kept != curve[-1]:
         best.restore(model)
         logger.info("rerank: kept the weights of %s step %d (dev fused nDCG@10 %.4f)", *map(kept.get, KEPT))
-    weight, fusion = choose_weight(cfg.rerank, dev, model)
-    logger.info("rerank: fusion weight %.1f (%s)", weight, fusion["fusion_weight_source"])
-    if curve:
-        plot_learning_curve(curve, run.path(RERANK_LEARNING_CURVE))
+    return kept
 
-    # 6. Save the reranker (model card with its learning curve) and its fusion weight atomically, as one folder.
+
+def save_reranker(
+    cfg: RagtuneConfig, run: RunDir, model: Any, weight: float, fusion: dict, curve: Sequence[Mapping[str, Any]]
+) -> None:
+    """Save the reranker, its model card (with the learning curve) and its fusion weight atomically, as one folder."""
     with atomic_dir(run.path(RERANK_MODEL)) as tmp:
         if cfg.rerank.kind == "query_likelihood":
             model.save(tmp, cfg.rerank.query_likelihood.generator, cfg.rerank.query_likelihood.dtype)
@@ -549,67 +561,169 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
             (card.read_text(encoding="utf-8") if card.exists() else "") + model_card_section(cfg.rerank, curve, weight)
         )
 
-    # 7. The untrained reranker of the same kind, its fusion weight chosen by the same rule on the same dev slice:
-    #    what `assemble.reranker: base` serves and eval's embed_rerank_untrained measures the training against.
-    del model
+
+@dataclass
+class Untrained:
+    """The untrained reranker of the configured kind and the fusion weight the dev slice chose for it."""
+
+    reranker: Any
+    weight: float
+    fusion: dict[str, Any]
+
+
+def save_untrained_reranker(cfg: RagtuneConfig, run: RunDir, dev: DevCandidates | None) -> Untrained:
+    """The untrained reranker of the same kind, its fusion weight chosen by the same rule on the same dev slice,
+    saved to ``rerank/untrained``: what ``assemble.reranker: base`` serves and eval's ``embed_rerank_untrained``
+    measures the training against."""
     untrained = untrained_reranker(cfg, run.path(SCORE_CACHE))
-    untrained_weight, untrained_fusion = choose_weight(cfg.rerank, dev, untrained)
-    logger.info("rerank: the untrained reranker's fusion weight %.1f", untrained_weight)
+    weight, fusion = choose_weight(cfg.rerank, dev, untrained)
+    logger.info("rerank: the untrained reranker's fusion weight %.1f", weight)
     with atomic_dir(run.path(RERANK_UNTRAINED)) as tmp:
         save_untrained(untrained, tmp, cfg)
-        (tmp / FUSION_FILE).write_text(
-            json.dumps({"fusion_weight": untrained_weight, **untrained_fusion}, indent=2) + "\n"
-        )
+        (tmp / FUSION_FILE).write_text(json.dumps({"fusion_weight": weight, **fusion}, indent=2) + "\n")
+    return Untrained(untrained, weight, fusion)
 
-    # 8. Evaluate on the eval split: tuned retriever alone vs reranker alone vs the two fused (what serving does),
-    #    and the untrained reranker fused at its weight.
-    reranker = load_reranker(str(run.path(RERANK_MODEL)), cfg.rerank.max_length, cfg.run.seed, run.path(SCORE_CACHE))
-    eval_queries = [q for q in queries if q["split"] == "eval"]
+
+def evaluate_on_eval_split(
+    cfg: RagtuneConfig, run: RunDir, data: StageData, weight: float, untrained: Untrained
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The eval split's figures: the tuned retriever alone vs the saved reranker alone vs the two fused at
+    ``weight`` (what serving does), and the untrained reranker fused at its own weight.
+
+    Raises:
+        ValueError: no eval-split query.
+    """
+    reranker = load_reranker(
+        str(run.path(RERANK_MODEL)), cfg.rerank.cross_encoder.max_length, cfg.run.seed, run.path(SCORE_CACHE)
+    )
+    eval_queries = [q for q in data.queries if q["split"] == "eval"]
     if not eval_queries:
         raise ValueError("rerank: no eval-split query to evaluate on (check the data stage's split)")
-    scored = score_candidates(retriever, reranker, eval_queries, cfg.rerank.retrieve_top_k)
-    evaluation = evaluate_reranking(scored, eval_queries, weight)
+    top_k = cfg.rerank.retrieve_top_k
+    evaluation = evaluate_reranking(
+        score_candidates(data.retriever, reranker, eval_queries, top_k), eval_queries, weight
+    )
+    untrained_scored = score_candidates(data.retriever, untrained.reranker, eval_queries, top_k)
+    return evaluation, evaluate_reranking(untrained_scored, eval_queries, untrained.weight)
+
+
+def stage_metrics(
+    weight: float,
+    kept: Mapping[str, Any] | None,
+    dev_queries: Sequence[Mapping[str, Any]],
+    evaluation: Mapping[str, Any],
+    untrained: Untrained,
+    untrained_evaluation: Mapping[str, Any],
+    mined: Mined,
+    trained: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The manifest's metrics of the stage: held-out figures, the reranker gate's dev figures, training figures."""
     before, after = evaluation["retriever"], evaluation["retriever+reranker"]
-    untrained_scored = score_candidates(retriever, untrained, eval_queries, cfg.rerank.retrieve_top_k)
-    untrained_evaluation = evaluate_reranking(untrained_scored, eval_queries, untrained_weight)
-    del untrained
-    metrics = {
+    return {
         "ndcg@10_retriever": before["ndcg@10"],
         "ndcg@10_reranked": after["ndcg@10"],
         "ndcg@10_reranker_only": evaluation["reranker"]["ndcg@10"],
         "mrr@10_retriever": before["mrr@10"],
         "mrr@10_reranked": after["mrr@10"],
-        "fusion_weight": weight,
-        "dev_queries": len(dev_queries),
-        "dev_ndcg@10_retriever": kept["retriever"] if kept else None,
+        **RerankFigures(  # what the reranker gate reads (ragtune.pipeline.promotion)
+            queries=len(dev_queries),
+            fusion_weight=weight,
+            retriever=kept["retriever"] if kept else None,
+            fused=kept["fused"] if kept else None,
+        ).as_metrics(),
         "dev_ndcg@10_reranker_only": kept["reranker"] if kept else None,
-        "dev_ndcg@10_fused": kept["fused"] if kept else None,
-        "untrained_fusion_weight": untrained_weight,
-        "dev_ndcg@10_untrained_fused": dev_figure_at(untrained_fusion, untrained_weight),
+        "untrained_fusion_weight": untrained.weight,
+        "dev_ndcg@10_untrained_fused": dev_figure_at(untrained.fusion, untrained.weight),
         "ndcg@10_untrained_reranked": untrained_evaluation["retriever+reranker"]["ndcg@10"],
         "kept_step": kept and f"{kept['phase']} {kept['step']}",
         "eval_queries": evaluation["queries"],
-        "negatives": mining_report["selected"],
+        "negatives": mined.report["selected"],
         **trained,
-        "mining_seconds": mining_seconds,
+        "mining_seconds": mined.seconds,
     }
-    atomic_write_text(
-        run.path(RERANK_METRICS),
-        json.dumps(
-            {
-                **metrics,
-                **fusion,
-                "kind": cfg.rerank.kind,
-                "loss": cfg.rerank.loss if cfg.rerank.kind == "cross_encoder" else "listwise query likelihood",
-                "learning_curve": curve,
-                "dev_qids": [q["qid"] for q in dev_queries],
-                "evaluation": evaluation,
-                "untrained": {**untrained_fusion, "evaluation": untrained_evaluation},
-                "mining": mining_report,
-            },
-            indent=2,
-        )
-        + "\n",
+
+
+def write_metrics_file(
+    cfg: RagtuneConfig,
+    run: RunDir,
+    metrics: Mapping[str, Any],
+    fusion: Mapping[str, Any],
+    curve: Sequence[Mapping[str, Any]],
+    data: StageData,
+    evaluation: Mapping[str, Any],
+    untrained: Untrained,
+    untrained_evaluation: Mapping[str, Any],
+    mining_report: Mapping[str, Any],
+) -> None:
+    """``rerank/metrics.json``: the metrics, how the weight was chosen, the curve, both evaluations, the mining."""
+    kind = cfg.rerank.kind
+    record = {
+        **metrics,
+        **fusion,
+        "kind": kind,
+        "loss": cfg.rerank.cross_encoder.loss if kind == "cross_encoder" else "listwise query likelihood",
+        "learning_curve": curve,
+        "dev_qids": [q["qid"] for q in data.dev_queries],
+        "evaluation": evaluation,
+        "untrained": {**untrained.fusion, "evaluation": untrained_evaluation},
+        "mining": mining_report,
+    }
+    atomic_write_text(run.path(RERANK_METRICS), json.dumps(record, indent=2) + "\n")
+
+
+def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]:
+    """Mine, train and evaluate the reranker; skipped when finished and fresh unless ``force``."""
+    # Refuse early, naming the stage to run, before anything heavy is imported.
+    run.require("embed", "model")
+    run.require("data", "corpus", "queries")
+    config_hash, inputs = run.freshness(cfg, ("rerank",), {"data": ("corpus", "queries"), "embed": ("model",)})
+    if not force and run.is_fresh(STAGE, config_hash, inputs):
+        logger.info("rerank: finished and fresh, skipping (--force reruns it)")
+        return run.load_manifest()[STAGE].metrics
+    started = time.time()
+
+    # 1. Load the training arguments first: they set up the process group that mining waits on.
+    args = build_training_args(cfg.rerank, str(run.path(RERANK_CHECKPOINTS)), cfg.run.seed)
+
+    # 2. Mine hard negatives with the tuned embedder on the main process; other ranks read its result.
+    mined = mine_on_main(cfg, run, args)
+
+    # 3. Fix the dev slice's candidates: they draw the learning curve and choose the fusion weight.
+    data = load_stage_data(cfg, run, args)
+    curve: list[dict[str, Any]] = []
+    best = BestPoint() if cfg.rerank.keep_best else None
+
+    # 4. Build and train the reranker on the mined rows, drawing the learning curve on the dev slice.
+    fit = fit_query_likelihood if cfg.rerank.kind == "query_likelihood" else fit_cross_encoder
+    fit_inputs = FitInputs(cfg, run, mined.rows, data.corpus_by_id, data.retriever, data.dev, curve, best, args)
+    model, trained = fit(fit_inputs)
+    if not is_main_process():
+        return {}
+    with contextlib.suppress(OSError):  # an empty folder the trainer made; checkpoints asked for are kept
+        run.path(RERANK_CHECKPOINTS).rmdir()
+
+    # 5. Keep the best curve point's weights; choose how much the reranker's score counts against the
+    #    retriever's, on the dev slice of train.
+    kept = keep_best_point(model, curve, best)
+    weight, fusion = choose_weight(cfg.rerank, data.dev, model)
+    logger.info("rerank: fusion weight %.1f (%s)", weight, fusion["fusion_weight_source"])
+    if curve:
+        plot_learning_curve(curve, run.path(RERANK_LEARNING_CURVE))
+
+    # 6. Save the reranker (model card with its learning curve) and its fusion weight atomically, as one folder.
+    save_reranker(cfg, run, model, weight, fusion, curve)
+
+    # 7. The untrained reranker of the same kind, its fusion weight chosen by the same rule on the same dev slice.
+    del model
+    untrained = save_untrained_reranker(cfg, run, data.dev)
+
+    # 8. Evaluate on the eval split: tuned retriever alone vs reranker alone vs the two fused (what serving does),
+    #    and the untrained reranker fused at its weight; write the metrics.
+    evaluation, untrained_evaluation = evaluate_on_eval_split(cfg, run, data, weight, untrained)
+    metrics = stage_metrics(weight, kept, data.dev_queries, evaluation, untrained, untrained_evaluation, mined, trained)
+    untrained.reranker = None  # let it go
+    write_metrics_file(
+        cfg, run, metrics, fusion, curve, data, evaluation, untrained, untrained_evaluation, mined.report
     )
 
     # 9. Record the stage last.
@@ -626,20 +740,26 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
         metrics=metrics,
         started=started,
     )
+    log_summary(evaluation, cfg.rerank.retrieve_top_k)
+    return metrics
+
+
+def log_summary(evaluation: Mapping[str, Any], top_k: int) -> None:
+    """One log line: the held-out figures before and after reranking."""
+    before, after = evaluation["retriever"], evaluation["retriever+reranker"]
     logger.info(
         "rerank: held-out nDCG@10 %.4f -> %.4f (reranker alone %.4f, weight %.1f), MRR@10 %.4f -> %.4f "
         "(%d queries, top %d reranked)",
         before["ndcg@10"],
         after["ndcg@10"],
         evaluation["reranker"]["ndcg@10"],
-        weight,
+        evaluation["fusion_weight"],
         before["mrr@10"],
         after["mrr@10"],
         evaluation["queries"],
-        cfg.rerank.retrieve_top_k,
+        top_k,
     )
-    return metrics
 
 
 if __name__ == "__main__":
-    run_stage(STAGE, main, "ragtune rerank stage: mine hard negatives, train and evaluate a cross-encoder reranker")
+    run_stage(STAGE, main, "ragtune rerank stage: mine hard negatives, train and evaluate a reranker")

@@ -2,7 +2,7 @@
 
 A fresh cross-encoder scores every pair alike, so at first it knows less than the retriever it is meant to
 correct. Distillation gives it a dense target for every candidate (not a 1/0 label for a few): for each
-training query, the tuned retriever's top ``rerank.warm_start_pool`` chunks and their cosine similarities,
+training query, the tuned retriever's top ``rerank.cross_encoder.warm_start_pool`` chunks and their cosine similarities,
 scaled by :data:`TEACHER_SCALE`. ``margin_mse`` (sentence-transformers' ``MarginMSELoss``) fits the
 differences between a query's candidates, which is all a ranking needs; ``mse`` fits each score.
 """
@@ -53,7 +53,7 @@ def distillation_columns(
                 cols["label"].append(TEACHER_SCALE * score)
         return cols
     if loss != "margin_mse":
-        raise ValueError(f"rerank.warm_start: unknown loss {loss!r} (margin_mse, mse)")
+        raise ValueError(f"rerank.cross_encoder.warm_start: unknown loss {loss!r} (margin_mse, mse)")
     width = min((len(ids) for ids in candidate_ids), default=0)
     cols = {"query": list(queries), **{f"document_{i}": [] for i in range(width)}, "label": []}
     for ids, scores in zip(candidate_ids, teacher_scores, strict=True):
