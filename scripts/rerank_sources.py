@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
-    run = RunDir(Path(cfg.run.output_dir) / cfg.run.name)
+    run = RunDir(Path(cfg.run.root) / cfg.run.name)
     rng = random.Random(cfg.run.seed)
 
     # 1. The run's corpus, train queries by origin (the dev slice left out), the dev candidates.
@@ -122,7 +122,9 @@ def main() -> None:
     bm25 = bm25_rankings(bm25_retriever(corpus, args.pool + 5), texts)
     ql = cfg.rerank.query_likelihood
     cache = run.path(SCORE_CACHE) / f"{untrained_cache_name(ql.generator, ql.prompt, ql.max_length)}.jsonl"
-    untrained = QueryLikelihoodReranker.from_generator(ql.generator, ql.prompt, ql.max_length, ql.dtype, cache)
+    untrained = QueryLikelihoodReranker.from_generator(
+        ql.generator, ql.prompt, ql.max_length, ql.dtype, cache_file=cache
+    )
     untrained.temperature = ql.temperature
     negatives: dict[tuple[str, str], list[str]] = {}
     for q, pool, lexical in zip(chosen, pools, bm25, strict=True):

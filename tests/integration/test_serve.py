@@ -171,7 +171,9 @@ def test_chat_honours_sampling_settings_and_conversations(server) -> None:
     stopped = reply(max_tokens=12, stop=[stop, "never written"]).choices[0]
     assert stopped.message.content == text[: text.find(stop)].strip() and stopped.finish_reason == "stop"
     # temperature and top_p sample (greedy stays deterministic).
-    assert reply(max_tokens=6, temperature=0).choices[0].message.content == reply(max_tokens=6).choices[0].message.content
+    assert (
+        reply(max_tokens=6, temperature=0).choices[0].message.content == reply(max_tokens=6).choices[0].message.content
+    )
     sampled = {reply(max_tokens=12, temperature=2.0, top_p=1.0).choices[0].message.content for _ in range(4)}
     assert len(sampled) > 1
     # Out of range: a 400 that names the field.
@@ -180,9 +182,12 @@ def test_chat_honours_sampling_settings_and_conversations(server) -> None:
                        ({"max_completion_tokens": 0}, "max_completion_tokens")]:  # fmt: skip
         answer = httpx.post(f"{base}/chat/completions", json={"model": stack.name, "messages": ask, **bad})
         assert answer.status_code == 400 and answer.json()["error"]["param"] == field, answer.text
-    assert "--max-new-tokens" in httpx.post(
-        f"{base}/chat/completions", json={"model": stack.name, "messages": ask, "max_tokens": 5000}
-    ).json()["error"]["message"]
+    assert (
+        "--max-new-tokens"
+        in httpx.post(
+            f"{base}/chat/completions", json={"model": stack.name, "messages": ask, "max_tokens": 5000}
+        ).json()["error"]["message"]
+    )
 
     # A conversation: the earlier turns reach the generator and condense into the retrieval question.
     turns = [
