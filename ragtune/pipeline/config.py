@@ -399,6 +399,15 @@ class QueryLikelihoodConfig(Section):
         default_factory=lambda: LoraConfig(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"]),
         description="LoRA adapter trained on the mined lists (rerank.max_steps > 0).",
     )
+    negatives: Literal["retriever", "scorer"] = Field(
+        "retriever",
+        description="A training list's negatives: the tuned embedder's highest-ranked mined candidates (retriever), "
+        "or those the untrained LM itself scores highest among the embedder's top scorer_pool (scorer: negatives "
+        "hard for the model being trained; one scoring pass over the pool, cached with the untrained scores).",
+    )
+    scorer_pool: int = Field(
+        20, ge=2, description="negatives: scorer: the embedder's mined candidates per query the untrained LM scores."
+    )
 
     @field_validator("prompt")
     @classmethod

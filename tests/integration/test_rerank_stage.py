@@ -224,3 +224,46 @@ def test_without_any_train_query_rerank_and_raft_build_train_on_inverse_cloze_qu
     doc_of = {c["id"]: c["doc_id"] for c in read_jsonl(run.path("data/corpus.jsonl"))}
     assert all(s["qid"].startswith("ict-") for s in samples)
     assert not {doc_of[c] for s in samples for c in s["oracle_ids"]} & cited  # never a held-out document
+
+
+def test_query_likelihood_trains_on_the_negatives_its_own_lm_scores_highest(
+    tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, monkeypatch
+) -> None:
+    from ragtune.pipeline.components import load_reranker
+    from ragtune.stages.rerank import likelihood
+
+    seen: list[list[dict]] = []
+    monkeypatch.setattr(
+        likelihood, "train_query_likelihood",
+        lambda model, lists, args, callbacks, real=likelihood.train_query_likelihood: (
+            seen.append(list(lists)) or real(model, lists, args, callbacks)),
+    )  # fmt: skip
+    cli(["data", str(tiny_config), "synth.enabled=false"])
+    run = run_dir_of(tiny_config)
+    simulate_embed_stage(run, tiny_bert_dir)
+    overrides = [
+        f"rerank.query_likelihood.generator={tiny_llama_dir}",
+        "rerank.query_likelihood.negatives=scorer",
+        "rerank.query_likelihood.scorer_pool=4",
+        "rerank.mining.num_negatives=2",
+        "rerank.mining.relative_margin=null",
+        "rerank.max_steps=2",
+        "rerank.batch_size=2",
+    ]
+    cli(["rerank", str(tiny_config), *overrides])
+
+    # Mining kept the wider pool; training read, per list, the positive and the 2 the untrained LM rates highest.
+    mined = read_jsonl(run.path("rerank/negatives/negatives.jsonl"))
+    assert max(len(r["negatives"]) for r in mined) == 4
+    untrained = load_reranker(str(run.path("rerank/untrained")), 64, 0)
+    by_id = {c["id"]: c["text"] for c in read_jsonl(run.path("data/corpus.jsonl"))}
+    for row, trained_on in zip(mined, seen[0], strict=True):
+        pool = [by_id[c] for c in row["negatives"]]
+        scores = untrained.predict([(row["query"], p) for p in pool], batch_size=4)
+        hardest = [p for _, p in sorted(zip(scores, pool, strict=True), key=lambda t: -t[0])][:2]
+        assert trained_on["passages"][1:] == hardest
+    metrics = json.loads(run.path("rerank/metrics.json").read_text())
+    assert metrics["train_steps"] == 2 and metrics["train_loss_first"] is not None
+    pairs = [("who owns Heron?", "Heron is owned by the routing team.")]
+    tuned = load_reranker(str(run.path("rerank/model")), 64, 0).predict(pairs, batch_size=1)
+    assert list(tuned) != list(untrained.predict(pairs, batch_size=1))  # the adapter learned from them

@@ -42,6 +42,29 @@ def likelihood_lists(
     return lists
 
 
+def hardest_negatives(passages: Sequence[str], scores: Sequence[float], keep: int) -> list[str]:
+    """A list with its positive (first) and the ``keep`` negatives the scorer rates highest, best first.
+
+    Example:
+        >>> hardest_negatives(["pos", "a", "b", "c"], [-1.0, -3.0, -0.5, -2.0], keep=2)
+        ['pos', 'b', 'c']
+    """
+    ranked = sorted(range(1, len(passages)), key=lambda i: -scores[i])[:keep]
+    return [passages[0], *(passages[i] for i in ranked)]
+
+
+def scorer_hard_lists(scorer: Any, lists: Sequence[Mapping[str, Any]], keep: int) -> list[dict[str, Any]]:
+    """``lists`` with each list's negatives cut to the ``keep`` that ``scorer`` (the untrained reranker) rates
+    highest: the negatives hard for the model being trained (``rerank.query_likelihood.negatives: scorer``).
+    Every pair is scored in one batched ``predict``."""
+    pairs = [(r["query"], p) for r in lists for p in r["passages"]]
+    scores = iter(scorer.predict(pairs, batch_size=16, show_progress_bar=True))
+    return [
+        {"query": r["query"], "passages": hardest_negatives(r["passages"], [next(scores) for _ in r["passages"]], keep)}
+        for r in lists
+    ]
+
+
 class ListCollator:
     """Packs a batch of lists into one left-padded batch of (passage prompt, query) pairs, with list sizes."""
 

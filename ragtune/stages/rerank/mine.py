@@ -398,11 +398,15 @@ def run_mining(cfg: RagtuneConfig, run: RunDir) -> tuple[list[dict[str, Any]], d
     pseudo = inverse_cloze_queries(corpus, held_out_docs, count, cfg.run.seed)
     if not training:
         logger.warning("rerank: no train-split query; training on %d inverse-cloze queries alone", len(pseudo))
+    mining = cfg.rerank.mining
+    if cfg.rerank.kind == "query_likelihood" and cfg.rerank.query_likelihood.negatives == "scorer":
+        # A wider pool, in the embedder's order; training keeps the ones the untrained LM scores highest.
+        mining = mining.model_copy(update={"num_negatives": cfg.rerank.query_likelihood.scorer_pool})
     rows, report = mine_hard_negatives(
         corpus,
         [q for q in queries if q["qid"] not in dev_ids] + pseudo,
         embedder,
-        cfg.rerank.mining,
+        mining,
         run.path(EMBEDDING_CACHE),
         cfg.run.seed,
     )

@@ -443,10 +443,19 @@ def fit_query_likelihood(fit: FitInputs) -> tuple[Any, dict[str, Any]]:
     """
     from transformers import set_seed
 
-    from ragtune.stages.rerank.likelihood import build_query_likelihood, likelihood_lists, train_query_likelihood
+    from ragtune.stages.rerank.likelihood import (
+        build_query_likelihood,
+        likelihood_lists,
+        scorer_hard_lists,
+        train_query_likelihood,
+    )
 
     cfg, dev, curve, best = fit.cfg, fit.dev, fit.curve, fit.best
     lists = likelihood_lists(fit.mined, fit.corpus_by_id)
+    if cfg.rerank.query_likelihood.negatives == "scorer" and lists:
+        scorer = untrained_reranker(cfg, fit.run.path(SCORE_CACHE))  # its scores are cached for step 7 too
+        lists = scorer_hard_lists(scorer, lists, cfg.rerank.mining.num_negatives)
+        del scorer
     train = cfg.rerank.max_steps != 0 and bool(lists)
     set_seed(cfg.run.seed)  # the fresh adapter starts the same on every rank and every rerun
     model = build_query_likelihood(cfg.rerank, train)
