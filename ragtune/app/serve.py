@@ -584,7 +584,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from ragtune.pipeline.entry import USER_ERRORS
 
-    args = make_parser().parse_args(argv)
+    args = make_parser().parse_intermixed_args(argv)  # overrides may follow the flags
     limits = ServeLimits(**{name: getattr(args, name) for name in vars(ServeLimits())})
     try:
         api_key = api_key_from(args.api_key_env, args.host, args.insecure_no_auth)

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import httpx
 import openai
 import pytest
-from fakes.servers import serving
+from fakes.servers import free_port, serving
 
 from ragtune.app import serve
 from ragtune.app.serve import ServedStack, ServeLimits, create_app
@@ -209,6 +209,12 @@ def test_serve_refuses_an_open_bind_without_a_key_and_a_busy_port_before_loading
     with pytest.raises(SystemExit):
         serve.main(["runs/x", "--port", "70000"])
     assert "not a port" in capsys.readouterr().err
+    # Config overrides may come after the flags, as with every other ragtune command.
+    asked = []
+    monkeypatch.setattr(serve, "load_stack", lambda run, overrides: asked.append((run, overrides)) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        serve.main(["runs/x", "--port", str(free_port()), "assemble.generator=base", "--max-messages", "9", "a.b=1"])
+    assert asked == [("runs/x", ["assemble.generator=base", "a.b=1"])]
 
 
 def test_the_server_loads_each_model_once(tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path,
