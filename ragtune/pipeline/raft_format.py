@@ -16,6 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ragtune.pipeline.generator import stop_point
 from ragtune.pipeline.quoting import DATA_RULE, neutralise, quote_documents
 
 BEGIN_QUOTE = "##begin_quote##"
@@ -75,9 +76,9 @@ def answer_so_far(text: str) -> str:
     at = text.find(ANSWER_TAG)
     if at < 0:
         return ""
-    answer = text[at + len(ANSWER_TAG) :].split(ANSWER_TAG, 1)[0].lstrip()
-    held = next((k for k in range(min(len(ANSWER_TAG) - 1, len(answer)), 0, -1) if answer.endswith(ANSWER_TAG[:k])), 0)
-    return answer[: len(answer) - held].rstrip()
+    answer = text[at + len(ANSWER_TAG) :]
+    end, _ = stop_point(answer, (ANSWER_TAG,))  # up to a second tag, or a tail that may become one
+    return answer[:end].strip()
 
 
 def format_answer(reason: str, quotes: list[str], answer: str) -> str:
