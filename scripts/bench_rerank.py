@@ -15,6 +15,17 @@ Three commands, each in a fresh process, on the run's corpus, train queries and 
    with the same cross-encoder (start, head), batch size, learning rates, warm-up, seed and steps.
 
 Prints seconds and pairs/s for each and the ratios (throughput target: the stage >= 0.95x the bare script).
+
+Serving latency of the query-likelihood reranker (after `ragtune rerank CONFIG`; nothing else running):
+    .venv/bin/python scripts/bench_rerank.py configs/demo.yaml --serving [--queries 20] [key=value ...]
+
+The run's first ``--queries`` questions each get the tuned embedder's top ``rerank.retrieve_top_k`` and the served
+(tuned) reranker scores the ten pairs in one ``predict`` call, no score cache. Where the time goes, one row per
+setting: precision (float32, bfloat16), batch layout (the ten pairs in one batch or one at a time), passage length
+(``max_length`` 256 or 128) and the passage prefixes (off: every pair read whole; cold: no prefix cached; warm:
+all ten cached, as for a passage reranked before). Then replays: every question of the run in order through one
+reranker, as a server sees them, with ``rerank.query_likelihood.prefix_cache_mb`` (and twice that), started empty
+or after reading the corpus ahead (``ragtune serve --warm-reranker``), with the share of prefixes found.
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from ragtune.pipeline.config import load_config  # noqa: E402 (after the path set-up)
 from ragtune.pipeline.precision import bf16_training  # noqa: E402
-from ragtune.pipeline.rundir import EMBEDDING_CACHE, RunDir  # noqa: E402
+from ragtune.pipeline.rundir import EMBEDDING_CACHE, RERANK_MODEL, RunDir, read_jsonl  # noqa: E402
 from ragtune.stages.rerank.model import default_learning_rate  # noqa: E402
 
 BARE_MINING = """
@@ -108,13 +119,103 @@ def bench(script: str, *argv: str) -> dict:
     return json.loads(next(line for line in out.stdout.splitlines() if line.startswith("BENCH "))[6:])
 
 
+def serving_latency(config: str, overrides: list[str], n_queries: int) -> None:
+    """Print the serving-latency table described in the module docstring."""
+    import statistics
+    import time
+
+    import torch
+
+    from ragtune.pipeline.precision import inference_dtype
+    from ragtune.pipeline.query_likelihood import SPEC_FILE, QueryLikelihoodReranker
+    from ragtune.pipeline.retrieval import DenseRetriever
+
+    cfg = load_config(config, overrides)
+    run = RunDir.from_config(cfg)
+    corpus = read_jsonl(run.require("data", "corpus")["corpus"])
+    texts = {c["id"]: c["text"] for c in corpus}
+    questions = [q["text"] for q in read_jsonl(run.require("data", "queries")["queries"])]
+    retriever = DenseRetriever.load(
+        str(run.require("embed", "model")["model"]), corpus, cache_dir=run.path(EMBEDDING_CACHE)
+    )
+    _, ranked = retriever.search(questions, cfg.rerank.retrieve_top_k)
+    lists = [[(q, texts[c]) for c in ids] for q, ids in zip(questions, ranked, strict=True)]
+    model = run.path(RERANK_MODEL)
+    spec = json.loads((model / SPEC_FILE).read_text())
+    adapter = str(model) if (model / "adapter_config.json").is_file() else None
+    budget = cfg.rerank.query_likelihood.prefix_cache_mb
+    dtype = inference_dtype(spec["dtype"])
+    top_k = cfg.rerank.retrieve_top_k
+    print(f"{torch.get_num_threads()} threads, {dtype} weights; {len(questions)} questions, top {top_k} each")
+
+    def load(dtype: str, max_length: int = spec["max_length"], prefix_mb: int = budget) -> QueryLikelihoodReranker:
+        return QueryLikelihoodReranker.from_generator(
+            spec["generator"], spec["prompt"], max_length, dtype, adapter, None, prefix_mb
+        )
+
+    def per_query(reranker: QueryLikelihoodReranker, batch: int, prefixes: str) -> tuple[float, float]:
+        """Median seconds to rerank one question's list, and its mean tokens per pair."""
+        seconds = []
+        for pairs in lists[:n_queries]:
+            reranker.prefixes.clear()
+            if prefixes == "warm":
+                reranker.predict(pairs, batch_size=batch)
+            reranker.memo = {}
+            start = time.perf_counter()
+            reranker.predict(pairs, batch_size=batch)
+            seconds.append(time.perf_counter() - start)
+        tokens = statistics.mean(len(c) + len(q) for c, q in reranker.encode(lists[0]))
+        return statistics.median(seconds), tokens
+
+    print(f"{'precision':10} {'batch':>5} {'max_length':>10} {'prefixes':>8} {'tokens/pair':>11} {'s/query':>8}")
+    rows = [
+        ("float32", 10, spec["max_length"], "off"),
+        ("bfloat16", 1, spec["max_length"], "off"),
+        ("bfloat16", 10, spec["max_length"], "off"),
+        ("bfloat16", 10, 128, "off"),
+        ("bfloat16", 10, spec["max_length"], "cold"),
+        ("bfloat16", 10, spec["max_length"], "warm"),
+        ("float32", 10, spec["max_length"], "warm"),
+    ]
+    for dtype, batch, max_length, prefixes in rows:
+        reranker = load(dtype, max_length, 0 if prefixes == "off" else budget)
+        median, tokens = per_query(reranker, batch, prefixes)
+        print(f"{dtype:10} {batch:>5} {max_length:>10} {prefixes:>8} {tokens:>11.0f} {median:>8.3f}")
+        del reranker
+    for prefix_mb, warm in ((budget, False), (budget, True), (2 * budget, True)):
+        reranker = load(spec["dtype"], prefix_mb=prefix_mb)
+        start = time.perf_counter()
+        warmed = reranker.warm(list(texts.values()), batch_size=10) if warm else 0
+        warm_seconds = time.perf_counter() - start
+        seconds, found = [], []
+        for pairs in lists:
+            keys = [tuple(c[:-1]) for c, _ in reranker.encode(pairs)]
+            found.append(sum(reranker.prefixes.get(k) is not None for k in keys) / len(keys))
+            start = time.perf_counter()
+            reranker.predict(pairs, batch_size=10)
+            seconds.append(time.perf_counter() - start)
+        cuts = statistics.quantiles(seconds, n=20)
+        ahead = f", {warmed} of {len(texts)} passages read ahead in {warm_seconds:.0f} s" if warm else ""
+        print(
+            f"replay, prefix_cache_mb={prefix_mb}{ahead}: mean {statistics.mean(seconds):.3f} s, p50 "
+            f"{statistics.median(seconds):.3f} s, p95 {cuts[-1]:.3f} s; prefixes found {statistics.mean(found):.0%}, "
+            f"{len(reranker.prefixes)} kept ({reranker.prefixes.nbytes / 2**20:.0f} MB)"
+        )
+        del reranker
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--repeats", type=int, default=1, help="rounds; the best of each command is reported")
+    p.add_argument("--serving", action="store_true", help="the query-likelihood reranker's serving latency instead")
+    p.add_argument("--queries", type=int, default=20, help="--serving: questions per setting")
     p.add_argument("overrides", nargs="*", help="dotted overrides for the stage (and the bare scripts' settings)")
     a = p.parse_intermixed_args()
+    if a.serving:
+        serving_latency(a.config, a.overrides, a.queries)
+        return
     # The cross-encoder path: the one a bare CrossEncoderTrainer script can be compared with.
     overrides = [
         "rerank.kind=cross_encoder",

@@ -123,7 +123,7 @@ def main() -> None:
     ql = cfg.rerank.query_likelihood
     cache = run.path(SCORE_CACHE) / f"{untrained_cache_name(ql.generator, ql.prompt, ql.max_length)}.jsonl"
     untrained = QueryLikelihoodReranker.from_generator(
-        ql.generator, ql.prompt, ql.max_length, ql.dtype, cache_file=cache
+        ql.generator, ql.prompt, ql.max_length, ql.dtype, cache_file=cache, prefix_cache_mb=ql.prefix_cache_mb
     )
     untrained.temperature = ql.temperature
     negatives: dict[tuple[str, str], list[str]] = {}

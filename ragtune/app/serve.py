@@ -490,17 +490,27 @@ async def _stream_events(
                 stream.cancel()
 
 
-def load_stack(run_dir: str | Path, overrides: list[str] | None = None) -> ServedStack:
+def load_stack(run_dir: str | Path, overrides: list[str] | None = None, warm_reranker: bool = False) -> ServedStack:
     """The engine of a finished run, as its config (plus overrides) chooses; the embedder and the reranker the
-    server's other routes use are the engine's own (each model is loaded once)."""
+    server's other routes use are the engine's own (each model is loaded once).
+
+    Args:
+        warm_reranker: a query-likelihood reranker reads the corpus's passages before serving and keeps their
+            key/value prefixes, as many as ``rerank.query_likelihood.prefix_cache_mb`` holds, so the first
+            queries over them are as fast as later ones.
+    """
     from ragtune.app.assemble import build_query_engine
     from ragtune.pipeline.config import load_config
-    from ragtune.pipeline.rundir import CONFIG_RESOLVED, RunDir
+    from ragtune.pipeline.rundir import CONFIG_RESOLVED, RunDir, read_jsonl
 
     run = RunDir(run_dir)
     cfg = load_config(run.path(CONFIG_RESOLVED), overrides, resolved=True)
     engine = build_query_engine(cfg, run)
     reranker = engine.reranker.reranker if engine.reranker is not None else None
+    if warm_reranker and hasattr(reranker, "warm"):
+        passages = [c["text"] for c in read_jsonl(run.require("data", "corpus")["corpus"])]
+        kept = reranker.warm(passages, show_progress_bar=True)
+        logger.info("reranker: %d of %d passages' prefixes read ahead", kept, len(passages))
     return ServedStack(f"ragtune-{run.root.name}", engine, engine.embedder, reranker)
 
 
@@ -571,6 +581,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--insecure-no-auth", action="store_true", help="allow a non-loopback --host without an API key"
     )
+    parser.add_argument(
+        "--warm-reranker",
+        action="store_true",
+        help="a query-likelihood reranker reads the passages before serving (up to its prefix_cache_mb)",
+    )
     for name, default in vars(ServeLimits()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, help=f"(default {default})")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. assemble.retrieval=hybrid")
@@ -589,7 +604,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         api_key = api_key_from(args.api_key_env, args.host, args.insecure_no_auth)
         check_port(args.host, args.port)
-        stack = load_stack(args.run_dir, args.overrides)
+        stack = load_stack(args.run_dir, args.overrides, args.warm_reranker)
     except (ValueError, *USER_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -118,7 +118,9 @@ def untrained_reranker_path(cfg: RagtuneConfig, run: RunDir) -> tuple[str, dict[
     )
 
 
-def load_reranker(path: str, max_length: int, seed: int, cache_dir: Path | None = None) -> Reranker:
+def load_reranker(
+    path: str, max_length: int, seed: int, cache_dir: Path | None = None, prefix_cache_mb: int | None = None
+) -> Reranker:
     """The reranker in ``path``: a query-likelihood reranker the rerank stage saved, else a one-logit CrossEncoder.
 
     Both have ``predict(pairs, batch_size=..., show_progress_bar=...)`` (:class:`ragtune.pipeline.retrieval.Reranker`);
@@ -129,11 +131,15 @@ def load_reranker(path: str, max_length: int, seed: int, cache_dir: Path | None 
         max_length: a CrossEncoder's (query, passage) tokens (a query-likelihood reranker keeps its own).
         seed: seeds the fresh head a base encoder gets, so runs agree.
         cache_dir: where a query-likelihood reranker keeps its score cache (None: in memory only).
+        prefix_cache_mb: a query-likelihood reranker's memory for passages' key/value prefixes
+            (``rerank.query_likelihood.prefix_cache_mb``; None: its default).
     """
     from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker, is_query_likelihood
 
     if is_query_likelihood(path):
-        return QueryLikelihoodReranker.load(path, cache_dir)
+        if prefix_cache_mb is None:
+            return QueryLikelihoodReranker.load(path, cache_dir)
+        return QueryLikelihoodReranker.load(path, cache_dir, prefix_cache_mb=prefix_cache_mb)
     import torch
     from sentence_transformers import CrossEncoder
 
@@ -159,7 +165,7 @@ def untrained_reranker(cfg: RagtuneConfig, cache_dir: Path | None = None) -> Rer
         name = untrained_cache_name(ql.generator, ql.prompt, ql.max_length)
         cache_file = Path(cache_dir) / f"{name}.jsonl" if cache_dir is not None else None
         return QueryLikelihoodReranker.from_generator(
-            ql.generator, ql.prompt, ql.max_length, ql.dtype, cache_file=cache_file
+            ql.generator, ql.prompt, ql.max_length, ql.dtype, cache_file=cache_file, prefix_cache_mb=ql.prefix_cache_mb
         )
     settings = cfg.rerank.cross_encoder
     return load_reranker(resolve_model(settings.base_model), settings.max_length, cfg.run.seed, cache_dir)

@@ -13,6 +13,10 @@ signature, so the learning curve, the eval harness, RAFT, GPL and the LlamaIndex
 call a cross-encoder (:func:`ragtune.pipeline.components.load_reranker` tells the two folders apart). Scores are
 memoised by (query, passage) content while the weights are frozen, and kept on disk when a cache file is
 given: the eval harness then reuses the scores the rerank stage computed for the same eval candidates.
+
+Outside training, ``predict`` reads each passage's prompt once and keeps its key/value states
+(:mod:`ragtune.pipeline.prefix_cache`, ``prefix_cache_mb``): a passage reranked for another query costs only
+that query's tokens. In float32 the scores equal the full pass's.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ import torch
 from torch import nn
 
 from ragtune.pipeline.config import QUERY_LIKELIHOOD_PROMPT
+from ragtune.pipeline.prefix_cache import PrefixStore, pack_after_prefixes, prefix_rounds, stack_prefixes
 from ragtune.pipeline.quoting import neutralise
 
 SPEC_FILE = "ragtune_reranker.json"
 KIND = "query_likelihood"
+PREFIX_CACHE_MB = 1024
 
 
 def is_query_likelihood(path: str | Path) -> bool:
@@ -153,6 +159,8 @@ class QueryLikelihoodReranker(nn.Module):
         max_length: passage tokens read (the rest of a longer passage is cut).
         cache_file: an append-only JSON-lines file of scores by :func:`pair_key` to read and extend (None: memory
             only).
+        prefix_cache_mb: memory for passages' key/value prefixes kept between ``predict`` calls (0: none; each
+            pair is then read whole).
 
     Attributes:
         temperature: divides the scores in the training loss (``rerank.query_likelihood.temperature``).
@@ -165,6 +173,7 @@ class QueryLikelihoodReranker(nn.Module):
         prompt: str = QUERY_LIKELIHOOD_PROMPT,
         max_length: int = 256,
         cache_file: Path | None = None,
+        prefix_cache_mb: int = PREFIX_CACHE_MB,
     ) -> None:
         super().__init__()
         if prompt.count("{passage}") != 1:
@@ -175,6 +184,7 @@ class QueryLikelihoodReranker(nn.Module):
         self.tail_ids = tokenizer(tail, add_special_tokens=False).input_ids
         self.cache_file = cache_file
         self.memo: dict[str, float] = {}
+        self.prefixes = PrefixStore(prefix_cache_mb * 2**20)
         self.temperature = 0.1
         if cache_file is not None:
             self.memo = read_score_cache(cache_file)
@@ -184,14 +194,17 @@ class QueryLikelihoodReranker(nn.Module):
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
     def train(self, mode: bool = True) -> QueryLikelihoodReranker:
-        """As ``nn.Module.train``; switching to training forgets memoised scores (the weights will change)."""
+        """As ``nn.Module.train``; switching to training forgets memoised scores and prefixes (the weights will
+        change)."""
         if mode:
             self.memo, self.cache_file = {}, None
+            self.prefixes.clear()
         return super().train(mode)
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        """As ``nn.Module.load_state_dict``; new weights forget memoised scores."""
+        """As ``nn.Module.load_state_dict``; new weights forget memoised scores and prefixes."""
         self.memo, self.cache_file = {}, None
+        self.prefixes.clear()
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
@@ -235,8 +248,9 @@ class QueryLikelihoodReranker(nn.Module):
     ) -> list[float]:
         """Query-likelihood scores of (query, passage) pairs, as ``CrossEncoder.predict`` returns them.
 
-        Pairs are batched by length (little padding); pairs already scored by these weights come from the
-        memo (and the cache file). ``batch_size`` is in pairs.
+        Pairs already scored by these weights come from the memo (and the cache file). The rest are scored after
+        their passages' cached prefixes (``prefix_cache_mb`` > 0), else batched by length, whole. ``batch_size``
+        is in pairs.
         """
         from tqdm.auto import tqdm
 
@@ -246,18 +260,124 @@ class QueryLikelihoodReranker(nn.Module):
             was_training = self.training
             super().train(False)
             encoded = self.encode([pairs[i] for i in todo])
-            order = sorted(range(len(todo)), key=lambda j: len(encoded[j][0]) + len(encoded[j][1]))
-            device = next(self.lm.parameters()).device
-            batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-            for chunk in tqdm(batches, desc="query likelihood", disable=not show_progress_bar):
-                packed = pack_left_padded([encoded[j] for j in chunk], self.tokenizer.pad_token_id)
-                scores = self(**{k: v.to(device) for k, v in packed.items()})["scores"]
-                for j, score in zip(chunk, scores.tolist(), strict=True):
-                    self.memo[keys[todo[j]]] = score
+            score = self._score_after_prefixes if self.prefixes.max_bytes else self._score_whole
+            with tqdm(total=len(todo), desc="query likelihood", disable=not show_progress_bar) as bar:
+                scores = score(encoded, batch_size, bar)
+            for i, value in zip(todo, scores, strict=True):
+                self.memo[keys[i]] = value
             super().train(was_training)
             if self.cache_file is not None and not self.training:
                 append_scores(self.cache_file, {keys[i]: self.memo[keys[i]] for i in todo})
         return [self.memo[k] for k in keys]
+
+    @torch.no_grad()
+    def warm(self, passages: Sequence[str], batch_size: int = 16, show_progress_bar: bool = False) -> int:
+        """Read passages' prompts before any query and keep their key/value prefixes, in order, while the store
+        has room: a server's first queries over them then cost what later ones do. Returns how many are kept."""
+        from tqdm.auto import tqdm
+
+        was_training = self.training
+        super().train(False)
+        encoded = self.encode([("", p) for p in passages])
+        prefixes = list(dict.fromkeys(tuple(context[:-1]) for context, _ in encoded))
+        per_token, device = self._state_bytes_per_token(), next(self.lm.parameters()).device
+        kept = 0
+        for start in tqdm(range(0, len(prefixes), batch_size), desc="passage prefixes", disable=not show_progress_bar):
+            chunk = prefixes[start : start + batch_size]
+            if self.prefixes.nbytes + sum(map(len, chunk)) * per_token > self.prefixes.max_bytes:
+                break
+            self._prefix_states(chunk, batch_size, device)
+            kept += len(chunk)
+        super().train(was_training)
+        return kept
+
+    def _score_whole(self, encoded: Sequence[tuple[list[int], list[int]]], batch_size: int, bar: Any) -> list[float]:
+        """Scores of encoded pairs, each read whole, in batches of similar length (little padding)."""
+        scores = [0.0] * len(encoded)
+        order = sorted(range(len(encoded)), key=lambda j: len(encoded[j][0]) + len(encoded[j][1]))
+        device = next(self.lm.parameters()).device
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            packed = pack_left_padded([encoded[j] for j in chunk], self.tokenizer.pad_token_id)
+            batch_scores = self(**{k: v.to(device) for k, v in packed.items()})["scores"].tolist()
+            for j, value in zip(chunk, batch_scores, strict=True):
+                scores[j] = value
+            bar.update(len(chunk))
+        return scores
+
+    def _score_after_prefixes(
+        self, encoded: Sequence[tuple[list[int], list[int]]], batch_size: int, bar: Any
+    ) -> list[float]:
+        """Scores of encoded pairs, each query read after its passage's cached key/value prefix.
+
+        The prefix is the passage's prompt but its last token (the continuation starts with it, so the query's
+        first token is predicted in the same pass). Distinct prefixes are taken in rounds that fit the store's
+        budget: each round computes the prefixes it lacks, then scores every pair over them.
+        """
+        from transformers import DynamicCache
+
+        lm = self.causal_lm()
+        decoder, head = lm.get_decoder(), lm.get_output_embeddings()
+        device = next(self.lm.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        by_prefix: dict[tuple[int, ...], list[int]] = {}
+        for j, (context, _) in enumerate(encoded):
+            by_prefix.setdefault(tuple(context[:-1]), []).append(j)
+        prefixes = sorted(by_prefix, key=len)
+        scores = [0.0] * len(encoded)
+        lengths = [len(p) for p in prefixes]
+        for indices in prefix_rounds(lengths, self._state_bytes_per_token(), self.prefixes.max_bytes, batch_size):
+            states = self._prefix_states([prefixes[i] for i in indices], batch_size, device)
+            rows = sorted((j for i in indices for j in by_prefix[prefixes[i]]), key=lambda j: len(encoded[j][1]))
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                cached = [tuple(encoded[j][0][:-1]) for j in chunk]
+                packed = pack_after_prefixes(
+                    [len(p) for p in cached], [[encoded[j][0][-1], *encoded[j][1]] for j in chunk], pad
+                )
+                packed = {k: v.to(device) for k, v in packed.items()}
+                past = DynamicCache(stack_prefixes([states[p] for p in cached]), config=lm.config)
+                hidden = decoder(
+                    input_ids=packed["input_ids"],
+                    attention_mask=packed["attention_mask"],
+                    position_ids=packed["position_ids"],
+                    past_key_values=past,
+                    use_cache=True,
+                ).last_hidden_state
+                for j, value in zip(chunk, mean_token_log_likelihood(head, hidden, packed).tolist(), strict=True):
+                    scores[j] = value
+                bar.update(len(chunk))
+        return scores
+
+    def _prefix_states(self, prefixes: Sequence[tuple[int, ...]], batch_size: int, device: Any) -> dict[tuple, Any]:
+        """Key/value states of each prefix: from the store, or computed in left-padded batches and stored."""
+        found = {p: s for p in prefixes if (s := self.prefixes.get(p)) is not None}
+        missing = [p for p in prefixes if p not in found]
+        decoder = self.causal_lm().get_decoder()
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start : start + batch_size]
+            packed = pack_left_padded([(list(p), []) for p in chunk], self.tokenizer.pad_token_id)
+            past = decoder(
+                input_ids=packed["input_ids"].to(device),
+                attention_mask=packed["attention_mask"].to(device),
+                position_ids=packed["position_ids"].to(device),
+                use_cache=True,
+            ).past_key_values
+            width = packed["input_ids"].shape[1]
+            for row, prefix in enumerate(chunk):
+                cut = width - len(prefix)
+                found[prefix] = [(la.keys[row, :, cut:].clone(), la.values[row, :, cut:].clone()) for la in past.layers]
+                self.prefixes.put(prefix, found[prefix])
+        return found
+
+    def _state_bytes_per_token(self) -> int:
+        """Bytes of key/value state one prefix token holds (every layer's keys and values)."""
+        config = self.causal_lm().config
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        size = self.causal_lm().get_input_embeddings().weight.element_size()
+        return 2 * config.num_hidden_layers * kv_heads * head_dim * size
 
     def save(self, path: Path, generator: str, dtype: str) -> None:
         """Write the spec (and the adapter, when the LM carries one) into the folder ``path``."""
@@ -268,7 +388,13 @@ class QueryLikelihoodReranker(nn.Module):
         (path / SPEC_FILE).write_text(json.dumps({**spec, "dtype": dtype}, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path, cache_dir: Path | None = None, base: str | None = None) -> QueryLikelihoodReranker:
+    def load(
+        cls,
+        path: str | Path,
+        cache_dir: Path | None = None,
+        base: str | None = None,
+        prefix_cache_mb: int = PREFIX_CACHE_MB,
+    ) -> QueryLikelihoodReranker:
         """Load a saved reranker (adapter merged in), in the precision its spec names.
 
         The folder may be the rerank stage's or one ``ragtune export`` wrote (with the tokenizer beside the
@@ -279,6 +405,7 @@ class QueryLikelihoodReranker(nn.Module):
                 used with ``base``, whose scores are not the folder's.
             base: the causal LM to put the adapter on (bundled:<name>, hub id or path) instead of the spec's
                 ``generator``: e.g. the hub's weights of a bundled base, or a base moved since.
+            prefix_cache_mb: memory for passages' key/value prefixes (0: none).
         """
         from ragtune.pipeline.rundir import hash_path
 
@@ -295,7 +422,7 @@ class QueryLikelihoodReranker(nn.Module):
                 name = untrained_cache_name(spec["generator"], spec["prompt"], spec["max_length"])
             cache_file = Path(cache_dir) / f"{name}.jsonl"
         settings = (base or spec["generator"], spec["prompt"], spec["max_length"], spec["dtype"])
-        return cls.from_generator(*settings, adapter, cache_file)
+        return cls.from_generator(*settings, adapter, cache_file, prefix_cache_mb)
 
     @classmethod
     def from_generator(
@@ -306,16 +433,19 @@ class QueryLikelihoodReranker(nn.Module):
         dtype: str,
         adapter: str | None = None,
         cache_file: Path | None = None,
+        prefix_cache_mb: int = PREFIX_CACHE_MB,
     ) -> QueryLikelihoodReranker:
         """A reranker over the causal LM ``generator`` (bundled:<name>, hub id or path), in eval mode.
 
         Args:
             dtype: ``auto``, ``float32`` or ``bfloat16`` (:func:`ragtune.pipeline.precision.inference_dtype`).
             adapter: a peft adapter folder to merge in (or keep beside bf16 weights), or None.
+            cache_file: the score cache file (None: memory only).
+            prefix_cache_mb: memory for passages' key/value prefixes (0: none).
         """
         from ragtune.pipeline.generator import load_generator
         from ragtune.pipeline.models import resolve_model
         from ragtune.pipeline.precision import inference_dtype
 
         lm, tokenizer = load_generator(resolve_model(generator), adapter, inference_dtype(dtype))
-        return cls(lm, tokenizer, prompt, max_length, cache_file).eval()
+        return cls(lm, tokenizer, prompt, max_length, cache_file, prefix_cache_mb).eval()

@@ -80,6 +80,7 @@ class StackLoader:
     def __init__(self, cfg: RagtuneConfig, score_cache: Path | None = None, resident_generators: int = 1) -> None:
         self.reranker_max_length = cfg.rerank.cross_encoder.max_length
         self.seed = cfg.run.seed
+        self.prefix_cache_mb = cfg.rerank.query_likelihood.prefix_cache_mb
         self.score_cache = score_cache
         self.resident_generators = max(1, resident_generators)
         self._embedders: dict[str, Any] = {}
@@ -112,7 +113,9 @@ class StackLoader:
     def reranker(self, path: str) -> Reranker:
         """The reranker in ``path``, either kind (:func:`ragtune.pipeline.components.load_reranker`)."""
         if path not in self._rerankers:
-            self._rerankers[path] = load_reranker(path, self.reranker_max_length, self.seed, self.score_cache)
+            self._rerankers[path] = load_reranker(
+                path, self.reranker_max_length, self.seed, self.score_cache, self.prefix_cache_mb
+            )
         return self._rerankers[path]
 
     def fusion_weight(self, path: str) -> float:

@@ -141,3 +141,80 @@ def test_the_score_cache_scores_a_repeated_pair_once_and_only_appends(tiny_llama
     )
     fresh.encode = lambda pairs: pytest.fail("a cached pair was scored again")
     assert fresh.predict([pair]) == [first[0]]
+
+
+def test_scores_after_cached_prefixes_equal_whole_pairs_for_any_budget(tiny_llama_dir: Path) -> None:
+    from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker
+
+    passages = [p for _, p in PAIRS] + ["A much longer passage about the billing engine, its standby site and TTLs."]
+    queries = ["how long is the failover window", "who owns the ledger", "what is the standby site"]
+    pairs = [(q, p) for q in queries for p in passages]
+    prompt = "Passage: {passage}\nQuestion:"
+    whole = QueryLikelihoodReranker.from_generator(str(tiny_llama_dir), prompt, 64, "float32", prefix_cache_mb=0)
+    expected = whole.predict(pairs, batch_size=3)
+    assert len(whole.prefixes) == 0
+    cached = QueryLikelihoodReranker.from_generator(str(tiny_llama_dir), prompt, 64, "float32")
+    assert cached.predict(pairs, batch_size=3) == pytest.approx(expected, abs=1e-5)
+    assert len(cached.prefixes) == len(passages)  # one prefix per passage, shared by the three queries
+    tiny = QueryLikelihoodReranker.from_generator(str(tiny_llama_dir), prompt, 64, "float32")
+    tiny.prefixes.max_bytes = 3 * tiny._state_bytes_per_token() * 20  # room for about two prefixes: rounds, evictions
+    assert tiny.predict(pairs, batch_size=2) == pytest.approx(expected, abs=1e-5)
+    assert tiny.prefixes.nbytes <= tiny.prefixes.max_bytes
+
+
+def test_a_passage_reranked_again_reads_only_the_new_query(tiny_llama_dir: Path) -> None:
+    from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker
+
+    reranker = QueryLikelihoodReranker.from_generator(
+        str(tiny_llama_dir), "Passage: {passage}\nQuestion:", 64, "float32"
+    )
+    reranker.predict(PAIRS)
+    read: list[int] = []
+    decoder = reranker.causal_lm().get_decoder()
+    hook = decoder.register_forward_pre_hook(
+        lambda _, args, kwargs: read.append(kwargs["input_ids"].numel()), with_kwargs=True
+    )
+    reranker.predict([("a new question about the ledger", p) for _, p in PAIRS[:2]])
+    hook.remove()
+    assert len(read) == 1 and read[0] <= 2 * 12  # one pass over the two queries' tokens, no passage re-read
+    reranker.train()
+    assert len(reranker.prefixes) == 0  # weights about to change: the prefixes go with the memo
+
+
+def test_the_prefix_store_evicts_the_least_recently_used_within_its_budget() -> None:
+    from ragtune.pipeline.prefix_cache import PrefixStore
+
+    def states(tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.zeros(1, tokens, 2), torch.zeros(1, tokens, 2))]  # 4 float32 values per token: 16 bytes
+
+    store = PrefixStore(max_bytes=80)  # two entries of 32 bytes fit, three do not
+    store.put("a", states(2))
+    store.put("b", states(2))
+    assert store.get("a") is not None  # "a" is now the most recently used
+    store.put("c", states(2))  # a, b and c would be 96 bytes: "b" goes
+    assert store.get("b") is None and store.get("a") is not None and store.get("c") is not None
+    assert store.nbytes == 64
+    store.put("huge", states(10))  # larger than the whole budget: not kept, nothing evicted for it
+    assert store.get("huge") is None and len(store) == 2
+
+
+def test_warming_reads_passages_ahead_within_the_budget(tiny_llama_dir: Path) -> None:
+    from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker
+
+    reranker = QueryLikelihoodReranker.from_generator(
+        str(tiny_llama_dir), "Passage: {passage}\nQuestion:", 64, "float32"
+    )
+    passages = [p for _, p in PAIRS]
+    assert reranker.warm([*passages, passages[0]], batch_size=2) == 3  # each distinct passage once
+    read: list[int] = []
+    decoder = reranker.causal_lm().get_decoder()
+    hook = decoder.register_forward_pre_hook(
+        lambda _, args, kwargs: read.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    reranker.predict(PAIRS)
+    hook.remove()
+    assert len(read) == 1 and read[0] <= 12  # the first query already reads only its own tokens
+    small = QueryLikelihoodReranker.from_generator(str(tiny_llama_dir), "Passage: {passage}\nQuestion:", 64, "float32")
+    first_prefix = len(small.encode([("", passages[0])])[0][0]) - 1
+    small.prefixes.max_bytes = small._state_bytes_per_token() * first_prefix  # room for the first prefix alone
+    assert small.warm(passages, batch_size=1) == 1 and small.prefixes.nbytes <= small.prefixes.max_bytes

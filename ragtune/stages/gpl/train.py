@@ -219,7 +219,8 @@ def label_on_main(
             if gcfg.teacher == "base":
                 reranker = untrained_reranker(cfg, run.path(SCORE_CACHE))
             else:
-                reranker = load_reranker(teacher.path, gcfg.max_length, seed, run.path(SCORE_CACHE))
+                prefix_mb = cfg.rerank.query_likelihood.prefix_cache_mb
+                reranker = load_reranker(teacher.path, gcfg.max_length, seed, run.path(SCORE_CACHE), prefix_mb)
             chunks = {c["id"]: c for c in data.corpus}
             triples = label_triples(reranker, data.rows, negatives, chunks, gcfg.teacher_batch_size)
             del reranker

@@ -294,7 +294,11 @@ def rank_pools(
     ]
     first_scores = retriever.similarities(question_vectors, [[c["id"] for c in row] for row in candidates])
     reranker = load_reranker(
-        str(reranker_path), cfg.rerank.cross_encoder.max_length, cfg.run.seed, run.path(SCORE_CACHE)
+        str(reranker_path),
+        cfg.rerank.cross_encoder.max_length,
+        cfg.run.seed,
+        run.path(SCORE_CACHE),
+        cfg.rerank.query_likelihood.prefix_cache_mb,
     )
     weight = load_fusion_weight(reranker_path)
     reranked = rerank(reranker, question_texts, candidates, first_scores, weight)

@@ -83,7 +83,9 @@ def build_query_likelihood(cfg: RerankConfig, train: bool) -> QueryLikelihoodRer
     from peft import LoraConfig, get_peft_model
 
     qcfg = cfg.query_likelihood
-    reranker = QueryLikelihoodReranker.from_generator(qcfg.generator, qcfg.prompt, qcfg.max_length, qcfg.dtype)
+    reranker = QueryLikelihoodReranker.from_generator(
+        qcfg.generator, qcfg.prompt, qcfg.max_length, qcfg.dtype, prefix_cache_mb=qcfg.prefix_cache_mb
+    )
     if train:
         lora = qcfg.lora
         reranker.lm = get_peft_model(

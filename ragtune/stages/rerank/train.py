@@ -603,7 +603,11 @@ def evaluate_on_eval_split(
         ValueError: no eval-split query.
     """
     reranker = load_reranker(
-        str(run.path(RERANK_MODEL)), cfg.rerank.cross_encoder.max_length, cfg.run.seed, run.path(SCORE_CACHE)
+        str(run.path(RERANK_MODEL)),
+        cfg.rerank.cross_encoder.max_length,
+        cfg.run.seed,
+        run.path(SCORE_CACHE),
+        cfg.rerank.query_likelihood.prefix_cache_mb,
     )
     eval_queries = [q for q in data.queries if q["split"] == "eval"]
     if not eval_queries:
