@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--repeats", type=int, default=1, help="rounds over the variants; the best of each is kept")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may follow the flags
     if args.variant:
         print("BENCH", json.dumps(run_variant(args.config, args.overrides, args.variant, args.steps)))
         return

@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--embeddings", type=int, default=50)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("overrides", nargs="*", help="config overrides passed to ragtune serve")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may follow the flags
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_KEY": KEY}
     cmd = [
         sys.executable,

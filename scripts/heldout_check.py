@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=None, help="run name (default: the corpus folder's name)")
     parser.add_argument("--score-only", action="store_true", help="score the finished run; do not run it")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides for the run, e.g. synth.max_chunks=200")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the flags
     name = args.name or args.beir_dir.resolve().name
     work = (args.work or ROOT / "runs" / f"heldout-{name}").resolve()
 

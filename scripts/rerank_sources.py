@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON lines of the results")
     parser.add_argument("--only", nargs="*", default=None, help="variants origin/source to train (default all)")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may follow the flags
     cfg = load_config(args.config, args.overrides)
     run = RunDir(Path(cfg.run.root) / cfg.run.name)
     rng = random.Random(cfg.run.seed)
