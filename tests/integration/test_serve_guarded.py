@@ -211,10 +211,13 @@ def test_serve_refuses_an_open_bind_without_a_key_and_a_busy_port_before_loading
     assert "not a port" in capsys.readouterr().err
     # Config overrides may come after the flags, as with every other ragtune command.
     asked = []
-    monkeypatch.setattr(serve, "load_stack", lambda run, overrides: asked.append((run, overrides)) or 1 / 0)
+    monkeypatch.setattr(serve, "load_stack", lambda run, overrides, warm: asked.append((run, overrides, warm)) or 1 / 0)
     with pytest.raises(ZeroDivisionError):
         serve.main(["runs/x", "--port", str(free_port()), "assemble.generator=base", "--max-messages", "9", "a.b=1"])
-    assert asked == [("runs/x", ["assemble.generator=base", "a.b=1"])]
+    assert asked == [("runs/x", ["assemble.generator=base", "a.b=1"], False)]
+    with pytest.raises(ZeroDivisionError):
+        serve.main(["runs/x", "--port", str(free_port()), "--warm-reranker"])
+    assert asked[-1] == ("runs/x", [], True)  # the reranker reads the passages ahead only when asked
 
 
 def test_the_server_loads_each_model_once(tiny_config: Path, tiny_bert_dir: Path, tiny_llama_dir: Path,

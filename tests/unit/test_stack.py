@@ -61,7 +61,7 @@ def test_configurations_sharing_models_load_each_once(monkeypatch: pytest.Monkey
         ("embedder", "base"),
         ("generator", "llama", None, "float32"),
         ("embedder", "embed"),
-        ("reranker", str(tmp_path / "rerank"), 256, 42, tmp_path / "scores"),
+        ("reranker", str(tmp_path / "rerank"), 256, 42, tmp_path / "scores", 1024),  # prefix_cache_mb
         ("generator", "llama", "adapter", "float32"),
     ]
 
