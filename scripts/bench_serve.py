@@ -1,6 +1,7 @@
 """Load on `ragtune serve`: concurrent chats and embeddings against a finished run, on loopback.
 
-    .venv/bin/python scripts/bench_serve.py runs/demo [--chats 16] [--embeddings 50] [--port 8765] [key=value ...]
+    .venv/bin/python scripts/bench_serve.py runs/demo [--chats 16] [--embeddings 50] [--port 8765] [--warm-reranker]
+        [key=value ...]
 
 Starts the server in a child process (as a user would, with an API key), waits until it answers, then sends
 ``--chats`` chat completions at once and ``--embeddings`` embedding requests at once (each in its own thread,
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--chats", type=int, default=16)
     parser.add_argument("--embeddings", type=int, default=50)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--warm-reranker", action="store_true", help="passed to ragtune serve")
     parser.add_argument("overrides", nargs="*", help="config overrides passed to ragtune serve")
     args = parser.parse_intermixed_args()  # overrides may follow the flags
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_KEY": KEY}
@@ -84,6 +86,7 @@ def main() -> None:
         str(args.port),
         "--api-key-env",
         "BENCH_KEY",
+        *(["--warm-reranker"] if args.warm_reranker else []),
         *args.overrides,
     ]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
