@@ -127,6 +127,7 @@ def serving_latency(config: str, overrides: list[str], n_queries: int) -> None:
     import torch
 
     from ragtune.pipeline.precision import inference_dtype
+    from ragtune.pipeline.prefix_cache import cached_part
     from ragtune.pipeline.query_likelihood import SPEC_FILE, QueryLikelihoodReranker
     from ragtune.pipeline.retrieval import DenseRetriever
 
@@ -189,7 +190,7 @@ def serving_latency(config: str, overrides: list[str], n_queries: int) -> None:
         warm_seconds = time.perf_counter() - start
         seconds, found = [], []
         for pairs in lists:
-            keys = [tuple(c[:-1]) for c, _ in reranker.encode(pairs)]
+            keys = [cached_part(c) for c, _ in reranker.encode(pairs)]
             found.append(sum(reranker.prefixes.get(k) is not None for k in keys) / len(keys))
             start = time.perf_counter()
             reranker.predict(pairs, batch_size=10)

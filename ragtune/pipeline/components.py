@@ -137,9 +137,8 @@ def load_reranker(
     from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker, is_query_likelihood
 
     if is_query_likelihood(path):
-        if prefix_cache_mb is None:
-            return QueryLikelihoodReranker.load(path, cache_dir)
-        return QueryLikelihoodReranker.load(path, cache_dir, prefix_cache_mb=prefix_cache_mb)
+        budget = {} if prefix_cache_mb is None else {"prefix_cache_mb": prefix_cache_mb}
+        return QueryLikelihoodReranker.load(path, cache_dir, **budget)
     import torch
     from sentence_transformers import CrossEncoder
 

@@ -25,6 +25,17 @@ def states_bytes(states: LayerStates) -> int:
     return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in states)
 
 
+def cached_part(context: Sequence[int]) -> tuple[int, ...]:
+    """The part of a passage's prompt whose key/value states are kept: all but its last token (the continuation
+    starts with that one, so the query's first token is predicted in the query's own pass).
+
+    Example:
+        >>> cached_part([5, 6, 7])
+        (5, 6)
+    """
+    return tuple(context[:-1])
+
+
 class PrefixStore:
     """Key/value states of prefixes by key, least recently used evicted first, at most ``max_bytes`` in all.
 

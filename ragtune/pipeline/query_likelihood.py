@@ -31,7 +31,13 @@ import torch
 from torch import nn
 
 from ragtune.pipeline.config import QUERY_LIKELIHOOD_PROMPT
-from ragtune.pipeline.prefix_cache import PrefixStore, pack_after_prefixes, prefix_rounds, stack_prefixes
+from ragtune.pipeline.prefix_cache import (
+    PrefixStore,
+    cached_part,
+    pack_after_prefixes,
+    prefix_rounds,
+    stack_prefixes,
+)
 from ragtune.pipeline.quoting import neutralise
 
 SPEC_FILE = "ragtune_reranker.json"
@@ -279,7 +285,7 @@ class QueryLikelihoodReranker(nn.Module):
         was_training = self.training
         super().train(False)
         encoded = self.encode([("", p) for p in passages])
-        prefixes = list(dict.fromkeys(tuple(context[:-1]) for context, _ in encoded))
+        prefixes = list(dict.fromkeys(cached_part(context) for context, _ in encoded))
         per_token, device = self._state_bytes_per_token(), next(self.lm.parameters()).device
         kept = 0
         for start in tqdm(range(0, len(prefixes), batch_size), desc="passage prefixes", disable=not show_progress_bar):
@@ -310,9 +316,9 @@ class QueryLikelihoodReranker(nn.Module):
     ) -> list[float]:
         """Scores of encoded pairs, each query read after its passage's cached key/value prefix.
 
-        The prefix is the passage's prompt but its last token (the continuation starts with it, so the query's
-        first token is predicted in the same pass). Distinct prefixes are taken in rounds that fit the store's
-        budget: each round computes the prefixes it lacks, then scores every pair over them.
+        The prefix is :func:`ragtune.pipeline.prefix_cache.cached_part` of the passage's prompt. Distinct
+        prefixes are taken in rounds that fit the store's budget: each round computes the prefixes it lacks, then
+        scores every pair over them.
         """
         from transformers import DynamicCache
 
@@ -320,9 +326,10 @@ class QueryLikelihoodReranker(nn.Module):
         decoder, head = lm.get_decoder(), lm.get_output_embeddings()
         device = next(self.lm.parameters()).device
         pad = self.tokenizer.pad_token_id
+        prefix_of = [cached_part(context) for context, _ in encoded]
         by_prefix: dict[tuple[int, ...], list[int]] = {}
-        for j, (context, _) in enumerate(encoded):
-            by_prefix.setdefault(tuple(context[:-1]), []).append(j)
+        for j, prefix in enumerate(prefix_of):
+            by_prefix.setdefault(prefix, []).append(j)
         prefixes = sorted(by_prefix, key=len)
         scores = [0.0] * len(encoded)
         lengths = [len(p) for p in prefixes]
@@ -331,7 +338,7 @@ class QueryLikelihoodReranker(nn.Module):
             rows = sorted((j for i in indices for j in by_prefix[prefixes[i]]), key=lambda j: len(encoded[j][1]))
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
-                cached = [tuple(encoded[j][0][:-1]) for j in chunk]
+                cached = [prefix_of[j] for j in chunk]
                 packed = pack_after_prefixes(
                     [len(p) for p in cached], [[encoded[j][0][-1], *encoded[j][1]] for j in chunk], pad
                 )
