@@ -587,6 +587,11 @@ class RaftConfig(Section):
     no_oracle_target: Literal["memory", "abstain"] = Field(
         "abstain", description="Target when the oracle is left out: answer from memory (paper) or abstain."
     )
+    target: Literal["reasoning", "quote_answer"] = Field(
+        "reasoning",
+        description="Form of the target answer: reasoning (the teacher's reasoning around its verified quotes, "
+        "then the answer) or quote_answer (the verified quotes alone, then the answer: fewer tokens to learn).",
+    )
     distractor_pool: int = Field(20, ge=1, description="Retrieve this many candidates to draw hard distractors from.")
     dev_fraction: float = Field(
         0.2,

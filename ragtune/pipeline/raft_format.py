@@ -87,7 +87,20 @@ def format_answer(reason: str, quotes: list[str], answer: str) -> str:
     ``reason`` is the teacher's, who saw the documents neutralised, and may hold its own checked quotes."""
     quoted = " ".join(f"{BEGIN_QUOTE}{neutralise(q.strip())}{END_QUOTE}" for q in quotes)
     body = f"{reason.strip()} {quoted}".strip()
-    return f"{REASON_TAG} {body}\n{ANSWER_TAG} {neutralise(answer.strip())}"
+    return f"{REASON_TAG} {body}".strip() + f"\n{ANSWER_TAG} {neutralise(answer.strip())}"
+
+
+def quote_then_answer(target: str) -> str:
+    """A target with its reasoning prose removed: the verbatim quotes alone, then the final answer.
+
+    Example:
+        >>> quote_then_answer("##Reason: It says ##begin_quote##It is 40 min.##end_quote## so.\\n##Answer: 40 min")
+        '##Reason: ##begin_quote##It is 40 min.##end_quote##\\n##Answer: 40 min'
+        >>> quote_then_answer("##Reason: They do not say.\\n##Answer: Not in the documents.")
+        '##Reason:\\n##Answer: Not in the documents.'
+    """
+    parsed = parse_answer(target)
+    return format_answer("", parsed.quotes, parsed.answer)
 
 
 @dataclass

@@ -99,6 +99,20 @@ def test_build_targets_verifies_repairs_and_counts() -> None:
     assert counts["no_oracle_dropped"] == 1
 
 
+def test_quote_answer_targets_keep_the_verified_quotes_and_the_answer_only() -> None:
+    texts = {"c0": "The grace period is 40 minutes.", "c1": "Unrelated text here."}
+    contexts = [
+        RaftContext("ok", "q", "40", ["c0"], ["c0", "c1"], has_oracle=True),
+        RaftContext("none", "q", "40", ["c0"], ["c1"], has_oracle=False),
+    ]
+    teacher = format_answer("The runbook says, in its own words,", ["The grace period is 40 minutes."], "40 minutes")
+    kept, counts = build_targets(contexts, {"ok": teacher}, texts, "abstain", "quote_answer")
+    assert counts["valid"] == 1 and counts["no_oracle_kept"] == 1
+    assert kept[0][1] == "##Reason: ##begin_quote##The grace period is 40 minutes.##end_quote##\n##Answer: 40 minutes"
+    assert kept[1][1] == f"##Reason:\n##Answer: {ABSTAIN_ANSWER}"
+    assert all(parse_answer(target).well_formed for _, target in kept)
+
+
 def test_build_hash_ignores_training_settings(tmp_path: Path) -> None:
     def build_config_hash(cfg: RagtuneConfig) -> str:
         return RunDir(tmp_path).freshness(cfg, CONFIG_SECTIONS, exclude=NOT_CHANGING_THE_DATA)[0]
@@ -112,6 +126,9 @@ def test_build_hash_ignores_training_settings(tmp_path: Path) -> None:
     assert build_config_hash(trained) == build_config_hash(base)
     changed = base.model_copy(deep=True)
     changed.raft.oracle_fraction = 0.5
+    assert build_config_hash(changed) != build_config_hash(base)
+    changed = base.model_copy(deep=True)
+    changed.raft.target = "quote_answer"
     assert build_config_hash(changed) != build_config_hash(base)
     changed = base.model_copy(deep=True)
     changed.assemble.top_n = 5

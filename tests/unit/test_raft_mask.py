@@ -2,15 +2,18 @@
 
 from pathlib import Path
 
+import pytest
+
 from ragtune.pipeline.config import RaftConfig
-from ragtune.pipeline.raft_format import build_messages, format_answer
+from ragtune.pipeline.raft_format import build_messages, format_answer, quote_then_answer
 from ragtune.stages.raft.train import build_trainer
 
 IGNORE = -100
+REASONING = format_answer("The runbook says:", ["The grace period is 40 minutes."], "40 minutes")
 
 
-def test_labels_cover_exactly_the_completion_tokens(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    answer = format_answer("The runbook says:", ["The grace period is 40 minutes."], "40 minutes")
+@pytest.mark.parametrize("answer", [REASONING, quote_then_answer(REASONING)], ids=["reasoning", "quote_answer"])
+def test_labels_cover_exactly_the_completion_tokens(answer: str, tiny_llama_dir: Path, tmp_path: Path) -> None:
     sample = {
         "prompt": build_messages("default grace period?", ["The grace period is 40 minutes by default.", "x"]),
         "completion": [{"role": "assistant", "content": answer}],

@@ -28,7 +28,7 @@ from ragtune.pipeline.entry import run_stage
 from ragtune.pipeline.extractive import ExtractiveAnswerer
 from ragtune.pipeline.llm import make_backend
 from ragtune.pipeline.pseudo_queries import inverse_cloze_queries
-from ragtune.pipeline.raft_format import build_messages
+from ragtune.pipeline.raft_format import build_messages, quote_then_answer
 from ragtune.pipeline.retrieval import DenseRetriever, Reranker, load_fusion_weight, rerank
 from ragtune.pipeline.rundir import (
     EMBEDDING_CACHE,
@@ -143,6 +143,7 @@ def build_targets(
     teacher_completions: dict[str, str | None],
     texts: dict[str, str],
     no_oracle_mode: str,
+    form: str = "reasoning",
 ) -> tuple[list[tuple[RaftContext, str]], dict[str, int]]:
     """Turn teacher answers into verified student targets.
 
@@ -151,6 +152,8 @@ def build_targets(
         teacher_completions: qid -> the teacher's answer given the oracle (None: the call failed).
         texts: chunk id -> text.
         no_oracle_mode: ``abstain`` or ``memory`` (``raft.no_oracle_target``).
+        form: ``reasoning`` (the teacher's reasoning kept) or ``quote_answer`` (the verified quotes alone, then
+            the answer: :func:`ragtune.pipeline.raft_format.quote_then_answer`), ``raft.target``.
 
     Returns:
         ``(kept, counts)``: the (context, target) pairs kept, and counts of ``valid``, ``repaired``,
@@ -179,7 +182,7 @@ def build_targets(
             target = no_oracle_target(completion, no_oracle_mode)
             counts["no_oracle_kept" if target else "no_oracle_dropped"] += 1
         if target is not None:
-            kept.append((ctx, target))
+            kept.append((ctx, quote_then_answer(target) if form == "quote_answer" else target))
     return kept, dict(counts)
 
 
@@ -187,6 +190,7 @@ def build_targets(
 CONFIG_SECTIONS = (
     "raft.oracle_fraction",
     "raft.no_oracle_target",
+    "raft.target",
     "raft.distractor_pool",
     "raft.quote_sentences",
     "raft.max_samples",
@@ -447,7 +451,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
 
     # 5. Verify every quote against the oracle; repair, replace or drop.
     answers = {c.qid: a for c, a in zip(teacher.asked, teacher.answers, strict=True)}
-    kept, teacher_counts = build_targets(contexts, answers, texts, cfg.raft.no_oracle_target)
+    kept, teacher_counts = build_targets(contexts, answers, texts, cfg.raft.no_oracle_target, cfg.raft.target)
     if not kept:
         raise ValueError(f"raft: every sample was dropped (teacher answers: {teacher_counts}); see raft/report.json")
     rows = sample_rows(kept, texts)

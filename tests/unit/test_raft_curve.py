@@ -1,0 +1,49 @@
+"""scripts/raft_curve.py: one checkpoint's dev figures, and the copied stages a recipe builds on."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from ragtune.pipeline.raft_format import ABSTAIN_ANSWER, format_answer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def curve():
+    spec = importlib.util.spec_from_file_location("raft_curve", ROOT / "scripts/raft_curve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dev_figures_of_one_checkpoint(curve) -> None:
+    rows = [{"answer": "40 minutes"}, {"answer": "two approvers"}, {"answer": "4 hours"}]
+    contexts = [["The grace period is 40 minutes."], ["Two approvers sign."], ["Silence for 4 hours."]]
+    positives = [["The grace period is 40 minutes."], ["Two approvers sign."], ["Silence for 4 hours."]]
+    answers = [
+        format_answer("", ["The grace period is 40 minutes."], "40 minutes"),  # right, quotes the oracle
+        format_answer("", ["Two approvers sign.", "made up"], "two"),  # half its quotes verbatim
+        f"##Answer: {ABSTAIN_ANSWER}",  # no ##Reason: not well formed, abstains, quotes nothing
+    ]
+    figures = curve.score_dev(answers, rows, contexts, positives)
+    assert figures["f1"] == pytest.approx((1.0 + 2 / 3 + 0.0) / 3)
+    assert figures["format"] == pytest.approx(2 / 3)
+    assert figures["quote_precision"] == pytest.approx((1.0 + 0.5) / 2)  # over the answers that quote
+    assert figures["oracle_citation"] == pytest.approx(2 / 3)
+    assert figures["abstain"] == pytest.approx(1 / 3)
+
+
+def test_the_finished_stages_are_copied_once(curve, tmp_path: Path) -> None:
+    source, target = tmp_path / "demo", tmp_path / "curve"
+    (source / "data").mkdir(parents=True)
+    (source / "data/corpus.jsonl").write_text("{}\n")
+    (source / "raft").mkdir()
+    (source / "manifest.json").write_text("{}")
+    curve.copy_stages(source, target)
+    assert (target / "data/corpus.jsonl").read_text() == "{}\n"
+    assert (target / "manifest.json").exists() and not (target / "raft").exists()  # RAFT is the recipe's own
+    (target / "data/corpus.jsonl").write_text("changed")
+    curve.copy_stages(source, target)  # a later call reuses the directory
+    assert (target / "data/corpus.jsonl").read_text() == "changed"
