@@ -48,7 +48,7 @@ def _samples(cfg, run: RunDir, tokenizer) -> list[dict]:
     from ragtune.stages.raft.train import drop_overlong
 
     train_data = run.require("raft_build", "train_data")["train_data"]
-    kept, _ = drop_overlong(read_jsonl(train_data), tokenizer, cfg.raft.max_length)
+    kept, _, _ = drop_overlong(read_jsonl(train_data), tokenizer, cfg.raft.max_length)
     return kept
 
 
