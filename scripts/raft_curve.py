@@ -35,9 +35,12 @@ from ragtune.pipeline.models import resolve_model  # noqa: E402
 from ragtune.pipeline.precision import bf16_training  # noqa: E402
 from ragtune.pipeline.raft_format import parse_answer  # noqa: E402
 from ragtune.pipeline.rundir import (  # noqa: E402
+    CONFIG_RESOLVED,
     DATA_CORPUS,
     DATA_QUERIES,
+    MANIFEST,
     RAFT_CHECKPOINTS,
+    RAFT_CURVE,
     RAFT_DEV_DATA,
     RAFT_TRAIN_DATA,
     RunDir,
@@ -45,7 +48,7 @@ from ragtune.pipeline.rundir import (  # noqa: E402
 )
 
 logger = logging.getLogger(__name__)
-COPIED = ("data", "embed", "rerank", "index", "cache", "manifest.json", "config.resolved.yaml")
+COPIED = ("data", "embed", "rerank", "index", "cache", MANIFEST, CONFIG_RESOLVED)
 
 
 def copy_stages(source: Path, target: Path) -> None:
@@ -152,7 +155,7 @@ def main() -> None:
 
     # 3. Train; the rows and a table.
     trainer.train()
-    out = args.out or run.path("raft/curve.jsonl")
+    out = args.out or run.path(RAFT_CURVE)
     recipe = {"overrides": args.overrides, "samples": info["samples"], "sample_tokens": info["sample_tokens"]}
     out.write_text("".join(json.dumps(recipe | r) + "\n" for r in curve), encoding="utf-8")
     print(f"\n{' '.join(args.overrides)}: {info['samples']} samples, {len(rows)} dev questions, extractive F1 "

@@ -57,6 +57,7 @@ TRACKED_PACKAGES = (
 # Where every artifact lives, relative to the run directory: the one place these paths are written down.
 # A stage records its outputs under these names and writes its scratch files (caches, checkpoints) to them;
 # a stage reads another stage's outputs only through the paths :meth:`RunDir.require` returns.
+MANIFEST = "manifest.json"  # every stage's record: config hash, inputs, outputs, metrics
 CONFIG_RESOLVED = "config.resolved.yaml"  # the validated config, overrides applied
 EMBEDDING_CACHE = "cache/embeddings"  # corpus and query embeddings by model and content (ragtune.pipeline.retrieval)
 SCORE_CACHE = "cache/rerank-scores"  # query-likelihood scores by reranker and (query, passage) content
@@ -87,6 +88,7 @@ RAFT_ADAPTER = "raft/adapter"
 RAFT_MERGED = "raft/merged"
 RAFT_COMPARE = "raft/compare.json"  # scripts/raft_compare.py
 RAFT_BENCH = "raft/bench"  # scripts/bench_raft.py's trainer output
+RAFT_CURVE = "raft/curve.jsonl"  # scripts/raft_curve.py's dev figures per checkpoint
 INDEX_DIR = "index"  # the persisted LlamaIndex storage of the tuned stack
 EVAL_REPORT = "eval/report.md"
 EVAL_JSON = "eval/report.json"
@@ -418,7 +420,7 @@ class RunDir:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.manifest_path = self.root / "manifest.json"
+        self.manifest_path = self.root / MANIFEST
         self.previous_manifest_path = self.root / "manifest.prev.json"
 
     @classmethod
