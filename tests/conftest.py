@@ -143,3 +143,17 @@ def tiny_config(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tree))
     return path
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Import ``scripts/<name>.py`` as a module (the scripts are not a package), for testing their functions."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / f"scripts/{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

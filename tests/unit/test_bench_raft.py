@@ -1,6 +1,5 @@
 """scripts/bench_raft.py reads the samples a run's RAFT build wrote, within raft.max_length."""
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -11,13 +10,9 @@ from ragtune.pipeline.config import RagtuneConfig
 from ragtune.pipeline.raft_format import build_messages, format_answer
 from ragtune.pipeline.rundir import RAFT_TRAIN_DATA, RunDir
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def test_samples_are_the_builds_within_max_length(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_raft", ROOT / "scripts/bench_raft.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_samples_are_the_builds_within_max_length(load_script, tiny_llama_dir: Path, tmp_path: Path) -> None:
+    bench = load_script("bench_raft")
     completion = [{"role": "assistant", "content": format_answer("", ["It is 40 minutes."], "40 minutes")}]
     short = {"prompt": build_messages("grace period?", ["It is 40 minutes."]), "completion": completion}
     long = {"prompt": build_messages("grace period?", ["grace period " * 400]), "completion": completion}

@@ -1,6 +1,5 @@
 """scripts/heldout_check.py: the BEIR corpus as a documents folder, and metrics computed from the qrels alone."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,11 +9,8 @@ BEIR = ROOT / "tests/fixtures/beir_tiny"
 
 
 @pytest.fixture(scope="module")
-def check():
-    spec = importlib.util.spec_from_file_location("heldout_check", ROOT / "scripts/heldout_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def check(load_script):
+    return load_script("heldout_check")
 
 
 def test_the_corpus_becomes_a_folder_of_documents_and_the_queries_stay_aside(check, tmp_path: Path) -> None:

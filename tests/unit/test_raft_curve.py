@@ -1,21 +1,15 @@
 """scripts/raft_curve.py: one checkpoint's dev figures, and the copied stages a recipe builds on."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from ragtune.pipeline.raft_format import ABSTAIN_ANSWER, format_answer
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def curve():
-    spec = importlib.util.spec_from_file_location("raft_curve", ROOT / "scripts/raft_curve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def curve(load_script):
+    return load_script("raft_curve")
 
 
 def test_dev_figures_of_one_checkpoint(curve) -> None:
