@@ -343,6 +343,16 @@ class EmbedConfig(Section):
         "base model's top k for each (one encode of the pool per evaluation, not of the corpus). null: the "
         "whole corpus. The base and final dev figures (the promotion gate) are always over the whole corpus.",
     )
+    base_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of the starting weights mixed back into the trained ones before the model is saved "
+        "(weight-space ensemble, WiSE-FT): w = share x start + (1 - share) x trained. 0: the weights as trained. "
+        "On a held-out corpus's human queries 0.5 kept synthetic-query training from ever falling below the base "
+        "(docs/embed.md); on labelled in-domain questions it gives up part of the gain. method full or "
+        "linear_adapter.",
+    )
     trainer: dict[str, Any] = Field(default_factory=dict, description="Passed to SentenceTransformerTrainingArguments.")
 
 

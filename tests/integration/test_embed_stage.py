@@ -168,3 +168,29 @@ def test_bm25_hard_negatives_train_the_embedder_with_a_third_column(tiny_config:
     losses = [loss for _, loss in report["loss_history"]]
     assert sum(losses[-2:]) < sum(losses[:2])
     assert report["random_negatives"] < report["train_pairs"]  # BM25 found a negative for most pairs
+
+
+def test_base_share_saves_the_midpoint_of_start_and_trained_weights(
+    tiny_config: Path, tiny_bert_dir: Path, capsys
+) -> None:
+    overrides = [f"embed.base_model={tiny_bert_dir}", "embed.learning_rate=1e-3", "embed.epochs=2"]
+    cli(["data", str(tiny_config)])
+    run = run_dir_of(tiny_config)
+    cli(["embed", str(tiny_config), *overrides])
+    trained = _weights(run.path("embed/model"))
+    cli(["embed", str(tiny_config), *overrides, "embed.base_share=0.5"])  # a changed setting: trains again
+    mixed, start = _weights(run.path("embed/model")), _weights(tiny_bert_dir)
+
+    moved = [k for k in start if not torch.equal(start[k], trained[k])]
+    assert moved  # training changed weights, and the same seed trains the same weights again
+    for key in start:
+        torch.testing.assert_close(mixed[key], (start[key] + trained[key]) / 2, atol=1e-6, rtol=1e-5)
+    report = json.loads(run.path("embed/metrics.json").read_text())
+    assert report["base_share"] == 0.5
+    assert "50% of the starting weights mixed back" in run.path("embed/model/README.md").read_text()
+
+    # LoRA's start is not a weight to mix with: refused before any model loads, naming the key.
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli(["embed", str(tiny_config), *overrides, "embed.base_share=0.5", "embed.method=lora"])
+    assert "embed.base_share" in capsys.readouterr().err

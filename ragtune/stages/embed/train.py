@@ -51,6 +51,7 @@ from ragtune.pipeline.rundir import (
 from ragtune.pipeline.training_args import common_training_args, route_tensorboard
 from ragtune.stages.embed.adapter import ROUTER_MAPPING, add_query_adapter
 from ragtune.stages.embed.evaluate import dev_pool, selection_evaluator
+from ragtune.stages.embed.merge import mix_back, trainable_snapshot
 from ragtune.stages.embed.pairs import (
     NoDuplicateKeysBatchSampler,
     attach_negatives,
@@ -162,7 +163,13 @@ def _model_card_section(cfg: EmbedConfig, n_pairs: int, n_queries: int, metrics:
         + (f" wrapped in MatryoshkaLoss {cfg.matryoshka_dims}" if cfg.matryoshka_dims else "")
         + "\n"
         f"- Training data: {n_pairs} (query, positive chunk) pairs from {n_queries} train-split queries\n"
-        f"- Checkpoint selection: {metrics['selection']}\n\n"
+        f"- Checkpoint selection: {metrics['selection']}\n"
+        + (
+            f"- Weight-space ensemble: {cfg.base_share:.0%} of the starting weights mixed back\n"
+            if cfg.base_share
+            else ""
+        )
+        + "\n"
         "Held-out (eval split) retrieval over the whole corpus:\n\n"
         "| metric | before | after |\n|---|---|---|\n" + rows + "\n"
     )
@@ -287,7 +294,7 @@ class Training:
 
 def train_embedder(cfg: RagtuneConfig, run: RunDir, data: TrainingData, base: BaseFigures) -> Training:
     """Build the model (optionally TSDAE-adapted first) and its loss, and train; the trainer keeps the best
-    checkpoint by dev nDCG@10 on the pool."""
+    checkpoint by dev nDCG@10 on the pool, and ``embed.base_share`` of the starting weights is mixed back."""
     ecfg = cfg.embed
     base_path = resolve_model(ecfg.base_model)
     model = load_model(ecfg, base_path)
@@ -308,7 +315,11 @@ def train_embedder(cfg: RagtuneConfig, run: RunDir, data: TrainingData, base: Ba
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=data.dataset, loss=loss, evaluator=base.evaluator
     )
+    start = trainable_snapshot(model) if ecfg.base_share else {}
     result = trainer.train()
+    if start:  # the best checkpoint is loaded by now: the ensemble is of it and the start
+        mix_back(trainer.model, start, ecfg.base_share)
+        logger.info("embed: %.0f%% of the starting weights mixed back (embed.base_share)", 100 * ecfg.base_share)
     return Training(
         trainer.model,
         trainer,
@@ -339,6 +350,7 @@ def stage_report(
         "selection": data.selection,
         "best_checkpoint": state.best_model_checkpoint and Path(state.best_model_checkpoint).name,
         "train_pairs": len(data.pairs),
+        "base_share": cfg.embed.base_share,
         "inverse_cloze_pairs": data.inverse_cloze,
         "train_queries": len(data.train_queries),
         "dev_queries": len(data.dev_queries),
@@ -400,6 +412,8 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     check_trainer_keys("embed", ecfg.trainer, SentenceTransformerTrainingArguments)
     if ecfg.tsdae_steps and ecfg.method != "full":
         raise ValueError(f"embed.tsdae_steps: TSDAE trains the whole encoder; embed.method is {ecfg.method}, not full")
+    if ecfg.base_share and ecfg.method == "lora":
+        raise ValueError("embed.base_share: mixing weights back needs embed.method full or linear_adapter, not lora")
     paths = run.require("data", "corpus", "queries")
     config_hash, inputs = run.freshness(cfg, ("embed", "assemble.hybrid_depth"), {"data": ("corpus", "queries")})
     if not force and run.is_fresh(STAGE, config_hash, inputs):
