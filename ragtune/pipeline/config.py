@@ -349,9 +349,9 @@ class EmbedConfig(Section):
         lt=1,
         description="Share of the starting weights mixed back into the trained ones before the model is saved "
         "(weight-space ensemble, WiSE-FT): w = share x start + (1 - share) x trained. 0: the weights as trained. "
-        "On a held-out corpus's human queries 0.5 kept synthetic-query training from ever falling below the base "
-        "(docs/embed.md); on labelled in-domain questions it gives up part of the gain. method full or "
-        "linear_adapter.",
+        "On a held-out corpus's human queries 0.5 kept each of twelve synthetic-query recipes at or above untrained "
+        "hybrid retrieval (docs/embed.md); with labelled in-domain questions it gives up part of the gain. "
+        "embed.method full or linear_adapter.",
     )
     trainer: dict[str, Any] = Field(default_factory=dict, description="Passed to SentenceTransformerTrainingArguments.")
 
