@@ -317,7 +317,7 @@ def train_embedder(cfg: RagtuneConfig, run: RunDir, data: TrainingData, base: Ba
     )
     start = trainable_snapshot(model) if ecfg.base_share else {}
     result = trainer.train()
-    if start:  # the best checkpoint is loaded by now: the ensemble is of it and the start
+    if start:  # the kept weights (best checkpoint, or the last step without selection) and the start
         mix_back(trainer.model, start, ecfg.base_share)
         logger.info("embed: %.0f%% of the starting weights mixed back (embed.base_share)", 100 * ecfg.base_share)
     return Training(
