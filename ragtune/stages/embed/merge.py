@@ -31,7 +31,7 @@ def mix_back(model: torch.nn.Module, start: dict[str, torch.Tensor], share: floa
     Args:
         model: the trained model.
         start: :func:`trainable_snapshot` taken before training.
-        share: the start's share, in [0, 1): 0 keeps the trained weights.
+        share: the start's share, in [0, 1) (the config checks ``embed.base_share``): 0 keeps the trained weights.
 
     Example:
         >>> layer = torch.nn.Linear(1, 1, bias=False)
@@ -42,8 +42,6 @@ def mix_back(model: torch.nn.Module, start: dict[str, torch.Tensor], share: floa
         >>> layer.weight.item()
         3.5
     """
-    if not 0 <= share < 1:
-        raise ValueError(f"embed.base_share must be in [0, 1), got {share}")
     for name, param in model.named_parameters():
         if name in start:
             param.mul_(1 - share).add_(start[name].to(param.device, param.dtype), alpha=share)
