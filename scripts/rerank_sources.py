@@ -7,6 +7,8 @@ never the eval split):
 Training lists (a positive and ``--negatives`` negatives) are built per query origin:
 - ``human``: the train split's labelled questions (outside the dev slice);
 - ``synthetic``: the data stage's queries, written by the same LM that scores (the default reranker's);
+- ``sampled``: the same chunks' queries written again by that LM, sampled at temperature ``--temperature``
+  (another draw of its words, not its most likely ones);
 - ``inverse_cloze``: a sentence of a chunk of a training document, the rest of the chunk its positive;
 and per negative source, from the candidates of the tuned embedder's top ``--pool`` (labelled chunks left out):
 - ``embedder``: the embedder's highest-ranked (what stage 2 mines);
@@ -39,10 +41,14 @@ import torch  # noqa: E402
 
 from ragtune.pipeline.config import load_config  # noqa: E402 (after the path set-up)
 from ragtune.pipeline.hybrid import bm25_rankings, bm25_retriever  # noqa: E402
+from ragtune.pipeline.llm import make_backend  # noqa: E402
+from ragtune.pipeline.llm.local import stop_when  # noqa: E402
 from ragtune.pipeline.pseudo_queries import inverse_cloze_queries  # noqa: E402
 from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker, untrained_cache_name  # noqa: E402
 from ragtune.pipeline.retrieval import DenseRetriever  # noqa: E402
-from ragtune.pipeline.rundir import EMBEDDING_CACHE, SCORE_CACHE, RunDir, read_jsonl  # noqa: E402
+from ragtune.pipeline.rundir import DATA_LLM_CACHE, EMBEDDING_CACHE, SCORE_CACHE, RunDir, read_jsonl  # noqa: E402
+from ragtune.stages.data.query_generation import RECIPE_MAX_NEW_TOKENS, RECIPE_STOP, prompt_builder  # noqa: E402
+from ragtune.stages.data.query_parsing import first_question  # noqa: E402
 from ragtune.stages.rerank.curve import curve_point, dev_candidates  # noqa: E402
 from ragtune.stages.rerank.likelihood import (  # noqa: E402
     ListCollator,
@@ -52,12 +58,30 @@ from ragtune.stages.rerank.likelihood import (  # noqa: E402
 from ragtune.stages.rerank.mine import rerank_dev_split  # noqa: E402
 from ragtune.stages.rerank.train import build_training_args  # noqa: E402
 
-ORIGINS = ("human", "synthetic", "inverse_cloze")
+ORIGINS = ("human", "synthetic", "sampled", "inverse_cloze")
 SOURCES = ("embedder", "bm25", "lm")
 
 
 def origin_of(query: dict[str, Any]) -> str:
     return query.get("origin") or ("inverse_cloze" if query["qid"].startswith("ict-") else "human")
+
+
+def sampled_queries(cfg: Any, run: RunDir, queries: list[dict], by_id: dict, temperature: float) -> list[dict]:
+    """``queries``' positive chunks asked about again with the data stage's prompt and LM, sampled at ``temperature``
+    (cached beside the data stage's calls, so a rerun draws the same samples)."""
+    backend = make_backend(cfg.synth.llm, run.path(DATA_LLM_CACHE))
+    build = prompt_builder(cfg.synth)
+    requests = [build(by_id[q["positives"][0]]["text"]) for q in queries]
+    with stop_when(backend, RECIPE_STOP):
+        replies = backend.generate(
+            requests, temperature=temperature, max_new_tokens=RECIPE_MAX_NEW_TOKENS, desc="sample queries"
+        )
+    rows = []
+    for q, reply in zip(queries, replies, strict=True):
+        text = first_question(reply or "")
+        if text and text.casefold() != q["text"].casefold():
+            rows.append({**q, "qid": f"sampled-{q['qid']}", "text": text, "origin": "sampled"})
+    return rows
 
 
 def first_negatives(ranked: list[str], relevant: set[str], n: int) -> list[str]:
@@ -92,6 +116,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None, help="JSON lines of the results")
     parser.add_argument("--only", nargs="*", default=None, help="variants origin/source to train (default all)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the sampled origin")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()  # overrides may follow the flags
     cfg = load_config(args.config, args.overrides)
@@ -109,6 +134,8 @@ def main() -> None:
     train += inverse_cloze_queries(corpus, held_out_docs, args.lists, cfg.run.seed)
     groups = {o: [q for q in train if origin_of(q) == o] for o in ORIGINS}
     groups = {o: rng.sample(g, min(args.lists, len(g))) for o, g in groups.items() if g}
+    if "synthetic" in groups:
+        groups["sampled"] = sampled_queries(cfg, run, groups["synthetic"], by_id, args.temperature)
     print("train queries per origin:", {o: len(g) for o, g in groups.items()}, "dev queries:", len(dev_queries))
     retriever = DenseRetriever.load(
         str(run.require("embed", "model")["model"]), corpus, cache_dir=run.path(EMBEDDING_CACHE)

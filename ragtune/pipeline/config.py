@@ -217,6 +217,15 @@ class SplitConfig(Section):
         "embedder without labels: embed, rerank, raft and gpl dev_fraction up to this value hold out only such "
         "queries (and human ones). 0: every training query is filtered by the base embedder.",
     )
+    dev_min_queries: int = Field(
+        30,
+        ge=0,
+        description="With no labelled question on the dev documents (split.dev_fraction), synthesis gives them "
+        "just enough targets for this many queries (at the yield measured on the held-out share, with "
+        "synth.held_out_margin), before the training share, so every promotion gate compares on a slice that can "
+        "show a difference. 0: dev documents get only what the round robin over all training documents gives "
+        "them. A stage whose dev_fraction is below split.dev_fraction reads part of them.",
+    )
 
 
 class SynthConfig(Section):
@@ -227,8 +236,8 @@ class SynthConfig(Section):
         ge=1,
         description="Cap on chunks to generate for (null: all), taken from every document in turn (a seeded "
         "stream of its own), so a small cap still covers many documents. With no labelled question held out, "
-        "held-out documents get just enough of them for eval.min_queries (see held_out_yield) and training "
-        "documents the rest.",
+        "held-out documents get just enough of them for eval.min_queries (see held_out_yield), dev documents "
+        "enough for split.dev_min_queries, and training documents the rest.",
     )
     held_out_yield: float = Field(
         0.4,

@@ -157,28 +157,45 @@ def held_out_documents(cfg: RagtuneConfig, docs: list, labelled: list[dict]) -> 
 
 
 def synthesis_pools(
-    corpus: list[dict], eval_docs: set[str], has_labelled_eval: bool, seed: int
-) -> tuple[list[dict], list[dict]]:
-    """The held-out and the training chunks synthesis may ask about, each in its visiting order.
+    corpus: list[dict], eval_docs: set[str], dev_docs: set[str], has_labelled_eval: bool, labelled_dev: bool, seed: int
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """The held-out, dev and training chunks synthesis may ask about, each in its visiting order.
 
-    Held-out chunks are candidates only when no labelled question is held out (their synthetic queries are then
-    the eval split). The order comes from a stream of its own (:func:`ragtune.stages.data.targets.targets_stream`),
-    never
-    the one that chose the held-out documents.
+    Held-out chunks are a share of their own only when no labelled question is held out (their synthetic queries
+    are then the eval split), dev documents' chunks only when no labelled question is on them (their synthetic
+    queries are then the dev slice); otherwise they are visited with the training chunks. The order comes from a
+    stream of its own (:func:`ragtune.stages.data.targets.targets_stream`), never the one that chose the held-out
+    documents.
+
+    Example:
+        >>> rows = [{"id": f"{d}{i}", "doc_id": d} for d in "abc" for i in range(2)]
+        >>> held, dev, train = synthesis_pools(rows, {"a"}, {"b"}, False, False, seed=0)
+        >>> {c["doc_id"] for c in held}, {c["doc_id"] for c in dev}, {c["doc_id"] for c in train}
+        ({'a'}, {'b'}, {'c'})
     """
     order = document_round_robin(corpus, targets_stream(seed))
     held_out = [] if has_labelled_eval else [c for c in order if c["doc_id"] in eval_docs]
-    return held_out, [c for c in order if c["doc_id"] not in eval_docs]
+    shared_dev = set() if labelled_dev else dev_docs
+    dev = [c for c in order if c["doc_id"] in shared_dev]
+    train = [c for c in order if c["doc_id"] not in eval_docs and c["doc_id"] not in shared_dev]
+    return held_out, dev, train
 
 
 def synthesize(
-    cfg: RagtuneConfig, run: RunDir, corpus: list[dict], eval_docs: set[str], dev_docs: set[str], labelled_eval: bool
+    cfg: RagtuneConfig,
+    run: RunDir,
+    corpus: list[dict],
+    eval_docs: set[str],
+    dev_docs: set[str],
+    labelled_eval: bool,
+    labelled_dev: bool,
 ) -> tuple[list[dict], dict]:
-    """Synthetic queries: held-out documents get enough for ``eval.min_queries``, training documents the rest.
+    """Synthetic queries: held-out documents get enough for ``eval.min_queries``, dev documents enough for
+    ``split.dev_min_queries`` (each only when no labelled question covers them), training documents the rest.
 
     Queries of held-out and dev documents pass the BM25 round trip, the others the base embedder's
     (:mod:`ragtune.stages.data.synthesize`). Returns the rows and the synth report, with the ``shares`` section that
-    says how many targets and kept queries each side got (:func:`ragtune.stages.data.targets.synthesize_shares`).
+    says how many targets and kept queries each share got (:func:`ragtune.stages.data.targets.synthesize_shares`).
     """
     from ragtune.stages.data.synthesize import synthesize_queries
 
@@ -193,21 +210,20 @@ def synthesize(
             score_block_mb=cfg.run.score_block_mb,
         )
 
-    held_pool, train_pool = synthesis_pools(corpus, eval_docs, labelled_eval, cfg.split.seed)
-    held, train, out = synthesize_shares(
-        held_pool,
-        train_pool,
-        cfg.synth.max_chunks,
-        cfg.eval.min_queries,
-        cfg.synth.held_out_yield,
-        cfg.synth.held_out_margin,
-        ask,
+    held_pool, dev_pool, train_pool = synthesis_pools(
+        corpus, eval_docs, dev_docs, labelled_eval, labelled_dev, cfg.split.seed
     )
+    measured = {"held_out": (held_pool, cfg.eval.min_queries), "dev": (dev_pool, cfg.split.dev_min_queries)}
+    shared, train, out = synthesize_shares(
+        measured, train_pool, cfg.synth.max_chunks, cfg.synth.held_out_yield, cfg.synth.held_out_margin, ask
+    )
+    held = shared["held_out"]
     # One query text on both sides would tie a training pair to an eval query: the held-out one is kept.
     seen = {q["text"].casefold() for q in held}
-    kept_train = [q for q in train if q["text"].casefold() not in seen]
-    report = {**out["report"], "shares": out["shares"], "dropped_across_split": len(train) - len(kept_train)}
-    report["shares"]["dev"] = {
+    on_train_docs = shared["dev"] + train
+    kept_train = [q for q in on_train_docs if q["text"].casefold() not in seen]
+    report = {**out["report"], "shares": out["shares"], "dropped_across_split": len(on_train_docs) - len(kept_train)}
+    report["shares"]["dev"] |= {
         "documents": len(dev_docs),
         "kept": sum(set(q["doc_ids"]) <= dev_docs for q in kept_train),
         "filter": "bm25" if bm25_round_trip_on(cfg.synth) else "none",
@@ -289,14 +305,15 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     eval_docs, has_labelled_eval = held_out_documents(cfg, docs, labelled)
 
     # 4. Rank the training documents for the stages' dev slices (a seeded stream of its own), then synthesize:
-    #    held-out documents just enough for eval (when nothing labelled is held out), training documents the
-    #    rest. Held-out and dev documents' queries pass a lexical round trip, never the base embedder's, which
-    #    eval and the promotion gates judge on them.
+    #    held-out documents just enough for eval (when nothing labelled is held out), dev documents just enough
+    #    for the gates (when no labelled question is on them), training documents the rest. Held-out and dev
+    #    documents' queries pass a lexical round trip, never the base embedder's, which eval and the gates judge.
     dev_ranks = rank_documents((d.doc_id for d in docs if d.doc_id not in eval_docs), cfg.run.seed)
     dev_docs = dev_documents(dev_ranks, cfg.split.dev_fraction)
+    labelled_dev = cfg.split.human_train and any(set(q["doc_ids"]) <= dev_docs for q in labelled)
     synthetic: list[dict] = []
     if cfg.synth.enabled:
-        synthetic, report["synth"] = synthesize(cfg, run, corpus, eval_docs, dev_docs, has_labelled_eval)
+        synthetic, report["synth"] = synthesize(cfg, run, corpus, eval_docs, dev_docs, has_labelled_eval, labelled_dev)
         if cfg.synth.llm.dry_run:
             raise DryRunFinished("synth.llm.dry_run is set: estimate printed above, nothing written")
 

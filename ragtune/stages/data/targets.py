@@ -1,20 +1,22 @@
-"""Which chunks synthesis asks about: held-out documents get just enough, training documents the rest.
+"""Which chunks synthesis asks about: the measuring shares get just enough, training documents the rest.
 
-With no labelled question held out, the eval split is made of synthetic queries of held-out documents. They
-need only ``eval.min_queries`` of them (plus a margin); every other target of ``synth.max_chunks`` is worth
-more on a training document, where its query becomes a training pair. So the held-out share is synthesized
-first, in rounds: the first round's size assumes ``synth.held_out_yield`` (kept queries per target chunk), each
-later round is sized by the yield the earlier rounds measured, until the held-out queries reach the goal or
-the held-out chunks run out. The training share takes what is left of the cap.
+With no labelled question, two slices are made of synthetic queries: the eval split (queries of held-out
+documents) and the dev slice the promotion gates read (queries of dev documents: held-out *training* documents,
+``split.dev_fraction``). Each needs only so many queries to measure (``eval.min_queries``,
+``split.dev_min_queries``, plus a margin); every other target of ``synth.max_chunks`` is worth more on a
+training document, where its query becomes a training pair. So the measuring shares are synthesized first, in
+rounds: the first round's size assumes ``synth.held_out_yield`` (kept queries per target chunk), each later
+round is sized by the yield measured so far, until the share reaches its goal or its chunks run out. The
+training share takes what is left of the cap.
 
 The order in which chunks are visited (:func:`document_round_robin`) comes from its
 own random stream, seeded apart from the one that chooses the held-out documents: with one shared stream the
 first documents visited would be exactly the held-out ones.
 
 Example:
-    >>> held_out_round_size(goal=30, kept=0, taken=0, prior_yield=0.4, margin=1.25)
+    >>> round_size(goal=30, kept=0, taken=0, prior_yield=0.4, margin=1.25)
     94
-    >>> held_out_round_size(goal=30, kept=20, taken=40, prior_yield=0.4, margin=1.25)
+    >>> round_size(goal=30, kept=20, taken=40, prior_yield=0.4, margin=1.25)
     25
 """
 
@@ -27,7 +29,7 @@ from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
-MAX_HELD_OUT_ROUNDS = 3  # a yield so low that three rounds miss the goal is reported, not chased
+MAX_SHARE_ROUNDS = 3  # a yield so low that three rounds miss a share's goal is reported, not chased
 MIN_MEASURED_YIELD = 0.05  # a round that kept (almost) nothing must not ask for the whole corpus next
 
 
@@ -74,13 +76,13 @@ def targets_stream(seed: int) -> str:
     return f"synthesis-targets/{seed}"
 
 
-def held_out_round_size(goal: int, kept: int, taken: int, prior_yield: float, margin: float) -> int:
-    """Held-out chunks to synthesize next so that ``goal`` queries are kept, at the yield measured so far.
+def round_size(goal: int, kept: int, taken: int, prior_yield: float, margin: float) -> int:
+    """A share's chunks to synthesize next so that ``goal`` queries are kept, at the yield measured so far.
 
     Args:
-        goal: held-out queries wanted (``eval.min_queries``).
-        kept: held-out queries kept by the rounds so far.
-        taken: held-out chunks asked about so far.
+        goal: the share's queries wanted (``eval.min_queries``, ``split.dev_min_queries``).
+        kept: its queries kept by the rounds so far.
+        taken: its chunks asked about so far.
         prior_yield: kept queries per chunk assumed before any round measured it.
         margin: factor on the chunks the yield says are needed (a round that falls short costs a round).
 
@@ -94,59 +96,98 @@ def held_out_round_size(goal: int, kept: int, taken: int, prior_yield: float, ma
     return math.ceil(missing * margin / max(measured, MIN_MEASURED_YIELD))
 
 
-def synthesize_shares(
-    held_out_pool: list[dict],
-    train_pool: list[dict],
-    cap: int | None,
+def fill_share(
+    name: str,
+    pool: list[dict],
     goal: int,
+    budget: int,
     prior_yield: float,
     margin: float,
     synthesize: Callable[[list[dict]], tuple[list[dict], dict]],
 ) -> tuple[list[dict], list[dict], dict]:
-    """Synthesize for held-out chunks until ``goal`` queries are kept, then for training chunks up to the cap.
+    """Synthesize for ``pool``'s chunks in rounds until ``goal`` queries are kept (or the pool, the budget or the
+    rounds run out).
 
     Args:
-        held_out_pool: held-out chunks in visiting order (empty when labelled questions are held out).
-        train_pool: training chunks in visiting order.
-        cap: ``synth.max_chunks`` over both shares (None: every training chunk, and held-out ones as needed).
-        goal: held-out queries wanted.
-        prior_yield, margin: see :func:`held_out_round_size`.
-        synthesize: chunks -> (query rows, synth report) (:func:`ragtune.stages.data.synthesize.synthesize_queries`).
+        name: the share's name, for the log.
+        pool: its chunks in visiting order.
+        goal: queries wanted.
+        budget: most chunks it may take (what is left of ``synth.max_chunks``).
+        prior_yield, margin: see :func:`round_size`.
+        synthesize: chunks -> (query rows, synth report).
 
     Returns:
-        (held-out rows, training rows, the shares' report: targets, kept and rounds per share).
+        (query rows, the rounds' synth reports, ``{"targets", "kept", "rounds", "goal"}``).
     """
-    total = cap if cap is not None else len(held_out_pool) + len(train_pool)
-    held_rows: list[dict] = []
+    rows: list[dict] = []
+    reports: list[dict] = []
     taken = rounds = 0
-    reports = []
-    while rounds < MAX_HELD_OUT_ROUNDS and taken < min(len(held_out_pool), total):
-        size = held_out_round_size(goal, len(held_rows), taken, prior_yield, margin)
-        size = min(size, len(held_out_pool) - taken, total - taken)
+    while rounds < MAX_SHARE_ROUNDS and taken < min(len(pool), budget):
+        size = round_size(goal, len(rows), taken, prior_yield, margin)
+        size = min(size, len(pool) - taken, budget - taken)
         if size <= 0:
             break
-        rows, report = synthesize(held_out_pool[taken : taken + size])
-        held_rows += rows
+        got, report = synthesize(pool[taken : taken + size])
+        rows += got
         reports.append(report)
         taken += size
         rounds += 1
-        logger.info("synthesis, held-out round %d: %d queries kept for %d chunks so far", rounds, len(held_rows), taken)
-    if held_out_pool and len(held_rows) < goal:
+        logger.info("synthesis, %s round %d: %d queries kept for %d chunks so far", name, rounds, len(rows), taken)
+    if pool and len(rows) < goal:
         logger.warning(
-            "synthesis: %d held-out queries for eval.min_queries %d (%d held-out chunks asked about, %d round(s))",
-            len(held_rows),
+            "synthesis: %d %s queries for a goal of %d (%d chunks asked about, %d round(s))",
+            len(rows),
+            name,
             goal,
             taken,
             rounds,
         )
-    train_targets = train_pool[: max(total - taken, 0)]
+    return rows, reports, {"targets": taken, "kept": len(rows), "rounds": rounds, "goal": goal if pool else 0}
+
+
+def synthesize_shares(
+    measured: dict[str, tuple[list[dict], int]],
+    train_pool: list[dict],
+    cap: int | None,
+    prior_yield: float,
+    margin: float,
+    synthesize: Callable[[list[dict]], tuple[list[dict], dict]],
+) -> tuple[dict[str, list[dict]], list[dict], dict]:
+    """Synthesize for the measuring shares until each keeps its goal, then for training chunks up to the cap.
+
+    The measuring shares (the held-out documents for the eval split, the dev documents for the promotion gates)
+    are filled in order. Their queries pass the same round trip, so a later share's first round is sized by the
+    yield an earlier one measured (``prior_yield`` until one has).
+
+    Args:
+        measured: share name -> (its chunks in visiting order, queries wanted); an empty pool skips the share.
+        train_pool: training chunks in visiting order.
+        cap: ``synth.max_chunks`` over every share (None: every training chunk, and measuring ones as needed).
+        prior_yield, margin: see :func:`round_size`.
+        synthesize: chunks -> (query rows, synth report) (:func:`ragtune.stages.data.synthesize.synthesize_queries`).
+
+    Returns:
+        (query rows per measuring share, training rows, ``{"shares": targets, kept, rounds and goal per share,
+        "report": the merged synth report}``).
+    """
+    total = cap if cap is not None else sum(len(pool) for pool, _ in measured.values()) + len(train_pool)
+    rows: dict[str, list[dict]] = {}
+    reports: list[dict] = []
+    shares: dict[str, dict] = {}
+    used = kept = 0
+    for name, (pool, goal) in measured.items():
+        yield_now = kept / used if used else prior_yield
+        rows[name], share_reports, shares[name] = fill_share(
+            name, pool, goal, total - used, yield_now, margin, synthesize
+        )
+        reports += share_reports
+        used += shares[name]["targets"]
+        kept += shares[name]["kept"]
+    train_targets = train_pool[: max(total - used, 0)]
     train_rows, train_report = synthesize(train_targets) if train_targets else ([], None)
-    shares = {
-        "held_out": {"targets": taken, "kept": len(held_rows), "rounds": rounds, "goal": goal if held_out_pool else 0},
-        "train": {"targets": len(train_targets), "kept": len(train_rows)},
-    }
+    shares["train"] = {"targets": len(train_targets), "kept": len(train_rows)}
     merged = merge_synth_reports([r for r in [*reports, train_report] if r is not None])
-    return held_rows, train_rows, {"shares": shares, "report": merged}
+    return rows, train_rows, {"shares": shares, "report": merged}
 
 
 def add_counts(a: dict, b: dict) -> dict:
