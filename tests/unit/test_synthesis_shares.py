@@ -1,6 +1,7 @@
 """The measuring shares of synthesis (held-out, dev) get just enough targets; training documents the rest."""
 
-from ragtune.stages.data.prepare import synthesis_pools
+from ragtune.pipeline.config import SplitConfig
+from ragtune.stages.data.prepare import dev_share_documents, synthesis_pools
 from ragtune.stages.data.targets import synthesize_shares
 
 
@@ -45,7 +46,18 @@ def test_an_empty_share_takes_nothing_and_the_cap_bounds_every_share() -> None:
 
 def test_dev_documents_are_their_own_share_only_without_labelled_questions_on_them() -> None:
     rows = [{"id": f"{d}{i}", "doc_id": d} for d in "abcd" for i in range(3)]
-    held, dev, train = synthesis_pools(rows, {"a"}, {"b"}, False, False, seed=3)
+    share = dev_share_documents(SplitConfig(), {"b"}, [])  # no labels
+    held, dev, train = synthesis_pools(rows, {"a"}, share, False, seed=3)
     assert {c["doc_id"] for c in dev} == {"b"} and {c["doc_id"] for c in train} == {"c", "d"}
-    held, dev, train = synthesis_pools(rows, {"a"}, {"b"}, True, True, seed=3)  # labelled: the demo's case
+    labelled = [{"doc_ids": ["a"]}, {"doc_ids": ["b"]}]  # the demo's case: labelled questions on both sides
+    held, dev, train = synthesis_pools(rows, {"a"}, dev_share_documents(SplitConfig(), {"b"}, labelled), True, seed=3)
     assert held == [] and dev == [] and {c["doc_id"] for c in train} == {"b", "c", "d"}
+    # Their labelled questions dropped (the no-labels mode), the dev documents get their share again.
+    assert dev_share_documents(SplitConfig(human_train=False), {"b"}, labelled) == {"b"}
+
+
+def test_dev_min_queries_0_leaves_the_dev_documents_in_the_round_robin() -> None:
+    rows = [{"id": f"{d}{i}", "doc_id": d} for d in "abcd" for i in range(3)]
+    share = dev_share_documents(SplitConfig(dev_min_queries=0), {"b"}, [])
+    _, dev, train = synthesis_pools(rows, {"a"}, share, False, seed=3)
+    assert dev == [] and {c["doc_id"] for c in train} == {"b", "c", "d"}

@@ -20,7 +20,7 @@ import logging
 import time
 from pathlib import Path
 
-from ragtune.pipeline.config import LLMConfig, RagtuneConfig
+from ragtune.pipeline.config import LLMConfig, RagtuneConfig, SplitConfig
 from ragtune.pipeline.dev_slice import assign_dev_ranks, dev_documents, rank_documents
 from ragtune.pipeline.entry import run_stage
 from ragtune.pipeline.llm import DryRunFinished
@@ -157,28 +157,43 @@ def held_out_documents(cfg: RagtuneConfig, docs: list, labelled: list[dict]) -> 
 
 
 def synthesis_pools(
-    corpus: list[dict], eval_docs: set[str], dev_docs: set[str], has_labelled_eval: bool, labelled_dev: bool, seed: int
+    corpus: list[dict], eval_docs: set[str], dev_share: set[str], has_labelled_eval: bool, seed: int
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """The held-out, dev and training chunks synthesis may ask about, each in its visiting order.
 
     Held-out chunks are a share of their own only when no labelled question is held out (their synthetic queries
-    are then the eval split), dev documents' chunks only when no labelled question is on them (their synthetic
-    queries are then the dev slice); otherwise they are visited with the training chunks. The order comes from a
-    stream of its own (:func:`ragtune.stages.data.targets.targets_stream`), never the one that chose the held-out
-    documents.
+    are then the eval split); the chunks of ``dev_share`` (the dev documents, when they get a share: see
+    :func:`dev_share_documents`) are the dev share; every other chunk of a training document is a training
+    target. The order comes from a stream of its own (:func:`ragtune.stages.data.targets.targets_stream`), never
+    the one that chose the held-out documents.
 
     Example:
         >>> rows = [{"id": f"{d}{i}", "doc_id": d} for d in "abc" for i in range(2)]
-        >>> held, dev, train = synthesis_pools(rows, {"a"}, {"b"}, False, False, seed=0)
+        >>> held, dev, train = synthesis_pools(rows, {"a"}, {"b"}, False, seed=0)
         >>> {c["doc_id"] for c in held}, {c["doc_id"] for c in dev}, {c["doc_id"] for c in train}
         ({'a'}, {'b'}, {'c'})
     """
     order = document_round_robin(corpus, targets_stream(seed))
     held_out = [] if has_labelled_eval else [c for c in order if c["doc_id"] in eval_docs]
-    shared_dev = set() if labelled_dev else dev_docs
-    dev = [c for c in order if c["doc_id"] in shared_dev]
-    train = [c for c in order if c["doc_id"] not in eval_docs and c["doc_id"] not in shared_dev]
+    dev = [c for c in order if c["doc_id"] in dev_share]
+    train = [c for c in order if c["doc_id"] not in eval_docs and c["doc_id"] not in dev_share]
     return held_out, dev, train
+
+
+def dev_share_documents(split: SplitConfig, dev_docs: set[str], labelled: list[dict]) -> set[str]:
+    """The dev documents when they get a synthesis share of their own, else none.
+
+    They do when ``split.dev_min_queries`` > 0 and no labelled question on them is trained on (with one, the dev
+    slice has human questions and the dev documents are visited with the other training documents).
+
+    Example:
+        >>> sorted(dev_share_documents(SplitConfig(), {"b"}, [{"doc_ids": ["a"]}]))
+        ['b']
+        >>> dev_share_documents(SplitConfig(), {"b"}, [{"doc_ids": ["b"]}])
+        set()
+    """
+    labelled_dev = split.human_train and any(set(q["doc_ids"]) <= dev_docs for q in labelled)
+    return set() if labelled_dev or split.dev_min_queries == 0 else dev_docs
 
 
 def synthesize(
@@ -188,7 +203,7 @@ def synthesize(
     eval_docs: set[str],
     dev_docs: set[str],
     labelled_eval: bool,
-    labelled_dev: bool,
+    dev_share: set[str],
 ) -> tuple[list[dict], dict]:
     """Synthetic queries: held-out documents get enough for ``eval.min_queries``, dev documents enough for
     ``split.dev_min_queries`` (each only when no labelled question covers them), training documents the rest.
@@ -210,9 +225,7 @@ def synthesize(
             score_block_mb=cfg.run.score_block_mb,
         )
 
-    held_pool, dev_pool, train_pool = synthesis_pools(
-        corpus, eval_docs, dev_docs, labelled_eval, labelled_dev, cfg.split.seed
-    )
+    held_pool, dev_pool, train_pool = synthesis_pools(corpus, eval_docs, dev_share, labelled_eval, cfg.split.seed)
     measured = {"held_out": (held_pool, cfg.eval.min_queries), "dev": (dev_pool, cfg.split.dev_min_queries)}
     shared, train, out = synthesize_shares(
         measured, train_pool, cfg.synth.max_chunks, cfg.synth.held_out_yield, cfg.synth.held_out_margin, ask
@@ -310,10 +323,10 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     #    documents' queries pass a lexical round trip, never the base embedder's, which eval and the gates judge.
     dev_ranks = rank_documents((d.doc_id for d in docs if d.doc_id not in eval_docs), cfg.run.seed)
     dev_docs = dev_documents(dev_ranks, cfg.split.dev_fraction)
-    labelled_dev = cfg.split.human_train and any(set(q["doc_ids"]) <= dev_docs for q in labelled)
+    dev_share = dev_share_documents(cfg.split, dev_docs, labelled)
     synthetic: list[dict] = []
     if cfg.synth.enabled:
-        synthetic, report["synth"] = synthesize(cfg, run, corpus, eval_docs, dev_docs, has_labelled_eval, labelled_dev)
+        synthetic, report["synth"] = synthesize(cfg, run, corpus, eval_docs, dev_docs, has_labelled_eval, dev_share)
         if cfg.synth.llm.dry_run:
             raise DryRunFinished("synth.llm.dry_run is set: estimate printed above, nothing written")
 
