@@ -244,13 +244,14 @@ class SynthConfig(Section):
         gt=0,
         le=1,
         description="Kept queries per chunk assumed when sizing the first round of held-out synthesis (used only "
-        "when no labelled question is held out); later rounds use the yield measured so far.",
+        "when no labelled question is held out), or of the dev share when there is no held-out share; later "
+        "rounds, and a dev share after a held-out one, use the yield measured so far.",
     )
     held_out_margin: float = Field(
         1.25,
         ge=1,
-        description="Factor on the held-out chunks the yield says eval.min_queries needs (a round that falls "
-        "short costs another round).",
+        description="Factor on the chunks the yield says eval.min_queries (held-out share) or "
+        "split.dev_min_queries (dev share) needs (a round that falls short costs another round).",
     )
     prompt: str | None = Field(
         None, description="Path to a prompt template replacing the built-in one ({examples}, {passage}, {n})."
