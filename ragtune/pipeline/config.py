@@ -622,7 +622,22 @@ class RaftConfig(Section):
         "promotion gate serves the tuned one only if its dev F1 is higher (split like embed.dev_fraction; 0: none).",
     )
     quote_sentences: int = Field(2, ge=1, description="Extractive teacher: oracle sentences to quote.")
-    max_samples: int | None = Field(None, ge=1, description="Cap on RAFT samples built (null: every train question).")
+    max_samples: int | None = Field(
+        None, ge=1, description="Cap on RAFT samples built from train questions (null: every train question)."
+    )
+    synthetic_qa: int = Field(
+        0,
+        ge=0,
+        description="Chunks of training documents (none that an eval or dev question cites) asked for one question "
+        "with a short answer each, written by raft.qa_writer; an answer must be a verbatim span of its chunk. The "
+        "pairs that pass become RAFT samples beside the train questions, past raft.max_samples (0: none).",
+    )
+    qa_writer: LLMConfig = Field(
+        default_factory=LLMConfig,
+        description="Who writes raft.synthetic_qa's pairs. extractive: cloze questions, no LLM (a sentence of the "
+        "chunk with one answer-like span, a command, a number and its unit or a name, replaced by 'what'); local or "
+        "openai: the LLM reads the chunk and copies the answer from it.",
+    )
     teacher: LLMConfig = Field(
         default_factory=LLMConfig, description="The LLM backend that writes the chain-of-thought answers."
     )

@@ -23,11 +23,11 @@ from typing import Any
 
 from ragtune.pipeline.components import load_reranker
 from ragtune.pipeline.config import AssembleConfig, RagtuneConfig
-from ragtune.pipeline.dev_slice import split_dev_queries
+from ragtune.pipeline.dev_slice import dev_documents, split_dev_queries
 from ragtune.pipeline.entry import run_stage
 from ragtune.pipeline.extractive import ExtractiveAnswerer
 from ragtune.pipeline.llm import make_backend
-from ragtune.pipeline.pseudo_queries import inverse_cloze_queries
+from ragtune.pipeline.pseudo_queries import held_out_documents, inverse_cloze_queries
 from ragtune.pipeline.raft_format import build_messages, quote_then_answer
 from ragtune.pipeline.retrieval import DenseRetriever, Reranker, load_fusion_weight, rerank
 from ragtune.pipeline.rundir import (
@@ -43,6 +43,7 @@ from ragtune.pipeline.rundir import (
     is_main_process,
     read_jsonl,
 )
+from ragtune.stages.raft.qa_pairs import write_qa_pairs
 from ragtune.stages.raft.teacher import (
     MALFORMED,
     REPAIRED,
@@ -194,12 +195,19 @@ CONFIG_SECTIONS = (
     "raft.distractor_pool",
     "raft.quote_sentences",
     "raft.max_samples",
+    "raft.synthetic_qa",
+    "raft.qa_writer",
     "raft.dev_fraction",
     "raft.teacher",
     "assemble.top_k",
     "assemble.top_n",
 )
-NOT_CHANGING_THE_DATA = ("raft.teacher.dry_run", "raft.teacher.concurrency")
+NOT_CHANGING_THE_DATA = (
+    "raft.teacher.dry_run",
+    "raft.teacher.concurrency",
+    "raft.qa_writer.dry_run",
+    "raft.qa_writer.concurrency",
+)
 
 
 def served_prompts(
@@ -266,6 +274,22 @@ def select_questions(
     if not train:
         raise ValueError(f"raft: {source} has no train-split question and the corpus no sentence to ask")
     return train, dev
+
+
+def synthetic_pairs(
+    cfg: RagtuneConfig, run: RunDir, corpus: list[dict], queries: list[dict]
+) -> tuple[list[dict], dict | None]:
+    """``raft.synthetic_qa``'s checked question-answer pairs (:mod:`ragtune.stages.raft.qa_pairs`) over chunks of
+    documents that no eval question cites and that are outside RAFT's dev documents; ``([], None)`` when it is 0."""
+    if not cfg.raft.synthetic_qa:
+        return [], None
+    ranks = {d: r for q in queries if q["split"] == "train" for d, r in q.get("dev_rank", {}).items()}
+    excluded = held_out_documents(queries, []) | dev_documents(ranks, cfg.raft.dev_fraction)
+    rows, report = write_qa_pairs(
+        cfg.raft.qa_writer, corpus, excluded, cfg.raft.synthetic_qa, cfg.run.seed, run.path(RAFT_TEACHER_CACHE)
+    )
+    logger.info("raft: %d of %d chunks gave a checked question-answer pair (%s)", len(rows), report["chunks"], report)
+    return rows, report
 
 
 @dataclass
@@ -369,14 +393,17 @@ def build_report(
     contexts: list[RaftContext],
     teacher_counts: dict[str, int],
     teacher: TeacherAnswers,
+    qa_report: dict | None = None,
 ) -> dict:
     """``raft/report.json``: where the samples come from, the oracle share, the distractors, the teacher."""
     with_oracle = sum(r["has_oracle"] for r in rows)
     origin_of = {q["qid"]: q.get("origin", "human") for q in train}
     return {
         "train_questions": len(train),
-        # where the samples' questions come from: human (labelled) or synthetic (the data stage's generator)
+        # where the samples' questions come from: human (labelled), synthetic (the data stage's generator),
+        # synthetic_qa (raft.synthetic_qa's checked pairs) or inverse_cloze (the fallback)
         "sources": dict(Counter(origin_of[r["qid"]] for r in rows)),
+        "synthetic_qa": qa_report,
         "eval_questions_excluded": sum(q["split"] != "train" for q in queries),
         "samples": len(rows),
         "dev_questions": len(pools.dev_rows),
@@ -430,6 +457,9 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     queries = read_jsonl(data["queries"])
     texts = {c["id"]: c["text"] for c in corpus}
     train, dev = select_questions(cfg, corpus, queries, data["queries"])
+    # Beside the train questions: raft.synthetic_qa's question-answer pairs, each answer a span of its chunk.
+    qa_rows, qa_report = synthetic_pairs(cfg, run, corpus, queries)
+    train += qa_rows
 
     # 2. Retrieve a pool with the tuned embedder, rerank it with the tuned reranker (one batched call).
     pools = rank_pools(cfg, run, corpus, train, dev, texts)
@@ -457,7 +487,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     rows = sample_rows(kept, texts)
 
     # 6. Write the samples and the report, then the manifest entry.
-    report = build_report(cfg, train, queries, rows, pools, contexts, teacher_counts, teacher)
+    report = build_report(cfg, train, queries, rows, pools, contexts, teacher_counts, teacher, qa_report)
     atomic_write_jsonl(run.path(RAFT_TRAIN_DATA), rows)
     atomic_write_jsonl(run.path(RAFT_DEV_DATA), pools.dev_rows)
     atomic_write_text(run.path(RAFT_REPORT), json.dumps(report, indent=2))
