@@ -9,7 +9,8 @@ given (the recipe), then trains the LoRA for ``--steps`` steps. Before the first
 steps it answers RAFT's own dev questions (``raft/dev.jsonl``: train-split questions of held-out train
 documents, over the context serving gives them; never eval questions) greedily with the adapter as it is, and
 records per checkpoint: answer token-F1 against the reference, format compliance, quote precision (over answers
-that quote), oracle citation, abstention, and the mean training loss since the last checkpoint. The extractive
+that quote), oracle citation, abstention, the final answers' mean length in words, and the mean training loss
+since the last checkpoint. The extractive
 answerer's F1 on the same questions is printed beside, as the bar to clear. Rows go to ``--out`` (default
 ``<run>/raft/curve.jsonl``) and a table is printed.
 """
@@ -73,6 +74,7 @@ def score_dev(answers: list[str], rows: list[dict], contexts: list[list[str]], p
         "quote_precision": mean_defined([quote_precision(q, c) for q, c in zip(quotes, contexts, strict=True)]),
         "oracle_citation": sum(oracle_citation(q, p) for q, p in zip(quotes, positives, strict=True)) / n,
         "abstain": sum(abstained(a) for a in answers) / n,
+        "answer_words": sum(len(final_answer(a).split()) for a in answers) / n,
     }
 
 
@@ -108,6 +110,7 @@ def main() -> None:
     contexts = [[texts[c] for c in r["chunk_ids"]] for r in rows]
     positives = [[texts[c] for c in positives_of[r["qid"]]] for r in rows]
     extractive = sum(token_f1(final_answer(r["extractive"]), r["answer"]) for r in rows) / len(rows)
+    reference_words = sum(len(r["answer"].split()) for r in rows) / len(rows)
 
     # 2. The trainer, with a callback that answers the dev questions at each checkpoint.
     raft = cfg.raft.model_copy(update={"max_steps": args.steps})
@@ -159,14 +162,14 @@ def main() -> None:
     recipe = {"overrides": args.overrides, "samples": info["samples"], "sample_tokens": info["sample_tokens"]}
     out.write_text("".join(json.dumps(recipe | r) + "\n" for r in curve), encoding="utf-8")
     print(f"\n{' '.join(args.overrides)}: {info['samples']} samples, {len(rows)} dev questions, extractive F1 "
-          f"{extractive:.3f}")  # fmt: skip
-    print("| step | train loss | F1 | format | quote precision | oracle citation | abstain | train s |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{extractive:.3f}, reference answers {reference_words:.1f} words")  # fmt: skip
+    print("| step | train loss | F1 | format | quote precision | oracle citation | abstain | answer words | train s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in curve:
         qp = "–" if r["quote_precision"] is None else f"{r['quote_precision']:.2f}"
         loss = "–" if r["train_loss"] is None else f"{r['train_loss']:.3f}"
         print(f"| {r['step']} | {loss} | {r['f1']:.3f} | {r['format']:.2f} | {qp} | {r['oracle_citation']:.2f} | "
-              f"{r['abstain']:.2f} | {r['train_s']:.0f} |")  # fmt: skip
+              f"{r['abstain']:.2f} | {r['answer_words']:.1f} | {r['train_s']:.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

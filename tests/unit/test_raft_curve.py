@@ -27,6 +27,7 @@ def test_dev_figures_of_one_checkpoint(curve) -> None:
     assert figures["quote_precision"] == pytest.approx((1.0 + 0.5) / 2)  # over the answers that quote
     assert figures["oracle_citation"] == pytest.approx(2 / 3)
     assert figures["abstain"] == pytest.approx(1 / 3)
+    assert figures["answer_words"] == pytest.approx((2 + 1 + 8) / 3)  # the final answers' words
 
 
 def test_the_finished_stages_are_copied_once(curve, tmp_path: Path) -> None:
