@@ -81,11 +81,10 @@ def answer_spans(sentence: str) -> list[tuple[int, int, str]]:
     """
     spans = []
     for match in _ANSWER_LIKE.finditer(sentence):
-        start, end = match.span()
-        text = match.group("code") or match.group(0).rstrip(".,:;/-")
-        end = start + len(match.group(0).rstrip(".,:;/-")) if not match.group("code") else end
+        code = match.group("code")
+        text = code or match.group(0).rstrip(".,:;/-")
         if words(text):
-            spans.append((start, end, text))
+            spans.append((match.start(), match.end() if code else match.start() + len(text), text))
     return spans
 
 
