@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ragtune.pipeline.components import Components, resolve_components
@@ -36,6 +37,24 @@ BUILTIN_CONFIGURATIONS: dict[str, dict[str, str | None]] = {
     "extractive": {"embedder": "tuned", "reranker": "tuned", "generator": "extractive"},
     "full": {"embedder": "tuned", "reranker": "tuned", "generator": "tuned"},
 }
+
+# The configurations whose answers the generation verdicts read (eval.generation_configurations: null): plain RAG end
+# to end, the base generator over the tuned retrieval, the extractive answerer and the tuned generator.
+ANSWERED_BY_DEFAULT = ("rag_only", "embed_rerank", "extractive", "full")
+
+
+def answered_names(names: list[str], listed: list[str] | None, custom: Iterable[str]) -> list[str]:
+    """The configurations among ``names`` whose answers are generated (``eval.generation_configurations``).
+
+    Example:
+        >>> names = ["rag_only", "rag_hybrid", "embed", "embed_rerank", "extractive", "full", "mine"]
+        >>> answered_names(names, None, ["mine"])
+        ['rag_only', 'embed_rerank', 'extractive', 'full', 'mine']
+        >>> answered_names(names, ["embed", "full"], ["mine"])
+        ['embed', 'full']
+    """
+    wanted = {*ANSWERED_BY_DEFAULT, *custom} if listed is None else set(listed)
+    return [n for n in names if n in wanted]
 
 
 def configuration_choices(cfg: RagtuneConfig) -> dict[str, AssembleConfig]:
@@ -73,6 +92,7 @@ class Plan:
     components: dict[str, Components] = field(default_factory=dict)
     choices: dict[str, AssembleConfig] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    answered: list[str] = field(default_factory=list)  # the configurations whose answers are generated
 
     @property
     def names(self) -> list[str]:
@@ -98,10 +118,12 @@ def plan_configurations(cfg: RagtuneConfig, run: RunDir, generation: bool) -> Pl
     """
     plan = Plan()
     components, choices, skipped = plan.components, plan.choices, plan.skipped
-    for name, choice in configuration_choices(cfg).items():
+    all_choices = configuration_choices(cfg)
+    answered = set(answered_names(list(all_choices), cfg.eval.generation_configurations, cfg.eval.custom))
+    for name, choice in all_choices.items():
         try:
             choice = resolve_auto(choice, run, cfg.gpl.enabled)  # what each auto serves, retrieval mode included
-            comp = resolve_components(cfg, run, choice, need_generator=generation)
+            comp = resolve_components(cfg, run, choice, need_generator=generation and name in answered)
         except StageInputError as e:
             skipped[name] = str(e)
             logger.warning("eval: skipping configuration %r: %s", name, e)
@@ -117,6 +139,7 @@ def plan_configurations(cfg: RagtuneConfig, run: RunDir, generation: bool) -> Pl
         components[name], choices[name] = comp, choice
     if BASELINE not in components:
         raise StageInputError(f"eval: the baseline configuration {BASELINE!r} cannot run: {skipped.get(BASELINE)}")
+    plan.answered = [n for n in components if generation and n in answered]
     return plan
 
 

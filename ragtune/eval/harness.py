@@ -9,7 +9,9 @@ rag_only (base embedder, no reranker, base generator), embed (+ tuned embedder),
 (+ tuned reranker), extractive (embed_rerank's context answered by its best-matching sentence, no LLM: the
 floor every generator is compared with), full (+ RAFT generator), and any combination named in ``eval.custom``. A
 configuration whose tuned component's stage has not run is skipped with a logged note, so eval works
-after any subset of stages.
+after any subset of stages. Answers are generated for the configurations ``eval.generation_configurations`` names
+(by default the ones the generation verdicts read: rag_only, embed_rerank, extractive, full and the custom ones);
+the others are scored on retrieval alone.
 
 The steps live in their own modules: which configurations and queries (:mod:`ragtune.eval.configurations`),
 batched retrieval and reranking (:mod:`ragtune.eval.rankings`), answers and their scores (:mod:`ragtune.eval.answers`:
@@ -191,15 +193,15 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     baseline_recall = human_recall(queries, rankings[BASELINE].ranked, doc_of)
     latency = {name: {"retrieval_ms": 1000 * rankings[name].seconds / len(queries)} for name in names}
 
-    # 5. Generate (batched, per generator) with and without the evidence, and the forgetting check's questions
-    #    while each generator is loaded; score, ask the judge.
+    # 5. Generate (batched, per generator) with and without the evidence for the answered configurations, and the
+    #    forgetting check's questions while each generator is loaded; score, ask the judge.
     judge_usage = forgetting = None
     if held.generation:
-        ranked = {name: rankings[name].ranked for name in names}
+        ranked = {name: rankings[name].ranked for name in plan.answered}
         general = general_questions(cfg, plan)
         answers, generation_ms = generate_answers(
-            plan.components,
-            plan.choices,
+            {name: plan.components[name] for name in plan.answered},
+            {name: plan.choices[name] for name in plan.answered},
             queries,
             held.answered,
             ranked,
@@ -210,11 +212,11 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         )
         forgetting = check_forgetting(cfg, general, loader)
         loader.release_generators()
-        for name in names:
+        for name in plan.answered:
             latency[name]["generation_ms"] = generation_ms[name]
             score_answers(rows[name], answers[name], queries, ranked[name], chunks, plan.choices[name].top_n)
         if cfg.eval.judge is not None:
-            judge_usage = judge_answers(cfg, run, queries, held.answered, names, rows)
+            judge_usage = judge_answers(cfg, run, queries, held.answered, plan.answered, rows)
     for name in names:
         latency[name]["total_ms"] = sum(latency[name].values())
 
@@ -225,7 +227,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
     samples = cfg.eval.bootstrap_samples
     configurations = {
         name: configuration_entry(
-            plan, name, held.generation, loader, *summarize(rows[name], metrics, samples, seed), latency[name]
+            plan, name, name in plan.answered, loader, *summarize(rows[name], metrics, samples, seed), latency[name]
         )
         for name in names
     }
@@ -369,7 +371,7 @@ def general_questions(cfg: RagtuneConfig, plan: Plan) -> GeneralQuestions | None
     Returns:
         None when it is off or no evaluated configuration uses a tuned generator.
     """
-    keys = [plan.components[name].generator_key for name in plan.names]
+    keys = [plan.components[name].generator_key for name in plan.answered]
     keys = [k for k in keys if k[0] != EXTRACTIVE]  # the extractive answerer has no knowledge to forget
     tuned = next((k for k in keys if k[1] is not None or k[0] != keys[0][0]), None)
     if not cfg.eval.forgetting or tuned is None:

@@ -761,6 +761,14 @@ class EvalConfig(Section):
     generation_batch_size: int = Field(
         8, ge=1, description="Prompts per left-padded generate() call when the harness generates answers."
     )
+    generation_configurations: list[str] | None = Field(
+        None,
+        description="The configurations whose answers are generated and scored (the others get retrieval metrics "
+        "alone). null: the ones the generation verdicts read (rag_only: plain RAG end to end; embed_rerank: the "
+        "base generator over the tuned retrieval; extractive; full) and every custom configuration. The other "
+        "built-ins differ from these in retrieval alone, which their retrieval metrics judge; each answered "
+        "configuration costs two generation passes (with and without the evidence), the slow part on CPU.",
+    )
     bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the bootstrap intervals.")
     min_queries: int = Field(
         30,
@@ -783,6 +791,17 @@ class EvalConfig(Section):
         "bundled set of 40 questions written by the team).",
     )
     forgetting_max_new_tokens: int = Field(24, ge=1, description="Completion cap of a forgetting-check answer.")
+
+    @model_validator(mode="after")
+    def _answered_configurations_exist(self) -> EvalConfig:
+        known = {*self.configurations, *self.custom}
+        unknown = [n for n in self.generation_configurations or () if n not in known]
+        if unknown:
+            raise ValueError(
+                f"eval.generation_configurations: {', '.join(map(repr, unknown))} not in eval.configurations or "
+                "eval.custom"
+            )
+        return self
 
 
 class RagtuneConfig(Section):

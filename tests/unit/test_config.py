@@ -83,6 +83,13 @@ def test_a_runs_resolved_config_written_before_the_move_still_loads(tmp_path: Pa
     assert load_config(old, resolved=True).rerank.cross_encoder.loss == "lambda"
 
 
+def test_an_answered_configuration_must_be_one_eval_compares() -> None:
+    with pytest.raises(ConfigError, match=r"eval\.generation_configurations: 'ful' not in eval\.configurations"):
+        load_config(Path("configs/tiny.yaml"), ["eval.generation_configurations=[rag_only, ful]"])
+    cfg = load_config(Path("configs/tiny.yaml"), ["eval.generation_configurations=[embed]"])
+    assert cfg.eval.generation_configurations == ["embed"]
+
+
 def test_a_misspelled_trainer_key_gets_a_did_you_mean() -> None:
     from transformers import TrainingArguments
 
