@@ -91,3 +91,25 @@ def final_answer(generation: str) -> str:
     """
     parsed = parse_answer(generation)
     return parsed.answer if parsed.well_formed or parsed.answer else generation
+
+
+def best_span(text: str, reference: str) -> tuple[str, float]:
+    """The run of whole words of ``text`` with the highest token F1 against ``reference`` (the shortest on a tie).
+
+    How a free-form reference answer becomes an extractive one (the span a reader model is trained to point at).
+
+    Example:
+        >>> best_span("The pool runs 24 workers and can go to 64 on request.", "24 workers, up to 64")
+        ('24 workers and can go to 64', 0.6666666666666666)
+        >>> best_span("Nothing in common.", "40 minutes")
+        ('', 0.0)
+    """
+    words = text.split()
+    best, best_f1 = "", 0.0
+    for length in range(1, len(words) + 1):
+        for start in range(len(words) - length + 1):
+            span = " ".join(words[start : start + length])
+            f1 = token_f1(span, reference)
+            if f1 > best_f1:
+                best, best_f1 = span, f1
+    return best, best_f1

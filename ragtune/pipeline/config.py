@@ -607,10 +607,12 @@ class RaftConfig(Section):
     no_oracle_target: Literal["memory", "abstain"] = Field(
         "abstain", description="Target when the oracle is left out: answer from memory (paper) or abstain."
     )
-    target: Literal["reasoning", "quote_answer"] = Field(
+    target: Literal["reasoning", "quote_answer", "quote_span"] = Field(
         "reasoning",
         description="Form of the target answer: reasoning (the teacher's reasoning around its verified quotes, "
-        "then the answer) or quote_answer (the verified quotes alone, then the answer: fewer tokens to learn).",
+        "then the answer), quote_answer (the verified quotes alone, then the answer: fewer tokens to learn) or "
+        "quote_span (the verified quotes, then the run of their words closest to the answer by token F1: an "
+        "answer copied from the quote, not paraphrased; a quote sharing no word with the answer keeps the answer).",
     )
     distractor_pool: int = Field(20, ge=1, description="Retrieve this many candidates to draw hard distractors from.")
     dev_fraction: float = Field(

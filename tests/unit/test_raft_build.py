@@ -113,6 +113,26 @@ def test_quote_answer_targets_keep_the_verified_quotes_and_the_answer_only() -> 
     assert all(parse_answer(target).well_formed for _, target in kept)
 
 
+def test_quote_span_targets_answer_with_the_words_of_the_quote_closest_to_the_answer() -> None:
+    texts = {"c0": "By default the grace period is 40 minutes, then the job fails.", "c1": "Other text."}
+    contexts = [
+        RaftContext("span", "q", "x", ["c0"], ["c0", "c1"], has_oracle=True),
+        RaftContext("apart", "q", "x", ["c0"], ["c0", "c1"], has_oracle=True),
+        RaftContext("none", "q", "x", ["c0"], ["c1"], has_oracle=False),
+    ]
+    quote = "By default the grace period is 40 minutes, then the job fails."
+    teacher = {
+        "span": format_answer("It says", [quote], "Forty minutes (40 minutes) by default."),
+        "apart": format_answer("It says", [quote], "Ask the on-call lead."),  # no word shared: the answer stays
+    }
+    kept, _ = build_targets(contexts, teacher, texts, "abstain", "quote_span")
+    parsed = [parse_answer(target) for _, target in kept]
+    assert parsed[0].quotes == [quote] and parsed[0].answer == "By default the grace period is 40 minutes,"
+    assert parsed[0].answer in quote and kept[0][1].startswith("##Reason: ##begin_quote##")  # no prose
+    assert parsed[1].answer == "Ask the on-call lead."
+    assert parsed[2].answer == ABSTAIN_ANSWER and parsed[2].quotes == []
+
+
 def test_build_hash_ignores_training_settings(tmp_path: Path) -> None:
     def build_config_hash(cfg: RagtuneConfig) -> str:
         return RunDir(tmp_path).freshness(cfg, CONFIG_SECTIONS, exclude=NOT_CHANGING_THE_DATA)[0]

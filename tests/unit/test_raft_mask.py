@@ -6,13 +6,15 @@ import pytest
 
 from ragtune.pipeline.config import RaftConfig
 from ragtune.pipeline.raft_format import build_messages, format_answer, quote_then_answer
+from ragtune.stages.raft.build import quote_then_span
 from ragtune.stages.raft.train import build_trainer
 
 IGNORE = -100
-REASONING = format_answer("The runbook says:", ["The grace period is 40 minutes."], "40 minutes")
+REASONING = format_answer("The runbook says:", ["The grace period is 40 minutes."], "Forty: 40 minutes")
+TARGETS = [REASONING, quote_then_answer(REASONING), quote_then_span(REASONING)]
 
 
-@pytest.mark.parametrize("answer", [REASONING, quote_then_answer(REASONING)], ids=["reasoning", "quote_answer"])
+@pytest.mark.parametrize("answer", TARGETS, ids=["reasoning", "quote_answer", "quote_span"])
 def test_labels_cover_exactly_the_completion_tokens(answer: str, tiny_llama_dir: Path, tmp_path: Path) -> None:
     sample = {
         "prompt": build_messages("default grace period?", ["The grace period is 40 minutes by default.", "x"]),

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ragtune.pipeline.answer_metrics import best_span
 from ragtune.pipeline.components import load_reranker
 from ragtune.pipeline.config import AssembleConfig, RagtuneConfig
 from ragtune.pipeline.dev_slice import dev_documents, split_dev_queries
@@ -28,7 +29,7 @@ from ragtune.pipeline.entry import run_stage
 from ragtune.pipeline.extractive import ExtractiveAnswerer
 from ragtune.pipeline.llm import make_backend
 from ragtune.pipeline.pseudo_queries import held_out_documents, inverse_cloze_queries
-from ragtune.pipeline.raft_format import build_messages, quote_then_answer
+from ragtune.pipeline.raft_format import build_messages, format_answer, parse_answer, quote_then_answer
 from ragtune.pipeline.retrieval import DenseRetriever, Reranker, load_fusion_weight, rerank
 from ragtune.pipeline.rundir import (
     EMBEDDING_CACHE,
@@ -139,6 +140,27 @@ def choose_contexts(
     return contexts
 
 
+def quote_then_span(target: str) -> str:
+    """A target as :func:`~ragtune.pipeline.raft_format.quote_then_answer` writes it, whose final answer is the span
+    of its quotes that best matches the answer (:func:`~ragtune.pipeline.answer_metrics.best_span`): an answer the
+    generator copies from its own quote. A target whose quotes share no word with its answer (or that has no quotes:
+    an abstention) keeps its answer.
+
+    Example:
+        >>> quote_then_span("##Reason: See ##begin_quote##The grace period is 40 min in total.##end_quote##\\n"
+        ...                 "##Answer: Forty: 40 min")
+        '##Reason: ##begin_quote##The grace period is 40 min in total.##end_quote##\\n##Answer: 40 min'
+    """
+    parsed = parse_answer(target)
+    spans = [best_span(quote, parsed.answer) for quote in parsed.quotes]
+    span, f1 = max(spans, key=lambda s: s[1], default=("", 0.0))
+    return format_answer("", parsed.quotes, span if f1 > 0 else parsed.answer)
+
+
+# raft.target: how a verified teacher answer becomes the student's target.
+TARGET_FORMS = {"reasoning": lambda target: target, "quote_answer": quote_then_answer, "quote_span": quote_then_span}
+
+
 def build_targets(
     contexts: Sequence[RaftContext],
     teacher_completions: dict[str, str | None],
@@ -153,8 +175,9 @@ def build_targets(
         teacher_completions: qid -> the teacher's answer given the oracle (None: the call failed).
         texts: chunk id -> text.
         no_oracle_mode: ``abstain`` or ``memory`` (``raft.no_oracle_target``).
-        form: ``reasoning`` (the teacher's reasoning kept) or ``quote_answer`` (the verified quotes alone, then
-            the answer: :func:`ragtune.pipeline.raft_format.quote_then_answer`), ``raft.target``.
+        form: ``reasoning`` (the teacher's reasoning kept), ``quote_answer`` (the verified quotes alone, then
+            the answer: :func:`ragtune.pipeline.raft_format.quote_then_answer`) or ``quote_span`` (the quotes, then
+            the span of them closest to the answer: :func:`quote_then_span`), ``raft.target``.
 
     Returns:
         ``(kept, counts)``: the (context, target) pairs kept, and counts of ``valid``, ``repaired``,
@@ -183,7 +206,7 @@ def build_targets(
             target = no_oracle_target(completion, no_oracle_mode)
             counts["no_oracle_kept" if target else "no_oracle_dropped"] += 1
         if target is not None:
-            kept.append((ctx, quote_then_answer(target) if form == "quote_answer" else target))
+            kept.append((ctx, TARGET_FORMS[form](target)))
     return kept, dict(counts)
 
 
