@@ -10,9 +10,8 @@ steps it answers RAFT's own dev questions (``raft/dev.jsonl``: train-split quest
 documents, over the context serving gives them; never eval questions) greedily with the adapter as it is, and
 records per checkpoint: answer token-F1 against the reference, format compliance, quote precision (over answers
 that quote), oracle citation, abstention, the final answers' mean length in words, and the mean training loss
-since the last checkpoint. The extractive
-answerer's F1 on the same questions is printed beside, as the bar to clear. Rows go to ``--out`` (default
-``<run>/raft/curve.jsonl``) and a table is printed.
+since the last checkpoint. The extractive answerer's F1 on the same questions is printed beside, as the bar to
+clear. Rows go to ``--out`` (default ``<run>/raft/curve.jsonl``) and a table is printed.
 """
 
 from __future__ import annotations
