@@ -11,7 +11,10 @@ documents, over the context serving gives them; never eval questions) greedily w
 records per checkpoint: answer token-F1 against the reference, format compliance, quote precision (over answers
 that quote), oracle citation, abstention, the final answers' mean length in words, and the mean training loss
 since the last checkpoint. The extractive answerer's F1 on the same questions is printed beside, as the bar to
-clear. Rows go to ``--out`` (default ``<run>/raft/curve.jsonl``) and a table is printed.
+clear. With ``--guided`` each checkpoint also answers with the extractive answerer's sentence prefilled as the
+quote (``##Reason: ##begin_quote##…##end_quote##`` then ``##Answer:``), so the generator writes the final answer
+alone: F1 and answer length of that reading go in ``guided_f1`` and ``guided_answer_words``. Rows go to ``--out``
+(default ``<run>/raft/curve.jsonl``) and a table is printed.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ragtune.pipeline.config import load_config  # noqa: E402
 from ragtune.pipeline.generator import generate_batched  # noqa: E402
 from ragtune.pipeline.models import resolve_model  # noqa: E402
 from ragtune.pipeline.precision import bf16_training  # noqa: E402
-from ragtune.pipeline.raft_format import parse_answer  # noqa: E402
+from ragtune.pipeline.raft_format import ANSWER_TAG, parse_answer  # noqa: E402
 from ragtune.pipeline.rundir import (  # noqa: E402
     CONFIG_RESOLVED,
     DATA_CORPUS,
@@ -63,6 +66,18 @@ def copy_stages(source: Path, target: Path) -> None:
             shutil.copy2(source / name, target / name)
 
 
+def guided_scores(finals: list[str], rows: list[dict]) -> dict:
+    """F1 and mean length in words of the final answers written after a prefilled quote (empty: not asked)."""
+    if not finals:
+        return {}
+    # read as eval reads a whole answer (the text after its last answer tag)
+    answers = [final_answer(f"{guided(r)[-1]['content']} {f}") for f, r in zip(finals, rows, strict=True)]
+    return {
+        "guided_f1": sum(token_f1(a, r["answer"]) for a, r in zip(answers, rows, strict=True)) / len(rows),
+        "guided_answer_words": sum(len(a.split()) for a in answers) / len(rows),
+    }
+
+
 def score_dev(answers: list[str], rows: list[dict], contexts: list[list[str]], positives: list[list[str]]) -> dict:
     """Mean dev figures of one checkpoint's answers (quote precision over the answers that quote)."""
     n = len(rows)
@@ -75,6 +90,13 @@ def score_dev(answers: list[str], rows: list[dict], contexts: list[list[str]], p
         "abstain": sum(abstained(a) for a in answers) / n,
         "answer_words": sum(len(final_answer(a).split()) for a in answers) / n,
     }
+
+
+def guided(row: dict) -> list[dict]:
+    """A dev question's prompt with the extractive answerer's quote prefilled as the answer's start (up to the
+    answer tag): what the generator then writes is the final answer alone."""
+    quote = row["extractive"].split(ANSWER_TAG)[0]
+    return [*row["prompt"], {"role": "assistant", "content": quote + ANSWER_TAG}]
 
 
 def main() -> None:
@@ -90,6 +112,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--guided", action="store_true", help="also answer with the extractive quote prefilled")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides (the recipe)")
     args = parser.parse_intermixed_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -128,6 +151,8 @@ def main() -> None:
             answers = generate_batched(
                 model, tokenizer, [r["prompt"] for r in rows], cfg.assemble.max_new_tokens, desc=f"dev @ {step}"
             )
+            prefilled = [guided(r) for r in rows] if args.guided else []
+            finals = generate_batched(model, tokenizer, prefilled, cfg.assemble.max_new_tokens, desc="guided")
         tokenizer.padding_side = side
         model.train()
         since = curve[-1]["step"] if curve else 0
@@ -136,6 +161,7 @@ def main() -> None:
             "step": step,
             "train_loss": sum(losses) / len(losses) if losses else None,
             **score_dev(answers, rows, contexts, positives),
+            **guided_scores(finals, rows),
             "extractive_f1": extractive,
             "train_s": round(began - clock["began"] - clock["evaluating"], 1) if step else 0.0,
             "examples": [{"qid": r["qid"], "answer": a} for r, a in zip(rows[:3], answers, strict=False)],
@@ -162,13 +188,15 @@ def main() -> None:
     out.write_text("".join(json.dumps(recipe | r) + "\n" for r in curve), encoding="utf-8")
     print(f"\n{' '.join(args.overrides)}: {info['samples']} samples, {len(rows)} dev questions, extractive F1 "
           f"{extractive:.3f}, reference answers {reference_words:.1f} words")  # fmt: skip
-    print("| step | train loss | F1 | format | quote precision | oracle citation | abstain | answer words | train s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| step | train loss | F1 | format | quote precision | oracle citation | abstain | answer words | train s "
+          "| guided F1 (words) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in curve:
         qp = "–" if r["quote_precision"] is None else f"{r['quote_precision']:.2f}"
         loss = "–" if r["train_loss"] is None else f"{r['train_loss']:.3f}"
+        led = f"{r['guided_f1']:.3f} ({r['guided_answer_words']:.1f})" if "guided_f1" in r else "–"
         print(f"| {r['step']} | {loss} | {r['f1']:.3f} | {r['format']:.2f} | {qp} | {r['oracle_citation']:.2f} | "
-              f"{r['abstain']:.2f} | {r['answer_words']:.1f} | {r['train_s']:.0f} |")  # fmt: skip
+              f"{r['abstain']:.2f} | {r['answer_words']:.1f} | {r['train_s']:.0f} | {led} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -71,7 +71,13 @@ def load_generator(generator: str, adapter: str | None = None, dtype: str | None
 
 
 def chat_prompt(tokenizer: Any, messages: Messages) -> str:
-    """The prompt string the generator sees: the tokenizer's chat template with the assistant turn opened."""
+    """The prompt string the generator sees: the tokenizer's chat template with the assistant turn opened.
+
+    Messages that end with an assistant message are a prefilled answer: its turn is left open after its text, and
+    the completion continues it.
+    """
+    if messages and messages[-1]["role"] == "assistant":
+        return tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False)
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 

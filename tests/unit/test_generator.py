@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ragtune.pipeline.generator import GenerationMemo, generate_batched, load_generator
+from ragtune.pipeline.generator import GenerationMemo, chat_prompt, generate_batched, load_generator
 from ragtune.pipeline.raft_format import build_messages
 
 REQUESTS = [
@@ -57,6 +57,17 @@ def test_batched_left_padded_generation_equals_one_at_a_time(tiny_llama_dir: Pat
     memo.generate([requests[2]], max_new_tokens=6, desc="c")
     memo.generate([requests[2]], max_new_tokens=5, desc="d")  # another length is another prompt
     assert calls == [2, 1, 1]
+
+
+def test_a_prefilled_answer_is_continued_not_answered_anew(tiny_llama_dir: Path) -> None:
+    model, tokenizer = _varied_generator(tiny_llama_dir)
+    prefill = "##Reason: ##begin_quote##Heron.##end_quote##\n##Answer:"
+    request = [*REQUESTS[0], {"role": "assistant", "content": prefill}]
+    opened = chat_prompt(tokenizer, REQUESTS[0])
+    assert chat_prompt(tokenizer, request) == opened + prefill  # the turn stays open after the prefill
+    continued = generate_batched(model, tokenizer, [request, REQUESTS[1]], max_new_tokens=4, batch_size=2)
+    alone = generate_batched(model, tokenizer, [request], max_new_tokens=4, batch_size=1)
+    assert continued[0] == alone[0] and continued[0] != generate_batched(model, tokenizer, REQUESTS[:1], 4)[0]
 
 
 def test_stop_rule_ends_each_row_early_and_keeps_its_tokens(tiny_llama_dir: Path) -> None:

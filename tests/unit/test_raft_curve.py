@@ -30,6 +30,20 @@ def test_dev_figures_of_one_checkpoint(curve) -> None:
     assert figures["answer_words"] == pytest.approx((2 + 1 + 8) / 3)  # the final answers' words
 
 
+def test_guided_answers_prefill_the_extractive_quote_and_score_the_final_answer(curve) -> None:
+    quote = format_answer("", ["The grace period is 40 minutes."], "The grace period is 40 minutes.")
+    row = {"prompt": [{"role": "user", "content": "grace period?"}], "extractive": quote, "answer": "40 minutes"}
+    prefilled = curve.guided(row)
+    assert prefilled[:-1] == row["prompt"] and prefilled[-1]["role"] == "assistant"
+    prefill = "##Reason: ##begin_quote##The grace period is 40 minutes.##end_quote##\n##Answer:"
+    assert prefilled[-1]["content"] == prefill
+    figures = curve.guided_scores([" 40 minutes", "40 minutes, in all ##Answer: more"], [row, row])
+    # read as eval reads a whole answer: after its last answer tag
+    assert figures["guided_f1"] == pytest.approx((1.0 + 0.0) / 2)
+    assert figures["guided_answer_words"] == pytest.approx((2 + 1) / 2)
+    assert curve.guided_scores([], [row]) == {}
+
+
 def test_the_finished_stages_are_copied_once(curve, tmp_path: Path) -> None:
     source, target = tmp_path / "demo", tmp_path / "curve"
     (source / "data").mkdir(parents=True)
