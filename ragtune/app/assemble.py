@@ -20,6 +20,9 @@
   :class:`ragtune.pipeline.generator.GenerationStream` so a call's ``sampling`` — token cap, temperature,
   top_p, stop strings — is honoured) over the RAFT generator (merged, or base + adapter), prompted with
   :func:`ragtune.pipeline.raft_format.build_messages` and the tokenizer's chat template — the training format.
+  With ``assemble.quote: extractive`` the extractive answerer's quote (the context sentence closest to the
+  question under the served embedder) is written in as the answer's start and the generator writes the final
+  answer from it.
 - Conversations (:meth:`RaftQueryEngine.stream`): earlier turns condense into the retrieval question with
   LlamaIndex's condense prompt (``CondensePlusContextChatEngine``'s) run on the generator, or, with the
   extractive answerer, by putting the previous question before the new one; the earlier turns also reach the
@@ -67,7 +70,7 @@ from ragtune.pipeline.hybrid import HybridRetriever, bm25_retriever
 from ragtune.pipeline.nodes import chunk_id_of
 from ragtune.pipeline.promotion import resolve_auto
 from ragtune.pipeline.quoting import neutralise
-from ragtune.pipeline.raft_format import ANSWER_TAG, answer_so_far, build_messages, parse_answer
+from ragtune.pipeline.raft_format import ANSWER_TAG, answer_so_far, build_messages, guided_messages, parse_answer
 from ragtune.pipeline.ranking import fuse_scores
 from ragtune.pipeline.retrieval import Reranker, load_embedder
 from ragtune.pipeline.rundir import RunDir, read_jsonl
@@ -294,6 +297,8 @@ class AnswerStream:
 class RaftQueryEngine(CustomQueryEngine):
     """Retrieve, rerank, then answer with the RAFT prompt (``build_messages`` + the chat template), or with
     the extractive answerer (``answerer``, no LLM: the best-matching context sentence, in the RAFT format).
+    With a ``quoter`` (``assemble.quote: extractive``) the generator's answer starts with the quote of the
+    quoter's answer, written in, and the generator writes the final answer from it.
 
     The response text is the final answer; ``metadata`` holds the raw generation, its quotes and
     reasoning, whether it is well formed, and the exact prompt sent to the generator (empty without one).
@@ -305,6 +310,7 @@ class RaftQueryEngine(CustomQueryEngine):
     llm: LLM | None = None
     tokenizer: Any = None
     answerer: Any = None  # a ragtune.pipeline.extractive.ExtractiveAnswerer, instead of llm and tokenizer
+    quoter: Any = None  # an ExtractiveAnswerer whose quote starts the llm's answer (assemble.quote: extractive)
     embedder: Any = None  # the served SentenceTransformer (the index's), for callers that embed or answer with it
 
     def custom_query(self, query_str: str) -> Response:
@@ -369,12 +375,22 @@ class RaftQueryEngine(CustomQueryEngine):
             stream = AnswerStream(iter(()), nodes, messages, "", seconds, retrieval_query, stops)
             stream.pieces = _extractive_pieces(stream, self.answerer.answer([question], [context])[0], sampling)
             return stream
+        prefill = ""
+        if self.quoter is not None:  # guided: the extractive answerer's quote, then the generator's final answer
+            started = time.perf_counter()
+            messages = guided_messages(messages, self.quoter.answer([question], [context])[0])
+            prefill, seconds["quote"] = messages[-1]["content"], time.perf_counter() - started
         prompt = chat_prompt(self.tokenizer, messages)
         stream = AnswerStream(iter(()), nodes, messages, prompt, seconds, retrieval_query, stops)
-        stream.pieces = self._generated_pieces(stream, prompt, sampling)
+        stream.pieces = self._generated_pieces(stream, prompt, sampling, prefill)
         return stream
 
-    def _generated_pieces(self, stream: AnswerStream, prompt: str, sampling: Sampling | None) -> Iterator[str]:
+    def _generated_pieces(
+        self, stream: AnswerStream, prompt: str, sampling: Sampling | None, prefill: str = ""
+    ) -> Iterator[str]:
+        """The answer's text as it comes: ``prefill`` (a written-in quote), then the generator's pieces."""
+        if prefill:
+            yield prefill
         kwargs: dict[str, Any] = {"cancel": stream.cancelled}
         if sampling is not None:  # the stops apply to the answer (AnswerStream), not to the reasoning before it
             kwargs["sampling"] = dataclasses.replace(sampling, stop=())
@@ -450,8 +466,9 @@ def build_query_engine(
             tokenizer, [{"role": m.role.value, "content": m.content} for m in msgs]
         ),
     )
+    quoter = ExtractiveAnswerer(stack.embedder) if choice.quote == "extractive" else None
     return RaftQueryEngine(
-        retriever=retriever, reranker=reranker, llm=llm, tokenizer=tokenizer, embedder=stack.embedder
+        retriever=retriever, reranker=reranker, llm=llm, tokenizer=tokenizer, embedder=stack.embedder, quoter=quoter
     )
 
 

@@ -6,7 +6,8 @@ identical prompts of several configurations once), prompted with the RAFT format
 (:func:`ragtune.pipeline.raft_format.build_messages`). Each answered query is asked twice: with the
 configuration's top_n chunks, and with the same ranking minus every relevant chunk (it should abstain).
 An ``extractive`` configuration answers without an LLM (:class:`ragtune.pipeline.extractive.ExtractiveAnswerer` with its
-embedder), over the same two contexts.
+embedder), over the same two contexts; a guided one (``assemble.quote: extractive``) has that answerer's quote
+written in, and its generator writes the final answer.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ragtune.pipeline.config import AssembleConfig
 from ragtune.pipeline.extractive import EXTRACTIVE, ExtractiveAnswerer
 from ragtune.pipeline.generator import GenerationMemo
 from ragtune.pipeline.precision import inference_dtype
-from ragtune.pipeline.raft_format import build_messages, parse_answer
+from ragtune.pipeline.raft_format import build_messages, guided_messages, parse_answer
 from ragtune.pipeline.stack import GeneratorKey, StackLoader
 
 Answers = dict[int, tuple[str, str]]  # query index -> (answer, no-oracle answer)
@@ -91,7 +92,12 @@ def generate_answers(
         model, tokenizer = loader.generator(*key)
         memo = GenerationMemo(model, tokenizer, batch_size)
         for name in group:
-            answers[name], ms[name] = _generate_for(memo, queries, answered, ranked[name], chunks, choices[name], name)
+            quoter = None
+            if choices[name].quote == "extractive":  # guided: the configuration's embedder picks the quote
+                quoter = ExtractiveAnswerer(loader.embedder(components[name].embedder, choices[name].truncate_dim))
+            answers[name], ms[name] = _generate_for(
+                memo, queries, answered, ranked[name], chunks, choices[name], name, quoter
+            )
         if while_loaded is not None:
             while_loaded(key, model, tokenizer)
         del memo, model, tokenizer  # one generator in memory at a time
@@ -158,17 +164,30 @@ def _generate_for(
     chunks: dict[str, dict],
     choice: AssembleConfig,
     name: str,
+    quoter: ExtractiveAnswerer | None = None,
 ) -> tuple[dict[int, tuple[str, str]], float]:
     """Answers with the configuration's top_n context, and without any relevant chunk (should abstain).
 
+    With a ``quoter`` (``assemble.quote: extractive``) each answer starts with the quote of its extractive answer
+    over the same context (:func:`ragtune.pipeline.raft_format.guided_messages`) and the generator writes the
+    final answer; the answer is the two together.
+
     Returns:
         (``{query index: (answer, no-oracle answer)}``, generation ms per query). Only the pass with
-        the evidence counts: it is the one a user runs.
+        the evidence counts: it is the one a user runs (the extractive quote's time included).
     """
+    questions = [queries[i]["text"] for i in answered]
+    passes = []
     contexts = _contexts(queries, answered, ranked, chunks, choice.top_n)
-    with_evidence, without = (
-        [build_messages(queries[i]["text"], ctx) for i, ctx in zip(answered, group, strict=True)] for group in contexts
-    )
-    main_answers, ms = memo.generate(with_evidence, choice.max_new_tokens, f"generate {name}")
-    no_oracle, _ = memo.generate(without, choice.max_new_tokens, f"generate {name} (no oracle)")
+    for group, desc in zip(contexts, ("", " (no oracle)"), strict=True):
+        started = time.perf_counter()
+        requests = [build_messages(q, ctx) for q, ctx in zip(questions, group, strict=True)]
+        if quoter is not None:
+            quoted = quoter.answer(questions, group)
+            requests = [guided_messages(r, a) for r, a in zip(requests, quoted, strict=True)]
+        quote_ms = 1000 * (time.perf_counter() - started) / max(len(answered), 1)
+        completions, ms = memo.generate(requests, choice.max_new_tokens, f"generate {name}{desc}")
+        prefills = [r[-1]["content"] if quoter is not None else "" for r in requests]
+        passes.append(([p + c for p, c in zip(prefills, completions, strict=True)], quote_ms + ms))
+    (main_answers, ms), (no_oracle, _) = passes
     return dict(zip(answered, zip(main_answers, no_oracle, strict=True), strict=True)), ms

@@ -15,12 +15,15 @@ from ragtune.pipeline.rundir import RunDir, StageInputError
 logger = logging.getLogger(__name__)
 
 BASELINE = "rag_only"
-# The untrained baselines are plain RAG: the base embedder at its full dimension, whatever assemble.truncate_dim says.
+# The untrained baselines are plain RAG: the base embedder at its full dimension, whatever assemble.truncate_dim says,
+# and the base generator writing its own quote. The other configurations take assemble.quote (auto: each generator
+# answers the way the RAFT stage's dev check scored best for it, its own quote or the extractive one written in).
 BUILTIN_CONFIGURATIONS: dict[str, dict[str, str | None]] = {
     "rag_only": {
         "embedder": "base",
         "reranker": "none",
         "generator": "base",
+        "quote": "generator",
         "retrieval": "dense",
         "truncate_dim": None,
     },
@@ -28,6 +31,7 @@ BUILTIN_CONFIGURATIONS: dict[str, dict[str, str | None]] = {
         "embedder": "base",
         "reranker": "none",
         "generator": "base",
+        "quote": "generator",
         "retrieval": "hybrid",
         "truncate_dim": None,
     },

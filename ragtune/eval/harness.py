@@ -135,6 +135,7 @@ def configuration_entry(
     return {
         "components": {"embedder": choice.embedder, "reranker": choice.reranker}
         | ({"generator": choice.generator} if generation else {})
+        | ({"quote": choice.quote} if generation and choice.generator != EXTRACTIVE else {})  # who writes the quote
         | ({"truncate_dim": choice.truncate_dim} if choice.truncate_dim else {})  # the embedder's served dimension
         | {"paths": {k: v for k, v in vars(comp).items() if k != "inputs" and v is not None}},
         "retrieval": choice.retrieval,

@@ -670,8 +670,16 @@ class AssembleConfig(Section):
     generator: Literal["auto", "tuned", "base", "extractive"] = Field(
         "auto",
         description="extractive: no LLM, the context sentence closest to the question under the served embedder. "
-        "auto: whichever of base, tuned and extractive had the best dev answer F1 in the RAFT stage (base "
-        "when it did not measure).",
+        "auto: whichever of base, tuned and extractive (with the quote assemble.quote allows) had the best dev "
+        "answer F1 in the RAFT stage (base when it did not measure).",
+    )
+    quote: Literal["auto", "generator", "extractive"] = Field(
+        "auto",
+        description="Who writes the quote an LLM generator answers from. generator: the generator reasons and quotes "
+        "(the RAFT format); extractive: the context sentence closest to the question under the served embedder (the "
+        "extractive answerer's) is written in as the answer's quote, and the generator writes the final answer "
+        "from it; auto: whichever the RAFT stage's dev check scored higher for the served generator (generator when "
+        "it did not measure). No effect with generator: extractive.",
     )
     top_k: int = Field(10, ge=1, description="Chunks the retriever returns.")
     top_n: int = Field(

@@ -11,9 +11,11 @@ the rules below read them:
   figure beats the base's;
 - reranker: promoted when the dev slice gave it a fusion weight above 0 (the one-standard-error rule: the
   fused order clearly beat the tuned retriever's), or a configured ``rerank.fusion_weight`` above 0;
-- generator: of the base generator, the tuned one and the extractive answerer (no LLM: the context sentence
-  closest to the question), the one with the best dev answer F1 serves; so no user is served answers worse
-  than a quote. Ties go to base, then tuned.
+- generator and quote (``assemble.quote``): of the base generator and the tuned one, each writing its own quote
+  or answering from the extractive answerer's quote written in (guided), and the extractive answerer alone
+  (no LLM: the context sentence closest to the question), the one with the best dev answer F1 serves; so no
+  user is served answers worse than a quote. Ties go to base, then tuned, then extractive
+  (:func:`generator_choice`).
 
 A component without a dev figure is not promoted: it cannot have shown that it helps. ``tuned``, ``base``
 (and ``none`` for the reranker) still force a choice; the eval harness's built-in configurations always do.
@@ -106,13 +108,15 @@ class GplFigures(GateFigures):
 
 @dataclass(frozen=True)
 class RaftFigures(GateFigures):
-    """Stage 3's dev answer F1 of the base and the tuned generator and of the extractive answerer: the generator
-    gate."""
+    """Stage 3's dev answer F1 of the base and the tuned generator (writing their own quotes, and guided: answering
+    from the extractive answerer's quote) and of the extractive answerer: the generator and quote gates."""
 
     questions: int | None = figure("dev_questions")
     base: float | None = figure("dev_f1_base")
     tuned: float | None = figure("dev_f1_tuned")
     extractive: float | None = figure("dev_f1_extractive")
+    base_guided: float | None = figure("dev_f1_base_guided")
+    tuned_guided: float | None = figure("dev_f1_tuned_guided")
 
 
 @dataclass(frozen=True)
@@ -216,14 +220,58 @@ def reranker_promotion(metrics: Mapping[str, Any]) -> Promotion:
     return Promotion(weight > 0, f"fusion weight {weight:.1f}: {measured}")
 
 
-GENERATORS = ("base", "tuned", "extractive")  # the generator gate's candidates, in tie-breaking order
+ANSWERERS: dict[tuple[str, str], str] = {  # (generator, quote) -> its RaftFigures field; ties go to the first
+    ("base", "generator"): "base",
+    ("tuned", "generator"): "tuned",
+    ("extractive", "extractive"): "extractive",
+    ("base", "extractive"): "base_guided",
+    ("tuned", "extractive"): "tuned_guided",
+}
+ANSWERER_NAMES = {"base_guided": "base guided", "tuned_guided": "tuned guided"}  # in reasons
 
 
-def generator_promotion(metrics: Mapping[str, Any]) -> Promotion:
-    """The generator with the best dev answer F1 of base, tuned and extractive serves (ties: the earlier one).
+def generator_choice(metrics: Mapping[str, Any], generator: str = "auto", quote: str = "auto") -> tuple[str, str, str]:
+    """The generator and quote source with the best dev answer F1 among those ``generator`` and ``quote`` allow.
 
-    The tuned generator is promoted when it is that one; when the extractive answerer is, ``serves`` says so.
-    A run recorded before the extractive figure existed chooses between base and tuned.
+    The RAFT stage's dev check scores the base and the tuned generator writing their own quotes, the same two
+    answering from the extractive answerer's quote written in (guided: ``quote`` ``extractive``), and the
+    extractive answerer alone. The extractive answerer is a candidate whatever ``quote`` says (no user is served
+    answers worse than a quote). Ties go to the earlier of base, tuned, extractive, base guided, tuned guided.
+    Without the base and tuned figures nothing is measured: the base generator writing its own quote.
+
+    Returns:
+        (generator ``base``/``tuned``/``extractive``, quote ``generator``/``extractive``, the reason).
+
+    Example:
+        >>> m = {"dev_f1_base": 0.08, "dev_f1_tuned": 0.05, "dev_f1_extractive": 0.15, "dev_questions": 18,
+        ...      "dev_f1_base_guided": 0.10, "dev_f1_tuned_guided": 0.30}
+        >>> generator_choice(m)[:2], generator_choice(m, quote="generator")[:2], generator_choice(m, "base")[:2]
+        (('tuned', 'extractive'), ('extractive', 'extractive'), ('base', 'extractive'))
+        >>> generator_choice(m, "base", "generator")[2]
+        'dev F1 base 0.0800 (18 questions)'
+    """
+    figures = RaftFigures.from_metrics(metrics)
+    if figures.base is None or figures.tuned is None:
+        fixed = (generator if generator != "auto" else "base", quote if quote != "auto" else "generator")
+        return (*fixed, "not measured: the RAFT stage recorded no dev answer F1")
+    allowed = [
+        key
+        for key in ANSWERERS
+        if generator in ("auto", key[0]) and (quote in ("auto", key[1]) or key[0] == "extractive")
+    ]
+    measured = {key: getattr(figures, ANSWERERS[key]) for key in allowed}
+    measured = {key: value for key, value in measured.items() if value is not None}
+    best = max(measured, key=lambda key: (measured[key], -allowed.index(key)))
+    name = {key: ANSWERER_NAMES.get(ANSWERERS[key], ANSWERERS[key]) for key in measured}
+    others = ", ".join(f"{name[key]} {value:.4f}" for key, value in measured.items() if key != best)
+    versus = f" vs {others}" if others else ""
+    return (*best, f"dev F1 {name[best]} {measured[best]:.4f}{versus} ({figures.questions} questions)")
+
+
+def generator_promotion(metrics: Mapping[str, Any], quote: str = "auto") -> Promotion:
+    """The tuned generator serves when it is in the answerer with the best dev F1 (:func:`generator_choice`); when
+    the extractive answerer is, ``serves`` says so. A run recorded before the extractive or the guided figures
+    existed chooses among those it has.
 
     Example:
         >>> generator_promotion({}).promoted
@@ -233,15 +281,22 @@ def generator_promotion(metrics: Mapping[str, Any]) -> Promotion:
         >>> p.promoted, p.serves, p.reason
         (False, 'extractive', 'dev F1 extractive 0.1500 vs base 0.0800, tuned 0.0500 (18 questions)')
     """
-    figures = RaftFigures.from_metrics(metrics)
-    scores = {g: getattr(figures, g) for g in GENERATORS}
-    if scores["base"] is None or scores["tuned"] is None:
-        return Promotion(False, "not measured: the RAFT stage recorded no dev answer F1")
-    measured = [g for g in GENERATORS if scores[g] is not None]
-    best = max(measured, key=lambda g: (scores[g], -measured.index(g)))
-    others = ", ".join(f"{g} {scores[g]:.4f}" for g in measured if g != best)
-    reason = f"dev F1 {best} {scores[best]:.4f} vs {others} ({figures.questions} questions)"
-    return Promotion(best == "tuned", reason, serves=best if best == "extractive" else None)
+    generator, _, reason = generator_choice(metrics, "auto", quote)
+    return Promotion(generator == "tuned", reason, serves=generator if generator == "extractive" else None)
+
+
+def quote_promotion(metrics: Mapping[str, Any], generator: str = "auto") -> Promotion:
+    """The extractive quote is written in when an LLM generator answering from it has the best dev F1
+    (:func:`generator_choice`).
+
+    Example:
+        >>> m = {"dev_f1_base": 0.08, "dev_f1_tuned": 0.05, "dev_f1_extractive": 0.15, "dev_questions": 18,
+        ...      "dev_f1_base_guided": 0.10, "dev_f1_tuned_guided": 0.30}
+        >>> quote_promotion(m).promoted, quote_promotion(m, generator="extractive").promoted
+        (True, False)
+    """
+    chosen, quote, reason = generator_choice(metrics, generator, "auto")
+    return Promotion(quote == "extractive" and chosen != "extractive", reason)
 
 
 @dataclass(frozen=True)
@@ -313,12 +368,6 @@ def _with_reason(decided: Promotion, why: str, gpl: bool) -> Promotion:
     return Promotion(decided.promoted, f"{reason}; {why}" if why else reason)
 
 
-RULES = {
-    "reranker": ("rerank", reranker_promotion),
-    "generator": ("raft", generator_promotion),
-}
-
-
 def promotions(run: RunDir, gpl_enabled: bool = False, choice: AssembleConfig | None = None) -> dict[str, Promotion]:
     """The gate's decision for every component, from the finished stages' manifest metrics.
 
@@ -338,28 +387,47 @@ def promotions(run: RunDir, gpl_enabled: bool = False, choice: AssembleConfig | 
         gpl = tuned_embedder(manifest, gpl_enabled).stage == "gpl"
         decided["embedder"] = _with_reason(embedder_promotion(metrics, choice.retrieval), why, gpl)
         decided["retrieval"] = retrieval_promotion(metrics, choice.embedder)
-    for component, (stage, rule) in RULES.items():
-        record = manifest.get(stage)
-        if record is None or record.status != "done":
-            decided[component] = Promotion(False, f"not trained: the {stage} stage has not finished")
-        else:
-            decided[component] = rule(record.metrics)
+    record = manifest.get("rerank")
+    if record is None or record.status != "done":
+        decided["reranker"] = Promotion(False, "not trained: the rerank stage has not finished")
+    else:
+        decided["reranker"] = reranker_promotion(record.metrics)
+    record = manifest.get("raft")
+    if record is None or record.status != "done":
+        decided["generator"] = Promotion(False, "not trained: the raft stage has not finished")
+        decided["quote"] = Promotion(False, "not measured: the raft stage has not finished")
+    else:
+        decided["generator"] = generator_promotion(record.metrics, choice.quote)
+        decided["quote"] = quote_promotion(record.metrics, choice.generator)
     return decided
 
 
-BASELINE_CHOICE = {"embedder": "base", "retrieval": "dense", "reranker": "none", "generator": "base"}
+BASELINE_CHOICE = {
+    "embedder": "base",
+    "retrieval": "dense",
+    "reranker": "none",
+    "generator": "base",
+    "quote": "generator",
+}
+PROMOTED_CHOICE = {
+    "embedder": "tuned",
+    "retrieval": "hybrid",
+    "reranker": "tuned",
+    "generator": "tuned",
+    "quote": "extractive",
+}
 
 
 def resolve_auto(choice: AssembleConfig, run: RunDir, gpl_enabled: bool = False) -> AssembleConfig:
     """``choice`` with every ``auto`` replaced by ``tuned`` (promoted) or the baseline (``base``; reranker ``none``);
-    ``retrieval: auto`` by ``hybrid`` (promoted) or ``dense``."""
+    ``retrieval: auto`` by ``hybrid`` (promoted) or ``dense``; ``quote: auto`` by ``extractive`` (promoted) or
+    ``generator``."""
     fields = tuple(BASELINE_CHOICE)
     if all(getattr(choice, f) != "auto" for f in fields):
         return choice
     decided = promotions(run, gpl_enabled, choice)
-    promoted = {"embedder": "tuned", "retrieval": "hybrid", "reranker": "tuned", "generator": "tuned"}
     update = {
-        f: decided[f].serves or (promoted[f] if decided[f].promoted else BASELINE_CHOICE[f])
+        f: decided[f].serves or (PROMOTED_CHOICE[f] if decided[f].promoted else BASELINE_CHOICE[f])
         for f in fields
         if getattr(choice, f) == "auto"
     }
@@ -400,8 +468,8 @@ def format_promotions(run: RunDir, gpl_enabled: bool = False) -> str:
     """What ``assemble.*: auto`` serves, one line per component (``ragtune status``)."""
     lines = ["", "served by default (assemble.*: auto):"]
     for component, p in promotions(run, gpl_enabled).items():
-        if component == "retrieval":
-            served = "hybrid" if p.promoted else "dense"
+        if component in ("retrieval", "quote"):
+            served = PROMOTED_CHOICE[component] if p.promoted else BASELINE_CHOICE[component]
         else:
             served = p.serves or ("tuned" if p.promoted else "baseline")
         lines.append(f"  {component:<9}  {served}  ({p.reason})")

@@ -90,6 +90,30 @@ def format_answer(reason: str, quotes: list[str], answer: str) -> str:
     return f"{REASON_TAG} {body}".strip() + f"\n{ANSWER_TAG} {neutralise(answer.strip())}"
 
 
+def quote_prefill(answer: str) -> str:
+    """The start of a guided answer: ``answer`` up to and including its answer tag (its reasoning and quotes).
+
+    A generator continues it with the final answer alone (``assemble.quote: extractive`` writes the extractive
+    answerer's sentence in this way); the whole answer is the prefill followed by the completion.
+
+    Example:
+        >>> quote_prefill("##Reason: ##begin_quote##It is 40 min.##end_quote##\\n##Answer: It is 40 min.")
+        '##Reason: ##begin_quote##It is 40 min.##end_quote##\\n##Answer:'
+    """
+    return answer.split(ANSWER_TAG)[0] + ANSWER_TAG
+
+
+def guided_messages(messages: Sequence[dict[str, str]], answer: str) -> list[dict[str, str]]:
+    """A RAFT request whose answer starts with :func:`quote_prefill` of ``answer`` (an assistant message the
+    generator continues: :func:`ragtune.pipeline.generator.chat_prompt`).
+
+    Example:
+        >>> guided_messages([{"role": "user", "content": "Q"}], "##Reason: r\\n##Answer: a")[-1]
+        {'role': 'assistant', 'content': '##Reason: r\\n##Answer:'}
+    """
+    return [*messages, {"role": "assistant", "content": quote_prefill(answer)}]
+
+
 def quote_then_answer(target: str) -> str:
     """A target with its reasoning prose removed: the verbatim quotes alone, then the final answer.
 

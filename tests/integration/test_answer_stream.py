@@ -31,10 +31,12 @@ class RecordingRetriever(BaseRetriever):
 
 
 class TypingLLM(CustomLLM):
-    """Writes ``WRITTEN`` three characters at a time; a condense prompt gets a fixed standalone question."""
+    """Writes ``written`` (default ``WRITTEN``) three characters at a time; a condense prompt gets a fixed standalone
+    question."""
 
     prompts: list = Field(default_factory=list)
     stopped_after: int = 0
+    written: str = WRITTEN
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -50,12 +52,12 @@ class TypingLLM(CustomLLM):
             yield CompletionResponse(text="How fast does Heron fail over?", delta="How fast does Heron fail over?")
             return
         text = ""
-        for i in range(0, len(WRITTEN), 3):
+        for i in range(0, len(self.written), 3):
             if kwargs["cancel"].is_set():
                 break
-            text += WRITTEN[i : i + 3]
+            text += self.written[i : i + 3]
             self.stopped_after = len(text)
-            yield CompletionResponse(text=text, delta=WRITTEN[i : i + 3])
+            yield CompletionResponse(text=text, delta=self.written[i : i + 3])
         yield CompletionResponse(text=text, delta="", additional_kwargs={"finish_reason": "stop"})
 
 
@@ -106,3 +108,22 @@ def test_the_extractive_answerer_condenses_without_an_llm_and_refuses_to_sample(
     assert "".join(capped) == "Heron fails" and capped.finish_reason == "length"  # the answer's words
     cut = engine.stream("q", sampling=Sampling(100, stop=(" over",)))
     assert "".join(cut) == "Heron fails" and cut.finish_reason == "stop"
+
+
+def test_a_guided_answer_starts_with_the_extractive_quote_and_the_generator_writes_the_final_answer(
+    tiny_llama_dir: Path, tiny_bert_dir: Path
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    llm = TypingLLM(written=" Five minutes.")
+    quoter = ExtractiveAnswerer(SentenceTransformer(str(tiny_bert_dir)))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    engine = RaftQueryEngine(retriever=RecordingRetriever(), llm=llm, tokenizer=tokenizer, quoter=quoter)
+    stream = engine.stream("How fast does Heron fail over?")
+    assert "".join(stream) == "Five minutes." == stream.response.response
+    meta = stream.response.metadata
+    assert meta["quotes"] == ["Heron fails over in 5 min."] and meta["well_formed"]
+    assert meta["raw"].startswith("##Reason: ") and meta["raw"].endswith("##Answer: Five minutes.")
+    # The generator continued the written-in answer: its prompt ends with the quote and the answer tag.
+    assert stream.messages[-1]["role"] == "assistant" and llm.prompts[-1].rstrip().endswith("##Answer:")
+    assert "quote" in meta["seconds"]

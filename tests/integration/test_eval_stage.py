@@ -9,7 +9,7 @@ import torch
 from fakes.upstream import record_tuned_reranker_and_adapter, run_dir_of, simulate_embed_stage, tiny_model_overrides
 
 from ragtune.app.cli import main as cli
-from ragtune.pipeline.raft_format import parse_answer
+from ragtune.pipeline.raft_format import parse_answer, quote_prefill
 from ragtune.pipeline.rundir import RunDir
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -39,7 +39,8 @@ def test_eval_compares_every_configuration_and_records_the_stage(
     finish_upstream(run, tiny_bert_dir, tiny_llama_dir)
     capsys.readouterr()
     extra = [
-        "eval.custom={rerank_base: {embedder: base, reranker: tuned, generator: base}}",
+        "eval.custom={rerank_base: {embedder: base, reranker: tuned, generator: base}, "
+        "guided: {embedder: tuned, reranker: tuned, generator: tuned, quote: extractive}}",
         "eval.judge={provider: extractive}",
         "eval.probes.close=[[PTO, Primary Takeover]]",
         "eval.probes.far=[[PTO, batch queue]]",
@@ -50,7 +51,7 @@ def test_eval_compares_every_configuration_and_records_the_stage(
 
     report = json.loads(run.path("eval/report.json").read_text())
     names = ["rag_only", "rag_hybrid", "embed", "embed_rerank_untrained", "embed_rerank", "extractive", "full"]
-    names += ["rerank_base"]
+    names += ["rerank_base", "guided"]
     assert list(report["configurations"]) == names and report["skipped"] == {}
     assert report["mode"] == "retrieval+generation"
     n = report["queries"]["n"]
@@ -73,7 +74,7 @@ def test_eval_compares_every_configuration_and_records_the_stage(
     assert report["deltas"]["embed_rerank"]["vs_previous"]["reference"] == "embed"
     assert confs["rerank_base"]["top_k"] == 4  # custom entries inherit sizes from assemble
     # Answers for the configurations the generation verdicts read and the custom one; retrieval alone for the rest.
-    answered = ["rag_only", "embed_rerank", "extractive", "full", "rerank_base"]
+    answered = ["rag_only", "embed_rerank", "extractive", "full", "rerank_base", "guided"]
     for name, conf in confs.items():
         m = conf["metrics"]
         assert {"hit@1", "mrr@10", "ndcg@10", "recall@10", "em", "f1", "format_ok", "abstain_no_oracle"} <= set(m)
@@ -135,6 +136,16 @@ def test_eval_compares_every_configuration_and_records_the_stage(
     for answer in answers["extractive"]:
         parsed = parse_answer(answer)
         assert parsed.well_formed and len(parsed.quotes) == 1 and parsed.answer == parsed.quotes[0]
+    # A guided answer starts with the extractive answer's quote over the same context; the generator wrote the rest.
+    assert (
+        confs["guided"]["components"]["quote"] == "extractive" and confs["full"]["components"]["quote"] == "generator"
+    )
+    assert confs["guided"]["metrics"]["quote_precision"] == 1.0
+    for guided, extractive in zip(answers["guided"], answers["extractive"], strict=True):
+        assert (
+            guided.startswith(quote_prefill(extractive))
+            and parse_answer(guided).quotes == parse_answer(extractive).quotes
+        )
     for chart in ("metrics", "deltas"):
         assert run.path(f"eval/{chart}.png").read_bytes()[:4] == b"\x89PNG"
     md = run.path("eval/report.md").read_text()

@@ -193,6 +193,54 @@ def test_the_generator_gate_picks_the_best_of_three_and_ties_go_to_base_then_tun
     assert served(0.1, 0.2, None) == "tuned"  # a run recorded before the extractive figure: two-way
 
 
+GUIDED = {
+    "dev_f1_base": 0.08,
+    "dev_f1_tuned": 0.05,
+    "dev_f1_extractive": 0.15,
+    "dev_f1_base_guided": 0.10,
+    "dev_f1_tuned_guided": 0.30,
+    "dev_questions": 18,
+}
+
+
+def test_the_quote_gate_serves_the_tuned_generator_guided_when_it_beats_every_other_answerer(tmp_path) -> None:
+    run = RunDir(tmp_path / "run")
+    _record(run, "raft", GUIDED)
+    served = resolve_auto(AssembleConfig(), run)
+    assert (served.generator, served.quote) == ("tuned", "extractive")
+    decided = promotions(run)
+    assert decided["generator"].promoted and decided["quote"].promoted
+    assert decided["quote"].reason == (
+        "dev F1 tuned guided 0.3000 vs base 0.0800, tuned 0.0500, extractive 0.1500, base guided 0.1000 (18 questions)"
+    )
+    assert "quote      extractive  (dev F1 tuned guided 0.3000" in format_promotions(run)
+    # A fixed quote narrows the generator's choice, and a fixed generator the quote's.
+    assert resolve_auto(AssembleConfig(quote="generator"), run).generator == "extractive"
+    base = resolve_auto(AssembleConfig(generator="base"), run)
+    assert (base.generator, base.quote) == ("base", "extractive")
+    assert resolve_auto(AssembleConfig(generator="base", quote="generator"), run).quote == "generator"
+    # The extractive answerer has no generator to guide: serving it writes no quote in.
+    assert resolve_auto(AssembleConfig(generator="extractive"), run).quote == "generator"
+
+
+def test_the_quote_gate_keeps_the_generators_own_quote_unless_guided_answers_score_higher(tmp_path) -> None:
+    run = RunDir(tmp_path / "run")
+    _record(run, "raft", GUIDED | {"dev_f1_tuned": 0.35})
+    served = resolve_auto(AssembleConfig(), run)
+    assert (served.generator, served.quote) == ("tuned", "generator")
+    # A run recorded before the guided figures: the quote is the generator's own.
+    _record(run, "raft", {"dev_f1_base": 0.1, "dev_f1_tuned": 0.2, "dev_f1_extractive": 0.15, "dev_questions": 18})
+    assert not promotions(run)["quote"].promoted
+    assert resolve_auto(AssembleConfig(), run).quote == "generator"
+    # Without the RAFT stage nothing is measured: the base generator writing its own quote.
+    fresh = RunDir(tmp_path / "fresh")
+    fresh.root.mkdir(parents=True)
+    assert (resolve_auto(AssembleConfig(), fresh).generator, resolve_auto(AssembleConfig(), fresh).quote) == (
+        "base",
+        "generator",
+    )
+
+
 def test_each_stage_writes_its_gate_figures_under_the_keys_runs_already_hold() -> None:
     assert EmbedFigures.keys() == {
         "queries": "dev_queries",
@@ -208,7 +256,14 @@ def test_each_stage_writes_its_gate_figures_under_the_keys_runs_already_hold() -
         "dev_ndcg@10_fused",
     }
     assert set(GplFigures.keys().values()) == {"dev_queries", "dev_ndcg@10_embed", "dev_ndcg@10_gpl"}
-    assert set(RaftFigures.keys().values()) == {"dev_questions", "dev_f1_base", "dev_f1_tuned", "dev_f1_extractive"}
+    assert set(RaftFigures.keys().values()) == {
+        "dev_questions",
+        "dev_f1_base",
+        "dev_f1_tuned",
+        "dev_f1_extractive",
+        "dev_f1_base_guided",
+        "dev_f1_tuned_guided",
+    }
     figures = RaftFigures(questions=8, base=0.2, tuned=0.3)
     assert figures.as_metrics(skip_unmeasured=True) == {"dev_questions": 8, "dev_f1_base": 0.2, "dev_f1_tuned": 0.3}
     assert RaftFigures.from_metrics({"steps": 3, **figures.as_metrics()}) == figures  # other metrics are ignored

@@ -6,7 +6,7 @@ import pytest
 
 from ragtune.pipeline.config import ConfigError, RaftConfig, RagtuneConfig
 from ragtune.pipeline.precision import bf16_training
-from ragtune.pipeline.raft_format import ABSTAIN_ANSWER, format_answer, parse_answer
+from ragtune.pipeline.raft_format import ABSTAIN_ANSWER, ANSWER_TAG, format_answer, parse_answer
 from ragtune.pipeline.rundir import RunDir
 from ragtune.stages.raft.build import (
     CONFIG_SECTIONS,
@@ -199,6 +199,9 @@ def test_dev_answer_f1_scores_base_and_tuned_on_the_same_prompts(monkeypatch) ->
 
     def fake_generate(model, tokenizer, requests, max_new_tokens, desc):
         assert [r[0]["content"] for r in requests] == [f"Q{i}?" for i in range(4)] and max_new_tokens == 9
+        if requests[0][-1]["role"] == "assistant":  # guided: the extractive quote is written in, the answer follows
+            assert all(r[-1]["content"].endswith(ANSWER_TAG) for r in requests)
+            return [" no idea"] * 4 if model is None else [f" {i} minutes" for i in range(4)]
         if model is None:  # the base generator: free-form, half right
             return ["0 minutes", "no idea", "2 minutes", "no idea"]
         return [f"##Reason: it says so. ##Answer: {i} minutes" for i in range(3)] + [
@@ -221,3 +224,6 @@ def test_dev_answer_f1_scores_base_and_tuned_on_the_same_prompts(monkeypatch) ->
         AssembleConfig(max_new_tokens=9),
     )
     assert out["dev_f1_extractive"] == pytest.approx(2 / 3)  # "{i} minutes" in "It takes {i} minutes.": P 1/2, R 1
+    # Each generator also answers from the extractive quote written in (guided), scored on the whole answer.
+    assert (out["dev_f1_base_guided"], out["dev_f1_tuned_guided"]) == (0.0, 1.0)
+    assert (out["dev_f1_base"], out["dev_f1_tuned"]) == (0.5, 0.75)  # the unguided figures are unchanged

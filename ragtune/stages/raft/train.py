@@ -28,7 +28,7 @@ from ragtune.pipeline.generator import load_generator as load_for_inference
 from ragtune.pipeline.models import resolve_model
 from ragtune.pipeline.precision import bf16_training, inference_dtype
 from ragtune.pipeline.promotion import RaftFigures
-from ragtune.pipeline.raft_format import parse_answer
+from ragtune.pipeline.raft_format import guided_messages, parse_answer
 from ragtune.pipeline.rundir import (
     RAFT_ADAPTER,
     RAFT_CHECKPOINTS,
@@ -243,35 +243,62 @@ def merge_adapter(model_path: str, adapter_dir: Path, target: Path) -> None:
 def dev_answer_f1(model_path: str, adapter: str, rows: list[dict], assemble: AssembleConfig) -> dict[str, Any]:
     """Answer F1 of the base and the tuned generator on the dev questions (what the promotion gate reads).
 
+    Each generator answers twice when the rows hold the extractive answers the build wrote: writing its own
+    quote, and guided, continuing the extractive answer's quote with the final answer alone
+    (``assemble.quote: extractive``, :func:`ragtune.pipeline.raft_format.guided_messages`).
+
     Args:
         model_path: the base generator.
         adapter: the saved LoRA adapter.
-        rows: raft/dev.jsonl rows (``prompt`` over the served context, reference ``answer``).
+        rows: raft/dev.jsonl rows (``prompt`` over the served context, reference ``answer``, and ``extractive``).
         assemble: serving sizes (``max_new_tokens``).
 
     Returns:
         ``{"dev_questions", "dev_f1_base", "dev_f1_tuned", "dev_abstain_base", "dev_abstain_tuned"}`` (the
-        share of answers that abstain) and ``dev_f1_extractive`` (the extractive answers the build wrote into
-        the rows), or ``{}`` without dev rows.
+        share of answers that abstain) and, when the rows hold extractive answers, ``dev_f1_extractive`` and the
+        guided ``dev_f1_base_guided`` and ``dev_f1_tuned_guided``; ``{}`` without dev rows.
     """
     if not rows:
         return {}
-    requests = [r["prompt"] for r in rows]
+    references = [r["answer"] for r in rows]
+    requests = {"": [r["prompt"] for r in rows]}  # per mode: its suffix of the figure's name -> the requests
     extractive = None
     if all("extractive" in r for r in rows):
-        extractive = sum(token_f1(final_answer(r["extractive"]), r["answer"]) for r in rows) / len(rows)
+        extractive = mean_f1([r["extractive"] for r in rows], references)
+        requests["_guided"] = [guided_messages(r["prompt"], r["extractive"]) for r in rows]
     f1: dict[str, float] = {}
     abstain: dict[str, float] = {}
     for label, adapter_dir in (("base", None), ("tuned", adapter)):
         model, tokenizer = load_for_inference(model_path, adapter_dir, inference_dtype(assemble.dtype))
-        answers = generate_batched(model, tokenizer, requests, assemble.max_new_tokens, desc=f"RAFT dev ({label})")
-        scores = [token_f1(final_answer(a), r["answer"]) for a, r in zip(answers, rows, strict=True)]
-        f1[label] = sum(scores) / len(scores)
-        abstain[f"dev_abstain_{label}"] = sum(parse_answer(a).abstained for a in answers) / len(answers)
+        for mode, asked in requests.items():
+            desc = f"RAFT dev ({label}{mode})"
+            answers = generate_batched(model, tokenizer, asked, assemble.max_new_tokens, desc=desc)
+            if mode:  # the whole guided answer: the prefilled quote, then the completion
+                answers = [r[-1]["content"] + a for r, a in zip(asked, answers, strict=True)]
+            f1[label + mode] = mean_f1(answers, references)
+            if not mode:
+                abstain[f"dev_abstain_{label}"] = sum(parse_answer(a).abstained for a in answers) / len(answers)
         del model
-    # What the generator gate reads (ragtune.pipeline.promotion); the extractive figure only when measured.
-    gate = RaftFigures(questions=len(rows), base=f1["base"], tuned=f1["tuned"], extractive=extractive)
+    # What the generator gate reads (ragtune.pipeline.promotion); the extractive and guided figures when measured.
+    gate = RaftFigures(
+        questions=len(rows),
+        base=f1["base"],
+        tuned=f1["tuned"],
+        extractive=extractive,
+        base_guided=f1.get("base_guided"),
+        tuned_guided=f1.get("tuned_guided"),
+    )
     return gate.as_metrics(skip_unmeasured=True) | abstain
+
+
+def mean_f1(answers: list[str], references: list[str]) -> float:
+    """Mean token F1 of the answers' final answers against the references.
+
+    Example:
+        >>> mean_f1(["##Reason: r\\n##Answer: 40 minutes", "forty"], ["40 minutes", "40 minutes"])
+        0.5
+    """
+    return sum(token_f1(final_answer(a), r) for a, r in zip(answers, references, strict=True)) / len(answers)
 
 
 def training_metrics(trainer: Any, result: Any, info: dict[str, Any], build_metrics: dict[str, Any]) -> dict[str, Any]:
@@ -306,12 +333,18 @@ def log_dev_figures(gate: RaftFigures) -> None:
     """One log line with the generator gate's figures, when measured."""
     if gate.tuned is not None:
         logger.info(
-            "raft: dev answer F1 %.4f (base) -> %.4f (tuned), %.4f (extractive) on %d questions",
+            "raft: dev answer F1 %.4f (base) -> %.4f (tuned), %.4f (extractive); guided %.4f (base) -> %.4f (tuned)"
+            " on %d questions",
             gate.base,
             gate.tuned,
-            gate.extractive if gate.extractive is not None else float("nan"),
+            *(nan_if_none(f) for f in (gate.extractive, gate.base_guided, gate.tuned_guided)),
             gate.questions,
         )
+
+
+def nan_if_none(value: float | None) -> float:
+    """``value``, or NaN when it was not measured (for log lines)."""
+    return float("nan") if value is None else value
 
 
 def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
