@@ -70,7 +70,14 @@ from ragtune.pipeline.hybrid import HybridRetriever, bm25_retriever
 from ragtune.pipeline.nodes import chunk_id_of
 from ragtune.pipeline.promotion import resolve_auto
 from ragtune.pipeline.quoting import neutralise
-from ragtune.pipeline.raft_format import ANSWER_TAG, answer_so_far, build_messages, guided_messages, parse_answer
+from ragtune.pipeline.raft_format import (
+    ANSWER_TAG,
+    answer_end,
+    answer_so_far,
+    build_messages,
+    guided_messages,
+    parse_answer,
+)
 from ragtune.pipeline.ranking import fuse_scores
 from ragtune.pipeline.retrieval import Reranker, load_embedder
 from ragtune.pipeline.rundir import RunDir, read_jsonl
@@ -262,14 +269,13 @@ class AnswerStream:
                 if len(shown) > len(sent):
                     yield shown[len(sent) :]
                     sent = shown
-                if stopped or raw.count(ANSWER_TAG) > 1:  # a stop, or a second answer: the rest is not needed
+                if stopped or answer_end(raw) < len(raw):  # a stop, or the answer ended: the rest is not needed
                     self.cancel()
                     break
         except GeneratorExit:
             self.cancel()
             raise
-        second = raw.find(ANSWER_TAG, raw.find(ANSWER_TAG) + len(ANSWER_TAG)) if ANSWER_TAG in raw else -1
-        raw = (raw[:second] if second >= 0 else raw).strip()
+        raw = raw[: answer_end(raw)].strip()  # the format has one answer: a second round is not part of it
         parsed = parse_answer(raw)
         final, stopped = self._shown(parsed.answer or raw)
         if stopped:

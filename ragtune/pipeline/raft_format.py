@@ -33,6 +33,12 @@ SYSTEM_PROMPT = (
 )
 
 _QUOTE_RE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
+# The tags that open a section of the format; after the final answer one starts a second round the format does not
+# have (an answer holds no tag: its documents' tags are neutralised). Both cases of the named tags: small generators
+# write "##reason:" too.
+SECTION_TAGS = (REASON_TAG, ANSWER_TAG, BEGIN_QUOTE, END_QUOTE, REASON_TAG.lower(), ANSWER_TAG.lower())
+_SECTION_RE = re.compile(r"#*\s*(?:" + "|".join(re.escape(t) for t in SECTION_TAGS) + ")", re.IGNORECASE)
+_TRAILING_HASHES = re.compile(r"\s*#{2,}$")  # a tag begun when the generation ended
 
 
 def format_context(chunks: list[str]) -> str:
@@ -59,13 +65,32 @@ def build_messages(question: str, chunks: list[str], history: Sequence[dict[str,
     return [{"role": "system", "content": SYSTEM_PROMPT}, *earlier, {"role": "user", "content": user}]
 
 
+def answer_end(text: str) -> int:
+    """Where a generation's final answer ends: at the first tag after its answer tag (a second reasoning, quote or
+    answer, which the format does not have), with the ``#`` and whitespace that lead into it; else the text's end.
+
+    Example:
+        >>> text = "##Reason: r\\n##Answer: 14 days.##\\n##Reason: again"
+        >>> text[: answer_end(text)]
+        '##Reason: r\\n##Answer: 14 days.'
+    """
+    at = text.find(ANSWER_TAG)
+    found = _SECTION_RE.search(text, at + len(ANSWER_TAG)) if at >= 0 else None
+    return found.start() if found else len(text)
+
+
+def _clean_answer(answer: str) -> str:
+    """An answer's text without surrounding whitespace or a tag begun as the generation ended."""
+    return _TRAILING_HASHES.sub("", answer.strip())
+
+
 def answer_so_far(text: str) -> str:
     """The final answer's text in a generation still being written, as far as it can be shown.
 
-    That is the text after the first ``##Answer:`` tag, up to a second one (the format has one answer), with a
-    tail that may yet grow into a tag and trailing whitespace held back; empty before the tag. Each call's
-    result extends the previous one's as the text grows, and on the finished text (cut at a second tag) it
-    equals :func:`parse_answer`'s ``answer``.
+    That is the text after the first ``##Answer:`` tag, up to the next tag (:func:`answer_end`: the format has
+    one answer), with a tail that may yet grow into a tag and trailing whitespace held back; empty before the
+    tag. Each call's result extends the previous one's as the text grows, and on the finished text it equals
+    :func:`parse_answer`'s ``answer``.
 
     Example:
         >>> answer_so_far("##Reason: r ##Answer: Forty min")
@@ -76,9 +101,9 @@ def answer_so_far(text: str) -> str:
     at = text.find(ANSWER_TAG)
     if at < 0:
         return ""
-    answer = text[at + len(ANSWER_TAG) :]
-    end, _ = stop_point(answer, (ANSWER_TAG,))  # up to a second tag, or a tail that may become one
-    return answer[:end].strip()
+    answer = text[at + len(ANSWER_TAG) : answer_end(text)]
+    end, _ = stop_point(answer, SECTION_TAGS)  # hold back a tail that may become a tag
+    return _clean_answer(answer[:end])
 
 
 def format_answer(reason: str, quotes: list[str], answer: str) -> str:
@@ -144,16 +169,24 @@ class ParsedAnswer:
 def parse_answer(text: str) -> ParsedAnswer:
     """Split a generation into reason, quoted spans and final answer; tolerant of missing parts.
 
+    The final answer is the text after the first ``##Answer:`` up to :func:`answer_end`: what a generator writes
+    after it (a second round of reasoning, quotes or answer) is not part of the answer, and its quotes are not
+    the answer's.
+
     Example:
         >>> p = parse_answer("##Reason: x ##begin_quote##A b.##end_quote## ##Answer: b")
         >>> (p.quotes, p.answer, p.well_formed)
         (['A b.'], 'b', True)
+        >>> p = parse_answer("##Reason: ##begin_quote##A b.##end_quote## ##Answer: b##\\n##Reason: ##begin_quote##C##")
+        >>> (p.quotes, p.answer)
+        (['A b.'], 'b')
     """
+    text = text[: answer_end(text)]
     quotes = [q.strip() for q in _QUOTE_RE.findall(text) if q.strip()]
-    reason_at, answer_at = text.find(REASON_TAG), text.rfind(ANSWER_TAG)
+    reason_at, answer_at = text.find(REASON_TAG), text.find(ANSWER_TAG)
     well_formed = 0 <= reason_at < answer_at
     if answer_at >= 0:
-        answer = text[answer_at + len(ANSWER_TAG) :].strip()
+        answer = _clean_answer(text[answer_at + len(ANSWER_TAG) :])
         reason = text[:answer_at]
     else:
         answer, reason = "", text

@@ -1,5 +1,10 @@
+import itertools
+
+import pytest
+
 from ragtune.pipeline.raft_format import (
     ABSTAIN_ANSWER,
+    answer_so_far,
     build_messages,
     format_answer,
     parse_answer,
@@ -22,6 +27,36 @@ def test_parser_tolerates_malformed_generations() -> None:
     p = parse_answer("##Answer: x ##Reason: late")
     assert not p.well_formed
     assert parse_answer(f"##Reason: none ##Answer: {ABSTAIN_ANSWER}").abstained
+
+
+# Generations of the demo's tuned generator that went on past their final answer (guided: the quote written in).
+CONTINUED = [
+    (
+        "14 days.##\n##Reason: ##begin_quote##Rejected readings stay 14 days.##end_quote##\n##Answer: 14 days.",
+        "14 days.",
+    ),
+    (
+        "Yes, unless a TTL window is active.##reason: ##begin_quote##-##end_quote##",
+        "Yes, unless a TTL window is active.",
+    ),
+    ("lantern_intake_pending##", "lantern_intake_pending"),
+    (
+        "Monday 10:00 | Tuesday 11:00 |##\n##Reason: Handover is on Monday.\n##Answer: Monday 10:00",
+        "Monday 10:00 | Tuesday 11:00 |",
+    ),
+    ("C# 12 ships it.", "C# 12 ships it."),  # a '#' that begins no tag stays
+]
+
+
+@pytest.mark.parametrize(("completion", "answer"), CONTINUED)
+def test_the_answer_ends_where_a_second_round_of_the_format_begins(completion: str, answer: str) -> None:
+    text = "##Reason: ##begin_quote##The first quote.##end_quote##\n##Answer: " + completion
+    parsed = parse_answer(text)
+    assert parsed.answer == answer and parsed.quotes == ["The first quote."] and parsed.well_formed
+    # The streamed answer grows by appending and ends at the same answer: what the server sends is what eval scores.
+    shown = [answer_so_far(text[:n]) for n in range(len(text) + 1)]
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(shown))
+    assert shown[-1] == answer
 
 
 def test_quote_check_normalises_whitespace_only() -> None:
