@@ -70,7 +70,7 @@ def guided_scores(finals: list[str], rows: list[dict]) -> dict:
     """F1 and mean length in words of the final answers written after a prefilled quote (empty: not asked)."""
     if not finals:
         return {}
-    # read as eval reads a whole answer (the text after its last answer tag)
+    # read as eval reads a whole answer (its final answer: :func:`ragtune.pipeline.raft_format.parse_answer`)
     answers = [final_answer(guided(r)[-1]["content"] + f) for f, r in zip(finals, rows, strict=True)]
     return {
         "guided_f1": sum(token_f1(a, r["answer"]) for a, r in zip(answers, rows, strict=True)) / len(rows),

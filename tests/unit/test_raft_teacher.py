@@ -43,6 +43,12 @@ def test_valid_answer_is_kept_unchanged() -> None:
     assert verify_and_repair(answer, ["other chunk", ORACLE]) == (answer, "valid")
 
 
+def test_a_teacher_that_goes_on_past_its_answer_is_cut_to_its_first_answer() -> None:
+    answer = format_answer("It says", ["The grace period is 40 minutes\nby default."], "40 minutes")
+    continued = answer + "\n##Reason: ##begin_quote##made up##end_quote##\n##Answer: 50 minutes"
+    assert verify_and_repair(continued, [ORACLE]) == (answer, "valid")
+
+
 def test_bad_quote_is_dropped_and_good_one_kept() -> None:
     answer = (
         "##Reason: First ##begin_quote##The grace period is 40 minutes by default.##end_quote## and "

@@ -27,6 +27,7 @@ from ragtune.pipeline.raft_format import (
     BEGIN_QUOTE,
     END_QUOTE,
     REASON_TAG,
+    answer_end,
     format_answer,
     parse_answer,
     quote_is_verbatim,
@@ -86,6 +87,7 @@ def verify_and_repair(completion: str, oracle_texts: Sequence[str]) -> tuple[str
         ...                   ["The grace period is 40 minutes."])
         ('##Reason: ##begin_quote##The grace period is 40 minutes.##end_quote##\\n##Answer: 40 minutes', 'replaced')
     """
+    completion = completion[: answer_end(completion)]  # a second round after the answer is not part of it
     parsed = parse_answer(completion)
     if not parsed.well_formed or not parsed.answer:
         return None, MALFORMED
@@ -93,7 +95,7 @@ def verify_and_repair(completion: str, oracle_texts: Sequence[str]) -> tuple[str
     if good and len(good) == len(parsed.quotes):
         return completion.strip(), VALID
     # Rebuild the reasoning without the bad quote spans, keeping the teacher's words around them.
-    reason_part = completion[: completion.rfind(ANSWER_TAG)].replace(REASON_TAG, "", 1)
+    reason_part = completion[: completion.find(ANSWER_TAG)].replace(REASON_TAG, "", 1)
 
     def keep_if_good(match: re.Match[str]) -> str:
         return match.group(0) if match.group(1).strip() in good else ""
