@@ -38,9 +38,9 @@ def test_guided_answers_prefill_the_extractive_quote_and_score_the_final_answer(
     prefill = "##Reason: ##begin_quote##The grace period is 40 minutes.##end_quote##\n##Answer:"
     assert prefilled[-1]["content"] == prefill
     figures = curve.guided_scores([" 40 minutes", "40 minutes, in all ##Answer: more"], [row, row])
-    # read as eval reads a whole answer: after its last answer tag
-    assert figures["guided_f1"] == pytest.approx((1.0 + 0.0) / 2)
-    assert figures["guided_answer_words"] == pytest.approx((2 + 1) / 2)
+    # read as eval reads a whole answer: its final answer ends where a second round of the format begins
+    assert figures["guided_f1"] == pytest.approx((1.0 + 2 / 3) / 2)
+    assert figures["guided_answer_words"] == pytest.approx((2 + 4) / 2)
     assert curve.guided_scores([], [row]) == {}
 
 
