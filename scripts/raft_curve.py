@@ -36,7 +36,7 @@ from ragtune.pipeline.config import load_config  # noqa: E402
 from ragtune.pipeline.generator import generate_batched  # noqa: E402
 from ragtune.pipeline.models import resolve_model  # noqa: E402
 from ragtune.pipeline.precision import bf16_training  # noqa: E402
-from ragtune.pipeline.raft_format import guided_messages, parse_answer  # noqa: E402
+from ragtune.pipeline.raft_format import guided_messages, parse_answer, whole_answer  # noqa: E402
 from ragtune.pipeline.rundir import (  # noqa: E402
     CONFIG_RESOLVED,
     DATA_CORPUS,
@@ -71,7 +71,7 @@ def guided_scores(finals: list[str], rows: list[dict]) -> dict:
     if not finals:
         return {}
     # read as eval reads a whole answer (its final answer: :func:`ragtune.pipeline.raft_format.parse_answer`)
-    answers = [final_answer(guided(r)[-1]["content"] + f) for f, r in zip(finals, rows, strict=True)]
+    answers = [final_answer(whole_answer(guided(r), f)) for f, r in zip(finals, rows, strict=True)]
     return {
         "guided_f1": sum(token_f1(a, r["answer"]) for a, r in zip(answers, rows, strict=True)) / len(rows),
         "guided_answer_words": sum(len(a.split()) for a in answers) / len(rows),

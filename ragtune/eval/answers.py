@@ -23,7 +23,7 @@ from ragtune.pipeline.config import AssembleConfig
 from ragtune.pipeline.extractive import EXTRACTIVE, ExtractiveAnswerer
 from ragtune.pipeline.generator import GenerationMemo
 from ragtune.pipeline.precision import inference_dtype
-from ragtune.pipeline.raft_format import build_messages, guided_messages, parse_answer
+from ragtune.pipeline.raft_format import build_messages, guided_messages, parse_answer, whole_answer
 from ragtune.pipeline.stack import GeneratorKey, StackLoader
 
 Answers = dict[int, tuple[str, str]]  # query index -> (answer, no-oracle answer)
@@ -187,7 +187,6 @@ def _generate_for(
             requests = [guided_messages(r, a) for r, a in zip(requests, quoted, strict=True)]
         quote_ms = 1000 * (time.perf_counter() - started) / max(len(answered), 1)
         completions, ms = memo.generate(requests, choice.max_new_tokens, f"generate {name}{desc}")
-        prefills = [r[-1]["content"] if quoter is not None else "" for r in requests]
-        passes.append(([p + c for p, c in zip(prefills, completions, strict=True)], quote_ms + ms))
+        passes.append(([whole_answer(r, c) for r, c in zip(requests, completions, strict=True)], quote_ms + ms))
     (main_answers, ms), (no_oracle, _) = passes
     return dict(zip(answered, zip(main_answers, no_oracle, strict=True), strict=True)), ms

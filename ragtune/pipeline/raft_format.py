@@ -139,6 +139,18 @@ def guided_messages(messages: Sequence[dict[str, str]], answer: str) -> list[dic
     return [*messages, {"role": "assistant", "content": quote_prefill(answer)}]
 
 
+def whole_answer(request: Sequence[dict[str, str]], completion: str) -> str:
+    """The answer a request got: a prefilled answer's start (:func:`guided_messages`), then the completion.
+
+    Example:
+        >>> whole_answer([{"role": "assistant", "content": "##Reason: r\\n##Answer:"}], " 40 minutes")
+        '##Reason: r\\n##Answer: 40 minutes'
+        >>> whole_answer([{"role": "user", "content": "Q"}], "40 minutes")
+        '40 minutes'
+    """
+    return request[-1]["content"] + completion if request and request[-1]["role"] == "assistant" else completion
+
+
 def quote_then_answer(target: str) -> str:
     """A target with its reasoning prose removed: the verbatim quotes alone, then the final answer.
 

@@ -28,7 +28,7 @@ from ragtune.pipeline.generator import load_generator as load_for_inference
 from ragtune.pipeline.models import resolve_model
 from ragtune.pipeline.precision import bf16_training, inference_dtype
 from ragtune.pipeline.promotion import RaftFigures
-from ragtune.pipeline.raft_format import guided_messages, parse_answer
+from ragtune.pipeline.raft_format import guided_messages, parse_answer, whole_answer
 from ragtune.pipeline.rundir import (
     RAFT_ADAPTER,
     RAFT_CHECKPOINTS,
@@ -272,9 +272,8 @@ def dev_answer_f1(model_path: str, adapter: str, rows: list[dict], assemble: Ass
         model, tokenizer = load_for_inference(model_path, adapter_dir, inference_dtype(assemble.dtype))
         for mode, asked in requests.items():
             desc = f"RAFT dev ({label}{mode})"
-            answers = generate_batched(model, tokenizer, asked, assemble.max_new_tokens, desc=desc)
-            if mode:  # the whole guided answer: the prefilled quote, then the completion
-                answers = [r[-1]["content"] + a for r, a in zip(asked, answers, strict=True)]
+            completions = generate_batched(model, tokenizer, asked, assemble.max_new_tokens, desc=desc)
+            answers = [whole_answer(r, c) for r, c in zip(asked, completions, strict=True)]
             f1[label + mode] = mean_f1(answers, references)
             if not mode:
                 abstain[f"dev_abstain_{label}"] = sum(parse_answer(a).abstained for a in answers) / len(answers)
