@@ -12,6 +12,7 @@ in a fresh process, and reports the trainer's own runtime and the real (non-padd
   ``SFTConfig`` values written out by hand (the throughput target: the stage >= 0.95x this).
 - ``grouped``: the stage with ``train_sampling_strategy: group_by_length`` (batches of similar lengths, less
   padding; attention stays exact).
+- ``checkpointing``: the stage with activation checkpointing, trl's default (the stage turns it off on CPU).
 - ``padding_free``: the stage with trl's ``padding_free: true`` (no padding at all). Only correct where the
   attention kernel honours sequence boundaries (FlashAttention on a GPU); on CPU's SDPA the flattened samples
   attend to each other, so its speed is measured but it is not a recipe for CPU.
@@ -39,6 +40,8 @@ VARIANTS = {
     "grouped": {"train_sampling_strategy": "group_by_length"},
     # samples are already within raft.max_length (overlong ones are dropped), so nothing needs truncating
     "padding_free": {"padding_free": True, "max_length": None},
+    # trl's default, which the stage keeps on CUDA only: every forward runs twice to save activation memory
+    "checkpointing": {"gradient_checkpointing": True},
 }
 COUNT_TOKENS = {"include_num_input_tokens_seen": "non_padding"}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from ragtune.eval.metrics import abstained, format_compliance, oracle_citation, quote_precision
@@ -23,7 +24,7 @@ from ragtune.pipeline.config import AssembleConfig
 from ragtune.pipeline.extractive import EXTRACTIVE, ExtractiveAnswerer
 from ragtune.pipeline.generator import GenerationMemo
 from ragtune.pipeline.precision import inference_dtype
-from ragtune.pipeline.raft_format import build_messages, guided_messages, parse_answer, whole_answer
+from ragtune.pipeline.raft_format import answer_settled, build_messages, guided_messages, parse_answer, whole_answer
 from ragtune.pipeline.stack import GeneratorKey, StackLoader
 
 Answers = dict[int, tuple[str, str]]  # query index -> (answer, no-oracle answer)
@@ -186,7 +187,9 @@ def _generate_for(
             quoted = quoter.answer(questions, group)
             requests = [guided_messages(r, a) for r, a in zip(requests, quoted, strict=True)]
         quote_ms = 1000 * (time.perf_counter() - started) / max(len(answered), 1)
-        completions, ms = memo.generate(requests, choice.max_new_tokens, f"generate {name}{desc}")
+        # a completion ends once its answer is settled (the scores read no further)
+        settled = partial(answer_settled, prefilled=quoter is not None)
+        completions, ms = memo.generate(requests, choice.max_new_tokens, f"generate {name}{desc}", stop=settled)
         passes.append(([whole_answer(r, c) for r, c in zip(requests, completions, strict=True)], quote_ms + ms))
     (main_answers, ms), (no_oracle, _) = passes
     return dict(zip(answered, zip(main_answers, no_oracle, strict=True), strict=True)), ms

@@ -253,14 +253,20 @@ class GenerationMemo:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.answers: dict[str, tuple[str, float]] = {}
 
-    def generate(self, requests: list[Messages], max_new_tokens: int, desc: str) -> tuple[list[str], float]:
-        """Answers for ``requests`` (generating only the new ones, batched) and their mean ms per prompt."""
+    def generate(
+        self, requests: list[Messages], max_new_tokens: int, desc: str, stop: StopRule | None = None
+    ) -> tuple[list[str], float]:
+        """Answers for ``requests`` (generating only the new ones, batched) and their mean ms per prompt.
+
+        ``stop`` (see :func:`generate_batched`) must only end a completion once what the caller reads of it is
+        settled: a prompt answered earlier under another rule is served from the memo.
+        """
         keys = [json.dumps([max_new_tokens, r], sort_keys=True) for r in requests]
         new = {k: r for k, r in zip(keys, requests, strict=True) if k not in self.answers}
         if new:
             started = time.perf_counter()
             outputs = generate_batched(
-                self.model, self.tokenizer, list(new.values()), max_new_tokens, self.batch_size, desc
+                self.model, self.tokenizer, list(new.values()), max_new_tokens, self.batch_size, desc, stop=stop
             )
             ms = 1000 * (time.perf_counter() - started) / len(new)
             self.answers |= {k: (out, ms) for k, out in zip(new, outputs, strict=True)}

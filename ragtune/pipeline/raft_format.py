@@ -79,6 +79,24 @@ def answer_end(text: str) -> int:
     return found.start() if found else len(text)
 
 
+def answer_settled(completion: str, prefilled: bool = False) -> bool:
+    """Whether an answer being generated is settled: a format tag follows its answer tag (:func:`answer_end`), so
+    nothing the generator writes next can change what :func:`parse_answer` reads. A generation can stop there.
+
+    Args:
+        completion: the generated text so far.
+        prefilled: the completion continues a prefill that ends with the answer tag (:func:`guided_messages`).
+
+    Example:
+        >>> answer_settled("##Reason: r ##Answer: 14 days."), answer_settled("##Reason: r ##Answer: 14 days.##Reason:")
+        (False, True)
+        >>> answer_settled(" 14 days.##", prefilled=True), answer_settled(" 14 days.\\n##Answer:", prefilled=True)
+        (False, True)
+    """
+    text = ANSWER_TAG + completion if prefilled else completion
+    return answer_end(text) < len(text)
+
+
 def _clean_answer(answer: str) -> str:
     """An answer's text without surrounding whitespace or a tag begun as the generation ended."""
     return _TRAILING_HASHES.sub("", answer.strip())

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from ragtune.pipeline.config import ConfigError, RaftConfig, RagtuneConfig
 from ragtune.pipeline.precision import bf16_training
@@ -164,6 +165,10 @@ def test_trainer_pass_through_user_keys_win_and_unknown_keys_are_named(tmp_path:
     assert args.output_dir == str(tmp_path / "o")
     assert args.bf16 is bf16_training()  # bf16 autocast only where the hardware has native bf16 math
     assert make_sft_config(RaftConfig(trainer={"bf16": False}), tmp_path, seed=0).bf16 is False  # user keys win
+    # activation checkpointing (trl's default) saves GPU memory; on a CPU it only reruns each forward
+    assert args.gradient_checkpointing is torch.cuda.is_available()
+    kept = make_sft_config(RaftConfig(trainer={"gradient_checkpointing": True}), tmp_path, seed=0)
+    assert kept.gradient_checkpointing is True
     with pytest.raises(ConfigError, match=r"raft\.trainer\.warmup_stepz"):
         make_sft_config(RaftConfig(trainer={"warmup_stepz": 2}), tmp_path, seed=0)
     with pytest.raises(ConfigError, match=r"raft\.trainer\.output_dir"):
@@ -197,9 +202,13 @@ def test_dev_answer_f1_scores_base_and_tuned_on_the_same_prompts(monkeypatch) ->
     ]
     monkeypatch.setattr(train, "load_for_inference", lambda model, adapter, dtype=None: (adapter, None))
 
-    def fake_generate(model, tokenizer, requests, max_new_tokens, desc):
+    def fake_generate(model, tokenizer, requests, max_new_tokens, desc, stop):
         assert [r[0]["content"] for r in requests] == [f"Q{i}?" for i in range(4)] and max_new_tokens == 9
-        if requests[0][-1]["role"] == "assistant":  # guided: the extractive quote is written in, the answer follows
+        # each completion stops once its answer is settled: a tag after the answer tag (the prefill's when guided)
+        guided = requests[0][-1]["role"] == "assistant"
+        assert stop(" 5 minutes\n##Reason:") is guided and not stop(" 5 minutes")
+        assert guided or (stop("##Reason: r ##Answer: 5##Reason:") and not stop("##Reason: r ##Answer: 5"))
+        if guided:  # the extractive quote is written in, the answer follows
             assert all(r[-1]["content"].endswith(ANSWER_TAG) for r in requests)
             return [" no idea"] * 4 if model is None else [f" {i} minutes" for i in range(4)]
         if model is None:  # the base generator: free-form, half right

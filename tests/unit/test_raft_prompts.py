@@ -4,6 +4,7 @@ import pytest
 
 from ragtune.pipeline.raft_format import (
     ABSTAIN_ANSWER,
+    answer_settled,
     answer_so_far,
     build_messages,
     format_answer,
@@ -57,6 +58,21 @@ def test_the_answer_ends_where_a_second_round_of_the_format_begins(completion: s
     shown = [answer_so_far(text[:n]) for n in range(len(text) + 1)]
     assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(shown))
     assert shown[-1] == answer
+
+
+@pytest.mark.parametrize(("completion", "answer"), CONTINUED)
+def test_a_generation_stopped_once_its_answer_is_settled_parses_as_the_whole(completion: str, answer: str) -> None:
+    # Eval and the RAFT dev check stop each completion at the first point answer_settled holds: every score must
+    # read the same there as on the completion the generator would have gone on to write.
+    prefill = "##Reason: ##begin_quote##The first quote.##end_quote##\n##Answer:"
+    whole = parse_answer(prefill + " " + completion)
+    for free in (True, False):
+        text = prefill + " " + completion if free else " " + completion
+        stop = next((n for n in range(len(text) + 1) if answer_settled(text[:n], prefilled=not free)), None)
+        # it stops only where the generator began a second round (a '##' alone may still become a tag, or not)
+        assert (stop is not None) == ("reason:" in completion.casefold())
+        stopped = text[:stop] if free else prefill + text[:stop]
+        assert parse_answer(stopped) == whole
 
 
 def test_quote_check_normalises_whitespace_only() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from ragtune.pipeline.generator import load_generator as load_for_inference
 from ragtune.pipeline.models import resolve_model
 from ragtune.pipeline.precision import bf16_training, inference_dtype
 from ragtune.pipeline.promotion import RaftFigures
-from ragtune.pipeline.raft_format import guided_messages, parse_answer, whole_answer
+from ragtune.pipeline.raft_format import answer_settled, guided_messages, parse_answer, whole_answer
 from ragtune.pipeline.rundir import (
     RAFT_ADAPTER,
     RAFT_CHECKPOINTS,
@@ -120,6 +121,9 @@ def make_sft_config(raft: RaftConfig, output_dir: Path, seed: int) -> Any:
         "report_to": "none",
         "use_cpu": not cuda,
         "bf16": bf16_training(),  # autocast on a bf16 GPU, or a CPU with native bf16 math (1.4x tokens/s here)
+        # trl turns activation checkpointing on by default: it saves GPU memory (QLoRA) by running each forward
+        # twice. A CPU has the memory, and without it a step is 1.2x faster (scripts/bench_raft.py).
+        "gradient_checkpointing": cuda,
         **raft.trainer,
     }
     return SFTConfig(output_dir=str(output_dir), **args)
@@ -272,7 +276,8 @@ def dev_answer_f1(model_path: str, adapter: str, rows: list[dict], assemble: Ass
         model, tokenizer = load_for_inference(model_path, adapter_dir, inference_dtype(assemble.dtype))
         for mode, asked in requests.items():
             desc = f"RAFT dev ({label}{mode})"
-            completions = generate_batched(model, tokenizer, asked, assemble.max_new_tokens, desc=desc)
+            settled = partial(answer_settled, prefilled=bool(mode))  # stop once the answer is settled
+            completions = generate_batched(model, tokenizer, asked, assemble.max_new_tokens, desc=desc, stop=settled)
             answers = [whole_answer(r, c) for r, c in zip(asked, completions, strict=True)]
             f1[label + mode] = mean_f1(answers, references)
             if not mode:
