@@ -13,7 +13,11 @@ Training lists (a positive and ``--negatives`` negatives) are built per query or
 and per negative source, from the candidates of the tuned embedder's top ``--pool`` (labelled chunks left out):
 - ``embedder``: the embedder's highest-ranked (what stage 2 mines);
 - ``bm25``: BM25's highest-ranked over the whole corpus;
-- ``lm``: the untrained LM's highest-scored among the embedder's pool (hard for the scorer itself).
+- ``lm``: the untrained LM's highest-scored among the embedder's pool (hard for the scorer itself);
+- ``distill``: no label at all: the embedder's top ``--pool`` candidates as they come (positives included), each
+  weighted by the fused order the stage serves, ``--teacher-weight``·mm(untrained LM) + (1 − it)·mm(embedder)
+  (min-max within the list); the loss is the KL divergence from the softmax of those weights (temperature
+  ``--teacher-temperature``) to the reranker's (the stage's temperature). Distillation from the fused order.
 
 For each (origin, source) the script prints the untrained LM's listwise loss on the lists (softmax
 cross-entropy at the stage's temperature; ln(1 + negatives) is chance) and how often it already ranks the positive
@@ -38,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import Trainer  # noqa: E402
 
 from ragtune.pipeline.config import load_config  # noqa: E402 (after the path set-up)
 from ragtune.pipeline.hybrid import bm25_rankings, bm25_retriever  # noqa: E402
@@ -45,6 +51,7 @@ from ragtune.pipeline.llm import make_backend  # noqa: E402
 from ragtune.pipeline.llm.local import stop_when  # noqa: E402
 from ragtune.pipeline.pseudo_queries import inverse_cloze_queries  # noqa: E402
 from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker, untrained_cache_name  # noqa: E402
+from ragtune.pipeline.ranking import fuse_scores  # noqa: E402
 from ragtune.pipeline.retrieval import DenseRetriever  # noqa: E402
 from ragtune.pipeline.rundir import DATA_LLM_CACHE, EMBEDDING_CACHE, SCORE_CACHE, RunDir, read_jsonl  # noqa: E402
 from ragtune.stages.data.query_generation import RECIPE_MAX_NEW_TOKENS, RECIPE_STOP, prompt_builder  # noqa: E402
@@ -59,7 +66,7 @@ from ragtune.stages.rerank.mine import rerank_dev_split  # noqa: E402
 from ragtune.stages.rerank.train import build_training_args  # noqa: E402
 
 ORIGINS = ("human", "synthetic", "sampled", "inverse_cloze")
-SOURCES = ("embedder", "bm25", "lm")
+SOURCES = ("embedder", "bm25", "lm", "distill")
 
 
 def origin_of(query: dict[str, Any]) -> str:
@@ -94,15 +101,60 @@ def first_negatives(ranked: list[str], relevant: set[str], n: int) -> list[str]:
     return [c for c in ranked if c not in relevant][:n]
 
 
-def listwise_loss(model: QueryLikelihoodReranker, lists: list[dict[str, Any]]) -> tuple[float, float]:
-    """The untrained model's mean listwise loss on ``lists`` and the share of lists whose positive it ranks first."""
-    collate, losses, firsts = ListCollator(model), [], []
+def distillation_loss(
+    scores: torch.Tensor, teacher: torch.Tensor, sizes: list[int], temperature: float, teacher_temperature: float
+) -> torch.Tensor:
+    """Mean over lists of KL(softmax(teacher / teacher_temperature) ‖ softmax(scores / temperature)).
+
+    Example:
+        >>> round(float(distillation_loss(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 1.0]), [2], 0.1, 0.1)), 6)
+        0.0
+    """
+    losses = []
+    for row, target in zip(scores.split(sizes), teacher.split(sizes), strict=True):
+        target = torch.softmax(target / teacher_temperature, dim=0)
+        losses.append(torch.sum(target * (target.clamp_min(1e-12).log() - torch.log_softmax(row / temperature, 0))))
+    return torch.stack(losses).mean()
+
+
+class TeacherCollator(ListCollator):
+    """:class:`ListCollator` with each list's teacher weights (``"teacher"``) packed beside its pairs."""
+
+    def __call__(self, rows: Any) -> dict[str, torch.Tensor]:
+        return {**super().__call__(rows), "teacher": torch.tensor([t for r in rows for t in r["teacher"]])}
+
+
+class DistillTrainer(Trainer):
+    """A Trainer whose loss is :func:`distillation_loss` of the reranker's scores against the lists' teacher."""
+
+    teacher_temperature = 0.1
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        teacher, sizes = inputs.pop("teacher"), inputs.pop("list_sizes").tolist()
+        out = model(**inputs)
+        loss = distillation_loss(out["scores"], teacher, sizes, model.temperature, self.teacher_temperature)
+        return (loss, out) if return_outputs else loss
+
+
+def listwise_loss(
+    model: QueryLikelihoodReranker, lists: list[dict[str, Any]], teacher_temperature: float
+) -> tuple[float, float]:
+    """The untrained model's mean loss on ``lists`` (listwise, or against the teacher where lists carry one) and
+    the share of lists whose first passage (the positive; the teacher's best) it ranks first."""
+    distill = "teacher" in lists[0]
+    collate, losses, firsts = (TeacherCollator if distill else ListCollator)(model), [], []
     with torch.no_grad():
         for start in range(0, len(lists), 4):
             batch = collate(lists[start : start + 4])
+            teacher, sizes = batch.pop("teacher", None), batch["list_sizes"].tolist()
             out = model(**batch)
-            losses.append(float(out["loss"]) * len(batch["list_sizes"]))
-            for row in out["scores"].split(batch["list_sizes"].tolist()):
+            loss = (
+                distillation_loss(out["scores"], teacher, sizes, model.temperature, teacher_temperature)
+                if distill
+                else out["loss"]
+            )
+            losses.append(float(loss) * len(sizes))
+            for row in out["scores"].split(sizes):
                 firsts.append(int(row.argmax()) == 0)
     return sum(losses) / len(lists), sum(firsts) / len(firsts)
 
@@ -115,8 +167,10 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=20, help="the embedder's candidates the lm source scores")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None, help="JSON lines of the results")
-    parser.add_argument("--only", nargs="*", default=None, help="variants origin/source to train (default all)")
+    parser.add_argument("--only", nargs="*", default=None, help="variants origin/source to measure (default all)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the sampled origin")
+    parser.add_argument("--teacher-weight", type=float, default=0.5, help="the LM's weight in the distill teacher")
+    parser.add_argument("--teacher-temperature", type=float, default=0.1, help="softmax temperature of the teacher")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()  # overrides may follow the flags
     cfg = load_config(args.config, args.overrides)
@@ -145,7 +199,7 @@ def main() -> None:
     # 2. Negatives of every source for every chosen query.
     chosen = [q for g in groups.values() for q in g]
     texts = [q["text"] for q in chosen]
-    _, pools = retriever.search(texts, args.pool + 5)
+    cosines, pools = retriever.search(texts, args.pool + 5)
     bm25 = bm25_rankings(bm25_retriever(corpus, args.pool + 5), texts)
     ql = cfg.rerank.query_likelihood
     cache = run.path(SCORE_CACHE) / f"{untrained_cache_name(ql.generator, ql.prompt, ql.max_length)}.jsonl"
@@ -154,8 +208,13 @@ def main() -> None:
     )
     untrained.temperature = ql.temperature
     negatives: dict[tuple[str, str], list[str]] = {}
-    for q, pool, lexical in zip(chosen, pools, bm25, strict=True):
+    teachers: dict[str, list[tuple[str, float]]] = {}
+    for q, pool, cosine, lexical in zip(chosen, pools, cosines, bm25, strict=True):
         relevant = set(q["relevance"]) | set(q["positives"])
+        top = pool[: args.pool]
+        lm = untrained.predict([(q["text"], by_id[c]["text"]) for c in top], batch_size=16)
+        fused = fuse_scores(cosine[: args.pool], lm, args.teacher_weight)
+        teachers[q["qid"]] = sorted(zip(top, fused, strict=True), key=lambda t: -t[1])  # the teacher's best first
         candidates = first_negatives(pool, relevant, args.pool)
         scores = untrained.predict([(q["text"], by_id[c]["text"]) for c in candidates], batch_size=16)
         by_lm = [c for _, c in sorted(zip(scores, candidates, strict=True), key=lambda t: -t[0])]
@@ -164,6 +223,15 @@ def main() -> None:
         negatives[q["qid"], "lm"] = by_lm[: args.negatives]
 
     def lists_of(origin: str, source: str) -> list[dict[str, Any]]:
+        if source == "distill":
+            return [
+                {
+                    "query": q["text"],
+                    "passages": [by_id[c]["text"] for c, _ in teachers[q["qid"]]],
+                    "teacher": [w for _, w in teachers[q["qid"]]],
+                }
+                for q in groups[origin]
+            ]
         rows = []
         for q in groups[origin]:
             best = max(q["positives"], key=lambda p: q["relevance"].get(p, 0))
@@ -180,8 +248,10 @@ def main() -> None:
     results = []
     for origin in groups:
         for source in SOURCES:
+            if args.only is not None and f"{origin}/{source}" not in args.only:
+                continue
             lists = lists_of(origin, source)
-            loss, first = listwise_loss(untrained, lists)
+            loss, first = listwise_loss(untrained, lists, args.teacher_temperature)
             results.append({"origin": origin, "source": source, "lists": len(lists), "loss_untrained": loss,
                             "positive_first": first})  # fmt: skip
             print(
@@ -191,9 +261,6 @@ def main() -> None:
 
     # 4. Train a fresh adapter per variant for the same steps; the dev slice after.
     for row in results:
-        name = f"{row['origin']}/{row['source']}"
-        if args.only is not None and name not in args.only:
-            continue
         lists = lists_of(row["origin"], row["source"])
         torch.manual_seed(cfg.run.seed)
         model = build_query_likelihood(cfg.rerank, train=True)
@@ -201,7 +268,14 @@ def main() -> None:
             targs = build_training_args(cfg.rerank, tmp, cfg.run.seed)
             targs.max_steps, targs.disable_tqdm = args.steps, True
             started = time.time()
-            trainer = train_query_likelihood(model, lists, targs, [])
+            if row["source"] == "distill":
+                targs.remove_unused_columns = False
+                trainer = DistillTrainer(model=model, args=targs, train_dataset=Dataset.from_list(lists),
+                                         data_collator=TeacherCollator(model))  # fmt: skip
+                trainer.teacher_temperature = args.teacher_temperature
+                trainer.train()
+            else:
+                trainer = train_query_likelihood(model, lists, targs, [])
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         after = curve_point(model.eval(), dev, args.steps)
         row |= {"steps": args.steps, "loss_first": losses[0], "loss_last": losses[-1],
