@@ -207,19 +207,22 @@ def main() -> None:
         ql.generator, ql.prompt, ql.max_length, ql.dtype, cache_file=cache, prefix_cache_mb=ql.prefix_cache_mb
     )
     untrained.temperature = ql.temperature
+    # each query's embedder top (the distill lists) and its first non-relevant candidates, scored in one call
+    relevant = [set(q["relevance"]) | set(q["positives"]) for q in chosen]
+    candidates = [first_negatives(pool, rel, args.pool) for pool, rel in zip(pools, relevant, strict=True)]
+    scored = sorted({(q["text"], c) for q, pool, cand in zip(chosen, pools, candidates, strict=True)
+                     for c in [*pool[: args.pool], *cand]})  # fmt: skip
+    scores = untrained.predict([(t, by_id[c]["text"]) for t, c in scored], batch_size=16, show_progress_bar=True)
+    lm_score = dict(zip(scored, scores, strict=True))
     negatives: dict[tuple[str, str], list[str]] = {}
     teachers: dict[str, list[tuple[str, float]]] = {}
-    for q, pool, cosine, lexical in zip(chosen, pools, cosines, bm25, strict=True):
-        relevant = set(q["relevance"]) | set(q["positives"])
+    for q, pool, cosine, lexical, rel, cand in zip(chosen, pools, cosines, bm25, relevant, candidates, strict=True):
         top = pool[: args.pool]
-        lm = untrained.predict([(q["text"], by_id[c]["text"]) for c in top], batch_size=16)
-        fused = fuse_scores(cosine[: args.pool], lm, args.teacher_weight)
+        fused = fuse_scores(cosine[: args.pool], [lm_score[q["text"], c] for c in top], args.teacher_weight)
         teachers[q["qid"]] = sorted(zip(top, fused, strict=True), key=lambda t: -t[1])  # the teacher's best first
-        candidates = first_negatives(pool, relevant, args.pool)
-        scores = untrained.predict([(q["text"], by_id[c]["text"]) for c in candidates], batch_size=16)
-        by_lm = [c for _, c in sorted(zip(scores, candidates, strict=True), key=lambda t: -t[0])]
-        negatives[q["qid"], "embedder"] = candidates[: args.negatives]
-        negatives[q["qid"], "bm25"] = first_negatives(lexical, relevant, args.negatives)
+        by_lm = sorted(cand, key=lambda c: -lm_score[q["text"], c])
+        negatives[q["qid"], "embedder"] = cand[: args.negatives]
+        negatives[q["qid"], "bm25"] = first_negatives(lexical, rel, args.negatives)
         negatives[q["qid"], "lm"] = by_lm[: args.negatives]
 
     def lists_of(origin: str, source: str) -> list[dict[str, Any]]:
