@@ -19,11 +19,18 @@ and per negative source, from the candidates of the tuned embedder's top ``--poo
   (min-max within the list); the loss is the KL divergence from the softmax of those weights (temperature
   ``--teacher-temperature``) to the reranker's (the stage's temperature). Distillation from the fused order.
 
+With ``--query-side`` the adapter reads the query's tokens only: every passage prefix is the frozen LM's (computed
+once with the adapter off and kept), so a training step costs the queries' ~15 tokens instead of whole passages,
+and ``--steps`` can be many passes at ``--learning-rate`` (``--eval-every`` draws the dev curve). It asks whether
+the budget or the signal is what keeps training from paying: cheap steps, many of them, at a rate that moves the
+scores.
+
 For each (origin, source) the script prints the untrained LM's listwise loss on the lists (softmax
 cross-entropy at the stage's temperature; ln(1 + negatives) is chance) and how often it already ranks the positive
 first; then it LoRA-trains a fresh adapter for ``--steps`` steps on those lists with the stage's settings and
 prints the dev slice's nDCG@10 of the reranker alone and fused with the retriever (weight by the stage's rule),
-against the untrained LM's. The table goes in docs/rerank.md.
+against the untrained LM's, and how far training moved the dev scores: the share of dev queries whose candidate
+order changed and the mean absolute change of a score (nats). The table goes in docs/rerank.md.
 """
 
 from __future__ import annotations
@@ -43,16 +50,22 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import Trainer  # noqa: E402
+from torch import nn  # noqa: E402
+from transformers import DynamicCache, Trainer  # noqa: E402
 
 from ragtune.pipeline.config import load_config  # noqa: E402 (after the path set-up)
 from ragtune.pipeline.hybrid import bm25_rankings, bm25_retriever  # noqa: E402
 from ragtune.pipeline.llm import make_backend  # noqa: E402
 from ragtune.pipeline.llm.local import stop_when  # noqa: E402
+from ragtune.pipeline.prefix_cache import cached_part, pack_after_prefixes, stack_prefixes  # noqa: E402
 from ragtune.pipeline.pseudo_queries import inverse_cloze_queries  # noqa: E402
-from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker, untrained_cache_name  # noqa: E402
+from ragtune.pipeline.query_likelihood import (  # noqa: E402
+    QueryLikelihoodReranker,
+    mean_token_log_likelihood,
+    untrained_cache_name,
+)
 from ragtune.pipeline.ranking import fuse_scores  # noqa: E402
-from ragtune.pipeline.retrieval import DenseRetriever  # noqa: E402
+from ragtune.pipeline.retrieval import DenseRetriever, reranker_scores  # noqa: E402
 from ragtune.pipeline.rundir import DATA_LLM_CACHE, EMBEDDING_CACHE, SCORE_CACHE, RunDir, read_jsonl  # noqa: E402
 from ragtune.stages.data.query_generation import RECIPE_MAX_NEW_TOKENS, RECIPE_STOP, prompt_builder  # noqa: E402
 from ragtune.stages.data.query_parsing import first_question  # noqa: E402
@@ -136,6 +149,100 @@ class DistillTrainer(Trainer):
         return (loss, out) if return_outputs else loss
 
 
+class QuerySideReranker(QueryLikelihoodReranker):
+    """The query-likelihood reranker with its LoRA adapter on the query's tokens only.
+
+    Every passage prefix is the frozen LM's (computed with the adapter off), so prefixes outlive training steps and
+    a step reads only the queries' tokens over them. ``lm`` must be a peft model.
+    """
+
+    def _prefix_states(self, prefixes: Any, batch_size: int, device: Any) -> dict[tuple, Any]:
+        with self.lm.disable_adapter(), torch.no_grad():
+            return super()._prefix_states(prefixes, batch_size, device)
+
+    def train(self, mode: bool = True) -> QuerySideReranker:
+        """As ``nn.Module.train``; forgets memoised scores but keeps the prefixes (the frozen LM's)."""
+        self.memo, self.cache_file = {}, None
+        return nn.Module.train(self, mode)
+
+    def list_scores(self, lists: list[dict[str, Any]]) -> torch.Tensor:
+        """Differentiable scores of every (query, passage) pair of ``lists``, in order, read after the prefixes."""
+        encoded = self.encode([(r["query"], p) for r in lists for p in r["passages"]])
+        prefix_of = [cached_part(context) for context, _ in encoded]
+        device = next(self.lm.parameters()).device
+        states = self._prefix_states(list(dict.fromkeys(prefix_of)), 16, device)
+        packed = pack_after_prefixes(
+            [len(p) for p in prefix_of], [[c[-1], *q] for c, q in encoded], self.tokenizer.pad_token_id
+        )
+        packed = {k: v.to(device) for k, v in packed.items()}
+        lm = self.causal_lm()
+        past = DynamicCache(stack_prefixes([states[p] for p in prefix_of]), config=lm.config)
+        hidden = lm.get_decoder()(
+            input_ids=packed["input_ids"],
+            attention_mask=packed["attention_mask"],
+            position_ids=packed["position_ids"],
+            past_key_values=past,
+            use_cache=True,
+        ).last_hidden_state
+        return mean_token_log_likelihood(lm.get_output_embeddings(), hidden, packed)
+
+
+def list_loss(scores: torch.Tensor, lists: list[dict[str, Any]], temperature: float, teacher_temperature: float):
+    """The listwise loss of ``lists``' scores: against each list's teacher where lists carry one (distillation),
+    else softmax cross-entropy with the first passage (the positive) as the target."""
+    sizes = [len(r["passages"]) for r in lists]
+    if "teacher" in lists[0]:
+        teacher = torch.tensor([t for r in lists for t in r["teacher"]])
+        return distillation_loss(scores, teacher, sizes, temperature, teacher_temperature)
+    first = torch.zeros(1, dtype=torch.long)
+    return torch.stack(
+        [nn.functional.cross_entropy(row[None] / temperature, first) for row in scores.split(sizes)]
+    ).mean()
+
+
+def train_query_side(
+    model: QuerySideReranker, lists: list[dict[str, Any]], args: Any, seed: int, evaluate: Any
+) -> tuple[list[float], list[Any]]:
+    """AdamW on the adapter for ``args.steps`` steps of ``args.batch`` lists (reshuffled every pass), the rate
+    decaying linearly from ``args.learning_rate``. Returns the losses and ``evaluate(model, step)`` of every
+    ``args.eval_every``-th step before the last."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / args.steps)
+    rng, order, losses, curve = random.Random(seed), [], [], []
+    for step in range(1, args.steps + 1):
+        if len(order) < args.batch:
+            order = rng.sample(lists, len(lists))
+        batch, order = order[: args.batch], order[args.batch :]
+        model.train()
+        loss = list_loss(model.list_scores(batch), batch, model.temperature, args.teacher_temperature)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+        if args.eval_every and step % args.eval_every == 0 and step < args.steps:
+            curve.append(evaluate(model, step))
+    return losses, curve
+
+
+def score_shift(before: list[list[float]], after: list[list[float]]) -> tuple[float, float]:
+    """How far training moved a reranker's scores of the same candidate lists: the share of lists whose order
+    changed, and the mean absolute change of a score.
+
+    Example:
+        >>> score_shift([[0.0, -1.0], [0.0, -1.0]], [[0.0, -0.5], [-2.0, -1.0]])
+        (0.5, 0.75)
+    """
+
+    def order(row: list[float]) -> list[int]:
+        return sorted(range(len(row)), key=lambda i: -row[i])
+
+    changed = [order(b) != order(a) for b, a in zip(before, after, strict=True)]
+    shifts = [abs(x - y) for b, a in zip(before, after, strict=True) for x, y in zip(b, a, strict=True)]
+    return sum(changed) / len(changed), sum(shifts) / len(shifts)
+
+
 def listwise_loss(
     model: QueryLikelihoodReranker, lists: list[dict[str, Any]], teacher_temperature: float
 ) -> tuple[float, float]:
@@ -171,6 +278,11 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the sampled origin")
     parser.add_argument("--teacher-weight", type=float, default=0.5, help="the LM's weight in the distill teacher")
     parser.add_argument("--teacher-temperature", type=float, default=0.1, help="softmax temperature of the teacher")
+    parser.add_argument("--query-side", action="store_true", help="the adapter on the query's tokens only")
+    parser.add_argument("--learning-rate", type=float, default=None, help="--query-side: peak rate (the stage's)")
+    parser.add_argument("--batch", type=int, default=None, help="--query-side: lists per step (the stage's)")
+    parser.add_argument("--eval-every", type=int, default=0, help="--query-side: dev curve every N steps (0: end)")
+    parser.add_argument("--prefix-mb", type=int, default=6144, help="--query-side: memory for passage prefixes")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()  # overrides may follow the flags
     cfg = load_config(args.config, args.overrides)
@@ -245,6 +357,7 @@ def main() -> None:
 
     # 3. The untrained LM on every variant's lists, and on the dev slice.
     start = curve_point(untrained, dev, 0)
+    start_scores = reranker_scores(untrained, dev.texts, dev.chunks)  # memoised: the point above scored them
     chance = math.log(1 + args.negatives)
     print(f"untrained on dev: reranker alone {start['reranker']:.3f}, fused {start['fused']:.3f} (weight "
           f"{start['weight']}), retriever {start['retriever']:.3f}; chance loss {chance:.3f}")  # fmt: skip
@@ -262,7 +375,14 @@ def main() -> None:
             )
     del untrained
 
-    # 4. Train a fresh adapter per variant for the same steps; the dev slice after.
+    # 4. Train a fresh adapter per variant for the same steps; the dev slice after (and on the way, query-side).
+    def dev_point(model: Any, step: int) -> dict[str, Any]:
+        after = curve_point(model.eval(), dev, step)
+        changed, shift = score_shift(start_scores, reranker_scores(model, dev.texts, dev.chunks))
+        point = {**after, "orders_changed": round(changed, 3), "mean_shift": round(shift, 4)}
+        print("dev", json.dumps(point), flush=True)
+        return point
+
     for row in results:
         lists = lists_of(row["origin"], row["source"])
         torch.manual_seed(cfg.run.seed)
@@ -271,7 +391,15 @@ def main() -> None:
             targs = build_training_args(cfg.rerank, tmp, cfg.run.seed)
             targs.max_steps, targs.disable_tqdm = args.steps, True
             started = time.time()
-            if row["source"] == "distill":
+            if args.query_side:
+                model = QuerySideReranker(model.lm, model.tokenizer, model.prompt, model.max_length,
+                                          prefix_cache_mb=args.prefix_mb)  # fmt: skip
+                model.temperature = cfg.rerank.query_likelihood.temperature
+                args.learning_rate = args.learning_rate or targs.learning_rate
+                args.batch = args.batch or targs.per_device_train_batch_size
+                losses, curve = train_query_side(model, lists, args, cfg.run.seed, dev_point)
+                row |= {"query_side": True, "learning_rate": args.learning_rate, "batch": args.batch, "curve": curve}
+            elif row["source"] == "distill":
                 targs.remove_unused_columns = False
                 trainer = DistillTrainer(model=model, args=targs, train_dataset=Dataset.from_list(lists),
                                          data_collator=TeacherCollator(model))  # fmt: skip
@@ -279,17 +407,21 @@ def main() -> None:
                 trainer.train()
             else:
                 trainer = train_query_likelihood(model, lists, targs, [])
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        after = curve_point(model.eval(), dev, args.steps)
-        row |= {"steps": args.steps, "loss_first": losses[0], "loss_last": losses[-1],
-                "train_seconds": round(time.time() - started), "dev_reranker": after["reranker"],
-                "dev_fused": after["fused"], "dev_weight": after["weight"],
-                "dev_reranker_untrained": start["reranker"], "dev_fused_untrained": start["fused"]}  # fmt: skip
+            if not args.query_side:
+                losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        seconds = round(time.time() - started)
+        after = dev_point(model, args.steps)
+        first, last = losses[:5], losses[-5:]  # the loss on the first and the last five steps
+        row |= {"steps": args.steps, "loss_first": sum(first) / len(first), "loss_last": sum(last) / len(last),
+                "train_seconds": seconds, "dev_reranker": after["reranker"], "dev_fused": after["fused"],
+                "dev_weight": after["weight"], "orders_changed": after["orders_changed"],
+                "mean_shift": after["mean_shift"], "dev_reranker_untrained": start["reranker"],
+                "dev_fused_untrained": start["fused"]}  # fmt: skip
         print(json.dumps(row), flush=True)
         if args.out:
             with args.out.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
-        del model, trainer
+        del model
 
 
 if __name__ == "__main__":

@@ -34,3 +34,63 @@ def test_a_student_that_inverts_the_teacher_costs_more_than_one_that_ties(source
     inverted = sources.distillation_loss(torch.tensor([0.0, 1.0]), teacher, [2], 0.1, 0.1)
     tied = sources.distillation_loss(torch.tensor([0.5, 0.5]), teacher, [2], 0.1, 0.1)
     assert float(inverted) > float(tied) > 0.0
+
+
+def test_score_shift_counts_reordered_lists_and_the_mean_move(sources) -> None:
+    before = [[0.0, -1.0, -2.0], [0.0, -1.0, -2.0]]
+    assert sources.score_shift(before, before) == (0.0, 0.0)
+    changed, shift = sources.score_shift(before, [[0.1, -0.9, -1.9], [-1.5, -1.0, -2.0]])
+    assert changed == 0.5  # the first list moved but kept its order; the second one's top two swapped
+    assert shift == pytest.approx((0.1 * 3 + 1.5) / 6)
+
+
+@pytest.fixture
+def query_side(sources, tiny_llama_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from ragtune.pipeline.generator import load_generator
+
+    torch.manual_seed(0)
+    lm, tokenizer = load_generator(str(tiny_llama_dir), None, "float32")
+    lm = get_peft_model(lm, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    model = sources.QuerySideReranker(lm, tokenizer, prefix_cache_mb=64)
+    return model.eval()
+
+
+LISTS = [
+    {"query": "when is the billing engine switched over", "passages": ["The billing engine switches over on Friday.",
+                                                                        "Payroll runs on the first Monday."]},
+    {"query": "who owns payroll", "passages": ["Payroll is owned by the finance team.",
+                                               "The standby site is in the north."]},
+]  # fmt: skip
+
+
+def test_query_side_prefixes_are_the_frozen_lms_and_only_the_query_reads_the_adapter(query_side) -> None:
+    from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker
+
+    for name, p in query_side.lm.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    pairs = [(r["query"], p) for r in LISTS for p in r["passages"]]
+    moved = query_side.predict(pairs)  # reads (and keeps) every passage's prefix, with the adapter on the model
+    prefix = next(iter(query_side.prefixes._entries))
+    with query_side.lm.disable_adapter():
+        fresh = query_side.causal_lm().get_decoder()(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
+        base = QueryLikelihoodReranker(query_side.lm, query_side.tokenizer, prefix_cache_mb=0).eval().predict(pairs)
+    kept = query_side.prefixes.get(prefix)
+    assert torch.allclose(kept[-1][0], fresh.layers[-1].keys[0], atol=1e-5)  # computed with the adapter off
+    assert moved != pytest.approx(base, abs=1e-4)  # the query's own tokens do read it
+    # the differentiable path gives the scores predict gives
+    assert query_side.list_scores(LISTS).tolist() == pytest.approx(moved, abs=1e-4)
+
+
+def test_query_side_training_moves_the_adapter_and_lowers_the_loss(sources, query_side) -> None:
+    from types import SimpleNamespace
+
+    before = {n: p.detach().clone() for n, p in query_side.named_parameters() if p.requires_grad}
+    args = SimpleNamespace(steps=30, batch=2, learning_rate=1e-2, teacher_temperature=0.1, eval_every=10)
+    losses, curve = sources.train_query_side(query_side, LISTS, args, seed=0, evaluate=lambda m, step: step)
+    assert curve == [10, 20]
+    assert sum(losses[-5:]) < sum(losses[:5])
+    changed = [n for n, p in query_side.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert changed and all("lora" in n for n in changed)
