@@ -187,7 +187,9 @@ class QuerySideReranker(QueryLikelihoodReranker):
         return mean_token_log_likelihood(lm.get_output_embeddings(), hidden, packed)
 
 
-def list_loss(scores: torch.Tensor, lists: list[dict[str, Any]], temperature: float, teacher_temperature: float):
+def list_loss(
+    scores: torch.Tensor, lists: list[dict[str, Any]], temperature: float, teacher_temperature: float
+) -> torch.Tensor:
     """The listwise loss of ``lists``' scores: against each list's teacher where lists carry one (distillation),
     else softmax cross-entropy with the first passage (the positive) as the target."""
     sizes = [len(r["passages"]) for r in lists]
@@ -247,23 +249,13 @@ def listwise_loss(
     model: QueryLikelihoodReranker, lists: list[dict[str, Any]], teacher_temperature: float
 ) -> tuple[float, float]:
     """The untrained model's mean loss on ``lists`` (listwise, or against the teacher where lists carry one) and
-    the share of lists whose first passage (the positive; the teacher's best) it ranks first."""
-    distill = "teacher" in lists[0]
-    collate, losses, firsts = (TeacherCollator if distill else ListCollator)(model), [], []
-    with torch.no_grad():
-        for start in range(0, len(lists), 4):
-            batch = collate(lists[start : start + 4])
-            teacher, sizes = batch.pop("teacher", None), batch["list_sizes"].tolist()
-            out = model(**batch)
-            loss = (
-                distillation_loss(out["scores"], teacher, sizes, model.temperature, teacher_temperature)
-                if distill
-                else out["loss"]
-            )
-            losses.append(float(loss) * len(sizes))
-            for row in out["scores"].split(sizes):
-                firsts.append(int(row.argmax()) == 0)
-    return sum(losses) / len(lists), sum(firsts) / len(firsts)
+    the share of lists whose first passage (the positive; the teacher's best) it ranks first. Every pair is scored
+    in one batched ``predict`` (passage prefixes read once, scores memoised)."""
+    pairs = [(r["query"], p) for r in lists for p in r["passages"]]
+    scores = torch.tensor(model.predict(pairs, batch_size=16))
+    loss = list_loss(scores, lists, model.temperature, teacher_temperature)
+    firsts = [int(row.argmax()) == 0 for row in scores.split([len(r["passages"]) for r in lists])]
+    return float(loss), sum(firsts) / len(firsts)
 
 
 def main() -> None:

@@ -94,3 +94,17 @@ def test_query_side_training_moves_the_adapter_and_lowers_the_loss(sources, quer
     assert sum(losses[-5:]) < sum(losses[:5])
     changed = [n for n, p in query_side.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert changed and all("lora" in n for n in changed)
+
+
+def test_the_untrained_table_from_batched_scores_equals_the_training_forward(sources, tiny_llama_dir) -> None:
+    from ragtune.pipeline.generator import load_generator
+    from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker
+    from ragtune.stages.rerank.likelihood import ListCollator
+
+    model = QueryLikelihoodReranker(*load_generator(str(tiny_llama_dir), None, "float32")).eval()
+    with torch.no_grad():
+        out = model(**ListCollator(model)(LISTS))
+    loss, first = sources.listwise_loss(model, LISTS, teacher_temperature=0.1)
+    assert loss == pytest.approx(float(out["loss"]), rel=1e-4)
+    expected = [int(row.argmax()) == 0 for row in out["scores"].split([2, 2])]
+    assert first == sum(expected) / 2
