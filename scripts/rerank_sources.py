@@ -51,19 +51,15 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from torch import nn  # noqa: E402
-from transformers import DynamicCache, Trainer  # noqa: E402
+from transformers import Trainer  # noqa: E402
 
 from ragtune.pipeline.config import load_config  # noqa: E402 (after the path set-up)
 from ragtune.pipeline.hybrid import bm25_rankings, bm25_retriever  # noqa: E402
 from ragtune.pipeline.llm import make_backend  # noqa: E402
 from ragtune.pipeline.llm.local import stop_when  # noqa: E402
-from ragtune.pipeline.prefix_cache import cached_part, pack_after_prefixes, stack_prefixes  # noqa: E402
+from ragtune.pipeline.prefix_cache import cached_part  # noqa: E402
 from ragtune.pipeline.pseudo_queries import inverse_cloze_queries  # noqa: E402
-from ragtune.pipeline.query_likelihood import (  # noqa: E402
-    QueryLikelihoodReranker,
-    mean_token_log_likelihood,
-    untrained_cache_name,
-)
+from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker, untrained_cache_name  # noqa: E402
 from ragtune.pipeline.ranking import fuse_scores  # noqa: E402
 from ragtune.pipeline.retrieval import DenseRetriever, reranker_scores  # noqa: E402
 from ragtune.pipeline.rundir import DATA_LLM_CACHE, EMBEDDING_CACHE, SCORE_CACHE, RunDir, read_jsonl  # noqa: E402
@@ -170,21 +166,7 @@ class QuerySideReranker(QueryLikelihoodReranker):
         encoded = self.encode([(r["query"], p) for r in lists for p in r["passages"]])
         prefix_of = [cached_part(context) for context, _ in encoded]
         device = next(self.lm.parameters()).device
-        states = self._prefix_states(list(dict.fromkeys(prefix_of)), 16, device)
-        packed = pack_after_prefixes(
-            [len(p) for p in prefix_of], [[c[-1], *q] for c, q in encoded], self.tokenizer.pad_token_id
-        )
-        packed = {k: v.to(device) for k, v in packed.items()}
-        lm = self.causal_lm()
-        past = DynamicCache(stack_prefixes([states[p] for p in prefix_of]), config=lm.config)
-        hidden = lm.get_decoder()(
-            input_ids=packed["input_ids"],
-            attention_mask=packed["attention_mask"],
-            position_ids=packed["position_ids"],
-            past_key_values=past,
-            use_cache=True,
-        ).last_hidden_state
-        return mean_token_log_likelihood(lm.get_output_embeddings(), hidden, packed)
+        return self.scores_after(encoded, prefix_of, self._prefix_states(list(dict.fromkeys(prefix_of)), 16, device))
 
 
 def list_loss(

@@ -320,12 +320,7 @@ class QueryLikelihoodReranker(nn.Module):
         prefixes are taken in rounds that fit the store's budget: each round computes the prefixes it lacks, then
         scores every pair over them.
         """
-        from transformers import DynamicCache
-
-        lm = self.causal_lm()
-        decoder, head = lm.get_decoder(), lm.get_output_embeddings()
         device = next(self.lm.parameters()).device
-        pad = self.tokenizer.pad_token_id
         prefix_of = [cached_part(context) for context, _ in encoded]
         by_prefix: dict[tuple[int, ...], list[int]] = {}
         for j, prefix in enumerate(prefix_of):
@@ -338,23 +333,47 @@ class QueryLikelihoodReranker(nn.Module):
             rows = sorted((j for i in indices for j in by_prefix[prefixes[i]]), key=lambda j: len(encoded[j][1]))
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
-                cached = [prefix_of[j] for j in chunk]
-                packed = pack_after_prefixes(
-                    [len(p) for p in cached], [[encoded[j][0][-1], *encoded[j][1]] for j in chunk], pad
-                )
-                packed = {k: v.to(device) for k, v in packed.items()}
-                past = DynamicCache(stack_prefixes([states[p] for p in cached]), config=lm.config)
-                hidden = decoder(
-                    input_ids=packed["input_ids"],
-                    attention_mask=packed["attention_mask"],
-                    position_ids=packed["position_ids"],
-                    past_key_values=past,
-                    use_cache=True,
-                ).last_hidden_state
-                for j, value in zip(chunk, mean_token_log_likelihood(head, hidden, packed).tolist(), strict=True):
+                batch = self.scores_after([encoded[j] for j in chunk], [prefix_of[j] for j in chunk], states)
+                for j, value in zip(chunk, batch.tolist(), strict=True):
                     scores[j] = value
                 bar.update(len(chunk))
         return scores
+
+    def scores_after(
+        self,
+        encoded: Sequence[tuple[list[int], list[int]]],
+        prefixes: Sequence[tuple[int, ...]],
+        states: Mapping[tuple[int, ...], Any],
+    ) -> torch.Tensor:
+        """Scores of encoded pairs as one batch, each query read after its passage's cached key/value prefix.
+
+        Args:
+            encoded: (prompt with the passage, query) ids per pair (:meth:`encode`).
+            prefixes: each pair's :func:`~ragtune.pipeline.prefix_cache.cached_part` of its prompt.
+            states: the key/value states of every prefix (:meth:`_prefix_states`).
+
+        Returns:
+            (B,) scores, differentiable through the query's tokens (the prefixes' states are inputs).
+        """
+        from transformers import DynamicCache
+
+        lm = self.causal_lm()
+        device = next(self.lm.parameters()).device
+        packed = pack_after_prefixes(
+            [len(p) for p in prefixes],
+            [[context[-1], *query] for context, query in encoded],
+            self.tokenizer.pad_token_id,
+        )
+        packed = {k: v.to(device) for k, v in packed.items()}
+        past = DynamicCache(stack_prefixes([states[p] for p in prefixes]), config=lm.config)
+        hidden = lm.get_decoder()(
+            input_ids=packed["input_ids"],
+            attention_mask=packed["attention_mask"],
+            position_ids=packed["position_ids"],
+            past_key_values=past,
+            use_cache=True,
+        ).last_hidden_state
+        return mean_token_log_likelihood(lm.get_output_embeddings(), hidden, packed)
 
     def _prefix_states(self, prefixes: Sequence[tuple[int, ...]], batch_size: int, device: Any) -> dict[tuple, Any]:
         """Key/value states of each prefix: from the store, or computed in left-padded batches and stored."""
