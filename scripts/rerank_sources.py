@@ -59,7 +59,11 @@ from ragtune.pipeline.llm import make_backend  # noqa: E402
 from ragtune.pipeline.llm.local import stop_when  # noqa: E402
 from ragtune.pipeline.prefix_cache import cached_part  # noqa: E402
 from ragtune.pipeline.pseudo_queries import inverse_cloze_queries  # noqa: E402
-from ragtune.pipeline.query_likelihood import QueryLikelihoodReranker, untrained_cache_name  # noqa: E402
+from ragtune.pipeline.query_likelihood import (  # noqa: E402
+    QueryLikelihoodReranker,
+    listwise_cross_entropy,
+    untrained_cache_name,
+)
 from ragtune.pipeline.ranking import fuse_scores  # noqa: E402
 from ragtune.pipeline.retrieval import DenseRetriever, reranker_scores  # noqa: E402
 from ragtune.pipeline.rundir import DATA_LLM_CACHE, EMBEDDING_CACHE, SCORE_CACHE, RunDir, read_jsonl  # noqa: E402
@@ -178,10 +182,7 @@ def list_loss(
     if "teacher" in lists[0]:
         teacher = torch.tensor([t for r in lists for t in r["teacher"]])
         return distillation_loss(scores, teacher, sizes, temperature, teacher_temperature)
-    first = torch.zeros(1, dtype=torch.long)
-    return torch.stack(
-        [nn.functional.cross_entropy(row[None] / temperature, first) for row in scores.split(sizes)]
-    ).mean()
+    return listwise_cross_entropy(scores, sizes, temperature)
 
 
 def train_query_side(

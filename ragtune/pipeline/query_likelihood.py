@@ -99,6 +99,20 @@ def mean_token_log_likelihood(logits_at: Any, hidden: torch.Tensor, batch: dict[
     return totals / predicts.sum(1).clamp(min=1)
 
 
+def listwise_cross_entropy(scores: torch.Tensor, sizes: Sequence[int], temperature: float) -> torch.Tensor:
+    """Mean over lists of the softmax cross-entropy of each list's scores / ``temperature`` against its first
+    entry (the positive leads every training list).
+
+    Example:
+        >>> round(float(listwise_cross_entropy(torch.tensor([0.0, 0.0, 1.0, 1.0]), [2, 2], 1.0)), 4)  # ln 2 each
+        0.6931
+    """
+    first = torch.zeros(1, dtype=torch.long, device=scores.device)
+    return torch.stack(
+        [nn.functional.cross_entropy(row[None] / temperature, first) for row in scores.split(sizes)]
+    ).mean()
+
+
 def pair_key(query: str, passage: str) -> str:
     """Content key of a (query, passage) pair in the score cache."""
     return hashlib.sha256(f"{query}\0{passage}".encode()).hexdigest()[:24]
@@ -243,10 +257,7 @@ class QueryLikelihoodReranker(nn.Module):
         scores = mean_token_log_likelihood(lm.get_output_embeddings(), hidden, batch)
         if list_sizes is None:
             return {"scores": scores}
-        first = torch.zeros(1, dtype=torch.long, device=scores.device)  # the positive leads every list
-        lists = scores.split(list_sizes.tolist())
-        losses = [nn.functional.cross_entropy(row[None] / self.temperature, first) for row in lists]
-        return {"loss": torch.stack(losses).mean(), "scores": scores}
+        return {"loss": listwise_cross_entropy(scores, list_sizes.tolist(), self.temperature), "scores": scores}
 
     @torch.no_grad()
     def predict(
