@@ -561,7 +561,9 @@ class GplConfig(Section):
         "tuned",
         description="Reranker that labels the triples: tuned (stage 2's rerank/model), base (the untrained "
         "reranker of rerank.kind: with query likelihood, the LM with the stage's prompt, which ranks before any "
-        "training), or a cross-encoder bundled:<name>, hub id or path.",
+        "training), hybrid (BM25 + embed.base_model fused by reciprocal rank, as assemble.retrieval: hybrid serves "
+        "them: a passage scores the fused rank it would get among the corpus chunks; no LM, no labels), or a "
+        "cross-encoder bundled:<name>, hub id or path.",
     )
     max_length: int = Field(256, ge=16, description="Tokens of (query, passage) the teacher reads.")
     teacher_batch_size: int = Field(64, ge=1, description="(query, passage) pairs per teacher predict() batch.")

@@ -232,3 +232,22 @@ def test_the_untrained_query_likelihood_reranker_can_teach_without_stage_2(
     third = max(len(losses) // 3, 1)
     assert sum(losses[-third:]) < sum(losses[:third])  # the loss fell (single-batch points are noisy)
     assert list(run.path("cache/rerank-scores").glob("untrained-*.jsonl"))  # its scores are cached by content
+
+
+def test_the_untrained_hybrid_retriever_can_teach_without_stage_2(tiny_config: Path, tiny_bert_dir: Path) -> None:
+    """``gpl.teacher: hybrid``: BM25 + the base embedder label the triples by fused rank; no LM, no stage 2."""
+    run = run_dir_of(tiny_config)
+    handmade_data_stage(run)
+    simulate_embed_stage(run, tiny_bert_dir, STAGE_1)
+    overrides = [*OVERRIDES, "gpl.teacher=hybrid", f"embed.base_model={tiny_bert_dir}", "gpl.epochs=4"]
+    cli(["gpl", str(tiny_config), *overrides, "gpl.pseudo_queries=4"])
+    triples = read_jsonl(run.path("gpl/train.jsonl"))
+    assert any(t["qid"].startswith("ict-") for t in triples)  # inverse-cloze positives are ranked too
+    assert triples and len({round(t["margin"], 6) for t in triples}) > 1
+    assert sum(t["margin"] > 0 for t in triples) > len(triples) / 2  # BM25 finds the query's own note first
+    rec = run.load_manifest()["gpl"]
+    assert "teacher/model" in rec.inputs and "rerank/model" not in rec.inputs
+    assert json.loads(run.path("gpl/metrics.json").read_text())["teacher"] == "hybrid"
+    losses = [loss for _, loss in json.loads(run.path("gpl/metrics.json").read_text())["loss_history"]]
+    third = max(len(losses) // 3, 1)
+    assert sum(losses[-third:]) < sum(losses[:third])

@@ -56,6 +56,7 @@ from ragtune.pipeline.rundir import (
     read_jsonl,
 )
 from ragtune.pipeline.training_args import common_training_args, route_tensorboard
+from ragtune.stages.gpl.hybrid_teacher import HybridTeacher
 from ragtune.stages.gpl.triples import gpl_queries, label_triples, margin_scale, mine_negatives
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ STAGE = "gpl"
 # Besides its own section, the round depends on stage 1's dev slice and the cut-offs its figures use.
 CONFIG_SECTIONS = ("gpl", "embed.dev_fraction", "embed.k_values")
 UNTRAINED_TEACHER = ("rerank.kind", "rerank.query_likelihood", "rerank.cross_encoder.base_model")  # gpl.teacher: base
+HYBRID_TEACHER = ("embed.base_model", "assemble.hybrid_depth")  # gpl.teacher: hybrid
 WEAK_TEACHER_MARGIN = 1e-3  # a teacher whose margins all stay below this cannot rank: refused
 
 
@@ -122,7 +124,7 @@ def model_card_section(cfg: GplConfig, teacher: str, report: dict[str, Any]) -> 
     return (
         "\n\n## Second round by ragtune (GPL)\n\n"
         f"- Start: stage 1's tuned embedder (`{EMBED_MODEL}`)\n"
-        f"- Teacher: `{teacher}` (reranker), margins scaled by {report['label_scale']:.4g}\n"
+        f"- Teacher: `{teacher}`, margins scaled by {report['label_scale']:.4g}\n"
         f"- Training data: {report['train_triples']} (query, positive, negative) triples from "
         f"{report['train_queries']} train-split queries and {report['pseudo_queries']} inverse-cloze queries, "
         f"{cfg.negatives_per_query} negatives each from the tuned embedder's top {cfg.negatives_top_k}\n"
@@ -143,8 +145,8 @@ class Teacher:
 
 
 def choose_teacher(cfg: RagtuneConfig, run: RunDir) -> Teacher:
-    """``gpl.teacher``: stage 2's tuned reranker, the untrained reranker of ``rerank.kind`` (its settings go into
-    the hash, its weights' hash into the inputs), or a reranker by reference."""
+    """``gpl.teacher``: stage 2's tuned reranker, the untrained reranker of ``rerank.kind`` or the untrained hybrid
+    retriever (their settings go into the hash, their weights' hash into the inputs), or a reranker by reference."""
     gcfg = cfg.gpl
     upstream: dict[str, tuple[str, ...]] = {"data": ("corpus", "queries"), "embed": ("model",)}
     if gcfg.teacher == "tuned":
@@ -154,6 +156,9 @@ def choose_teacher(cfg: RagtuneConfig, run: RunDir) -> Teacher:
         base = rcfg.query_likelihood.generator if rcfg.kind == "query_likelihood" else rcfg.cross_encoder.base_model
         path = "the untrained reranker (rerank.kind: " + rcfg.kind + ")"
         return Teacher(path, upstream, {"teacher/model": model_hash(resolve_model(base))})
+    if gcfg.teacher == "hybrid":  # BM25 + the base embedder: settings in the hash, the embedder's weights below
+        path = "the untrained hybrid retriever (BM25 + " + cfg.embed.base_model + ")"
+        return Teacher(path, upstream, {"teacher/model": model_hash(resolve_model(cfg.embed.base_model))})
     path = resolve_model(gcfg.teacher)
     return Teacher(path, upstream, {"teacher/model": model_hash(path)})
 
@@ -216,7 +221,15 @@ def label_on_main(
             )
             negatives = mine_negatives(miner, data.rows, gcfg.negatives_per_query, gcfg.negatives_top_k, seed)
             del miner
-            if gcfg.teacher == "base":
+            if gcfg.teacher == "hybrid":
+                base = DenseRetriever.load(
+                    cfg.embed.base_model,
+                    data.corpus,
+                    cache_dir=run.path(EMBEDDING_CACHE),
+                    score_block_mb=cfg.run.score_block_mb,
+                )
+                reranker = HybridTeacher(base, cfg.assemble.hybrid_depth, cfg.run.score_block_mb)
+            elif gcfg.teacher == "base":
                 reranker = untrained_reranker(cfg, run.path(SCORE_CACHE))
             else:
                 prefix_mb = cfg.rerank.query_likelihood.prefix_cache_mb
@@ -350,7 +363,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     run.require("data", "corpus", "queries")
     run.require("embed", "model")
     teacher = choose_teacher(cfg, run)
-    sections = CONFIG_SECTIONS + (UNTRAINED_TEACHER if gcfg.teacher == "base" else ())
+    sections = CONFIG_SECTIONS + {"base": UNTRAINED_TEACHER, "hybrid": HYBRID_TEACHER}.get(gcfg.teacher, ())
     config_hash, inputs = run.freshness(cfg, sections, teacher.upstream, inputs=teacher.inputs)
     if not force and run.is_fresh(STAGE, config_hash, inputs):
         logger.info("gpl: finished and fresh, skipping (--force reruns it)")
