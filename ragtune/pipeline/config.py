@@ -573,7 +573,13 @@ class GplConfig(Section):
         description="Negatives per (query, positive): a seeded random draw from the tuned embedder's top "
         "gpl.negatives_top_k for the query, its labelled relevant chunks excluded (GPL samples from the top 50).",
     )
-    negatives_top_k: int = Field(50, ge=1, description="Depth of the tuned embedder's ranking negatives come from.")
+    negatives_top_k: int = Field(50, ge=1, description="Depth of the ranking negatives come from.")
+    negatives_from: Literal["embedder", "teacher"] = Field(
+        "embedder",
+        description="Ranking the negatives are drawn from: embedder (stage 1's tuned embedder, GPL's draw from the "
+        "student's retriever) or teacher (the teacher's own ranking of the corpus: gpl.teacher hybrid only, the "
+        "chunks BM25 and the base embedder rank highest).",
+    )
     pseudo_queries: int = Field(
         1000,
         ge=0,
@@ -599,6 +605,15 @@ class GplConfig(Section):
         "saved.",
     )
     trainer: dict[str, Any] = Field(default_factory=dict, description="Passed to SentenceTransformerTrainingArguments.")
+
+    @model_validator(mode="after")
+    def _teacher_ranks_the_corpus(self) -> GplConfig:
+        if self.negatives_from == "teacher" and self.teacher != "hybrid":
+            raise ValueError(
+                f"negatives_from: teacher needs a teacher that ranks the whole corpus (teacher: hybrid); teacher is "
+                f"{self.teacher}: use negatives_from: embedder"
+            )
+        return self
 
 
 class RaftConfig(Section):

@@ -18,6 +18,7 @@ from ragtune.pipeline.config import AssembleConfig, load_config
 from ragtune.pipeline.dev_slice import assign_dev_ranks
 from ragtune.pipeline.retrieval import DenseRetriever, retrieval_metrics
 from ragtune.pipeline.rundir import RunDir, atomic_write_jsonl, read_jsonl
+from ragtune.stages.gpl.hybrid_teacher import HybridTeacher
 
 WORDS = ["heron", "tortoise", "ledgerfish", "pondview", "failover", "drain", "lease", "invoice", "shard", "window"]
 # 8 eval documents, 32 train documents of which embed.dev_fraction=0.25 holds 8 out as stage 1's dev slice.
@@ -240,8 +241,16 @@ def test_the_untrained_hybrid_retriever_can_teach_without_stage_2(tiny_config: P
     handmade_data_stage(run)
     simulate_embed_stage(run, tiny_bert_dir, STAGE_1)
     overrides = [*OVERRIDES, "gpl.teacher=hybrid", f"embed.base_model={tiny_bert_dir}", "gpl.epochs=4"]
+    overrides += ["gpl.negatives_from=teacher", "gpl.negatives_top_k=3"]
     cli(["gpl", str(tiny_config), *overrides, "gpl.pseudo_queries=4"])
     triples = read_jsonl(run.path("gpl/train.jsonl"))
+    # The negatives come from the teacher's own top 3 (BM25 + the base embedder), not from stage 1's model.
+    corpus = read_jsonl(run.path("data/corpus.jsonl"))
+    teacher = HybridTeacher(DenseRetriever.load(str(tiny_bert_dir), corpus), depth=50)
+    queries = sorted({t["query"] for t in triples})
+    _, ranked = teacher.search(queries, k=3 + 1)
+    top = dict(zip(queries, ranked, strict=True))
+    assert all(t["negative_id"] in top[t["query"]] for t in triples)
     assert any(t["qid"].startswith("ict-") for t in triples)  # inverse-cloze positives are ranked too
     assert triples and len({round(t["margin"], 6) for t in triples}) > 1
     assert sum(t["margin"] > 0 for t in triples) > len(triples) / 2  # BM25 finds the query's own note first

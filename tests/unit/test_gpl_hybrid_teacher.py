@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from ragtune.pipeline.config import GplConfig
 from ragtune.pipeline.hybrid import bm25_rankings, bm25_retriever, fuse_rankings
 from ragtune.pipeline.retrieval import DenseRetriever
 from ragtune.stages.gpl.hybrid_teacher import HybridTeacher
@@ -76,3 +77,17 @@ def test_only_the_top_depth_of_each_list_counts() -> None:
     scores = teacher(depth=1).predict([(query, c["text"]) for c in CORPUS])
     assert sum(s > 0 for s in scores) <= 2  # one chunk from each list at most
     assert max(scores) > 0
+
+
+def test_its_search_is_the_served_hybrid_ranking() -> None:
+    queries = ["standby router failover", "lease on a shard"]
+    t = teacher(depth=3)
+    _, dense = t.base.search(queries, k=3)
+    ranked, fused = fuse_rankings(dense, bm25_rankings(bm25_retriever(CORPUS, 3), queries), 3, 4)
+    assert t.search(queries, k=4) == (fused, ranked)
+
+
+def test_only_the_hybrid_teacher_can_mine_the_negatives() -> None:
+    with pytest.raises(ValueError, match="negatives_from: teacher needs"):
+        GplConfig(teacher="tuned", negatives_from="teacher")
+    assert GplConfig(teacher="hybrid", negatives_from="teacher").negatives_from == "teacher"

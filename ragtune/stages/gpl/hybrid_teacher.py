@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy
 import torch
 
-from ragtune.pipeline.hybrid import RRF_K, bm25_retriever
+from ragtune.pipeline.hybrid import RRF_K, bm25_rankings, bm25_retriever, fuse_rankings
 from ragtune.pipeline.retrieval import SCORE_BLOCK_MB, DenseRetriever, encode_corpus, query_block
 
 
@@ -48,7 +48,8 @@ def fused_rank_scores(
 class HybridTeacher:
     """Scores (query, passage) pairs as BM25 + the base embedder, fused by reciprocal rank, would rank the passage
     among the corpus chunks (:class:`ragtune.pipeline.retrieval.Reranker`'s ``predict``, so GPL's labelling treats it
-    as any reranker).
+    as any reranker), and ranks the corpus itself (``search``, as :class:`ragtune.pipeline.retrieval.DenseRetriever`
+    does, so it can mine the negatives: ``gpl.negatives_from: teacher``).
 
     Args:
         base: the base embedder's retriever over the corpus (cached corpus embeddings).
@@ -60,6 +61,13 @@ class HybridTeacher:
         self.base = base
         self.depth = depth
         self.score_block_mb = score_block_mb
+
+    def search(self, queries: Sequence[str], k: int) -> tuple[list[list[float]], list[list[str]]]:
+        """The hybrid retriever's top ``k`` chunk ids and fused scores per query, best first (as served)."""
+        _, dense = self.base.search(queries, self.depth)
+        sparse = bm25_rankings(bm25_retriever(self.base.corpus, self.depth), queries)
+        ranked, scores = fuse_rankings(dense, sparse, self.depth, k)
+        return scores, ranked
 
     def predict(
         self, pairs: Sequence[tuple[str, str]], batch_size: int = 64, show_progress_bar: bool = False

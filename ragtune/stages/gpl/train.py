@@ -68,6 +68,7 @@ STAGE = "gpl"
 CONFIG_SECTIONS = ("gpl", "embed.dev_fraction", "embed.k_values")
 UNTRAINED_TEACHER = ("rerank.kind", "rerank.query_likelihood", "rerank.cross_encoder.base_model")  # gpl.teacher: base
 HYBRID_TEACHER = ("embed.base_model", "assemble.hybrid_depth")  # gpl.teacher: hybrid
+MINERS = {"embedder": "tuned embedder", "teacher": "teacher"}  # gpl.negatives_from, as the model card names it
 WEAK_TEACHER_MARGIN = 1e-3  # a teacher whose margins all stay below this cannot rank: refused
 
 
@@ -127,7 +128,7 @@ def model_card_section(cfg: GplConfig, teacher: str, report: dict[str, Any]) -> 
         f"- Teacher: `{teacher}`, margins scaled by {report['label_scale']:.4g}\n"
         f"- Training data: {report['train_triples']} (query, positive, negative) triples from "
         f"{report['train_queries']} train-split queries and {report['pseudo_queries']} inverse-cloze queries, "
-        f"{cfg.negatives_per_query} negatives each from the tuned embedder's top {cfg.negatives_top_k}\n"
+        f"{cfg.negatives_per_query} negatives each from the {MINERS[cfg.negatives_from]}'s top {cfg.negatives_top_k}\n"
         f"- Loss: MarginMSELoss (cosine), {report['steps']} steps\n\n"
         f"Dev slice ({report['dev_queries']} queries of held-out train documents) nDCG@10 over the whole corpus:\n\n"
         "| model | dev nDCG@10 |\n|---|---|\n" + rows + "\n"
@@ -215,23 +216,20 @@ def label_on_main(
     triples, checkpoint = resume_state(run, config_hash)
     with args.main_process_first(desc="mining negatives and labelling triples"):
         if triples is None and is_main_process():
-            embedder = run.require("embed", "model")["model"]
-            miner = DenseRetriever.load(
-                str(embedder), data.corpus, cache_dir=run.path(EMBEDDING_CACHE), score_block_mb=cfg.run.score_block_mb
-            )
+            cache, block_mb = run.path(EMBEDDING_CACHE), cfg.run.score_block_mb
+            if gcfg.teacher == "hybrid":
+                base = DenseRetriever.load(cfg.embed.base_model, data.corpus, cache_dir=cache, score_block_mb=block_mb)
+                reranker = HybridTeacher(base, cfg.assemble.hybrid_depth, block_mb)
+            if gcfg.negatives_from == "teacher":  # the hybrid teacher's own ranking (the config allows no other)
+                miner: Any = reranker
+            else:
+                embedder = run.require("embed", "model")["model"]
+                miner = DenseRetriever.load(str(embedder), data.corpus, cache_dir=cache, score_block_mb=block_mb)
             negatives = mine_negatives(miner, data.rows, gcfg.negatives_per_query, gcfg.negatives_top_k, seed)
             del miner
-            if gcfg.teacher == "hybrid":
-                base = DenseRetriever.load(
-                    cfg.embed.base_model,
-                    data.corpus,
-                    cache_dir=run.path(EMBEDDING_CACHE),
-                    score_block_mb=cfg.run.score_block_mb,
-                )
-                reranker = HybridTeacher(base, cfg.assemble.hybrid_depth, cfg.run.score_block_mb)
-            elif gcfg.teacher == "base":
+            if gcfg.teacher == "base":  # the rerankers load once the miner is gone (memory)
                 reranker = untrained_reranker(cfg, run.path(SCORE_CACHE))
-            else:
+            elif gcfg.teacher != "hybrid":
                 prefix_mb = cfg.rerank.query_likelihood.prefix_cache_mb
                 reranker = load_reranker(teacher.path, gcfg.max_length, seed, run.path(SCORE_CACHE), prefix_mb)
             chunks = {c["id"]: c for c in data.corpus}
