@@ -570,8 +570,8 @@ class GplConfig(Section):
     negatives_per_query: int = Field(
         4,
         ge=1,
-        description="Negatives per (query, positive): a seeded random draw from the tuned embedder's top "
-        "gpl.negatives_top_k for the query, its labelled relevant chunks excluded (GPL samples from the top 50).",
+        description="Negatives per (query, positive): a seeded random draw from the top gpl.negatives_top_k of the "
+        "ranking gpl.negatives_from names, its labelled relevant chunks excluded (GPL samples from the top 50).",
     )
     negatives_top_k: int = Field(50, ge=1, description="Depth of the ranking negatives come from.")
     negatives_from: Literal["embedder", "teacher"] = Field(

@@ -7,7 +7,8 @@ bi-encoder to reproduce the score margin ``score(q, pos) - score(q, neg)`` (Marg
 - :func:`gpl_queries`: the train-split queries outside stage 1's dev slice (each with its positive chunks),
   plus inverse-cloze pseudo-queries from chunks of documents no eval or dev query cites. No eval query and no
   dev query ever becomes a training query.
-- :func:`mine_negatives`: one batched exact search with the tuned embedder over its cached corpus embeddings;
+- :func:`mine_negatives`: one batched exact search with the tuned embedder over its cached corpus embeddings (or
+  the hybrid teacher's ranking, ``gpl.negatives_from: teacher``);
   each query's negatives are a seeded random draw from its top ``k`` with its labelled relevant chunks left out
   (GPL draws from the retrievers' top 50). A chunk the labels missed may still be drawn: the teacher's margin
   for it is then small or negative, which is GPL's answer to false negatives.
@@ -25,6 +26,7 @@ from typing import Any
 from ragtune.pipeline.dev_slice import split_dev_queries
 from ragtune.pipeline.pseudo_queries import held_out_documents, inverse_cloze_pairs
 from ragtune.pipeline.retrieval import DenseRetriever, Reranker, reranker_scores
+from ragtune.stages.gpl.hybrid_teacher import HybridTeacher
 
 COSINE_MARGIN = 2.0  # the widest margin two cosine scores can have
 
@@ -107,12 +109,17 @@ def draw_negatives(ranked: Sequence[str], relevant: Collection[str], count: int,
 
 
 def mine_negatives(
-    retriever: DenseRetriever, rows: Sequence[Mapping[str, Any]], count: int, top_k: int, seed: int
+    retriever: DenseRetriever | HybridTeacher,
+    rows: Sequence[Mapping[str, Any]],
+    count: int,
+    top_k: int,
+    seed: int,
 ) -> list[list[str]]:
     """Each row's negatives: a seeded draw of ``count`` from the retriever's top ``top_k``, relevant chunks left out.
 
-    One batched exact search (``DenseRetriever.search``) for all rows; the search is deep enough that the
-    ``top_k`` candidates remain after the relevant chunks are removed.
+    One batched search for all rows (``search``: the tuned embedder's exact top k, or the hybrid teacher's ranking
+    with ``gpl.negatives_from: teacher``); it is deep enough that the ``top_k`` candidates remain after the
+    relevant chunks are removed.
 
     Returns:
         Per row, chunk ids (the retriever's order).
