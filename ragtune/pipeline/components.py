@@ -50,7 +50,7 @@ def tuned_embedder_path(cfg: RagtuneConfig, run: RunDir) -> tuple[str, dict[str,
         StageInputError: the stage whose model it is has not finished (or its output is stale).
     """
     inputs = run.input_hashes("gpl", "model") if cfg.gpl.enabled else {}
-    if tuned_embedder(run.load_manifest(), cfg.gpl.enabled).stage == "gpl":
+    if tuned_embedder(run.load_manifest(), cfg.gpl.enabled, cfg.assemble.retrieval).stage == "gpl":
         return str(run.require("gpl", "model")["model"]), inputs
     return str(run.require("embed", "model")["model"]), inputs | run.input_hashes("embed", "model")
 

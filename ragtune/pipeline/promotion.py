@@ -99,11 +99,35 @@ class RerankFigures(GateFigures):
 
 @dataclass(frozen=True)
 class GplFigures(GateFigures):
-    """The GPL round's dev nDCG@10 and stage 1's tuned one on the same slice: which model is the tuned embedder."""
+    """The GPL round's dev nDCG@10 and stage 1's tuned one on the same slice, dense and hybrid: which model is the
+    tuned embedder."""
 
     queries: int | None = figure("dev_queries")
     embed: float | None = figure("dev_ndcg@10_embed")
     gpl: float | None = figure("dev_ndcg@10_gpl")
+    embed_hybrid: float | None = figure("dev_ndcg@10_embed_hybrid")
+    gpl_hybrid: float | None = figure("dev_ndcg@10_gpl_hybrid")
+
+    def serving(self, model: str, retrieval: str = "auto") -> tuple[float | None, str]:
+        """``model``'s (``gpl`` or ``embed``) dev figure where it would serve, and that retrieval mode: under
+        ``auto`` the better of dense and hybrid (hybrid counts only where both models have its figure, so the two
+        are compared alike), else the mode ``retrieval`` fixes (dense where hybrid is not measured for both).
+
+        Example:
+            >>> figures = GplFigures(embed=0.91, gpl=0.90, embed_hybrid=0.92, gpl_hybrid=0.93)
+            >>> figures.serving("gpl"), figures.serving("embed"), figures.serving("gpl", "dense")
+            ((0.93, 'hybrid'), (0.92, 'hybrid'), (0.9, 'dense'))
+            >>> GplFigures(embed=0.91, gpl=0.95, embed_hybrid=0.92).serving("embed")  # a round without hybrid
+            (0.91, 'dense')
+        """
+        measured = self.gpl_hybrid is not None and self.embed_hybrid is not None
+        modes = ["dense"] + (["hybrid"] if measured else [])
+        modes = [m for m in modes if retrieval == m] or (modes if retrieval == "auto" else ["dense"])
+        value = {"dense": getattr(self, model), "hybrid": getattr(self, f"{model}_hybrid")}
+        if value["dense"] is None:
+            return None, "dense"
+        mode = max(modes, key=lambda m: value[m])
+        return value[mode], mode
 
 
 @dataclass(frozen=True)
@@ -307,12 +331,13 @@ class TunedEmbedder:
     reason: str
 
 
-def tuned_embedder(manifest: Mapping[str, Any], gpl_enabled: bool) -> TunedEmbedder:
+def tuned_embedder(manifest: Mapping[str, Any], gpl_enabled: bool, retrieval: str = "auto") -> TunedEmbedder:
     """The tuned embedder: the GPL round's model when it is on, finished, fresh and better on dev; else stage 1's.
 
     The GPL model must stand on stage 1's current model (its recorded ``embed/model`` input hash is the one
-    the manifest holds now) and its ``dev_ndcg@10_gpl`` must beat the ``dev_ndcg@10_embed`` it recorded, stage 1's
-    tuned figure on the same dev slice. Without a dev slice neither figure exists and the last round, GPL's, is
+    the manifest holds now) and its dev nDCG@10 must beat stage 1's tuned one on the same dev slice, each where
+    it would serve (:meth:`GplFigures.serving`: the better of dense and hybrid under ``retrieval: auto``, else the
+    mode ``assemble.retrieval`` fixes). Without a dev slice neither figure exists and the last round, GPL's, is
     the tuned embedder (stage 1 likewise keeps its last step); ``auto`` still does not promote it, having no dev
     figure against the base. With ``gpl_enabled`` false the answer is stage 1's, with no reason given.
 
@@ -326,9 +351,12 @@ def tuned_embedder(manifest: Mapping[str, Any], gpl_enabled: bool) -> TunedEmbed
         >>> gpl = StageRecord("done", "h", inputs={"embed/model": "e1"},
         ...                   metrics={"dev_ndcg@10_embed": 0.55, "dev_ndcg@10_gpl": 0.58})
         >>> tuned_embedder({"embed": embed, "gpl": gpl}, gpl_enabled=True)
-        TunedEmbedder(stage='gpl', reason="GPL dev nDCG@10 0.5800 beat stage 1's 0.5500")
+        TunedEmbedder(stage='gpl', reason="GPL dev nDCG@10 0.5800 beat stage 1's 0.5500 (dense)")
         >>> tuned_embedder({"embed": embed, "gpl": gpl}, gpl_enabled=False).stage
         'embed'
+        >>> gpl.metrics |= {"dev_ndcg@10_embed_hybrid": 0.60, "dev_ndcg@10_gpl_hybrid": 0.57}
+        >>> tuned_embedder({"embed": embed, "gpl": gpl}, gpl_enabled=True).reason
+        "stage 1's model: GPL dev nDCG@10 0.5800 (dense) did not beat its 0.6000 (hybrid)"
     """
     if not gpl_enabled:
         return TunedEmbedder("embed", "")
@@ -339,26 +367,33 @@ def tuned_embedder(manifest: Mapping[str, Any], gpl_enabled: bool) -> TunedEmbed
     if current is None or gpl.inputs.get(input_key("embed", "model")) != current:
         return TunedEmbedder("embed", "stage 1's model: the GPL round is stale (stage 1 retrained since)")
     figures = GplFigures.from_metrics(gpl.metrics)
-    ours, theirs = figures.gpl, figures.embed
+    (ours, our_mode), (theirs, their_mode) = figures.serving("gpl", retrieval), figures.serving("embed", retrieval)
     if ours is None or theirs is None:  # no dev slice: the last round is kept, as stage 1 keeps its last step
         return TunedEmbedder("gpl", "GPL model: no dev slice to compare it with stage 1's, so the last round is kept")
+    if our_mode == their_mode:
+        compared = f"{ours:.4f} {{}} {theirs:.4f} ({our_mode})"
+    else:
+        compared = f"{ours:.4f} ({our_mode}) {{}} {theirs:.4f} ({their_mode})"
     if ours > theirs:
-        return TunedEmbedder("gpl", f"GPL dev nDCG@10 {ours:.4f} beat stage 1's {theirs:.4f}")
-    return TunedEmbedder("embed", f"stage 1's model: GPL dev nDCG@10 {ours:.4f} did not beat its {theirs:.4f}")
+        return TunedEmbedder("gpl", "GPL dev nDCG@10 " + compared.format("beat stage 1's"))
+    return TunedEmbedder("embed", "stage 1's model: GPL dev nDCG@10 " + compared.format("did not beat its"))
 
 
-def stage_one_figures(manifest: Mapping[str, Any], gpl_enabled: bool) -> tuple[dict[str, Any], str]:
+def stage_one_figures(
+    manifest: Mapping[str, Any], gpl_enabled: bool, retrieval: str = "auto"
+) -> tuple[dict[str, Any], str]:
     """Stage 1's dev figures with the tuned ones those of the tuned embedder :func:`tuned_embedder` names.
 
-    The GPL round records a dense dev figure only: with its model as the tuned embedder, the tuned hybrid figure
-    is left out. Returns the figures and the reason the tuned embedder is the one it is ("" without GPL).
+    A GPL round that recorded no hybrid dev figure (one from before it measured hybrid) leaves the tuned hybrid
+    figure out when its model is the tuned embedder. Returns the figures and the reason the tuned embedder is the
+    one it is ("" without GPL).
     """
     metrics = dict(manifest["embed"].metrics)
-    tuned = tuned_embedder(manifest, gpl_enabled)
+    tuned = tuned_embedder(manifest, gpl_enabled, retrieval)
     if tuned.stage == "gpl":
         figures = EmbedFigures.from_metrics(metrics)
-        gpl = GplFigures.from_metrics(manifest["gpl"].metrics).gpl
-        metrics |= dataclasses.replace(figures, tuned=gpl, tuned_hybrid=None).as_metrics()
+        gpl = GplFigures.from_metrics(manifest["gpl"].metrics)
+        metrics |= dataclasses.replace(figures, tuned=gpl.gpl, tuned_hybrid=gpl.gpl_hybrid).as_metrics()
     return metrics, tuned.reason
 
 
@@ -383,8 +418,8 @@ def promotions(run: RunDir, gpl_enabled: bool = False, choice: AssembleConfig | 
         decided["embedder"] = Promotion(False, "not trained: the embed stage has not finished")
         decided["retrieval"] = Promotion(False, "not measured: the embed stage has not finished")
     else:
-        metrics, why = stage_one_figures(manifest, gpl_enabled)
-        gpl = tuned_embedder(manifest, gpl_enabled).stage == "gpl"
+        metrics, why = stage_one_figures(manifest, gpl_enabled, choice.retrieval)
+        gpl = tuned_embedder(manifest, gpl_enabled, choice.retrieval).stage == "gpl"
         decided["embedder"] = _with_reason(embedder_promotion(metrics, choice.retrieval), why, gpl)
         decided["retrieval"] = retrieval_promotion(metrics, choice.embedder)
     record = manifest.get("rerank")

@@ -105,7 +105,7 @@ HEADLINE_METRICS = {
     "data": ("documents", "chunks", "human_train", "human_eval", "synthetic_train", "synthetic_eval"),
     "embed": ("before_ndcg@10", "after_ndcg@10", "train_pairs", "steps"),
     "rerank": ("ndcg@10_retriever", "ndcg@10_reranked", "fusion_weight", "train_steps"),
-    "gpl": ("dev_ndcg@10_embed", "dev_ndcg@10_gpl", "train_triples", "steps"),
+    "gpl": ("dev_ndcg@10_embed", "dev_ndcg@10_gpl", "dev_ndcg@10_gpl_hybrid", "train_triples", "steps"),
     "raft_build": ("samples", "with_oracle", "without_oracle"),
     "raft": ("samples", "steps", "train_loss_first", "train_loss_last"),
     "eval": ("queries", "rag_only.ndcg@10", "embed.ndcg@10", "embed_rerank.ndcg@10", "full.ndcg@10"),

@@ -16,6 +16,7 @@ from ragtune.app.cli import main as cli
 from ragtune.pipeline.components import resolve_components
 from ragtune.pipeline.config import AssembleConfig, load_config
 from ragtune.pipeline.dev_slice import assign_dev_ranks
+from ragtune.pipeline.hybrid import bm25_rankings, bm25_retriever, hybrid_retrieval_metrics
 from ragtune.pipeline.retrieval import DenseRetriever, retrieval_metrics
 from ragtune.pipeline.rundir import RunDir, atomic_write_jsonl, read_jsonl
 from ragtune.stages.gpl.hybrid_teacher import HybridTeacher
@@ -103,14 +104,21 @@ def test_gpl_round_trains_on_teacher_margins_never_on_eval_and_records_its_dev_f
     assert not eval_texts & set(seen_by_student) and not (eval_texts | dev_texts) & set(seen_by_teacher)
     assert {t["query"] for t in triples} == set(seen_by_teacher)
 
-    # The dev figure is stage 1's full-corpus figure computed for the GPL model; stage 1's comes from its record.
+    # The dev figures are stage 1's full-corpus figures, dense and hybrid, computed for the GPL model; stage 1's
+    # come from its record.
     corpus = read_jsonl(run.path("data/corpus.jsonl"))
     retriever = DenseRetriever.encode(SentenceTransformer(str(run.path("gpl/model"))), corpus)
     cfg = load_config(tiny_config, OVERRIDES)
-    dev = retrieval_metrics(retriever, [by_qid[q] for q in report["dev_qids"]], cfg.embed.k_values)
+    dev_queries = [by_qid[q] for q in report["dev_qids"]]
+    dev = retrieval_metrics(retriever, dev_queries, cfg.embed.k_values)
+    depth = cfg.assemble.hybrid_depth
+    bm25 = bm25_rankings(bm25_retriever(corpus, depth), [q["text"] for q in dev_queries])
+    dev_hybrid = hybrid_retrieval_metrics(retriever, dev_queries, cfg.embed.k_values, bm25, depth)
     rec = run.load_manifest()["gpl"]
     assert rec.metrics["dev_ndcg@10_gpl"] == pytest.approx(dev["ndcg@10"])
+    assert rec.metrics["dev_ndcg@10_gpl_hybrid"] == pytest.approx(dev_hybrid["ndcg@10"])
     assert rec.metrics["dev_ndcg@10_embed"] == STAGE_1["dev_ndcg@10_tuned"]
+    assert rec.metrics["dev_ndcg@10_embed_hybrid"] is None  # this simulated stage 1 measured no hybrid figure
     assert set(rec.outputs) == {"model", "metrics", "train_data"}
     assert set(rec.inputs) == {"data/corpus", "data/queries", "embed/model", "rerank/model"}
     assert "Second round by ragtune (GPL)" in run.path("gpl/model/README.md").read_text()
@@ -124,6 +132,22 @@ def test_gpl_round_trains_on_teacher_margins_never_on_eval_and_records_its_dev_f
     # Finished and fresh: skipped; a changed gpl setting reruns it.
     cli(["gpl", str(tiny_config), *OVERRIDES, "gpl.epochs=4", "gpl.pseudo_queries=6"])
     assert run.load_manifest()["gpl"].ended == rec.ended
+
+
+def test_base_share_mixes_stage_1s_weights_back_into_the_trained_ones(tiny_config: Path, upstream: RunDir) -> None:
+    run = upstream
+    overrides = [*OVERRIDES, "gpl.pseudo_queries=0", "gpl.max_steps=3"]
+    cli(["gpl", str(tiny_config), *overrides])
+    trained = load_file(run.path("gpl/model/model.safetensors"))
+    cli(["gpl", str(tiny_config), *overrides, "gpl.base_share=0.25"])  # a new setting: the round reruns
+    mixed = load_file(run.path("gpl/model/model.safetensors"))
+    start = load_file(run.path("embed/model/model.safetensors"))
+    moved = [k for k in start if not torch.equal(start[k], trained[k])]
+    assert moved  # training changed weights, and each mixed weight lies a quarter of the way back to the start
+    for key in start:
+        assert torch.allclose(mixed[key], 0.25 * start[key] + 0.75 * trained[key], atol=1e-5), key
+    assert json.loads(run.path("gpl/metrics.json").read_text())["base_share"] == 0.25
+    assert "25% of the start's weights mixed back" in run.path("gpl/model/README.md").read_text()
 
 
 def test_a_killed_round_resumes_from_its_last_checkpoint_with_the_same_labels(

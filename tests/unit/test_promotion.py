@@ -97,7 +97,7 @@ def test_a_gpl_model_that_does_worse_on_dev_than_stage_1_is_not_served(tmp_path)
     assert decided.promoted
     assert decided.reason == (
         "dev nDCG@10 0.5500 vs base 0.5000 (20 queries); "
-        "stage 1's model: GPL dev nDCG@10 0.5300 did not beat its 0.5500"
+        "stage 1's model: GPL dev nDCG@10 0.5300 did not beat its 0.5500 (dense)"
     )
     assert "embedder   tuned  (dev nDCG@10 0.5500 vs base" in format_promotions(run, gpl_enabled=True)
 
@@ -107,7 +107,8 @@ def test_a_gpl_model_that_beats_stage_1_on_dev_is_the_tuned_embedder(tmp_path) -
     assert _served_embedder(cfg, run) == _served_embedder(cfg, run, "auto") == str(run.path("gpl/model"))
     decided = promotions(run, gpl_enabled=True)["embedder"]
     assert decided.promoted and decided.reason == (
-        "GPL model, dev nDCG@10 0.5800 vs base 0.5000 (20 queries); GPL dev nDCG@10 0.5800 beat stage 1's 0.5500"
+        "GPL model, dev nDCG@10 0.5800 vs base 0.5000 (20 queries); "
+        "GPL dev nDCG@10 0.5800 beat stage 1's 0.5500 (dense)"
     )
     # Which embedder serves is an input of what measures it: eval reruns when the GPL round does.
     comp = resolve_components(cfg, run, AssembleConfig(embedder="tuned", reranker="none"), need_generator=False)
@@ -131,6 +132,33 @@ def test_a_gpl_model_beating_stage_1_but_not_the_base_serves_only_when_forced(tm
     assert not promotions(run, gpl_enabled=True)["embedder"].promoted
     assert _served_embedder(cfg, run, "auto") == resolve_model(cfg.embed.base_model)
     assert _served_embedder(cfg, run, "tuned") == str(run.path("gpl/model"))
+
+
+def test_a_gpl_model_worse_alone_but_better_inside_hybrid_is_the_tuned_embedder_where_hybrid_may_serve(
+    tmp_path,
+) -> None:
+    run, cfg = _two_embedders(tmp_path, gpl_dev=0.53)
+    hybrid = {"dev_ndcg@10_base_hybrid": 0.57, "dev_ndcg@10_tuned_hybrid": 0.56}
+    embed = {"dev_ndcg@10_base": 0.50, "dev_ndcg@10_tuned": 0.55, "dev_queries": 20} | hybrid
+    inputs = run.load_manifest()["embed"].inputs
+    run.record("embed", config_hash="h", inputs=inputs, outputs={"model": "embed/model"}, metrics=embed, started=0.0)
+    gpl = {"dev_ndcg@10_embed": 0.55, "dev_ndcg@10_gpl": 0.53, "dev_queries": 20}
+    gpl |= {"dev_ndcg@10_embed_hybrid": 0.56, "dev_ndcg@10_gpl_hybrid": 0.59}
+    inputs = run.input_hashes("embed", "model")
+    run.record("gpl", config_hash="h", inputs=inputs, outputs={"model": "gpl/model"}, metrics=gpl, started=0.0)
+    manifest = run.load_manifest()
+    assert tuned_embedder(manifest, gpl_enabled=True).reason == (
+        "GPL dev nDCG@10 0.5900 beat stage 1's 0.5600 (hybrid)"
+    )
+    # auto serves it inside hybrid retrieval: 0.59 beats base hybrid's 0.57 and both dense figures.
+    decided = promotions(run, gpl_enabled=True)
+    assert decided["embedder"].promoted and decided["retrieval"].promoted
+    assert _served_embedder(cfg, run, "auto") == str(run.path("gpl/model"))
+    # Dense retrieval fixed by the user: GPL's dense figure (0.53) does not beat stage 1's (0.55).
+    assert tuned_embedder(manifest, gpl_enabled=True, retrieval="dense").stage == "embed"
+    dense = cfg.model_copy(update={"assemble": cfg.assemble.model_copy(update={"retrieval": "dense"})})
+    assert _served_embedder(dense, run) == str(run.path("embed/model"))
+    assert not promotions(run, True, AssembleConfig(retrieval="dense"))["embedder"].reason.startswith("GPL model")
 
 
 def test_without_a_dev_slice_the_gpl_round_is_the_tuned_embedder_but_auto_does_not_serve_it(tmp_path) -> None:
@@ -255,7 +283,13 @@ def test_each_stage_writes_its_gate_figures_under_the_keys_runs_already_hold() -
         "dev_ndcg@10_retriever",
         "dev_ndcg@10_fused",
     }
-    assert set(GplFigures.keys().values()) == {"dev_queries", "dev_ndcg@10_embed", "dev_ndcg@10_gpl"}
+    assert set(GplFigures.keys().values()) == {
+        "dev_queries",
+        "dev_ndcg@10_embed",
+        "dev_ndcg@10_gpl",
+        "dev_ndcg@10_embed_hybrid",
+        "dev_ndcg@10_gpl_hybrid",
+    }
     assert set(RaftFigures.keys().values()) == {
         "dev_questions",
         "dev_f1_base",

@@ -33,6 +33,7 @@ from ragtune.pipeline.config import EmbedConfig, RagtuneConfig, check_trainer_ke
 from ragtune.pipeline.dev_slice import DEV_MIN_QUERIES, split_dev_queries
 from ragtune.pipeline.entry import run_stage
 from ragtune.pipeline.hybrid import bm25_rankings, bm25_retriever, hybrid_retrieval_metrics
+from ragtune.pipeline.merge import mix_back, trainable_snapshot
 from ragtune.pipeline.models import resolve_model
 from ragtune.pipeline.promotion import EmbedFigures
 from ragtune.pipeline.pseudo_queries import held_out_documents, inverse_cloze_pairs
@@ -51,7 +52,6 @@ from ragtune.pipeline.rundir import (
 from ragtune.pipeline.training_args import common_training_args, route_tensorboard
 from ragtune.stages.embed.adapter import ROUTER_MAPPING, add_query_adapter
 from ragtune.stages.embed.evaluate import dev_pool, selection_evaluator
-from ragtune.stages.embed.merge import mix_back, trainable_snapshot
 from ragtune.stages.embed.pairs import (
     NoDuplicateKeysBatchSampler,
     attach_negatives,

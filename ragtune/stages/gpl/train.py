@@ -14,9 +14,11 @@ Reads data/corpus.jsonl and data/queries.jsonl (train split only: the queries ou
 inverse-cloze pseudo-queries from chunks of documents no eval or dev query cites), embed/model (the start, and
 the miner) and, with ``gpl.teacher: tuned``, rerank/model (the teacher) through the manifest. Writes
 gpl/train.jsonl (the labelled triples), gpl/model/ (sentence-transformers folder + model card), gpl/metrics.json
-and the manifest entry ``gpl`` with ``dev_ndcg@10_embed`` (stage 1's tuned dev figure, from its record) and
-``dev_ndcg@10_gpl`` (this model's, on the same dev slice over the whole corpus). The promotion gate serves the
-GPL model as the tuned embedder only if the second beats the first (``ragtune.pipeline.promotion.tuned_embedder``).
+and the manifest entry ``gpl`` with ``dev_ndcg@10_embed`` and ``dev_ndcg@10_embed_hybrid`` (stage 1's tuned dev
+figures, from its record) and ``dev_ndcg@10_gpl`` and ``dev_ndcg@10_gpl_hybrid`` (this model's, on the same dev
+slice over the whole corpus, alone and inside hybrid retrieval). The promotion gate serves the GPL model as the
+tuned embedder only if it beats stage 1's where each would serve (``ragtune.pipeline.promotion.tuned_embedder``).
+``gpl.base_share`` of stage 1's weights is mixed back into the trained ones before the model is saved.
 Checkpoints go to gpl/checkpoints/ every ``gpl.checkpoint_steps``; a killed run resumes from the last one.
 """
 
@@ -33,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 from ragtune.pipeline.components import load_reranker, untrained_reranker
 from ragtune.pipeline.config import ConfigError, GplConfig, RagtuneConfig, check_trainer_keys
 from ragtune.pipeline.entry import run_stage
+from ragtune.pipeline.hybrid import bm25_rankings, bm25_retriever, hybrid_retrieval_metrics
+from ragtune.pipeline.merge import mix_back, trainable_snapshot
 from ragtune.pipeline.models import resolve_model
 from ragtune.pipeline.promotion import EmbedFigures, GplFigures
 from ragtune.pipeline.retrieval import DenseRetriever, model_hash, retrieval_metrics
@@ -64,10 +68,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 STAGE = "gpl"
-# Besides its own section, the round depends on stage 1's dev slice and the cut-offs its figures use.
-CONFIG_SECTIONS = ("gpl", "embed.dev_fraction", "embed.k_values")
+# Besides its own section, the round depends on stage 1's dev slice, the cut-offs its figures use and the depth of
+# hybrid retrieval its hybrid dev figure fuses.
+CONFIG_SECTIONS = ("gpl", "embed.dev_fraction", "embed.k_values", "assemble.hybrid_depth")
 UNTRAINED_TEACHER = ("rerank.kind", "rerank.query_likelihood", "rerank.cross_encoder.base_model")  # gpl.teacher: base
-HYBRID_TEACHER = ("embed.base_model", "assemble.hybrid_depth")  # gpl.teacher: hybrid
+HYBRID_TEACHER = ("embed.base_model",)  # gpl.teacher: hybrid (its depth is in CONFIG_SECTIONS)
 MINERS = {"embedder": "tuned embedder", "teacher": "teacher"}  # gpl.negatives_from, as the model card names it
 WEAK_TEACHER_MARGIN = 1e-3  # a teacher whose margins all stay below this cannot rank: refused
 
@@ -119,9 +124,17 @@ def resume_state(run: RunDir, config_hash: str) -> tuple[list[dict[str, Any]] | 
 
 def model_card_section(cfg: GplConfig, teacher: str, report: dict[str, Any]) -> str:
     """The model card's ragtune section: the recipe and the dev figures against stage 1's."""
-    embed, ours = report["dev_ndcg@10_embed"], report["dev_ndcg@10_gpl"]
-    shown = [("stage 1 (embed/model)", embed), ("GPL round (this model)", ours)]
-    rows = "\n".join(f"| {name} | {'–' if v is None else f'{v:.4f}'} |" for name, v in shown)
+    shown = [
+        ("stage 1 (embed/model)", report["dev_ndcg@10_embed"], report["dev_ndcg@10_embed_hybrid"]),
+        ("GPL round (this model)", report["dev_ndcg@10_gpl"], report["dev_ndcg@10_gpl_hybrid"]),
+    ]
+    cell = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
+    rows = "\n".join(f"| {name} | {cell(dense)} | {cell(hybrid)} |" for name, dense, hybrid in shown)
+    mixed = (
+        f"- Weight-space ensemble: {cfg.base_share:.0%} of the start's weights mixed back (gpl.base_share)\n"
+        if cfg.base_share
+        else ""
+    )
     return (
         "\n\n## Second round by ragtune (GPL)\n\n"
         f"- Start: stage 1's tuned embedder (`{EMBED_MODEL}`)\n"
@@ -129,9 +142,11 @@ def model_card_section(cfg: GplConfig, teacher: str, report: dict[str, Any]) -> 
         f"- Training data: {report['train_triples']} (query, positive, negative) triples from "
         f"{report['train_queries']} train-split queries and {report['pseudo_queries']} inverse-cloze queries, "
         f"{cfg.negatives_per_query} negatives each from the {MINERS[cfg.negatives_from]}'s top {cfg.negatives_top_k}\n"
-        f"- Loss: MarginMSELoss (cosine), {report['steps']} steps\n\n"
-        f"Dev slice ({report['dev_queries']} queries of held-out train documents) nDCG@10 over the whole corpus:\n\n"
-        "| model | dev nDCG@10 |\n|---|---|\n" + rows + "\n"
+        f"- Loss: MarginMSELoss (cosine), {report['steps']} steps\n"
+        f"{mixed}\n"
+        f"Dev slice ({report['dev_queries']} queries of held-out train documents) nDCG@10 over the whole corpus, "
+        "alone and fused with BM25 (hybrid retrieval):\n\n"
+        "| model | dense | hybrid |\n|---|---|---|\n" + rows + "\n"
     )
 
 
@@ -256,9 +271,10 @@ def label_on_main(
 
 
 def train_on_margins(
-    run: RunDir, triples: list[dict[str, Any]], scale: float, args: Any, checkpoint: str | None
+    run: RunDir, triples: list[dict[str, Any]], scale: float, args: Any, checkpoint: str | None, base_share: float
 ) -> tuple[Any, Any, Any]:
-    """Train stage 1's model on the scaled margins with MarginMSE (cosine: ragtune's retrieval normalises).
+    """Train stage 1's model on the scaled margins with MarginMSE (cosine: ragtune's retrieval normalises), then
+    mix ``base_share`` of stage 1's weights back in (``gpl.base_share``; 0: none).
 
     Returns:
         ``(the trained model, its trainer, the training result)``.
@@ -280,9 +296,13 @@ def train_on_margins(
             "label": [t["margin"] * scale for t in triples],
         }
     )
+    start = trainable_snapshot(model) if base_share else {}  # stage 1's weights, before a checkpoint is resumed
     loss = losses.MarginMSELoss(model, similarity_fct=pairwise_cos_sim)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    if base_share:
+        mix_back(trainer.model, start, base_share)
+        logger.info("gpl: %.0f%% of stage 1's weights mixed back (gpl.base_share)", 100 * base_share)
     return trainer.model, trainer, result
 
 
@@ -290,6 +310,7 @@ def gpl_report(
     cfg: RagtuneConfig,
     data: GplData,
     dev: dict[str, float],
+    dev_hybrid: dict[str, float],
     triples: list[dict[str, Any]],
     scale: float,
     trainer: Any,
@@ -299,17 +320,24 @@ def gpl_report(
     """``gpl/metrics.json``: the dev figures against stage 1's, the teacher, the triples' margins, the training."""
     margins = [t["margin"] for t in triples]
     history = [h for h in trainer.state.log_history if "loss" in h]
+    stage_one = EmbedFigures.from_metrics(data.embed_metrics)
     gate = GplFigures(  # what decides which model is the tuned embedder (ragtune.pipeline.promotion)
-        queries=len(data.dev_queries), embed=EmbedFigures.from_metrics(data.embed_metrics).tuned, gpl=dev.get("ndcg@10")
+        queries=len(data.dev_queries),
+        embed=stage_one.tuned,
+        gpl=dev.get("ndcg@10"),
+        embed_hybrid=stage_one.tuned_hybrid,
+        gpl_hybrid=dev_hybrid.get("ndcg@10"),
     )
     return {
         **gate.as_metrics(),
         "dev": dev,
+        "dev_hybrid": dev_hybrid,
         "teacher": cfg.gpl.teacher if cfg.gpl.teacher != "tuned" else RERANK_MODEL,
         "train_queries": len(data.rows) - data.pseudo_queries,
         "pseudo_queries": data.pseudo_queries,
         "train_triples": len(triples),
         "label_scale": scale,
+        "base_share": cfg.gpl.base_share,
         "margin_mean": sum(margins) / len(margins),
         "margin_min": min(margins),
         "margin_max": max(margins),
@@ -339,7 +367,17 @@ def save_gpl_model(cfg: RagtuneConfig, run: RunDir, model: Any, report: dict[str
     atomic_write_text(run.path(GPL_METRICS), json.dumps(report, indent=2) + "\n")
 
 
-METRICS_KEYS = ("dev_ndcg@10_embed", "dev_ndcg@10_gpl", "dev_queries", "train_queries", "pseudo_queries")
+def dev_hybrid_metrics(cfg: RagtuneConfig, tuned: DenseRetriever, data: GplData) -> dict[str, float]:
+    """The model's dev figures inside hybrid retrieval (BM25 fused by reciprocal rank at ``assemble.hybrid_depth``),
+    as stage 1 measures its own: the gate compares the two models where each would serve."""
+    if not data.dev_queries:
+        return {}
+    depth = cfg.assemble.hybrid_depth
+    bm25 = bm25_rankings(bm25_retriever(data.corpus, depth), [q["text"] for q in data.dev_queries])
+    return hybrid_retrieval_metrics(tuned, data.dev_queries, cfg.embed.k_values, bm25, depth)
+
+
+METRICS_KEYS = (*GplFigures.keys().values(), "train_queries", "pseudo_queries")
 METRICS_KEYS += ("train_triples", "label_scale", "steps", "first_loss", "last_loss")  # the manifest's, of the report
 
 
@@ -378,14 +416,16 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
     scale = margin_scale([t["margin"] for t in triples], gcfg.label_scale)
 
     # 4. Train stage 1's model on the scaled margins with MarginMSE (cosine: ragtune's retrieval normalises).
-    model, trainer, result = train_on_margins(run, triples, scale, args, checkpoint)
+    model, trainer, result = train_on_margins(run, triples, scale, args, checkpoint, gcfg.base_share)
 
-    # 5. The dev figure over the whole corpus, as stage 1's; save the model, card, metrics; record (main only).
+    # 5. The dev figures over the whole corpus, dense and hybrid, as stage 1's; save the model, card, metrics;
+    #    record (main only).
     metrics: dict[str, Any] = {}
     if is_main_process():
         tuned = DenseRetriever.encode(model, data.corpus, score_block_mb=cfg.run.score_block_mb, name="the GPL model")
         dev = retrieval_metrics(tuned, data.dev_queries, cfg.embed.k_values)
-        report = gpl_report(cfg, data, dev, triples, scale, trainer, result, checkpoint)
+        dev_hybrid = dev_hybrid_metrics(cfg, tuned, data)
+        report = gpl_report(cfg, data, dev, dev_hybrid, triples, scale, trainer, result, checkpoint)
         save_gpl_model(cfg, run, model, report)
         tuned.save_cache(run.path(EMBEDDING_CACHE), str(run.path(GPL_MODEL)))
         shutil.rmtree(run.path(GPL_CHECKPOINTS), ignore_errors=True)
@@ -398,9 +438,13 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
             metrics=metrics,
             started=started,
         )
-        shown = ["nan" if v is None else f"{v:.4f}" for v in (report["dev_ndcg@10_embed"], report["dev_ndcg@10_gpl"])]
+        figures = ("dev_ndcg@10_embed", "dev_ndcg@10_embed_hybrid", "dev_ndcg@10_gpl", "dev_ndcg@10_gpl_hybrid")
+        shown = ["nan" if report[key] is None else f"{report[key]:.4f}" for key in figures]
         logger.info(
-            "gpl: dev nDCG@10 stage 1 %s, GPL %s (%d triples, %d steps)", *shown, len(triples), metrics["steps"]
+            "gpl: dev nDCG@10 dense / hybrid: stage 1 %s / %s, GPL %s / %s (%d triples, %d steps)",
+            *shown,
+            len(triples),
+            metrics["steps"],
         )
     # Other ranks leave only after the main process has written everything.
     trainer.accelerator.wait_for_everyone()
