@@ -120,9 +120,11 @@ class GplFigures(GateFigures):
             >>> GplFigures(embed=0.91, gpl=0.95, embed_hybrid=0.92).serving("embed")  # a round without hybrid
             (0.91, 'dense')
         """
-        measured = self.gpl_hybrid is not None and self.embed_hybrid is not None
-        modes = ["dense"] + (["hybrid"] if measured else [])
-        modes = [m for m in modes if retrieval == m] or (modes if retrieval == "auto" else ["dense"])
+        hybrid = self.gpl_hybrid is not None and self.embed_hybrid is not None
+        if retrieval == "auto":
+            modes = ["dense", "hybrid"] if hybrid else ["dense"]
+        else:
+            modes = ["hybrid"] if retrieval == "hybrid" and hybrid else ["dense"]
         value = {"dense": getattr(self, model), "hybrid": getattr(self, f"{model}_hybrid")}
         if value["dense"] is None:
             return None, "dense"
@@ -370,13 +372,11 @@ def tuned_embedder(manifest: Mapping[str, Any], gpl_enabled: bool, retrieval: st
     (ours, our_mode), (theirs, their_mode) = figures.serving("gpl", retrieval), figures.serving("embed", retrieval)
     if ours is None or theirs is None:  # no dev slice: the last round is kept, as stage 1 keeps its last step
         return TunedEmbedder("gpl", "GPL model: no dev slice to compare it with stage 1's, so the last round is kept")
-    if our_mode == their_mode:
-        compared = f"{ours:.4f} {{}} {theirs:.4f} ({our_mode})"
-    else:
-        compared = f"{ours:.4f} ({our_mode}) {{}} {theirs:.4f} ({their_mode})"
+    ours_shown = f"{ours:.4f}" if our_mode == their_mode else f"{ours:.4f} ({our_mode})"
+    theirs_shown = f"{theirs:.4f} ({their_mode})"
     if ours > theirs:
-        return TunedEmbedder("gpl", "GPL dev nDCG@10 " + compared.format("beat stage 1's"))
-    return TunedEmbedder("embed", "stage 1's model: GPL dev nDCG@10 " + compared.format("did not beat its"))
+        return TunedEmbedder("gpl", f"GPL dev nDCG@10 {ours_shown} beat stage 1's {theirs_shown}")
+    return TunedEmbedder("embed", f"stage 1's model: GPL dev nDCG@10 {ours_shown} did not beat its {theirs_shown}")
 
 
 def stage_one_figures(

@@ -128,8 +128,8 @@ def model_card_section(cfg: GplConfig, teacher: str, report: dict[str, Any]) -> 
         ("stage 1 (embed/model)", report["dev_ndcg@10_embed"], report["dev_ndcg@10_embed_hybrid"]),
         ("GPL round (this model)", report["dev_ndcg@10_gpl"], report["dev_ndcg@10_gpl_hybrid"]),
     ]
-    cell = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
-    rows = "\n".join(f"| {name} | {cell(dense)} | {cell(hybrid)} |" for name, dense, hybrid in shown)
+    cells = [(name, ["–" if v is None else f"{v:.4f}" for v in figures]) for name, *figures in shown]
+    rows = "\n".join(f"| {name} | {' | '.join(values)} |" for name, values in cells)
     mixed = (
         f"- Weight-space ensemble: {cfg.base_share:.0%} of the start's weights mixed back (gpl.base_share)\n"
         if cfg.base_share
