@@ -595,6 +595,12 @@ class GplConfig(Section):
     )
     epochs: float = Field(1.0, gt=0, description="Passes over the triples (max_steps wins when set).")
     batch_size: int = Field(32, ge=1, description="Triples per batch (per process); no in-batch negatives.")
+    group_by_length: bool = Field(
+        True,
+        description="Put triples of similar length in one batch (blocks of 50 batches sorted by each triple's "
+        "longest text, then the batches in a seeded random order), so less of each batch is padding. MarginMSE has "
+        "no in-batch negatives, so what a triple contributes does not change. false: a plain seeded random order.",
+    )
     learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate.")
     max_steps: int = Field(-1, description="Stop after this many steps (-1: epochs decide).")
     checkpoint_steps: int = Field(

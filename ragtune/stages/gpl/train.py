@@ -89,6 +89,10 @@ def training_arguments(cfg: GplConfig, output_dir: Path, seed: int) -> SentenceT
         "logging_steps": 0.05,  # below 1: a ratio of the total steps, so about 20 loss points whatever the length
         "eval_strategy": "no",
     }
+    if cfg.group_by_length:
+        from ragtune.pipeline.length_batches import LengthGroupedBatchSampler
+
+        args["batch_sampler"] = LengthGroupedBatchSampler
     if cfg.checkpoint_steps:
         # Only the last checkpoint is needed to resume; GPL selects nothing on the way.
         args |= {"save_strategy": "steps", "save_steps": cfg.checkpoint_steps, "save_total_limit": 1}
@@ -142,7 +146,8 @@ def model_card_section(cfg: GplConfig, teacher: str, report: dict[str, Any]) -> 
         f"- Training data: {report['train_triples']} (query, positive, negative) triples from "
         f"{report['train_queries']} train-split queries and {report['pseudo_queries']} inverse-cloze queries, "
         f"{cfg.negatives_per_query} negatives each from the {MINERS[cfg.negatives_from]}'s top {cfg.negatives_top_k}\n"
-        f"- Loss: MarginMSELoss (cosine), {report['steps']} steps\n"
+        f"- Loss: MarginMSELoss (cosine), {report['steps']} steps"
+        f"{' of length-grouped batches' if cfg.group_by_length else ''}\n"
         f"{mixed}\n"
         f"Dev slice ({report['dev_queries']} queries of held-out train documents) nDCG@10 over the whole corpus, "
         "alone and fused with BM25 (hybrid retrieval):\n\n"
