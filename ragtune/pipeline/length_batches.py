@@ -60,7 +60,8 @@ def row_lengths(dataset: Any, exclude: Sequence[str] = ()) -> list[int]:
         >>> row_lengths(Dataset.from_dict({"q": ["ab", "a"], "p": ["abcd", ""], "label": [0.1, 0.2]}), ["label"])
         [4, 1]
     """
-    columns = [c for c in dataset.column_names if c not in exclude and dataset.features[c].dtype == "string"]
+    texts = ("string", "large_string")
+    columns = [c for c in dataset.column_names if c not in exclude and dataset.features[c].dtype in texts]
     if not columns:
         return [0] * len(dataset)
     return [max(map(len, texts)) for texts in zip(*(dataset[c] for c in columns), strict=True)]
