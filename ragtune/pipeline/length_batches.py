@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -70,26 +71,13 @@ def row_lengths(dataset: Any, exclude: Sequence[str] = ()) -> list[int]:
 class LengthGroupedBatchSampler(DefaultBatchSampler):
     """A sentence-transformers batch sampler (``batch_sampler=LengthGroupedBatchSampler`` in the training
     arguments) yielding :func:`grouped_batches`, reshuffled each epoch from ``seed + epoch`` so a resumed run
-    replays the same order."""
+    replays the same order. It takes the trainer's arguments as :class:`DefaultBatchSampler` does, which keeps the
+    dataset as ``sampler``."""
 
-    def __init__(
-        self,
-        dataset: Any,
-        batch_size: int,
-        drop_last: bool,
-        valid_label_columns: list[str] | None = None,
-        generator: torch.Generator | None = None,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            dataset,
-            batch_size=batch_size,
-            drop_last=drop_last,
-            valid_label_columns=valid_label_columns,
-            generator=generator,
-            seed=seed,
-        )
-        self.lengths = row_lengths(dataset, valid_label_columns or ())
+    @cached_property
+    def lengths(self) -> list[int]:
+        """Each row's longest text (:func:`row_lengths`), label columns left out."""
+        return row_lengths(self.sampler, self.valid_label_columns or ())
 
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
