@@ -249,3 +249,17 @@ def run_stage(stage: str, main: StageMain, description: str, argv: list[str] | N
     setup_logging(args.verbose)
     with exit_codes(), open_run(args.config, args.overrides, stage) as (cfg, run):
         call_stage(stage, main, cfg, run, args.force)
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Wait for every rank of an ``accelerate launch``, then tear its process group down; nothing when not distributed.
+
+    A rank that exits while the group is still up (a non-main rank is done long before the main one has evaluated
+    and saved) can abort in a C++ destructor at interpreter exit ("terminate called without an active exception"),
+    and the launcher then kills the main rank mid-save. torch is only looked up, never imported, here.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
