@@ -257,7 +257,8 @@ def leave_process_group() -> None:
 
     A rank that exits while the group is still up (a non-main rank is done long before the main one has evaluated
     and saved) can abort in a C++ destructor at interpreter exit ("terminate called without an active exception"),
-    and the launcher then kills the main rank mid-save. torch is only looked up, never imported, here.
+    and the launcher then kills the main rank mid-save. The wait is bounded by the group's timeout, which a stage's
+    ``trainer.ddp_timeout`` sets (30 minutes by default). torch is only looked up, never imported, here.
     """
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
