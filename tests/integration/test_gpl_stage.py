@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakes.upstream import run_dir_of, simulate_embed_stage, simulate_rerank_stage
+from fakes.upstream import launch_ddp, run_dir_of, simulate_embed_stage, simulate_rerank_stage
 from safetensors.torch import load_file
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from transformers import Trainer
@@ -132,6 +132,21 @@ def test_gpl_round_trains_on_teacher_margins_never_on_eval_and_records_its_dev_f
     # Finished and fresh: skipped; a changed gpl setting reruns it.
     cli(["gpl", str(tiny_config), *OVERRIDES, "gpl.epochs=4", "gpl.pseudo_queries=6"])
     assert run.load_manifest()["gpl"].ended == rec.ended
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_the_round_under_two_process_ddp_shares_batches_and_writes_once(tiny_config: Path, upstream: RunDir) -> None:
+    run = upstream
+    proc = launch_ddp("ragtune.stages.gpl.train", tiny_config, [*OVERRIDES, "gpl.pseudo_queries=0"], 300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    # 24 train queries x 4 negatives = 96 triples, 12 length-grouped batches of 8: two ranks take 6 steps each.
+    report = json.loads(run.path("gpl/metrics.json").read_text())
+    assert report["train_triples"] == 96 and report["steps"] == 6
+    assert run.load_manifest()["gpl"].status == "done"
+    assert (run.path("gpl/model") / "model.safetensors").exists() and not run.path("gpl/checkpoints").exists()
+    assert (proc.stdout + proc.stderr).count("gpl: dev nDCG@10") == 1  # only rank 0 evaluates and logs
 
 
 def test_base_share_mixes_stage_1s_weights_back_into_the_trained_ones(tiny_config: Path, upstream: RunDir) -> None:

@@ -451,9 +451,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict[str, Any]
             len(triples),
             metrics["steps"],
         )
-    # Other ranks leave only after the main process has written everything.
-    trainer.accelerator.wait_for_everyone()
-    return metrics
+    return metrics  # other ranks wait for the main one where every stage module ends (entry.run_stage)
 
 
 if __name__ == "__main__":

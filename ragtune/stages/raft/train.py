@@ -389,7 +389,7 @@ def main(cfg: RagtuneConfig, run: RunDir, force: bool = False) -> dict:
         log_dev_figures(RaftFigures.from_metrics(metrics))
     if cfg.raft.merge:
         outputs["merged"] = RAFT_MERGED
-    trainer.accelerator.wait_for_everyone()
+    # The main process records; the other ranks wait for it where every stage module ends (entry.run_stage).
     run.record(STAGE, config_hash=config_hash, inputs=inputs, started=started, metrics=metrics, outputs=outputs)
     logger.info(
         "raft: %d steps, loss %.4f -> %.4f", metrics["steps"], metrics["train_loss_first"], metrics["train_loss_last"]
