@@ -21,11 +21,12 @@ Serving latency of the query-likelihood reranker (after `ragtune rerank CONFIG`;
 
 The run's first ``--queries`` questions each get the tuned embedder's top ``rerank.retrieve_top_k`` and the served
 (tuned) reranker scores the ten pairs in one ``predict`` call, no score cache. Where the time goes, one row per
-setting: precision (float32, bfloat16), batch layout (the ten pairs in one batch or one at a time), passage length
-(``max_length`` 256 or 128) and the passage prefixes (off: every pair read whole; cold: no prefix cached; warm:
-all ten cached, as for a passage reranked before). Then replays: every question of the run in order through one
-reranker, as a server sees them, with ``rerank.query_likelihood.prefix_cache_mb`` (and twice that), started empty
-or after reading the corpus ahead (``ragtune serve --warm-reranker``), with the share of prefixes found.
+setting: precision (float32, and bfloat16 where the machine has native bf16 math), batch layout (the ten pairs in
+one batch or one at a time), passage length (``max_length`` 256 or 128) and the passage prefixes (off: every pair
+read whole; cold: no prefix cached; warm: all ten cached, as for a passage reranked before). Then replays: every
+question of the run in order through one reranker, as a server sees them, with
+``rerank.query_likelihood.prefix_cache_mb`` (and twice that), started empty or after reading the corpus ahead
+(``ragtune serve --warm-reranker``), with the share of prefixes found.
 """
 
 from __future__ import annotations
@@ -178,7 +179,11 @@ def serving_latency(config: str, overrides: list[str], n_queries: int) -> None:
         ("bfloat16", 10, spec["max_length"], "warm"),
         ("float32", 10, spec["max_length"], "warm"),
     ]
+    native_bf16 = inference_dtype("auto") == "bfloat16"
     for dtype, batch, max_length, prefixes in rows:
+        if dtype == "bfloat16" and not native_bf16:  # emulated bf16 is many times slower: it measures nothing served
+            print(f"{dtype:10} {batch:>5} {max_length:>10} {prefixes:>8}  skipped: no native bf16 math on this machine")
+            continue
         reranker = load(dtype, max_length, 0 if prefixes == "off" else budget)
         median, tokens = per_query(reranker, batch, prefixes)
         print(f"{dtype:10} {batch:>5} {max_length:>10} {prefixes:>8} {tokens:>11.0f} {median:>8.3f}")
